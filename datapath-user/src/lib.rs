@@ -1,1 +1,3 @@
+//! The `datapath` agent and its client library.
 
+pub mod bpf_object;
