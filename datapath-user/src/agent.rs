@@ -1,0 +1,720 @@
+//! The agent: owns the desired state, the topology and the eBPF datapath,
+//! and serves the API on a unix socket.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use datapath_common::{reason, EndpointInfo, EP_F_TRACE};
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, Mutex};
+
+use crate::api::{
+    ApiError, CounterView, EndpointCreate, EndpointView, Envelope, NetworkCreate, NetworkEndpointView, NetworkView, Request,
+    Response, StatsView, TraceLine, API_VERSION,
+};
+use crate::bpf::{Bpf, BpfError};
+use crate::ipam::{self, format_mac, mac_for};
+use crate::netlink::{Netlink, NetlinkError};
+use crate::netns;
+use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, State};
+
+pub const DEFAULT_NETWORK: &str = "bridge";
+pub const DEFAULT_BRIDGE: &str = "datapath0";
+pub const DEFAULT_SUBNET: &str = "10.10.0.0/16";
+/// Test-only fault injection: `endpoint:<step>` fails every endpoint create
+/// right after that step, to prove the rollback.
+pub const FAILPOINT_ENV: &str = "DATAPATH_FAILPOINT";
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub default_network: bool,
+    pub default_subnet: Ipv4Net,
+    /// Remove every endpoint and network (and the state) on shutdown.
+    pub cleanup_on_exit: bool,
+}
+
+impl From<NetlinkError> for ApiError {
+    fn from(e: NetlinkError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+impl From<BpfError> for ApiError {
+    fn from(e: BpfError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+impl From<state::StateError> for ApiError {
+    fn from(e: state::StateError) -> Self {
+        ApiError::internal(e.to_string())
+    }
+}
+impl From<ipam::IpamError> for ApiError {
+    fn from(e: ipam::IpamError) -> Self {
+        match e {
+            ipam::IpamError::AddressInUse(_) | ipam::IpamError::Exhausted(_) => ApiError::conflict(e.to_string()),
+            _ => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
+/// What was made so far while creating an endpoint, undone in reverse on
+/// failure.
+#[derive(Default)]
+struct Made {
+    netns: Option<PathBuf>,
+    host_ifindex: Option<u32>,
+    attached: Option<u32>,
+    maps: Option<(u32, u32)>,
+}
+
+struct Inner {
+    cfg: AgentConfig,
+    state: State,
+    nl: Netlink,
+    bpf: Bpf,
+    /// ifindex of each network's bridge.
+    bridges: BTreeMap<String, u32>,
+    /// ifindex of each endpoint's host veth.
+    host_ifindex: BTreeMap<String, u32>,
+    /// Trace subscribers per endpoint, and for "all".
+    trace_refs: HashMap<String, usize>,
+    trace_all: usize,
+    failpoint: Option<String>,
+}
+
+pub struct Agent {
+    inner: Mutex<Inner>,
+    trace_tx: broadcast::Sender<String>,
+    /// host ifindex -> (endpoint name, ip), for attributing trace lines.
+    names: RwLock<HashMap<u32, (String, Ipv4Addr)>>,
+}
+
+fn api_netns(e: netns::NetnsError) -> ApiError {
+    match e {
+        netns::NetnsError::Exists(n) => ApiError::conflict(format!("a network namespace named {n:?} already exists")),
+        netns::NetnsError::Missing(p) => ApiError::not_found(format!("network namespace {} does not exist", p.display())),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+impl Inner {
+    fn failpoint(&self, step: &str) -> Result<(), ApiError> {
+        match &self.failpoint {
+            Some(f) if f == &format!("endpoint:{step}") => Err(ApiError::internal(format!("injected failure after step {step:?} ({FAILPOINT_ENV})"))),
+            _ => Ok(()),
+        }
+    }
+
+    fn endpoint_info(&self, spec: &EndpointSpec, ifindex: u32) -> EndpointInfo {
+        let net = self.state.networks.get(&spec.network);
+        let traced = spec.trace || self.trace_all > 0 || self.trace_refs.get(&spec.name).copied().unwrap_or(0) > 0;
+        EndpointInfo {
+            ifindex,
+            ipv4: datapath_common::ipv4_key(spec.ip.octets()),
+            mac: spec.mac,
+            gw_mac: net.map(|n| mac_for(n.gateway)).unwrap_or_default(),
+            network_id: net.map(|n| n.num_id).unwrap_or(0),
+            flags: if traced { EP_F_TRACE } else { 0 },
+        }
+    }
+
+    fn network_view(&self, n: &NetworkSpec) -> NetworkView {
+        NetworkView {
+            name: n.name.clone(),
+            id: n.id.clone(),
+            subnet: n.subnet.to_string(),
+            gateway: n.gateway,
+            bridge: n.bridge.clone(),
+            datapath: n.datapath.to_string(),
+            created: n.created.clone(),
+            endpoints: self
+                .state
+                .endpoints_of(&n.name)
+                .map(|e| NetworkEndpointView { name: e.name.clone(), id: e.id.clone(), ip: e.ip, mac: format_mac(&e.mac) })
+                .collect(),
+        }
+    }
+
+    fn endpoint_view(&self, e: &EndpointSpec) -> EndpointView {
+        let net = self.state.networks.get(&e.network);
+        let named = e.owns_netns.then(|| e.name.clone());
+        EndpointView {
+            name: e.name.clone(),
+            id: e.id.clone(),
+            network: e.network.clone(),
+            ip: e.ip,
+            prefix_len: net.map(|n| n.subnet.prefix_len()).unwrap_or(32),
+            mac: format_mac(&e.mac),
+            gateway: net.map(|n| n.gateway).unwrap_or(Ipv4Addr::UNSPECIFIED),
+            netns: named,
+            netns_path: e.netns_path.clone(),
+            ifname: e.ifname.clone(),
+            host_ifname: e.host_ifname.clone(),
+            host_ifindex: self.host_ifindex.get(&e.name).copied().unwrap_or(0),
+            trace: e.trace,
+            container_id: e.container_id.clone(),
+            created: e.created.clone(),
+        }
+    }
+
+    // ----- networks -------------------------------------------------------
+
+    async fn network_create(&mut self, req: NetworkCreate) -> Result<NetworkView, ApiError> {
+        state::validate_name("network", &req.name).map_err(ApiError::invalid)?;
+        if self.state.networks.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!("network {:?} already exists", req.name)));
+        }
+        let subnet = ipam::parse_subnet(&req.subnet)?;
+        let gw = req.gateway.as_deref().map(ipam::parse_addr).transpose()?;
+        let gateway = ipam::gateway_for(&subnet, gw)?;
+        if let Some(other) = self.state.overlapping(&subnet) {
+            return Err(ApiError::conflict(format!("subnet {subnet} overlaps network {:?} ({})", other.name, other.subnet)));
+        }
+        for (route, oif) in self.nl.ipv4_routes().await? {
+            if route.prefix_len() > 0 && state::nets_overlap(&route, &subnet) {
+                let dev = oif.map(|i| format!(" (ifindex {i})")).unwrap_or_default();
+                return Err(ApiError::conflict(format!("subnet {subnet} overlaps the route to {route}{dev} on this node")));
+            }
+        }
+        let id = state::random_id();
+        let bridge = if req.name == DEFAULT_NETWORK { DEFAULT_BRIDGE.to_string() } else { format!("dpbr-{}", &id[..8]) };
+        if let Some(stale) = self.nl.link_index(&bridge).await? {
+            tracing::warn!("removing stale bridge {bridge} left by an earlier run");
+            self.nl.delete_link(stale).await?;
+        }
+        let spec = NetworkSpec {
+            name: req.name.clone(),
+            id,
+            num_id: self.state.next_network_num(),
+            subnet,
+            gateway,
+            bridge: bridge.clone(),
+            datapath: DatapathKind::Ebpf,
+            created: state::now_rfc3339(),
+        };
+        let index = self.nl.create_bridge(&bridge, mac_for(gateway), None).await?;
+        let finish = async {
+            self.nl.add_address(index, gateway, subnet.prefix_len()).await?;
+            self.state.networks.insert(spec.name.clone(), spec.clone());
+            if let Err(e) = self.state.save(&self.cfg.state_dir) {
+                self.state.networks.remove(&spec.name);
+                return Err(ApiError::from(e));
+            }
+            Ok(())
+        };
+        if let Err(e) = finish.await {
+            let _ = self.nl.delete_link(index).await;
+            return Err(e);
+        }
+        self.bridges.insert(spec.name.clone(), index);
+        tracing::info!(network = %spec.name, %subnet, %gateway, %bridge, "network created");
+        Ok(self.network_view(&spec))
+    }
+
+    async fn network_remove(&mut self, name: &str, force_default: bool) -> Result<(), ApiError> {
+        let spec = self.state.networks.get(name).cloned().ok_or_else(|| ApiError::not_found(format!("network {name:?} not found")))?;
+        if name == DEFAULT_NETWORK && !force_default {
+            return Err(ApiError::invalid(format!("{name} is the default network and cannot be removed")));
+        }
+        let eps: Vec<String> = self.state.endpoints_of(name).map(|e| e.name.clone()).collect();
+        if !eps.is_empty() {
+            return Err(ApiError::conflict(format!("network {name:?} still has endpoints: {}", eps.join(", "))));
+        }
+        if let Some(index) = self.nl.link_index(&spec.bridge).await? {
+            self.nl.delete_link(index).await?;
+        }
+        self.bridges.remove(name);
+        self.state.networks.remove(name);
+        self.state.save(&self.cfg.state_dir)?;
+        tracing::info!(network = %name, "network removed");
+        Ok(())
+    }
+
+    async fn ensure_bridge(&mut self, spec: &NetworkSpec) -> Result<u32, ApiError> {
+        let index = match self.nl.link_index(&spec.bridge).await? {
+            Some(i) => i,
+            None => {
+                tracing::info!(network = %spec.name, bridge = %spec.bridge, "bridge missing, recreating it");
+                self.nl.create_bridge(&spec.bridge, mac_for(spec.gateway), None).await?
+            }
+        };
+        self.nl.add_address(index, spec.gateway, spec.subnet.prefix_len()).await?;
+        self.nl.set_up(index).await?;
+        self.bridges.insert(spec.name.clone(), index);
+        Ok(index)
+    }
+
+    // ----- endpoints ------------------------------------------------------
+
+    async fn endpoint_create(&mut self, req: EndpointCreate) -> Result<EndpointView, ApiError> {
+        state::validate_name("endpoint", &req.name).map_err(ApiError::invalid)?;
+        if self.state.endpoints.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!("endpoint {:?} already exists", req.name)));
+        }
+        let network = req.network.clone().unwrap_or_else(|| DEFAULT_NETWORK.to_string());
+        let net = self.state.networks.get(&network).cloned().ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
+        let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".to_string());
+        if ifname.is_empty() || ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
+            return Err(ApiError::invalid(format!("invalid interface name {ifname:?}")));
+        }
+        let ip = ipam::assign(&net.subnet, net.gateway, &self.state.used_addresses(&network), req.ip)?;
+        let id = state::random_id();
+        let (netns_path, owns_netns) = match &req.netns_path {
+            Some(p) => (p.clone(), false),
+            None => (netns::named_path(&req.name), true),
+        };
+        let spec = EndpointSpec {
+            name: req.name.clone(),
+            id: id.clone(),
+            network,
+            ip,
+            mac: mac_for(ip),
+            netns_path,
+            owns_netns,
+            ifname,
+            host_ifname: format!("dp{}", &id[..8]),
+            container_id: req.container_id.clone(),
+            trace: req.trace,
+            created: state::now_rfc3339(),
+        };
+        let mut made = Made::default();
+        match self.build_endpoint(&spec, &net, &mut made).await {
+            Ok(()) => {
+                self.state.endpoints.insert(spec.name.clone(), spec.clone());
+                if let Err(e) = self.state.save(&self.cfg.state_dir) {
+                    self.state.endpoints.remove(&spec.name);
+                    self.undo(&spec, made).await;
+                    return Err(e.into());
+                }
+                tracing::info!(endpoint = %spec.name, ip = %spec.ip, network = %spec.network, "endpoint created");
+                Ok(self.endpoint_view(&spec))
+            }
+            Err(e) => {
+                self.undo(&spec, made).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the namespace, veth, addressing, program and map entries of an
+    /// endpoint, recording each step in `made` for the rollback.
+    async fn build_endpoint(&mut self, spec: &EndpointSpec, net: &NetworkSpec, made: &mut Made) -> Result<(), ApiError> {
+        if spec.owns_netns {
+            netns::create_named(&spec.name).map_err(api_netns)?;
+            made.netns = Some(spec.netns_path.clone());
+        } else {
+            netns::open(&spec.netns_path).map_err(api_netns)?;
+        }
+        self.failpoint("netns")?;
+
+        let bridge = match self.bridges.get(&net.name) {
+            Some(i) => *i,
+            None => self.ensure_bridge(net).await?,
+        };
+        let host = self.nl.create_veth(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, bridge, None).await;
+        let host = host.map_err(|e| match e.errno() {
+            Some(17) => ApiError::conflict(format!("interface {} already exists in the endpoint's namespace", spec.ifname)),
+            _ => e.into(),
+        })?;
+        made.host_ifindex = Some(host);
+        self.host_ifindex.insert(spec.name.clone(), host);
+        self.failpoint("veth")?;
+
+        let inside = Netlink::in_netns(&spec.netns_path)?;
+        if let Some(lo) = inside.link_index("lo").await? {
+            inside.set_up(lo).await?;
+        }
+        let eth = inside.require_index(&spec.ifname).await?;
+        inside.add_address(eth, spec.ip, net.subnet.prefix_len()).await?;
+        inside.set_up(eth).await?;
+        inside.add_default_route(net.gateway).await?;
+        self.failpoint("addr")?;
+
+        self.bpf.attach(&spec.host_ifname, host)?;
+        made.attached = Some(host);
+        self.failpoint("attach")?;
+
+        let info = self.endpoint_info(spec, host);
+        self.bpf.upsert_endpoint(info)?;
+        made.maps = Some((host, info.ipv4));
+        self.failpoint("maps")?;
+        Ok(())
+    }
+
+    async fn undo(&mut self, spec: &EndpointSpec, made: Made) {
+        if let Some((ifindex, ip)) = made.maps {
+            self.bpf.remove_endpoint(ifindex, ip);
+        }
+        if let Some(ifindex) = made.attached {
+            self.bpf.detach(ifindex);
+        }
+        if let Some(ifindex) = made.host_ifindex {
+            if let Err(e) = self.nl.delete_link(ifindex).await {
+                tracing::error!(endpoint = %spec.name, "rollback: deleting veth {}: {e}", spec.host_ifname);
+            }
+        }
+        self.host_ifindex.remove(&spec.name);
+        if let Some(path) = made.netns {
+            if let Err(e) = netns::delete_path(&path) {
+                tracing::error!(endpoint = %spec.name, "rollback: deleting netns: {e}");
+            }
+        }
+    }
+
+    async fn endpoint_remove(&mut self, name: &str) -> Result<(), ApiError> {
+        let spec = self.state.endpoints.get(name).cloned().ok_or_else(|| ApiError::not_found(format!("endpoint {name:?} not found")))?;
+        let ifindex = match self.host_ifindex.get(name) {
+            Some(i) => Some(*i),
+            None => self.nl.link_index(&spec.host_ifname).await?,
+        };
+        let ipv4 = datapath_common::ipv4_key(spec.ip.octets());
+        let made = Made {
+            netns: spec.owns_netns.then(|| spec.netns_path.clone()),
+            host_ifindex: ifindex,
+            attached: ifindex,
+            maps: ifindex.map(|i| (i, ipv4)),
+        };
+        self.undo(&spec, made).await;
+        self.trace_refs.remove(name);
+        self.state.endpoints.remove(name);
+        self.state.save(&self.cfg.state_dir)?;
+        tracing::info!(endpoint = %name, "endpoint removed");
+        Ok(())
+    }
+
+    /// Brings an endpoint from the state back into the datapath after an agent
+    /// restart: re-attach and re-fill the maps when its links survived,
+    /// rebuild it from scratch otherwise.
+    async fn restore_endpoint(&mut self, spec: &EndpointSpec) -> Result<(), ApiError> {
+        let net = self.state.networks.get(&spec.network).cloned().ok_or_else(|| ApiError::not_found(format!("network {:?} not found", spec.network)))?;
+        let host = self.nl.link_index(&spec.host_ifname).await?;
+        let ns_ok = spec.netns_path.exists();
+        if let (Some(host), true) = (host, ns_ok) {
+            self.host_ifindex.insert(spec.name.clone(), host);
+            self.bpf.attach(&spec.host_ifname, host)?;
+            let info = self.endpoint_info(spec, host);
+            self.bpf.upsert_endpoint(info)?;
+            return Ok(());
+        }
+        tracing::warn!(endpoint = %spec.name, "endpoint links are gone, rebuilding it");
+        if let Some(host) = host {
+            self.nl.delete_link(host).await?;
+        }
+        if spec.owns_netns {
+            netns::delete_path(&spec.netns_path).map_err(api_netns)?;
+        }
+        let mut made = Made::default();
+        if let Err(e) = self.build_endpoint(spec, &net, &mut made).await {
+            self.undo(spec, made).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn refresh_trace_flags(&mut self) {
+        let specs: Vec<EndpointSpec> = self.state.endpoints.values().cloned().collect();
+        for spec in specs {
+            if let Some(ifindex) = self.host_ifindex.get(&spec.name).copied() {
+                let info = self.endpoint_info(&spec, ifindex);
+                if let Err(e) = self.bpf.upsert_endpoint(info) {
+                    tracing::warn!(endpoint = %spec.name, "updating trace flag: {e}");
+                }
+            }
+        }
+    }
+
+    fn stats(&self) -> Result<StatsView, ApiError> {
+        let counters = self
+            .bpf
+            .stats()?
+            .into_iter()
+            .map(|(code, c)| CounterView {
+                reason: reason::name(code).to_string(),
+                code,
+                drop: reason::is_drop(code),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect();
+        Ok(StatsView { counters })
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+impl Agent {
+    /// Loads the datapath, restores the persisted state and creates the
+    /// default network if needed.
+    pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Agent>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+        std::fs::create_dir_all(&cfg.bpffs).with_context(|| format!("creating bpffs dir {}", cfg.bpffs.display()))?;
+        let (trace_tx, _) = broadcast::channel(4096);
+        let bpf = Bpf::load(trace_tx.clone())?;
+        let nl = Netlink::current()?;
+        let state = State::load(&cfg.state_dir)?.unwrap_or_else(State::new);
+        let failpoint = std::env::var(FAILPOINT_ENV).ok().filter(|s| !s.is_empty());
+        if let Some(f) = &failpoint {
+            tracing::warn!("fault injection active: {FAILPOINT_ENV}={f}");
+        }
+        let mut inner = Inner {
+            cfg: cfg.clone(),
+            state,
+            nl,
+            bpf,
+            bridges: BTreeMap::new(),
+            host_ifindex: BTreeMap::new(),
+            trace_refs: HashMap::new(),
+            trace_all: 0,
+            failpoint,
+        };
+        let networks: Vec<NetworkSpec> = inner.state.networks.values().cloned().collect();
+        for net in &networks {
+            inner.ensure_bridge(net).await.map_err(|e| anyhow::anyhow!("restoring network {}: {e}", net.name))?;
+        }
+        let endpoints: Vec<EndpointSpec> = inner.state.endpoints.values().cloned().collect();
+        for ep in &endpoints {
+            if let Err(e) = inner.restore_endpoint(ep).await {
+                tracing::error!(endpoint = %ep.name, "could not restore endpoint: {e}");
+            }
+        }
+        if !networks.is_empty() || !endpoints.is_empty() {
+            tracing::info!("restored {} networks and {} endpoints from {}", networks.len(), endpoints.len(), cfg.state_dir.display());
+        }
+        if cfg.default_network && !inner.state.networks.contains_key(DEFAULT_NETWORK) {
+            inner
+                .network_create(NetworkCreate { name: DEFAULT_NETWORK.into(), subnet: cfg.default_subnet.to_string(), gateway: None })
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the default network: {e}"))?;
+        }
+        let agent = Arc::new(Agent { inner: Mutex::new(inner), trace_tx, names: RwLock::new(HashMap::new()) });
+        agent.refresh_names().await;
+        Ok(agent)
+    }
+
+    async fn refresh_names(&self) {
+        let inner = self.inner.lock().await;
+        let map = inner
+            .state
+            .endpoints
+            .values()
+            .filter_map(|e| inner.host_ifindex.get(&e.name).map(|i| (*i, (e.name.clone(), e.ip))))
+            .collect();
+        if let Ok(mut names) = self.names.write() {
+            *names = map;
+        }
+    }
+
+    pub async fn handle(&self, request: Request) -> Result<Value, ApiError> {
+        let result = {
+            let mut inner = self.inner.lock().await;
+            match request {
+                Request::Ping => Ok(json!({"api_version": API_VERSION, "agent": env!("CARGO_PKG_VERSION")})),
+                Request::NetworkCreate(r) => inner.network_create(r).await.and_then(to_value),
+                Request::NetworkList => {
+                    let v: Vec<NetworkView> = inner.state.networks.values().map(|n| inner.network_view(n)).collect();
+                    to_value(v)
+                }
+                Request::NetworkInspect { name } => match inner.state.networks.get(&name) {
+                    Some(n) => to_value(inner.network_view(n)),
+                    None => Err(ApiError::not_found(format!("network {name:?} not found"))),
+                },
+                Request::NetworkRemove { name } => inner.network_remove(&name, false).await.map(|_| Value::Null),
+                Request::EndpointCreate(r) => inner.endpoint_create(r).await.and_then(to_value),
+                Request::EndpointList => {
+                    let v: Vec<EndpointView> = inner.state.endpoints.values().map(|e| inner.endpoint_view(e)).collect();
+                    to_value(v)
+                }
+                Request::EndpointInspect { name } => match inner.state.endpoints.get(&name) {
+                    Some(e) => to_value(inner.endpoint_view(e)),
+                    None => Err(ApiError::not_found(format!("endpoint {name:?} not found"))),
+                },
+                Request::EndpointRemove { name } => inner.endpoint_remove(&name).await.map(|_| Value::Null),
+                Request::Stats => inner.stats().and_then(to_value),
+                Request::Trace { .. } => Err(ApiError::invalid("trace is a streaming request")),
+            }
+        };
+        self.refresh_names().await;
+        result
+    }
+
+    /// Removes everything this agent made (used by `--cleanup-on-exit`).
+    pub async fn teardown(&self) {
+        let mut inner = self.inner.lock().await;
+        let eps: Vec<String> = inner.state.endpoints.keys().cloned().collect();
+        for ep in eps {
+            if let Err(e) = inner.endpoint_remove(&ep).await {
+                tracing::error!(endpoint = %ep, "teardown: {e}");
+            }
+        }
+        let nets: Vec<String> = inner.state.networks.keys().cloned().collect();
+        for net in nets {
+            if let Err(e) = inner.network_remove(&net, true).await {
+                tracing::error!(network = %net, "teardown: {e}");
+            }
+        }
+        let _ = std::fs::remove_file(inner.cfg.state_dir.join(state::STATE_FILE));
+    }
+
+    async fn trace_subscribe(&self, endpoint: &Option<String>, delta: isize) -> Result<(), ApiError> {
+        let mut inner = self.inner.lock().await;
+        match endpoint {
+            Some(name) => {
+                if !inner.state.endpoints.contains_key(name) {
+                    return Err(ApiError::not_found(format!("endpoint {name:?} not found")));
+                }
+                let r = inner.trace_refs.entry(name.clone()).or_insert(0);
+                *r = r.saturating_add_signed(delta);
+            }
+            None => inner.trace_all = inner.trace_all.saturating_add_signed(delta),
+        }
+        inner.refresh_trace_flags();
+        Ok(())
+    }
+
+    /// Attributes a trace line (`ep=IFINDEX ...`) to an endpoint name and
+    /// decides whether the subscriber wants it.
+    fn attribute(&self, line: &str, want: &Option<String>) -> Option<TraceLine> {
+        let names = self.names.read().ok()?;
+        let ifindex: u32 = line.strip_prefix("ep=")?.split_whitespace().next()?.parse().ok()?;
+        let (name, _) = names.get(&ifindex)?;
+        if let Some(want) = want {
+            if want != name {
+                // Also show packets *to* the wanted endpoint.
+                let (_, ip) = names.values().find(|(n, _)| n == want)?;
+                let ip = ip.to_string();
+                let mentions = line.split_whitespace().any(|w| w == ip || w.strip_prefix(&ip).is_some_and(|r| r.starts_with(':')));
+                if !mentions {
+                    return None;
+                }
+            }
+        }
+        Some(TraceLine { endpoint: name.clone(), line: line.to_string() })
+    }
+
+    async fn serve_trace(&self, stream: BufReader<UnixStream>, endpoint: Option<String>) {
+        let mut rx = self.trace_tx.subscribe();
+        let (read, mut write) = stream.into_inner().into_split();
+        if let Err(e) = self.trace_subscribe(&endpoint, 1).await {
+            let _ = write_line(&mut write, &Response::err(e)).await;
+            return;
+        }
+        if write_line(&mut write, &Response::ok(Value::Null)).await.is_ok() {
+            let mut read = BufReader::new(read);
+            let mut sink = String::new();
+            loop {
+                tokio::select! {
+                    n = read.read_line(&mut sink) => {
+                        if !matches!(n, Ok(n) if n > 0) { break }
+                        sink.clear();
+                    }
+                    msg = rx.recv() => match msg {
+                        Ok(line) => {
+                            if let Some(rec) = self.attribute(&line, &endpoint) {
+                                if write_line(&mut write, &rec).await.is_err() { break }
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!("trace client lagged, {n} lines dropped"),
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            }
+        }
+        let _ = self.trace_subscribe(&endpoint, -1).await;
+    }
+
+    async fn serve_conn(self: Arc<Self>, stream: UnixStream) {
+        let mut stream = BufReader::new(stream);
+        let mut line = String::new();
+        match stream.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let env: Envelope = match serde_json::from_str(&line) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = write_line(stream.get_mut(), &Response::err(ApiError::invalid(format!("malformed request: {e}")))).await;
+                return;
+            }
+        };
+        if env.api_version != API_VERSION {
+            let msg = format!("API version {} is not supported (agent speaks {API_VERSION})", env.api_version);
+            let _ = write_line(stream.get_mut(), &Response::err(ApiError::new(crate::api::ErrorKind::Unsupported, msg))).await;
+            return;
+        }
+        if let Request::Trace { endpoint } = env.request {
+            return self.serve_trace(stream, endpoint).await;
+        }
+        let response = match self.handle(env.request).await {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(e),
+        };
+        let _ = write_line(stream.get_mut(), &response).await;
+    }
+}
+
+async fn write_line<W: AsyncWriteExt + Unpin, T: serde::Serialize>(w: &mut W, v: &T) -> std::io::Result<()> {
+    let mut buf = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    buf.push(b'\n');
+    w.write_all(&buf).await
+}
+
+/// Binds the API socket (root only), refusing to steal one that is live.
+pub async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!("another agent is already serving {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listener = bind_socket(&cfg.socket).await?;
+    let agent = match Agent::start(cfg.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_file(&cfg.socket);
+            return Err(e);
+        }
+    };
+    tracing::info!(socket = %cfg.socket.display(), state = %cfg.state_dir.display(), "agent ready");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => { tokio::spawn(agent.clone().serve_conn(stream)); }
+                Err(e) => tracing::warn!("accept: {e}"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    if cfg.cleanup_on_exit {
+        agent.teardown().await;
+    }
+    let _ = std::fs::remove_file(&cfg.socket);
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The loaded eBPF datapath: programs, maps, links and the aya-log reader.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::tc::{self, SchedClassifierLink, TcAttachType};
+use aya::programs::SchedClassifier;
+use aya::Ebpf;
+use datapath_common::{reason, Counter, EndpointInfo, MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_STATS, PROG_FROM_ENDPOINT};
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::broadcast;
+
+use crate::bpf_object;
+
+#[derive(Debug, Error)]
+pub enum BpfError {
+    #[error("{}", bpf_object::MISSING_HINT)]
+    NoObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {0} is missing from the object")]
+    NoProgram(&'static str),
+    #[error("eBPF map {0} is missing from the object")]
+    NoMap(&'static str),
+    #[error("eBPF program {name}: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("attaching {prog} to {iface}: {source}")]
+    Attach { prog: &'static str, iface: String, source: aya::programs::ProgramError },
+    #[error("eBPF map {map}: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+}
+
+/// Programs and maps of the eBPF datapath, owned by the agent.
+pub struct Bpf {
+    ebpf: Ebpf,
+    endpoints: HashMap<MapData, u32, EndpointInfo>,
+    by_ip: HashMap<MapData, u32, EndpointInfo>,
+    stats: PerCpuArray<MapData, Counter>,
+    links: StdHashMap<u32, SchedClassifierLink>,
+}
+
+/// Forwards aya-log records (the packet traces) to the agent's trace
+/// subscribers.
+struct TraceSink {
+    tx: broadcast::Sender<String>,
+}
+
+impl log::Log for TraceSink {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        // No subscriber is fine: the line is simply dropped.
+        let _ = self.tx.send(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
+    move |source| BpfError::Map { map, source }
+}
+
+impl Bpf {
+    /// Loads the embedded object, verifies the programs and starts the
+    /// aya-log reader task, which publishes trace lines on `trace_tx`.
+    pub fn load(trace_tx: broadcast::Sender<String>) -> Result<Self, BpfError> {
+        let bytes = bpf_object::bytes().ok_or(BpfError::NoObject)?;
+        raise_memlock();
+        let mut ebpf = Ebpf::load(bytes)?;
+        match aya_log::EbpfLogger::init_with_logger(&mut ebpf, TraceSink { tx: trace_tx }) {
+            // SAFETY: the logger owns its ring buffer's fd for its whole life
+            // and the AsyncFd owns the logger, so the fd stays open and the same.
+            Ok(logger) => match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+                Ok(mut fd) => {
+                    tokio::spawn(async move {
+                        loop {
+                            let Ok(mut guard) = fd.readable_mut().await else { break };
+                            guard.get_inner_mut().flush();
+                            guard.clear_ready();
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("packet traces unavailable: {}", std::io::Error::from(e)),
+            },
+            Err(e) => tracing::warn!("packet traces unavailable: {e}"),
+        }
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROG_FROM_ENDPOINT)
+            .ok_or(BpfError::NoProgram(PROG_FROM_ENDPOINT))?
+            .try_into()
+            .map_err(|source| BpfError::Program { name: PROG_FROM_ENDPOINT, source })?;
+        prog.load().map_err(|source| BpfError::Program { name: PROG_FROM_ENDPOINT, source })?;
+        let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::NoMap(name));
+        let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
+        let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
+        let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+        Ok(Bpf { ebpf, endpoints, by_ip, stats, links: StdHashMap::new() })
+    }
+
+    /// Attaches the from-endpoint program to the ingress of `iface`
+    /// (TCX where the kernel has it, clsact otherwise).
+    pub fn attach(&mut self, iface: &str, ifindex: u32) -> Result<(), BpfError> {
+        let attach_err = |source| BpfError::Attach { prog: PROG_FROM_ENDPOINT, iface: iface.to_string(), source };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_FROM_ENDPOINT)
+            .ok_or(BpfError::NoProgram(PROG_FROM_ENDPOINT))?
+            .try_into()
+            .map_err(attach_err)?;
+        if aya::util::KernelVersion::current().map_or(true, |v| v < aya::util::KernelVersion::new(6, 6, 0)) {
+            // Pre-TCX kernels need the clsact qdisc; "exists" is fine.
+            let _ = tc::qdisc_add_clsact(iface);
+        }
+        let id = prog.attach(iface, TcAttachType::Ingress).map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        self.links.insert(ifindex, link);
+        Ok(())
+    }
+
+    /// Detaches the program from an interface (dropping the link detaches).
+    pub fn detach(&mut self, ifindex: u32) {
+        self.links.remove(&ifindex);
+    }
+
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.links.contains_key(&ifindex)
+    }
+
+    pub fn upsert_endpoint(&mut self, info: EndpointInfo) -> Result<(), BpfError> {
+        self.endpoints.insert(info.ifindex, info, 0).map_err(map_err(MAP_ENDPOINTS))?;
+        if let Err(e) = self.by_ip.insert(info.ipv4, info, 0) {
+            let _ = self.endpoints.remove(&info.ifindex);
+            return Err(map_err(MAP_ENDPOINTS_BY_IP)(e));
+        }
+        Ok(())
+    }
+
+    /// Removes an endpoint from both maps; absent entries are fine.
+    pub fn remove_endpoint(&mut self, ifindex: u32, ipv4: u32) {
+        let _ = self.by_ip.remove(&ipv4);
+        let _ = self.endpoints.remove(&ifindex);
+    }
+
+    /// Counters summed over CPUs, for every known reason code.
+    pub fn stats(&self) -> Result<Vec<(u32, Counter)>, BpfError> {
+        let mut out = Vec::with_capacity(reason::ALL.len());
+        for code in reason::ALL {
+            let per_cpu = self.stats.get(&code, 0).map_err(map_err(MAP_STATS))?;
+            let sum = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
+                packets: acc.packets + c.packets,
+                bytes: acc.bytes + c.bytes,
+            });
+            out.push((code, sum));
+        }
+        Ok(out)
+    }
+}
+
+fn raise_memlock() {
+    // Kernels >= 5.11 account BPF memory to the cgroup; older ones need this.
+    let r = nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+        nix::sys::resource::RLIM_INFINITY,
+        nix::sys::resource::RLIM_INFINITY,
+    );
+    if let Err(e) = r {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {e}");
+    }
+}

@@ -1,0 +1,200 @@
+//! Topology over rtnetlink: bridges, veth pairs, addresses and routes.
+//! Nothing here shells out to `ip`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use thiserror::Error;
+
+use crate::netns::{self, NetnsError};
+
+#[derive(Debug, Error)]
+pub enum NetlinkError {
+    #[error("netlink {what}: {message}")]
+    Request { what: String, message: String, errno: i32 },
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("interface {0:?} not found")]
+    NoSuchLink(String),
+}
+
+impl NetlinkError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Request { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |e| {
+        let errno = match &e {
+            rtnetlink::Error::NetlinkError(m) => -m.raw_code(),
+            _ => 0,
+        };
+        let message = match &e {
+            rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+            other => other.to_string(),
+        };
+        NetlinkError::Request { what, message, errno }
+    }
+}
+
+const ENODEV: i32 = 19;
+
+/// A route-netlink connection bound to one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace. Needs a tokio runtime.
+    pub fn current() -> Result<Self, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection inside the namespace at `path`: the socket is opened by a
+    /// thread that entered it, and stays bound to it.
+    pub fn in_netns(path: &Path) -> Result<Self, NetlinkError> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle) = netns::run_in(path, move || {
+            let _guard = rt.enter();
+            rtnetlink::new_connection().map(|(c, h, _)| (c, h))
+        })?
+        .map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == ENODEV => Ok(None),
+            Err(e) => Err(req(format!("get link {name}"))(e)),
+        }
+    }
+
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.link_by_name(name).await?.map(|l| l.header.index))
+    }
+
+    pub async fn require_index(&self, name: &str) -> Result<u32, NetlinkError> {
+        self.link_index(name).await?.ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))
+    }
+
+    /// Creates an up bridge with a fixed MAC (so the gateway MAC never
+    /// changes as ports come and go) and returns its ifindex.
+    pub async fn create_bridge(&self, name: &str, mac: [u8; 6], mtu: Option<u32>) -> Result<u32, NetlinkError> {
+        let mut b = LinkBridge::new(name).address(mac.to_vec());
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        self.handle.link().add(b.build()).execute().await.map_err(req(format!("create bridge {name}")))?;
+        self.require_index(name).await
+    }
+
+    /// Creates a veth pair in one request: `host` stays here, up and enslaved
+    /// to `controller`; `peer` is created directly in the namespace at
+    /// `peer_netns` with the given MAC. Returns the host end's ifindex.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_netns: &Path,
+        peer_mac: [u8; 6],
+        controller: u32,
+        mtu: Option<u32>,
+    ) -> Result<u32, NetlinkError> {
+        let ns = netns::open(peer_netns)?;
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).address(peer_mac.to_vec());
+        if let Some(mtu) = mtu {
+            peer_msg = peer_msg.mtu(mtu);
+        }
+        let peer_msg = peer_msg.setns_by_fd(ns.as_raw_fd()).build();
+        let mut b = LinkVeth::new(host, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .controller(controller)
+            .up();
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        let msg = b.build();
+        debug_assert!(msg.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkInfo(i) if i.iter().any(|x| matches!(x, rtnetlink::packet_route::link::LinkInfo::Kind(InfoKind::Veth))))));
+        self.handle.link().add(msg).execute().await.map_err(req(format!("create veth {host}")))?;
+        drop(ns);
+        self.require_index(host).await
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle.link().set(msg).execute().await.map_err(req(format!("set link {index} up")))
+    }
+
+    /// Deletes a link; a link that is already gone is not an error.
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == ENODEV => Ok(()),
+            Err(e) => Err(req(format!("delete link {index}"))(e)),
+        }
+    }
+
+    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(ip), prefix_len)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add address {ip}/{prefix_len}")))
+    }
+
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        self.handle.route().add(msg).replace().execute().await.map_err(req(format!("add default route via {gateway}")))
+    }
+
+    /// IPv4 unicast routes of the main table, as (destination, oif).
+    pub async fn ipv4_routes(&self) -> Result<Vec<(Ipv4Net, Option<u32>)>, NetlinkError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes: Vec<RouteMessage> =
+            self.handle.route().get(query).execute().try_collect().await.map_err(req("list routes"))?;
+        let mut out = Vec::new();
+        for r in routes {
+            if r.header.table != RouteMessage::default().header.table && r.header.table != 254 {
+                continue;
+            }
+            if r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut oif = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Table(t) if *t != 254 => continue,
+                    _ => {}
+                }
+            }
+            if let Ok(net) = Ipv4Net::new(dst, r.header.destination_prefix_length) {
+                out.push((net, oif));
+            }
+        }
+        Ok(out)
+    }
+}

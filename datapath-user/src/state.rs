@@ -1,0 +1,250 @@
+//! The agent's desired state: networks and endpoints, persisted as JSON in the
+//! state directory and restored when the agent starts.
+//!
+//! Everything that can be derived (used addresses, endpoint counts) is derived
+//! from this, never stored twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const STATE_FILE: &str = "state.json";
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("state file {path} is not valid: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("state file {path} has version {found}, this agent understands {STATE_VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("cannot write state file {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathKind {
+    #[default]
+    Ebpf,
+}
+
+impl std::fmt::Display for DatapathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatapathKind::Ebpf => f.write_str("ebpf"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    /// Random 64-bit id, hex.
+    pub id: String,
+    /// Small numeric id used by the datapath (`EndpointInfo::network_id`).
+    pub num_id: u32,
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// Name of the Linux bridge in the node namespace.
+    pub bridge: String,
+    #[serde(default)]
+    pub datapath: DatapathKind,
+    /// RFC 3339 creation time.
+    pub created: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    pub name: String,
+    pub id: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Path of the endpoint's network namespace.
+    pub netns_path: PathBuf,
+    /// True when the agent created the namespace (and so removes it).
+    pub owns_netns: bool,
+    /// Interface name inside the namespace.
+    pub ifname: String,
+    /// Host-side veth name in the node namespace.
+    pub host_ifname: String,
+    /// Optional caller-supplied id (CNI `CNI_CONTAINERID`).
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub trace: bool,
+    pub created: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub networks: BTreeMap<String, NetworkSpec>,
+    pub endpoints: BTreeMap<String, EndpointSpec>,
+}
+
+impl State {
+    pub fn new() -> Self {
+        State { version: STATE_VERSION, ..Default::default() }
+    }
+
+    /// Addresses in use on a network (derived from its endpoints).
+    pub fn used_addresses(&self, network: &str) -> BTreeSet<Ipv4Addr> {
+        self.endpoints.values().filter(|e| e.network == network).map(|e| e.ip).collect()
+    }
+
+    pub fn endpoints_of<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a EndpointSpec> + 'a {
+        self.endpoints.values().filter(move |e| e.network == network)
+    }
+
+    /// The network, if any, whose subnet overlaps `subnet`.
+    pub fn overlapping(&self, subnet: &Ipv4Net) -> Option<&NetworkSpec> {
+        self.networks.values().find(|n| nets_overlap(&n.subnet, subnet))
+    }
+
+    /// Lowest numeric network id not in use (1-based; 0 means "none").
+    pub fn next_network_num(&self) -> u32 {
+        let used: BTreeSet<u32> = self.networks.values().map(|n| n.num_id).collect();
+        (1..).find(|i| !used.contains(i)).unwrap_or(u32::MAX)
+    }
+
+    pub fn load(dir: &Path) -> Result<Option<State>, StateError> {
+        let path = dir.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Read { path, source }),
+        };
+        let state: State = serde_json::from_str(&text).map_err(|source| StateError::Parse { path: path.clone(), source })?;
+        if state.version != STATE_VERSION {
+            return Err(StateError::Version { path, found: state.version });
+        }
+        Ok(Some(state))
+    }
+
+    /// Writes the state atomically (temp file, fsync, rename).
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        let werr = |source| StateError::Write { path: path.clone(), source };
+        std::fs::create_dir_all(dir).map_err(werr)?;
+        let text = serde_json::to_vec_pretty(self).map_err(|e| werr(std::io::Error::other(e)))?;
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(&text).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        std::fs::rename(&tmp, &path).map_err(werr)?;
+        Ok(())
+    }
+}
+
+pub fn nets_overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Names of networks and endpoints: what Docker accepts, and short enough to
+/// be a namespace name.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok_chars = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    let starts_ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 64 || !ok_chars || !starts_ok {
+        return Err(format!(
+            "invalid {kind} name {name:?}: use 1-64 characters from [a-zA-Z0-9_.-], starting with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+pub fn random_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(name: &str, subnet: &str, num: u32) -> NetworkSpec {
+        let subnet: Ipv4Net = subnet.parse().unwrap();
+        NetworkSpec {
+            name: name.into(),
+            id: random_id(),
+            num_id: num,
+            subnet,
+            gateway: subnet.hosts().next().unwrap(),
+            bridge: format!("br-{name}"),
+            datapath: DatapathKind::Ebpf,
+            created: now_rfc3339(),
+        }
+    }
+
+    fn ep(name: &str, network: &str, ip: [u8; 4]) -> EndpointSpec {
+        EndpointSpec {
+            name: name.into(),
+            id: random_id(),
+            network: network.into(),
+            ip: Ipv4Addr::from(ip),
+            mac: [2, 0, 0, 0, 0, 1],
+            netns_path: PathBuf::from(format!("/run/netns/{name}")),
+            owns_netns: true,
+            ifname: "eth0".into(),
+            host_ifname: "dp0".into(),
+            container_id: None,
+            trace: false,
+            created: now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn overlap_detection() {
+        let mut s = State::new();
+        s.networks.insert("a".into(), net("a", "10.10.0.0/16", 1));
+        assert!(s.overlapping(&"10.10.5.0/24".parse().unwrap()).is_some());
+        assert!(s.overlapping(&"10.0.0.0/8".parse().unwrap()).is_some());
+        assert!(s.overlapping(&"10.11.0.0/16".parse().unwrap()).is_none());
+        assert_eq!(s.next_network_num(), 2);
+    }
+
+    #[test]
+    fn used_addresses_are_derived_per_network() {
+        let mut s = State::new();
+        s.endpoints.insert("x".into(), ep("x", "a", [10, 10, 0, 2]));
+        s.endpoints.insert("y".into(), ep("y", "b", [10, 20, 0, 2]));
+        assert_eq!(s.used_addresses("a"), [Ipv4Addr::new(10, 10, 0, 2)].into());
+        assert_eq!(s.endpoints_of("b").count(), 1);
+    }
+
+    #[test]
+    fn save_load_roundtrip_and_missing_file() {
+        let dir = std::env::temp_dir().join(format!("dp-state-test-{}", random_id()));
+        assert_eq!(State::load(&dir).unwrap(), None);
+        let mut s = State::new();
+        s.networks.insert("a".into(), net("a", "10.10.0.0/16", 1));
+        s.endpoints.insert("x".into(), ep("x", "a", [10, 10, 0, 2]));
+        s.save(&dir).unwrap();
+        assert_eq!(State::load(&dir).unwrap(), Some(s));
+        std::fs::write(dir.join(STATE_FILE), b"{not json").unwrap();
+        assert!(matches!(State::load(&dir), Err(StateError::Parse { .. })));
+        std::fs::write(dir.join(STATE_FILE), br#"{"version":99,"networks":{},"endpoints":{}}"#).unwrap();
+        assert!(matches!(State::load(&dir), Err(StateError::Version { found: 99, .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("endpoint", "web-1").is_ok());
+        assert!(validate_name("endpoint", "").is_err());
+        assert!(validate_name("endpoint", "-x").is_err());
+        assert!(validate_name("endpoint", "a/b").is_err());
+        assert!(validate_name("endpoint", &"a".repeat(65)).is_err());
+    }
+}
