@@ -458,7 +458,7 @@ impl Agent {
     pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Agent>> {
         use anyhow::Context;
         std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
-        std::fs::create_dir_all(&cfg.bpffs).with_context(|| format!("creating bpffs dir {}", cfg.bpffs.display()))?;
+        ensure_bpffs(&cfg.bpffs)?;
         let (trace_tx, _) = broadcast::channel(4096);
         let bpf = Bpf::load(trace_tx.clone())?;
         let nl = Netlink::current()?;
@@ -667,6 +667,22 @@ async fn write_line<W: AsyncWriteExt + Unpin, T: serde::Serialize>(w: &mut W, v:
     let mut buf = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     buf.push(b'\n');
     w.write_all(&buf).await
+}
+
+/// Makes sure the pin directory sits on a mounted bpffs, mounting one at
+/// its parent (normally /sys/fs/bpf) the way Cilium does when none is.
+fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let is_bpffs = |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC);
+    let parent = dir.parent().unwrap_or(dir);
+    if parent.exists() && !is_bpffs(parent) && !dir.exists() {
+        tracing::info!("mounting bpffs at {}", parent.display());
+        nix::mount::mount(Some("bpffs"), parent, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .with_context(|| format!("mounting bpffs at {}", parent.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating bpffs dir {}", dir.display()))?;
+    Ok(())
 }
 
 /// Binds the API socket (root only), refusing to steal one that is live.

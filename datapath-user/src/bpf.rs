@@ -23,7 +23,7 @@ pub enum BpfError {
     NoProgram(&'static str),
     #[error("eBPF map {0} is missing from the object")]
     NoMap(&'static str),
-    #[error("eBPF program {name}: {source}")]
+    #[error("eBPF program {name}: {}", trim_verifier_log(&source.to_string()))]
     Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("attaching {prog} to {iface}: {source}")]
     Attach { prog: &'static str, iface: String, source: aya::programs::ProgramError },
@@ -155,6 +155,24 @@ impl Bpf {
         }
         Ok(out)
     }
+}
+
+/// A verifier rejection carries the whole log (thousands of lines): keep the
+/// head and the tail, which say what failed. `DATAPATH_LOG=debug` logs it all.
+fn trim_verifier_log(msg: &str) -> String {
+    const HEAD: usize = 3;
+    const TAIL: usize = 25;
+    let lines: Vec<&str> = msg.lines().collect();
+    if lines.len() <= HEAD + TAIL {
+        return msg.to_string();
+    }
+    tracing::debug!("full verifier log:\n{msg}");
+    format!(
+        "{}\n... ({} verifier lines omitted) ...\n{}",
+        lines[..HEAD].join("\n"),
+        lines.len() - HEAD - TAIL,
+        lines[lines.len() - TAIL..].join("\n")
+    )
 }
 
 fn raise_memlock() {

@@ -1,1 +1,285 @@
-fn main(){}
+//! `datapath`: the agent and its command-line client.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use datapath::agent::{self, AgentConfig, DEFAULT_SUBNET};
+use datapath::api::{self, Client, EndpointCreate, EndpointView, NetworkCreate, NetworkView, Request, StatsView};
+use datapath::{ipam, netns};
+
+mod walkthrough;
+
+#[derive(Parser)]
+#[command(name = "datapath", version, about = "eBPF container networking: Docker-style networks and endpoints forwarded in-kernel")]
+struct Cli {
+    /// The agent's API socket.
+    #[arg(long, global = true, env = "DATAPATH_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent in the foreground (owns the eBPF programs, maps and topology).
+    Agent(AgentArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Manage endpoints (a network namespace plugged into a network).
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Per-reason packet counters of the eBPF datapath.
+    Stats {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Stream the eBPF packet traces (tracing is on while this runs).
+    Trace {
+        /// Only this endpoint's packets (default: all endpoints).
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// The classic Docker bridge-networking walkthrough on the eBPF datapath.
+    Walkthrough(walkthrough::WalkthroughArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// Directory for the persisted desired state.
+    #[arg(long, default_value = "/var/lib/datapath")]
+    state_dir: PathBuf,
+    /// bpffs directory for this agent's pinned objects.
+    #[arg(long, default_value = "/sys/fs/bpf/datapath")]
+    bpffs: PathBuf,
+    /// Run inside this named network namespace (/run/netns/NAME), the "node".
+    #[arg(long)]
+    netns: Option<String>,
+    /// Do not create the default network `bridge`.
+    #[arg(long)]
+    no_default_network: bool,
+    /// Subnet of the default network.
+    #[arg(long, default_value = DEFAULT_SUBNET)]
+    default_subnet: String,
+    /// Remove every endpoint and network this agent manages when it stops.
+    #[arg(long)]
+    cleanup_on_exit: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Create a network (a bridge with the gateway address, eBPF on its ports).
+    Create {
+        name: String,
+        #[arg(long)]
+        subnet: String,
+        #[arg(long)]
+        gateway: Option<String>,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show one network (JSON).
+    Inspect {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+    },
+    /// Remove a network that has no endpoints.
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum EndpointCmd {
+    /// Create an endpoint: netns NAME, veth with eth0 inside, address, route, TC program.
+    Create {
+        name: String,
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        ip: Option<String>,
+        /// Trace this endpoint's packets from the start.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// List endpoints.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show one endpoint (JSON).
+    Inspect {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+    },
+    /// Remove an endpoint and its namespace.
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let is_agent = matches!(cli.command, Command::Agent(_) | Command::Walkthrough(_));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DATAPATH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if is_agent { "info" } else { "warn" }));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Err(e) = real_main(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    // Entering the node namespace must happen while the process is still
+    // single-threaded, i.e. before the runtime starts.
+    if let Command::Agent(a) = &cli.command {
+        if let Some(ns) = &a.netns {
+            netns::enter_process(&netns::named_path(ns)).with_context(|| format!("entering node namespace {ns}"))?;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> Result<()> {
+    let client = Client::new(&cli.socket);
+    match cli.command {
+        Command::Agent(a) => {
+            if !nix::unistd::geteuid().is_root() {
+                anyhow::bail!("the agent needs root (CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN)");
+            }
+            let cfg = AgentConfig {
+                socket: cli.socket,
+                state_dir: a.state_dir,
+                bpffs: a.bpffs,
+                default_network: !a.no_default_network,
+                default_subnet: ipam::parse_subnet(&a.default_subnet)?,
+                cleanup_on_exit: a.cleanup_on_exit,
+            };
+            agent::run(cfg).await
+        }
+        Command::Network(cmd) => network(&client, cmd).await,
+        Command::Endpoint(cmd) => endpoint(&client, cmd).await,
+        Command::Stats { output } => {
+            let stats: StatsView = client.call_as(Request::Stats).await?;
+            if output == Output::Json {
+                return print_json(&stats);
+            }
+            println!("{:<24} {:>6} {:>12} {:>14}", "REASON", "KIND", "PACKETS", "BYTES");
+            for c in stats.counters {
+                println!("{:<24} {:>6} {:>12} {:>14}", c.reason, if c.drop { "drop" } else { "fwd" }, c.packets, c.bytes);
+            }
+            Ok(())
+        }
+        Command::Trace { endpoint } => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            client
+                .trace(endpoint, |rec| writeln!(out, "{} {}", rec.endpoint, rec.line).and_then(|_| out.flush()).is_ok())
+                .await?;
+            Ok(())
+        }
+        Command::Walkthrough(args) => walkthrough::run(args).await,
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
+    match cmd {
+        NetworkCmd::Create { name, subnet, gateway } => {
+            let n: NetworkView = client.call_as(Request::NetworkCreate(NetworkCreate { name, subnet, gateway })).await?;
+            println!("{}", n.id);
+        }
+        NetworkCmd::Ls { output } => {
+            let nets: Vec<NetworkView> = client.call_as(Request::NetworkList).await?;
+            if output == Output::Json {
+                return print_json(&nets);
+            }
+            println!("{:<18} {:<16} {:<18} {:<15} {:<12} {:<8} {:>9}", "NAME", "ID", "SUBNET", "GATEWAY", "BRIDGE", "DATAPATH", "ENDPOINTS");
+            for n in nets {
+                println!(
+                    "{:<18} {:<16} {:<18} {:<15} {:<12} {:<8} {:>9}",
+                    n.name,
+                    n.id,
+                    n.subnet,
+                    n.gateway.to_string(),
+                    n.bridge,
+                    n.datapath,
+                    n.endpoints.len()
+                );
+            }
+        }
+        NetworkCmd::Inspect { name, output } => {
+            let n: NetworkView = client.call_as(Request::NetworkInspect { name }).await?;
+            match output {
+                Output::Json => print_json(&n)?,
+                Output::Table => {
+                    println!("{} {} {} gw {} bridge {} ({})", n.name, n.id, n.subnet, n.gateway, n.bridge, n.datapath);
+                    for e in n.endpoints {
+                        println!("  {:<18} {:<15} {}", e.name, e.ip.to_string(), e.mac);
+                    }
+                }
+            }
+        }
+        NetworkCmd::Rm { name } => {
+            client.call(Request::NetworkRemove { name: name.clone() }).await?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}
+
+async fn endpoint(client: &Client, cmd: EndpointCmd) -> Result<()> {
+    match cmd {
+        EndpointCmd::Create { name, network, ip, trace } => {
+            let ip = ip.as_deref().map(ipam::parse_addr).transpose()?;
+            let req = EndpointCreate { name, network, ip, trace, ..Default::default() };
+            let e: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
+            println!("{} {}", e.name, e.ip);
+        }
+        EndpointCmd::Ls { output } => {
+            let eps: Vec<EndpointView> = client.call_as(Request::EndpointList).await?;
+            if output == Output::Json {
+                return print_json(&eps);
+            }
+            println!("{:<18} {:<12} {:<18} {:<17} {:<12} {:>7}", "NAME", "NETWORK", "ADDRESS", "MAC", "HOST-IF", "IFINDEX");
+            for e in eps {
+                println!(
+                    "{:<18} {:<12} {:<18} {:<17} {:<12} {:>7}",
+                    e.name,
+                    e.network,
+                    format!("{}/{}", e.ip, e.prefix_len),
+                    e.mac,
+                    e.host_ifname,
+                    e.host_ifindex
+                );
+            }
+        }
+        EndpointCmd::Inspect { name, output: _ } => {
+            let e: EndpointView = client.call_as(Request::EndpointInspect { name }).await?;
+            print_json(&e)?;
+        }
+        EndpointCmd::Rm { name } => {
+            client.call(Request::EndpointRemove { name: name.clone() }).await?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! `datapath walkthrough`: the classic Docker bridge-networking walkthrough
+//! ("Networking with standalone containers") on the eBPF datapath, step by
+//! step, with the packet traces of each flow.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use datapath::api::{Client, EndpointCreate, EndpointView, NetworkView, Request, StatsView};
+use datapath::netns;
+
+#[derive(Args)]
+pub struct WalkthroughArgs {
+    /// Clean up and exit after the scenario instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Where the walkthrough's agent keeps its socket and state.
+    #[arg(long, default_value = "/run/datapath-walkthrough")]
+    pub dir: PathBuf,
+}
+
+const EPS: [&str; 2] = ["alpine1", "alpine2"];
+
+fn step(n: u32, text: &str) {
+    println!("\n\x1b[1m== {n}. {text}\x1b[0m");
+}
+
+fn show(cmd: &str) {
+    println!("\x1b[2m$ {cmd}\x1b[0m");
+}
+
+/// Runs a command inside an endpoint's namespace. The child is spawned from
+/// a thread that entered the namespace, so it inherits it (no `ip netns exec`).
+fn output_in(ns: &Path, argv: &[&str]) -> Result<std::process::Output> {
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    let out = netns::run_in(ns, move || Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).output())?;
+    Ok(out?)
+}
+
+fn spawn_in(ns: &Path, argv: &[&str]) -> Result<Child> {
+    let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    let child = netns::run_in(ns, move || {
+        Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+    })?;
+    Ok(child?)
+}
+
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(client: &Client, agent: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if client.call(Request::Ping).await.is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = agent.try_wait()? {
+            bail!("the agent exited during start-up ({status}); its log is above");
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not become ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(args: WalkthroughArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the walkthrough creates namespaces and loads eBPF programs: run it as root (cargo xtask run does)");
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    let socket = args.dir.join("datapath.sock");
+    let exe = std::env::current_exe()?;
+    step(1, "Start the agent (eBPF programs loaded, default network `bridge` created)");
+    show(&format!("datapath agent --socket {} --cleanup-on-exit", socket.display()));
+    // Own process group: Ctrl-C reaches the walkthrough only, which then
+    // tears down in order and stops the agent.
+    let mut agent = Command::new(&exe)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("agent")
+        .arg("--state-dir")
+        .arg(args.dir.join("state"))
+        .arg("--bpffs")
+        .arg("/sys/fs/bpf/datapath-walkthrough")
+        .arg("--cleanup-on-exit")
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("starting the agent")?;
+    let client = Client::new(&socket);
+    let result = async {
+        wait_ready(&client, &mut agent).await?;
+        scenario(&client, &args).await
+    }
+    .await;
+    if let Err(e) = &result {
+        println!("\nwalkthrough failed: {e:#}");
+    }
+    step(9, "Clean up: remove the endpoints, stop the agent (it removes the default network)");
+    for ep in EPS {
+        if client.call(Request::EndpointRemove { name: ep.into() }).await.is_ok() {
+            println!("removed endpoint {ep}");
+        }
+    }
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || agent.wait()).await??;
+    println!("agent stopped ({status})");
+    result
+}
+
+use std::os::unix::process::CommandExt;
+
+async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
+    // Leftovers of a walkthrough that was killed are restored by the agent
+    // from its state: start from a clean slate.
+    for ep in EPS {
+        let _ = client.call(Request::EndpointRemove { name: ep.into() }).await;
+    }
+    step(2, "The networks: the default bridge network is there");
+    show("datapath network ls");
+    let nets: Vec<NetworkView> = client.call_as(Request::NetworkList).await?;
+    for n in &nets {
+        println!("{:<10} {:<18} gateway {:<12} bridge {:<10} datapath {}", n.name, n.subnet, n.gateway, n.bridge, n.datapath);
+    }
+
+    step(3, "Start two endpoints on the default network (packet tracing on)");
+    let mut eps = Vec::new();
+    for ep in EPS {
+        show(&format!("datapath endpoint create {ep} --trace"));
+        let t = Instant::now();
+        let req = EndpointCreate { name: ep.into(), trace: true, ..Default::default() };
+        let v: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
+        println!(
+            "{} {}/{} mac {} host veth {} (ifindex {}), netns {} -- {:.1} ms",
+            v.name,
+            v.ip,
+            v.prefix_len,
+            v.mac,
+            v.host_ifname,
+            v.host_ifindex,
+            v.netns_path.display(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        eps.push(v);
+    }
+    let (a, b) = (&eps[0], &eps[1]);
+
+    // Live traces, printed as they arrive.
+    let trace_client = Client::new(client_path(args));
+    let tracer = tokio::spawn(async move {
+        let _ = trace_client
+            .trace(None, |rec| {
+                println!("   \x1b[36mtrace\x1b[0m {} {}", rec.endpoint, rec.line);
+                true
+            })
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    step(4, &format!("Inside {}: its interfaces", a.name));
+    show(&format!("ip netns exec {} ip -br addr", a.name));
+    print!("{}", String::from_utf8_lossy(&output_in(&a.netns_path, &["ip", "-br", "addr"])?.stdout));
+
+    step(5, &format!("Ping {} from {} and back", b.name, a.name));
+    ping(a, b.ip).await?;
+    ping(b, a.ip).await?;
+    ping(a, a.gateway).await?;
+
+    step(6, &format!("HTTP: python3 -m http.server 8000 in {}, GET a file from {}", b.name, a.name));
+    let www = args.dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::write(www.join("hello.bin"), &body)?;
+    let www_s = www.to_string_lossy().to_string();
+    let ip_b = b.ip.to_string();
+    show(&format!("ip netns exec {} python3 -m http.server 8000 --bind {} --directory {}", b.name, ip_b, www_s));
+    let _server = KillOnDrop(spawn_in(&b.netns_path, &["python3", "-m", "http.server", "8000", "--bind", &ip_b, "--directory", &www_s])?);
+    let url = format!("http://{}:8000/hello.bin", b.ip);
+    let fetch = format!(
+        "import sys,time,urllib.request,hashlib\nfor i in range(100):\n    try:\n        d=urllib.request.urlopen('{url}',timeout=2).read();break\n    except OSError:\n        time.sleep(0.1)\nelse:\n    sys.exit('server did not answer')\nprint(len(d), hashlib.sha256(d).hexdigest())"
+    );
+    show(&format!("ip netns exec {} python3 -c 'urllib.request.urlopen(\"{url}\")'", a.name));
+    let out = output_in(&a.netns_path, &["python3", "-c", &fetch])?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let want = format!("{} {}", body.len(), sha256_hex(&body));
+    println!("fetched: {got}");
+    if !out.status.success() || got != want {
+        bail!("HTTP transfer failed: expected `{want}`, got `{got}` {}", String::from_utf8_lossy(&out.stderr));
+    }
+    println!("content verified (sha256 matches)");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracer.abort();
+
+    step(7, "Counters by reason: unicast between endpoints was redirected in-kernel");
+    show("datapath stats");
+    let stats: StatsView = client.call_as(Request::Stats).await?;
+    for c in stats.counters.iter().filter(|c| c.packets > 0) {
+        println!("{:<22} {:>4} {:>8} packets {:>10} bytes", c.reason, if c.drop { "drop" } else { "fwd" }, c.packets, c.bytes);
+    }
+
+    step(8, "Your turn");
+    println!("The endpoints stay up. In another terminal, for example:");
+    println!("  sudo ip netns exec {} ping {}", a.name, b.ip);
+    println!("  sudo datapath --socket {} trace", client_path(args).display());
+    println!("  sudo bpftool net show dev {}", a.host_ifname);
+    if args.no_wait {
+        return Ok(());
+    }
+    println!("Press Ctrl-C to clean up and exit.");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+fn client_path(args: &WalkthroughArgs) -> PathBuf {
+    args.dir.join("datapath.sock")
+}
+
+async fn ping(from: &EndpointView, to: Ipv4Addr) -> Result<()> {
+    let to_s = to.to_string();
+    show(&format!("ip netns exec {} ping -c 2 -i 0.2 {}", from.name, to_s));
+    let ns = from.netns_path.clone();
+    let out = tokio::task::spawn_blocking(move || output_in(&ns, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &to_s])).await??;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines().filter(|l| l.contains("bytes from") || l.contains("packet loss")) {
+        println!("{line}");
+    }
+    if !out.status.success() {
+        bail!("ping from {} to {to} failed", from.name);
+    }
+    Ok(())
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(data);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
