@@ -17,7 +17,7 @@ use crate::api::{
     ApiError, CounterView, EndpointCreate, EndpointView, Envelope, NetworkCreate, NetworkEndpointView, NetworkView, Request,
     Response, StatsView, TraceLine, API_VERSION,
 };
-use crate::bpf::{Bpf, BpfError};
+use crate::bpf::{AttachMode, Bpf, BpfError};
 use crate::ipam::{self, format_mac, mac_for};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netns;
@@ -39,6 +39,7 @@ pub struct AgentConfig {
     pub default_subnet: Ipv4Net,
     /// Remove every endpoint and network (and the state) on shutdown.
     pub cleanup_on_exit: bool,
+    pub attach_mode: AttachMode,
 }
 
 impl From<NetlinkError> for ApiError {
@@ -460,7 +461,7 @@ impl Agent {
         std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
         ensure_bpffs(&cfg.bpffs)?;
         let (trace_tx, _) = broadcast::channel(4096);
-        let bpf = Bpf::load(trace_tx.clone())?;
+        let bpf = Bpf::load(trace_tx.clone(), cfg.attach_mode)?;
         let nl = Netlink::current()?;
         let state = State::load(&cfg.state_dir)?.unwrap_or_else(State::new);
         let failpoint = std::env::var(FAILPOINT_ENV).ok().filter(|s| !s.is_empty());
@@ -674,6 +675,7 @@ async fn write_line<W: AsyncWriteExt + Unpin, T: serde::Serialize>(w: &mut W, v:
 fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     use anyhow::Context;
     const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    #[allow(clippy::unnecessary_cast)] // the field's type differs between libcs
     let is_bpffs = |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC);
     let parent = dir.parent().unwrap_or(dir);
     if parent.exists() && !is_bpffs(parent) && !dir.exists() {

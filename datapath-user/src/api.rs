@@ -197,7 +197,7 @@ pub enum ClientError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the agent sent a reply this client does not understand: {0}")]
     Protocol(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Api(#[from] ApiError),
 }
 

@@ -3,7 +3,8 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
-use aya::programs::tc::{self, SchedClassifierLink, TcAttachType};
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType};
+use aya::programs::LinkOrder;
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
 use datapath_common::{reason, Counter, EndpointInfo, MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_STATS, PROG_FROM_ENDPOINT};
@@ -31,8 +32,22 @@ pub enum BpfError {
     Map { map: &'static str, source: aya::maps::MapError },
 }
 
+/// How TC programs are attached to interfaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// TCX links where the kernel has them (>= 6.6), clsact otherwise.
+    #[default]
+    Auto,
+    /// TCX links (bpf_link, kernel >= 6.6).
+    Tcx,
+    /// A clsact qdisc with a direct-action filter (shown by older
+    /// `bpftool net`, works on any kernel).
+    Clsact,
+}
+
 /// Programs and maps of the eBPF datapath, owned by the agent.
 pub struct Bpf {
+    mode: AttachMode,
     ebpf: Ebpf,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     by_ip: HashMap<MapData, u32, EndpointInfo>,
@@ -64,7 +79,7 @@ fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
 impl Bpf {
     /// Loads the embedded object, verifies the programs and starts the
     /// aya-log reader task, which publishes trace lines on `trace_tx`.
-    pub fn load(trace_tx: broadcast::Sender<String>) -> Result<Self, BpfError> {
+    pub fn load(trace_tx: broadcast::Sender<String>, mode: AttachMode) -> Result<Self, BpfError> {
         let bytes = bpf_object::bytes().ok_or(BpfError::NoObject)?;
         raise_memlock();
         let mut ebpf = Ebpf::load(bytes)?;
@@ -95,7 +110,7 @@ impl Bpf {
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
-        Ok(Bpf { ebpf, endpoints, by_ip, stats, links: StdHashMap::new() })
+        Ok(Bpf { mode, ebpf, endpoints, by_ip, stats, links: StdHashMap::new() })
     }
 
     /// Attaches the from-endpoint program to the ingress of `iface`
@@ -108,11 +123,23 @@ impl Bpf {
             .ok_or(BpfError::NoProgram(PROG_FROM_ENDPOINT))?
             .try_into()
             .map_err(attach_err)?;
-        if aya::util::KernelVersion::current().map_or(true, |v| v < aya::util::KernelVersion::new(6, 6, 0)) {
-            // Pre-TCX kernels need the clsact qdisc; "exists" is fine.
+        let has_tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        let tcx = match self.mode {
+            AttachMode::Auto => has_tcx,
+            AttachMode::Tcx => true,
+            AttachMode::Clsact => false,
+        };
+        let options = if tcx {
+            TcAttachOptions::TcxOrder(LinkOrder::default())
+        } else {
+            // The clsact qdisc may exist already, which is fine. Filters
+            // outlive the process that attached them: drop those an earlier
+            // (killed) agent left, so the program runs once, not twice.
             let _ = tc::qdisc_add_clsact(iface);
-        }
-        let id = prog.attach(iface, TcAttachType::Ingress).map_err(attach_err)?;
+            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROG_FROM_ENDPOINT);
+            TcAttachOptions::Netlink(NlOptions::default())
+        };
+        let id = prog.attach_with_options(iface, TcAttachType::Ingress, options).map_err(attach_err)?;
         let link = prog.take_link(id).map_err(attach_err)?;
         self.links.insert(ifindex, link);
         Ok(())

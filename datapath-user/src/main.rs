@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datapath::agent::{self, AgentConfig, DEFAULT_SUBNET};
 use datapath::api::{self, Client, EndpointCreate, EndpointView, NetworkCreate, NetworkView, Request, StatsView};
+use datapath::bpf::AttachMode;
 use datapath::{ipam, netns};
 
 mod walkthrough;
@@ -65,6 +66,9 @@ struct AgentArgs {
     /// Remove every endpoint and network this agent manages when it stops.
     #[arg(long)]
     cleanup_on_exit: bool,
+    /// How to attach the TC programs.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    tc_attach: AttachMode,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,6 +172,7 @@ async fn async_main(cli: Cli) -> Result<()> {
                 default_network: !a.no_default_network,
                 default_subnet: ipam::parse_subnet(&a.default_subnet)?,
                 cleanup_on_exit: a.cleanup_on_exit,
+                attach_mode: a.tc_attach,
             };
             agent::run(cfg).await
         }

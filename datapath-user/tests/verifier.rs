@@ -1,0 +1,395 @@
+//! Checks of the embedded eBPF object against the running kernel.
+//!
+//! * `programs_pass_the_verifier`: every TC program of the object loads (the
+//!   kernel verifier accepts it).
+//! * `dp_from_ep_decisions`: runs `dp_from_ep` on hand-made frames with
+//!   `BPF_PROG_TEST_RUN` (no interfaces or namespaces involved: the kernel runs
+//!   the program on a private copy of the frame with `lo` as the device) and
+//!   checks the verdict, the reason counter, the rewritten frame and the trace
+//!   line of each case.
+//!
+//! Both need root and a binary built with the eBPF object (`cargo xtask
+//! build`); without either they print why and pass.
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
+    sync::{Arc, Mutex},
+};
+
+use aya::{
+    maps::{HashMap, PerCpuArray},
+    programs::{Program, SchedClassifier},
+    Ebpf, EbpfLoader,
+};
+use datapath_common::{ipv4_key, reason, Counter, EndpointInfo, EP_F_TRACE};
+
+fn skip_reason() -> Option<&'static str> {
+    if datapath::bpf_object::bytes().is_none() {
+        return Some("the binary has no eBPF object (build with `cargo xtask build`)");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root");
+    }
+    None
+}
+
+fn load() -> Ebpf {
+    let bytes = datapath::bpf_object::bytes().expect("checked by skip_reason");
+    EbpfLoader::new().load(bytes).expect("parsing the eBPF object and creating its maps")
+}
+
+#[test]
+fn programs_pass_the_verifier() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let mut ebpf = load();
+    let mut loaded = Vec::new();
+    for (name, prog) in ebpf.programs_mut() {
+        if let Program::SchedClassifier(p) = prog {
+            if let Err(e) = p.load() {
+                panic!("the verifier rejected {name}: {e}");
+            }
+            let info = p.info().expect("program info");
+            eprintln!(
+                "{name}: verified ({} instructions processed, {} translated bytes)",
+                info.verified_instruction_count().unwrap_or(0),
+                info.size_translated().unwrap_or(0)
+            );
+            loaded.push(name.to_owned());
+        }
+    }
+    assert!(
+        loaded.iter().any(|n| n == datapath_common::PROG_FROM_ENDPOINT),
+        "no {} program in the object (found {loaded:?})",
+        datapath_common::PROG_FROM_ENDPOINT
+    );
+}
+
+// ---------------------------------------------------------------------------
+// BPF_PROG_TEST_RUN
+
+/// The `test` member of `union bpf_attr` (uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+const BPF_PROG_TEST_RUN: nix::libc::c_long = 10;
+
+/// Runs the program once on `frame`; returns (return code, frame after the run).
+fn test_run(prog: &SchedClassifier, frame: &[u8]) -> (i32, Vec<u8>) {
+    let fd = prog.fd().expect("program is loaded");
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..Default::default()
+    };
+    // SAFETY: `attr` points at live buffers of the sizes given.
+    let rc = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN failed: {}", std::io::Error::last_os_error());
+    out.truncate(attr.data_size_out as usize);
+    (attr.retval as i32, out)
+}
+
+// ---------------------------------------------------------------------------
+// frames
+
+const GW_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x01];
+const A_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x0a];
+const B_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x0b];
+const BCAST: [u8; 6] = [0xff; 6];
+const A_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 2);
+const B_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 3);
+const C_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 1, 3);
+/// BPF_PROG_TEST_RUN runs TC programs with `lo` as the device.
+const A_IFINDEX: u32 = 1;
+/// Never looked up by the kernel: `bpf_redirect_peer` only records it.
+const B_IFINDEX: u32 = 4242;
+const C_IFINDEX: u32 = 4243;
+
+fn eth(dst: [u8; 6], src: [u8; 6], proto: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&proto.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn ip_checksum(hdr: &[u8]) -> u16 {
+    let mut sum: u32 = hdr.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 packet (20-byte header) carrying a UDP header and `extra` bytes.
+fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, sport: u16, dport: u16) -> Vec<u8> {
+    let payload = [0u8; 12];
+    let udp_len = 8 + payload.len();
+    let mut p = vec![0x45, 0];
+    p.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    p.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, ttl, 17, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let c = ip_checksum(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&payload);
+    p
+}
+
+fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut p = vec![0, 1, 0x08, 0x00, 6, 4];
+    p.extend_from_slice(&op.to_be_bytes());
+    p.extend_from_slice(&sha);
+    p.extend_from_slice(&spa.octets());
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&tpa.octets());
+    p
+}
+
+fn endpoint(ifindex: u32, ip: Ipv4Addr, mac: [u8; 6], network_id: u32, flags: u32) -> EndpointInfo {
+    EndpointInfo { ifindex, ipv4: ipv4_key(ip.octets()), mac, gw_mac: GW_MAC, network_id, flags }
+}
+
+/// Collects the aya-log lines of the program.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl log::Log for Lines {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0.lock().unwrap().push(record.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+const TC_ACT_REDIRECT: i32 = 7;
+
+struct Harness {
+    ebpf: Ebpf,
+    logger: aya_log::EbpfLogger<Lines>,
+    lines: Lines,
+}
+
+impl Harness {
+    fn prog(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(datapath_common::PROG_FROM_ENDPOINT)
+            .expect("program present")
+            .try_into()
+            .expect("a classifier")
+    }
+
+    fn counter(&self, code: u32) -> Counter {
+        let stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.ebpf.map("STATS").unwrap()).unwrap();
+        let per_cpu = stats.get(&code, 0).unwrap();
+        per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        })
+    }
+
+    fn set_endpoint(&mut self, ep: EndpointInfo) {
+        let mut by_if: HashMap<_, u32, EndpointInfo> =
+            HashMap::try_from(self.ebpf.map_mut(datapath_common::MAP_ENDPOINTS).unwrap()).unwrap();
+        by_if.insert(ep.ifindex, ep, 0).unwrap();
+        let mut by_ip: HashMap<_, u32, EndpointInfo> =
+            HashMap::try_from(self.ebpf.map_mut(datapath_common::MAP_ENDPOINTS_BY_IP).unwrap()).unwrap();
+        by_ip.insert(ep.ipv4, ep, 0).unwrap();
+    }
+
+    /// Runs `frame`, checks the return code and that exactly the counter of
+    /// `code` moved by one packet of the frame's length; returns the frame
+    /// after the run and the trace lines it produced.
+    fn check(&mut self, what: &str, frame: &[u8], action: i32, code: u32) -> (Vec<u8>, Vec<String>) {
+        let before: Vec<Counter> = reason::ALL.iter().map(|c| self.counter(*c)).collect();
+        let (ret, out) = test_run(self.prog(), frame);
+        let after: Vec<Counter> = reason::ALL.iter().map(|c| self.counter(*c)).collect();
+        for (i, c) in reason::ALL.iter().enumerate() {
+            let (b, a) = (before[i], after[i]);
+            if *c == code {
+                assert_eq!(a.packets, b.packets + 1, "{what}: {} not counted", reason::name(code));
+                assert_eq!(a.bytes, b.bytes + frame.len() as u64, "{what}: bytes of {}", reason::name(code));
+            } else {
+                assert_eq!(a, b, "{what}: counted under {} instead of {}", reason::name(*c), reason::name(code));
+            }
+        }
+        assert_eq!(ret, action, "{what}: return code");
+        self.logger.flush();
+        let lines = std::mem::take(&mut *self.lines.0.lock().unwrap());
+        (out, lines)
+    }
+}
+
+#[test]
+fn dp_from_ep_decisions() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let mut ebpf = load();
+    let lines = Lines::default();
+    let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, lines.clone()).expect("AYA_LOGS map");
+    {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(datapath_common::PROG_FROM_ENDPOINT)
+            .expect("program present")
+            .try_into()
+            .expect("a classifier");
+        prog.load().expect("verifier");
+    }
+    let mut h = Harness { ebpf, logger, lines };
+    let a_to_b = eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 5000, 6000));
+
+    // Before the endpoint is known the program stays out of the way.
+    h.check("unknown iface", &a_to_b, TC_ACT_OK, reason::PASS_UNKNOWN_IFACE);
+
+    h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0));
+    h.set_endpoint(endpoint(B_IFINDEX, B_IP, B_MAC, 7, 0));
+    h.set_endpoint(endpoint(C_IFINDEX, C_IP, [0x02, 0xdd, 0, 0, 1, 0x0c], 8, 0));
+
+    // Identity checks.
+    let other_mac = [0x02, 0xee, 0, 0, 0, 1];
+    h.check("spoofed MAC", &eth(B_MAC, other_mac, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 1, 2)),
+        TC_ACT_SHOT, reason::DROP_SPOOFED_MAC);
+    h.check("spoofed IP", &eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(C_IP, B_IP, 64, 1, 2)),
+        TC_ACT_SHOT, reason::DROP_SPOOFED_IP);
+
+    // ARP.
+    h.check("ARP request", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)), TC_ACT_OK, reason::PASS_ARP);
+    h.check("ARP probe", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, Ipv4Addr::UNSPECIFIED, A_IP)),
+        TC_ACT_OK, reason::PASS_ARP);
+    h.check("ARP reply", &eth(GW_MAC, A_MAC, 0x0806, &arp(2, A_MAC, A_IP, Ipv4Addr::new(10, 199, 0, 1))),
+        TC_ACT_OK, reason::PASS_ARP);
+    h.check("spoofed ARP", &eth(BCAST, A_MAC, 0x0806, &arp(2, A_MAC, B_IP, A_IP)),
+        TC_ACT_SHOT, reason::DROP_SPOOFED_ARP);
+    h.check("truncated ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)[..20]),
+        TC_ACT_SHOT, reason::DROP_TRUNCATED);
+
+    // Malformed IPv4.
+    let good = ipv4_udp(A_IP, B_IP, 64, 1, 2);
+    let mut bad = good.clone();
+    bad[0] = 0x65;
+    h.check("IPv4 version 6", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_BAD_IPV4_HEADER);
+    let mut bad = good.clone();
+    bad[0] = 0x44;
+    h.check("IPv4 ihl 4", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_BAD_IPV4_HEADER);
+    let mut bad = good.clone();
+    bad[2..4].copy_from_slice(&19u16.to_be_bytes());
+    h.check("IPv4 tot_len 19", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_BAD_IPV4_HEADER);
+    let mut bad = good.clone();
+    bad[0] = 0x4f;
+    bad[2..4].copy_from_slice(&60u16.to_be_bytes());
+    h.check("IPv4 options beyond the frame", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_TRUNCATED);
+    let mut bad = good.clone();
+    bad[2..4].copy_from_slice(&1000u16.to_be_bytes());
+    h.check("IPv4 tot_len beyond the frame", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_TRUNCATED);
+    h.check("IPv4 header cut", &eth(B_MAC, A_MAC, 0x0800, &good[..12]), TC_ACT_SHOT, reason::DROP_TRUNCATED);
+
+    // Pass to the bridge.
+    h.check("broadcast IPv4", &eth(BCAST, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 255), 64, 1, 2)),
+        TC_ACT_OK, reason::PASS_BROADCAST);
+    h.check("multicast IPv4", &eth([0x01, 0, 0x5e, 0, 0, 0xfb], A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(224, 0, 0, 251), 1, 5353, 5353)),
+        TC_ACT_OK, reason::PASS_BROADCAST);
+    h.check("to the gateway", &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 1), 64, 1, 2)),
+        TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    h.check("beyond the node", &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(192, 0, 2, 1), 64, 1, 2)),
+        TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    h.check("other network", &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, C_IP, 64, 1, 2)),
+        TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    h.check("to itself", &eth(A_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, A_IP, 64, 1, 2)),
+        TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    h.check("routed, TTL expires", &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 1, 1, 2)),
+        TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    h.check("IPv6 unicast", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_OK, reason::PASS_OTHER_PROTO);
+    h.check("IPv6 multicast", &eth([0x33, 0x33, 0, 0, 0, 1], A_MAC, 0x86dd, &[0x60; 40]),
+        TC_ACT_OK, reason::PASS_BROADCAST);
+
+    // Redirect, bridged: only the destination MAC is (re)written.
+    let (out, lines) = h.check("bridged redirect", &a_to_b, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    assert_eq!(out, a_to_b, "bridged redirect leaves the frame alone");
+    assert!(lines.is_empty(), "no trace without EP_F_TRACE: {lines:?}");
+
+    // Redirect, routed: MACs rewritten, TTL decremented, checksum still valid.
+    let routed = eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 5000, 6000));
+    let (out, _) = h.check("routed redirect", &routed, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    assert_eq!(out.len(), routed.len());
+    assert_eq!(&out[0..6], &B_MAC, "destination MAC");
+    assert_eq!(&out[6..12], &GW_MAC, "source MAC");
+    assert_eq!(out[14 + 8], 63, "TTL");
+    assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement");
+    assert_eq!(&out[34..], &routed[34..], "payload untouched");
+    // The checksum fold when the old checksum is near 0xffff.
+    for ttl in [2u8, 128, 255] {
+        let f = eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, ttl, 0xffff, 0));
+        let (out, _) = h.check("routed redirect, checksum", &f, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+        assert_eq!(out[14 + 8], ttl - 1);
+        assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement (ttl {ttl})");
+    }
+
+    // Traces: one line per packet when the sender or the receiver is traced.
+    h.set_endpoint(endpoint(B_IFINDEX, B_IP, B_MAC, 7, EP_F_TRACE));
+    let (_, lines) = h.check("traced redirect", &routed, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    assert_eq!(
+        lines,
+        ["ep=1 from-ep redirect-peer 02:dd:00:00:00:0a > 02:dd:00:00:00:01 10.199.0.2:5000 > 10.199.0.3:6000 proto=17 -> if=4242"]
+    );
+    let (_, lines) = h.check("untraced sender, ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        TC_ACT_OK, reason::PASS_ARP);
+    assert!(lines.is_empty(), "ARP has no receiver endpoint: {lines:?}");
+
+    h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, EP_F_TRACE));
+    let (_, lines) = h.check("traced ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        TC_ACT_OK, reason::PASS_ARP);
+    assert_eq!(lines, ["ep=1 from-ep pass-arp 02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff arp op=1 10.199.0.2 > 10.199.0.3"]);
+    let (_, lines) = h.check("traced spoof", &eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(C_IP, B_IP, 64, 1, 2)),
+        TC_ACT_SHOT, reason::DROP_SPOOFED_IP);
+    assert_eq!(lines, ["ep=1 from-ep drop-spoofed-ip 02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.1.3:1 > 10.199.0.3:2 proto=17"]);
+    let mut icmp = ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 1), 64, 0, 0);
+    icmp[9] = 1;
+    let (_, lines) = h.check("traced ICMP", &eth(GW_MAC, A_MAC, 0x0800, &icmp), TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    assert_eq!(lines, ["ep=1 from-ep pass-to-bridge 02:dd:00:00:00:0a > 02:dd:00:00:00:01 10.199.0.2 > 10.199.0.1 proto=1"]);
+    let (_, lines) = h.check("traced IPv6", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_OK, reason::PASS_OTHER_PROTO);
+    assert_eq!(lines, ["ep=1 from-ep pass-other-proto 02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd"]);
+}
