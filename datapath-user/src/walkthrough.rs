@@ -40,10 +40,11 @@ fn output_in(ns: &Path, argv: &[&str]) -> Result<std::process::Output> {
     Ok(out?)
 }
 
-fn spawn_in(ns: &Path, argv: &[&str]) -> Result<Child> {
+fn spawn_in(ns: &Path, argv: &[&str], log: &Path) -> Result<Child> {
     let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+    let log = std::fs::File::create(log)?;
     let child = netns::run_in(ns, move || {
-        Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+        Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()
     })?;
     Ok(child?)
 }
@@ -181,9 +182,11 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     std::fs::write(www.join("hello.bin"), &body)?;
     let www_s = www.to_string_lossy().to_string();
-    let ip_b = b.ip.to_string();
-    show(&format!("ip netns exec {} python3 -m http.server 8000 --bind {} --directory {}", b.name, ip_b, www_s));
-    let _server = KillOnDrop(spawn_in(&b.netns_path, &["python3", "-m", "http.server", "8000", "--bind", &ip_b, "--directory", &www_s])?);
+    // No --bind: http.server would resolve the bound address with a reverse
+    // DNS lookup (getfqdn), i.e. send packets towards the host's resolver.
+    show(&format!("ip netns exec {} python3 -m http.server 8000 --directory {}", b.name, www_s));
+    let server_log = args.dir.join("http-server.log");
+    let _server = KillOnDrop(spawn_in(&b.netns_path, &["python3", "-m", "http.server", "8000", "--directory", &www_s], &server_log)?);
     let url = format!("http://{}:8000/hello.bin", b.ip);
     let fetch = format!(
         "import sys,time,urllib.request,hashlib\nfor i in range(100):\n    try:\n        d=urllib.request.urlopen('{url}',timeout=2).read();break\n    except OSError:\n        time.sleep(0.1)\nelse:\n    sys.exit('server did not answer')\nprint(len(d), hashlib.sha256(d).hexdigest())"
@@ -194,7 +197,8 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     let want = format!("{} {}", body.len(), sha256_hex(&body));
     println!("fetched: {got}");
     if !out.status.success() || got != want {
-        bail!("HTTP transfer failed: expected `{want}`, got `{got}` {}", String::from_utf8_lossy(&out.stderr));
+        let log = std::fs::read_to_string(&server_log).unwrap_or_default();
+        bail!("HTTP transfer failed: expected `{want}`, got `{got}` {}\nserver log:\n{log}", String::from_utf8_lossy(&out.stderr));
     }
     println!("content verified (sha256 matches)");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -211,7 +215,7 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     println!("The endpoints stay up. In another terminal, for example:");
     println!("  sudo ip netns exec {} ping {}", a.name, b.ip);
     println!("  sudo datapath --socket {} trace", client_path(args).display());
-    println!("  sudo bpftool net show dev {}", a.host_ifname);
+    println!("  sudo bpftool prog show name dp_from_ep; sudo bpftool link show   # TCX links (bpftool < 7.3 prints them as `type 11`)");
     if args.no_wait {
         return Ok(());
     }
@@ -226,9 +230,9 @@ fn client_path(args: &WalkthroughArgs) -> PathBuf {
 
 async fn ping(from: &EndpointView, to: Ipv4Addr) -> Result<()> {
     let to_s = to.to_string();
-    show(&format!("ip netns exec {} ping -c 2 -i 0.2 {}", from.name, to_s));
+    show(&format!("ip netns exec {} ping -n -c 2 -i 0.2 {}", from.name, to_s));
     let ns = from.netns_path.clone();
-    let out = tokio::task::spawn_blocking(move || output_in(&ns, &["ping", "-c", "2", "-i", "0.2", "-W", "1", &to_s])).await??;
+    let out = tokio::task::spawn_blocking(move || output_in(&ns, &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", &to_s])).await??;
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines().filter(|l| l.contains("bytes from") || l.contains("packet loss")) {
         println!("{line}");

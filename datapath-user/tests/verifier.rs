@@ -325,7 +325,7 @@ fn dp_from_ep_decisions() {
     let mut bad = good.clone();
     bad[2..4].copy_from_slice(&1000u16.to_be_bytes());
     h.check("IPv4 tot_len beyond the frame", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_TRUNCATED);
-    h.check("IPv4 header cut", &eth(B_MAC, A_MAC, 0x0800, &good[..12]), TC_ACT_SHOT, reason::DROP_TRUNCATED);
+    h.check("IPv4 header cut", &eth(B_MAC, A_MAC, 0x0800, &good[..19]), TC_ACT_SHOT, reason::DROP_TRUNCATED);
 
     // Pass to the bridge.
     h.check("broadcast IPv4", &eth(BCAST, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 255), 64, 1, 2)),
@@ -369,27 +369,53 @@ fn dp_from_ep_decisions() {
     }
 
     // Traces: one line per packet when the sender or the receiver is traced.
+    // The reason column is padded to 20 characters.
+    let line = |code: u32, rest: &str| format!("ep=1 from-ep {:<20} {rest}", reason::name(code));
     h.set_endpoint(endpoint(B_IFINDEX, B_IP, B_MAC, 7, EP_F_TRACE));
     let (_, lines) = h.check("traced redirect", &routed, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    // A redirected frame is shown as delivered (after the MAC rewrite).
     assert_eq!(
         lines,
-        ["ep=1 from-ep redirect-peer 02:dd:00:00:00:0a > 02:dd:00:00:00:01 10.199.0.2:5000 > 10.199.0.3:6000 proto=17 -> if=4242"]
+        [line(
+            reason::FWD_REDIRECT_PEER,
+            "02:dd:00:00:00:01 > 02:dd:00:00:00:0b 10.199.0.2:5000 > 10.199.0.3:6000 proto=17 -> if=4242"
+        )]
     );
     let (_, lines) = h.check("untraced sender, ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
         TC_ACT_OK, reason::PASS_ARP);
     assert!(lines.is_empty(), "ARP has no receiver endpoint: {lines:?}");
+    let (_, lines) = h.check("traced receiver, spoofed MAC",
+        &eth(B_MAC, other_mac, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 1, 2)), TC_ACT_SHOT, reason::DROP_SPOOFED_MAC);
+    assert!(lines.is_empty(), "a frame dropped before the lookup has no receiver: {lines:?}");
 
     h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, EP_F_TRACE));
     let (_, lines) = h.check("traced ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
         TC_ACT_OK, reason::PASS_ARP);
-    assert_eq!(lines, ["ep=1 from-ep pass-arp 02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff arp op=1 10.199.0.2 > 10.199.0.3"]);
+    assert_eq!(lines, [line(reason::PASS_ARP, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff arp op=1 10.199.0.2 > 10.199.0.3")]);
     let (_, lines) = h.check("traced spoof", &eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(C_IP, B_IP, 64, 1, 2)),
         TC_ACT_SHOT, reason::DROP_SPOOFED_IP);
-    assert_eq!(lines, ["ep=1 from-ep drop-spoofed-ip 02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.1.3:1 > 10.199.0.3:2 proto=17"]);
+    assert_eq!(
+        lines,
+        [line(reason::DROP_SPOOFED_IP, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.1.3:1 > 10.199.0.3:2 proto=17")]
+    );
     let mut icmp = ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 1), 64, 0, 0);
     icmp[9] = 1;
     let (_, lines) = h.check("traced ICMP", &eth(GW_MAC, A_MAC, 0x0800, &icmp), TC_ACT_OK, reason::PASS_TO_BRIDGE);
-    assert_eq!(lines, ["ep=1 from-ep pass-to-bridge 02:dd:00:00:00:0a > 02:dd:00:00:00:01 10.199.0.2 > 10.199.0.1 proto=1"]);
+    assert_eq!(
+        lines,
+        [line(reason::PASS_TO_BRIDGE, "02:dd:00:00:00:0a > 02:dd:00:00:00:01 10.199.0.2 > 10.199.0.1 proto=1")]
+    );
+    let (_, lines) = h.check("traced bridged redirect, ICMP", &eth(B_MAC, A_MAC, 0x0800, &{
+        let mut p = ipv4_udp(A_IP, B_IP, 64, 0, 0);
+        p[9] = 1;
+        p
+    }), TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    assert_eq!(
+        lines,
+        [line(reason::FWD_REDIRECT_PEER, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.0.2 > 10.199.0.3 proto=1 -> if=4242")]
+    );
     let (_, lines) = h.check("traced IPv6", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_OK, reason::PASS_OTHER_PROTO);
-    assert_eq!(lines, ["ep=1 from-ep pass-other-proto 02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd"]);
+    assert_eq!(lines, [line(reason::PASS_OTHER_PROTO, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd")]);
+    let (_, lines) = h.check("traced truncated ARP", &eth(BCAST, A_MAC, 0x0806, &[0; 20]), TC_ACT_SHOT, reason::DROP_TRUNCATED);
+    assert_eq!(lines, [line(reason::DROP_TRUNCATED, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff ethertype=0x806")]);
 }
