@@ -565,6 +565,8 @@ impl Agent {
             }
         }
         let _ = std::fs::remove_file(inner.cfg.state_dir.join(state::STATE_FILE));
+        // Only if empty: nothing is pinned yet, and nothing of others is removed.
+        let _ = std::fs::remove_dir(&inner.cfg.bpffs);
     }
 
     async fn trace_subscribe(&self, endpoint: &Option<String>, delta: isize) -> Result<(), ApiError> {

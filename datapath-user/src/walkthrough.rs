@@ -115,6 +115,7 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || agent.wait()).await??;
     println!("agent stopped ({status})");
+    let _ = std::fs::remove_dir_all(&args.dir);
     result
 }
 
