@@ -8,9 +8,10 @@
 //! handed to the bridge (`TC_ACT_OK`).
 //!
 //! Every outcome is counted in `STATS` under exactly one reason code
-//! (`datapath_common::reason`). When the sending or receiving endpoint has
+//! (`datapath_common::reason`). When the sending or the receiving endpoint has
 //! `EP_F_TRACE`, exactly one aya-log line is emitted for the packet; otherwise
-//! no log call is made at all.
+//! no log call is made at all. The trace code re-reads the frame itself, so the
+//! forwarding path carries no trace bookkeeping.
 #![no_std]
 #![no_main]
 
@@ -22,7 +23,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::info;
-use datapath_common::{reason, EndpointInfo, Counter, EP_F_TRACE, MAX_ENDPOINTS};
+use datapath_common::{reason, Counter, EndpointInfo, EP_F_TRACE, MAX_ENDPOINTS};
 
 /// Endpoints keyed by the ifindex of their host-side veth.
 #[map]
@@ -42,21 +43,22 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 /// IPv4-over-Ethernet ARP body.
 const ARP_LEN: usize = 28;
-const _: () = assert!(core::mem::size_of::<ArpHdr>() == ARP_LEN);
-const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_HLEN);
 const IPV4_MIN_HLEN: usize = 20;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-/// Enough linear data for the Ethernet header, the largest IPv4 header and
-/// the L4 ports (only the trace reads those, and it uses `bpf_skb_load_bytes`).
-const PULL_LEN: u32 = (ETH_HLEN + 60 + 4) as u32;
+/// Enough linear data for the Ethernet header and the largest IPv4 header.
+const PULL_LEN: u32 = (ETH_HLEN + 60) as u32;
 /// `skb->pkt_type` for frames addressed to this host.
 const PACKET_HOST: u32 = 0;
 
+/// A MAC address as three 16-bit words (bytes in wire order), so it is read,
+/// compared and written with three 2-byte accesses instead of six 1-byte ones.
+type Mac = [u16; 3];
+
 #[repr(C)]
 struct EthHdr {
-    dst: [u8; 6],
-    src: [u8; 6],
+    dst: Mac,
+    src: Mac,
     /// Big endian.
     proto: u16,
 }
@@ -82,7 +84,6 @@ struct Ipv4Hdr {
     /// Big endian.
     tot_len: u16,
     id: u16,
-    /// Big endian.
     frag_off: u16,
     ttl: u8,
     proto: u8,
@@ -91,45 +92,38 @@ struct Ipv4Hdr {
     daddr: u32,
 }
 
-/// What the trace line shows. Filled while the packet is parsed; only read
-/// when tracing is on.
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Trace {
-    ifindex: u32,
-    code: u32,
-    kind: u32,
-    /// Redirect target ifindex, 0 when the packet was not redirected.
-    out_if: u32,
-    src_mac: [u8; 6],
-    dst_mac: [u8; 6],
-    /// Ethertype (host order) for `KIND_OTHER`, ARP opcode for `KIND_ARP`,
-    /// IPv4 protocol for `KIND_IPV4`.
-    num: u32,
-    /// Offset of the L4 header when the ports should be shown, else 0.
-    l4_off: u32,
-    saddr: [u8; 4],
-    daddr: [u8; 4],
-}
-
-const KIND_OTHER: u32 = 0;
-const KIND_ARP: u32 = 1;
-const KIND_IPV4: u32 = 2;
+const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_HLEN);
+const _: () = assert!(core::mem::size_of::<ArpHdr>() == ARP_LEN);
+const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_MIN_HLEN);
 
 /// The decision for one packet.
 struct Verdict {
     code: u32,
     action: i32,
+    /// Redirect target, 0 when not redirected (shown by the trace).
+    out_if: u32,
+    /// `flags` of the destination endpoint when one was looked up.
+    dst_flags: u32,
 }
 
 #[inline(always)]
 const fn pass(code: u32) -> Verdict {
-    Verdict { code, action: TC_ACT_OK as i32 }
+    Verdict {
+        code,
+        action: TC_ACT_OK as i32,
+        out_if: 0,
+        dst_flags: 0,
+    }
 }
 
 #[inline(always)]
 const fn drop(code: u32) -> Verdict {
-    Verdict { code, action: TC_ACT_SHOT as i32 }
+    Verdict {
+        code,
+        action: TC_ACT_SHOT as i32,
+        out_if: 0,
+        dst_flags: 0,
+    }
 }
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the linear packet data.
@@ -143,9 +137,20 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
+/// Whether the group (broadcast/multicast) bit of a MAC is set.
 #[inline(always)]
-fn is_multicast(mac: &[u8; 6]) -> bool {
-    mac[0] & 1 != 0
+fn is_multicast(mac: &Mac) -> bool {
+    mac[0].to_ne_bytes()[0] & 1 != 0
+}
+
+/// The `[u8; 6]` MAC of the shared types as a [`Mac`].
+#[inline(always)]
+fn mac(b: [u8; 6]) -> Mac {
+    [
+        u16::from_ne_bytes([b[0], b[1]]),
+        u16::from_ne_bytes([b[2], b[3]]),
+        u16::from_ne_bytes([b[4], b[5]]),
+    ]
 }
 
 #[classifier]
@@ -155,33 +160,15 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     let len = ctx.len();
 
     // SAFETY: the value is copied out before any other map operation.
-    let src = match unsafe { ENDPOINTS.get(&ifindex) } {
-        Some(ep) => *ep,
-        None => {
-            count(reason::PASS_UNKNOWN_IFACE, len);
-            return TC_ACT_OK as i32;
-        }
+    let Some(src) = (unsafe { ENDPOINTS.get(&ifindex) }).copied() else {
+        count(reason::PASS_UNKNOWN_IFACE, len);
+        return TC_ACT_OK as i32;
     };
 
-    let mut t = Trace {
-        ifindex,
-        code: 0,
-        kind: KIND_OTHER,
-        out_if: 0,
-        src_mac: [0; 6],
-        dst_mac: [0; 6],
-        num: 0,
-        l4_off: 0,
-        saddr: [0; 4],
-        daddr: [0; 4],
-    };
-    let mut dst_flags = 0u32;
-    let v = from_endpoint(&ctx, &src, &mut t, &mut dst_flags);
-
+    let v = from_endpoint(&ctx, &src);
     count(v.code, len);
-    if (src.flags | dst_flags) & EP_F_TRACE != 0 {
-        t.code = v.code;
-        emit_trace(ctx.skb.skb, &t);
+    if (src.flags | v.dst_flags) & EP_F_TRACE != 0 {
+        emit_trace(ctx.skb.skb, ifindex, v.code, v.out_if);
     }
     v.action
 }
@@ -189,7 +176,7 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn count(code: u32, len: u32) {
     if let Some(c) = STATS.get_ptr_mut(code) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += u64::from(len);
@@ -198,12 +185,7 @@ fn count(code: u32, len: u32) {
 }
 
 #[inline(always)]
-fn from_endpoint(
-    ctx: &TcContext,
-    src: &EndpointInfo,
-    t: &mut Trace,
-    dst_flags: &mut u32,
-) -> Verdict {
+fn from_endpoint(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     let len = ctx.len();
     if (len as usize) < ETH_HLEN {
         return drop(reason::DROP_TRUNCATED);
@@ -220,41 +202,26 @@ fn from_endpoint(
     };
     // SAFETY: bounds-checked above.
     let (eth_dst, eth_src, proto) = unsafe { ((*eth).dst, (*eth).src, u16::from_be((*eth).proto)) };
-    t.src_mac = eth_src;
-    t.dst_mac = eth_dst;
-    t.num = u32::from(proto);
-    if eth_src != src.mac {
+    if eth_src != mac(src.mac) {
         return drop(reason::DROP_SPOOFED_MAC);
     }
 
     match proto {
         ETH_P_ARP => {
-            t.kind = KIND_ARP;
             let Some(arp) = ptr_at::<ArpHdr>(ctx, ETH_HLEN) else {
                 return drop(reason::DROP_TRUNCATED);
             };
             // SAFETY: bounds-checked above.
-            let (op, spa, tpa) = unsafe { (u16::from_be((*arp).op), (*arp).spa, (*arp).tpa) };
-            t.num = u32::from(op);
-            t.saddr = spa;
-            t.daddr = tpa;
-            let spa = u32::from_ne_bytes(spa);
+            let spa = u32::from_ne_bytes(unsafe { (*arp).spa });
+            // 0.0.0.0 is an ARP probe (RFC 5227).
             if spa != src.ipv4 && spa != 0 {
                 return drop(reason::DROP_SPOOFED_ARP);
             }
             pass(reason::PASS_ARP)
         }
-        ETH_P_IP => {
-            t.kind = KIND_IPV4;
-            from_endpoint_ipv4(ctx, src, eth, t, dst_flags)
-        }
-        _ => {
-            if is_multicast(&eth_dst) {
-                pass(reason::PASS_BROADCAST)
-            } else {
-                pass(reason::PASS_OTHER_PROTO)
-            }
-        }
+        ETH_P_IP => from_endpoint_ipv4(ctx, src, eth, &eth_dst),
+        _ if is_multicast(&eth_dst) => pass(reason::PASS_BROADCAST),
+        _ => pass(reason::PASS_OTHER_PROTO),
     }
 }
 
@@ -263,26 +230,20 @@ fn from_endpoint_ipv4(
     ctx: &TcContext,
     src: &EndpointInfo,
     eth: *mut EthHdr,
-    t: &mut Trace,
-    dst_flags: &mut u32,
+    eth_dst: &Mac,
 ) -> Verdict {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return drop(reason::DROP_TRUNCATED);
     };
     // SAFETY: bounds-checked above.
-    let (version_ihl, tot_len, frag_off, ip_proto, saddr, daddr) = unsafe {
+    let (version_ihl, tot_len, saddr, daddr) = unsafe {
         (
             (*ip).version_ihl,
-            u16::from_be((*ip).tot_len) as usize,
-            u16::from_be((*ip).frag_off),
-            (*ip).proto,
+            usize::from(u16::from_be((*ip).tot_len)),
             (*ip).saddr,
             (*ip).daddr,
         )
     };
-    t.num = u32::from(ip_proto);
-    t.saddr = saddr.to_ne_bytes();
-    t.daddr = daddr.to_ne_bytes();
 
     let hlen = usize::from(version_ihl & 0x0f) * 4;
     // A GSO packet beyond 64 KiB (BIG TCP) carries tot_len 0; its real length
@@ -297,13 +258,10 @@ fn from_endpoint_ipv4(
     {
         return drop(reason::DROP_TRUNCATED);
     }
-    if (ip_proto == IPPROTO_TCP || ip_proto == IPPROTO_UDP) && frag_off & 0x1fff == 0 {
-        t.l4_off = (ETH_HLEN + hlen) as u32;
-    }
     if saddr != src.ipv4 {
         return drop(reason::DROP_SPOOFED_IP);
     }
-    if is_multicast(&t.dst_mac) {
+    if is_multicast(eth_dst) {
         return pass(reason::PASS_BROADCAST);
     }
 
@@ -311,85 +269,223 @@ fn from_endpoint_ipv4(
     let Some(dst) = (unsafe { ENDPOINTS_BY_IP.get(&daddr) }).copied() else {
         return pass(reason::PASS_TO_BRIDGE);
     };
-    *dst_flags = dst.flags;
+    let dst_flags = dst.flags;
     if dst.network_id != src.network_id || dst.ifindex == src.ifindex {
-        return pass(reason::PASS_TO_BRIDGE);
+        return Verdict {
+            dst_flags,
+            ..pass(reason::PASS_TO_BRIDGE)
+        };
     }
 
-    let routed = t.dst_mac == src.gw_mac;
     // SAFETY: `eth` and `ip` were bounds-checked and no helper that moves
     // packet data ran since.
     unsafe {
-        if routed {
-            // The gateway would decrement the TTL; an expiring packet goes to
-            // the kernel, which answers with ICMP time exceeded.
+        if *eth_dst == mac(src.gw_mac) {
+            // Routed through the gateway: do what the gateway would do. An
+            // expiring packet goes to the kernel, which answers with ICMP
+            // time exceeded.
             if (*ip).ttl <= 1 {
-                return pass(reason::PASS_TO_BRIDGE);
+                return Verdict {
+                    dst_flags,
+                    ..pass(reason::PASS_TO_BRIDGE)
+                };
             }
-            // Incremental checksum update for TTL - 1 (as ip_decrease_ttl):
+            // Incremental checksum update for TTL - 1, as ip_decrease_ttl():
             // the TTL is the high byte of its 16-bit word.
             let check = u32::from((*ip).check) + u32::from(0x0100u16.to_be());
             (*ip).check = (check + u32::from(check >= 0xffff)) as u16;
             (*ip).ttl -= 1;
-            (*eth).src = dst.gw_mac;
+            (*eth).src = mac(dst.gw_mac);
         }
-        (*eth).dst = dst.mac;
+        (*eth).dst = mac(dst.mac);
     }
 
     // Frames for the gateway MAC arrive as PACKET_OTHERHOST; kernels before
-    // 6.15 keep that across redirect_peer and ip_rcv drops the packet.
+    // 6.15 keep that across redirect_peer and ip_rcv then drops the packet.
     let _ = ctx.change_type(PACKET_HOST);
-    // SAFETY: plain helper call, valid in TC programs.
+    // SAFETY: plain helper call, allowed in TC programs.
     let ret = unsafe { bpf_redirect_peer(dst.ifindex, 0) };
     if ret == i64::from(TC_ACT_REDIRECT) {
-        t.out_if = dst.ifindex;
-        Verdict { code: reason::FWD_REDIRECT_PEER, action: TC_ACT_REDIRECT as i32 }
+        Verdict {
+            code: reason::FWD_REDIRECT_PEER,
+            action: TC_ACT_REDIRECT as i32,
+            out_if: dst.ifindex,
+            dst_flags,
+        }
     } else {
-        drop(reason::DROP_REDIRECT_FAILED)
+        Verdict {
+            dst_flags,
+            ..drop(reason::DROP_REDIRECT_FAILED)
+        }
     }
 }
 
-/// Emits the one trace line for a packet. Kept out of line so the log code
-/// exists once in the object and costs nothing when tracing is off.
+// ---------------------------------------------------------------------------
+// tracing
+
+/// Width of the reason-name column of trace lines: the longest name.
+const REASON_NAME_WIDTH: usize = 20;
+
+/// `reason::name(code)` for every code, padded with spaces to
+/// `REASON_NAME_WIDTH`. A fixed-length string keeps every later field of the
+/// log record at a constant offset; with variable-length names the log code
+/// grows past what the verifier accepts (1M instructions).
+static REASON_NAMES: [[u8; REASON_NAME_WIDTH]; reason::MAX as usize] = {
+    let mut table = [[b' '; REASON_NAME_WIDTH]; reason::MAX as usize];
+    let mut code = 0;
+    while code < reason::MAX as usize {
+        let name = reason::name(code as u32).as_bytes();
+        assert!(
+            name.len() <= REASON_NAME_WIDTH,
+            "a reason name is wider than REASON_NAME_WIDTH"
+        );
+        let mut i = 0;
+        while i < name.len() {
+            table[code][i] = name[i];
+            i += 1;
+        }
+        code += 1;
+    }
+    table
+};
+
+/// Emits the one trace line of a packet:
+///
+/// ```text
+/// ep=IFINDEX from-ep REASON SRC_MAC > DST_MAC SADDR[:SPORT] > DADDR[:DPORT] proto=N [-> if=OUT]
+/// ep=IFINDEX from-ep REASON SRC_MAC > DST_MAC arp op=N SPA > TPA
+/// ep=IFINDEX from-ep REASON SRC_MAC > DST_MAC ethertype=0xNNNN
+/// ```
+///
+/// REASON is padded with spaces to a fixed width (fields are separated by one
+/// or more spaces). Ports are shown for TCP and UDP only. The frame is read
+/// again here (after any rewrite: a redirected frame shows the MACs it was
+/// delivered with). Out of line, so the log code exists once and the
+/// forwarding path stays small.
 #[inline(never)]
-fn emit_trace(skb: *mut __sk_buff, t: &Trace) {
+fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32) {
     let ctx = TcContext::new(skb);
-    let ep = t.ifindex;
-    let why = reason::name(t.code);
-    let (smac, dmac) = (t.src_mac, t.dst_mac);
-    match t.kind {
-        KIND_IPV4 => {
-            let (sa, da, proto, out) = (t.saddr, t.daddr, t.num, t.out_if);
-            if t.l4_off != 0 {
-                let ports: [u8; 4] = ctx.load(t.l4_off as usize).unwrap_or([0; 4]);
-                let sport = u16::from_be_bytes([ports[0], ports[1]]);
-                let dport = u16::from_be_bytes([ports[2], ports[3]]);
-                if out != 0 {
-                    info!(&ctx, "ep={} from-ep {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={} -> if={}",
-                        ep, why, smac, dmac, sa, sport, da, dport, proto, out);
-                } else {
-                    info!(&ctx, "ep={} from-ep {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={}",
-                        ep, why, smac, dmac, sa, sport, da, dport, proto);
-                }
-            } else if out != 0 {
-                info!(&ctx, "ep={} from-ep {} {:mac} > {:mac} {:i} > {:i} proto={} -> if={}",
-                    ep, why, smac, dmac, sa, da, proto, out);
+    // SAFETY: the table holds ASCII only.
+    let why =
+        unsafe { core::str::from_utf8_unchecked(&REASON_NAMES[(code % reason::MAX) as usize]) };
+    let eth: [u8; ETH_HLEN] = ctx.load(0).unwrap_or([0; ETH_HLEN]);
+    let dmac = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
+    let smac = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
+    let proto = u16::from_be_bytes([eth[12], eth[13]]);
+
+    if proto == ETH_P_IP {
+        if let Ok(ip) = ctx.load::<[u8; IPV4_MIN_HLEN]>(ETH_HLEN) {
+            let (sa, da) = (
+                [ip[12], ip[13], ip[14], ip[15]],
+                [ip[16], ip[17], ip[18], ip[19]],
+            );
+            let ip_proto = ip[9];
+            let hlen = usize::from(ip[0] & 0x0f) * 4;
+            let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
+            let ports = if (ip_proto == IPPROTO_TCP || ip_proto == IPPROTO_UDP)
+                && ip[0] >> 4 == 4
+                && hlen >= IPV4_MIN_HLEN
+                && first_fragment
+            {
+                ctx.load::<[u8; 4]>(ETH_HLEN + hlen).ok()
             } else {
-                info!(&ctx, "ep={} from-ep {} {:mac} > {:mac} {:i} > {:i} proto={}",
-                    ep, why, smac, dmac, sa, da, proto);
+                None
+            };
+            match (ports, out_if) {
+                (Some(p), 0) => {
+                    let (sp, dp) = (
+                        u16::from_be_bytes([p[0], p[1]]),
+                        u16::from_be_bytes([p[2], p[3]]),
+                    );
+                    info!(
+                        &ctx,
+                        "ep={} from-ep {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={}",
+                        ep,
+                        why,
+                        smac,
+                        dmac,
+                        sa,
+                        sp,
+                        da,
+                        dp,
+                        ip_proto
+                    );
+                }
+                (Some(p), out) => {
+                    let (sp, dp) = (
+                        u16::from_be_bytes([p[0], p[1]]),
+                        u16::from_be_bytes([p[2], p[3]]),
+                    );
+                    info!(
+                        &ctx,
+                        "ep={} from-ep {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={} -> if={}",
+                        ep,
+                        why,
+                        smac,
+                        dmac,
+                        sa,
+                        sp,
+                        da,
+                        dp,
+                        ip_proto,
+                        out
+                    );
+                }
+                (None, 0) => {
+                    info!(
+                        &ctx,
+                        "ep={} from-ep {} {:mac} > {:mac} {:i} > {:i} proto={}",
+                        ep,
+                        why,
+                        smac,
+                        dmac,
+                        sa,
+                        da,
+                        ip_proto
+                    );
+                }
+                (None, out) => {
+                    info!(
+                        &ctx,
+                        "ep={} from-ep {} {:mac} > {:mac} {:i} > {:i} proto={} -> if={}",
+                        ep,
+                        why,
+                        smac,
+                        dmac,
+                        sa,
+                        da,
+                        ip_proto,
+                        out
+                    );
+                }
             }
+            return;
         }
-        KIND_ARP => {
-            let (op, spa, tpa) = (t.num, t.saddr, t.daddr);
-            info!(&ctx, "ep={} from-ep {} {:mac} > {:mac} arp op={} {:i} > {:i}",
-                ep, why, smac, dmac, op, spa, tpa);
-        }
-        _ => {
-            let ethertype = t.num;
-            info!(&ctx, "ep={} from-ep {} {:mac} > {:mac} ethertype=0x{:x}",
-                ep, why, smac, dmac, ethertype);
+    } else if proto == ETH_P_ARP {
+        if let Ok(arp) = ctx.load::<[u8; ARP_LEN]>(ETH_HLEN) {
+            let op = u16::from_be_bytes([arp[6], arp[7]]);
+            let (spa, tpa) = (
+                [arp[14], arp[15], arp[16], arp[17]],
+                [arp[24], arp[25], arp[26], arp[27]],
+            );
+            info!(
+                &ctx,
+                "ep={} from-ep {} {:mac} > {:mac} arp op={} {:i} > {:i}",
+                ep,
+                why,
+                smac,
+                dmac,
+                op,
+                spa,
+                tpa
+            );
+            return;
         }
     }
+    info!(
+        &ctx,
+        "ep={} from-ep {} {:mac} > {:mac} ethertype=0x{:x}", ep, why, smac, dmac, proto
+    );
 }
 
 #[cfg(not(test))]

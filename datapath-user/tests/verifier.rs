@@ -36,7 +36,9 @@ fn skip_reason() -> Option<&'static str> {
 
 fn load() -> Ebpf {
     let bytes = datapath::bpf_object::bytes().expect("checked by skip_reason");
-    EbpfLoader::new().load(bytes).expect("parsing the eBPF object and creating its maps")
+    EbpfLoader::new()
+        .load(bytes)
+        .expect("parsing the eBPF object and creating its maps")
 }
 
 #[test]
@@ -62,7 +64,9 @@ fn programs_pass_the_verifier() {
         }
     }
     assert!(
-        loaded.iter().any(|n| n == datapath_common::PROG_FROM_ENDPOINT),
+        loaded
+            .iter()
+            .any(|n| n == datapath_common::PROG_FROM_ENDPOINT),
         "no {} program in the object (found {loaded:?})",
         datapath_common::PROG_FROM_ENDPOINT
     );
@@ -95,20 +99,6 @@ struct TestRunAttr {
 
 const BPF_PROG_TEST_RUN: nix::libc::c_long = 10;
 
-fn try_test_run(prog: &SchedClassifier, frame: &[u8]) -> i64 {
-    let fd = prog.fd().expect("program is loaded");
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut attr = TestRunAttr {
-        prog_fd: fd.as_fd().as_raw_fd() as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ..Default::default()
-    };
-    unsafe { nix::libc::syscall(nix::libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, std::mem::size_of::<TestRunAttr>()) }
-}
 /// Runs the program once on `frame`; returns (return code, frame after the run).
 fn test_run(prog: &SchedClassifier, frame: &[u8]) -> (i32, Vec<u8>) {
     let fd = prog.fd().expect("program is loaded");
@@ -131,7 +121,12 @@ fn test_run(prog: &SchedClassifier, frame: &[u8]) -> (i32, Vec<u8>) {
             std::mem::size_of::<TestRunAttr>(),
         )
     };
-    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN failed: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN failed: {}",
+        std::io::Error::last_os_error()
+    );
     out.truncate(attr.data_size_out as usize);
     (attr.retval as i32, out)
 }
@@ -162,7 +157,10 @@ fn eth(dst: [u8; 6], src: [u8; 6], proto: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn ip_checksum(hdr: &[u8]) -> u16 {
-    let mut sum: u32 = hdr.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+    let mut sum: u32 = hdr
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -199,7 +197,14 @@ fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
 }
 
 fn endpoint(ifindex: u32, ip: Ipv4Addr, mac: [u8; 6], network_id: u32, flags: u32) -> EndpointInfo {
-    EndpointInfo { ifindex, ipv4: ipv4_key(ip.octets()), mac, gw_mac: GW_MAC, network_id, flags }
+    EndpointInfo {
+        ifindex,
+        ipv4: ipv4_key(ip.octets()),
+        mac,
+        gw_mac: GW_MAC,
+        network_id,
+        flags,
+    }
 }
 
 /// Collects the aya-log lines of the program.
@@ -236,7 +241,8 @@ impl Harness {
     }
 
     fn counter(&self, code: u32) -> Counter {
-        let stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.ebpf.map("STATS").unwrap()).unwrap();
+        let stats: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").unwrap()).unwrap();
         let per_cpu = stats.get(&code, 0).unwrap();
         per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
             packets: acc.packets + c.packets,
@@ -248,25 +254,51 @@ impl Harness {
         let mut by_if: HashMap<_, u32, EndpointInfo> =
             HashMap::try_from(self.ebpf.map_mut(datapath_common::MAP_ENDPOINTS).unwrap()).unwrap();
         by_if.insert(ep.ifindex, ep, 0).unwrap();
-        let mut by_ip: HashMap<_, u32, EndpointInfo> =
-            HashMap::try_from(self.ebpf.map_mut(datapath_common::MAP_ENDPOINTS_BY_IP).unwrap()).unwrap();
+        let mut by_ip: HashMap<_, u32, EndpointInfo> = HashMap::try_from(
+            self.ebpf
+                .map_mut(datapath_common::MAP_ENDPOINTS_BY_IP)
+                .unwrap(),
+        )
+        .unwrap();
         by_ip.insert(ep.ipv4, ep, 0).unwrap();
     }
 
     /// Runs `frame`, checks the return code and that exactly the counter of
     /// `code` moved by one packet of the frame's length; returns the frame
     /// after the run and the trace lines it produced.
-    fn check(&mut self, what: &str, frame: &[u8], action: i32, code: u32) -> (Vec<u8>, Vec<String>) {
+    fn check(
+        &mut self,
+        what: &str,
+        frame: &[u8],
+        action: i32,
+        code: u32,
+    ) -> (Vec<u8>, Vec<String>) {
         let before: Vec<Counter> = reason::ALL.iter().map(|c| self.counter(*c)).collect();
         let (ret, out) = test_run(self.prog(), frame);
         let after: Vec<Counter> = reason::ALL.iter().map(|c| self.counter(*c)).collect();
         for (i, c) in reason::ALL.iter().enumerate() {
             let (b, a) = (before[i], after[i]);
             if *c == code {
-                assert_eq!(a.packets, b.packets + 1, "{what}: {} not counted", reason::name(code));
-                assert_eq!(a.bytes, b.bytes + frame.len() as u64, "{what}: bytes of {}", reason::name(code));
+                assert_eq!(
+                    a.packets,
+                    b.packets + 1,
+                    "{what}: {} not counted",
+                    reason::name(code)
+                );
+                assert_eq!(
+                    a.bytes,
+                    b.bytes + frame.len() as u64,
+                    "{what}: bytes of {}",
+                    reason::name(code)
+                );
             } else {
-                assert_eq!(a, b, "{what}: counted under {} instead of {}", reason::name(*c), reason::name(code));
+                assert_eq!(
+                    a,
+                    b,
+                    "{what}: counted under {} instead of {}",
+                    reason::name(*c),
+                    reason::name(code)
+                );
             }
         }
         assert_eq!(ret, action, "{what}: return code");
@@ -284,7 +316,8 @@ fn dp_from_ep_decisions() {
     }
     let mut ebpf = load();
     let lines = Lines::default();
-    let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, lines.clone()).expect("AYA_LOGS map");
+    let logger =
+        aya_log::EbpfLogger::init_with_logger(&mut ebpf, lines.clone()).expect("AYA_LOGS map");
     {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(datapath_common::PROG_FROM_ENDPOINT)
@@ -293,11 +326,20 @@ fn dp_from_ep_decisions() {
             .expect("a classifier");
         prog.load().expect("verifier");
     }
-    let mut h = Harness { ebpf, logger, lines };
+    let mut h = Harness {
+        ebpf,
+        logger,
+        lines,
+    };
     let a_to_b = eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 5000, 6000));
 
     // Before the endpoint is known the program stays out of the way.
-    h.check("unknown iface", &a_to_b, TC_ACT_OK, reason::PASS_UNKNOWN_IFACE);
+    h.check(
+        "unknown iface",
+        &a_to_b,
+        TC_ACT_OK,
+        reason::PASS_UNKNOWN_IFACE,
+    );
 
     h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0));
     h.set_endpoint(endpoint(B_IFINDEX, B_IP, B_MAC, 7, 0));
@@ -305,88 +347,238 @@ fn dp_from_ep_decisions() {
 
     // Identity checks.
     let other_mac = [0x02, 0xee, 0, 0, 0, 1];
-    h.check("spoofed MAC", &eth(B_MAC, other_mac, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 1, 2)),
-        TC_ACT_SHOT, reason::DROP_SPOOFED_MAC);
-    h.check("spoofed IP", &eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(C_IP, B_IP, 64, 1, 2)),
-        TC_ACT_SHOT, reason::DROP_SPOOFED_IP);
+    h.check(
+        "spoofed MAC",
+        &eth(B_MAC, other_mac, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 1, 2)),
+        TC_ACT_SHOT,
+        reason::DROP_SPOOFED_MAC,
+    );
+    h.check(
+        "spoofed IP",
+        &eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(C_IP, B_IP, 64, 1, 2)),
+        TC_ACT_SHOT,
+        reason::DROP_SPOOFED_IP,
+    );
 
     // ARP.
-    h.check("ARP request", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)), TC_ACT_OK, reason::PASS_ARP);
-    h.check("ARP probe", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, Ipv4Addr::UNSPECIFIED, A_IP)),
-        TC_ACT_OK, reason::PASS_ARP);
-    h.check("ARP reply", &eth(GW_MAC, A_MAC, 0x0806, &arp(2, A_MAC, A_IP, Ipv4Addr::new(10, 199, 0, 1))),
-        TC_ACT_OK, reason::PASS_ARP);
-    h.check("spoofed ARP", &eth(BCAST, A_MAC, 0x0806, &arp(2, A_MAC, B_IP, A_IP)),
-        TC_ACT_SHOT, reason::DROP_SPOOFED_ARP);
-    h.check("truncated ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)[..20]),
-        TC_ACT_SHOT, reason::DROP_TRUNCATED);
+    h.check(
+        "ARP request",
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        TC_ACT_OK,
+        reason::PASS_ARP,
+    );
+    h.check(
+        "ARP probe",
+        &eth(
+            BCAST,
+            A_MAC,
+            0x0806,
+            &arp(1, A_MAC, Ipv4Addr::UNSPECIFIED, A_IP),
+        ),
+        TC_ACT_OK,
+        reason::PASS_ARP,
+    );
+    h.check(
+        "ARP reply",
+        &eth(
+            GW_MAC,
+            A_MAC,
+            0x0806,
+            &arp(2, A_MAC, A_IP, Ipv4Addr::new(10, 199, 0, 1)),
+        ),
+        TC_ACT_OK,
+        reason::PASS_ARP,
+    );
+    h.check(
+        "spoofed ARP",
+        &eth(BCAST, A_MAC, 0x0806, &arp(2, A_MAC, B_IP, A_IP)),
+        TC_ACT_SHOT,
+        reason::DROP_SPOOFED_ARP,
+    );
+    h.check(
+        "truncated ARP",
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)[..20]),
+        TC_ACT_SHOT,
+        reason::DROP_TRUNCATED,
+    );
 
     // Malformed IPv4.
     let good = ipv4_udp(A_IP, B_IP, 64, 1, 2);
     let mut bad = good.clone();
     bad[0] = 0x65;
-    h.check("IPv4 version 6", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_BAD_IPV4_HEADER);
+    h.check(
+        "IPv4 version 6",
+        &eth(B_MAC, A_MAC, 0x0800, &bad),
+        TC_ACT_SHOT,
+        reason::DROP_BAD_IPV4_HEADER,
+    );
     let mut bad = good.clone();
     bad[0] = 0x44;
-    h.check("IPv4 ihl 4", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_BAD_IPV4_HEADER);
+    h.check(
+        "IPv4 ihl 4",
+        &eth(B_MAC, A_MAC, 0x0800, &bad),
+        TC_ACT_SHOT,
+        reason::DROP_BAD_IPV4_HEADER,
+    );
     let mut bad = good.clone();
     bad[2..4].copy_from_slice(&19u16.to_be_bytes());
-    h.check("IPv4 tot_len 19", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_BAD_IPV4_HEADER);
+    h.check(
+        "IPv4 tot_len 19",
+        &eth(B_MAC, A_MAC, 0x0800, &bad),
+        TC_ACT_SHOT,
+        reason::DROP_BAD_IPV4_HEADER,
+    );
     let mut bad = good.clone();
     bad[0] = 0x4f;
     bad[2..4].copy_from_slice(&60u16.to_be_bytes());
-    h.check("IPv4 options beyond the frame", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_TRUNCATED);
+    h.check(
+        "IPv4 options beyond the frame",
+        &eth(B_MAC, A_MAC, 0x0800, &bad),
+        TC_ACT_SHOT,
+        reason::DROP_TRUNCATED,
+    );
     let mut bad = good.clone();
     bad[2..4].copy_from_slice(&1000u16.to_be_bytes());
-    h.check("IPv4 tot_len beyond the frame", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_TRUNCATED);
-    for n in 0..20 { let f = eth(B_MAC, A_MAC, 0x0800, &good[..n]); eprintln!("probe {n}: {:?}", try_test_run(h.prog(), &f)); }
+    h.check(
+        "IPv4 tot_len beyond the frame",
+        &eth(B_MAC, A_MAC, 0x0800, &bad),
+        TC_ACT_SHOT,
+        reason::DROP_TRUNCATED,
+    );
+    // (A frame cut inside the first 20 bytes of the IPv4 header cannot be
+    // tested here: BPF_PROG_TEST_RUN refuses such frames with EINVAL.)
 
     // Pass to the bridge.
-    h.check("broadcast IPv4", &eth(BCAST, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 255), 64, 1, 2)),
-        TC_ACT_OK, reason::PASS_BROADCAST);
-    h.check("multicast IPv4", &eth([0x01, 0, 0x5e, 0, 0, 0xfb], A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(224, 0, 0, 251), 1, 5353, 5353)),
-        TC_ACT_OK, reason::PASS_BROADCAST);
-    h.check("to the gateway", &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 1), 64, 1, 2)),
-        TC_ACT_OK, reason::PASS_TO_BRIDGE);
-    h.check("beyond the node", &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(192, 0, 2, 1), 64, 1, 2)),
-        TC_ACT_OK, reason::PASS_TO_BRIDGE);
-    h.check("other network", &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, C_IP, 64, 1, 2)),
-        TC_ACT_OK, reason::PASS_TO_BRIDGE);
-    h.check("to itself", &eth(A_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, A_IP, 64, 1, 2)),
-        TC_ACT_OK, reason::PASS_TO_BRIDGE);
-    h.check("routed, TTL expires", &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 1, 1, 2)),
-        TC_ACT_OK, reason::PASS_TO_BRIDGE);
-    h.check("IPv6 unicast", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_OK, reason::PASS_OTHER_PROTO);
-    h.check("IPv6 multicast", &eth([0x33, 0x33, 0, 0, 0, 1], A_MAC, 0x86dd, &[0x60; 40]),
-        TC_ACT_OK, reason::PASS_BROADCAST);
+    h.check(
+        "broadcast IPv4",
+        &eth(
+            BCAST,
+            A_MAC,
+            0x0800,
+            &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 255), 64, 1, 2),
+        ),
+        TC_ACT_OK,
+        reason::PASS_BROADCAST,
+    );
+    h.check(
+        "multicast IPv4",
+        &eth(
+            [0x01, 0, 0x5e, 0, 0, 0xfb],
+            A_MAC,
+            0x0800,
+            &ipv4_udp(A_IP, Ipv4Addr::new(224, 0, 0, 251), 1, 5353, 5353),
+        ),
+        TC_ACT_OK,
+        reason::PASS_BROADCAST,
+    );
+    h.check(
+        "to the gateway",
+        &eth(
+            GW_MAC,
+            A_MAC,
+            0x0800,
+            &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 1), 64, 1, 2),
+        ),
+        TC_ACT_OK,
+        reason::PASS_TO_BRIDGE,
+    );
+    h.check(
+        "beyond the node",
+        &eth(
+            GW_MAC,
+            A_MAC,
+            0x0800,
+            &ipv4_udp(A_IP, Ipv4Addr::new(192, 0, 2, 1), 64, 1, 2),
+        ),
+        TC_ACT_OK,
+        reason::PASS_TO_BRIDGE,
+    );
+    h.check(
+        "other network",
+        &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, C_IP, 64, 1, 2)),
+        TC_ACT_OK,
+        reason::PASS_TO_BRIDGE,
+    );
+    h.check(
+        "to itself",
+        &eth(A_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, A_IP, 64, 1, 2)),
+        TC_ACT_OK,
+        reason::PASS_TO_BRIDGE,
+    );
+    h.check(
+        "routed, TTL expires",
+        &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 1, 1, 2)),
+        TC_ACT_OK,
+        reason::PASS_TO_BRIDGE,
+    );
+    h.check(
+        "IPv6 unicast",
+        &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]),
+        TC_ACT_OK,
+        reason::PASS_OTHER_PROTO,
+    );
+    h.check(
+        "IPv6 multicast",
+        &eth([0x33, 0x33, 0, 0, 0, 1], A_MAC, 0x86dd, &[0x60; 40]),
+        TC_ACT_OK,
+        reason::PASS_BROADCAST,
+    );
 
     // Redirect, bridged: only the destination MAC is (re)written.
-    let (out, lines) = h.check("bridged redirect", &a_to_b, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    let (out, lines) = h.check(
+        "bridged redirect",
+        &a_to_b,
+        TC_ACT_REDIRECT,
+        reason::FWD_REDIRECT_PEER,
+    );
     assert_eq!(out, a_to_b, "bridged redirect leaves the frame alone");
     assert!(lines.is_empty(), "no trace without EP_F_TRACE: {lines:?}");
 
     // Redirect, routed: MACs rewritten, TTL decremented, checksum still valid.
     let routed = eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 5000, 6000));
-    let (out, _) = h.check("routed redirect", &routed, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    let (out, _) = h.check(
+        "routed redirect",
+        &routed,
+        TC_ACT_REDIRECT,
+        reason::FWD_REDIRECT_PEER,
+    );
     assert_eq!(out.len(), routed.len());
     assert_eq!(&out[0..6], &B_MAC, "destination MAC");
     assert_eq!(&out[6..12], &GW_MAC, "source MAC");
     assert_eq!(out[14 + 8], 63, "TTL");
-    assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement");
+    assert_eq!(
+        ip_checksum(&out[14..34]),
+        0,
+        "IPv4 checksum after the TTL decrement"
+    );
     assert_eq!(&out[34..], &routed[34..], "payload untouched");
     // The checksum fold when the old checksum is near 0xffff.
     for ttl in [2u8, 128, 255] {
         let f = eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, ttl, 0xffff, 0));
-        let (out, _) = h.check("routed redirect, checksum", &f, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+        let (out, _) = h.check(
+            "routed redirect, checksum",
+            &f,
+            TC_ACT_REDIRECT,
+            reason::FWD_REDIRECT_PEER,
+        );
         assert_eq!(out[14 + 8], ttl - 1);
-        assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement (ttl {ttl})");
+        assert_eq!(
+            ip_checksum(&out[14..34]),
+            0,
+            "IPv4 checksum after the TTL decrement (ttl {ttl})"
+        );
     }
 
     // Traces: one line per packet when the sender or the receiver is traced.
     // The reason column is padded to 20 characters.
     let line = |code: u32, rest: &str| format!("ep=1 from-ep {:<20} {rest}", reason::name(code));
     h.set_endpoint(endpoint(B_IFINDEX, B_IP, B_MAC, 7, EP_F_TRACE));
-    let (_, lines) = h.check("traced redirect", &routed, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    let (_, lines) = h.check(
+        "traced redirect",
+        &routed,
+        TC_ACT_REDIRECT,
+        reason::FWD_REDIRECT_PEER,
+    );
     // A redirected frame is shown as delivered (after the MAC rewrite).
     assert_eq!(
         lines,
@@ -395,41 +587,107 @@ fn dp_from_ep_decisions() {
             "02:dd:00:00:00:01 > 02:dd:00:00:00:0b 10.199.0.2:5000 > 10.199.0.3:6000 proto=17 -> if=4242"
         )]
     );
-    let (_, lines) = h.check("untraced sender, ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
-        TC_ACT_OK, reason::PASS_ARP);
+    let (_, lines) = h.check(
+        "untraced sender, ARP",
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        TC_ACT_OK,
+        reason::PASS_ARP,
+    );
     assert!(lines.is_empty(), "ARP has no receiver endpoint: {lines:?}");
-    let (_, lines) = h.check("traced receiver, spoofed MAC",
-        &eth(B_MAC, other_mac, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 1, 2)), TC_ACT_SHOT, reason::DROP_SPOOFED_MAC);
-    assert!(lines.is_empty(), "a frame dropped before the lookup has no receiver: {lines:?}");
+    let (_, lines) = h.check(
+        "traced receiver, spoofed MAC",
+        &eth(B_MAC, other_mac, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 1, 2)),
+        TC_ACT_SHOT,
+        reason::DROP_SPOOFED_MAC,
+    );
+    assert!(
+        lines.is_empty(),
+        "a frame dropped before the lookup has no receiver: {lines:?}"
+    );
 
     h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, EP_F_TRACE));
-    let (_, lines) = h.check("traced ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
-        TC_ACT_OK, reason::PASS_ARP);
-    assert_eq!(lines, [line(reason::PASS_ARP, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff arp op=1 10.199.0.2 > 10.199.0.3")]);
-    let (_, lines) = h.check("traced spoof", &eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(C_IP, B_IP, 64, 1, 2)),
-        TC_ACT_SHOT, reason::DROP_SPOOFED_IP);
+    let (_, lines) = h.check(
+        "traced ARP",
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        TC_ACT_OK,
+        reason::PASS_ARP,
+    );
     assert_eq!(
         lines,
-        [line(reason::DROP_SPOOFED_IP, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.1.3:1 > 10.199.0.3:2 proto=17")]
+        [line(
+            reason::PASS_ARP,
+            "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff arp op=1 10.199.0.2 > 10.199.0.3"
+        )]
+    );
+    let (_, lines) = h.check(
+        "traced spoof",
+        &eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(C_IP, B_IP, 64, 1, 2)),
+        TC_ACT_SHOT,
+        reason::DROP_SPOOFED_IP,
+    );
+    assert_eq!(
+        lines,
+        [line(
+            reason::DROP_SPOOFED_IP,
+            "02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.1.3:1 > 10.199.0.3:2 proto=17"
+        )]
     );
     let mut icmp = ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 1), 64, 0, 0);
     icmp[9] = 1;
-    let (_, lines) = h.check("traced ICMP", &eth(GW_MAC, A_MAC, 0x0800, &icmp), TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    let (_, lines) = h.check(
+        "traced ICMP",
+        &eth(GW_MAC, A_MAC, 0x0800, &icmp),
+        TC_ACT_OK,
+        reason::PASS_TO_BRIDGE,
+    );
     assert_eq!(
         lines,
-        [line(reason::PASS_TO_BRIDGE, "02:dd:00:00:00:0a > 02:dd:00:00:00:01 10.199.0.2 > 10.199.0.1 proto=1")]
+        [line(
+            reason::PASS_TO_BRIDGE,
+            "02:dd:00:00:00:0a > 02:dd:00:00:00:01 10.199.0.2 > 10.199.0.1 proto=1"
+        )]
     );
-    let (_, lines) = h.check("traced bridged redirect, ICMP", &eth(B_MAC, A_MAC, 0x0800, &{
-        let mut p = ipv4_udp(A_IP, B_IP, 64, 0, 0);
-        p[9] = 1;
-        p
-    }), TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    let (_, lines) = h.check(
+        "traced bridged redirect, ICMP",
+        &eth(B_MAC, A_MAC, 0x0800, &{
+            let mut p = ipv4_udp(A_IP, B_IP, 64, 0, 0);
+            p[9] = 1;
+            p
+        }),
+        TC_ACT_REDIRECT,
+        reason::FWD_REDIRECT_PEER,
+    );
     assert_eq!(
         lines,
-        [line(reason::FWD_REDIRECT_PEER, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.0.2 > 10.199.0.3 proto=1 -> if=4242")]
+        [line(
+            reason::FWD_REDIRECT_PEER,
+            "02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.0.2 > 10.199.0.3 proto=1 -> if=4242"
+        )]
     );
-    let (_, lines) = h.check("traced IPv6", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_OK, reason::PASS_OTHER_PROTO);
-    assert_eq!(lines, [line(reason::PASS_OTHER_PROTO, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd")]);
-    let (_, lines) = h.check("traced truncated ARP", &eth(BCAST, A_MAC, 0x0806, &[0; 20]), TC_ACT_SHOT, reason::DROP_TRUNCATED);
-    assert_eq!(lines, [line(reason::DROP_TRUNCATED, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff ethertype=0x806")]);
+    let (_, lines) = h.check(
+        "traced IPv6",
+        &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]),
+        TC_ACT_OK,
+        reason::PASS_OTHER_PROTO,
+    );
+    assert_eq!(
+        lines,
+        [line(
+            reason::PASS_OTHER_PROTO,
+            "02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd"
+        )]
+    );
+    let (_, lines) = h.check(
+        "traced truncated ARP",
+        &eth(BCAST, A_MAC, 0x0806, &[0; 20]),
+        TC_ACT_SHOT,
+        reason::DROP_TRUNCATED,
+    );
+    assert_eq!(
+        lines,
+        [line(
+            reason::DROP_TRUNCATED,
+            "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff ethertype=0x806"
+        )]
+    );
 }
