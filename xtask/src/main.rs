@@ -106,8 +106,8 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
+fn main() {
+    let result = match Cli::parse().cmd {
         Cmd::Setup => setup(true),
         Cmd::BuildEbpf { debug } => build_ebpf(debug),
         Cmd::Build { release } => {
@@ -115,6 +115,11 @@ fn main() -> Result<()> {
         }
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { extra } => test(extra),
+    };
+    if let Err(e) = result {
+        // No backtrace: the error says what failed and what to do.
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
     }
 }
 
@@ -330,6 +335,7 @@ enum Toolchain {
 fn ebpf_toolchain() -> Result<Toolchain> {
     let nightly_has_src = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .env("RUSTUP_AUTO_INSTALL", "0")
         .output()
         .is_ok_and(|o| {
             o.status.success()
