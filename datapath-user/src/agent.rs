@@ -14,12 +14,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, Mutex};
 
 use crate::api::{
-    ApiError, CounterView, EndpointCreate, EndpointView, Envelope, NetworkCreate, NetworkEndpointView, NetworkView, Request,
+    ApiError, CounterView, EndpointCreate, EndpointView, Envelope, NetworkCreate, NetworkEndpointView, NetworkOptionsView, NetworkView, Request,
     Response, StatsView, TraceLine, API_VERSION,
 };
 use crate::bpf::{AttachMode, Bpf, BpfError};
 use crate::ipam::{self, format_mac, mac_for};
 use crate::netlink::{Netlink, NetlinkError};
+use crate::netfilter;
 use crate::netns;
 use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, State};
 
@@ -40,6 +41,8 @@ pub struct AgentConfig {
     /// Remove every endpoint and network (and the state) on shutdown.
     pub cleanup_on_exit: bool,
     pub attach_mode: AttachMode,
+    /// Datapath of networks created without `--datapath` (and of the default network).
+    pub default_datapath: DatapathKind,
 }
 
 impl From<NetlinkError> for ApiError {
@@ -136,6 +139,13 @@ impl Inner {
             bridge: n.bridge.clone(),
             datapath: n.datapath.to_string(),
             created: n.created.clone(),
+            internal: n.options.internal,
+            options: NetworkOptionsView {
+                icc: n.options.icc,
+                masquerade: n.options.masquerade,
+                uplink: n.options.uplink.clone(),
+                mtu: n.options.mtu.unwrap_or(1500),
+            },
             endpoints: self
                 .state
                 .endpoints_of(&n.name)
@@ -185,6 +195,23 @@ impl Inner {
                 return Err(ApiError::conflict(format!("subnet {subnet} overlaps the route to {route}{dev} on this node")));
             }
         }
+        let datapath = req.datapath.unwrap_or(self.cfg.default_datapath);
+        let internal = req.internal;
+        let masquerade = req.masquerade.unwrap_or(!internal);
+        if internal && masquerade {
+            return Err(ApiError::invalid("an internal network cannot masquerade"));
+        }
+        if let Some(mtu) = req.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return Err(ApiError::invalid(format!("invalid MTU {mtu}: must be between 68 and 65535")));
+            }
+        }
+        if let Some(up) = &req.uplink {
+            if self.nl.link_index(up).await?.is_none() {
+                return Err(ApiError::invalid(format!("uplink interface {up:?} not found on this node")));
+            }
+        }
+        let options = state::NetworkOptions { internal, icc: req.icc.unwrap_or(true), masquerade, uplink: req.uplink.clone(), mtu: req.mtu };
         let id = state::random_id();
         let bridge = if req.name == DEFAULT_NETWORK { DEFAULT_BRIDGE.to_string() } else { format!("dpbr-{}", &id[..8]) };
         if let Some(stale) = self.nl.link_index(&bridge).await? {
@@ -198,15 +225,22 @@ impl Inner {
             subnet,
             gateway,
             bridge: bridge.clone(),
-            datapath: DatapathKind::Ebpf,
+            datapath,
+            options,
             created: state::now_rfc3339(),
         };
-        let index = self.nl.create_bridge(&bridge, mac_for(gateway), None).await?;
+        let index = self.nl.create_bridge(&bridge, mac_for(gateway), spec.options.mtu).await?;
         let finish = async {
             self.nl.add_address(index, gateway, subnet.prefix_len()).await?;
             self.state.networks.insert(spec.name.clone(), spec.clone());
+            if let Err(e) = self.sync_node() {
+                self.state.networks.remove(&spec.name);
+                let _ = self.sync_node();
+                return Err(e);
+            }
             if let Err(e) = self.state.save(&self.cfg.state_dir) {
                 self.state.networks.remove(&spec.name);
+                let _ = self.sync_node();
                 return Err(ApiError::from(e));
             }
             Ok(())
@@ -234,6 +268,9 @@ impl Inner {
         }
         self.bridges.remove(name);
         self.state.networks.remove(name);
+        if let Err(e) = self.sync_node() {
+            tracing::error!(network = %name, "updating node configuration: {e}");
+        }
         self.state.save(&self.cfg.state_dir)?;
         tracing::info!(network = %name, "network removed");
         Ok(())
@@ -244,7 +281,7 @@ impl Inner {
             Some(i) => i,
             None => {
                 tracing::info!(network = %spec.name, bridge = %spec.bridge, "bridge missing, recreating it");
-                self.nl.create_bridge(&spec.bridge, mac_for(spec.gateway), None).await?
+                self.nl.create_bridge(&spec.bridge, mac_for(spec.gateway), spec.options.mtu).await?
             }
         };
         self.nl.add_address(index, spec.gateway, spec.subnet.prefix_len()).await?;
@@ -295,6 +332,13 @@ impl Inner {
                     self.undo(&spec, made).await;
                     return Err(e.into());
                 }
+                if let Err(e) = self.sync_node() {
+                    self.state.endpoints.remove(&spec.name);
+                    let _ = self.sync_node();
+                    let _ = self.state.save(&self.cfg.state_dir);
+                    self.undo(&spec, made).await;
+                    return Err(e);
+                }
                 tracing::info!(endpoint = %spec.name, ip = %spec.ip, network = %spec.network, "endpoint created");
                 Ok(self.endpoint_view(&spec))
             }
@@ -320,7 +364,7 @@ impl Inner {
             Some(i) => *i,
             None => self.ensure_bridge(net).await?,
         };
-        let host = self.nl.create_veth(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, bridge, None).await;
+        let host = self.nl.create_veth(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, Some(bridge), net.options.mtu).await;
         let host = host.map_err(|e| match e.errno() {
             Some(17) => ApiError::conflict(format!("interface {} already exists in the endpoint's namespace", spec.ifname)),
             _ => e.into(),
@@ -336,9 +380,19 @@ impl Inner {
         let eth = inside.require_index(&spec.ifname).await?;
         inside.add_address(eth, spec.ip, net.subnet.prefix_len()).await?;
         inside.set_up(eth).await?;
-        inside.add_default_route(net.gateway).await?;
+        if !net.options.internal {
+            // Internal networks have no route beyond their subnet.
+            inside.add_default_route(net.gateway).await?;
+        }
         self.failpoint("addr")?;
 
+        if net.datapath == DatapathKind::Kernel {
+            // The bridge and netfilter do everything; the failpoints still
+            // fire so the rollback is testable on both datapaths.
+            self.failpoint("attach")?;
+            self.failpoint("maps")?;
+            return Ok(());
+        }
         self.bpf.attach(&spec.host_ifname, host)?;
         made.attached = Some(host);
         self.failpoint("attach")?;
@@ -386,6 +440,9 @@ impl Inner {
         self.undo(&spec, made).await;
         self.trace_refs.remove(name);
         self.state.endpoints.remove(name);
+        if let Err(e) = self.sync_node() {
+            tracing::error!(endpoint = %name, "updating node configuration: {e}");
+        }
         self.state.save(&self.cfg.state_dir)?;
         tracing::info!(endpoint = %name, "endpoint removed");
         Ok(())
@@ -400,6 +457,9 @@ impl Inner {
         let ns_ok = spec.netns_path.exists();
         if let (Some(host), true) = (host, ns_ok) {
             self.host_ifindex.insert(spec.name.clone(), host);
+            if net.datapath == DatapathKind::Kernel {
+                return Ok(());
+            }
             self.bpf.attach(&spec.host_ifname, host)?;
             let info = self.endpoint_info(spec, host);
             self.bpf.upsert_endpoint(info)?;
@@ -416,6 +476,31 @@ impl Inner {
         if let Err(e) = self.build_endpoint(spec, &net, &mut made).await {
             self.undo(spec, made).await;
             return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Brings the node's netfilter rules and forwarding switch in line with
+    /// the networks: rules for kernel-datapath networks only, forwarding on
+    /// while any network routes beyond itself (restored to what it was when
+    /// the last one goes).
+    fn sync_node(&mut self) -> Result<(), ApiError> {
+        let script = netfilter::render(&self.state, |n| n.options.uplink.clone());
+        netfilter::apply(&script, netfilter::needs_rules(&self.state)).map_err(|e| ApiError::internal(e.to_string()))?;
+        let routes_out = self.state.networks.values().any(|n| !n.options.internal);
+        match (&self.state.node.ip_forward_was, routes_out) {
+            (None, true) => {
+                if let Some(old) = netfilter::enable_forwarding().map_err(|e| ApiError::internal(e.to_string()))? {
+                    tracing::info!("enabled IPv4 forwarding on the node (was {old})");
+                    self.state.node.ip_forward_was = Some(old);
+                }
+            }
+            (Some(old), false) => {
+                netfilter::restore_forwarding(old).map_err(|e| ApiError::internal(e.to_string()))?;
+                tracing::info!("restored IPv4 forwarding to {old}");
+                self.state.node.ip_forward_was = None;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -489,12 +574,15 @@ impl Agent {
                 tracing::error!(endpoint = %ep.name, "could not restore endpoint: {e}");
             }
         }
+        if let Err(e) = inner.sync_node() {
+            tracing::error!("restoring node configuration: {e}");
+        }
         if !networks.is_empty() || !endpoints.is_empty() {
             tracing::info!("restored {} networks and {} endpoints from {}", networks.len(), endpoints.len(), cfg.state_dir.display());
         }
         if cfg.default_network && !inner.state.networks.contains_key(DEFAULT_NETWORK) {
             inner
-                .network_create(NetworkCreate { name: DEFAULT_NETWORK.into(), subnet: cfg.default_subnet.to_string(), gateway: None })
+                .network_create(NetworkCreate { name: DEFAULT_NETWORK.into(), subnet: cfg.default_subnet.to_string(), ..Default::default() })
                 .await
                 .map_err(|e| anyhow::anyhow!("creating the default network: {e}"))?;
         }

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::state::DatapathKind;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -46,6 +48,21 @@ pub struct NetworkCreate {
     pub subnet: String,
     #[serde(default)]
     pub gateway: Option<String>,
+    /// `ebpf` (default) or `kernel`.
+    #[serde(default)]
+    pub datapath: Option<DatapathKind>,
+    #[serde(default)]
+    pub internal: bool,
+    /// Inter-container communication; true when absent.
+    #[serde(default)]
+    pub icc: Option<bool>,
+    /// Masquerade traffic leaving the node; true when absent (false for internal networks).
+    #[serde(default)]
+    pub masquerade: Option<bool>,
+    #[serde(default)]
+    pub uplink: Option<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,7 +151,17 @@ pub struct NetworkView {
     pub bridge: String,
     pub datapath: String,
     pub created: String,
+    pub internal: bool,
+    pub options: NetworkOptionsView,
     pub endpoints: Vec<NetworkEndpointView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkOptionsView {
+    pub icc: bool,
+    pub masquerade: bool,
+    pub uplink: Option<String>,
+    pub mtu: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,3 +8,4 @@ pub mod netns;
 pub mod state;
 pub mod bpf;
 pub mod agent;
+pub mod netfilter;

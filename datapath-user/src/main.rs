@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use datapath::agent::{self, AgentConfig, DEFAULT_SUBNET};
 use datapath::api::{self, Client, EndpointCreate, EndpointView, NetworkCreate, NetworkView, Request, StatsView};
 use datapath::bpf::AttachMode;
+use datapath::state::DatapathKind;
 use datapath::{ipam, netns};
 
 mod walkthrough;
@@ -69,6 +70,9 @@ struct AgentArgs {
     /// How to attach the TC programs.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     tc_attach: AttachMode,
+    /// Datapath of networks created without --datapath, the default network included.
+    #[arg(long, value_enum, default_value_t = DatapathKind::Ebpf)]
+    default_datapath: DatapathKind,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +90,24 @@ enum NetworkCmd {
         subnet: String,
         #[arg(long)]
         gateway: Option<String>,
+        /// Which datapath forwards this network (default: the agent's, normally ebpf).
+        #[arg(long, value_enum)]
+        datapath: Option<DatapathKind>,
+        /// No masquerade and no route beyond the network.
+        #[arg(long)]
+        internal: bool,
+        /// Inter-container communication (`--icc=false` isolates endpoints from each other).
+        #[arg(long, value_name = "BOOL", num_args = 1, require_equals = true)]
+        icc: Option<bool>,
+        /// Do not source-NAT traffic leaving the node.
+        #[arg(long)]
+        no_masquerade: bool,
+        /// Interface to masquerade through (default: the default route's device).
+        #[arg(long)]
+        uplink: Option<String>,
+        /// MTU of the bridge and every veth of the network.
+        #[arg(long)]
+        mtu: Option<u32>,
     },
     /// List networks.
     #[command(alias = "list")]
@@ -173,6 +195,7 @@ async fn async_main(cli: Cli) -> Result<()> {
                 default_subnet: ipam::parse_subnet(&a.default_subnet)?,
                 cleanup_on_exit: a.cleanup_on_exit,
                 attach_mode: a.tc_attach,
+                default_datapath: a.default_datapath,
             };
             agent::run(cfg).await
         }
@@ -208,8 +231,19 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
     match cmd {
-        NetworkCmd::Create { name, subnet, gateway } => {
-            let n: NetworkView = client.call_as(Request::NetworkCreate(NetworkCreate { name, subnet, gateway })).await?;
+        NetworkCmd::Create { name, subnet, gateway, datapath, internal, icc, no_masquerade, uplink, mtu } => {
+            let req = NetworkCreate {
+                name,
+                subnet,
+                gateway,
+                datapath,
+                internal,
+                icc,
+                masquerade: no_masquerade.then_some(false),
+                uplink,
+                mtu,
+            };
+            let n: NetworkView = client.call_as(Request::NetworkCreate(req)).await?;
             println!("{}", n.id);
         }
         NetworkCmd::Ls { output } => {

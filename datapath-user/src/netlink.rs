@@ -107,8 +107,8 @@ impl Netlink {
         self.require_index(name).await
     }
 
-    /// Creates a veth pair in one request: `host` stays here, up and enslaved
-    /// to `controller`; `peer` is created directly in the namespace at
+    /// Creates a veth pair in one request: `host` stays here, up and (when
+    /// given) enslaved to `controller`; `peer` is created directly in the namespace at
     /// `peer_netns` with the given MAC. Returns the host end's ifindex.
     pub async fn create_veth(
         &self,
@@ -116,7 +116,7 @@ impl Netlink {
         peer: &str,
         peer_netns: &Path,
         peer_mac: [u8; 6],
-        controller: u32,
+        controller: Option<u32>,
         mtu: Option<u32>,
     ) -> Result<u32, NetlinkError> {
         let ns = netns::open(peer_netns)?;
@@ -125,10 +125,10 @@ impl Netlink {
             peer_msg = peer_msg.mtu(mtu);
         }
         let peer_msg = peer_msg.setns_by_fd(ns.as_raw_fd()).build();
-        let mut b = LinkVeth::new(host, peer)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .controller(controller)
-            .up();
+        let mut b = LinkVeth::new(host, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg))).up();
+        if let Some(controller) = controller {
+            b = b.controller(controller);
+        }
         if let Some(mtu) = mtu {
             b = b.mtu(mtu);
         }

@@ -28,18 +28,53 @@ pub enum StateError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Which datapath forwards a network's traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DatapathKind {
+    /// TC programs on the host veths: in-kernel redirect, eBPF SNAT.
     #[default]
     Ebpf,
+    /// The classic Docker setup: Linux bridge + netfilter (the baseline).
+    Kernel,
 }
 
 impl std::fmt::Display for DatapathKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DatapathKind::Ebpf => f.write_str("ebpf"),
+            DatapathKind::Kernel => f.write_str("kernel"),
         }
+    }
+}
+
+/// Docker-style network options.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkOptions {
+    /// No masquerade and no route beyond the network.
+    #[serde(default)]
+    pub internal: bool,
+    /// Inter-container communication inside the network.
+    #[serde(default = "yes")]
+    pub icc: bool,
+    /// Source-NAT traffic leaving the node to the uplink's address.
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+    /// Interface to masquerade through; the default route's device if unset.
+    #[serde(default)]
+    pub uplink: Option<String>,
+    /// MTU of the bridge and every veth of the network.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for NetworkOptions {
+    fn default() -> Self {
+        NetworkOptions { internal: false, icc: true, masquerade: true, uplink: None, mtu: None }
     }
 }
 
@@ -56,6 +91,8 @@ pub struct NetworkSpec {
     pub bridge: String,
     #[serde(default)]
     pub datapath: DatapathKind,
+    #[serde(default)]
+    pub options: NetworkOptions,
     /// RFC 3339 creation time.
     pub created: String,
 }
@@ -88,6 +125,16 @@ pub struct State {
     pub version: u32,
     pub networks: BTreeMap<String, NetworkSpec>,
     pub endpoints: BTreeMap<String, EndpointSpec>,
+    /// What the agent changed on the node, to put it back.
+    #[serde(default)]
+    pub node: NodeChanges,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeChanges {
+    /// `net.ipv4.ip_forward` before the agent turned it on.
+    #[serde(default)]
+    pub ip_forward_was: Option<String>,
 }
 
 impl State {
@@ -183,6 +230,7 @@ mod tests {
             gateway: subnet.hosts().next().unwrap(),
             bridge: format!("br-{name}"),
             datapath: DatapathKind::Ebpf,
+            options: NetworkOptions::default(),
             created: now_rfc3339(),
         }
     }
@@ -237,6 +285,15 @@ mod tests {
         std::fs::write(dir.join(STATE_FILE), br#"{"version":99,"networks":{},"endpoints":{}}"#).unwrap();
         assert!(matches!(State::load(&dir), Err(StateError::Version { found: 99, .. })));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn older_state_files_get_default_options() {
+        let text = r#"{"name":"a","id":"1","num_id":1,"subnet":"10.1.0.0/24","gateway":"10.1.0.1","bridge":"b","created":"x"}"#;
+        let n: NetworkSpec = serde_json::from_str(text).unwrap();
+        assert_eq!(n.datapath, DatapathKind::Ebpf);
+        assert_eq!(n.options, NetworkOptions::default());
+        assert!(n.options.icc && n.options.masquerade && !n.options.internal);
     }
 
     #[test]

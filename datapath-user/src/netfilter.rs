@@ -1,0 +1,196 @@
+//! Netfilter rules for kernel-datapath networks (the classic Docker setup:
+//! MASQUERADE, isolation, icc, internal) and the node's forwarding switch.
+//!
+//! The ruleset is rendered from the desired state by a pure function and
+//! applied atomically with `nft -f -` (replace-whole-table in one batch).
+//! eBPF networks get no netfilter rule at all: their policy and NAT are in
+//! the eBPF programs.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use thiserror::Error;
+
+use crate::state::{DatapathKind, NetworkSpec, State};
+
+pub const TABLE: &str = "datapath";
+
+#[derive(Debug, Error)]
+pub enum NetfilterError {
+    #[error("`nft` is not installed (the kernel datapath needs nftables: run `cargo xtask setup` or apt-get install nftables)")]
+    NoNft,
+    #[error("nft rejected the ruleset: {0}")]
+    Nft(String),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+fn kernel_networks(state: &State) -> impl Iterator<Item = &NetworkSpec> {
+    state.networks.values().filter(|n| n.datapath == DatapathKind::Kernel)
+}
+
+/// The nft script for the current state: deletes our tables, then (if any
+/// kernel network exists) recreates them. One batch, so it is atomic.
+pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>) -> String {
+    let mut s = String::new();
+    // "add" then "delete" never fails, whether or not the table existed.
+    for family in ["ip", "bridge"] {
+        s += &format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n");
+    }
+    let nets: Vec<&NetworkSpec> = kernel_networks(state).collect();
+    if nets.is_empty() {
+        return s;
+    }
+    let all: Vec<String> = state.networks.values().map(|n| n.subnet.to_string()).collect();
+    s += &format!("table ip {TABLE} {{\n");
+    s += "  chain forward {\n    type filter hook forward priority filter; policy accept;\n";
+    for n in &nets {
+        let others: Vec<&String> = all.iter().filter(|x| **x != n.subnet.to_string()).collect();
+        if n.options.internal {
+            s += &format!("    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n", n.bridge, n.subnet, n.name);
+            s += &format!("    oifname \"{}\" ip saddr != {} drop comment \"internal {}\"\n", n.bridge, n.subnet, n.name);
+        } else if !others.is_empty() {
+            let set = others.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ");
+            s += &format!("    iifname \"{}\" ip daddr {{ {set} }} drop comment \"isolation {}\"\n", n.bridge, n.name);
+        }
+    }
+    s += "  }\n";
+    s += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
+    for n in &nets {
+        if n.options.masquerade && !n.options.internal {
+            match uplink_of(n) {
+                Some(up) => s += &format!("    ip saddr {} oifname \"{up}\" masquerade comment \"masquerade {}\"\n", n.subnet, n.name),
+                None => s += &format!("    ip saddr {} oifname != \"{}\" masquerade comment \"masquerade {}\"\n", n.subnet, n.bridge, n.name),
+            }
+        }
+    }
+    s += "  }\n}\n";
+    // icc=false: drop IPv4 between two ports of the same bridge. Matched on
+    // the port names (bridge-family iifname/oifname) since kernels without
+    // CONFIG_NFT_BRIDGE_META cannot match the bridge name, and without
+    // br_netfilter, which would slow every bridge down.
+    let mut icc = String::new();
+    for n in nets.iter().filter(|n| !n.options.icc) {
+        let ports: Vec<String> = state.endpoints_of(&n.name).map(|e| format!("\"{}\"", e.host_ifname)).collect();
+        if ports.len() >= 2 {
+            let set = ports.join(", ");
+            icc += &format!("    iifname {{ {set} }} oifname {{ {set} }} ether type ip drop comment \"icc=false {}\"\n", n.name);
+        }
+    }
+    if !icc.is_empty() {
+        s += &format!("table bridge {TABLE} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{icc}  }}\n}}\n");
+    }
+    s
+}
+
+/// Applies a rendered script. A state without kernel networks on a node
+/// without nft is fine: there is nothing to apply.
+pub fn apply(script: &str, needed: bool) -> Result<(), NetfilterError> {
+    let child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return if needed { Err(NetfilterError::NoNft) } else { Ok(()) };
+        }
+        Err(e) => return Err(NetfilterError::Io("running nft".into(), e)),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).map_err(|e| NetfilterError::Io("writing to nft".into(), e))?;
+    }
+    let out = child.wait_with_output().map_err(|e| NetfilterError::Io("waiting for nft".into(), e))?;
+    if !out.status.success() {
+        return Err(NetfilterError::Nft(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(())
+}
+
+pub fn needs_rules(state: &State) -> bool {
+    kernel_networks(state).next().is_some()
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Turns IPv4 forwarding on; returns the previous value when it changed it.
+pub fn enable_forwarding() -> Result<Option<String>, NetfilterError> {
+    let old = std::fs::read_to_string(IP_FORWARD).map_err(|e| NetfilterError::Io(IP_FORWARD.into(), e))?;
+    let old = old.trim().to_string();
+    if old == "1" {
+        return Ok(None);
+    }
+    std::fs::write(IP_FORWARD, b"1").map_err(|e| NetfilterError::Io(IP_FORWARD.into(), e))?;
+    Ok(Some(old))
+}
+
+pub fn restore_forwarding(old: &str) -> Result<(), NetfilterError> {
+    std::fs::write(IP_FORWARD, old.as_bytes()).map_err(|e| NetfilterError::Io(IP_FORWARD.into(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{random_id, NetworkOptions};
+
+    fn net(name: &str, subnet: &str, dp: DatapathKind, opts: NetworkOptions) -> NetworkSpec {
+        let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
+        NetworkSpec {
+            name: name.into(),
+            id: random_id(),
+            num_id: 1,
+            subnet,
+            gateway: subnet.hosts().next().unwrap(),
+            bridge: format!("br-{name}"),
+            datapath: dp,
+            options: opts,
+            created: String::new(),
+        }
+    }
+
+    #[test]
+    fn no_kernel_network_only_deletes_tables() {
+        let mut st = State::new();
+        st.networks.insert("e".into(), net("e", "10.1.0.0/24", DatapathKind::Ebpf, NetworkOptions::default()));
+        let s = render(&st, |_| None);
+        assert!(!s.contains("masquerade"), "{s}");
+        assert!(s.contains("delete table ip datapath"));
+        assert!(!needs_rules(&st));
+    }
+
+    #[test]
+    fn kernel_networks_get_docker_rules() {
+        let mut st = State::new();
+        st.networks.insert("e".into(), net("e", "10.1.0.0/24", DatapathKind::Ebpf, NetworkOptions::default()));
+        st.networks.insert("k".into(), net("k", "10.2.0.0/24", DatapathKind::Kernel, NetworkOptions { icc: false, ..Default::default() }));
+        st.networks.insert(
+            "i".into(),
+            net("i", "10.3.0.0/24", DatapathKind::Kernel, NetworkOptions { internal: true, masquerade: false, ..Default::default() }),
+        );
+        let s = render(&st, |n| (n.name == "k").then(|| "up0".to_string()));
+        assert!(s.contains("ip saddr 10.2.0.0/24 oifname \"up0\" masquerade"), "{s}");
+        assert!(!s.contains("ip saddr 10.1.0.0/24"), "eBPF network must get no netfilter rule: {s}");
+        assert!(!s.contains("ip saddr 10.3.0.0/24 oifname"), "internal network must not masquerade: {s}");
+        assert!(s.contains("iifname \"br-k\" ip daddr { 10.1.0.0/24, 10.3.0.0/24 } drop"), "{s}");
+        assert!(s.contains("iifname \"br-i\" ip daddr != 10.3.0.0/24 drop"), "{s}");
+        assert!(!s.contains("table bridge datapath {"), "no icc rule without two ports: {s}");
+        for (ep, host) in [("a", "dpa"), ("b", "dpb")] {
+            let mut e = crate::state::EndpointSpec {
+                name: ep.into(),
+                id: random_id(),
+                network: "k".into(),
+                ip: std::net::Ipv4Addr::new(10, 2, 0, 2),
+                mac: [2, 0, 0, 0, 0, 2],
+                netns_path: "/run/netns/x".into(),
+                owns_netns: true,
+                ifname: "eth0".into(),
+                host_ifname: host.into(),
+                container_id: None,
+                trace: false,
+                created: String::new(),
+            };
+            e.ip = if ep == "a" { e.ip } else { std::net::Ipv4Addr::new(10, 2, 0, 3) };
+            st.endpoints.insert(ep.into(), e);
+        }
+        let s = render(&st, |_| None);
+        assert!(s.contains("iifname { \"dpa\", \"dpb\" } oifname { \"dpa\", \"dpb\" } ether type ip drop"), "{s}");
+        assert!(needs_rules(&st));
+    }
+}
