@@ -23,6 +23,48 @@ pub struct WalkthroughArgs {
 }
 
 const EPS: [&str; 2] = ["alpine1", "alpine2"];
+/// The walkthrough's "node": the agent runs in this namespace, so nothing it
+/// does (bridges, forwarding, NAT) touches the host's own networking.
+const NODE_NS: &str = "dpwalk-node";
+/// A stand-in for the outside world, behind the node's uplink.
+const OUTSIDE_NS: &str = "dpwalk-outside";
+const UPLINK: &str = "uplink0";
+const NODE_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+/// Creates (or reuses, after a killed run) the node and outside namespaces
+/// joined by a veth: node `uplink0` 203.0.113.2/24 with its default route via
+/// the outside end 203.0.113.1/24 (TEST-NET-3, only ever inside these namespaces).
+async fn make_node() -> Result<()> {
+    use datapath::netlink::Netlink;
+    for ns in [NODE_NS, OUTSIDE_NS] {
+        if !netns::named_path(ns).exists() {
+            netns::create_named(ns)?;
+        }
+    }
+    let node = Netlink::in_netns(&netns::named_path(NODE_NS))?;
+    let outside = Netlink::in_netns(&netns::named_path(OUTSIDE_NS))?;
+    if node.link_index(UPLINK).await?.is_none() {
+        let mac = [0x02, 0xd4, 0xcb, 0x00, 0x71, 0x01];
+        node.create_veth(UPLINK, "eth0", &netns::named_path(OUTSIDE_NS), mac, None, None).await?;
+    }
+    for (nl, ifname, ip) in [(&node, UPLINK, NODE_UPLINK_IP), (&outside, "eth0", OUTSIDE_IP)] {
+        if let Some(lo) = nl.link_index("lo").await? {
+            nl.set_up(lo).await?;
+        }
+        let i = nl.require_index(ifname).await?;
+        nl.add_address(i, ip, 24).await?;
+        nl.set_up(i).await?;
+    }
+    node.add_default_route(OUTSIDE_IP).await?;
+    Ok(())
+}
+
+fn remove_node() {
+    for ns in [OUTSIDE_NS, NODE_NS] {
+        let _ = netns::delete_path(&netns::named_path(ns));
+    }
+}
 
 fn step(n: u32, text: &str) {
     println!("\n\x1b[1m== {n}. {text}\x1b[0m");
@@ -81,13 +123,18 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
     let socket = args.dir.join("datapath.sock");
     let exe = std::env::current_exe()?;
     step(1, "Start the agent (eBPF programs loaded, default network `bridge` created)");
-    show(&format!("datapath agent --socket {} --cleanup-on-exit", socket.display()));
+    println!("The agent runs in its own node namespace `{NODE_NS}`, whose uplink {UPLINK} ({NODE_UPLINK_IP}) leads to");
+    println!("a stand-in for the outside world, namespace `{OUTSIDE_NS}` ({OUTSIDE_IP}): the host's own network is left alone.");
+    make_node().await.context("creating the walkthrough's node and outside namespaces")?;
+    show(&format!("datapath agent --netns {NODE_NS} --socket {} --cleanup-on-exit", socket.display()));
     // Own process group: Ctrl-C reaches the walkthrough only, which then
     // tears down in order and stops the agent.
     let mut agent = Command::new(&exe)
         .arg("--socket")
         .arg(&socket)
         .arg("agent")
+        .arg("--netns")
+        .arg(NODE_NS)
         .arg("--state-dir")
         .arg(args.dir.join("state"))
         .arg("--bpffs")
@@ -115,6 +162,8 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM);
     let status = tokio::task::spawn_blocking(move || agent.wait()).await??;
     println!("agent stopped ({status})");
+    remove_node();
+    println!("removed namespaces {NODE_NS} and {OUTSIDE_NS}");
     let _ = std::fs::remove_dir_all(&args.dir);
     result
 }
