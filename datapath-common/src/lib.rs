@@ -20,6 +20,45 @@ pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 pub const MAP_ENDPOINTS_BY_IP: &str = "ENDPOINTS_BY_IP";
 pub const MAP_STATS: &str = "STATS";
 
+/// TC program on the ingress of a network's uplink (reverse NAT of replies).
+pub const PROG_FROM_UPLINK: &str = "dp_from_uplink";
+
+/// `NETWORKS: HashMap<u32 network_id, NetworkInfo>`, filled by the agent.
+pub const MAP_NETWORKS: &str = "NETWORKS";
+/// `SUBNETS: LpmTrie<u32 ipv4 (wire order), u32 network_id>`: every local
+/// network's subnet, so the datapath can tell "another local network" from
+/// "beyond the node".
+pub const MAP_SUBNETS: &str = "SUBNETS";
+pub const MAX_NETWORKS: u32 = 256;
+
+/// `NetworkInfo::flags`: source-NAT traffic leaving the node.
+pub const NET_F_MASQUERADE: u32 = 1 << 0;
+/// Internal network: nothing leaves the subnet (the gateway stays reachable).
+pub const NET_F_INTERNAL: u32 = 1 << 1;
+/// icc=false: endpoints of the network may not talk to each other.
+pub const NET_F_NO_ICC: u32 = 1 << 2;
+
+/// One local network, as the datapath needs it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// Subnet address and mask, wire order.
+    pub subnet: u32,
+    pub mask: u32,
+    /// Gateway (bridge) address, wire order.
+    pub gateway: u32,
+    /// Masquerade address (the uplink's primary IPv4), wire order; 0 when
+    /// the uplink has none yet (then traffic out is passed to the bridge).
+    pub masq_addr: u32,
+    /// ifindex of the uplink in the node namespace; 0 when unknown.
+    pub uplink_ifindex: u32,
+    /// `NET_F_*` bits.
+    pub flags: u32,
+    /// SNAT source port range, inclusive, host order.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+}
+
 /// Capacity of the endpoint maps.
 pub const MAX_ENDPOINTS: u32 = 4096;
 
@@ -92,11 +131,19 @@ pub mod reason {
     /// `bpf_redirect_peer` refused the packet.
     pub const DROP_REDIRECT_FAILED: u32 = 37;
 
+    /// Destination is in another local network (isolation between networks,
+    /// gateway addresses included).
+    pub const DROP_POLICY_ISOLATION: u32 = 38;
+    /// Endpoint to endpoint inside a network with icc=false.
+    pub const DROP_POLICY_ICC: u32 = 39;
+    /// Leaving an internal network.
+    pub const DROP_POLICY_INTERNAL: u32 = 40;
+
     /// Size of the `STATS` array: every code must be below this.
     pub const MAX: u32 = 64;
 
     /// Every defined code, in display order.
-    pub const ALL: [u32; 12] = [
+    pub const ALL: [u32; 15] = [
         FWD_REDIRECT_PEER,
         PASS_BROADCAST,
         PASS_ARP,
@@ -109,6 +156,9 @@ pub mod reason {
         DROP_SPOOFED_IP,
         DROP_SPOOFED_ARP,
         DROP_REDIRECT_FAILED,
+        DROP_POLICY_ISOLATION,
+        DROP_POLICY_ICC,
+        DROP_POLICY_INTERNAL,
     ];
 
     /// Whether `code` is a drop.
@@ -132,6 +182,9 @@ pub mod reason {
             DROP_SPOOFED_IP => "drop-spoofed-ip",
             DROP_SPOOFED_ARP => "drop-spoofed-arp",
             DROP_REDIRECT_FAILED => "drop-redirect-failed",
+            DROP_POLICY_ISOLATION => "drop-policy-isolation",
+            DROP_POLICY_ICC => "drop-policy-icc",
+            DROP_POLICY_INTERNAL => "drop-policy-internal",
             _ => "unknown",
         }
     }
@@ -149,6 +202,7 @@ mod pod {
     // holes that matter and every bit pattern valid.
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::NetworkInfo {}
 }
 
 #[cfg(test)]
@@ -159,6 +213,7 @@ mod tests {
     fn layout_is_stable() {
         assert_eq!(core::mem::size_of::<EndpointInfo>(), 28);
         assert_eq!(core::mem::size_of::<Counter>(), 16);
+        assert_eq!(core::mem::size_of::<NetworkInfo>(), 28);
     }
 
     #[test]
