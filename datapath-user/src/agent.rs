@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, RwLock};
 
 use datapath_common::{reason, EndpointInfo, EP_F_TRACE};
@@ -14,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, Mutex};
 
 use crate::api::{
-    ApiError, CounterView, EndpointCreate, EndpointView, Envelope, NetworkCreate, NetworkEndpointView, NetworkOptionsView, NetworkView, Request,
+    ApiError, ContainerCreate, ContainerView, CounterView, EndpointCreate, EndpointView, Envelope, NetworkCreate, NetworkEndpointView, NetworkOptionsView, NetworkView, Request,
     Response, StatsView, TraceLine, API_VERSION,
 };
 use crate::bpf::{AttachMode, Bpf, BpfError};
@@ -22,11 +23,14 @@ use crate::ipam::{self, format_mac, mac_for};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netfilter;
 use crate::netns;
+use crate::run::{self, ContainerSpec, RunMode};
 use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, State};
 
 pub const DEFAULT_NETWORK: &str = "bridge";
 pub const DEFAULT_BRIDGE: &str = "datapath0";
 pub const DEFAULT_SUBNET: &str = "10.10.0.0/16";
+/// Pseudo-network of endpoints that are a namespace with only `lo`.
+pub const NONE_NETWORK: &str = "none";
 /// Test-only fault injection: `endpoint:<step>` fails every endpoint create
 /// right after that step, to prove the rollback.
 pub const FAILPOINT_ENV: &str = "DATAPATH_FAILPOINT";
@@ -298,6 +302,12 @@ impl Inner {
             return Err(ApiError::conflict(format!("endpoint {:?} already exists", req.name)));
         }
         let network = req.network.clone().unwrap_or_else(|| DEFAULT_NETWORK.to_string());
+        if network == NONE_NETWORK {
+            return self.endpoint_create_none(req).await;
+        }
+        if self.state.containers.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!("name {:?} is taken by a container", req.name)));
+        }
         let net = self.state.networks.get(&network).cloned().ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
         let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".to_string());
         if ifname.is_empty() || ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
@@ -347,6 +357,55 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// An endpoint of the `none` network: its own namespace with only `lo` up.
+    async fn endpoint_create_none(&mut self, req: EndpointCreate) -> Result<EndpointView, ApiError> {
+        if req.ip.is_some() {
+            return Err(ApiError::invalid("--ip makes no sense with the none network"));
+        }
+        if req.netns_path.is_some() {
+            return Err(ApiError::invalid("the none network makes its own namespace"));
+        }
+        let spec = EndpointSpec {
+            name: req.name.clone(),
+            id: state::random_id(),
+            network: NONE_NETWORK.into(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            mac: [0; 6],
+            netns_path: netns::named_path(&req.name),
+            owns_netns: true,
+            ifname: String::new(),
+            host_ifname: String::new(),
+            container_id: req.container_id.clone(),
+            trace: false,
+            created: state::now_rfc3339(),
+        };
+        let mut made = Made::default();
+        let built = async {
+            self.build_none(&spec, &mut made).await?;
+            self.state.endpoints.insert(spec.name.clone(), spec.clone());
+            if let Err(e) = self.state.save(&self.cfg.state_dir) {
+                self.state.endpoints.remove(&spec.name);
+                return Err(ApiError::from(e));
+            }
+            Ok(())
+        };
+        if let Err(e) = built.await {
+            self.undo(&spec, made).await;
+            return Err(e);
+        }
+        Ok(self.endpoint_view(&spec))
+    }
+
+    async fn build_none(&mut self, spec: &EndpointSpec, made: &mut Made) -> Result<(), ApiError> {
+        netns::create_named(&spec.name).map_err(api_netns)?;
+        made.netns = Some(spec.netns_path.clone());
+        let inside = Netlink::in_netns(&spec.netns_path)?;
+        if let Some(lo) = inside.link_index("lo").await? {
+            inside.set_up(lo).await?;
+        }
+        Ok(())
     }
 
     /// Makes the namespace, veth, addressing, program and map entries of an
@@ -426,8 +485,20 @@ impl Inner {
 
     async fn endpoint_remove(&mut self, name: &str) -> Result<(), ApiError> {
         let spec = self.state.endpoints.get(name).cloned().ok_or_else(|| ApiError::not_found(format!("endpoint {name:?} not found")))?;
+        let users: Vec<&str> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.endpoint.as_deref() == Some(name) || c.mode == RunMode::Container(name.to_string()))
+            .filter(|c| c.is_running())
+            .map(|c| c.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!("endpoint {name:?} is in use by running command(s) {}: `datapath stop` them first", users.join(", "))));
+        }
         let ifindex = match self.host_ifindex.get(name) {
             Some(i) => Some(*i),
+            None if spec.host_ifname.is_empty() => None,
             None => self.nl.link_index(&spec.host_ifname).await?,
         };
         let ipv4 = datapath_common::ipv4_key(spec.ip.octets());
@@ -440,6 +511,7 @@ impl Inner {
         self.undo(&spec, made).await;
         self.trace_refs.remove(name);
         self.state.endpoints.remove(name);
+        self.state.containers.retain(|_, c| c.endpoint.as_deref() != Some(name));
         if let Err(e) = self.sync_node() {
             tracing::error!(endpoint = %name, "updating node configuration: {e}");
         }
@@ -452,6 +524,16 @@ impl Inner {
     /// restart: re-attach and re-fill the maps when its links survived,
     /// rebuild it from scratch otherwise.
     async fn restore_endpoint(&mut self, spec: &EndpointSpec) -> Result<(), ApiError> {
+        if spec.network == NONE_NETWORK {
+            if !spec.netns_path.exists() {
+                let mut made = Made::default();
+                if let Err(e) = self.build_none(spec, &mut made).await {
+                    self.undo(spec, made).await;
+                    return Err(e);
+                }
+            }
+            return Ok(());
+        }
         let net = self.state.networks.get(&spec.network).cloned().ok_or_else(|| ApiError::not_found(format!("network {:?} not found", spec.network)))?;
         let host = self.nl.link_index(&spec.host_ifname).await?;
         let ns_ok = spec.netns_path.exists();
@@ -502,6 +584,153 @@ impl Inner {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    // ----- containers (`datapath run`) --------------------------------------
+
+    fn container_view(&self, c: &ContainerSpec) -> ContainerView {
+        let ip = c
+            .endpoint
+            .as_ref()
+            .or(match &c.mode {
+                RunMode::Container(n) => Some(n),
+                _ => None,
+            })
+            .and_then(|e| self.state.endpoints.get(e))
+            .map(|e| e.ip)
+            .filter(|ip| !ip.is_unspecified());
+        ContainerView {
+            name: c.name.clone(),
+            network: c.mode.to_string(),
+            endpoint: c.endpoint.clone(),
+            ip,
+            netns_path: c.netns_path.clone(),
+            pid: c.pid,
+            status: c.status(),
+            argv: c.argv.clone(),
+            detached: c.detached,
+            rm: c.rm,
+            log: c.log.clone(),
+            created: c.created.clone(),
+        }
+    }
+
+    /// Records (and for `-d` starts) a command; makes its endpoint first.
+    async fn container_create(&mut self, req: ContainerCreate) -> Result<(ContainerSpec, Option<std::process::Child>), ApiError> {
+        let mode = RunMode::parse(req.network.as_deref().unwrap_or(DEFAULT_NETWORK)).map_err(ApiError::invalid)?;
+        if req.argv.is_empty() {
+            return Err(ApiError::invalid("no command given"));
+        }
+        let name = req.name.clone().unwrap_or_else(|| format!("run-{}", &state::random_id()[..8]));
+        state::validate_name("container", &name).map_err(ApiError::invalid)?;
+        if self.state.containers.contains_key(&name) || self.state.endpoints.contains_key(&name) {
+            return Err(ApiError::conflict(format!("name {name:?} is already in use")));
+        }
+        if req.ip.is_some() && !matches!(mode, RunMode::Network(_)) {
+            return Err(ApiError::invalid(format!("--ip needs a network, not --network {mode}")));
+        }
+        let (endpoint, netns_path) = match &mode {
+            RunMode::Network(net) => {
+                if !self.state.networks.contains_key(net) {
+                    return Err(ApiError::not_found(format!("network {net:?} not found")));
+                }
+                let ep = EndpointCreate { name: name.clone(), network: Some(net.clone()), ip: req.ip, ..Default::default() };
+                let v = self.endpoint_create(ep).await?;
+                (Some(name.clone()), v.netns_path)
+            }
+            RunMode::None => {
+                let ep = EndpointCreate { name: name.clone(), network: Some(NONE_NETWORK.into()), ..Default::default() };
+                let v = self.endpoint_create(ep).await?;
+                (Some(name.clone()), v.netns_path)
+            }
+            RunMode::Host => (None, PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))),
+            RunMode::Container(other) => {
+                let path = match self.state.endpoints.get(other) {
+                    Some(e) => e.netns_path.clone(),
+                    None => match self.state.containers.get(other) {
+                        Some(c) if c.mode != RunMode::Host => c.netns_path.clone(),
+                        _ => return Err(ApiError::not_found(format!("no endpoint or container named {other:?}"))),
+                    },
+                };
+                (None, path)
+            }
+        };
+        let mut spec = ContainerSpec {
+            name: name.clone(),
+            mode,
+            endpoint: endpoint.clone(),
+            netns_path,
+            argv: req.argv.clone(),
+            detached: req.detach,
+            rm: req.rm,
+            pid: None,
+            pid_start: None,
+            exit_code: None,
+            log: None,
+            created: state::now_rfc3339(),
+        };
+        let mut child = None;
+        if req.detach {
+            let logs = self.cfg.state_dir.join("logs");
+            let log = logs.join(format!("{name}.log"));
+            let spawned = std::fs::create_dir_all(&logs)
+                .and_then(|_| std::fs::File::create(&log))
+                .map_err(|e| ApiError::internal(format!("creating {}: {e}", log.display())))
+                .and_then(|f| spawn_in(&spec.netns_path, &spec.argv, req.cwd.as_deref(), Some(f)));
+            match spawned {
+                Ok(c) => {
+                    spec.pid = Some(c.id());
+                    spec.pid_start = run::process_start_time(c.id());
+                    spec.log = Some(log);
+                    child = Some(c);
+                }
+                Err(e) => {
+                    if let Some(ep) = &endpoint {
+                        let _ = self.endpoint_remove(ep).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.state.containers.insert(name.clone(), spec.clone());
+        if let Err(e) = self.state.save(&self.cfg.state_dir) {
+            tracing::error!("saving state: {e}");
+        }
+        tracing::info!(container = %name, mode = %spec.mode, detached = spec.detached, "command registered");
+        Ok((spec, child))
+    }
+
+    fn container_started(&mut self, name: &str, pid: u32) -> Result<(), ApiError> {
+        let c = self.state.containers.get_mut(name).ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
+        c.pid = Some(pid);
+        c.pid_start = run::process_start_time(pid);
+        self.state.save(&self.cfg.state_dir)?;
+        Ok(())
+    }
+
+    /// The command ended: record it, and with `--rm` remove it and its endpoint.
+    async fn container_exited(&mut self, name: &str, code: i32) -> Result<(), ApiError> {
+        let c = self.state.containers.get_mut(name).ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
+        c.exit_code = Some(code);
+        let (rm, endpoint) = (c.rm, c.endpoint.clone());
+        if rm {
+            self.container_remove(name, endpoint).await?;
+        } else {
+            self.state.save(&self.cfg.state_dir)?;
+        }
+        Ok(())
+    }
+
+    async fn container_remove(&mut self, name: &str, endpoint: Option<String>) -> Result<(), ApiError> {
+        self.state.containers.remove(name);
+        if let Some(ep) = endpoint {
+            if self.state.endpoints.contains_key(&ep) {
+                self.endpoint_remove(&ep).await?;
+            }
+        }
+        self.state.save(&self.cfg.state_dir)?;
+        tracing::info!(container = %name, "command removed");
         Ok(())
     }
 
@@ -604,10 +833,35 @@ impl Agent {
         }
     }
 
-    pub async fn handle(&self, request: Request) -> Result<Value, ApiError> {
+    pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Value, ApiError> {
+        match request {
+            Request::ContainerCreate(req) => {
+                let created = self.inner.lock().await.container_create(req).await;
+                self.refresh_names().await;
+                let (spec, child) = created?;
+                if let Some(child) = child {
+                    self.reap(spec.name.clone(), child);
+                }
+                let inner = self.inner.lock().await;
+                return to_value(inner.container_view(&spec));
+            }
+            Request::ContainerStop { name } => {
+                let result = self.container_stop(&name).await;
+                self.refresh_names().await;
+                return result.map(|_| Value::Null);
+            }
+            _ => {}
+        }
         let result = {
             let mut inner = self.inner.lock().await;
             match request {
+                Request::ContainerCreate(_) | Request::ContainerStop { .. } => Err(ApiError::internal("handled above")),
+                Request::ContainerStarted { name, pid } => inner.container_started(&name, pid).map(|_| Value::Null),
+                Request::ContainerExited { name, code } => inner.container_exited(&name, code).await.map(|_| Value::Null),
+                Request::ContainerList => {
+                    let v: Vec<ContainerView> = inner.state.containers.values().map(|c| inner.container_view(c)).collect();
+                    to_value(v)
+                }
                 Request::Ping => Ok(json!({"api_version": API_VERSION, "agent": env!("CARGO_PKG_VERSION")})),
                 Request::NetworkCreate(r) => inner.network_create(r).await.and_then(to_value),
                 Request::NetworkList => {
@@ -637,8 +891,72 @@ impl Agent {
         result
     }
 
+    /// Waits for a detached command in the background and records its exit.
+    fn reap(self: &Arc<Self>, name: String, mut child: Child) {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let status = tokio::task::spawn_blocking(move || child.wait()).await;
+            let code = match status {
+                Ok(Ok(s)) => run::exit_code(s),
+                _ => -1,
+            };
+            tracing::info!(container = %name, code, "detached command exited");
+            let mut inner = agent.inner.lock().await;
+            if inner.state.containers.contains_key(&name) {
+                if let Err(e) = inner.container_exited(&name, code).await {
+                    tracing::error!(container = %name, "recording exit: {e}");
+                }
+            }
+            drop(inner);
+            agent.refresh_names().await;
+        });
+    }
+
+    /// Ends a command (SIGTERM, then SIGKILL after 10 s) and removes it and
+    /// its endpoint. The lock is not held while waiting.
+    async fn container_stop(&self, name: &str) -> Result<(), ApiError> {
+        use nix::sys::signal::{killpg, kill, Signal};
+        use nix::unistd::Pid;
+        let spec = {
+            let inner = self.inner.lock().await;
+            inner.state.containers.get(name).cloned().ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?
+        };
+        if let (true, Some(pid)) = (spec.is_running(), spec.pid) {
+            let pid = Pid::from_raw(pid as i32);
+            let signal = |sig| {
+                // Detached commands lead their own process group.
+                if spec.detached { killpg(pid, sig).or_else(|_| kill(pid, sig)) } else { kill(pid, sig) }
+            };
+            let _ = signal(Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while spec.is_running() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            if spec.is_running() {
+                let _ = signal(Signal::SIGKILL);
+                for _ in 0..100 {
+                    if !spec.is_running() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+        let mut inner = self.inner.lock().await;
+        if inner.state.containers.contains_key(name) {
+            inner.container_remove(name, spec.endpoint.clone()).await?;
+        }
+        Ok(())
+    }
+
     /// Removes everything this agent made (used by `--cleanup-on-exit`).
     pub async fn teardown(&self) {
+        let names: Vec<String> = self.inner.lock().await.state.containers.keys().cloned().collect();
+        for name in names {
+            if let Err(e) = self.container_stop(&name).await {
+                tracing::error!(container = %name, "teardown: {e}");
+            }
+        }
         let mut inner = self.inner.lock().await;
         let eps: Vec<String> = inner.state.endpoints.keys().cloned().collect();
         for ep in eps {
@@ -752,6 +1070,30 @@ impl Agent {
         };
         let _ = write_line(stream.get_mut(), &response).await;
     }
+}
+
+/// Starts `argv` inside the namespace at `netns`: spawned from a thread that
+/// entered it, so the child inherits it.
+fn spawn_in(netns_path: &Path, argv: &[String], cwd: Option<&Path>, log: Option<std::fs::File>) -> Result<Child, ApiError> {
+    let argv = argv.to_vec();
+    let program = argv[0].clone();
+    let cwd = cwd.map(Path::to_path_buf);
+    let spawned = netns::run_in(netns_path, move || {
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null());
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        if let Some(f) = log {
+            cmd.stdout(f.try_clone()?).stderr(f);
+        }
+        // Its own session: not killed with the agent's terminal.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        cmd.spawn()
+    })
+    .map_err(api_netns)?;
+    spawned.map_err(|e| ApiError::invalid(format!("cannot run {program:?}: {e}")))
 }
 
 async fn write_line<W: AsyncWriteExt + Unpin, T: serde::Serialize>(w: &mut W, v: &T) -> std::io::Result<()> {

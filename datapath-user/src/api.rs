@@ -40,6 +40,51 @@ pub enum Request {
     EndpointRemove { name: String },
     Stats,
     Trace { endpoint: Option<String> },
+    ContainerCreate(ContainerCreate),
+    ContainerStarted { name: String, pid: u32 },
+    ContainerExited { name: String, code: i32 },
+    ContainerList,
+    ContainerStop { name: String },
+}
+
+/// `datapath run`: what to run and how it is networked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerCreate {
+    /// Generated when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `bridge` (default), a network name, `host`, `none` or `container:NAME`.
+    #[serde(default)]
+    pub network: Option<String>,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    pub argv: Vec<String>,
+    /// The agent starts the command itself, output to a log file.
+    #[serde(default)]
+    pub detach: bool,
+    /// Remove the endpoint when the command exits.
+    #[serde(default)]
+    pub rm: bool,
+    /// Working directory for a detached command.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+}
+
+/// What `ps` shows of a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerView {
+    pub name: String,
+    pub network: String,
+    pub endpoint: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub netns_path: PathBuf,
+    pub pid: Option<u32>,
+    pub status: String,
+    pub argv: Vec<String>,
+    pub detached: bool,
+    pub rm: bool,
+    pub log: Option<PathBuf>,
+    pub created: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,3 +9,4 @@ pub mod state;
 pub mod bpf;
 pub mod agent;
 pub mod netfilter;
+pub mod run;

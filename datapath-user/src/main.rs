@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datapath::agent::{self, AgentConfig, DEFAULT_SUBNET};
-use datapath::api::{self, Client, EndpointCreate, EndpointView, NetworkCreate, NetworkView, Request, StatsView};
+use datapath::api::{self, Client, ContainerCreate, ContainerView, EndpointCreate, EndpointView, NetworkCreate, NetworkView, Request, StatsView};
 use datapath::bpf::AttachMode;
 use datapath::state::DatapathKind;
 use datapath::{ipam, netns};
@@ -43,8 +43,37 @@ enum Command {
         #[arg(long)]
         endpoint: Option<String>,
     },
+    /// Run a command the way `docker run --network=...` would (no images: the host's filesystem).
+    Run(RunArgs),
+    /// List the commands started with `run`.
+    Ps {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// End a command started with `run` and remove its endpoint.
+    Stop { name: String },
     /// The classic Docker bridge-networking walkthrough on the eBPF datapath.
     Walkthrough(walkthrough::WalkthroughArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// bridge (default), a network name, host, none or container:NAME.
+    #[arg(long, alias = "net", default_value = "bridge")]
+    network: String,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    ip: Option<String>,
+    /// Remove the endpoint when the command exits.
+    #[arg(long)]
+    rm: bool,
+    /// Run in the background (the agent starts it); prints the name.
+    #[arg(short, long)]
+    detach: bool,
+    /// The command and its arguments.
+    #[arg(required = true, last = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -221,7 +250,80 @@ async fn async_main(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Walkthrough(args) => walkthrough::run(args).await,
+        Command::Run(args) => {
+            let code = run(&client, args).await?;
+            std::process::exit(code);
+        }
+        Command::Ps { output } => {
+            let cs: Vec<ContainerView> = client.call_as(Request::ContainerList).await?;
+            if output == Output::Json {
+                return print_json(&cs);
+            }
+            println!("{:<16} {:<18} {:<15} {:>7} {:<12} COMMAND", "NAME", "NETWORK", "IP", "PID", "STATUS");
+            for c in cs {
+                println!(
+                    "{:<16} {:<18} {:<15} {:>7} {:<12} {}",
+                    c.name,
+                    c.network,
+                    c.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    c.status,
+                    c.argv.join(" ")
+                );
+            }
+            Ok(())
+        }
+        Command::Stop { name } => {
+            client.call(Request::ContainerStop { name: name.clone() }).await?;
+            println!("{name}");
+            Ok(())
+        }
     }
+}
+
+/// `datapath run`: the agent makes the endpoint (or starts the command
+/// itself with -d); in the foreground the command runs here, attached to the
+/// terminal, inside the endpoint's namespace. Returns the command's exit code.
+async fn run(client: &Client, args: RunArgs) -> Result<i32> {
+    let ip = args.ip.as_deref().map(ipam::parse_addr).transpose()?;
+    let cwd = std::env::current_dir().ok();
+    let req = ContainerCreate {
+        name: args.name,
+        network: Some(args.network),
+        ip,
+        argv: args.command.clone(),
+        detach: args.detach,
+        rm: args.rm,
+        cwd,
+    };
+    let c: ContainerView = client.call_as(Request::ContainerCreate(req)).await?;
+    if args.detach {
+        println!("{}", c.name);
+        return Ok(0);
+    }
+    let argv = args.command;
+    let spawned = netns::run_in(&c.netns_path, move || std::process::Command::new(&argv[0]).args(&argv[1..]).spawn());
+    let mut child = match spawned.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)) {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = client.call(Request::ContainerExited { name: c.name.clone(), code: 127 }).await;
+            return Err(e.context(format!("running {:?}", c.argv.join(" "))));
+        }
+    };
+    client.call(Request::ContainerStarted { name: c.name.clone(), pid: child.id() }).await?;
+    // Ctrl-C goes to the command (same terminal); we wait for it to exit.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let wait = tokio::task::spawn_blocking(move || child.wait());
+    tokio::pin!(wait);
+    let status = loop {
+        tokio::select! {
+            s = &mut wait => break s??,
+            _ = sigint.recv() => {}
+        }
+    };
+    let code = datapath::run::exit_code(status);
+    client.call(Request::ContainerExited { name: c.name.clone(), code }).await?;
+    Ok(code)
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {

@@ -128,6 +128,9 @@ pub struct State {
     /// What the agent changed on the node, to put it back.
     #[serde(default)]
     pub node: NodeChanges,
+    /// Commands started with `datapath run`.
+    #[serde(default)]
+    pub containers: BTreeMap<String, crate::run::ContainerSpec>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
