@@ -168,6 +168,59 @@ impl Netlink {
         self.handle.route().add(msg).replace().execute().await.map_err(req(format!("add default route via {gateway}")))
     }
 
+    /// Name of a link by ifindex.
+    pub async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let link = match links.try_next().await {
+            Ok(l) => l,
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == ENODEV => None,
+            Err(e) => return Err(req(format!("get link {index}"))(e)),
+        };
+        Ok(link.and_then(|l| {
+            l.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n),
+                _ => None,
+            })
+        }))
+    }
+
+    /// IPv4 addresses of a link, primary first (the kernel lists them in order).
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req(format!("list addresses of link {index}")))?;
+        let mut out = Vec::new();
+        let mut secondary = Vec::new();
+        for m in msgs {
+            let is_secondary = m.attributes.iter().any(|a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Secondary)));
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                if is_secondary {
+                    secondary.push((ip, m.header.prefix_len));
+                } else {
+                    out.push((ip, m.header.prefix_len));
+                }
+            }
+        }
+        out.extend(secondary);
+        Ok(out)
+    }
+
+    /// The output interface of the IPv4 default route, if there is one.
+    pub async fn default_route_oif(&self) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.ipv4_routes().await?.into_iter().find(|(net, _)| net.prefix_len() == 0).and_then(|(_, oif)| oif))
+    }
+
     /// IPv4 unicast routes of the main table, as (destination, oif).
     pub async fn ipv4_routes(&self) -> Result<Vec<(Ipv4Net, Option<u32>)>, NetlinkError> {
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
