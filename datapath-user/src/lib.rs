@@ -10,3 +10,4 @@ pub mod bpf;
 pub mod agent;
 pub mod netfilter;
 pub mod run;
+pub mod uplink;
