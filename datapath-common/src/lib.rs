@@ -59,6 +59,131 @@ pub struct NetworkInfo {
     pub nat_port_max: u16,
 }
 
+// ---------------------------------------------------------------------------
+// Connection tracking and SNAT (masquerade)
+
+/// `CT: LruHashMap<CtKey, CtEntry>`: the connection tracker (two entries per
+/// masqueraded flow, see [`CtEntry`]).
+pub const MAP_CT: &str = "CT";
+/// `CT_CONFIG: Array<CtConfig>` with one element (index 0), filled by the
+/// agent; zero fields mean the built-in defaults.
+pub const MAP_CT_CONFIG: &str = "CT_CONFIG";
+/// Capacity of `CT` (entries; a masqueraded flow takes two).
+pub const CT_MAX_ENTRIES: u32 = 131_072;
+/// SNAT port tries per new flow before `DROP_NAT_NO_PORT`.
+pub const NAT_PORT_TRIES: u32 = 32;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of the connection tracker: a 5-tuple exactly as it appears in the
+/// packet (addresses and ports in wire order). For ICMP echo the identifier
+/// is the port: requests use `sport = id, dport = 0`, replies `sport = 0,
+/// dport = id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// Always zero (part of the hashed key).
+    pub _pad: [u8; 3],
+}
+
+/// `CtEntry::flags`: the reverse (reply) entry of a flow. Its key is the
+/// reply tuple as it arrives on the uplink (remote -> masq_addr:nat_port);
+/// `addr`/`port` hold the endpoint's original address and port. Only the
+/// forward entry carries state, lifetime and counters.
+pub const CT_F_REVERSE: u8 = 1 << 0;
+/// The flow is source-translated (forward entry: `addr`/`port` are the
+/// translated source).
+pub const CT_F_SNAT: u8 = 1 << 1;
+/// A FIN was seen from the endpoint (original direction).
+pub const CT_F_TX_FIN: u8 = 1 << 2;
+/// A FIN was seen from the remote (reply direction).
+pub const CT_F_RX_FIN: u8 = 1 << 3;
+/// A reply was seen.
+pub const CT_F_SEEN_REPLY: u8 = 1 << 4;
+
+/// `CtEntry::state`.
+pub const CT_NEW: u8 = 0;
+pub const CT_TCP_SYN_SENT: u8 = 1;
+pub const CT_ESTABLISHED: u8 = 2;
+pub const CT_TCP_CLOSING: u8 = 3;
+pub const CT_TCP_CLOSED: u8 = 4;
+
+/// Name of a `CtEntry::state` for display.
+pub const fn ct_state_name(proto: u8, state: u8) -> &'static str {
+    match (proto, state) {
+        (IPPROTO_TCP, CT_TCP_SYN_SENT) => "syn-sent",
+        (_, CT_ESTABLISHED) => "established",
+        (IPPROTO_TCP, CT_TCP_CLOSING) => "closing",
+        (IPPROTO_TCP, CT_TCP_CLOSED) => "closed",
+        (_, CT_NEW) => "new",
+        _ => "unknown",
+    }
+}
+
+/// Value of the connection tracker.
+///
+/// Times are `bpf_ktime_get_ns()` values (CLOCK_MONOTONIC, nanoseconds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    /// The entry is dead from this time on (forward entries only).
+    pub expires_ns: u64,
+    /// Original direction (endpoint -> remote).
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Reply direction (remote -> endpoint).
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Forward entry: translated source address; reverse entry: the
+    /// endpoint's original address. Wire order.
+    pub addr: u32,
+    /// Host-side veth ifindex of the endpoint.
+    pub ifindex: u32,
+    /// Forward entry: translated source port (ICMP: echo id); reverse entry:
+    /// the endpoint's original port. Wire order.
+    pub port: u16,
+    /// `CT_NEW`, `CT_TCP_*`, `CT_ESTABLISHED`.
+    pub state: u8,
+    /// `CT_F_*` bits.
+    pub flags: u8,
+    /// TCP flags seen in each direction (OR of the flag bytes).
+    pub tx_tcp_flags: u8,
+    pub rx_tcp_flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Connection tracker lifetimes, in seconds; 0 means the default.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtConfig {
+    /// TCP after the SYN, before a reply (default 60 s).
+    pub tcp_syn: u32,
+    /// TCP established (default 6 h).
+    pub tcp_established: u32,
+    /// TCP after a FIN or RST (default 10 s).
+    pub tcp_closing: u32,
+    /// UDP (default 60 s).
+    pub udp: u32,
+    /// ICMP echo (default 60 s).
+    pub icmp: u32,
+    pub _reserved: [u32; 3],
+}
+
+pub const CT_DEFAULT_TCP_SYN: u32 = 60;
+pub const CT_DEFAULT_TCP_ESTABLISHED: u32 = 6 * 3600;
+pub const CT_DEFAULT_TCP_CLOSING: u32 = 10;
+pub const CT_DEFAULT_UDP: u32 = 60;
+pub const CT_DEFAULT_ICMP: u32 = 60;
+
 /// Capacity of the endpoint maps.
 pub const MAX_ENDPOINTS: u32 = 4096;
 
@@ -139,17 +264,66 @@ pub mod reason {
     /// Leaving an internal network.
     pub const DROP_POLICY_INTERNAL: u32 = 40;
 
+    /// Connection tracker and NAT drops (see `dp_from_ep` / `dp_from_uplink`).
+    /// The conntrack map refused a new entry (LRU could not make room).
+    pub const DROP_CT_TABLE_FULL: u32 = 41;
+    /// No free SNAT port in `[nat_port_min, nat_port_max]` after the bounded
+    /// number of tries.
+    pub const DROP_NAT_NO_PORT: u32 = 42;
+    /// A packet that cannot start a tracked flow: TCP without SYN (or with
+    /// SYN+ACK) for an unknown flow.
+    pub const DROP_CT_INVALID: u32 = 43;
+    /// An IPv4 fragment (first or not) of traffic that would be masqueraded,
+    /// or a non-DF packet too big for the uplink: it cannot be translated
+    /// without a fragment map, and passing it would leak the private source.
+    pub const DROP_NAT_FRAGMENT: u32 = 44;
+    /// A protocol the masquerade cannot translate (neither TCP, UDP nor ICMP
+    /// echo request) on its way out of a masquerading network.
+    pub const DROP_NAT_PROTO: u32 = 45;
+    /// A translated reply whose TTL would expire at the node.
+    pub const DROP_TTL_EXCEEDED: u32 = 46;
+
+    /// Packet verdicts of the NAT paths.
+    /// Uplink ingress without a NAT mapping (the node's own traffic): passed
+    /// untouched.
+    pub const PASS_UPLINK_HOST: u32 = 7;
+    /// Source-translated to the network's masquerade address and sent out the
+    /// uplink (`bpf_redirect` / `bpf_redirect_neigh`).
+    pub const FWD_NAT: u32 = 8;
+    /// A reply (or an ICMP error about a flow) translated back and delivered
+    /// into the endpoint with `bpf_redirect_peer`.
+    pub const FWD_REVNAT: u32 = 9;
+    /// Traffic of a masquerading network that the FIB does not route out the
+    /// uplink (local destination, unreachable, other interface, TTL expiring,
+    /// DF packet too big): handed to the kernel untranslated, which answers
+    /// with the right ICMP error or delivers it locally.
+    pub const PASS_NAT_NOT_ROUTED: u32 = 10;
+    /// Event, not a verdict: a connection-tracking entry (flow) was created.
+    /// Counted in addition to the packet's verdict (`packets` = flows).
+    pub const EV_CT_CREATED: u32 = 11;
+
     /// Size of the `STATS` array: every code must be below this.
     pub const MAX: u32 = 64;
 
+    /// Whether `code` counts events rather than packet verdicts (a packet is
+    /// counted under exactly one verdict code, and maybe some event codes).
+    pub const fn is_event(code: u32) -> bool {
+        code == EV_CT_CREATED
+    }
+
     /// Every defined code, in display order.
-    pub const ALL: [u32; 15] = [
+    pub const ALL: [u32; 26] = [
         FWD_REDIRECT_PEER,
+        FWD_NAT,
+        FWD_REVNAT,
+        EV_CT_CREATED,
         PASS_BROADCAST,
         PASS_ARP,
         PASS_TO_BRIDGE,
         PASS_OTHER_PROTO,
         PASS_UNKNOWN_IFACE,
+        PASS_UPLINK_HOST,
+        PASS_NAT_NOT_ROUTED,
         DROP_TRUNCATED,
         DROP_BAD_IPV4_HEADER,
         DROP_SPOOFED_MAC,
@@ -159,7 +333,27 @@ pub mod reason {
         DROP_POLICY_ISOLATION,
         DROP_POLICY_ICC,
         DROP_POLICY_INTERNAL,
+        DROP_CT_TABLE_FULL,
+        DROP_NAT_NO_PORT,
+        DROP_CT_INVALID,
+        DROP_NAT_FRAGMENT,
+        DROP_NAT_PROTO,
+        DROP_TTL_EXCEEDED,
     ];
+
+    /// Length of the longest name (the trace column width).
+    pub const NAME_WIDTH: usize = {
+        let mut w = 0;
+        let mut i = 0;
+        while i < ALL.len() {
+            let n = name(ALL[i]).len();
+            if n > w {
+                w = n;
+            }
+            i += 1;
+        }
+        w
+    };
 
     /// Whether `code` is a drop.
     pub const fn is_drop(code: u32) -> bool {
@@ -185,6 +379,17 @@ pub mod reason {
             DROP_POLICY_ISOLATION => "drop-policy-isolation",
             DROP_POLICY_ICC => "drop-policy-icc",
             DROP_POLICY_INTERNAL => "drop-policy-internal",
+            DROP_CT_TABLE_FULL => "drop-ct-table-full",
+            DROP_NAT_NO_PORT => "drop-nat-no-port",
+            DROP_CT_INVALID => "drop-ct-invalid",
+            DROP_NAT_FRAGMENT => "drop-nat-fragment",
+            DROP_NAT_PROTO => "drop-nat-proto",
+            DROP_TTL_EXCEEDED => "drop-ttl-exceeded",
+            PASS_UPLINK_HOST => "pass-uplink-host",
+            FWD_NAT => "nat-translated",
+            FWD_REVNAT => "nat-reverse-translated",
+            PASS_NAT_NOT_ROUTED => "pass-nat-not-routed",
+            EV_CT_CREATED => "ct-created",
             _ => "unknown",
         }
     }
@@ -203,6 +408,9 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NetworkInfo {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::CtConfig {}
 }
 
 #[cfg(test)]
@@ -214,6 +422,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<EndpointInfo>(), 28);
         assert_eq!(core::mem::size_of::<Counter>(), 16);
         assert_eq!(core::mem::size_of::<NetworkInfo>(), 28);
+        assert_eq!(core::mem::size_of::<CtKey>(), 16);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 72);
+        assert_eq!(core::mem::size_of::<CtConfig>(), 32);
     }
 
     #[test]
@@ -228,6 +439,10 @@ mod tests {
         }
         assert!(reason::is_drop(reason::DROP_SPOOFED_IP));
         assert!(!reason::is_drop(reason::FWD_REDIRECT_PEER));
+        assert!(!reason::is_drop(reason::FWD_REVNAT));
+        assert!(reason::is_drop(reason::DROP_NAT_NO_PORT));
+        assert!(reason::is_event(reason::EV_CT_CREATED));
+        assert_eq!(reason::NAME_WIDTH, "nat-reverse-translated".len());
     }
 
     #[test]

@@ -19,11 +19,14 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::generated::bpf_redirect_peer,
     macros::{classifier, map},
-    maps::{HashMap, PerCpuArray},
+    maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::info;
-use datapath_common::{reason, Counter, EndpointInfo, EP_F_TRACE, MAX_ENDPOINTS};
+use datapath_common::{
+    reason, Counter, EndpointInfo, NetworkInfo, EP_F_TRACE, MAX_ENDPOINTS, MAX_NETWORKS,
+    NET_F_INTERNAL, NET_F_NO_ICC,
+};
 
 /// Endpoints keyed by the ifindex of their host-side veth.
 #[map]
@@ -33,6 +36,14 @@ static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_END
 /// `datapath_common::ipv4_key`).
 #[map]
 static ENDPOINTS_BY_IP: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Local networks keyed by their numeric id.
+#[map]
+static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::with_max_entries(MAX_NETWORKS, 0);
+
+/// Every local network's subnet (key data: IPv4 in wire order) -> network id.
+#[map]
+static SUBNETS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
 
 /// Per-CPU packet/byte counters indexed by reason code.
 #[map]
@@ -266,7 +277,35 @@ fn from_endpoint_ipv4(
     }
 
     // SAFETY: the value is copied out before any other map operation.
-    let Some(dst) = (unsafe { ENDPOINTS_BY_IP.get(&daddr) }).copied() else {
+    let dst = unsafe { ENDPOINTS_BY_IP.get(&daddr) }.copied();
+
+    // Network policy (Docker's isolation, icc=false, internal networks).
+    // SAFETY: the value is copied out before any other map operation.
+    if let Some(net) = unsafe { NETWORKS.get(&src.network_id) }.copied() {
+        if let Some(d) = &dst {
+            if d.network_id == src.network_id
+                && d.ifindex != src.ifindex
+                && net.flags & NET_F_NO_ICC != 0
+            {
+                return Verdict {
+                    dst_flags: d.flags,
+                    ..drop(reason::DROP_POLICY_ICC)
+                };
+            }
+        }
+        if daddr & net.mask != net.subnet {
+            if let Some(id) = SUBNETS.get(LpmKey::new(32, daddr)) {
+                if *id != src.network_id {
+                    return drop(reason::DROP_POLICY_ISOLATION);
+                }
+            }
+            if net.flags & NET_F_INTERNAL != 0 && daddr != net.gateway {
+                return drop(reason::DROP_POLICY_INTERNAL);
+            }
+        }
+    }
+
+    let Some(dst) = dst else {
         return pass(reason::PASS_TO_BRIDGE);
     };
     let dst_flags = dst.flags;
@@ -324,7 +363,7 @@ fn from_endpoint_ipv4(
 // tracing
 
 /// Width of the reason-name column of trace lines: the longest name.
-const REASON_NAME_WIDTH: usize = 20;
+const REASON_NAME_WIDTH: usize = reason::NAME_WIDTH;
 
 /// `reason::name(code)` for every code, padded with spaces to
 /// `REASON_NAME_WIDTH`. A fixed-length string keeps every later field of the

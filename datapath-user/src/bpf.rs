@@ -2,12 +2,16 @@
 
 use std::collections::HashMap as StdHashMap;
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType};
 use aya::programs::LinkOrder;
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
-use datapath_common::{reason, Counter, EndpointInfo, MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_STATS, PROG_FROM_ENDPOINT};
+use datapath_common::{
+    reason, Counter, EndpointInfo, NetworkInfo, MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_STATS, MAP_SUBNETS,
+    PROG_FROM_ENDPOINT,
+};
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
@@ -52,6 +56,8 @@ pub struct Bpf {
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     by_ip: HashMap<MapData, u32, EndpointInfo>,
     stats: PerCpuArray<MapData, Counter>,
+    networks: HashMap<MapData, u32, NetworkInfo>,
+    subnets: LpmTrie<MapData, u32, u32>,
     links: StdHashMap<u32, SchedClassifierLink>,
 }
 
@@ -110,7 +116,9 @@ impl Bpf {
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
-        Ok(Bpf { mode, ebpf, endpoints, by_ip, stats, links: StdHashMap::new() })
+        let networks = HashMap::try_from(take(&mut ebpf, MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
+        let subnets = LpmTrie::try_from(take(&mut ebpf, MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?;
+        Ok(Bpf { mode, ebpf, endpoints, by_ip, stats, networks, subnets, links: StdHashMap::new() })
     }
 
     /// Attaches the from-endpoint program to the ingress of `iface`
@@ -167,6 +175,26 @@ impl Bpf {
     pub fn remove_endpoint(&mut self, ifindex: u32, ipv4: u32) {
         let _ = self.by_ip.remove(&ipv4);
         let _ = self.endpoints.remove(&ifindex);
+    }
+
+    /// Publishes a local network to the datapath: its policy and masquerade
+    /// settings (`NETWORKS`) and its subnet (`SUBNETS`, `info.subnet` /
+    /// `prefix_len`), so the other networks' endpoints are isolated from it.
+    /// Idempotent (updates in place).
+    pub fn set_network(&mut self, id: u32, info: NetworkInfo, prefix_len: u32) -> Result<(), BpfError> {
+        self.subnets.insert(&LpmKey::new(prefix_len, info.subnet), id, 0).map_err(map_err(MAP_SUBNETS))?;
+        if let Err(e) = self.networks.insert(id, info, 0) {
+            let _ = self.subnets.remove(&LpmKey::new(prefix_len, info.subnet));
+            return Err(map_err(MAP_NETWORKS)(e));
+        }
+        Ok(())
+    }
+
+    /// Removes a network from both maps; absent entries are fine. `subnet`
+    /// is wire order, as in `NetworkInfo::subnet`.
+    pub fn remove_network(&mut self, id: u32, subnet: u32, prefix_len: u32) {
+        let _ = self.networks.remove(&id);
+        let _ = self.subnets.remove(&LpmKey::new(prefix_len, subnet));
     }
 
     /// Counters summed over CPUs, for every known reason code.
