@@ -23,6 +23,7 @@ use crate::ipam::{self, format_mac, mac_for};
 use crate::netlink::{Netlink, NetlinkError};
 use crate::netfilter;
 use crate::netns;
+use crate::uplink;
 use crate::run::{self, ContainerSpec, RunMode};
 use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, State};
 
@@ -47,6 +48,8 @@ pub struct AgentConfig {
     pub attach_mode: AttachMode,
     /// Datapath of networks created without `--datapath` (and of the default network).
     pub default_datapath: DatapathKind,
+    /// SNAT port range; chosen clear of the node's ephemeral ports when unset.
+    pub nat_ports: Option<(u16, u16)>,
 }
 
 impl From<NetlinkError> for ApiError {
@@ -96,6 +99,10 @@ struct Inner {
     trace_refs: HashMap<String, usize>,
     trace_all: usize,
     failpoint: Option<String>,
+    /// SNAT source port range, clear of the node's ephemeral ports.
+    nat_ports: (u16, u16),
+    /// What the datapath was last told about each network (by name).
+    net_info: BTreeMap<String, datapath_common::NetworkInfo>,
 }
 
 pub struct Agent {
@@ -236,6 +243,7 @@ impl Inner {
         let index = self.nl.create_bridge(&bridge, mac_for(gateway), spec.options.mtu).await?;
         let finish = async {
             self.nl.add_address(index, gateway, subnet.prefix_len()).await?;
+            self.sync_datapath_network(&spec).await?;
             self.state.networks.insert(spec.name.clone(), spec.clone());
             if let Err(e) = self.sync_node() {
                 self.state.networks.remove(&spec.name);
@@ -250,6 +258,7 @@ impl Inner {
             Ok(())
         };
         if let Err(e) = finish.await {
+            self.forget_datapath_network(&spec);
             let _ = self.nl.delete_link(index).await;
             return Err(e);
         }
@@ -271,6 +280,7 @@ impl Inner {
             self.nl.delete_link(index).await?;
         }
         self.bridges.remove(name);
+        self.forget_datapath_network(&spec);
         self.state.networks.remove(name);
         if let Err(e) = self.sync_node() {
             tracing::error!(network = %name, "updating node configuration: {e}");
@@ -587,6 +597,58 @@ impl Inner {
         Ok(())
     }
 
+    // ----- the datapath's view of networks, masquerade ------------------------
+
+    /// The masquerade address and uplink ifindex of a network, followed live:
+    /// `--uplink` or the device of the node's default route, its primary IPv4.
+    async fn masquerade_for(&self, net: &NetworkSpec) -> Result<Option<(Ipv4Addr, u32)>, ApiError> {
+        if !net.options.masquerade || net.options.internal {
+            return Ok(None);
+        }
+        let ifindex = match &net.options.uplink {
+            Some(name) => self.nl.link_index(name).await?,
+            None => self.nl.default_route_oif().await?,
+        };
+        let Some(ifindex) = ifindex else { return Ok(None) };
+        let addr = self.nl.ipv4_addresses(ifindex).await?.first().map(|(ip, _)| *ip);
+        Ok(addr.map(|a| (a, ifindex)))
+    }
+
+    /// Tells the datapath about a network (policy, masquerade address); a
+    /// no-op when nothing changed.
+    async fn sync_datapath_network(&mut self, net: &NetworkSpec) -> Result<(), ApiError> {
+        let masq = self.masquerade_for(net).await?;
+        let info = uplink::network_info(net, masq, self.nat_ports);
+        if self.net_info.get(&net.name) == Some(&info) {
+            return Ok(());
+        }
+        if let Some(old) = self.net_info.get(&net.name) {
+            if old.masq_addr != info.masq_addr || old.uplink_ifindex != info.uplink_ifindex {
+                let ip = Ipv4Addr::from(info.masq_addr.to_ne_bytes());
+                tracing::info!(network = %net.name, masquerade = %ip, uplink = info.uplink_ifindex, "masquerade address changed");
+            }
+        }
+        self.bpf.set_network(net.num_id, info, u32::from(net.subnet.prefix_len()))?;
+        self.net_info.insert(net.name.clone(), info);
+        Ok(())
+    }
+
+    fn forget_datapath_network(&mut self, net: &NetworkSpec) {
+        let subnet = datapath_common::ipv4_key(net.subnet.network().octets());
+        self.bpf.remove_network(net.num_id, subnet, u32::from(net.subnet.prefix_len()));
+        self.net_info.remove(&net.name);
+    }
+
+    /// Periodic upkeep: follow uplink address changes.
+    async fn tick(&mut self) {
+        let nets: Vec<NetworkSpec> = self.state.networks.values().cloned().collect();
+        for net in nets {
+            if let Err(e) = self.sync_datapath_network(&net).await {
+                tracing::warn!(network = %net.name, "updating the datapath: {e}");
+            }
+        }
+    }
+
     // ----- containers (`datapath run`) --------------------------------------
 
     fn container_view(&self, c: &ContainerSpec) -> ContainerView {
@@ -792,10 +854,19 @@ impl Agent {
             trace_refs: HashMap::new(),
             trace_all: 0,
             failpoint,
+            nat_ports: (0, 0),
+            net_info: BTreeMap::new(),
         };
+        let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| uplink::parse_ephemeral(&s))
+            .unwrap_or((32768, 60999));
+        inner.nat_ports = uplink::choose_range(cfg.nat_ports, ephemeral)?;
+        tracing::info!("SNAT ports {}-{} (node ephemeral ports {}-{})", inner.nat_ports.0, inner.nat_ports.1, ephemeral.0, ephemeral.1);
         let networks: Vec<NetworkSpec> = inner.state.networks.values().cloned().collect();
         for net in &networks {
             inner.ensure_bridge(net).await.map_err(|e| anyhow::anyhow!("restoring network {}: {e}", net.name))?;
+            inner.sync_datapath_network(net).await.map_err(|e| anyhow::anyhow!("restoring network {}: {e}", net.name))?;
         }
         let endpoints: Vec<EndpointSpec> = inner.state.endpoints.values().cloned().collect();
         for ep in &endpoints {
@@ -817,6 +888,16 @@ impl Agent {
         }
         let agent = Arc::new(Agent { inner: Mutex::new(inner), trace_tx, names: RwLock::new(HashMap::new()) });
         agent.refresh_names().await;
+        let weak = Arc::downgrade(&agent);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(agent) = weak.upgrade() else { break };
+                agent.inner.lock().await.tick().await;
+            }
+        });
         Ok(agent)
     }
 

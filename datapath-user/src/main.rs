@@ -102,6 +102,13 @@ struct AgentArgs {
     /// Datapath of networks created without --datapath, the default network included.
     #[arg(long, value_enum, default_value_t = DatapathKind::Ebpf)]
     default_datapath: DatapathKind,
+    /// SNAT source ports LOW-HIGH (default: the largest range clear of the node's ephemeral ports).
+    #[arg(long, value_parser = parse_port_range)]
+    nat_port_range: Option<(u16, u16)>,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    datapath::uplink::parse_range(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -225,6 +232,7 @@ async fn async_main(cli: Cli) -> Result<()> {
                 cleanup_on_exit: a.cleanup_on_exit,
                 attach_mode: a.tc_attach,
                 default_datapath: a.default_datapath,
+                nat_ports: a.nat_port_range,
             };
             agent::run(cfg).await
         }
