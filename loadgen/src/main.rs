@@ -27,6 +27,12 @@ const UDP_FIN: &[u8] = b"DPB-FIN";
 /// First byte of a UDP payload: warm-up packets are not counted.
 const UDP_WARM: u8 = 0;
 const UDP_MEASURED: u8 = 1;
+/// The server acknowledges every this many datagrams (an 8-byte count).
+const UDP_ACK_EVERY: u64 = 32;
+/// At most this many datagrams in flight (sent, not yet acknowledged): small
+/// enough for the receiver's default socket buffer, so the figure is the
+/// rate the path delivers, not how fast a sender can overrun a receiver.
+const UDP_WINDOW: u64 = 160;
 
 fn usage() -> ! {
     eprintln!(
@@ -146,7 +152,9 @@ fn tcp_server(addr: SocketAddr, size: usize) -> std::io::Result<()> {
     }
 }
 
-/// Counts measured datagrams; answers pings (readiness) and FINs (the count).
+/// Counts measured datagrams; answers pings (readiness, resets the counts),
+/// FINs (the count) and acknowledges every [`UDP_ACK_EVERY`] datagrams with
+/// the number received so far, so the client can bound what is in flight.
 fn udp_server(addr: SocketAddr) -> std::io::Result<()> {
     let sock = UdpSocket::bind(addr)?;
     let mut buf = [0u8; 65536];
@@ -160,14 +168,22 @@ fn udp_server(addr: SocketAddr) -> std::io::Result<()> {
         };
         let p = &buf[..n];
         if p == UDP_PING {
+            measured = 0;
+            warm = 0;
             let _ = sock.send_to(UDP_PING, peer);
         } else if p == UDP_FIN {
             let reply = format!("{{\"received\":{measured},\"warmup_received\":{warm}}}");
             let _ = sock.send_to(reply.as_bytes(), peer);
-        } else if p.first() == Some(&UDP_MEASURED) {
-            measured += 1;
         } else {
-            warm += 1;
+            if p.first() == Some(&UDP_MEASURED) {
+                measured += 1;
+            } else {
+                warm += 1;
+            }
+            let total = measured + warm;
+            if total % UDP_ACK_EVERY == 0 {
+                let _ = sock.send_to(&total.to_le_bytes(), peer);
+            }
         }
     }
 }
@@ -317,14 +333,35 @@ fn udp(target: SocketAddr, size: usize, warmup: Duration, duration: Duration) ->
     }
     let mut pkt = vec![0u8; size.max(1)];
     let mut errors = 0u64;
-    let mut send_for = |mark: u8, d: Duration, errors: &mut u64| -> (u64, f64) {
+    let mut stalls = 0u64;
+    // Datagrams sent and acknowledged over the whole run (warm-up included).
+    let mut sent_total = 0u64;
+    let mut acked = 0u64;
+    sock.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let mut send_for = |mark: u8, d: Duration, errors: &mut u64, stalls: &mut u64| -> (u64, f64) {
         pkt[0] = mark;
         let t0 = Instant::now();
         let mut sent = 0u64;
         loop {
-            for _ in 0..64 {
+            for _ in 0..16 {
+                // Window full: wait for an acknowledgement (a lost one only
+                // costs the 20 ms timeout, counted as a stall).
+                while sent_total - acked >= UDP_WINDOW {
+                    let mut ack = [0u8; 64];
+                    match sock.recv(&mut ack) {
+                        Ok(8) => acked = acked.max(u64::from_le_bytes(ack[..8].try_into().expect("8 bytes"))),
+                        Ok(_) => {}
+                        Err(_) => {
+                            *stalls += 1;
+                            acked = sent_total;
+                        }
+                    }
+                }
                 match sock.send(&pkt) {
-                    Ok(_) => sent += 1,
+                    Ok(_) => {
+                        sent += 1;
+                        sent_total += 1;
+                    }
                     Err(_) => *errors += 1,
                 }
             }
@@ -333,8 +370,9 @@ fn udp(target: SocketAddr, size: usize, warmup: Duration, duration: Duration) ->
             }
         }
     };
-    send_for(UDP_WARM, warmup, &mut errors);
-    let (sent, secs) = send_for(UDP_MEASURED, duration, &mut errors);
+    send_for(UDP_WARM, warmup, &mut errors, &mut stalls);
+    let (sent, secs) = send_for(UDP_MEASURED, duration, &mut errors, &mut stalls);
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
     // Let the receiver drain, then ask for its count.
     std::thread::sleep(Duration::from_millis(50));
     for _ in 0..30 {
@@ -342,7 +380,7 @@ fn udp(target: SocketAddr, size: usize, warmup: Duration, duration: Duration) ->
         if let Ok(n) = sock.recv(&mut buf) {
             let s = String::from_utf8_lossy(&buf[..n]).to_string();
             if let Some(received) = json_u64(&s, "received") {
-                let extra = format!(",\"sent\":{sent},\"send_rate\":{:.1}", sent as f64 / secs);
+                let extra = format!(",\"sent\":{sent},\"send_rate\":{:.1},\"stalls\":{stalls}", sent as f64 / secs);
                 return Ok(Outcome { ops: received, secs, errors, extra });
             }
         }

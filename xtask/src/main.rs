@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | build | run | test`.
+//! Project tasks: `cargo xtask setup | build-ebpf | build | run | test | bench`.
 //!
 //! Everything the project needs on a Debian 12 machine is installed by
 //! `setup`; the other commands run it first where it matters, so a fresh clone
@@ -15,6 +15,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+
+mod bench;
 
 /// libtest arguments for the integration tests (package `datapath-tests`).
 /// They create network namespaces and run agents; two at a time fit the 2-core
@@ -104,6 +106,8 @@ enum Cmd {
         #[arg(last = true)]
         extra: Vec<OsString>,
     },
+    /// Build (release), then benchmark the datapaths side by side (README: Benchmark).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -115,6 +119,7 @@ fn main() {
         }
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { extra } => test(extra),
+        Cmd::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
         // No backtrace: the error says what failed and what to do.
