@@ -181,7 +181,7 @@ fn udp_server(addr: SocketAddr) -> std::io::Result<()> {
                 warm += 1;
             }
             let total = measured + warm;
-            if total % UDP_ACK_EVERY == 0 {
+            if total.is_multiple_of(UDP_ACK_EVERY) {
                 let _ = sock.send_to(&total.to_le_bytes(), peer);
             }
         }
