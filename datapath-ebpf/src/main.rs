@@ -25,8 +25,10 @@ use aya_ebpf::{
 use aya_log_ebpf::info;
 use datapath_common::{
     reason, Counter, EndpointInfo, NetworkInfo, EP_F_TRACE, MAX_ENDPOINTS, MAX_NETWORKS,
-    NET_F_INTERNAL, NET_F_NO_ICC,
+    NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC,
 };
+
+mod nat;
 
 /// Endpoints keyed by the ifindex of their host-side veth.
 #[map]
@@ -35,7 +37,8 @@ static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_END
 /// Endpoints keyed by their IPv4 address (network byte order, see
 /// `datapath_common::ipv4_key`).
 #[map]
-static ENDPOINTS_BY_IP: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub(crate) static ENDPOINTS_BY_IP: HashMap<u32, EndpointInfo> =
+    HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// Local networks keyed by their numeric id.
 #[map]
@@ -49,29 +52,28 @@ static SUBNETS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
 #[map]
 static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(reason::MAX, 0);
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_HLEN: usize = 14;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
 const ETH_P_ARP: u16 = 0x0806;
 /// IPv4-over-Ethernet ARP body.
 const ARP_LEN: usize = 28;
-const IPV4_MIN_HLEN: usize = 20;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPV4_MIN_HLEN: usize = 20;
+use datapath_common::{IPPROTO_TCP, IPPROTO_UDP};
 /// Enough linear data for the Ethernet header and the largest IPv4 header.
-const PULL_LEN: u32 = (ETH_HLEN + 60) as u32;
+pub(crate) const PULL_LEN: u32 = (ETH_HLEN + 60) as u32;
 /// `skb->pkt_type` for frames addressed to this host.
-const PACKET_HOST: u32 = 0;
+pub(crate) const PACKET_HOST: u32 = 0;
 
 /// A MAC address as three 16-bit words (bytes in wire order), so it is read,
 /// compared and written with three 2-byte accesses instead of six 1-byte ones.
 type Mac = [u16; 3];
 
 #[repr(C)]
-struct EthHdr {
-    dst: Mac,
-    src: Mac,
+pub(crate) struct EthHdr {
+    pub dst: Mac,
+    pub src: Mac,
     /// Big endian.
-    proto: u16,
+    pub proto: u16,
 }
 
 #[repr(C)]
@@ -89,18 +91,18 @@ struct ArpHdr {
 }
 
 #[repr(C)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
+pub(crate) struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
     /// Big endian.
-    tot_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    proto: u8,
-    check: u16,
-    saddr: u32,
-    daddr: u32,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<EthHdr>() == ETH_HLEN);
@@ -108,38 +110,46 @@ const _: () = assert!(core::mem::size_of::<ArpHdr>() == ARP_LEN);
 const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == IPV4_MIN_HLEN);
 
 /// The decision for one packet.
-struct Verdict {
-    code: u32,
-    action: i32,
+pub(crate) struct Verdict {
+    pub code: u32,
+    pub action: i32,
     /// Redirect target, 0 when not redirected (shown by the trace).
-    out_if: u32,
+    pub out_if: u32,
     /// `flags` of the destination endpoint when one was looked up.
-    dst_flags: u32,
+    pub dst_flags: u32,
+    /// NAT: what the translation replaced (address in the low 32 bits, port
+    /// in host order in the next 16), shown by the trace; 0 otherwise.
+    pub was: u64,
 }
 
+/// `emit_trace` `was` bit: the packet came in on the uplink.
+pub(crate) const DIR_FROM_UPLINK: u64 = 1 << 48;
+
 #[inline(always)]
-const fn pass(code: u32) -> Verdict {
+pub(crate) const fn pass(code: u32) -> Verdict {
     Verdict {
         code,
         action: TC_ACT_OK as i32,
         out_if: 0,
         dst_flags: 0,
+        was: 0,
     }
 }
 
 #[inline(always)]
-const fn drop(code: u32) -> Verdict {
+pub(crate) const fn drop(code: u32) -> Verdict {
     Verdict {
         code,
         action: TC_ACT_SHOT as i32,
         out_if: 0,
         dst_flags: 0,
+        was: 0,
     }
 }
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the linear packet data.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
+pub(crate) fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
@@ -176,16 +186,21 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
 
-    let v = from_endpoint(&ctx, &src);
+    let mut v = from_endpoint(&ctx, &src);
+    if v.code == NEED_NAT {
+        // Called from here rather than from `from_endpoint` so the two
+        // stack frames are not stacked (512 bytes for the whole chain).
+        v = nat::nat_egress(&ctx, &src);
+    }
     count(v.code, len);
     if (src.flags | v.dst_flags) & EP_F_TRACE != 0 {
-        emit_trace(ctx.skb.skb, ifindex, v.code, v.out_if);
+        emit_trace(ctx.skb.skb, ifindex, v.code, v.out_if, v.was);
     }
     v.action
 }
 
 #[inline(always)]
-fn count(code: u32, len: u32) {
+pub(crate) fn count(code: u32, len: u32) {
     if let Some(c) = STATS.get_ptr_mut(code) {
         // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
         unsafe {
@@ -195,7 +210,11 @@ fn count(code: u32, len: u32) {
     }
 }
 
-#[inline(always)]
+/// Internal verdict of `from_endpoint`: masquerade (the scratch slot holds
+/// the network and the IPv4 header); never counted.
+const NEED_NAT: u32 = reason::MAX + 1;
+
+#[inline(never)]
 fn from_endpoint(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     let len = ctx.len();
     if (len as usize) < ETH_HLEN {
@@ -294,13 +313,41 @@ fn from_endpoint_ipv4(
             }
         }
         if daddr & net.mask != net.subnet {
-            if let Some(id) = SUBNETS.get(LpmKey::new(32, daddr)) {
-                if *id != src.network_id {
+            let local = match SUBNETS.get(LpmKey::new(32, daddr)) {
+                Some(id) if *id != src.network_id => {
                     return drop(reason::DROP_POLICY_ISOLATION);
                 }
-            }
+                Some(_) => true,
+                None => false,
+            };
             if net.flags & NET_F_INTERNAL != 0 && daddr != net.gateway {
                 return drop(reason::DROP_POLICY_INTERNAL);
+            }
+            // Beyond the node from a masquerading network, routed through
+            // the gateway: source NAT here, out the uplink directly.
+            if !local
+                && net.flags & NET_F_MASQUERADE != 0
+                && net.masq_addr != 0
+                && *eth_dst == mac(src.gw_mac)
+            {
+                let Some(sc) = nat::scratch() else {
+                    return pass(reason::PASS_TO_BRIDGE);
+                };
+                // SAFETY: `ip` bounds-checked above, no helper ran since;
+                // `sc` is this CPU's scratch slot.
+                unsafe {
+                    (*sc).net = net;
+                    (*sc).ip = nat::Ip {
+                        saddr,
+                        daddr,
+                        hlen: hlen as u32,
+                        proto: (*ip).proto,
+                        ttl: (*ip).ttl,
+                        tos: (*ip).tos,
+                        frag_off: u16::from_be((*ip).frag_off),
+                    };
+                }
+                return pass(NEED_NAT);
             }
         }
     }
@@ -350,6 +397,7 @@ fn from_endpoint_ipv4(
             action: TC_ACT_REDIRECT as i32,
             out_if: dst.ifindex,
             dst_flags,
+            was: 0,
         }
     } else {
         Verdict {
@@ -388,25 +436,35 @@ static REASON_NAMES: [[u8; REASON_NAME_WIDTH]; reason::MAX as usize] = {
     table
 };
 
+/// Direction column of trace lines (same width, so one log call serves both).
+static DIRS: [[u8; 7]; 2] = [*b"from-ep", *b"from-up"];
+
 /// Emits the one trace line of a packet:
 ///
 /// ```text
-/// ep=IFINDEX from-ep REASON SRC_MAC > DST_MAC SADDR[:SPORT] > DADDR[:DPORT] proto=N [-> if=OUT]
-/// ep=IFINDEX from-ep REASON SRC_MAC > DST_MAC arp op=N SPA > TPA
-/// ep=IFINDEX from-ep REASON SRC_MAC > DST_MAC ethertype=0xNNNN
+/// ep=IFINDEX DIR REASON SRC_MAC > DST_MAC SADDR[:SPORT] > DADDR[:DPORT] proto=N [-> if=OUT] [was=ADDR:PORT]
+/// ep=IFINDEX DIR REASON SRC_MAC > DST_MAC arp op=N SPA > TPA
+/// ep=IFINDEX DIR REASON SRC_MAC > DST_MAC ethertype=0xNNNN
 /// ```
 ///
-/// REASON is padded with spaces to a fixed width (fields are separated by one
-/// or more spaces). Ports are shown for TCP and UDP only. The frame is read
-/// again here (after any rewrite: a redirected frame shows the MACs it was
-/// delivered with). Out of line, so the log code exists once and the
-/// forwarding path stays small.
+/// DIR is `from-ep` (`dp_from_ep`, IFINDEX the sender) or `from-up`
+/// (`dp_from_uplink`, IFINDEX the receiving endpoint). REASON is padded
+/// with spaces to a fixed width (fields are separated by one or more
+/// spaces). Ports are shown for TCP and UDP only. The frame is read again
+/// here (after any rewrite: a redirected or translated frame shows what was
+/// delivered); `was=` shows what the NAT replaced (the original source of a
+/// masqueraded packet, the masquerade address and port of a reply; for ICMP
+/// the port is the echo id). Out of line, so the log code exists once and
+/// the forwarding path stays small.
 #[inline(never)]
-fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32) {
+pub(crate) fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32, was: u64) {
     let ctx = TcContext::new(skb);
-    // SAFETY: the table holds ASCII only.
+    // SAFETY: the tables hold ASCII only.
     let why =
         unsafe { core::str::from_utf8_unchecked(&REASON_NAMES[(code % reason::MAX) as usize]) };
+    let dir =
+        unsafe { core::str::from_utf8_unchecked(&DIRS[usize::from(was & DIR_FROM_UPLINK != 0)]) };
+    let (was_addr, was_port) = ((was as u32).to_ne_bytes(), (was >> 32) as u16);
     let eth: [u8; ETH_HLEN] = ctx.load(0).unwrap_or([0; ETH_HLEN]);
     let dmac = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
     let smac = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
@@ -430,16 +488,18 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32) {
             } else {
                 None
             };
-            match (ports, out_if) {
-                (Some(p), 0) => {
+            let nat = was as u32 != 0;
+            match (ports, out_if, nat) {
+                (Some(p), 0, false) => {
                     let (sp, dp) = (
                         u16::from_be_bytes([p[0], p[1]]),
                         u16::from_be_bytes([p[2], p[3]]),
                     );
                     info!(
                         &ctx,
-                        "ep={} from-ep {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={}",
+                        "ep={} {} {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={}",
                         ep,
+                        dir,
                         why,
                         smac,
                         dmac,
@@ -450,15 +510,16 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32) {
                         ip_proto
                     );
                 }
-                (Some(p), out) => {
+                (Some(p), out, false) => {
                     let (sp, dp) = (
                         u16::from_be_bytes([p[0], p[1]]),
                         u16::from_be_bytes([p[2], p[3]]),
                     );
                     info!(
                         &ctx,
-                        "ep={} from-ep {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={} -> if={}",
+                        "ep={} {} {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={} -> if={}",
                         ep,
+                        dir,
                         why,
                         smac,
                         dmac,
@@ -470,11 +531,35 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32) {
                         out
                     );
                 }
-                (None, 0) => {
+                (Some(p), out, true) => {
+                    let (sp, dp) = (
+                        u16::from_be_bytes([p[0], p[1]]),
+                        u16::from_be_bytes([p[2], p[3]]),
+                    );
                     info!(
                         &ctx,
-                        "ep={} from-ep {} {:mac} > {:mac} {:i} > {:i} proto={}",
+                        "ep={} {} {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={} -> if={} was={:i}:{}",
                         ep,
+                        dir,
+                        why,
+                        smac,
+                        dmac,
+                        sa,
+                        sp,
+                        da,
+                        dp,
+                        ip_proto,
+                        out,
+                        was_addr,
+                        was_port
+                    );
+                }
+                (None, 0, false) => {
+                    info!(
+                        &ctx,
+                        "ep={} {} {} {:mac} > {:mac} {:i} > {:i} proto={}",
+                        ep,
+                        dir,
                         why,
                         smac,
                         dmac,
@@ -483,11 +568,12 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32) {
                         ip_proto
                     );
                 }
-                (None, out) => {
+                (None, out, false) => {
                     info!(
                         &ctx,
-                        "ep={} from-ep {} {:mac} > {:mac} {:i} > {:i} proto={} -> if={}",
+                        "ep={} {} {} {:mac} > {:mac} {:i} > {:i} proto={} -> if={}",
                         ep,
+                        dir,
                         why,
                         smac,
                         dmac,
@@ -495,6 +581,23 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32) {
                         da,
                         ip_proto,
                         out
+                    );
+                }
+                (None, out, true) => {
+                    info!(
+                        &ctx,
+                        "ep={} {} {} {:mac} > {:mac} {:i} > {:i} proto={} -> if={} was={:i}:{}",
+                        ep,
+                        dir,
+                        why,
+                        smac,
+                        dmac,
+                        sa,
+                        da,
+                        ip_proto,
+                        out,
+                        was_addr,
+                        was_port
                     );
                 }
             }
@@ -509,8 +612,9 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32) {
             );
             info!(
                 &ctx,
-                "ep={} from-ep {} {:mac} > {:mac} arp op={} {:i} > {:i}",
+                "ep={} {} {} {:mac} > {:mac} arp op={} {:i} > {:i}",
                 ep,
+                dir,
                 why,
                 smac,
                 dmac,
@@ -523,7 +627,7 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32) {
     }
     info!(
         &ctx,
-        "ep={} from-ep {} {:mac} > {:mac} ethertype=0x{:x}", ep, why, smac, dmac, proto
+        "ep={} {} {} {:mac} > {:mac} ethertype=0x{:x}", ep, dir, why, smac, dmac, proto
     );
 }
 

@@ -3,20 +3,21 @@
 use std::collections::HashMap as StdHashMap;
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType};
 use aya::programs::LinkOrder;
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
 use datapath_common::{
-    reason, Counter, EndpointInfo, NetworkInfo, MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_STATS, MAP_SUBNETS,
-    PROG_FROM_ENDPOINT,
+    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, MAP_CT, MAP_CT_CONFIG, MAP_ENDPOINTS,
+    MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_STATS, MAP_SUBNETS, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
 use crate::bpf_object;
+use crate::conntrack;
 
 #[derive(Debug, Error)]
 pub enum BpfError {
@@ -58,7 +59,11 @@ pub struct Bpf {
     stats: PerCpuArray<MapData, Counter>,
     networks: HashMap<MapData, u32, NetworkInfo>,
     subnets: LpmTrie<MapData, u32, u32>,
+    ct: HashMap<MapData, CtKey, CtEntry>,
+    ct_config: Array<MapData, CtConfig>,
+    ct_capacity: u32,
     links: StdHashMap<u32, SchedClassifierLink>,
+    uplink_links: StdHashMap<u32, SchedClassifierLink>,
 }
 
 /// Forwards aya-log records (the packet traces) to the agent's trace
@@ -106,31 +111,74 @@ impl Bpf {
             },
             Err(e) => tracing::warn!("packet traces unavailable: {e}"),
         }
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROG_FROM_ENDPOINT)
-            .ok_or(BpfError::NoProgram(PROG_FROM_ENDPOINT))?
-            .try_into()
-            .map_err(|source| BpfError::Program { name: PROG_FROM_ENDPOINT, source })?;
-        prog.load().map_err(|source| BpfError::Program { name: PROG_FROM_ENDPOINT, source })?;
+        for name in [PROG_FROM_ENDPOINT, PROG_FROM_UPLINK] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(BpfError::NoProgram(name))?
+                .try_into()
+                .map_err(|source| BpfError::Program { name, source })?;
+            prog.load().map_err(|source| BpfError::Program { name, source })?;
+        }
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::NoMap(name));
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
         let networks = HashMap::try_from(take(&mut ebpf, MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
         let subnets = LpmTrie::try_from(take(&mut ebpf, MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?;
-        Ok(Bpf { mode, ebpf, endpoints, by_ip, stats, networks, subnets, links: StdHashMap::new() })
+        let ct_map = take(&mut ebpf, MAP_CT)?;
+        let ct_capacity = datapath_common::CT_MAX_ENTRIES;
+        let ct = HashMap::try_from(ct_map).map_err(map_err(MAP_CT))?;
+        let ct_config = Array::try_from(take(&mut ebpf, MAP_CT_CONFIG)?).map_err(map_err(MAP_CT_CONFIG))?;
+        Ok(Bpf {
+            mode,
+            ebpf,
+            endpoints,
+            by_ip,
+            stats,
+            networks,
+            subnets,
+            ct,
+            ct_config,
+            ct_capacity,
+            links: StdHashMap::new(),
+            uplink_links: StdHashMap::new(),
+        })
     }
 
     /// Attaches the from-endpoint program to the ingress of `iface`
     /// (TCX where the kernel has it, clsact otherwise).
     pub fn attach(&mut self, iface: &str, ifindex: u32) -> Result<(), BpfError> {
-        let attach_err = |source| BpfError::Attach { prog: PROG_FROM_ENDPOINT, iface: iface.to_string(), source };
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROG_FROM_ENDPOINT)
-            .ok_or(BpfError::NoProgram(PROG_FROM_ENDPOINT))?
-            .try_into()
-            .map_err(attach_err)?;
+        let link = self.attach_prog(PROG_FROM_ENDPOINT, iface)?;
+        self.links.insert(ifindex, link);
+        Ok(())
+    }
+
+    /// Attaches the reverse-NAT program (`dp_from_uplink`) to the ingress of
+    /// the uplink `iface`. Idempotent: a second call for the same ifindex
+    /// keeps the existing attachment. Packets without a NAT mapping pass
+    /// untouched, so the node's own traffic is not affected.
+    pub fn attach_uplink(&mut self, iface: &str, ifindex: u32) -> Result<(), BpfError> {
+        if self.uplink_links.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let link = self.attach_prog(PROG_FROM_UPLINK, iface)?;
+        self.uplink_links.insert(ifindex, link);
+        Ok(())
+    }
+
+    /// Detaches `dp_from_uplink` from an uplink; not attached is fine.
+    pub fn detach_uplink(&mut self, ifindex: u32) {
+        self.uplink_links.remove(&ifindex);
+    }
+
+    pub fn is_uplink_attached(&self, ifindex: u32) -> bool {
+        self.uplink_links.contains_key(&ifindex)
+    }
+
+    fn attach_prog(&mut self, name: &'static str, iface: &str) -> Result<SchedClassifierLink, BpfError> {
+        let attach_err = |source| BpfError::Attach { prog: name, iface: iface.to_string(), source };
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(name).ok_or(BpfError::NoProgram(name))?.try_into().map_err(attach_err)?;
         let has_tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         let tcx = match self.mode {
             AttachMode::Auto => has_tcx,
@@ -144,13 +192,11 @@ impl Bpf {
             // outlive the process that attached them: drop those an earlier
             // (killed) agent left, so the program runs once, not twice.
             let _ = tc::qdisc_add_clsact(iface);
-            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, PROG_FROM_ENDPOINT);
+            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, name);
             TcAttachOptions::Netlink(NlOptions::default())
         };
         let id = prog.attach_with_options(iface, TcAttachType::Ingress, options).map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        self.links.insert(ifindex, link);
-        Ok(())
+        prog.take_link(id).map_err(attach_err)
     }
 
     /// Detaches the program from an interface (dropping the link detaches).
@@ -195,6 +241,74 @@ impl Bpf {
     pub fn remove_network(&mut self, id: u32, subnet: u32, prefix_len: u32) {
         let _ = self.networks.remove(&id);
         let _ = self.subnets.remove(&LpmKey::new(prefix_len, subnet));
+    }
+
+    /// Sets the connection tracker lifetimes (seconds; 0 = the default:
+    /// TCP SYN 60, established 6 h, closing 10, UDP 60, ICMP 60). Applies to
+    /// every packet from now on (existing entries get the new lifetime on
+    /// their next packet).
+    pub fn set_ct_config(&mut self, cfg: CtConfig) -> Result<(), BpfError> {
+        self.ct_config.set(0, cfg, 0).map_err(map_err(MAP_CT_CONFIG))
+    }
+
+    /// Every entry of the connection tracker (a snapshot; the datapath keeps
+    /// changing it meanwhile, entries that vanish while reading are skipped).
+    fn ct_snapshot(&self) -> Result<Vec<(CtKey, CtEntry)>, BpfError> {
+        let mut out = Vec::new();
+        for key in self.ct.keys() {
+            let key = match key {
+                Ok(k) => k,
+                // The key being walked was evicted/deleted: the walk restarts
+                // or ends; what we have is still a valid snapshot.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(MAP_CT)(e)),
+            };
+            match self.ct.get(&key, 0) {
+                Ok(v) => out.push((key, v)),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAP_CT)(e)),
+            }
+            if out.len() > self.ct_capacity as usize * 2 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tracked flows, one per connection (see `conntrack::Flow`).
+    pub fn conntrack_flows(&self) -> Result<Vec<conntrack::Flow>, BpfError> {
+        let entries = self.ct_snapshot()?;
+        Ok(conntrack::flows(&entries, conntrack::monotonic_ns()))
+    }
+
+    /// Removes every entry of the connection tracker; returns how many
+    /// entries were removed (a masqueraded flow has two). Established
+    /// masqueraded connections break (their replies no longer match).
+    pub fn conntrack_flush(&mut self) -> Result<usize, BpfError> {
+        let keys: Vec<CtKey> = self.ct_snapshot()?.into_iter().map(|(k, _)| k).collect();
+        let mut removed = 0;
+        for k in keys {
+            if self.ct.remove(&k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes expired flows (both their entries) and orphaned reverse
+    /// entries. Run it periodically (every few seconds to a minute): the
+    /// datapath never deletes on its own except when it reuses a tuple.
+    pub fn conntrack_gc(&mut self) -> Result<conntrack::GcReport, BpfError> {
+        let entries = self.ct_snapshot()?;
+        let scanned = entries.len();
+        let gone = conntrack::expired(&entries, conntrack::monotonic_ns());
+        let mut removed = 0;
+        for k in &gone {
+            if self.ct.remove(k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(conntrack::GcReport { scanned, removed, live: scanned - removed, capacity: self.ct_capacity })
     }
 
     /// Counters summed over CPUs, for every known reason code.

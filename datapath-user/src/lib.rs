@@ -11,3 +11,4 @@ pub mod agent;
 pub mod netfilter;
 pub mod run;
 pub mod uplink;
+pub mod conntrack;

@@ -1,0 +1,295 @@
+//! The eBPF connection tracker (`CT` map) seen from userspace: flow listing,
+//! garbage collection and flush (see `Bpf::conntrack_flows`,
+//! `Bpf::conntrack_gc`, `Bpf::conntrack_flush`).
+//!
+//! # Entries
+//!
+//! A masqueraded flow has two entries in `CT` (see `datapath_common::CtEntry`):
+//! the *forward* entry keyed by the original tuple (endpoint -> remote),
+//! holding the state, lifetime, both directions' counters and the
+//! translated source, and the *reverse* entry (`CT_F_REVERSE`) keyed by the
+//! reply tuple as it arrives on the uplink (remote -> masquerade address and
+//! port), holding the endpoint's original address and port. A flow is
+//! listed once, from its forward entry.
+//!
+//! # Time base
+//!
+//! The datapath stamps entries with `bpf_ktime_get_ns()`, which is
+//! `CLOCK_MONOTONIC` in nanoseconds (it does not advance while the machine
+//! is suspended, and it is not wall-clock time). Userspace reads the same
+//! clock with `clock_gettime(CLOCK_MONOTONIC)` ([`monotonic_ns`]) to compute
+//! the remaining lifetime of a flow (`expires_ns - now`) and to decide what
+//! the GC removes (`expires_ns <= now`).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use datapath_common::{ct_state_name, CtEntry, CtKey, CT_F_REVERSE, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use serde::Serialize;
+
+/// One end of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub src: Ipv4Addr,
+    /// ICMP echo: the identifier.
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    /// ICMP echo: 0.
+    pub dport: u16,
+}
+
+/// The translated source of a masqueraded flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Translated {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+}
+
+/// One tracked flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    /// "tcp", "udp", "icmp" (or the protocol number).
+    pub protocol: String,
+    /// As sent by the endpoint.
+    pub original: Endpoint,
+    /// `None` when the flow is not source-translated.
+    pub translated: Option<Translated>,
+    /// "syn-sent", "established", "closing", "closed" (TCP); "new" (no reply
+    /// yet), "established" (UDP, ICMP).
+    pub state: String,
+    /// Both directions.
+    pub packets: u64,
+    pub bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Seconds until the entry expires (0 when expired, awaiting GC).
+    pub remaining_s: u64,
+    /// Seconds since the flow was created.
+    pub age_s: u64,
+    /// ifindex of the endpoint's host-side veth.
+    pub ifindex: u32,
+}
+
+/// What a GC pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Entries looked at.
+    pub scanned: usize,
+    /// Entries removed (expired flows count their two entries, orphaned
+    /// reverse entries one).
+    pub removed: usize,
+    /// Entries left.
+    pub live: usize,
+    /// Capacity of the map (entries); `live / capacity` is the table
+    /// pressure (an LRU map evicts the least recently used entries, live
+    /// flows included, when it is full).
+    pub capacity: u32,
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = nix::libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn protocol_name(proto: u8) -> String {
+    match proto {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        p => p.to_string(),
+    }
+}
+
+fn addr(wire: u32) -> Ipv4Addr {
+    Ipv4Addr::from(wire.to_ne_bytes())
+}
+
+fn port(wire: u16) -> u16 {
+    u16::from_be(wire)
+}
+
+/// The key of the reverse entry of a forward entry (mirrors the datapath's
+/// `reply_key`).
+pub fn reverse_key(key: &CtKey, e: &CtEntry) -> CtKey {
+    let (sport, dport) = if key.proto == IPPROTO_ICMP { (0, e.port) } else { (key.dport, e.port) };
+    CtKey { saddr: key.daddr, daddr: e.addr, sport, dport, proto: key.proto, _pad: [0; 3] }
+}
+
+/// The key of the forward entry a reverse entry belongs to.
+pub fn forward_key(key: &CtKey, e: &CtEntry) -> CtKey {
+    let dport = if key.proto == IPPROTO_ICMP { 0 } else { key.sport };
+    CtKey { saddr: e.addr, daddr: key.saddr, sport: e.port, dport, proto: key.proto, _pad: [0; 3] }
+}
+
+/// The flows of a snapshot of the map, sorted by protocol and original tuple.
+pub fn flows(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<Flow> {
+    let mut out: Vec<Flow> = entries
+        .iter()
+        .filter(|(_, e)| e.flags & CT_F_REVERSE == 0)
+        .map(|(k, e)| Flow {
+            protocol: protocol_name(k.proto),
+            original: Endpoint { src: addr(k.saddr), sport: port(k.sport), dst: addr(k.daddr), dport: port(k.dport) },
+            translated: (e.flags & CT_F_SNAT != 0).then(|| Translated { src: addr(e.addr), sport: port(e.port) }),
+            state: ct_state_name(k.proto, e.state).to_string(),
+            packets: e.tx_packets + e.rx_packets,
+            bytes: e.tx_bytes + e.rx_bytes,
+            tx_packets: e.tx_packets,
+            tx_bytes: e.tx_bytes,
+            rx_packets: e.rx_packets,
+            rx_bytes: e.rx_bytes,
+            remaining_s: e.expires_ns.saturating_sub(now_ns) / 1_000_000_000,
+            age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
+            ifindex: e.ifindex,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.protocol, a.original.src, a.original.sport, a.original.dst, a.original.dport).cmp(&(
+            &b.protocol,
+            b.original.src,
+            b.original.sport,
+            b.original.dst,
+            b.original.dport,
+        ))
+    });
+    out
+}
+
+/// Keys a GC pass removes from a snapshot: expired forward entries with
+/// their reverse entries, and reverse entries whose forward entry is gone
+/// or expired.
+pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
+    let index: HashMap<CtKey, &CtEntry> = entries.iter().map(|(k, e)| (*k, e)).collect();
+    let mut out = Vec::new();
+    for (k, e) in entries {
+        if e.flags & CT_F_REVERSE == 0 {
+            if e.expires_ns <= now_ns {
+                out.push(*k);
+                if e.flags & CT_F_SNAT != 0 {
+                    let r = reverse_key(k, e);
+                    if index.get(&r).is_some_and(|re| re.flags & CT_F_REVERSE != 0) {
+                        out.push(r);
+                    }
+                }
+            }
+        } else {
+            let f = forward_key(k, e);
+            // A reverse entry younger than a second may belong to a flow
+            // being created right now (reverse first, forward next).
+            let young = now_ns.saturating_sub(e.created_ns) < 1_000_000_000;
+            match index.get(&f) {
+                Some(fe) if fe.flags & CT_F_REVERSE == 0 => {}
+                _ if young => {}
+                _ => out.push(*k),
+            }
+        }
+    }
+    out.sort_by_key(|k| (k.proto, k.saddr, k.daddr, k.sport, k.dport));
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use datapath_common::{ipv4_key, CT_ESTABLISHED, CT_TCP_SYN_SENT};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    fn ip(a: [u8; 4]) -> u32 {
+        ipv4_key(a)
+    }
+
+    /// A masqueraded flow 10.0.0.2:40000 -> 198.51.100.7:443 as
+    /// 203.0.113.1:61000, and its reverse entry.
+    fn flow(proto: u8, expires_ns: u64) -> [(CtKey, CtEntry); 2] {
+        let (sport, dport) = if proto == IPPROTO_ICMP { (77u16.to_be(), 0) } else { (40000u16.to_be(), 443u16.to_be()) };
+        let fk = CtKey { saddr: ip([10, 0, 0, 2]), daddr: ip([198, 51, 100, 7]), sport, dport, proto, _pad: [0; 3] };
+        let fe = CtEntry {
+            created_ns: 10 * S,
+            expires_ns,
+            tx_packets: 3,
+            tx_bytes: 300,
+            rx_packets: 2,
+            rx_bytes: 200,
+            addr: ip([203, 0, 113, 1]),
+            port: 61000u16.to_be(),
+            ifindex: 9,
+            state: if proto == IPPROTO_TCP { CT_TCP_SYN_SENT } else { CT_ESTABLISHED },
+            flags: CT_F_SNAT,
+            ..Default::default()
+        };
+        let rk = reverse_key(&fk, &fe);
+        let re = CtEntry { created_ns: 10 * S, addr: fk.saddr, port: fk.sport, ifindex: 9, flags: CT_F_REVERSE | CT_F_SNAT, ..Default::default() };
+        [(fk, fe), (rk, re)]
+    }
+
+    #[test]
+    fn reverse_and_forward_keys_mirror() {
+        for proto in [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP] {
+            let [(fk, fe), (rk, re)] = flow(proto, 100 * S);
+            assert_eq!(rk.saddr, fk.daddr);
+            assert_eq!(rk.daddr, ip([203, 0, 113, 1]));
+            assert_eq!(rk.dport, 61000u16.to_be());
+            if proto == IPPROTO_ICMP {
+                assert_eq!(rk.sport, 0);
+            } else {
+                assert_eq!(rk.sport, 443u16.to_be());
+            }
+            assert_eq!(forward_key(&rk, &re), fk);
+            let _ = fe;
+        }
+    }
+
+    #[test]
+    fn flows_list_forward_entries_once() {
+        let entries = flow(IPPROTO_TCP, 100 * S).to_vec();
+        let f = flows(&entries, 40 * S);
+        assert_eq!(f.len(), 1);
+        let f = &f[0];
+        assert_eq!(f.protocol, "tcp");
+        assert_eq!(f.original, Endpoint { src: Ipv4Addr::new(10, 0, 0, 2), sport: 40000, dst: Ipv4Addr::new(198, 51, 100, 7), dport: 443 });
+        assert_eq!(f.translated, Some(Translated { src: Ipv4Addr::new(203, 0, 113, 1), sport: 61000 }));
+        assert_eq!(f.state, "syn-sent");
+        assert_eq!((f.packets, f.bytes), (5, 500));
+        assert_eq!(f.remaining_s, 60);
+        assert_eq!(f.age_s, 30);
+        assert_eq!(f.ifindex, 9);
+        let json = serde_json::to_value(f).unwrap();
+        assert_eq!(json["translated"]["sport"], 61000);
+        assert_eq!(json["original"]["src"], "10.0.0.2");
+        // Expired flows show 0 s left.
+        assert_eq!(flows(&entries, 200 * S)[0].remaining_s, 0);
+    }
+
+    #[test]
+    fn gc_removes_expired_flows_with_both_entries() {
+        let mut entries = flow(IPPROTO_UDP, 50 * S).to_vec();
+        entries.extend(flow(IPPROTO_ICMP, 500 * S));
+        assert!(expired(&entries, 49 * S).is_empty());
+        let gone = expired(&entries, 50 * S);
+        assert_eq!(gone.len(), 2);
+        assert!(gone.contains(&entries[0].0) && gone.contains(&entries[1].0));
+    }
+
+    #[test]
+    fn gc_removes_orphaned_reverse_entries_but_not_fresh_ones() {
+        let [_, (rk, re)] = flow(IPPROTO_TCP, 100 * S);
+        let entries = vec![(rk, re)];
+        // Created at 10 s: at 10.5 s it may be a flow being set up.
+        assert!(expired(&entries, 10 * S + S / 2).is_empty());
+        assert_eq!(expired(&entries, 12 * S), vec![rk]);
+    }
+
+    #[test]
+    fn monotonic_clock_moves() {
+        let a = monotonic_ns();
+        let b = monotonic_ns();
+        assert!(a > 0 && b >= a);
+    }
+}
