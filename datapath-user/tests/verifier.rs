@@ -1098,3 +1098,260 @@ fn redirect_peer_between_namespaces() {
     drop(h);
     drop(pair);
 }
+
+// ---------------------------------------------------------------------------
+// masquerade on malformed input (BPF_PROG_TEST_RUN)
+
+/// An IPv4 packet carrying a 20-byte TCP header with `flags`, a valid
+/// checksum and 8 bytes of payload.
+fn ipv4_tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut p = ipv4_udp(src, dst, 64, sport, dport);
+    p.truncate(20);
+    p[9] = 6;
+    p[2..4].copy_from_slice(&48u16.to_be_bytes());
+    p[10..12].copy_from_slice(&[0, 0]);
+    let c = ip_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(b"payload!");
+    let c = l4_sum(&p, &t);
+    t[16..18].copy_from_slice(&(!c).to_be_bytes());
+    p.extend_from_slice(&t);
+    p
+}
+
+/// One's complement sum of the pseudo-header and the segment (0xffff for a
+/// segment with a valid checksum).
+fn l4_sum(ip: &[u8], seg: &[u8]) -> u16 {
+    let mut b = Vec::new();
+    b.extend_from_slice(&ip[12..20]);
+    b.extend_from_slice(&[0, ip[9]]);
+    b.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    b.extend_from_slice(seg);
+    if b.len() % 2 == 1 {
+        b.push(0);
+    }
+    !ip_checksum(&b)
+}
+
+#[test]
+fn nat_malformed_input() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    // A namespace with an "uplink" (veth, 203.0.113.1/24, static neighbour)
+    // so bpf_fib_lookup gives the same answer on every machine:
+    // BPF_PROG_TEST_RUN runs in the caller's namespace.
+    let ns = format!("dpc-{:06x}-t", rand::random::<u32>() & 0xff_ffff);
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .output();
+        }
+    }
+    ip(&["netns", "add", &ns]);
+    let _ns = Ns(ns.clone());
+    for args in [
+        "link set lo up",
+        "link add up0 type veth peer name up1",
+        "link set up1 up",
+        "addr add 203.0.113.1/24 dev up0",
+        "link set up0 up",
+        "neigh add 203.0.113.2 lladdr 02:00:00:00:00:02 dev up0 nud permanent",
+        "route add 198.51.100.0/24 via 203.0.113.2",
+    ] {
+        let mut v = vec!["-n", ns.as_str()];
+        v.extend(args.split_whitespace());
+        ip(&v);
+    }
+    let ok = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let ns2 = ns.clone();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns2}")).unwrap();
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let up = nix::net::if_::if_nametoindex("up0").unwrap();
+        malformed_cases(up);
+    })
+    .join()
+    .expect("cases passed");
+}
+
+fn malformed_cases(up: u32) {
+    let mut h = harness();
+    h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0));
+    h.set_network(7, Ipv4Addr::new(10, 199, 0, 0), 24, 0);
+    {
+        let mut nets: HashMap<_, u32, NetworkInfo> =
+            HashMap::try_from(h.ebpf.map_mut(datapath_common::MAP_NETWORKS).unwrap()).unwrap();
+        let mut n = nets.get(&7, 0).unwrap();
+        n.flags = datapath_common::NET_F_MASQUERADE;
+        n.masq_addr = ipv4_key([203, 0, 113, 1]);
+        n.uplink_ifindex = up;
+        n.nat_port_min = 20000;
+        n.nat_port_max = 20009;
+        nets.insert(7, n, 0).unwrap();
+    }
+    let remote = Ipv4Addr::new(198, 51, 100, 1);
+    let ct_len = |h: &Harness| {
+        let ct: HashMap<_, datapath_common::CtKey, datapath_common::CtEntry> =
+            HashMap::try_from(h.ebpf.map(datapath_common::MAP_CT).unwrap()).unwrap();
+        ct.keys().count()
+    };
+    let syn = |sport| {
+        eth(
+            GW_MAC,
+            A_MAC,
+            0x0800,
+            &ipv4_tcp(A_IP, remote, sport, 80, 0x02),
+        )
+    };
+
+    // A good SYN: translated, forwarded to the uplink, checksums valid.
+    let (out, _) = h.check("SYN", &syn(40000), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(&out[26..30], &[203, 0, 113, 1], "source translated");
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    assert!((20000..=20009).contains(&port), "port {port}");
+    assert_eq!(out[22], 63, "TTL");
+    assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum");
+    assert_eq!(l4_sum(&out[14..34], &out[34..]), 0xffff, "TCP checksum");
+    assert_eq!(&out[0..6], &[2, 0, 0, 0, 0, 2], "next hop MAC");
+    assert_eq!(ct_len(&h), 2);
+
+    // Bad TCP checksum: not verified (a CHECKSUM_PARTIAL packet cannot be),
+    // translated incrementally so it stays exactly as wrong; the receiver
+    // drops it.
+    let mut bad = syn(40001);
+    bad[14 + 20 + 16] ^= 0x5a;
+    let sum_in = l4_sum(&bad[14..34], &bad[34..]);
+    let (out, _) = h.check("bad TCP checksum", &bad, TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_ne!(sum_in, 0xffff);
+    assert_eq!(l4_sum(&out[14..34], &out[34..]), sum_in, "still as wrong");
+    assert_eq!(ct_len(&h), 4);
+
+    // Fragments cannot be translated: dropped, counted, nothing tracked.
+    let mut frag = syn(40002);
+    frag[14 + 6] = 0x20; // MF
+    frag[24..26].copy_from_slice(&[0, 0]);
+    let c = ip_checksum(&frag[14..34]);
+    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    h.check(
+        "first fragment",
+        &frag,
+        TC_ACT_SHOT,
+        reason::DROP_NAT_FRAGMENT,
+    );
+    frag[14 + 6] = 0x00;
+    frag[14 + 7] = 0x10; // offset 128
+    frag[24..26].copy_from_slice(&[0, 0]);
+    let c = ip_checksum(&frag[14..34]);
+    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    h.check(
+        "later fragment",
+        &frag,
+        TC_ACT_SHOT,
+        reason::DROP_NAT_FRAGMENT,
+    );
+
+    // Truncated L4 header.
+    let mut short = syn(40003);
+    short.truncate(14 + 20 + 10);
+    short[16..18].copy_from_slice(&30u16.to_be_bytes());
+    short[24..26].copy_from_slice(&[0, 0]);
+    let c = ip_checksum(&short[14..34]);
+    short[24..26].copy_from_slice(&c.to_be_bytes());
+    h.check(
+        "truncated TCP header",
+        &short,
+        TC_ACT_SHOT,
+        reason::DROP_TRUNCATED,
+    );
+
+    // Not a SYN for an unknown flow.
+    let ack = eth(
+        GW_MAC,
+        A_MAC,
+        0x0800,
+        &ipv4_tcp(A_IP, remote, 40004, 80, 0x10),
+    );
+    h.check(
+        "ACK of an unknown flow",
+        &ack,
+        TC_ACT_SHOT,
+        reason::DROP_CT_INVALID,
+    );
+    // Unsupported protocol (GRE).
+    let mut gre = ipv4_udp(A_IP, remote, 64, 1, 2);
+    gre[9] = 47;
+    gre[10..12].copy_from_slice(&[0, 0]);
+    let c = ip_checksum(&gre[..20]);
+    gre[10..12].copy_from_slice(&c.to_be_bytes());
+    h.check(
+        "GRE",
+        &eth(GW_MAC, A_MAC, 0x0800, &gre),
+        TC_ACT_SHOT,
+        reason::DROP_NAT_PROTO,
+    );
+    // TTL 1: the kernel answers with time exceeded.
+    let mut t1 = syn(40005);
+    t1[22] = 1;
+    t1[24..26].copy_from_slice(&[0, 0]);
+    let c = ip_checksum(&t1[14..34]);
+    t1[24..26].copy_from_slice(&c.to_be_bytes());
+    h.check("TTL 1", &t1, TC_ACT_OK, reason::PASS_NAT_NOT_ROUTED);
+    // The node itself is not masqueraded.
+    h.check(
+        "to the node",
+        &eth(
+            GW_MAC,
+            A_MAC,
+            0x0800,
+            &ipv4_tcp(A_IP, Ipv4Addr::new(203, 0, 113, 1), 40006, 22, 0x02),
+        ),
+        TC_ACT_OK,
+        reason::PASS_NAT_NOT_ROUTED,
+    );
+    assert_eq!(ct_len(&h), 4, "no entry for the drops");
+
+    // Port exhaustion: 10 ports for one destination; the two flows above
+    // hold two of them. A counted drop, not a hang.
+    for sport in 41000..41008 {
+        h.check(
+            "fill the range",
+            &syn(sport),
+            TC_ACT_REDIRECT,
+            reason::FWD_NAT,
+        );
+    }
+    h.check(
+        "range exhausted",
+        &syn(42000),
+        TC_ACT_SHOT,
+        reason::DROP_NAT_NO_PORT,
+    );
+    assert_eq!(ct_len(&h), 20);
+    // The existing flows still work.
+    h.check(
+        "existing flow",
+        &syn(40000),
+        TC_ACT_REDIRECT,
+        reason::FWD_NAT,
+    );
+}
