@@ -15,7 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, Mutex};
 
 use crate::api::{
-    ApiError, ContainerCreate, ContainerView, CounterView, EndpointCreate, EndpointView, Envelope, NetworkCreate, NetworkEndpointView, NetworkOptionsView, NetworkView, Request,
+    ApiError, ContainerCreate, ContainerView, CounterView, EndpointCreate, FlowView, EndpointView, Envelope, NetworkCreate, NetworkEndpointView, NetworkOptionsView, NetworkView, Request,
     Response, StatsView, TraceLine, API_VERSION,
 };
 use crate::bpf::{AttachMode, Bpf, BpfError};
@@ -50,6 +50,10 @@ pub struct AgentConfig {
     pub default_datapath: DatapathKind,
     /// SNAT port range; chosen clear of the node's ephemeral ports when unset.
     pub nat_ports: Option<(u16, u16)>,
+    /// Connection-tracking lifetimes (seconds; 0 = the datapath's default).
+    pub ct: datapath_common::CtConfig,
+    /// Seconds between conntrack garbage collections.
+    pub ct_gc_interval: u64,
 }
 
 impl From<NetlinkError> for ApiError {
@@ -103,6 +107,9 @@ struct Inner {
     nat_ports: (u16, u16),
     /// What the datapath was last told about each network (by name).
     net_info: BTreeMap<String, datapath_common::NetworkInfo>,
+    /// Uplinks with the reverse-NAT program attached (ifindex -> name).
+    uplinks: BTreeMap<u32, String>,
+    last_gc: std::time::Instant,
 }
 
 pub struct Agent {
@@ -263,6 +270,9 @@ impl Inner {
             return Err(e);
         }
         self.bridges.insert(spec.name.clone(), index);
+        if let Err(e) = self.sync_uplinks().await {
+            tracing::warn!("attaching reverse NAT to uplinks: {e}");
+        }
         tracing::info!(network = %spec.name, %subnet, %gateway, %bridge, "network created");
         Ok(self.network_view(&spec))
     }
@@ -282,6 +292,9 @@ impl Inner {
         self.bridges.remove(name);
         self.forget_datapath_network(&spec);
         self.state.networks.remove(name);
+        if let Err(e) = self.sync_uplinks().await {
+            tracing::warn!("detaching reverse NAT from uplinks: {e}");
+        }
         if let Err(e) = self.sync_node() {
             tracing::error!(network = %name, "updating node configuration: {e}");
         }
@@ -639,7 +652,37 @@ impl Inner {
         self.net_info.remove(&net.name);
     }
 
-    /// Periodic upkeep: follow uplink address changes.
+    /// Attaches the reverse-NAT program to every uplink an eBPF network
+    /// masquerades through, and detaches it from uplinks no longer used.
+    async fn sync_uplinks(&mut self) -> Result<(), ApiError> {
+        let wanted: std::collections::BTreeSet<u32> = self
+            .state
+            .networks
+            .values()
+            .filter(|n| n.datapath == DatapathKind::Ebpf)
+            .filter_map(|n| self.net_info.get(&n.name))
+            .filter(|i| i.flags & datapath_common::NET_F_MASQUERADE != 0 && i.uplink_ifindex != 0)
+            .map(|i| i.uplink_ifindex)
+            .collect();
+        for ifindex in &wanted {
+            if !self.uplinks.contains_key(ifindex) {
+                let Some(name) = self.nl.link_name(*ifindex).await? else { continue };
+                self.bpf.attach_uplink(&name, *ifindex)?;
+                tracing::info!(uplink = %name, "reverse NAT attached");
+                self.uplinks.insert(*ifindex, name);
+            }
+        }
+        let stale: Vec<u32> = self.uplinks.keys().filter(|i| !wanted.contains(i)).copied().collect();
+        for ifindex in stale {
+            self.bpf.detach_uplink(ifindex);
+            if let Some(name) = self.uplinks.remove(&ifindex) {
+                tracing::info!(uplink = %name, "reverse NAT detached");
+            }
+        }
+        Ok(())
+    }
+
+    /// Periodic upkeep: follow uplink address changes, collect expired flows.
     async fn tick(&mut self) {
         let nets: Vec<NetworkSpec> = self.state.networks.values().cloned().collect();
         for net in nets {
@@ -647,6 +690,39 @@ impl Inner {
                 tracing::warn!(network = %net.name, "updating the datapath: {e}");
             }
         }
+        if let Err(e) = self.sync_uplinks().await {
+            tracing::warn!("attaching reverse NAT to uplinks: {e}");
+        }
+        if self.last_gc.elapsed() >= std::time::Duration::from_secs(self.cfg.ct_gc_interval.max(1)) {
+            self.last_gc = std::time::Instant::now();
+            match self.bpf.conntrack_gc() {
+                Ok(r) => {
+                    if r.removed > 0 {
+                        tracing::debug!(removed = r.removed, live = r.live, "conntrack GC");
+                    }
+                    if u64::from(r.capacity) > 0 && r.live as u64 * 100 / u64::from(r.capacity) >= 80 {
+                        tracing::warn!(live = r.live, capacity = r.capacity, "conntrack table is {}% full: live flows may be evicted", r.live as u64 * 100 / u64::from(r.capacity));
+                    }
+                }
+                Err(e) => tracing::warn!("conntrack GC: {e}"),
+            }
+        }
+    }
+
+    fn conntrack_list(&self, endpoint: Option<String>) -> Result<Vec<FlowView>, ApiError> {
+        let by_ifindex: HashMap<u32, &str> = self.host_ifindex.iter().map(|(n, i)| (*i, n.as_str())).collect();
+        if let Some(want) = &endpoint {
+            if !self.state.endpoints.contains_key(want) {
+                return Err(ApiError::not_found(format!("endpoint {want:?} not found")));
+            }
+        }
+        Ok(self
+            .bpf
+            .conntrack_flows()?
+            .into_iter()
+            .map(|flow| FlowView { endpoint: by_ifindex.get(&flow.ifindex).map(|s| s.to_string()), flow })
+            .filter(|f| endpoint.is_none() || f.endpoint == endpoint)
+            .collect())
     }
 
     // ----- containers (`datapath run`) --------------------------------------
@@ -817,6 +893,7 @@ impl Inner {
                 reason: reason::name(code).to_string(),
                 code,
                 drop: reason::is_drop(code),
+                event: reason::is_event(code),
                 packets: c.packets,
                 bytes: c.bytes,
             })
@@ -856,7 +933,10 @@ impl Agent {
             failpoint,
             nat_ports: (0, 0),
             net_info: BTreeMap::new(),
+            uplinks: BTreeMap::new(),
+            last_gc: std::time::Instant::now(),
         };
+        inner.bpf.set_ct_config(cfg.ct)?;
         let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
             .and_then(|s| uplink::parse_ephemeral(&s))
@@ -876,6 +956,9 @@ impl Agent {
         }
         if let Err(e) = inner.sync_node() {
             tracing::error!("restoring node configuration: {e}");
+        }
+        if let Err(e) = inner.sync_uplinks().await {
+            tracing::error!("attaching reverse NAT to uplinks: {e}");
         }
         if !networks.is_empty() || !endpoints.is_empty() {
             tracing::info!("restored {} networks and {} endpoints from {}", networks.len(), endpoints.len(), cfg.state_dir.display());
@@ -965,6 +1048,8 @@ impl Agent {
                 },
                 Request::EndpointRemove { name } => inner.endpoint_remove(&name).await.map(|_| Value::Null),
                 Request::Stats => inner.stats().and_then(to_value),
+                Request::ConntrackList { endpoint } => inner.conntrack_list(endpoint).and_then(to_value),
+                Request::ConntrackFlush => inner.bpf.conntrack_flush().map_err(ApiError::from).and_then(|n| to_value(json!({"removed": n}))),
                 Request::Trace { .. } => Err(ApiError::invalid("trace is a streaming request")),
             }
         };

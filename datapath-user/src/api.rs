@@ -45,6 +45,16 @@ pub enum Request {
     ContainerExited { name: String, code: i32 },
     ContainerList,
     ContainerStop { name: String },
+    ConntrackList { endpoint: Option<String> },
+    ConntrackFlush,
+}
+
+/// A tracked flow, attributed to its endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    pub endpoint: Option<String>,
+    #[serde(flatten)]
+    pub flow: crate::conntrack::Flow,
 }
 
 /// `datapath run`: what to run and how it is networked.
@@ -248,6 +258,9 @@ pub struct CounterView {
     pub reason: String,
     pub code: u32,
     pub drop: bool,
+    /// An event counter (e.g. flows created), not a packet verdict.
+    #[serde(default)]
+    pub event: bool,
     pub packets: u64,
     pub bytes: u64,
 }

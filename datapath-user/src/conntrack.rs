@@ -25,10 +25,10 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use datapath_common::{ct_state_name, CtEntry, CtKey, CT_F_REVERSE, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One end of a flow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub src: Ipv4Addr,
     /// ICMP echo: the identifier.
@@ -39,14 +39,14 @@ pub struct Endpoint {
 }
 
 /// The translated source of a masqueraded flow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Translated {
     pub src: Ipv4Addr,
     pub sport: u16,
 }
 
 /// One tracked flow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
     /// "tcp", "udp", "icmp" (or the protocol number).
     pub protocol: String,
@@ -73,7 +73,7 @@ pub struct Flow {
 }
 
 /// What a GC pass did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GcReport {
     /// Entries looked at.
     pub scanned: usize,

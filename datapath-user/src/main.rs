@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datapath::agent::{self, AgentConfig, DEFAULT_SUBNET};
-use datapath::api::{self, Client, ContainerCreate, ContainerView, EndpointCreate, EndpointView, NetworkCreate, NetworkView, Request, StatsView};
+use datapath::api::{self, Client, ContainerCreate, ContainerView, EndpointCreate, FlowView, EndpointView, NetworkCreate, NetworkView, Request, StatsView};
 use datapath::bpf::AttachMode;
 use datapath::state::DatapathKind;
 use datapath::{ipam, netns};
@@ -45,6 +45,9 @@ enum Command {
     },
     /// Run a command the way `docker run --network=...` would (no images: the host's filesystem).
     Run(RunArgs),
+    /// The eBPF connection tracker (masqueraded flows).
+    #[command(subcommand)]
+    Conntrack(ConntrackCmd),
     /// List the commands started with `run`.
     Ps {
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -105,6 +108,24 @@ struct AgentArgs {
     /// SNAT source ports LOW-HIGH (default: the largest range clear of the node's ephemeral ports).
     #[arg(long, value_parser = parse_port_range)]
     nat_port_range: Option<(u16, u16)>,
+    /// Conntrack lifetime of a TCP flow after its SYN, seconds.
+    #[arg(long, default_value_t = datapath_common::CT_DEFAULT_TCP_SYN)]
+    ct_tcp_syn: u32,
+    /// Conntrack lifetime of an established TCP flow, seconds.
+    #[arg(long, default_value_t = datapath_common::CT_DEFAULT_TCP_ESTABLISHED)]
+    ct_tcp_established: u32,
+    /// Conntrack lifetime of a TCP flow after FIN/RST, seconds.
+    #[arg(long, default_value_t = datapath_common::CT_DEFAULT_TCP_CLOSING)]
+    ct_tcp_closing: u32,
+    /// Conntrack lifetime of a UDP flow, seconds.
+    #[arg(long, default_value_t = datapath_common::CT_DEFAULT_UDP)]
+    ct_udp: u32,
+    /// Conntrack lifetime of an ICMP echo flow, seconds.
+    #[arg(long, default_value_t = datapath_common::CT_DEFAULT_ICMP)]
+    ct_icmp: u32,
+    /// Seconds between conntrack garbage collections.
+    #[arg(long, default_value_t = 10)]
+    ct_gc_interval: u64,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -160,6 +181,20 @@ enum NetworkCmd {
     /// Remove a network that has no endpoints.
     #[command(alias = "remove")]
     Rm { name: String },
+}
+
+#[derive(Subcommand)]
+enum ConntrackCmd {
+    /// List tracked flows.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Empty the table.
+    Flush,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +268,15 @@ async fn async_main(cli: Cli) -> Result<()> {
                 attach_mode: a.tc_attach,
                 default_datapath: a.default_datapath,
                 nat_ports: a.nat_port_range,
+                ct: datapath_common::CtConfig {
+                    tcp_syn: a.ct_tcp_syn,
+                    tcp_established: a.ct_tcp_established,
+                    tcp_closing: a.ct_tcp_closing,
+                    udp: a.ct_udp,
+                    icmp: a.ct_icmp,
+                    _reserved: [0; 3],
+                },
+                ct_gc_interval: a.ct_gc_interval,
             };
             agent::run(cfg).await
         }
@@ -245,7 +289,8 @@ async fn async_main(cli: Cli) -> Result<()> {
             }
             println!("{:<24} {:>6} {:>12} {:>14}", "REASON", "KIND", "PACKETS", "BYTES");
             for c in stats.counters {
-                println!("{:<24} {:>6} {:>12} {:>14}", c.reason, if c.drop { "drop" } else { "fwd" }, c.packets, c.bytes);
+                let kind = if c.event { "event" } else if c.drop { "drop" } else { "fwd" };
+                println!("{:<24} {:>6} {:>12} {:>14}", c.reason, kind, c.packets, c.bytes);
             }
             Ok(())
         }
@@ -261,6 +306,34 @@ async fn async_main(cli: Cli) -> Result<()> {
         Command::Run(args) => {
             let code = run(&client, args).await?;
             std::process::exit(code);
+        }
+        Command::Conntrack(ConntrackCmd::Flush) => {
+            let v = client.call(Request::ConntrackFlush).await?;
+            println!("removed {} entries", v["removed"]);
+            Ok(())
+        }
+        Command::Conntrack(ConntrackCmd::Ls { output, endpoint }) => {
+            let flows: Vec<FlowView> = client.call_as(Request::ConntrackList { endpoint }).await?;
+            if output == Output::Json {
+                return print_json(&flows);
+            }
+            println!("{:<12} {:<5} {:<43} {:<22} {:<12} {:>8} {:>10} {:>7}", "ENDPOINT", "PROTO", "ORIGINAL", "TRANSLATED", "STATE", "PACKETS", "BYTES", "EXPIRES");
+            for f in flows {
+                let o = &f.flow.original;
+                let tr = f.flow.translated.as_ref().map(|t| format!("{}:{}", t.src, t.sport)).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<12} {:<5} {:<43} {:<22} {:<12} {:>8} {:>10} {:>6}s",
+                    f.endpoint.as_deref().unwrap_or("?"),
+                    f.flow.protocol,
+                    format!("{}:{} > {}:{}", o.src, o.sport, o.dst, o.dport),
+                    tr,
+                    f.flow.state,
+                    f.flow.packets,
+                    f.flow.bytes,
+                    f.flow.remaining_s
+                );
+            }
+            Ok(())
         }
         Command::Ps { output } => {
             let cs: Vec<ContainerView> = client.call_as(Request::ContainerList).await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use datapath::api::{Client, EndpointCreate, EndpointView, NetworkView, Request, StatsView};
+use datapath::api::{Client, EndpointCreate, EndpointView, FlowView, NetworkView, Request, StatsView};
 use datapath::netns;
 
 #[derive(Args)]
@@ -153,7 +153,7 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
     if let Err(e) = &result {
         println!("\nwalkthrough failed: {e:#}");
     }
-    step(9, "Clean up: remove the endpoints, stop the agent (it removes the default network)");
+    step(10, "Clean up: remove the endpoints, stop the agent (it removes the default network)");
     for ep in EPS {
         if client.call(Request::EndpointRemove { name: ep.into() }).await.is_ok() {
             println!("removed endpoint {ep}");
@@ -238,32 +238,52 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     let server_log = args.dir.join("http-server.log");
     let _server = KillOnDrop(spawn_in(&b.netns_path, &["python3", "-m", "http.server", "8000", "--directory", &www_s], &server_log)?);
     let url = format!("http://{}:8000/hello.bin", b.ip);
-    let fetch = format!(
-        "import sys,time,urllib.request,hashlib\nfor i in range(100):\n    try:\n        d=urllib.request.urlopen('{url}',timeout=2).read();break\n    except OSError:\n        time.sleep(0.1)\nelse:\n    sys.exit('server did not answer')\nprint(len(d), hashlib.sha256(d).hexdigest())"
-    );
-    show(&format!("ip netns exec {} python3 -c 'urllib.request.urlopen(\"{url}\")'", a.name));
-    let out = output_in(&a.netns_path, &["python3", "-c", &fetch])?;
-    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let want = format!("{} {}", body.len(), sha256_hex(&body));
-    println!("fetched: {got}");
-    if !out.status.success() || got != want {
-        let log = std::fs::read_to_string(&server_log).unwrap_or_default();
-        bail!("HTTP transfer failed: expected `{want}`, got `{got}` {}\nserver log:\n{log}", String::from_utf8_lossy(&out.stderr));
-    }
-    println!("content verified (sha256 matches)");
+    fetch(a, &url, &body, &server_log)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    step(7, &format!("Masquerade: GET a page from the outside host {OUTSIDE_IP} through the node's uplink"));
+    let outside_www = args.dir.join("outside-www");
+    std::fs::create_dir_all(&outside_www)?;
+    let page: Vec<u8> = b"<html><body>Hello from the outside world</body></html>\n".repeat(64);
+    std::fs::write(outside_www.join("index.html"), &page)?;
+    let outside_log = args.dir.join("outside-server.log");
+    let outside_dir = outside_www.to_string_lossy().to_string();
+    show(&format!("ip netns exec {OUTSIDE_NS} python3 -m http.server 80 --directory {outside_dir}"));
+    let _outside = KillOnDrop(spawn_in(&netns::named_path(OUTSIDE_NS), &["python3", "-m", "http.server", "80", "--directory", &outside_dir], &outside_log)?);
+    fetch(a, &format!("http://{OUTSIDE_IP}/index.html"), &page, &outside_log)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     tracer.abort();
+    let seen: Vec<String> = std::fs::read_to_string(&outside_log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("GET /index.html"))
+        .map(|l| l.split_whitespace().next().unwrap_or("?").to_string())
+        .collect();
+    println!("the outside server saw the request coming from: {}", seen.join(", "));
+    if seen.iter().any(|s| s != &NODE_UPLINK_IP.to_string()) || seen.is_empty() {
+        bail!("the outside server should only see the uplink address {NODE_UPLINK_IP}, it saw {seen:?}");
+    }
+    show(&format!("datapath conntrack ls --endpoint {}", a.name));
+    let flows: Vec<FlowView> = client.call_as(Request::ConntrackList { endpoint: Some(a.name.clone()) }).await?;
+    for f in &flows {
+        let o = &f.flow.original;
+        let t = f.flow.translated.as_ref().map(|t| format!("{}:{}", t.src, t.sport)).unwrap_or_else(|| "-".into());
+        println!("{} {}:{} > {}:{} translated to {} {} ({} packets, expires in {} s)", f.flow.protocol, o.src, o.sport, o.dst, o.dport, t, f.flow.state, f.flow.packets, f.flow.remaining_s);
+    }
 
-    step(7, "Counters by reason: unicast between endpoints was redirected in-kernel");
+    step(8, "Counters by reason: unicast between endpoints was redirected in-kernel, outside traffic translated");
     show("datapath stats");
     let stats: StatsView = client.call_as(Request::Stats).await?;
     for c in stats.counters.iter().filter(|c| c.packets > 0) {
-        println!("{:<22} {:>4} {:>8} packets {:>10} bytes", c.reason, if c.drop { "drop" } else { "fwd" }, c.packets, c.bytes);
+        let kind = if c.event { "event" } else if c.drop { "drop" } else { "fwd" };
+        println!("{:<24} {:>5} {:>8} packets {:>10} bytes", c.reason, kind, c.packets, c.bytes);
     }
 
-    step(8, "Your turn");
+    step(9, "Your turn");
     println!("The endpoints stay up. In another terminal, for example:");
     println!("  sudo ip netns exec {} ping {}", a.name, b.ip);
+    println!("  sudo ip netns exec {} curl http://{OUTSIDE_IP}/   # through the eBPF masquerade", a.name);
+    println!("  sudo datapath --socket {} conntrack ls", client_path(args).display());
     println!("  sudo datapath --socket {} trace", client_path(args).display());
     println!("  sudo bpftool prog show name dp_from_ep; sudo bpftool link show   # TCX links (bpftool < 7.3 prints them as `type 11`)");
     if args.no_wait {
@@ -271,6 +291,25 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     }
     println!("Press Ctrl-C to clean up and exit.");
     tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// GETs `url` from inside an endpoint (retrying while the server starts)
+/// and checks the body.
+fn fetch(from: &EndpointView, url: &str, body: &[u8], server_log: &Path) -> Result<()> {
+    let script = format!(
+        "import sys,time,urllib.request,hashlib\nfor i in range(100):\n    try:\n        d=urllib.request.urlopen('{url}',timeout=2).read();break\n    except OSError:\n        time.sleep(0.1)\nelse:\n    sys.exit('server did not answer')\nprint(len(d), hashlib.sha256(d).hexdigest())"
+    );
+    show(&format!("ip netns exec {} python3 -c 'urllib.request.urlopen(\"{url}\")'", from.name));
+    let out = output_in(&from.netns_path, &["python3", "-c", &script])?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let want = format!("{} {}", body.len(), sha256_hex(body));
+    println!("fetched: {got}");
+    if !out.status.success() || got != want {
+        let log = std::fs::read_to_string(server_log).unwrap_or_default();
+        bail!("HTTP transfer failed: expected `{want}`, got `{got}` {}\nserver log:\n{log}", String::from_utf8_lossy(&out.stderr));
+    }
+    println!("content verified (sha256 matches)");
     Ok(())
 }
 
