@@ -1,0 +1,148 @@
+//! python3 one-liners run inside endpoint namespaces. Each takes the test
+//! prefix as its first argument (unused by the script) so a sweeper can
+//! recognise leftovers of a killed run by their argv.
+
+/// argv: TAG IFACE SECONDS MARKER...
+/// Counts *incoming* frames on IFACE containing each MARKER for SECONDS
+/// (after printing "ready"), then prints {"MARKER": count, ...} as JSON.
+pub const SNIFFER: &str = r#"
+import json, socket, sys, time
+iface, dur = sys.argv[2], float(sys.argv[3])
+markers = sys.argv[4:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((iface, 0))
+s.settimeout(0.1)
+counts = {m: 0 for m in markers}
+print("ready", flush=True)
+end = time.time() + dur
+while time.time() < end:
+    try:
+        data, addr = s.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if addr[2] == socket.PACKET_OUTGOING:
+        continue
+    for m in markers:
+        if m.encode() in data:
+            counts[m] += 1
+print(json.dumps(counts), flush=True)
+"#;
+
+/// argv: TAG IFACE HEXFRAME...
+/// Sends each frame verbatim through an AF_PACKET socket bound to IFACE (so
+/// the kernel applies no check on its source addresses). Prints "sent N".
+pub const RAW_SENDER: &str = r#"
+import socket, sys
+iface, frames = sys.argv[2], sys.argv[3:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+for h in frames:
+    s.send(bytes.fromhex(h))
+print("sent", len(frames), flush=True)
+"#;
+
+/// argv: TAG URL
+/// Fetches URL (retrying connection errors for up to 10 s) and prints
+/// "<length> <sha256>".
+pub const HTTP_FETCH: &str = r#"
+import hashlib, sys, time, urllib.request
+url = sys.argv[2]
+deadline = time.time() + 10
+while True:
+    try:
+        data = urllib.request.urlopen(url, timeout=10).read()
+        break
+    except OSError as e:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
+"#;
+
+/// argv: TAG IP PORT
+/// UDP server: answers every datagram with b"echo:" + datagram. Prints
+/// "ready" once bound; exits after 30 s without traffic.
+pub const UDP_ECHO_SERVER: &str = r#"
+import socket, sys
+ip, port = sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((ip, port))
+s.settimeout(30)
+print("ready", flush=True)
+while True:
+    try:
+        data, addr = s.recvfrom(4096)
+    except socket.timeout:
+        break
+    s.sendto(b"echo:" + data, addr)
+"#;
+
+/// argv: TAG IP PORT MSG...
+/// For each MSG: send it and wait (1 s, up to 5 tries) for b"echo:MSG".
+/// Prints one JSON list of [msg, reply, reply_source_ip] (reply null when
+/// none came).
+pub const UDP_CLIENT: &str = r#"
+import json, socket, sys
+ip, port, msgs = sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+res = []
+for m in msgs:
+    got = [m, None, None]
+    for attempt in range(5):
+        s.sendto(m.encode(), (ip, port))
+        try:
+            while True:
+                data, addr = s.recvfrom(4096)
+                if data == b"echo:" + m.encode():
+                    got = [m, data.decode(), addr[0]]
+                    break
+        except socket.timeout:
+            continue
+        break
+    res.append(got)
+print(json.dumps(res), flush=True)
+"#;
+
+/// argv: TAG DST COUNT INTERVAL WAIT
+/// A minimal `ping` (raw ICMP socket), used when iputils-ping is missing.
+/// Prints iputils' summary line "N packets transmitted, M received"; exit
+/// status 0 when at least one reply came (like ping), else 1.
+pub const PING: &str = r#"
+import os, socket, struct, sys, time
+dst, count, interval, wait = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xffff) + (t >> 16)
+    return (~t) & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+ident = os.getpid() & 0xffff
+got = 0
+for seq in range(1, count + 1):
+    start = time.time()
+    body = struct.pack("!HH", ident, seq) + b"dpt-ping" * 7
+    pkt = struct.pack("!BBH", 8, 0, 0) + body
+    pkt = pkt[:2] + struct.pack("!H", csum(pkt)) + pkt[4:]
+    s.sendto(pkt, (dst, 0))
+    deadline = start + wait
+    while True:
+        left = deadline - time.time()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            data, addr = s.recvfrom(2048)
+        except socket.timeout:
+            break
+        ihl = (data[0] & 0x0f) * 4
+        t, _, _, i, q = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+        if t == 0 and i == ident and q == seq and addr[0] == dst:
+            got += 1
+            print("reply from %s: icmp_seq=%d" % (dst, seq), flush=True)
+            break
+    if seq < count:
+        time.sleep(max(0.0, interval - (time.time() - start)))
+print("%d packets transmitted, %d received" % (count, got), flush=True)
+sys.exit(0 if got else 1)
+"#;

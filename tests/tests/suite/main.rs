@@ -1,0 +1,13 @@
+//! Integration suite: real packets between real network namespaces, against
+//! a real `datapath` agent. One test binary (so `--test-threads=2` spreads
+//! over all of it). Every test makes its own `Node`; see tests/src/lib.rs.
+//!
+//! Run (as root): `cargo test -p datapath-tests -- --test-threads=2`
+//! (`DATAPATH_BIN=/path/to/datapath` to pick the binary).
+
+mod cli;
+mod connectivity;
+mod lifecycle;
+mod rollback;
+mod security;
+mod trace;
