@@ -237,6 +237,13 @@ impl Node {
         status.expect("agent exit status")
     }
 
+    /// SIGKILL the agent (a crash: no chance to clean up or save state).
+    pub fn kill_agent(&mut self) {
+        let mut child = self.agent.take().expect("agent not running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// SIGTERM the agent, then start it again with the same state dir.
     pub fn restart_agent(&mut self) {
         self.stop_agent();

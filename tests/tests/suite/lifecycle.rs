@@ -149,3 +149,118 @@ fn agent_restart_restores_state_and_datapath() {
     assert_eq!(eps.len(), 4, "endpoints after second restart: {eps:?}");
     assert_ping(&d.name, &b.ip, 2);
 }
+
+/// Beyond the spec's SIGTERM case: the agent is SIGKILLed (crash). State
+/// written before the crash must be enough to restore every endpoint and
+/// the datapath.
+#[test]
+fn agent_crash_sigkill_recovers() {
+    kernel_test!();
+    let mut node = Node::new();
+    let a = node.create_endpoint(&node.ep("a"), &[]);
+    let b = node.create_endpoint(&node.ep("b"), &[]);
+    let eps0 = node.endpoints();
+    node.kill_agent();
+    // A stale socket file may remain: the CLI must still say "no agent".
+    let out = node.cli(&["endpoint", "ls"]);
+    assert!(
+        !out.status.success(),
+        "CLI succeeded with the agent killed:\n{}",
+        show(&out)
+    );
+    node.start_agent();
+    assert_eq!(node.endpoints(), eps0, "endpoint ls changed across a crash");
+    let s0 = node.stats();
+    assert_ping(&a.name, &b.ip, 3);
+    let s1 = node.stats();
+    let (rp, _) = delta(&s0, &s1, "redirect-peer");
+    assert!(
+        rp >= 6,
+        "after crash recovery only {rp} redirect-peer packets for 3 echo exchanges"
+    );
+    let c = node.create_endpoint(&node.ep("c"), &[]);
+    assert_eq!(c.ip, "10.10.0.4", "IPAM after crash recovery");
+    assert_ping(&c.name, &a.ip, 2);
+}
+
+/// Beyond the spec: endpoint creates issued concurrently (as container
+/// runtimes do) all succeed, with distinct addresses, MACs and host veths,
+/// and the endpoints reach each other.
+#[test]
+fn concurrent_creates_get_distinct_addresses() {
+    kernel_test!();
+    let mut node = Node::new();
+    const K: usize = 6;
+    let names: Vec<String> = (0..K).map(|i| node.ep(&format!("c{i}"))).collect();
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let node = &node;
+                s.spawn(move || node.cli(&["endpoint", "create", n]))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let failed: Vec<String> = names
+        .iter()
+        .zip(&outs)
+        .filter(|(_, o)| !o.status.success())
+        .map(|(n, o)| format!("{n}: {}", show(o)))
+        .collect();
+    if !failed.is_empty() {
+        node.fail(format!(
+            "concurrent endpoint creates failed:\n{}",
+            failed.join("\n")
+        ));
+    }
+    let eps: Vec<_> = names.iter().map(|n| node.inspect_endpoint(n)).collect();
+    let mut ips: Vec<&str> = eps.iter().map(|e| e.ip.as_str()).collect();
+    let mut macs: Vec<&str> = eps.iter().map(|e| e.mac.as_str()).collect();
+    let mut hosts: Vec<&str> = eps.iter().map(|e| e.host_ifname.as_str()).collect();
+    for v in [&mut ips, &mut macs, &mut hosts] {
+        v.sort();
+        v.dedup();
+        assert_eq!(
+            v.len(),
+            K,
+            "duplicates among concurrently created endpoints: {v:?}"
+        );
+    }
+    let want: Vec<String> = (2..2 + K).map(|i| format!("10.10.0.{i}")).collect();
+    let mut got: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
+    got.sort_by_key(|ip| ip.rsplit('.').next().unwrap().parse::<u32>().unwrap());
+    assert_eq!(got, want, "addresses of {K} concurrent creates");
+    for i in 0..K {
+        let j = (i + 1) % K;
+        assert_ping(&eps[i].name, &eps[j].ip, 1);
+    }
+}
+
+/// Beyond the spec (CNI DEL semantics): the endpoint's netns was deleted
+/// behind the agent's back; `endpoint rm` still succeeds, forgets it and
+/// releases its address.
+#[test]
+fn endpoint_rm_after_netns_vanished() {
+    kernel_test!();
+    let mut node = Node::new();
+    let a = node.create_endpoint(&node.ep("a"), &[]);
+    let b = node.create_endpoint(&node.ep("b"), &[]);
+    datapath_tests::env::netns_del(&b.name);
+    assert!(!netns_exists(&b.name));
+    node.ok(&["endpoint", "rm", &b.name]);
+    assert!(
+        link(&node.name, &b.host_ifname).is_none(),
+        "host veth {} left",
+        b.host_ifname
+    );
+    let names: Vec<String> = node
+        .endpoints()
+        .iter()
+        .filter_map(|e| e["name"].as_str().map(String::from))
+        .collect();
+    assert_eq!(names, vec![a.name.clone()]);
+    let c = node.create_endpoint(&node.ep("c"), &[]);
+    assert_eq!(c.ip, b.ip, "address of the vanished endpoint not released");
+    assert_ping(&c.name, &a.ip, 2);
+}

@@ -8,6 +8,7 @@
 mod cli;
 mod connectivity;
 mod lifecycle;
+mod policy;
 mod rollback;
 mod security;
 mod trace;
