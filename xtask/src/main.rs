@@ -49,6 +49,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "iproute2",
         "`ip` and `tc`, used by tests and the walkthrough",
     ),
+    (
+        "nftables",
+        "`nft`: the kernel datapath's MASQUERADE/isolation rules, and the tests' ruleset checks",
+    ),
+    ("iputils-ping", "`ping`, used by tests and the walkthrough"),
 ];
 
 /// The one tool checked on PATH rather than as a Debian package (it may come
