@@ -110,6 +110,7 @@ struct Inner {
     /// Uplinks with the reverse-NAT program attached (ifindex -> name).
     uplinks: BTreeMap<u32, String>,
     last_gc: std::time::Instant,
+    last_gc_report: Option<crate::conntrack::GcReport>,
 }
 
 pub struct Agent {
@@ -703,6 +704,7 @@ impl Inner {
                     if u64::from(r.capacity) > 0 && r.live as u64 * 100 / u64::from(r.capacity) >= 80 {
                         tracing::warn!(live = r.live, capacity = r.capacity, "conntrack table is {}% full: live flows may be evicted", r.live as u64 * 100 / u64::from(r.capacity));
                     }
+                    self.last_gc_report = Some(r);
                 }
                 Err(e) => tracing::warn!("conntrack GC: {e}"),
             }
@@ -898,7 +900,7 @@ impl Inner {
                 bytes: c.bytes,
             })
             .collect();
-        Ok(StatsView { counters })
+        Ok(StatsView { counters, conntrack: self.last_gc_report.clone() })
     }
 }
 
@@ -935,6 +937,7 @@ impl Agent {
             net_info: BTreeMap::new(),
             uplinks: BTreeMap::new(),
             last_gc: std::time::Instant::now(),
+            last_gc_report: None,
         };
         inner.bpf.set_ct_config(cfg.ct)?;
         let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

@@ -251,6 +251,9 @@ pub struct EndpointView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsView {
     pub counters: Vec<CounterView>,
+    /// Connection-tracking table pressure, from the last garbage collection.
+    #[serde(default)]
+    pub conntrack: Option<crate::conntrack::GcReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

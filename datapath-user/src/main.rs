@@ -292,6 +292,10 @@ async fn async_main(cli: Cli) -> Result<()> {
                 let kind = if c.event { "event" } else if c.drop { "drop" } else { "fwd" };
                 println!("{:<24} {:>6} {:>12} {:>14}", c.reason, kind, c.packets, c.bytes);
             }
+            if let Some(ct) = stats.conntrack {
+                let pct = if ct.capacity > 0 { ct.live as f64 * 100.0 / f64::from(ct.capacity) } else { 0.0 };
+                println!("conntrack: {} of {} entries in use ({pct:.1}%), last GC removed {}", ct.live, ct.capacity, ct.removed);
+            }
             Ok(())
         }
         Command::Trace { endpoint } => {
