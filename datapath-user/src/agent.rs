@@ -189,6 +189,11 @@ impl Inner {
             ifname: e.ifname.clone(),
             host_ifname: e.host_ifname.clone(),
             host_ifindex: self.host_ifindex.get(&e.name).copied().unwrap_or(0),
+            tc: self.host_ifindex.get(&e.name).and_then(|i| self.bpf.attachment(*i)).map(|a| crate::api::TcView {
+                program: a.program.to_string(),
+                hook: a.hook.to_string(),
+                prog_id: a.prog_id,
+            }),
             trace: e.trace,
             container_id: e.container_id.clone(),
             created: e.created.clone(),

@@ -243,9 +243,19 @@ pub struct EndpointView {
     pub ifname: String,
     pub host_ifname: String,
     pub host_ifindex: u32,
+    /// The eBPF program on the host veth's ingress (none on the kernel datapath).
+    #[serde(default)]
+    pub tc: Option<TcView>,
     pub trace: bool,
     pub container_id: Option<String>,
     pub created: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcView {
+    pub program: String,
+    pub hook: String,
+    pub prog_id: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

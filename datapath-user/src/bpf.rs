@@ -50,6 +50,15 @@ pub enum AttachMode {
     Clsact,
 }
 
+/// Where a TC program is attached, as shown by `endpoint inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Attachment {
+    pub program: &'static str,
+    pub hook: &'static str,
+    /// `bpftool prog show id N`.
+    pub prog_id: Option<u32>,
+}
+
 /// Programs and maps of the eBPF datapath, owned by the agent.
 pub struct Bpf {
     mode: AttachMode,
@@ -177,14 +186,9 @@ impl Bpf {
 
     fn attach_prog(&mut self, name: &'static str, iface: &str) -> Result<SchedClassifierLink, BpfError> {
         let attach_err = |source| BpfError::Attach { prog: name, iface: iface.to_string(), source };
+        let tcx = self.uses_tcx();
         let prog: &mut SchedClassifier =
             self.ebpf.program_mut(name).ok_or(BpfError::NoProgram(name))?.try_into().map_err(attach_err)?;
-        let has_tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-        let tcx = match self.mode {
-            AttachMode::Auto => has_tcx,
-            AttachMode::Tcx => true,
-            AttachMode::Clsact => false,
-        };
         let options = if tcx {
             TcAttachOptions::TcxOrder(LinkOrder::default())
         } else {
@@ -206,6 +210,25 @@ impl Bpf {
 
     pub fn is_attached(&self, ifindex: u32) -> bool {
         self.links.contains_key(&ifindex)
+    }
+
+    /// How the endpoint program is attached to `ifindex`, for `inspect`
+    /// (bpftool before 7.3 cannot show TCX attachments per device).
+    pub fn attachment(&self, ifindex: u32) -> Option<Attachment> {
+        if !self.links.contains_key(&ifindex) {
+            return None;
+        }
+        let prog_id = self.ebpf.program(PROG_FROM_ENDPOINT).and_then(|p| p.info().ok()).map(|i| i.id());
+        Some(Attachment { program: PROG_FROM_ENDPOINT, hook: if self.uses_tcx() { "tcx/ingress" } else { "clsact/ingress" }, prog_id })
+    }
+
+    fn uses_tcx(&self) -> bool {
+        let has_tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+        match self.mode {
+            AttachMode::Auto => has_tcx,
+            AttachMode::Tcx => true,
+            AttachMode::Clsact => false,
+        }
     }
 
     pub fn upsert_endpoint(&mut self, info: EndpointInfo) -> Result<(), BpfError> {
