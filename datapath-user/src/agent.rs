@@ -111,6 +111,9 @@ struct Inner {
     uplinks: BTreeMap<u32, String>,
     last_gc: std::time::Instant,
     last_gc_report: Option<crate::conntrack::GcReport>,
+    /// The nft script last applied: unchanged scripts are not re-applied
+    /// (spawning nft costs milliseconds per endpoint).
+    applied_nft: Option<String>,
 }
 
 pub struct Agent {
@@ -440,6 +443,8 @@ impl Inner {
     /// Makes the namespace, veth, addressing, program and map entries of an
     /// endpoint, recording each step in `made` for the rollback.
     async fn build_endpoint(&mut self, spec: &EndpointSpec, net: &NetworkSpec, made: &mut Made) -> Result<(), ApiError> {
+        let t0 = std::time::Instant::now();
+        let lap = |what: &str| tracing::debug!(endpoint = %spec.name, "{what} after {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
         if spec.owns_netns {
             netns::create_named(&spec.name).map_err(api_netns)?;
             made.netns = Some(spec.netns_path.clone());
@@ -447,6 +452,7 @@ impl Inner {
             netns::open(&spec.netns_path).map_err(api_netns)?;
         }
         self.failpoint("netns")?;
+        lap("netns");
 
         let bridge = match self.bridges.get(&net.name) {
             Some(i) => *i,
@@ -460,6 +466,7 @@ impl Inner {
         made.host_ifindex = Some(host);
         self.host_ifindex.insert(spec.name.clone(), host);
         self.failpoint("veth")?;
+        lap("veth");
 
         let inside = Netlink::in_netns(&spec.netns_path)?;
         if let Some(lo) = inside.link_index("lo").await? {
@@ -473,6 +480,7 @@ impl Inner {
             inside.add_default_route(net.gateway).await?;
         }
         self.failpoint("addr")?;
+        lap("addr");
 
         if net.datapath == DatapathKind::Kernel {
             // The bridge and netfilter do everything; the failpoints still
@@ -484,6 +492,7 @@ impl Inner {
         self.bpf.attach(&spec.host_ifname, host)?;
         made.attached = Some(host);
         self.failpoint("attach")?;
+        lap("attach");
 
         let info = self.endpoint_info(spec, host);
         self.bpf.upsert_endpoint(info)?;
@@ -597,7 +606,10 @@ impl Inner {
     /// the last one goes).
     fn sync_node(&mut self) -> Result<(), ApiError> {
         let script = netfilter::render(&self.state, |n| n.options.uplink.clone());
-        netfilter::apply(&script, netfilter::needs_rules(&self.state)).map_err(|e| ApiError::internal(e.to_string()))?;
+        if self.applied_nft.as_deref() != Some(script.as_str()) {
+            netfilter::apply(&script, netfilter::needs_rules(&self.state)).map_err(|e| ApiError::internal(e.to_string()))?;
+            self.applied_nft = Some(script);
+        }
         let routes_out = self.state.networks.values().any(|n| !n.options.internal);
         match (&self.state.node.ip_forward_was, routes_out) {
             (None, true) => {
@@ -943,6 +955,7 @@ impl Agent {
             uplinks: BTreeMap::new(),
             last_gc: std::time::Instant::now(),
             last_gc_report: None,
+            applied_nft: None,
         };
         inner.bpf.set_ct_config(cfg.ct)?;
         let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

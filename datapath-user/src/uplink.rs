@@ -47,11 +47,11 @@ pub fn choose_range(requested: Option<(u16, u16)>, ephemeral: (u16, u16)) -> Res
     let below = (el > 1024).then(|| (1024u16, el - 1));
     let above = (eh < 65535).then(|| (eh + 1, 65535u16));
     let size = |r: Option<(u16, u16)>| r.map_or(0, |(l, h)| u32::from(h) - u32::from(l) + 1);
-    // Prefer the high stretch (Linux's own choice of direction) unless the
-    // low one is much larger.
+    // The larger stretch: ports are what limits new connections per second
+    // to one destination (a port stays taken while its flow closes).
     match (below, above) {
-        (_, Some(a)) if size(Some(a)) >= 1024 || size(below) <= size(Some(a)) => Ok(a),
-        (Some(b), _) => Ok(b),
+        (Some(b), Some(a)) => Ok(if size(Some(b)) >= size(Some(a)) { b } else { a }),
+        (Some(b), None) => Ok(b),
         (None, Some(a)) => Ok(a),
         (None, None) => Err(PortRangeError::NoRoom(el, eh)),
     }
@@ -97,9 +97,9 @@ mod tests {
         assert!(parse_range("5000-4000").is_err());
         assert!(parse_range("x").is_err());
         assert_eq!(parse_ephemeral("32768\t60999\n"), Some((32768, 60999)));
-        assert_eq!(choose_range(None, (32768, 60999)), Ok((61000, 65535)));
-        // A node using almost everything above: take the low stretch.
-        assert_eq!(choose_range(None, (40000, 65500)), Ok((1024, 39999)));
+        assert_eq!(choose_range(None, (32768, 60999)), Ok((1024, 32767)));
+        assert_eq!(choose_range(None, (1024, 30000)), Ok((30001, 65535)));
+        assert_eq!(choose_range(None, (40000, 65535)), Ok((1024, 39999)));
         assert!(matches!(choose_range(Some((50000, 62000)), (32768, 60999)), Err(PortRangeError::Overlap { .. })));
         assert_eq!(choose_range(Some((20000, 30000)), (32768, 60999)), Ok((20000, 30000)));
         assert_eq!(choose_range(None, (1024, 65535)), Err(PortRangeError::NoRoom(1024, 65535)));
