@@ -12,3 +12,4 @@ mod policy;
 mod rollback;
 mod security;
 mod trace;
+mod modes;
