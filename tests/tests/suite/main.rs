@@ -13,3 +13,4 @@ mod rollback;
 mod security;
 mod trace;
 mod modes;
+mod network_options;
