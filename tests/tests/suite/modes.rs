@@ -698,3 +698,55 @@ fn run_bad_input_is_rejected_and_changes_nothing() {
         node.fail(format!("{} bad `run` inputs misbehaved:\n\n{}", problems.len(), problems.join("\n\n")));
     }
 }
+
+/// `stop web` while `container:web` (another running command) shares web's
+/// namespace is all or nothing: either it is refused (web keeps running,
+/// keeps its record and endpoint) or web goes completely; in both cases
+/// stopping both leaves nothing behind.
+#[test]
+fn stop_of_a_shared_namespace_is_all_or_nothing() {
+    kernel_test!();
+    let mut node = Node::new();
+    let p = node.prefix.clone();
+    let net = network(&mut node, "net", "10.37.0.0/24", "ebpf", &[]);
+    let before = traces(&mut node);
+    let web = node.ep("web");
+    let side = node.ep("side");
+    run_expect(&mut node, &["-d", "--network", &net, "--name", &web, "--", "sh", "-c", "while :; do sleep 0.1; done", &p], 0);
+    let shared = format!("container:{web}");
+    run_expect(&mut node, &["-d", "--network", &shared, "--name", &side, "--", "sh", "-c", "while :; do sleep 0.1; done", &p], 0);
+    let r = wait_ps(&mut node, &web, Duration::from_secs(5), |r| r.is_some_and(|r| r["status"] == "running")).unwrap();
+    let pid = r["pid"].as_u64().unwrap();
+    wait_ps(&mut node, &side, Duration::from_secs(5), |r| r.is_some_and(|r| r["status"] == "running"));
+
+    let out = node.cli(&["stop", &web]);
+    let all = ps(&mut node);
+    let eps: Vec<String> = node.endpoints().iter().filter_map(|e| e["name"].as_str().map(String::from)).collect();
+    if out.status.success() {
+        if all.contains_key(&web) {
+            node.fail(format!("`stop {web}` succeeded but {web} is still in ps: {:?}", all.get(&web)));
+        }
+    } else {
+        let problems: Vec<String> = [
+            (!pid_alive(pid)).then(|| format!("its process {pid} was killed")),
+            (!all.contains_key(&web)).then(|| "its ps record was removed".to_string()),
+            (!eps.contains(&web)).then(|| "its endpoint was removed".to_string()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !problems.is_empty() {
+            node.fail(format!(
+                "`stop {web}` (namespace shared by running {side}) failed half-way: {}; ps {:?}; endpoints {eps:?}\n{}",
+                problems.join(", "),
+                all.keys().collect::<Vec<_>>(),
+                show(&out)
+            ));
+        }
+    }
+    node.ok(&["stop", &side]);
+    if ps(&mut node).contains_key(&web) {
+        node.ok(&["stop", &web]);
+    }
+    assert_no_traces(&mut node, &before, "stop of web and its container: sharer");
+}
