@@ -15,6 +15,13 @@
 //! `--default-datapath kernel` must make the eBPF tests fail);
 //! `DATAPATH_TESTS_PY_PING=1` (use the python ping even when iputils-ping is
 //! installed).
+//!
+//! Differential testing: every behavioural test is written once as a body
+//! taking a [`Datapath`] and instantiated for both datapaths with
+//! [`both_datapaths!`] (tests `<name>::ebpf` and `<name>::kernel`). Where
+//! the datapaths differ on purpose (anti-spoofing, counters, the
+//! redirect-peer bypass, traces, the eBPF conntrack table), the body
+//! asserts each datapath's own documented behaviour and says so.
 
 pub mod env;
 pub mod frames;
@@ -25,7 +32,7 @@ pub mod py;
 
 pub use env::{kernel_prelude, netns_exists};
 pub use net::{assert_ping, exec_in, link_stats, ping};
-pub use node::{delta, AgentOpts, Endpoint, Node, Stats};
+pub use node::{delta, AgentOpts, Datapath, Endpoint, Node, Stats};
 pub use proc::{show, stderr_str, stdout_str, BgProcess};
 
 /// Put at the top of every kernel test: returns from the test (skip, with
@@ -38,6 +45,45 @@ macro_rules! kernel_test {
         let __name = ::std::any::type_name_of_val(&__here);
         if !$crate::env::kernel_prelude(__name.strip_suffix("::__here").unwrap_or(__name)) {
             return;
+        }
+    };
+}
+
+/// One behavioural test, run against both datapaths: expands
+///
+/// ```ignore
+/// both_datapaths! {
+///     /// doc
+///     fn name(dp) { ...body using dp: Datapath... }
+/// }
+/// ```
+///
+/// into a module `name` with the tests `name::ebpf` and `name::kernel`
+/// (each with the [`kernel_test!`] prelude), so a filter like `name`,
+/// `::kernel` or `::ebpf` selects them. The body sees the enclosing
+/// module's items (`use super::*`).
+#[macro_export]
+macro_rules! both_datapaths {
+    ($(#[$attr:meta])* fn $name:ident($dp:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[allow(unused_variables)]
+            fn body($dp: $crate::node::Datapath) $body
+
+            #[test]
+            fn ebpf() {
+                $crate::kernel_test!();
+                body($crate::node::Datapath::Ebpf)
+            }
+
+            #[test]
+            fn kernel() {
+                $crate::kernel_test!();
+                body($crate::node::Datapath::Kernel)
+            }
         }
     };
 }

@@ -20,13 +20,95 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an agent gets to exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The two datapaths every behavioural test runs against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Datapath {
+    /// TC programs on the host veths (redirect-peer, eBPF policy and SNAT).
+    #[default]
+    Ebpf,
+    /// The classic baseline: Linux bridge + nftables (MASQUERADE).
+    Kernel,
+}
+
+impl Datapath {
+    pub const BOTH: [Datapath; 2] = [Datapath::Ebpf, Datapath::Kernel];
+
+    /// The value of `--default-datapath` / `--datapath` and of the
+    /// `datapath` field of `network inspect`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Datapath::Ebpf => "ebpf",
+            Datapath::Kernel => "kernel",
+        }
+    }
+
+    pub fn is_ebpf(self) -> bool {
+        self == Datapath::Ebpf
+    }
+}
+
+impl std::fmt::Display for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Options for the agent of a node.
 #[derive(Clone, Debug, Default)]
 pub struct AgentOpts {
     /// `DATAPATH_FAILPOINT` value, e.g. "endpoint:veth".
     pub failpoint: Option<String>,
     pub no_default_network: bool,
+    /// `--default-datapath`: the datapath of the default network and of
+    /// every network created without `--datapath`.
+    pub datapath: Datapath,
+    /// Give the node an uplink to an "outside" namespace before the agent
+    /// starts (see [`Node::outside`]): the node's default route then points
+    /// there and the agent masquerades through it.
+    pub uplink: bool,
+    /// Further agent flags (e.g. `--ct-udp 3`).
+    pub extra_args: Vec<String>,
 }
+
+impl AgentOpts {
+    /// Defaults, on datapath `dp`.
+    pub fn on(dp: Datapath) -> AgentOpts {
+        AgentOpts {
+            datapath: dp,
+            ..Default::default()
+        }
+    }
+
+    /// Defaults, on datapath `dp`, with an uplink to an outside namespace.
+    pub fn with_uplink(dp: Datapath) -> AgentOpts {
+        AgentOpts {
+            datapath: dp,
+            uplink: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// The node's side of the uplink (in the node netns).
+pub const UPLINK_DEV: &str = "uplink0";
+/// The node's uplink address: the masquerade address the outside sees.
+pub const UPLINK_IP: &str = "203.0.113.2";
+/// The outside namespace's address (on its `eth0`), the node's default
+/// gateway. TEST-NET-3, used only inside these namespaces.
+pub const OUTSIDE_IP: &str = "203.0.113.1";
+
+/// Turns TX checksum offload off on a device (SIOCETHTOOL ETHTOOL_STXCSUM,
+/// no ethtool needed). argv: TAG IFACE. With offload on, a veth hands
+/// CHECKSUM_PARTIAL packets to its peer and a capture shows pseudo-header
+/// checksums; off, the checksum is computed in software on transmit, so a
+/// wrong incremental update (NAT) shows on the wire.
+pub const TX_CSUM_OFF: &str = r#"
+import ctypes, fcntl, socket, struct, sys
+ev = ctypes.create_string_buffer(struct.pack("II", 0x17, 0))  # ETHTOOL_STXCSUM, off
+ifr = struct.pack("16sP", sys.argv[2].encode(), ctypes.addressof(ev))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+fcntl.ioctl(s.fileno(), 0x8946, ifr)  # SIOCETHTOOL
+"#;
 
 /// An endpoint as `endpoint inspect` describes it.
 #[derive(Clone, Debug)]
@@ -80,6 +162,8 @@ pub struct Node {
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
     pub opts: AgentOpts,
+    /// The outside netns (`<prefix>out`) when [`AgentOpts::uplink`] is set.
+    pub outside: Option<String>,
     agent: Option<Child>,
     starts: u32,
 }
@@ -89,6 +173,11 @@ impl Node {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Node {
         Node::with(AgentOpts::default())
+    }
+
+    /// Node with the default network on datapath `dp`.
+    pub fn on(dp: Datapath) -> Node {
+        Node::with(AgentOpts::on(dp))
     }
 
     pub fn with(opts: AgentOpts) -> Node {
@@ -102,6 +191,7 @@ impl Node {
             name,
             dir,
             opts,
+            outside: None,
             agent: None,
             starts: 0,
         };
@@ -123,8 +213,62 @@ impl Node {
             node.name,
             show(&out)
         );
+        if node.opts.uplink {
+            node.make_uplink();
+        }
         node.start_agent();
         node
+    }
+
+    /// Builds the uplink (before the agent starts, which picks the device of
+    /// the default route):
+    ///
+    /// ```text
+    /// <prefix>node: uplink0 203.0.113.2/24, default via 203.0.113.1
+    ///                  |  veth
+    /// <prefix>out:  eth0 203.0.113.1/24   (no route back to any endpoint subnet)
+    /// ```
+    ///
+    /// TX checksum offload is off on both ends, so captures in the outside
+    /// show the checksums as transmitted. The outside namespace carries the
+    /// prefix, so the guards remove it.
+    fn make_uplink(&mut self) {
+        let out = format!("{}out", self.prefix);
+        let node = self.name.clone();
+        let ip = |args: &[&str]| {
+            let o = run(Command::new("ip").args(args));
+            assert!(o.status.success(), "ip {}:\n{}", args.join(" "), show(&o));
+        };
+        ip(&["netns", "add", &out]);
+        self.outside = Some(out.clone());
+        ip(&["-n", &out, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", &node, "link", "add", UPLINK_DEV, "type", "veth", "peer", "name", "eth0", "netns",
+            &out,
+        ]);
+        ip(&["-n", &node, "addr", "add", &format!("{UPLINK_IP}/24"), "dev", UPLINK_DEV]);
+        ip(&["-n", &out, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"]);
+        ip(&["-n", &node, "link", "set", UPLINK_DEV, "up"]);
+        ip(&["-n", &out, "link", "set", "eth0", "up"]);
+        ip(&["-n", &node, "route", "add", "default", "via", OUTSIDE_IP]);
+        for (ns, dev) in [(node.as_str(), UPLINK_DEV), (out.as_str(), "eth0")] {
+            let o = net::python_in(ns, TX_CSUM_OFF, &[&self.prefix, dev], Duration::from_secs(10));
+            assert!(o.status.success(), "tx checksum offload off on {dev} in {ns}:\n{}", show(&o));
+        }
+        // No IPv6 chatter in the outside's captures.
+        let o = net::exec_in(&out, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        assert!(o.status.success(), "sysctl in {out}: {}", show(&o));
+    }
+
+    /// The outside namespace (panics when the node has no uplink).
+    pub fn outside(&self) -> &str {
+        self.outside
+            .as_deref()
+            .expect("this node has no uplink (AgentOpts::uplink)")
+    }
+
+    pub fn datapath(&self) -> Datapath {
+        self.opts.datapath
     }
 
     /// A name for an endpoint (netns) of this node: prefix + suffix.
@@ -156,12 +300,16 @@ impl Node {
         if self.opts.no_default_network {
             c.arg("--no-default-network");
         }
+        c.args(&self.opts.extra_args);
         // Extra agent flags, for checking that the suite notices a broken or
         // different datapath (e.g. "--default-datapath kernel" must fail the
-        // eBPF-specific tests, "--tc-attach clsact" must pass them all).
-        if let Ok(extra) = std::env::var("DATAPATH_TESTS_AGENT_ARGS") {
-            c.args(extra.split_whitespace());
+        // eBPF-specific tests, "--tc-attach clsact" must pass them all). A
+        // --default-datapath there wins over the test's own.
+        let env_extra = std::env::var("DATAPATH_TESTS_AGENT_ARGS").unwrap_or_default();
+        if !env_extra.contains("--default-datapath") {
+            c.arg("--default-datapath").arg(self.opts.datapath.as_str());
         }
+        c.args(env_extra.split_whitespace());
         c.env_remove("DATAPATH_FAILPOINT")
             .env_remove("DATAPATH_SOCKET");
         if let Some(fp) = &self.opts.failpoint {

@@ -1,14 +1,16 @@
 //! Test 8: rollback after an injected failure at each step of endpoint
 //! create (`DATAPATH_FAILPOINT=endpoint:<step>`).
 
-use datapath_tests::node::{AgentOpts, Node};
-use datapath_tests::{assert_ping, kernel_test, netns_exists};
+use datapath_tests::node::{AgentOpts, Datapath, Node};
+use datapath_tests::{assert_ping, both_datapaths, netns_exists};
 use serde_json::Value;
 
-fn rollback(step: &str) {
+/// The kernel datapath has no attach/maps work, but the agent fires those
+/// failpoints on it too (so its rollback is exercised at the same points).
+fn rollback(step: &str, dp: Datapath) {
     let mut node = Node::with(AgentOpts {
         failpoint: Some(format!("endpoint:{step}")),
-        ..Default::default()
+        ..AgentOpts::on(dp)
     });
     let links0 = node.node_links();
     let netns0 = node.own_netns();
@@ -65,7 +67,7 @@ fn rollback(step: &str) {
     }
 
     // Without the failpoint (same state dir) the same name and IP work.
-    node.restart_agent_with(AgentOpts::default());
+    node.restart_agent_with(AgentOpts::on(dp));
     assert!(
         node.endpoints().is_empty(),
         "failed endpoint resurrected from state after restart"
@@ -77,32 +79,32 @@ fn rollback(step: &str) {
     assert_ping(&b.name, &a.ip, 2);
 }
 
-#[test]
-fn rollback_after_failure_at_netns() {
-    kernel_test!();
-    rollback("netns");
+both_datapaths! {
+fn rollback_after_failure_at_netns(dp) {
+    rollback("netns", dp);
+}
 }
 
-#[test]
-fn rollback_after_failure_at_veth() {
-    kernel_test!();
-    rollback("veth");
+both_datapaths! {
+fn rollback_after_failure_at_veth(dp) {
+    rollback("veth", dp);
+}
 }
 
-#[test]
-fn rollback_after_failure_at_addr() {
-    kernel_test!();
-    rollback("addr");
+both_datapaths! {
+fn rollback_after_failure_at_addr(dp) {
+    rollback("addr", dp);
+}
 }
 
-#[test]
-fn rollback_after_failure_at_attach() {
-    kernel_test!();
-    rollback("attach");
+both_datapaths! {
+fn rollback_after_failure_at_attach(dp) {
+    rollback("attach", dp);
+}
 }
 
-#[test]
-fn rollback_after_failure_at_maps() {
-    kernel_test!();
-    rollback("maps");
+both_datapaths! {
+fn rollback_after_failure_at_maps(dp) {
+    rollback("maps", dp);
+}
 }
