@@ -195,7 +195,7 @@ impl Inner {
             tc: self.host_ifindex.get(&e.name).and_then(|i| self.bpf.attachment(*i)).map(|a| crate::api::TcView {
                 program: a.program.to_string(),
                 hook: a.hook.to_string(),
-                prog_id: a.prog_id,
+                prog_tag: a.prog_tag,
             }),
             trace: e.trace,
             container_id: e.container_id.clone(),
@@ -1106,7 +1106,25 @@ impl Agent {
         use nix::unistd::Pid;
         let spec = {
             let inner = self.inner.lock().await;
-            inner.state.containers.get(name).cloned().ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?
+            let spec = inner.state.containers.get(name).cloned().ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
+            // All or nothing: refuse before killing anything when another
+            // running command lives in this one's namespace.
+            if let Some(ep) = &spec.endpoint {
+                let users: Vec<&str> = inner
+                    .state
+                    .containers
+                    .values()
+                    .filter(|c| c.name != spec.name && c.mode == RunMode::Container(ep.clone()) && c.is_running())
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApiError::conflict(format!(
+                        "{name:?} shares its network namespace with running command(s) {}: stop them first",
+                        users.join(", ")
+                    )));
+                }
+            }
+            spec
         };
         if let (true, Some(pid)) = (spec.is_running(), spec.pid) {
             let pid = Pid::from_raw(pid as i32);

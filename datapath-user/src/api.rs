@@ -255,7 +255,8 @@ pub struct EndpointView {
 pub struct TcView {
     pub program: String,
     pub hook: String,
-    pub prog_id: Option<u32>,
+    /// For `bpftool prog show tag T`.
+    pub prog_tag: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -55,8 +55,9 @@ pub enum AttachMode {
 pub struct Attachment {
     pub program: &'static str,
     pub hook: &'static str,
-    /// `bpftool prog show id N`.
-    pub prog_id: Option<u32>,
+    /// `bpftool prog show tag T` (the tag is stable across agent restarts,
+    /// unlike the program id).
+    pub prog_tag: Option<String>,
 }
 
 /// Programs and maps of the eBPF datapath, owned by the agent.
@@ -218,8 +219,8 @@ impl Bpf {
         if !self.links.contains_key(&ifindex) {
             return None;
         }
-        let prog_id = self.ebpf.program(PROG_FROM_ENDPOINT).and_then(|p| p.info().ok()).map(|i| i.id());
-        Some(Attachment { program: PROG_FROM_ENDPOINT, hook: if self.uses_tcx() { "tcx/ingress" } else { "clsact/ingress" }, prog_id })
+        let prog_tag = self.ebpf.program(PROG_FROM_ENDPOINT).and_then(|p| p.info().ok()).map(|i| format!("{:016x}", i.tag()));
+        Some(Attachment { program: PROG_FROM_ENDPOINT, hook: if self.uses_tcx() { "tcx/ingress" } else { "clsact/ingress" }, prog_tag })
     }
 
     fn uses_tcx(&self) -> bool {

@@ -55,6 +55,19 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
         }
     }
     s += "  }\n";
+    // The node's own addresses on other networks (their gateways) are
+    // another network too: isolation covers them, as on the eBPF datapath.
+    s += "  chain input {\n    type filter hook input priority filter; policy accept;\n";
+    for n in &nets {
+        let others: Vec<&String> = all.iter().filter(|x| **x != n.subnet.to_string()).collect();
+        if n.options.internal {
+            s += &format!("    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n", n.bridge, n.subnet, n.name);
+        } else if !others.is_empty() {
+            let set = others.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ");
+            s += &format!("    iifname \"{}\" ip daddr {{ {set} }} drop comment \"isolation {}\"\n", n.bridge, n.name);
+        }
+    }
+    s += "  }\n";
     s += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
     for n in &nets {
         if n.options.masquerade && !n.options.internal {
@@ -170,6 +183,8 @@ mod tests {
         assert!(!s.contains("ip saddr 10.3.0.0/24 oifname"), "internal network must not masquerade: {s}");
         assert!(s.contains("iifname \"br-k\" ip daddr { 10.1.0.0/24, 10.3.0.0/24 } drop"), "{s}");
         assert!(s.contains("iifname \"br-i\" ip daddr != 10.3.0.0/24 drop"), "{s}");
+        let input = &s[s.find("chain input").expect("input chain")..];
+        assert!(input.contains("iifname \"br-k\" ip daddr { 10.1.0.0/24, 10.3.0.0/24 } drop"), "other networks' gateways: {s}");
         assert!(!s.contains("table bridge datapath {"), "no icc rule without two ports: {s}");
         for (ep, host) in [("a", "dpa"), ("b", "dpb")] {
             let mut e = crate::state::EndpointSpec {
