@@ -90,6 +90,89 @@ pub fn arp(
     f
 }
 
+/// The TCP/UDP checksum over the IPv4 pseudo-header and `l4` (with its
+/// checksum field zeroed by the caller).
+fn l4_csum(src_ip: &str, dst_ip: &str, proto: u8, l4: &[u8]) -> u16 {
+    let mut b = ip(src_ip).to_vec();
+    b.extend_from_slice(&ip(dst_ip));
+    b.extend_from_slice(&[0, proto]);
+    b.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    b.extend_from_slice(l4);
+    csum(&b)
+}
+
+/// TCP flags.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP segment (20-byte header, no options) with a valid checksum for
+/// `src_ip` -> `dst_ip`.
+pub fn tcp_segment(
+    src_ip: &str,
+    dst_ip: &str,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut t = sport.to_be_bytes().to_vec();
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&0u32.to_be_bytes()); // ack
+    t.extend_from_slice(&[0x50, flags]);
+    t.extend_from_slice(&64240u16.to_be_bytes()); // window
+    t.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
+    t.extend_from_slice(payload);
+    let c = l4_csum(src_ip, dst_ip, 6, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t
+}
+
+/// A UDP datagram with a valid checksum for `src_ip` -> `dst_ip`.
+pub fn udp_datagram(src_ip: &str, dst_ip: &str, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = sport.to_be_bytes().to_vec();
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let c = l4_csum(src_ip, dst_ip, 17, &u);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+/// Ethernet + IPv4 (valid header checksum, TTL 64) carrying `l4` as
+/// protocol `proto`; `frag` is the flags/fragment-offset field (e.g.
+/// 0x4000 = DF, 0x2000 = MF, offset in 8-byte units in the low 13 bits).
+#[allow(clippy::too_many_arguments)]
+pub fn ipv4(
+    src_mac: &str,
+    dst_mac: &str,
+    src_ip: &str,
+    dst_ip: &str,
+    proto: u8,
+    id: u16,
+    frag: u16,
+    l4: &[u8],
+) -> Vec<u8> {
+    let total = (20 + l4.len()) as u16;
+    let mut iph = vec![0x45u8, 0];
+    iph.extend_from_slice(&total.to_be_bytes());
+    iph.extend_from_slice(&id.to_be_bytes());
+    iph.extend_from_slice(&frag.to_be_bytes());
+    iph.extend_from_slice(&[64, proto, 0, 0]);
+    iph.extend_from_slice(&ip(src_ip));
+    iph.extend_from_slice(&ip(dst_ip));
+    let c = csum(&iph);
+    iph[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = parse_mac(dst_mac).to_vec();
+    f.extend_from_slice(&parse_mac(src_mac));
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&iph);
+    f.extend_from_slice(l4);
+    f
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -113,6 +196,17 @@ mod tests {
         assert_eq!(csum(&f[14..34]), 0);
         assert_eq!(csum(&f[34..]), 0);
         assert_eq!(&f[26..30], &[10, 10, 0, 2]);
+    }
+
+    #[test]
+    fn tcp_and_udp_checksums_verify() {
+        let t = tcp_segment("10.10.0.2", "203.0.113.1", 40000, 80, 1, TCP_SYN, b"");
+        assert_eq!(l4_csum("10.10.0.2", "203.0.113.1", 6, &t), 0);
+        let u = udp_datagram("10.10.0.2", "203.0.113.1", 40000, 53, b"abc");
+        assert_eq!(l4_csum("10.10.0.2", "203.0.113.1", 17, &u), 0);
+        let f = ipv4("02:00:00:00:00:01", "02:00:00:00:00:02", "10.10.0.2", "203.0.113.1", 17, 7, 0x2000, &u);
+        assert_eq!(csum(&f[14..34]), 0);
+        assert_eq!(&f[20..22], &[0x20, 0x00]);
     }
 
     #[test]

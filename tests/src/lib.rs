@@ -8,7 +8,10 @@
 //! * [`net`]: `ip netns exec`, ping, link counters, neighbours.
 //! * [`proc`]: commands with deadlines, background processes reaped on drop.
 //! * [`py`]: python3 one-liners (raw frames, sniffer, HTTP, UDP, ping).
-//! * [`frames`]: hand-built Ethernet frames for the anti-spoofing tests.
+//! * [`frames`]: hand-built Ethernet frames (anti-spoofing, malformed
+//!   packets towards the masquerade).
+//! * [`outside`]: servers recording source addresses and checksum-verified
+//!   captures in the outside namespace behind a node's uplink.
 //!
 //! Environment: `DATAPATH_BIN` (binary under test); `DATAPATH_TESTS_AGENT_ARGS`
 //! (extra `datapath agent` flags, to check the suite's sensitivity, e.g.
@@ -27,6 +30,7 @@ pub mod env;
 pub mod frames;
 pub mod net;
 pub mod node;
+pub mod outside;
 pub mod proc;
 pub mod py;
 

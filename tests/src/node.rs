@@ -574,6 +574,19 @@ impl Node {
         m
     }
 
+    /// `conntrack ls -o json [--endpoint E]`: the eBPF flow table.
+    #[track_caller]
+    pub fn conntrack(&mut self, endpoint: Option<&str>) -> Vec<Value> {
+        let mut args = vec!["conntrack", "ls", "-o", "json"];
+        if let Some(e) = endpoint {
+            args.extend(["--endpoint", e]);
+        }
+        match self.json(&args) {
+            Value::Array(a) => a,
+            other => self.fail(format!("conntrack ls -o json is not an array: {other}")),
+        }
+    }
+
     /// Starts `datapath --socket S ARGS` in the background (e.g. `trace`).
     pub fn cli_bg(&self, args: &[&str]) -> BgProcess {
         BgProcess::spawn(self.cli_cmd(args))

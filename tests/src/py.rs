@@ -60,8 +60,9 @@ print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 "#;
 
 /// argv: TAG IP PORT
-/// UDP server: answers every datagram with b"echo:" + datagram. Prints
-/// "ready" once bound; exits after 30 s without traffic.
+/// UDP server: answers every datagram with b"echo:" + datagram and prints
+/// "from PEER_IP PEER_PORT" for each. Prints "ready" once bound; exits after
+/// 30 s without traffic.
 pub const UDP_ECHO_SERVER: &str = r#"
 import socket, sys
 ip, port = sys.argv[2], int(sys.argv[3])
@@ -74,6 +75,7 @@ while True:
         data, addr = s.recvfrom(4096)
     except socket.timeout:
         break
+    print("from", addr[0], addr[1], flush=True)
     s.sendto(b"echo:" + data, addr)
 "#;
 
@@ -145,4 +147,87 @@ for seq in range(1, count + 1):
         time.sleep(max(0.0, interval - (time.time() - start)))
 print("%d packets transmitted, %d received" % (count, got), flush=True)
 sys.exit(0 if got else 1)
+"#;
+
+/// argv: TAG PORT
+/// TCP server on 0.0.0.0:PORT (threaded, backlog 1024): reads one message,
+/// answers b"ok " + message, closes, and prints "from PEER_IP PEER_PORT"
+/// per connection. Prints "ready" once listening.
+pub const TCP_RECORDING_SERVER: &str = r#"
+import socketserver, sys
+port = int(sys.argv[2])
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.settimeout(10)
+        data = self.request.recv(64)
+        self.request.sendall(b"ok " + data)
+        print("from", self.client_address[0], self.client_address[1], flush=True)
+class S(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    request_queue_size = 1024
+    daemon_threads = True
+srv = S(("0.0.0.0", port), H)
+print("ready", flush=True)
+srv.serve_forever()
+"#;
+
+/// argv: TAG IP PORT N CONCURRENCY [HOLD_SECONDS]
+/// Opens N TCP connections to IP:PORT, CONCURRENCY at a time; on each sends
+/// a unique message and expects b"ok " + message back before EOF. With
+/// HOLD_SECONDS, first opens all N connections, waits until all are
+/// connected (a barrier) and holds them that long before talking, so all
+/// N flows are alive at once. Prints "error ..." per failure, then
+/// "ok COUNT".
+pub const TCP_CLIENTS: &str = r#"
+import socket, sys, threading, time
+ip, port, n, conc = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+hold = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
+ok = [0]
+lock = threading.Lock()
+barrier = threading.Barrier(conc, timeout=60) if hold else None
+def work(k):
+    for i in range(k, n, conc):
+        try:
+            c = socket.create_connection((ip, port), timeout=20)
+            if barrier is not None and i < conc:
+                barrier.wait()
+                time.sleep(hold)
+            msg = b"%s-%d" % (sys.argv[1].encode(), i)
+            c.sendall(msg)
+            r = b""
+            while True:
+                d = c.recv(64)
+                if not d:
+                    break
+                r += d
+            c.close()
+            if r == b"ok " + msg:
+                with lock:
+                    ok[0] += 1
+            else:
+                print("error", i, "reply", r, flush=True)
+        except Exception as e:
+            print("error", i, repr(e), flush=True)
+ts = [threading.Thread(target=work, args=(k,)) for k in range(conc)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print("ok", ok[0], flush=True)
+"#;
+
+/// argv: TAG IP PORT SECONDS
+/// Opens one TCP connection to IP:PORT, prints "connected", keeps it open
+/// (idle) for SECONDS, then sends b"late", expects b"ok late" and prints
+/// "done" (or "error ...").
+pub const TCP_HOLD: &str = r#"
+import socket, sys, time
+ip, port, secs = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+c = socket.create_connection((ip, port), timeout=10)
+print("connected", c.getsockname()[1], flush=True)
+time.sleep(secs)
+try:
+    c.sendall(b"late")
+    r = c.recv(64)
+    print("done" if r == b"ok late" else "error reply %r" % r, flush=True)
+except Exception as e:
+    print("error", repr(e), flush=True)
 "#;
