@@ -14,3 +14,4 @@ mod security;
 mod trace;
 mod modes;
 mod network_options;
+mod masquerade;
