@@ -23,7 +23,9 @@ pub const MAP_STATS: &str = "STATS";
 /// TC program on the ingress of a network's uplink (reverse NAT of replies).
 pub const PROG_FROM_UPLINK: &str = "dp_from_uplink";
 
-/// `NETWORKS: HashMap<u32 network_id, NetworkInfo>`, filled by the agent.
+/// `NETWORKS: Array<NetworkInfo>` indexed by the network id (so ids must be
+/// below [`MAX_NETWORKS`]), filled by the agent; a slot is in use when its
+/// `flags` have [`NET_F_PRESENT`] (`Bpf::set_network` sets it).
 pub const MAP_NETWORKS: &str = "NETWORKS";
 /// `SUBNETS: LpmTrie<u32 ipv4 (wire order), u32 network_id>`: every local
 /// network's subnet, so the datapath can tell "another local network" from
@@ -37,6 +39,8 @@ pub const NET_F_MASQUERADE: u32 = 1 << 0;
 pub const NET_F_INTERNAL: u32 = 1 << 1;
 /// icc=false: endpoints of the network may not talk to each other.
 pub const NET_F_NO_ICC: u32 = 1 << 2;
+/// The `NETWORKS` slot holds a network (set by `Bpf::set_network`).
+pub const NET_F_PRESENT: u32 = 1 << 31;
 
 /// One local network, as the datapath needs it.
 #[repr(C)]
@@ -72,6 +76,16 @@ pub const MAP_CT_CONFIG: &str = "CT_CONFIG";
 pub const CT_MAX_ENTRIES: u32 = 131_072;
 /// SNAT port tries per new flow before `DROP_NAT_NO_PORT`.
 pub const NAT_PORT_TRIES: u32 = 32;
+/// The first tries only take free ports; tries `NAT_PORT_TAKEOVER_FROM..
+/// NAT_PORT_TAKEOVER_UNTIL` also take over the port of a finished flow
+/// (`CT_F_DONE`, expired, or an orphaned reply entry), as netfilter does
+/// when free ports get scarce; the rest look for free ports again. (Each
+/// takeover try costs ~14k verifier instructions, hence not all of them.)
+pub const NAT_PORT_TAKEOVER_FROM: u32 = 8;
+pub const NAT_PORT_TAKEOVER_UNTIL: u32 = 16;
+/// A reply entry whose forward entry is missing is left alone for this
+/// long after its creation (its flow may be being created on another CPU).
+pub const CT_ORPHAN_GRACE_NS: u64 = 1_000_000_000;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
@@ -107,6 +121,14 @@ pub const CT_F_TX_FIN: u8 = 1 << 2;
 pub const CT_F_RX_FIN: u8 = 1 << 3;
 /// A reply was seen.
 pub const CT_F_SEEN_REPLY: u8 = 1 << 4;
+/// TCP: the second FIN came from the remote (reply direction); says which
+/// side sends the last ACK.
+pub const CT_F_LAST_FIN_RX: u8 = 1 << 5;
+/// TCP: the connection is over on both ends: a RST was seen, or both FINs
+/// and the ACK of the last one. Its NAT port may be taken over by a new
+/// flow before the entry expires (like netfilter's TIME_WAIT/CLOSE
+/// eviction), and a new SYN on its original tuple starts it afresh.
+pub const CT_F_DONE: u8 = 1 << 6;
 
 /// `CtEntry::state`.
 pub const CT_NEW: u8 = 0;
@@ -301,6 +323,9 @@ pub mod reason {
     /// Event, not a verdict: a connection-tracking entry (flow) was created.
     /// Counted in addition to the packet's verdict (`packets` = flows).
     pub const EV_CT_CREATED: u32 = 11;
+    /// Event: a new flow took over the SNAT port of a finished one (see
+    /// `CT_F_DONE`), or a new SYN restarted a finished flow on its tuple.
+    pub const EV_NAT_PORT_REUSED: u32 = 12;
 
     /// Size of the `STATS` array: every code must be below this.
     pub const MAX: u32 = 64;
@@ -308,15 +333,16 @@ pub mod reason {
     /// Whether `code` counts events rather than packet verdicts (a packet is
     /// counted under exactly one verdict code, and maybe some event codes).
     pub const fn is_event(code: u32) -> bool {
-        code == EV_CT_CREATED
+        code == EV_CT_CREATED || code == EV_NAT_PORT_REUSED
     }
 
     /// Every defined code, in display order.
-    pub const ALL: [u32; 26] = [
+    pub const ALL: [u32; 27] = [
         FWD_REDIRECT_PEER,
         FWD_NAT,
         FWD_REVNAT,
         EV_CT_CREATED,
+        EV_NAT_PORT_REUSED,
         PASS_BROADCAST,
         PASS_ARP,
         PASS_TO_BRIDGE,
@@ -390,6 +416,7 @@ pub mod reason {
             FWD_REVNAT => "nat-reverse-translated",
             PASS_NAT_NOT_ROUTED => "pass-nat-not-routed",
             EV_CT_CREATED => "ct-created",
+            EV_NAT_PORT_REUSED => "nat-port-reused",
             _ => "unknown",
         }
     }
@@ -442,6 +469,7 @@ mod tests {
         assert!(!reason::is_drop(reason::FWD_REVNAT));
         assert!(reason::is_drop(reason::DROP_NAT_NO_PORT));
         assert!(reason::is_event(reason::EV_CT_CREATED));
+        assert!(reason::is_event(reason::EV_NAT_PORT_REUSED));
         assert_eq!(reason::NAME_WIDTH, "nat-reverse-translated".len());
     }
 

@@ -19,13 +19,13 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::generated::bpf_redirect_peer,
     macros::{classifier, map},
-    maps::{lpm_trie::Key as LpmKey, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::info;
 use datapath_common::{
     reason, Counter, EndpointInfo, NetworkInfo, EP_F_TRACE, MAX_ENDPOINTS, MAX_NETWORKS,
-    NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC,
+    NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC, NET_F_PRESENT,
 };
 
 mod nat;
@@ -40,9 +40,11 @@ static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_END
 pub(crate) static ENDPOINTS_BY_IP: HashMap<u32, EndpointInfo> =
     HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
-/// Local networks keyed by their numeric id.
+/// Local networks indexed by their numeric id (an array: the lookup is
+/// inlined by the verifier, no hashing on the per-packet path); slots
+/// without `NET_F_PRESENT` are free.
 #[map]
-static NETWORKS: HashMap<u32, NetworkInfo> = HashMap::with_max_entries(MAX_NETWORKS, 0);
+static NETWORKS: Array<NetworkInfo> = Array::with_max_entries(MAX_NETWORKS, 0);
 
 /// Every local network's subnet (key data: IPv4 in wire order) -> network id.
 #[map]
@@ -59,8 +61,6 @@ const ETH_P_ARP: u16 = 0x0806;
 const ARP_LEN: usize = 28;
 pub(crate) const IPV4_MIN_HLEN: usize = 20;
 use datapath_common::{IPPROTO_TCP, IPPROTO_UDP};
-/// Enough linear data for the Ethernet header and the largest IPv4 header.
-pub(crate) const PULL_LEN: u32 = (ETH_HLEN + 60) as u32;
 /// `skb->pkt_type` for frames addressed to this host.
 pub(crate) const PACKET_HOST: u32 = 0;
 
@@ -147,6 +147,22 @@ pub(crate) const fn drop(code: u32) -> Verdict {
     }
 }
 
+/// Makes sure the first `n` bytes of the frame are in the linear area, so
+/// that a failing `ptr_at` below `n` really means a short frame. Pulls only
+/// when they are not (never the payload: pulling from a cloned skb, which
+/// every TCP segment is, copies the whole head). `false`: the frame is
+/// shorter than `n`.
+#[inline(always)]
+pub(crate) fn linear(ctx: &TcContext, n: usize) -> bool {
+    if ctx.data() + n <= ctx.data_end() {
+        return true;
+    }
+    if (ctx.len() as usize) < n {
+        return false;
+    }
+    ctx.pull_data(n as u32).is_ok() && ctx.data() + n <= ctx.data_end()
+}
+
 /// Bounds-checked pointer to a `T` at `off` bytes into the linear packet data.
 #[inline(always)]
 pub(crate) fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
@@ -194,7 +210,7 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     }
     count(v.code, len);
     if (src.flags | v.dst_flags) & EP_F_TRACE != 0 {
-        emit_trace(ctx.skb.skb, ifindex, v.code, v.out_if, v.was);
+        trace(ctx.skb.skb, ifindex, v.code, v.out_if, v.was);
     }
     v.action
 }
@@ -216,17 +232,9 @@ const NEED_NAT: u32 = reason::MAX + 1;
 
 #[inline(never)]
 fn from_endpoint(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
-    let len = ctx.len();
-    if (len as usize) < ETH_HLEN {
+    if !linear(ctx, ETH_HLEN) {
         return drop(reason::DROP_TRUNCATED);
     }
-    // Make sure the headers we look at are in the linear area, so a short
-    // `data_end` really means a short frame.
-    let want = if len < PULL_LEN { len } else { PULL_LEN };
-    if ((ctx.data_end() - ctx.data()) as u32) < want && ctx.pull_data(want).is_err() {
-        return drop(reason::DROP_TRUNCATED);
-    }
-
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return drop(reason::DROP_TRUNCATED);
     };
@@ -238,6 +246,9 @@ fn from_endpoint(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
 
     match proto {
         ETH_P_ARP => {
+            if !linear(ctx, ETH_HLEN + ARP_LEN) {
+                return drop(reason::DROP_TRUNCATED);
+            }
             let Some(arp) = ptr_at::<ArpHdr>(ctx, ETH_HLEN) else {
                 return drop(reason::DROP_TRUNCATED);
             };
@@ -249,19 +260,17 @@ fn from_endpoint(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
             }
             pass(reason::PASS_ARP)
         }
-        ETH_P_IP => from_endpoint_ipv4(ctx, src, eth, &eth_dst),
+        ETH_P_IP => from_endpoint_ipv4(ctx, src, &eth_dst),
         _ if is_multicast(&eth_dst) => pass(reason::PASS_BROADCAST),
         _ => pass(reason::PASS_OTHER_PROTO),
     }
 }
 
 #[inline(always)]
-fn from_endpoint_ipv4(
-    ctx: &TcContext,
-    src: &EndpointInfo,
-    eth: *mut EthHdr,
-    eth_dst: &Mac,
-) -> Verdict {
+fn from_endpoint_ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Verdict {
+    if !linear(ctx, ETH_HLEN + IPV4_MIN_HLEN) {
+        return drop(reason::DROP_TRUNCATED);
+    }
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return drop(reason::DROP_TRUNCATED);
     };
@@ -283,9 +292,12 @@ fn from_endpoint_ipv4(
     if version_ihl >> 4 != 4 || hlen < IPV4_MIN_HLEN || (tot_len < hlen && !big_gso) {
         return drop(reason::DROP_BAD_IPV4_HEADER);
     }
-    if ETH_HLEN + hlen > ctx.data_end() - ctx.data()
-        || (!big_gso && ETH_HLEN + tot_len > ctx.len() as usize)
-    {
+    if !big_gso && ETH_HLEN + tot_len > ctx.len() as usize {
+        return drop(reason::DROP_TRUNCATED);
+    }
+    // IPv4 options: the whole header must be there too (the pull, if any,
+    // moves the packet: pointers are taken again below).
+    if hlen > IPV4_MIN_HLEN && !linear(ctx, ETH_HLEN + (hlen & 0x3c)) {
         return drop(reason::DROP_TRUNCATED);
     }
     if saddr != src.ipv4 {
@@ -299,8 +311,11 @@ fn from_endpoint_ipv4(
     let dst = unsafe { ENDPOINTS_BY_IP.get(&daddr) }.copied();
 
     // Network policy (Docker's isolation, icc=false, internal networks).
-    // SAFETY: the value is copied out before any other map operation.
-    if let Some(net) = unsafe { NETWORKS.get(&src.network_id) }.copied() {
+    if let Some(net) = NETWORKS
+        .get(src.network_id)
+        .copied()
+        .filter(|n| n.flags & NET_F_PRESENT != 0)
+    {
         if let Some(d) = &dst {
             if d.network_id == src.network_id
                 && d.ifindex != src.ifindex
@@ -333,8 +348,11 @@ fn from_endpoint_ipv4(
                 let Some(sc) = nat::scratch() else {
                     return pass(reason::PASS_TO_BRIDGE);
                 };
-                // SAFETY: `ip` bounds-checked above, no helper ran since;
-                // `sc` is this CPU's scratch slot.
+                let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+                    return drop(reason::DROP_TRUNCATED);
+                };
+                // SAFETY: `ip` bounds-checked just above; `sc` is this
+                // CPU's scratch slot.
                 unsafe {
                     (*sc).net = net;
                     (*sc).ip = nat::Ip {
@@ -363,8 +381,13 @@ fn from_endpoint_ipv4(
         };
     }
 
-    // SAFETY: `eth` and `ip` were bounds-checked and no helper that moves
-    // packet data ran since.
+    let (Some(eth), Some(ip)) = (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN),
+    ) else {
+        return drop(reason::DROP_TRUNCATED);
+    };
+    // SAFETY: `eth` and `ip` bounds-checked just above.
     unsafe {
         if *eth_dst == mac(src.gw_mac) {
             // Routed through the gateway: do what the gateway would do. An
@@ -386,9 +409,13 @@ fn from_endpoint_ipv4(
         (*eth).dst = mac(dst.mac);
     }
 
-    // Frames for the gateway MAC arrive as PACKET_OTHERHOST; kernels before
-    // 6.15 keep that across redirect_peer and ip_rcv then drops the packet.
-    let _ = ctx.change_type(PACKET_HOST);
+    // Frames for another MAC than the host-side veth's arrive as
+    // PACKET_OTHERHOST; kernels before 6.15 keep that across redirect_peer
+    // and ip_rcv then drops the packet.
+    // SAFETY: the context pointer is valid for the whole program run.
+    if unsafe { (*ctx.skb.skb).pkt_type } != PACKET_HOST {
+        let _ = ctx.change_type(PACKET_HOST);
+    }
     // SAFETY: plain helper call, allowed in TC programs.
     let ret = unsafe { bpf_redirect_peer(dst.ifindex, 0) };
     if ret == i64::from(TC_ACT_REDIRECT) {
@@ -436,6 +463,34 @@ static REASON_NAMES: [[u8; REASON_NAME_WIDTH]; reason::MAX as usize] = {
     table
 };
 
+/// What `emit_trace` shows besides the frame, handed over through this
+/// per-CPU slot rather than as arguments: the verifier then sees one
+/// unknown value instead of a constant per call path, and checks the large
+/// log code once instead of once per reason code.
+#[repr(C)]
+struct TraceArgs {
+    code: u32,
+    out_if: u32,
+    was: u64,
+}
+
+#[map]
+static TRACE_ARGS: PerCpuArray<TraceArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// Emits the trace line of a packet (see `emit_trace`).
+#[inline(always)]
+pub(crate) fn trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32, was: u64) {
+    if let Some(a) = TRACE_ARGS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe {
+            (*a).code = code;
+            (*a).out_if = out_if;
+            (*a).was = was;
+        }
+        emit_trace(skb, ep);
+    }
+}
+
 /// Direction column of trace lines (same width, so one log call serves both).
 static DIRS: [[u8; 7]; 2] = [*b"from-ep", *b"from-up"];
 
@@ -457,8 +512,13 @@ static DIRS: [[u8; 7]; 2] = [*b"from-ep", *b"from-up"];
 /// the port is the echo id). Out of line, so the log code exists once and
 /// the forwarding path stays small.
 #[inline(never)]
-pub(crate) fn emit_trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32, was: u64) {
+fn emit_trace(skb: *mut __sk_buff, ep: u32) {
     let ctx = TcContext::new(skb);
+    let Some(a) = TRACE_ARGS.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, filled by `trace` just before.
+    let (code, out_if, was) = unsafe { ((*a).code, (*a).out_if, (*a).was) };
     // SAFETY: the tables hold ASCII only.
     let why =
         unsafe { core::str::from_utf8_unchecked(&REASON_NAMES[(code % reason::MAX) as usize]) };

@@ -36,14 +36,15 @@ use aya_ebpf::{
 use datapath_common::{
     reason, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, CT_DEFAULT_ICMP,
     CT_DEFAULT_TCP_CLOSING, CT_DEFAULT_TCP_ESTABLISHED, CT_DEFAULT_TCP_SYN, CT_DEFAULT_UDP,
-    CT_ESTABLISHED, CT_F_REVERSE, CT_F_RX_FIN, CT_F_SEEN_REPLY, CT_F_SNAT, CT_F_TX_FIN,
-    CT_MAX_ENTRIES, CT_NEW, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_SYN_SENT, EP_F_TRACE,
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_PORT_TRIES,
+    CT_ESTABLISHED, CT_F_DONE, CT_F_LAST_FIN_RX, CT_F_REVERSE, CT_F_RX_FIN, CT_F_SEEN_REPLY,
+    CT_F_SNAT, CT_F_TX_FIN, CT_MAX_ENTRIES, CT_NEW, CT_ORPHAN_GRACE_NS, CT_TCP_CLOSED,
+    CT_TCP_CLOSING, CT_TCP_SYN_SENT, EP_F_TRACE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    NAT_PORT_TAKEOVER_FROM, NAT_PORT_TAKEOVER_UNTIL, NAT_PORT_TRIES,
 };
 
 use crate::{
-    count, drop, emit_trace, pass, ptr_at, EthHdr, Ipv4Hdr, Verdict, DIR_FROM_UPLINK,
-    ENDPOINTS_BY_IP, ETH_HLEN, ETH_P_IP, IPV4_MIN_HLEN, PACKET_HOST, PULL_LEN,
+    count, drop, linear, pass, ptr_at, EthHdr, Ipv4Hdr, Verdict, DIR_FROM_UPLINK,
+    ENDPOINTS_BY_IP, ETH_HLEN, ETH_P_IP, IPV4_MIN_HLEN, PACKET_HOST,
 };
 
 /// The connection tracker (see the module documentation).
@@ -123,11 +124,23 @@ fn ct_update(e: *mut CtEntry, proto: u8, reply: bool, tcp_flags: u8, len: u32, n
             (*e).tx_tcp_flags |= tcp_flags;
         }
         if proto == IPPROTO_TCP {
+            const BOTH: u8 = CT_F_RX_FIN | CT_F_TX_FIN;
             if tcp_flags & TCP_RST != 0 {
                 state = CT_TCP_CLOSED;
+                flags |= CT_F_DONE;
             } else if tcp_flags & TCP_FIN != 0 {
+                let had_both = flags & BOTH == BOTH;
                 flags |= if reply { CT_F_RX_FIN } else { CT_F_TX_FIN };
-                state = if flags & (CT_F_RX_FIN | CT_F_TX_FIN) == CT_F_RX_FIN | CT_F_TX_FIN {
+                state = if flags & BOTH == BOTH {
+                    if !had_both {
+                        // Who sent the second FIN: the other side sends
+                        // the last ACK.
+                        flags = if reply {
+                            flags | CT_F_LAST_FIN_RX
+                        } else {
+                            flags & !CT_F_LAST_FIN_RX
+                        };
+                    }
                     CT_TCP_CLOSED
                 } else {
                     CT_TCP_CLOSING
@@ -138,7 +151,14 @@ fn ct_update(e: *mut CtEntry, proto: u8, reply: bool, tcp_flags: u8, len: u32, n
             {
                 // A new SYN on a closing flow reopens it (same mapping).
                 state = CT_TCP_SYN_SENT;
-                flags &= !(CT_F_RX_FIN | CT_F_TX_FIN);
+                flags &= !(BOTH | CT_F_LAST_FIN_RX | CT_F_DONE);
+            } else if state == CT_TCP_CLOSED
+                && flags & BOTH == BOTH
+                && tcp_flags & TCP_ACK != 0
+                && reply != (flags & CT_F_LAST_FIN_RX != 0)
+            {
+                // The ACK of the last FIN: both ends are done.
+                flags |= CT_F_DONE;
             } else if reply && state == CT_TCP_SYN_SENT && tcp_flags & TCP_ACK != 0 {
                 state = CT_ESTABLISHED;
             }
@@ -336,40 +356,84 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     } else {
         0
     };
-    let (nat_addr, nat_port) = match CT.get_ptr_mut(&key) {
+    let syn = proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+    // The port a stale entry of this tuple had: tried first when the flow
+    // starts again.
+    let mut hint = 0u16;
+    let live = match CT.get_ptr_mut(&key) {
         // SAFETY: map value pointer, valid for this program run.
         Some(e)
             if unsafe { (*e).flags & CT_F_REVERSE == 0 && (*e).expires_ns > now }
                 && unsafe { (*e).addr } == net.masq_addr =>
         {
-            ct_update(e, proto, false, tcp_flags, len, now);
             // SAFETY: as above.
-            unsafe { ((*e).addr, (*e).port) }
-        }
-        stale => {
-            if let Some(e) = stale {
-                // Expired (or its network's address changed): forget both
-                // directions, then start over.
-                // SAFETY: as above; copied before the deletes.
-                let (a, p, rev) = unsafe { ((*e).addr, (*e).port, (*e).flags & CT_F_REVERSE) };
-                if rev == 0 {
-                    let _ = CT.remove(&reply_key(proto, a, p, ip.daddr, l4.dport));
-                }
-                let _ = CT.remove(&key);
-            }
-            if proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN {
-                return drop(reason::DROP_CT_INVALID);
-            }
-            match ct_create(&key, src.ifindex, net, now) {
-                Ok(p) => {
-                    count(reason::EV_CT_CREATED, len);
-                    if let Some(e) = CT.get_ptr_mut(&key) {
-                        ct_update(e, proto, false, tcp_flags, len, now);
+            let (port, state) = unsafe { ((*e).port, (*e).state) };
+            if syn && state >= CT_TCP_CLOSING {
+                // A new connection on the tuple of a closing or closed one
+                // (the client reuses its port): same mapping, fresh state,
+                // provided the reply entry is still ours.
+                if reverse_is(&reply_key(proto, net.masq_addr, port, ip.daddr, l4.dport), &key)
+                {
+                    // SAFETY: as above.
+                    unsafe {
+                        (*e).created_ns = now;
+                        (*e).tx_packets = 0;
+                        (*e).tx_bytes = 0;
+                        (*e).rx_packets = 0;
+                        (*e).rx_bytes = 0;
+                        (*e).tx_tcp_flags = 0;
+                        (*e).rx_tcp_flags = 0;
+                        (*e).flags = CT_F_SNAT;
+                        (*e).state = CT_TCP_SYN_SENT;
                     }
-                    (net.masq_addr, p)
+                    count(reason::EV_NAT_PORT_REUSED, len);
+                    Some(e)
+                } else {
+                    hint = port;
+                    None
                 }
-                Err(code) => return drop(code),
+            } else {
+                Some(e)
             }
+        }
+        _ => None,
+    };
+    let (nat_addr, nat_port) = if let Some(e) = live {
+        ct_update(e, proto, false, tcp_flags, len, now);
+        // SAFETY: map value pointer, valid for this program run.
+        unsafe { ((*e).addr, (*e).port) }
+    } else {
+        if let Some(e) = CT.get_ptr(&key) {
+            // Expired, its network's address changed or its reply entry
+            // was taken over: forget both directions (the reply entry only
+            // while it is still this flow's), then start over.
+            // SAFETY: map value pointer; copied before the deletes.
+            let (a, p, rev) = unsafe { ((*e).addr, (*e).port, (*e).flags & CT_F_REVERSE) };
+            if rev == 0 {
+                let rkey = reply_key(proto, a, p, ip.daddr, l4.dport);
+                if reverse_is(&rkey, &key) {
+                    let _ = CT.remove(&rkey);
+                }
+                if a == net.masq_addr {
+                    hint = p;
+                }
+            }
+            let _ = CT.remove(&key);
+        }
+        if proto == IPPROTO_TCP && !syn {
+            return drop(reason::DROP_CT_INVALID);
+        }
+        // Packed: the five registers of a BPF call.
+        let packed = u64::from(src.ifindex) | (u64::from(hint) << 32);
+        match ct_create(&key, packed, net, now) {
+            Ok(p) => {
+                count(reason::EV_CT_CREATED, len);
+                if let Some(e) = CT.get_ptr_mut(&key) {
+                    ct_update(e, proto, false, tcp_flags, len, now);
+                }
+                (net.masq_addr, p)
+            }
+            Err(code) => return drop(code),
         }
     };
 
@@ -429,10 +493,78 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     }
 }
 
+/// Whether the entry at reply tuple `rkey` is the reverse entry of the
+/// forward tuple `fkey`.
+#[inline(always)]
+fn reverse_is(rkey: &CtKey, fkey: &CtKey) -> bool {
+    match CT.get_ptr(rkey) {
+        // SAFETY: map value pointer, valid for this program run.
+        Some(r) => unsafe {
+            (*r).flags & CT_F_REVERSE != 0 && (*r).addr == fkey.saddr && (*r).port == fkey.sport
+        },
+        None => false,
+    }
+}
+
+/// The reply tuple `rkey` is taken: frees it when its flow is over (TCP
+/// `CT_F_DONE`, expired) or gone (an orphaned reverse entry older than
+/// `CT_ORPHAN_GRACE_NS`), deleting both entries of that flow. `true`: the
+/// tuple may be inserted again. A live flow is never touched.
+#[inline(always)]
+fn take_over(rkey: &CtKey, r: *const CtEntry, now: u64) -> bool {
+    // SAFETY: map value pointer (of `rkey`), valid for this program run.
+    let (rflags, raddr, rport, rcreated) =
+        unsafe { ((*r).flags, (*r).addr, (*r).port, (*r).created_ns) };
+    if rflags & CT_F_REVERSE == 0 {
+        return false;
+    }
+    let fkey = CtKey {
+        saddr: raddr,
+        daddr: rkey.saddr,
+        sport: rport,
+        dport: if rkey.proto == IPPROTO_ICMP {
+            0
+        } else {
+            rkey.sport
+        },
+        proto: rkey.proto,
+        _pad: [0; 3],
+    };
+    let young = now.wrapping_sub(rcreated) < CT_ORPHAN_GRACE_NS;
+    match CT.get_ptr(&fkey) {
+        // SAFETY: map value pointer, valid for this program run.
+        Some(f) => unsafe {
+            let ours = (*f).flags & CT_F_REVERSE == 0
+                && (*f).addr == rkey.daddr
+                && (*f).port == rkey.dport;
+            if ours {
+                let over = (*f).expires_ns <= now
+                    || (rkey.proto == IPPROTO_TCP
+                        && (*f).state == CT_TCP_CLOSED
+                        && (*f).flags & CT_F_DONE != 0);
+                if !over {
+                    return false;
+                }
+                let _ = CT.remove(&fkey);
+            } else if young {
+                return false;
+            }
+        },
+        None if young => return false,
+        None => {}
+    }
+    let _ = CT.remove(rkey);
+    true
+}
+
 /// Creates both entries of a new flow (counters zero, the caller updates
-/// them); returns the NAT port (wire order) or the drop reason.
+/// them); returns the NAT port (wire order) or the drop reason. `packed`:
+/// the endpoint's ifindex (bits 0-31) and a port to try first (32-47, wire
+/// order, 0 for none: the port the tuple had before).
 #[inline(never)]
-fn ct_create(key: &CtKey, ifindex: u32, net: &NetworkInfo, now: u64) -> Result<u16, u32> {
+fn ct_create(key: &CtKey, packed: u64, net: &NetworkInfo, now: u64) -> Result<u16, u32> {
+    let ifindex = packed as u32;
+    let hint = u32::from(u16::from_be((packed >> 32) as u16));
     let (min, max) = (u32::from(net.nat_port_min), u32::from(net.nat_port_max));
     if min == 0 || max < min {
         return Err(reason::DROP_NAT_NO_PORT);
@@ -444,9 +576,11 @@ fn ct_create(key: &CtKey, ifindex: u32, net: &NetworkInfo, now: u64) -> Result<u
         return Err(reason::DROP_NAT_NO_PORT);
     }
     let orig = u32::from(u16::from_be(key.sport));
-    // Keep the original port when it is in range (and free), else start at a
-    // random port and walk up.
-    let start = if orig >= min && orig <= max {
+    // The tuple's previous port, else the original port when it is in range
+    // (and free), else a random port; then walk up.
+    let start = if hint >= min && hint <= max {
+        hint - min
+    } else if orig >= min && orig <= max {
         orig - min
     } else {
         // SAFETY: plain helper call.
@@ -466,22 +600,41 @@ fn ct_create(key: &CtKey, ifindex: u32, net: &NetworkInfo, now: u64) -> Result<u
         flags: CT_F_REVERSE | CT_F_SNAT,
         ..Default::default()
     };
+    // 0: none yet (a range starts at 1 or above).
     let mut port = 0u16;
     let mut i = 0;
     while i < NAT_PORT_TRIES {
         let p = ((min + (start + i) % range) as u16).to_be();
         let rkey = reply_key(key.proto, net.masq_addr, p, key.daddr, key.dport);
-        match CT.insert(&rkey, &*entry, u64::from(BPF_NOEXIST)) {
-            Ok(()) => {
-                port = p;
-                break;
+        // A lookup first: cheaper than a failing insert, which takes (and
+        // gives back) an LRU node.
+        let (taken, freed) = match CT.get_ptr(&rkey) {
+            None => (false, false),
+            // The first tries want a free port; the next ones take over
+            // the port of a finished flow; the last ones look for a free
+            // port again (few of them: a range full of live flows).
+            Some(r) if (NAT_PORT_TAKEOVER_FROM..NAT_PORT_TAKEOVER_UNTIL).contains(&i) => {
+                (true, take_over(&rkey, r, now))
             }
-            Err(e) if e == -EEXIST => {}
-            Err(_) => return Err(reason::DROP_CT_TABLE_FULL),
+            Some(_) => (true, false),
+        };
+        if !taken || freed {
+            match CT.insert(&rkey, &*entry, u64::from(BPF_NOEXIST)) {
+                Ok(()) => {
+                    if freed {
+                        count(reason::EV_NAT_PORT_REUSED, 0);
+                    }
+                    port = p;
+                    break;
+                }
+                // Taken by another CPU meanwhile.
+                Err(e) if e == -EEXIST => {}
+                Err(_) => return Err(reason::DROP_CT_TABLE_FULL),
+            }
         }
         i += 1;
     }
-    if i == NAT_PORT_TRIES {
+    if port == 0 {
         return Err(reason::DROP_NAT_NO_PORT);
     }
     let state = if key.proto == IPPROTO_TCP {
@@ -594,7 +747,7 @@ pub fn dp_from_uplink(ctx: TcContext) -> i32 {
     let v = from_uplink(&ctx, &mut ep);
     count(v.code, len);
     if ep.flags & EP_F_TRACE != 0 {
-        emit_trace(
+        crate::trace(
             ctx.skb.skb,
             ep.ifindex,
             v.code,
@@ -613,8 +766,9 @@ fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
     if (len as usize) < ETH_HLEN + IPV4_MIN_HLEN {
         return pass(reason::PASS_UPLINK_HOST);
     }
-    let want = if len < PULL_LEN { len } else { PULL_LEN };
-    if ((ctx.data_end() - ctx.data()) as u32) < want && ctx.pull_data(want).is_err() {
+    // The L4 header is read with bpf_skb_load_bytes: only Ethernet and the
+    // fixed IPv4 header need to be linear (never pull payload).
+    if !linear(ctx, ETH_HLEN + IPV4_MIN_HLEN) {
         return pass(reason::PASS_UPLINK_HOST);
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
@@ -688,8 +842,15 @@ fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
     let Some(fwd) = CT.get_ptr_mut(&fkey) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
-    // SAFETY: map value pointer, valid for this program run.
-    if unsafe { (*fwd).expires_ns } <= now {
+    // SAFETY: map value pointer, valid for this program run. The forward
+    // entry must be live and still translate to this address and port (a
+    // reverse entry left behind by a reused tuple must not deliver).
+    if unsafe {
+        (*fwd).expires_ns <= now
+            || (*fwd).flags & CT_F_REVERSE != 0
+            || (*fwd).addr != daddr
+            || (*fwd).port != l4.dport
+    } {
         return pass(reason::PASS_UPLINK_HOST);
     }
     // SAFETY: the value is copied out before any other map operation.

@@ -9,8 +9,9 @@ use aya::programs::LinkOrder;
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, MAP_CT, MAP_CT_CONFIG, MAP_ENDPOINTS,
-    MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_STATS, MAP_SUBNETS, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
+    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, CT_F_REVERSE, MAP_CT, MAP_CT_CONFIG,
+    MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_STATS, MAP_SUBNETS, MAX_NETWORKS, NET_F_PRESENT,
+    PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -67,7 +68,7 @@ pub struct Bpf {
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     by_ip: HashMap<MapData, u32, EndpointInfo>,
     stats: PerCpuArray<MapData, Counter>,
-    networks: HashMap<MapData, u32, NetworkInfo>,
+    networks: Array<MapData, NetworkInfo>,
     subnets: LpmTrie<MapData, u32, u32>,
     ct: HashMap<MapData, CtKey, CtEntry>,
     ct_config: Array<MapData, CtConfig>,
@@ -133,7 +134,7 @@ impl Bpf {
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
-        let networks = HashMap::try_from(take(&mut ebpf, MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
+        let networks = Array::try_from(take(&mut ebpf, MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
         let subnets = LpmTrie::try_from(take(&mut ebpf, MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?;
         let ct_map = take(&mut ebpf, MAP_CT)?;
         let ct_capacity = datapath_common::CT_MAX_ENTRIES;
@@ -250,10 +251,15 @@ impl Bpf {
     /// Publishes a local network to the datapath: its policy and masquerade
     /// settings (`NETWORKS`) and its subnet (`SUBNETS`, `info.subnet` /
     /// `prefix_len`), so the other networks' endpoints are isolated from it.
-    /// Idempotent (updates in place).
+    /// Idempotent (updates in place). `id` must be below `MAX_NETWORKS`
+    /// (`NETWORKS` is an array indexed by it).
     pub fn set_network(&mut self, id: u32, info: NetworkInfo, prefix_len: u32) -> Result<(), BpfError> {
+        if id >= MAX_NETWORKS {
+            return Err(map_err(MAP_NETWORKS)(aya::maps::MapError::OutOfBounds { index: id, max_entries: MAX_NETWORKS }));
+        }
         self.subnets.insert(&LpmKey::new(prefix_len, info.subnet), id, 0).map_err(map_err(MAP_SUBNETS))?;
-        if let Err(e) = self.networks.insert(id, info, 0) {
+        let info = NetworkInfo { flags: info.flags | NET_F_PRESENT, ..info };
+        if let Err(e) = self.networks.set(id, info, 0) {
             let _ = self.subnets.remove(&LpmKey::new(prefix_len, info.subnet));
             return Err(map_err(MAP_NETWORKS)(e));
         }
@@ -263,7 +269,9 @@ impl Bpf {
     /// Removes a network from both maps; absent entries are fine. `subnet`
     /// is wire order, as in `NetworkInfo::subnet`.
     pub fn remove_network(&mut self, id: u32, subnet: u32, prefix_len: u32) {
-        let _ = self.networks.remove(&id);
+        if id < MAX_NETWORKS {
+            let _ = self.networks.set(id, NetworkInfo::default(), 0);
+        }
         let _ = self.subnets.remove(&LpmKey::new(prefix_len, subnet));
     }
 
@@ -326,8 +334,19 @@ impl Bpf {
         let entries = self.ct_snapshot()?;
         let scanned = entries.len();
         let gone = conntrack::expired(&entries, conntrack::monotonic_ns());
+        let seen: StdHashMap<CtKey, CtEntry> = entries.into_iter().collect();
         let mut removed = 0;
         for k in &gone {
+            // The datapath may have reused the tuple since the snapshot (a
+            // port taken over, a flow restarted): it then has a new
+            // creation time, or a forward entry is live again.
+            let now = conntrack::monotonic_ns();
+            match (self.ct.get(k, 0), seen.get(k)) {
+                (Ok(cur), Some(old))
+                    if cur.created_ns == old.created_ns
+                        && (cur.flags & CT_F_REVERSE != 0 || cur.expires_ns <= now) => {}
+                _ => continue,
+            }
             if self.ct.remove(k).is_ok() {
                 removed += 1;
             }

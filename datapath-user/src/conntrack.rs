@@ -160,8 +160,9 @@ pub fn flows(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<Flow> {
 }
 
 /// Keys a GC pass removes from a snapshot: expired forward entries with
-/// their reverse entries, and reverse entries whose forward entry is gone
-/// or expired.
+/// their reverse entries (when the reverse entry still belongs to them: the
+/// datapath may have given the port to a new flow), and reverse entries
+/// whose forward entry is gone or translates to another port.
 pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
     let index: HashMap<CtKey, &CtEntry> = entries.iter().map(|(k, e)| (*k, e)).collect();
     let mut out = Vec::new();
@@ -171,7 +172,10 @@ pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
                 out.push(*k);
                 if e.flags & CT_F_SNAT != 0 {
                     let r = reverse_key(k, e);
-                    if index.get(&r).is_some_and(|re| re.flags & CT_F_REVERSE != 0) {
+                    if index
+                        .get(&r)
+                        .is_some_and(|re| re.flags & CT_F_REVERSE != 0 && re.addr == k.saddr && re.port == k.sport)
+                    {
                         out.push(r);
                     }
                 }
@@ -182,7 +186,7 @@ pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
             // being created right now (reverse first, forward next).
             let young = now_ns.saturating_sub(e.created_ns) < 1_000_000_000;
             match index.get(&f) {
-                Some(fe) if fe.flags & CT_F_REVERSE == 0 => {}
+                Some(fe) if fe.flags & CT_F_REVERSE == 0 && fe.addr == k.daddr && fe.port == k.dport => {}
                 _ if young => {}
                 _ => out.push(*k),
             }
@@ -284,6 +288,24 @@ mod tests {
         // Created at 10 s: at 10.5 s it may be a flow being set up.
         assert!(expired(&entries, 10 * S + S / 2).is_empty());
         assert_eq!(expired(&entries, 12 * S), vec![rk]);
+    }
+
+    #[test]
+    fn gc_leaves_a_taken_over_port_alone() {
+        // The flow expired, but its port now belongs to another flow
+        // (another endpoint port): only the old forward entry goes.
+        let [(fk, fe), (rk, mut re)] = flow(IPPROTO_TCP, 50 * S);
+        re.port = 41000u16.to_be();
+        let nk = forward_key(&rk, &re);
+        let ne = CtEntry { expires_ns: 500 * S, ..fe };
+        let entries = vec![(fk, fe), (rk, re), (nk, ne)];
+        assert_eq!(expired(&entries, 60 * S), vec![fk]);
+        // A reverse entry whose forward entry translates to another port
+        // is an orphan.
+        let [(fk, mut fe), (rk, re)] = flow(IPPROTO_UDP, 500 * S);
+        fe.port = 61001u16.to_be();
+        let entries = vec![(fk, fe), (rk, re)];
+        assert_eq!(expired(&entries, 60 * S), vec![rk]);
     }
 
     #[test]

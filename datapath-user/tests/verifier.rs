@@ -18,12 +18,13 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{Program, SchedClassifier},
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    ipv4_key, reason, Counter, EndpointInfo, NetworkInfo, EP_F_TRACE, NET_F_INTERNAL, NET_F_NO_ICC,
+    ipv4_key, reason, Counter, CtEntry, CtKey, EndpointInfo, NetworkInfo, EP_F_TRACE,
+    NET_F_INTERNAL, NET_F_NO_ICC, NET_F_PRESENT,
 };
 
 fn skip_reason() -> Option<&'static str> {
@@ -234,9 +235,9 @@ struct Harness {
 }
 
 impl Harness {
-    fn prog(&self) -> &SchedClassifier {
+    fn prog_named(&self, name: &str) -> &SchedClassifier {
         self.ebpf
-            .program(datapath_common::PROG_FROM_ENDPOINT)
+            .program(name)
             .expect("program present")
             .try_into()
             .expect("a classifier")
@@ -265,18 +266,31 @@ impl Harness {
             subnet,
             mask,
             gateway: gw,
-            flags,
+            flags: flags | NET_F_PRESENT,
             ..Default::default()
         };
-        let mut nets: HashMap<_, u32, NetworkInfo> =
-            HashMap::try_from(self.ebpf.map_mut(datapath_common::MAP_NETWORKS).unwrap()).unwrap();
-        nets.insert(id, info, 0).unwrap();
+        self.update_network(id, |n| *n = info);
         let mut subnets: aya::maps::LpmTrie<_, u32, u32> =
             aya::maps::LpmTrie::try_from(self.ebpf.map_mut(datapath_common::MAP_SUBNETS).unwrap())
                 .unwrap();
         subnets
             .insert(&aya::maps::lpm_trie::Key::new(prefix_len, subnet), id, 0)
             .unwrap();
+    }
+
+    /// Changes the `NETWORKS` slot of network `id` in place.
+    fn update_network(&mut self, id: u32, f: impl FnOnce(&mut NetworkInfo)) {
+        let mut nets: Array<_, NetworkInfo> =
+            Array::try_from(self.ebpf.map_mut(datapath_common::MAP_NETWORKS).unwrap()).unwrap();
+        let mut n = nets.get(&id, 0).unwrap();
+        f(&mut n);
+        nets.set(id, n, 0).unwrap();
+    }
+
+    fn ct(&self) -> Vec<(CtKey, CtEntry)> {
+        let ct: HashMap<_, CtKey, CtEntry> =
+            HashMap::try_from(self.ebpf.map(datapath_common::MAP_CT).unwrap()).unwrap();
+        ct.iter().map(|r| r.unwrap()).collect()
     }
 
     fn set_endpoint(&mut self, ep: EndpointInfo) {
@@ -302,8 +316,20 @@ impl Harness {
         action: i32,
         code: u32,
     ) -> (Vec<u8>, Vec<String>) {
+        self.check_prog(datapath_common::PROG_FROM_ENDPOINT, what, frame, action, code)
+    }
+
+    /// `check` for the program `name`.
+    fn check_prog(
+        &mut self,
+        name: &str,
+        what: &str,
+        frame: &[u8],
+        action: i32,
+        code: u32,
+    ) -> (Vec<u8>, Vec<String>) {
         let before: Vec<Counter> = reason::ALL.iter().map(|c| self.counter(*c)).collect();
-        let (ret, out) = test_run(self.prog(), frame);
+        let (ret, out) = test_run(self.prog_named(name), frame);
         let after: Vec<Counter> = reason::ALL.iter().map(|c| self.counter(*c)).collect();
         for (i, c) in reason::ALL.iter().enumerate() {
             let (b, a) = (before[i], after[i]);
@@ -346,9 +372,12 @@ fn harness() -> Harness {
     let lines = Lines::default();
     let logger =
         aya_log::EbpfLogger::init_with_logger(&mut ebpf, lines.clone()).expect("AYA_LOGS map");
-    {
+    for name in [
+        datapath_common::PROG_FROM_ENDPOINT,
+        datapath_common::PROG_FROM_UPLINK,
+    ] {
         let prog: &mut SchedClassifier = ebpf
-            .program_mut(datapath_common::PROG_FROM_ENDPOINT)
+            .program_mut(name)
             .expect("program present")
             .try_into()
             .expect("a classifier");
@@ -1198,17 +1227,13 @@ fn malformed_cases(up: u32) {
     let mut h = harness();
     h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0));
     h.set_network(7, Ipv4Addr::new(10, 199, 0, 0), 24, 0);
-    {
-        let mut nets: HashMap<_, u32, NetworkInfo> =
-            HashMap::try_from(h.ebpf.map_mut(datapath_common::MAP_NETWORKS).unwrap()).unwrap();
-        let mut n = nets.get(&7, 0).unwrap();
-        n.flags = datapath_common::NET_F_MASQUERADE;
+    h.update_network(7, |n| {
+        n.flags = datapath_common::NET_F_MASQUERADE | NET_F_PRESENT;
         n.masq_addr = ipv4_key([203, 0, 113, 1]);
         n.uplink_ifindex = up;
         n.nat_port_min = 20000;
         n.nat_port_max = 20009;
-        nets.insert(7, n, 0).unwrap();
-    }
+    });
     let remote = Ipv4Addr::new(198, 51, 100, 1);
     let ct_len = |h: &Harness| {
         let ct: HashMap<_, datapath_common::CtKey, datapath_common::CtEntry> =
@@ -1354,4 +1379,146 @@ fn malformed_cases(up: u32) {
         TC_ACT_REDIRECT,
         reason::FWD_NAT,
     );
+    port_takeover(&mut h, remote);
+}
+
+/// SNAT port reuse, on the full 10-port range left by `malformed_cases`
+/// (flows from ports 40000, 40001 and 41000-41007, all in SYN-SENT).
+fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
+    use datapath_common::{
+        CtConfig, CT_F_DONE, CT_F_REVERSE, CT_F_RX_FIN, CT_F_TX_FIN, CT_TCP_CLOSED,
+        CT_TCP_CLOSING, CT_TCP_SYN_SENT,
+    };
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    const UPLINK: &str = datapath_common::PROG_FROM_UPLINK;
+    let masq = Ipv4Addr::new(203, 0, 113, 1);
+    let from_ep = |sport: u16, flags: u8| {
+        eth(
+            GW_MAC,
+            A_MAC,
+            0x0800,
+            &ipv4_tcp(A_IP, remote, sport, 80, flags),
+        )
+    };
+    let reply = |nport: u16, flags: u8| {
+        eth(
+            [2, 0, 0, 0, 0, 1],
+            [2, 0, 0, 0, 0, 2],
+            0x0800,
+            &ipv4_tcp(remote, masq, 80, nport, flags),
+        )
+    };
+    let fwd = |h: &Harness, sport: u16| {
+        h.ct()
+            .into_iter()
+            .find(|(k, e)| {
+                e.flags & CT_F_REVERSE == 0
+                    && k.sport == sport.to_be()
+                    && k.dport == 80u16.to_be()
+            })
+            .map(|(_, e)| e)
+    };
+    let nport = |h: &Harness, sport: u16| u16::from_be(fwd(h, sport).expect("flow").port);
+    let out_sport = |out: &[u8]| u16::from_be_bytes([out[34], out[35]]);
+    let out_dport = |out: &[u8]| u16::from_be_bytes([out[36], out[37]]);
+    let reused = |h: &Harness| h.counter(reason::EV_NAT_PORT_REUSED).packets;
+    let created = |h: &Harness| h.counter(reason::EV_CT_CREATED).packets;
+    // Handshake and close of flow `sport`: the endpoint closes first.
+    let close = |h: &mut Harness, sport: u16, last_ack: bool| {
+        let p = u16::from_be(fwd(h, sport).expect("flow").port);
+        let (out, _) = h.check_prog(UPLINK, "SYN-ACK", &reply(p, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+        assert_eq!(out_dport(&out), sport, "reply delivered to the flow");
+        h.check("ACK", &from_ep(sport, ACK), TC_ACT_REDIRECT, reason::FWD_NAT);
+        h.check("FIN from the endpoint", &from_ep(sport, FIN | ACK), TC_ACT_REDIRECT, reason::FWD_NAT);
+        h.check_prog(UPLINK, "FIN from the remote", &reply(p, FIN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+        if last_ack {
+            h.check("last ACK", &from_ep(sport, ACK), TC_ACT_REDIRECT, reason::FWD_NAT);
+        }
+        p
+    };
+    assert_eq!(h.ct().len(), 20);
+
+    // Half-closed and closed-but-unacknowledged flows keep their port.
+    let p0 = nport(h, 41000);
+    h.check_prog(UPLINK, "SYN-ACK", &reply(p0, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    h.check("FIN from the endpoint", &from_ep(41000, FIN | ACK), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(fwd(h, 41000).unwrap().state, CT_TCP_CLOSING);
+    h.check("one FIN: port kept", &syn_a(remote, 42001), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
+    h.check_prog(UPLINK, "FIN from the remote", &reply(p0, FIN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    let e = fwd(h, 41000).unwrap();
+    assert_eq!((e.state, e.flags & CT_F_DONE), (CT_TCP_CLOSED, 0));
+    h.check("last FIN unacknowledged: port kept", &syn_a(remote, 42001), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
+    h.check("last ACK", &from_ep(41000, ACK), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_ne!(fwd(h, 41000).unwrap().flags & CT_F_DONE, 0);
+
+    // A new flow takes the finished flow's port over; the finished flow
+    // is forgotten and the replies go to the new one.
+    let r = reused(h);
+    let (out, _) = h.check("takes over a finished flow's port", &syn_a(remote, 42001), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(out_sport(&out), p0);
+    assert_eq!(reused(h), r + 1);
+    assert!(fwd(h, 41000).is_none(), "the finished flow is gone");
+    assert_eq!(h.ct().len(), 20);
+    let (out, _) = h.check_prog(UPLINK, "reply to the new flow", &reply(p0, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    assert_eq!(out_dport(&out), 42001);
+    // The old flow's late packets are not translated any more.
+    h.check("late ACK of the finished flow", &from_ep(41000, ACK), TC_ACT_SHOT, reason::DROP_CT_INVALID);
+
+    // Live flows are never stolen.
+    h.check("every port live", &syn_a(remote, 42002), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
+    assert_eq!(h.ct().len(), 20);
+
+    // A reset flow's port is free at once.
+    let p1 = nport(h, 41001);
+    h.check_prog(UPLINK, "RST from the remote", &reply(p1, RST | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    let (out, _) = h.check("takes over a reset flow's port", &syn_a(remote, 42002), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(out_sport(&out), p1);
+    assert!(fwd(h, 41001).is_none());
+
+    // A new SYN on the tuple of a finished flow (the client reuses its
+    // port) restarts it: same NAT port, fresh state and counters.
+    let p2 = close(h, 41002, true);
+    assert_ne!(fwd(h, 41002).unwrap().flags & CT_F_DONE, 0);
+    let (c, r) = (created(h), reused(h));
+    let (out, _) = h.check("SYN on a finished flow's tuple", &syn_a(remote, 41002), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(out_sport(&out), p2);
+    let e = fwd(h, 41002).unwrap();
+    assert_eq!(e.state, CT_TCP_SYN_SENT);
+    assert_eq!(e.flags & (CT_F_DONE | CT_F_TX_FIN | CT_F_RX_FIN), 0);
+    assert_eq!((e.tx_packets, e.rx_packets), (1, 0), "counters restart");
+    assert_eq!((created(h), reused(h)), (c, r + 1));
+    assert_eq!(h.ct().len(), 20);
+    let (out, _) = h.check_prog(UPLINK, "reply to the restarted flow", &reply(p2, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    assert_eq!(out_dport(&out), 41002);
+
+    // Closed by both FINs, unacknowledged, but expired: taken over.
+    {
+        let mut cfg: Array<_, CtConfig> =
+            Array::try_from(h.ebpf.map_mut(datapath_common::MAP_CT_CONFIG).unwrap()).unwrap();
+        cfg.set(0, CtConfig { tcp_closing: 1, ..Default::default() }, 0).unwrap();
+    }
+    let p3 = close(h, 41003, false);
+    h.check("expiring: port kept", &syn_a(remote, 42003), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (out, _) = h.check("takes over an expired flow's port", &syn_a(remote, 42003), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(out_sport(&out), p3);
+    assert!(fwd(h, 41003).is_none());
+    {
+        let mut cfg: Array<_, CtConfig> =
+            Array::try_from(h.ebpf.map_mut(datapath_common::MAP_CT_CONFIG).unwrap()).unwrap();
+        cfg.set(0, CtConfig::default(), 0).unwrap();
+    }
+    assert_eq!(h.ct().len(), 20);
+}
+
+fn syn_a(remote: Ipv4Addr, sport: u16) -> Vec<u8> {
+    eth(
+        GW_MAC,
+        A_MAC,
+        0x0800,
+        &ipv4_tcp(A_IP, remote, sport, 80, 0x02),
+    )
 }
