@@ -28,7 +28,11 @@ impl Capture {
     pub fn start(node: &Node, ns: &str, dev: &str, name: &str, filter: &str) -> Capture {
         let file = node.dir.join(format!("{name}.pcap"));
         let f = file.to_string_lossy().into_owned();
-        let mut args = vec!["tcpdump", "-i", dev, "-nn", "-U", "-Z", "root", "-s", "0", "-w", &f];
+        // --immediate-mode: no ring-buffer block timeout, so every packet is
+        // in the file by the time the capture is stopped.
+        let mut args = vec![
+            "tcpdump", "-i", dev, "-nn", "--immediate-mode", "-U", "-Z", "root", "-s", "0", "-w", &f,
+        ];
         args.extend(filter.split_whitespace());
         let p = BgProcess::spawn(ns_cmd(ns, &args));
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -154,14 +154,17 @@ sys.exit(0 if got else 1)
 /// answers b"ok " + message, closes, and prints "from PEER_IP PEER_PORT"
 /// per connection. Prints "ready" once listening.
 pub const TCP_RECORDING_SERVER: &str = r#"
-import socketserver, sys
+import socketserver, sys, threading
 port = int(sys.argv[2])
+lock = threading.Lock()
 class H(socketserver.BaseRequestHandler):
     def handle(self):
         self.request.settimeout(10)
         data = self.request.recv(64)
         self.request.sendall(b"ok " + data)
-        print("from", self.client_address[0], self.client_address[1], flush=True)
+        with lock:  # one whole line at a time from many threads
+            sys.stdout.write("from %s %d\n" % self.client_address)
+            sys.stdout.flush()
 class S(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 1024
