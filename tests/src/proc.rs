@@ -229,7 +229,17 @@ impl BgProcess {
 
     /// Waits up to `timeout` for a natural exit.
     pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        wait_timeout(self.child.as_mut().unwrap(), timeout)
+        let status = wait_timeout(self.child.as_mut().unwrap(), timeout);
+        if status.is_some() {
+            // The process is gone, but its last lines may still be in the
+            // pipe: let the readers drain it (bounded: a grandchild could
+            // keep the pipe open).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+        status
     }
 
     /// Stdout lines read so far.
