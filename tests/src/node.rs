@@ -243,17 +243,42 @@ impl Node {
         self.outside = Some(out.clone());
         ip(&["-n", &out, "link", "set", "lo", "up"]);
         ip(&[
-            "-n", &node, "link", "add", UPLINK_DEV, "type", "veth", "peer", "name", "eth0", "netns",
-            &out,
+            "-n", &node, "link", "add", UPLINK_DEV, "type", "veth", "peer", "name", "eth0",
+            "netns", &out,
         ]);
-        ip(&["-n", &node, "addr", "add", &format!("{UPLINK_IP}/24"), "dev", UPLINK_DEV]);
-        ip(&["-n", &out, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{UPLINK_IP}/24"),
+            "dev",
+            UPLINK_DEV,
+        ]);
+        ip(&[
+            "-n",
+            &out,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", &node, "link", "set", UPLINK_DEV, "up"]);
         ip(&["-n", &out, "link", "set", "eth0", "up"]);
         ip(&["-n", &node, "route", "add", "default", "via", OUTSIDE_IP]);
         for (ns, dev) in [(node.as_str(), UPLINK_DEV), (out.as_str(), "eth0")] {
-            let o = net::python_in(ns, TX_CSUM_OFF, &[&self.prefix, dev], Duration::from_secs(10));
-            assert!(o.status.success(), "tx checksum offload off on {dev} in {ns}:\n{}", show(&o));
+            let o = net::python_in(
+                ns,
+                TX_CSUM_OFF,
+                &[&self.prefix, dev],
+                Duration::from_secs(10),
+            );
+            assert!(
+                o.status.success(),
+                "tx checksum offload off on {dev} in {ns}:\n{}",
+                show(&o)
+            );
         }
         // No IPv6 chatter in the outside's captures.
         let o = net::exec_in(&out, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);

@@ -31,7 +31,18 @@ impl Capture {
         // --immediate-mode: no ring-buffer block timeout, so every packet is
         // in the file by the time the capture is stopped.
         let mut args = vec![
-            "tcpdump", "-i", dev, "-nn", "--immediate-mode", "-U", "-Z", "root", "-s", "0", "-w", &f,
+            "tcpdump",
+            "-i",
+            dev,
+            "-nn",
+            "--immediate-mode",
+            "-U",
+            "-Z",
+            "root",
+            "-s",
+            "0",
+            "-w",
+            &f,
         ];
         args.extend(filter.split_whitespace());
         let p = BgProcess::spawn(ns_cmd(ns, &args));
@@ -65,7 +76,8 @@ impl Capture {
         self.stop();
         let f = self.file.to_string_lossy().into_owned();
         let mut c = Command::new("tcpdump");
-        c.args(["-r", &f, "-nn", "-vv"]).args(filter.split_whitespace());
+        c.args(["-r", &f, "-nn", "-vv"])
+            .args(filter.split_whitespace());
         let out = run(&mut c);
         assert!(out.status.success(), "tcpdump -r {f}:\n{}", show(&out));
         stdout_str(&out)
@@ -133,7 +145,8 @@ pub fn recording_server(node: &Node, ns: &str, script: &str, args: &[&str]) -> B
     a.extend_from_slice(args);
     let s = python_bg(ns, script, &a);
     assert!(
-        s.wait_line(Duration::from_secs(10), |l| l == "ready").is_some(),
+        s.wait_line(Duration::from_secs(10), |l| l == "ready")
+            .is_some(),
         "server in {ns} not ready; stderr: {}",
         s.stderr()
     );

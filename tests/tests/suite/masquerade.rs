@@ -25,8 +25,8 @@ use datapath_tests::frames::{self, hex};
 use datapath_tests::net::{self, exec_in, link, python_bg, python_in};
 use datapath_tests::node::{delta, AgentOpts, Datapath, Node, Stats, OUTSIDE_IP, UPLINK_IP};
 use datapath_tests::outside::{
-    bad_checksum_lines, count_by_ip, http_clients, http_server, peers, tcp_server,
-    udp_echo_server, verified_checksums, Capture,
+    bad_checksum_lines, count_by_ip, http_clients, http_server, peers, tcp_server, udp_echo_server,
+    verified_checksums, Capture,
 };
 use datapath_tests::proc::{run, show, stdout_str};
 use datapath_tests::{assert_ping, both_datapaths, py};
@@ -57,15 +57,28 @@ fn blob(node: &Node, name: &str, len: usize) -> String {
     std::fs::write(&file, &data).unwrap();
     let out = run(Command::new("sha256sum").arg(&file));
     assert!(out.status.success(), "{}", show(&out));
-    stdout_str(&out).split_whitespace().next().unwrap().to_string()
+    stdout_str(&out)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// Fetches http://OUTSIDE_IP:HTTP_PORT/NAME from `ns`; asserts length and
 /// sha256.
 fn fetch(node: &Node, ns: &str, name: &str, len: usize, sha: &str) {
     let url = format!("http://{OUTSIDE_IP}:{HTTP_PORT}/{name}");
-    let out = python_in(ns, py::HTTP_FETCH, &[&node.prefix, &url], Duration::from_secs(40));
-    assert!(out.status.success(), "fetch {url} from {ns}:\n{}", show(&out));
+    let out = python_in(
+        ns,
+        py::HTTP_FETCH,
+        &[&node.prefix, &url],
+        Duration::from_secs(40),
+    );
+    assert!(
+        out.status.success(),
+        "fetch {url} from {ns}:\n{}",
+        show(&out)
+    );
     assert_eq!(
         stdout_str(&out).trim(),
         format!("{len} {sha}"),
@@ -128,7 +141,10 @@ fn masquerade_lines(text: &str, subnet: &str) -> Vec<String> {
 fn assert_no_nat_counters(s0: &Stats, s1: &Stats, ctx: &str) {
     for r in NAT_COUNTERS {
         let (p, _) = delta(s0, s1, r);
-        assert_eq!(p, 0, "{ctx}: kernel datapath, yet the eBPF counter {r} grew by {p}");
+        assert_eq!(
+            p, 0,
+            "{ctx}: kernel datapath, yet the eBPF counter {r} grew by {p}"
+        );
     }
 }
 
@@ -543,7 +559,10 @@ fn lines_with_ports(text: &str, ports: &[u16]) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut hits = Vec::new();
     for (i, l) in lines.iter().enumerate() {
-        if ports.iter().any(|p| l.contains(&format!(".{p} >")) || l.contains(&format!(".{p}:"))) {
+        if ports
+            .iter()
+            .any(|p| l.contains(&format!(".{p} >")) || l.contains(&format!(".{p}:")))
+        {
             let prev = if i > 0 { lines[i - 1] } else { "" };
             hits.push(format!("{prev}\n{l}"));
         }
