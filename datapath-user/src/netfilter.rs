@@ -46,6 +46,9 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
     s += "  chain forward {\n    type filter hook forward priority filter; policy accept;\n";
     for n in &nets {
         let others: Vec<&String> = all.iter().filter(|x| **x != n.subnet.to_string()).collect();
+        // Packets conntrack cannot place (bad checksum, truncated, a stray
+        // ACK) would leave unmasqueraded, with the private source address.
+        s += &format!("    iifname \"{}\" ct state invalid drop comment \"invalid {}\"\n", n.bridge, n.name);
         if n.options.internal {
             s += &format!("    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n", n.bridge, n.subnet, n.name);
             s += &format!("    oifname \"{}\" ip saddr != {} drop comment \"internal {}\"\n", n.bridge, n.subnet, n.name);
@@ -183,6 +186,7 @@ mod tests {
         assert!(!s.contains("ip saddr 10.3.0.0/24 oifname"), "internal network must not masquerade: {s}");
         assert!(s.contains("iifname \"br-k\" ip daddr { 10.1.0.0/24, 10.3.0.0/24 } drop"), "{s}");
         assert!(s.contains("iifname \"br-i\" ip daddr != 10.3.0.0/24 drop"), "{s}");
+        assert!(s.contains("iifname \"br-k\" ct state invalid drop"), "{s}");
         let input = &s[s.find("chain input").expect("input chain")..];
         assert!(input.contains("iifname \"br-k\" ip daddr { 10.1.0.0/24, 10.3.0.0/24 } drop"), "other networks' gateways: {s}");
         assert!(!s.contains("table bridge datapath {"), "no icc rule without two ports: {s}");
