@@ -514,7 +514,8 @@ fn test(extra: Vec<OsString>) -> Result<()> {
     setup(false)?;
     let bin = build(false)?;
     let root = workspace_root();
-    let cargo_test = |pkg_args: &[&str], libtest: &[&str]| -> Result<ExitStatus> {
+    let mut totals = (0u64, 0u64, 0u64);
+    let mut cargo_test = |pkg_args: &[&str], libtest: &[&str]| -> Result<ExitStatus> {
         let mut cmd = Command::new(outer_cargo());
         cmd.current_dir(&root)
             .env("DATAPATH_BIN", &bin)
@@ -524,16 +525,18 @@ fn test(extra: Vec<OsString>) -> Result<()> {
             .args(libtest)
             .args(&extra);
         println!("test: {}", describe(&cmd));
-        status(&mut cmd)
+        let (st, counts) = status_counting_tests(&mut cmd)?;
+        totals = (totals.0 + counts.0, totals.1 + counts.1, totals.2 + counts.2);
+        Ok(st)
     };
     // Run both parts even if the first fails, so one run reports everything.
     let unit = cargo_test(&["--workspace", "--exclude", INTEGRATION_TEST_PACKAGE], &[])?;
-    let integration = cargo_test(&["-p", INTEGRATION_TEST_PACKAGE], INTEGRATION_TEST_ARGS)?;
+    // `--lib --tests`: no doc tests, so the last runner line is the suite's.
+    let integration = cargo_test(&["-p", INTEGRATION_TEST_PACKAGE, "--lib", "--tests"], INTEGRATION_TEST_ARGS)?;
+    // One closing line for everything, in the plain "N passed, N failed" form.
+    println!("tests: {} passed, {} failed, {} skipped", totals.0, totals.1, totals.2);
     match (unit.success(), integration.success()) {
-        (true, true) => {
-            println!("test: all tests passed");
-            Ok(())
-        }
+        (true, true) => Ok(()),
         (u, i) => bail!(
             "tests failed:{}{}",
             if u { "" } else { " workspace unit tests;" },
@@ -543,5 +546,49 @@ fn test(extra: Vec<OsString>) -> Result<()> {
                 " integration tests (datapath-tests);"
             }
         ),
+    }
+}
+
+/// Runs a `cargo test` command, echoing its stdout as it comes, and adds up
+/// the "test result: ... N passed; N failed; N ignored" lines.
+fn status_counting_tests(cmd: &mut Command) -> Result<(ExitStatus, (u64, u64, u64))> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running `{}`", describe(cmd)))?;
+    let mut counts = (0, 0, 0);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            if let Some(c) = parse_test_result(&line) {
+                counts = (counts.0 + c.0, counts.1 + c.1, counts.2 + c.2);
+            }
+        }
+    }
+    Ok((child.wait()?, counts))
+}
+
+/// `test result: ok. 3 passed; 0 failed; 1 ignored; ...` -> (3, 0, 1).
+fn parse_test_result(line: &str) -> Option<(u64, u64, u64)> {
+    let rest = line.trim().strip_prefix("test result:")?;
+    let num = |word: &str| {
+        rest.split(';')
+            .find_map(|part| part.trim().trim_start_matches(|c: char| !c.is_ascii_digit()).strip_suffix(word))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    Some((num("passed")?, num("failed")?, num("ignored").unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_test_result_lines() {
+        let ok = "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s";
+        assert_eq!(super::parse_test_result(ok), Some((3, 0, 1)));
+        let failed = "test result: FAILED. 65 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 149.31s";
+        assert_eq!(super::parse_test_result(failed), Some((65, 1, 0)));
+        assert_eq!(super::parse_test_result("running 3 tests"), None);
     }
 }
