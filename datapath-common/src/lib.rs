@@ -181,7 +181,26 @@ pub struct CtEntry {
     pub tx_tcp_flags: u8,
     pub rx_tcp_flags: u8,
     pub _pad: [u8; 2],
+    /// Forward entry of a masqueraded flow: the next hop as the last
+    /// successful `bpf_fib_lookup` for it gave it (`fib_ifindex` 0: none),
+    /// reused by later packets of the flow for up to [`CT_FIB_REFRESH_NS`]
+    /// after `fib_ns`, while the network's uplink is still `fib_ifindex`
+    /// and the packet fits `fib_mtu` (so route and neighbour changes are
+    /// picked up within that time). Unused in reverse entries.
+    pub fib_ns: u64,
+    /// Output interface (the uplink).
+    pub fib_ifindex: u32,
+    /// MTU of `fib_ifindex` at the lookup.
+    pub fib_mtu: u32,
+    /// Destination (next hop) and source MAC of the frame.
+    pub fib_dmac: [u8; 6],
+    pub fib_smac: [u8; 6],
+    pub _pad2: [u8; 4],
 }
+
+/// How long the next hop cached in a forward `CtEntry` is reused before
+/// the next packet of the flow looks the route up again.
+pub const CT_FIB_REFRESH_NS: u64 = 1_000_000_000;
 
 /// Connection tracker lifetimes, in seconds; 0 means the default.
 #[repr(C)]
@@ -450,7 +469,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<Counter>(), 16);
         assert_eq!(core::mem::size_of::<NetworkInfo>(), 28);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
-        assert_eq!(core::mem::size_of::<CtEntry>(), 72);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 104);
         assert_eq!(core::mem::size_of::<CtConfig>(), 32);
     }
 

@@ -182,7 +182,7 @@ fn is_multicast(mac: &Mac) -> bool {
 
 /// The `[u8; 6]` MAC of the shared types as a [`Mac`].
 #[inline(always)]
-fn mac(b: [u8; 6]) -> Mac {
+pub(crate) fn mac(b: [u8; 6]) -> Mac {
     [
         u16::from_ne_bytes([b[0], b[1]]),
         u16::from_ne_bytes([b[2], b[3]]),

@@ -37,13 +37,13 @@ use datapath_common::{
     reason, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, CT_DEFAULT_ICMP,
     CT_DEFAULT_TCP_CLOSING, CT_DEFAULT_TCP_ESTABLISHED, CT_DEFAULT_TCP_SYN, CT_DEFAULT_UDP,
     CT_ESTABLISHED, CT_F_DONE, CT_F_LAST_FIN_RX, CT_F_REVERSE, CT_F_RX_FIN, CT_F_SEEN_REPLY,
-    CT_F_SNAT, CT_F_TX_FIN, CT_MAX_ENTRIES, CT_NEW, CT_ORPHAN_GRACE_NS, CT_TCP_CLOSED,
+    CT_FIB_REFRESH_NS, CT_F_SNAT, CT_F_TX_FIN, CT_MAX_ENTRIES, CT_NEW, CT_ORPHAN_GRACE_NS, CT_TCP_CLOSED,
     CT_TCP_CLOSING, CT_TCP_SYN_SENT, EP_F_TRACE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     NAT_PORT_TAKEOVER_FROM, NAT_PORT_TAKEOVER_UNTIL, NAT_PORT_TRIES,
 };
 
 use crate::{
-    count, drop, linear, pass, ptr_at, EthHdr, Ipv4Hdr, Verdict, DIR_FROM_UPLINK,
+    count, drop, linear, mac, pass, ptr_at, EthHdr, Ipv4Hdr, Verdict, DIR_FROM_UPLINK,
     ENDPOINTS_BY_IP, ETH_HLEN, ETH_P_IP, IPV4_MIN_HLEN, PACKET_HOST,
 };
 
@@ -73,8 +73,9 @@ const NS: u64 = 1_000_000_000;
 /// Offsets (from the start of the frame) of the IPv4 header fields we touch.
 const IP_TTL_OFF: usize = ETH_HLEN + 8;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 const IP_DADDR_OFF: usize = ETH_HLEN + 16;
+/// Ethernet and the fixed IPv4 header.
+const HDRS_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN;
 
 /// What the L4 header says about the flow (ports in wire order).
 struct L4 {
@@ -304,9 +305,61 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
         return pass(reason::PASS_NAT_NOT_ROUTED);
     }
 
-    // Route first: only what leaves through the uplink is translated.
-    // SAFETY: this CPU's slot; an all-zero bpf_fib_lookup is a valid input.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let len = ctx.len();
+    let key = CtKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: l4.sport,
+        dport: l4.dport,
+        proto,
+        _pad: [0; 3],
+    };
+    let found = CT.get_ptr_mut(&key);
+
+    let tcp_flags = if proto == IPPROTO_TCP {
+        l4.tcp_flags
+    } else {
+        0
+    };
+    let syn = proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
+    // SAFETY: this CPU's slot.
     let fib = unsafe { &mut (*sc).fib };
+
+    // Fast path: a live flow whose next hop is cached in its entry (see
+    // `CtEntry::fib_ns`): no route lookup. Packets that might not fit the
+    // MTU (GSO, or bigger than the cached MTU) take the slow path, where
+    // the FIB checks it; so does a SYN restarting a closing flow.
+    if let Some(e) = found {
+        // SAFETY: map value pointer, valid for this program run.
+        let hit = unsafe {
+            let fif = (*e).fib_ifindex;
+            fif != 0
+                && (*e).flags & CT_F_REVERSE == 0
+                && (*e).expires_ns > now
+                && (*e).addr == net.masq_addr
+                && (net.uplink_ifindex == 0 || fif == net.uplink_ifindex)
+                && now.wrapping_sub((*e).fib_ns) < CT_FIB_REFRESH_NS
+                && (*ctx.skb.skb).gso_size == 0
+                && len <= (*e).fib_mtu + ETH_HLEN as u32
+                && !(syn && (*e).state >= CT_TCP_CLOSING)
+        };
+        if hit {
+            ct_update(e, proto, false, tcp_flags, len, now);
+            // SAFETY: as above.
+            let (nat_addr, nat_port) = unsafe {
+                fib.ifindex = (*e).fib_ifindex;
+                fib.dmac = (*e).fib_dmac;
+                fib.smac = (*e).fib_smac;
+                ((*e).addr, (*e).port)
+            };
+            return send(ctx, ip, &l4, nat_addr, nat_port, BPF_FIB_LKUP_RET_SUCCESS, fib);
+        }
+    }
+
+    // Slow path. Route first: only what leaves through the uplink is
+    // translated.
+    // SAFETY: this CPU's slot; an all-zero bpf_fib_lookup is a valid input.
     *fib = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = proto;
@@ -320,7 +373,7 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     fib.__bindgen_anon_2.tos = ip.tos;
     fib.__bindgen_anon_3.ipv4_src = ip.saddr;
     fib.__bindgen_anon_4.ipv4_dst = ip.daddr;
-    // SAFETY: helper call with a stack buffer of the size given.
+    // SAFETY: helper call with a buffer of the size given.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.skb.skb as *mut _,
@@ -341,26 +394,10 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
         return pass(reason::PASS_NAT_NOT_ROUTED);
     }
 
-    let now = unsafe { bpf_ktime_get_ns() };
-    let len = ctx.len();
-    let key = CtKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto,
-        _pad: [0; 3],
-    };
-    let tcp_flags = if proto == IPPROTO_TCP {
-        l4.tcp_flags
-    } else {
-        0
-    };
-    let syn = proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
     // The port a stale entry of this tuple had: tried first when the flow
     // starts again.
     let mut hint = 0u16;
-    let live = match CT.get_ptr_mut(&key) {
+    let live = match found {
         // SAFETY: map value pointer, valid for this program run.
         Some(e)
             if unsafe { (*e).flags & CT_F_REVERSE == 0 && (*e).expires_ns > now }
@@ -398,12 +435,12 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
         }
         _ => None,
     };
-    let (nat_addr, nat_port) = if let Some(e) = live {
+    let (entry, nat_addr, nat_port) = if let Some(e) = live {
         ct_update(e, proto, false, tcp_flags, len, now);
         // SAFETY: map value pointer, valid for this program run.
-        unsafe { ((*e).addr, (*e).port) }
+        (Some(e), unsafe { (*e).addr }, unsafe { (*e).port })
     } else {
-        if let Some(e) = CT.get_ptr(&key) {
+        if let Some(e) = found {
             // Expired, its network's address changed or its reply entry
             // was taken over: forget both directions (the reply entry only
             // while it is still this flow's), then start over.
@@ -428,38 +465,75 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
         match ct_create(&key, packed, net, now) {
             Ok(p) => {
                 count(reason::EV_CT_CREATED, len);
-                if let Some(e) = CT.get_ptr_mut(&key) {
+                let e = CT.get_ptr_mut(&key);
+                if let Some(e) = e {
                     ct_update(e, proto, false, tcp_flags, len, now);
                 }
-                (net.masq_addr, p)
+                (e, net.masq_addr, p)
             }
             Err(code) => return drop(code),
         }
     };
+    // Remember a fresh next hop for the next packets.
+    if rc == BPF_FIB_LKUP_RET_SUCCESS {
+        if let Some(e) = entry {
+            // SAFETY: map value pointer, valid for this program run; the
+            // MTU was set by the lookup (tot_len 0).
+            unsafe {
+                (*e).fib_ns = now;
+                (*e).fib_ifindex = out_if;
+                (*e).fib_mtu = u32::from(fib.__bindgen_anon_1.mtu_result);
+                (*e).fib_dmac = fib.dmac;
+                (*e).fib_smac = fib.smac;
+            }
+        }
+    }
 
-    // Rewrite. Checksums are updated incrementally by the helpers: for a
-    // CHECKSUM_PARTIAL packet (veth) only the pseudo-header part of the L4
-    // checksum changes, which BPF_F_PSEUDO_HDR takes care of.
-    let ok = rewrite_l3_l4(
-        ctx,
-        IP_SADDR_OFF,
-        ip.saddr,
-        nat_addr,
-        &l4,
-        l4.sport,
-        nat_port,
-        proto,
-    ) && decrement_ttl(ctx, ip.ttl, proto);
-    if !ok {
+    send(ctx, ip, &l4, nat_addr, nat_port, rc, fib)
+}
+
+/// Translation of the packet to `nat_addr:nat_port` and redirect to the
+/// next hop in `fib` (`rc`: the lookup's result, SUCCESS or NO_NEIGH).
+#[inline(always)]
+fn send(
+    ctx: &TcContext,
+    ip: &Ip,
+    l4: &L4,
+    nat_addr: u32,
+    nat_port: u16,
+    rc: u32,
+    fib: &FibParams,
+) -> Verdict {
+    let proto = ip.proto;
+    // Rewrite. The L4 checksum is updated incrementally by the helper: for
+    // a CHECKSUM_PARTIAL packet (veth) only the pseudo-header part of the
+    // L4 checksum changes, which BPF_F_PSEUDO_HDR takes care of. The IPv4
+    // header (source, TTL, checksum) and the MACs are written directly
+    // (`dp_from_ep` writes packet data directly, so the skb is writable).
+    if !rewrite_l4(ctx, ip.saddr, nat_addr, l4, l4.sport, nat_port, proto) {
         return drop(reason::DROP_TRUNCATED);
     }
+    let Some(iph) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return drop(reason::DROP_TRUNCATED);
+    };
+    // SAFETY: bounds-checked just above.
+    unsafe {
+        let old_ttl = u16::from_ne_bytes([ip.ttl, proto]);
+        let new_ttl = u16::from_ne_bytes([ip.ttl - 1, proto]);
+        (*iph).check = csum_replace_addr_ttl((*iph).check, ip.saddr, nat_addr, old_ttl, new_ttl);
+        (*iph).saddr = nat_addr;
+        (*iph).ttl = ip.ttl - 1;
+    }
     let was = u64::from(ip.saddr) | (u64::from(u16::from_be(l4.sport)) << 32);
+    let out_if = fib.ifindex;
     let ret = if rc == BPF_FIB_LKUP_RET_SUCCESS {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&fib.dmac);
-        macs[6..].copy_from_slice(&fib.smac);
-        if ctx.store(0, &macs, 0).is_err() {
+        let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
             return drop(reason::DROP_TRUNCATED);
+        };
+        // SAFETY: bounds-checked just above.
+        unsafe {
+            (*eth).dst = mac(fib.dmac);
+            (*eth).src = mac(fib.smac);
         }
         // SAFETY: plain helper call.
         unsafe { bpf_redirect(out_if, 0) }
@@ -666,14 +740,13 @@ fn ct_create(key: &CtKey, packed: u64, net: &NetworkInfo, now: u64) -> Result<u1
     Ok(port)
 }
 
-/// Rewrites an address of the IPv4 header (at `addr_off`) and the port at
-/// `l4.port_off`, fixing the IPv4 and L4 checksums. `false` when a helper
-/// failed (the packet is then dropped).
+/// The L4 side of a translation of an IPv4 address `old_addr` ->
+/// `new_addr` (pseudo-header) and of the port at `l4.port_off`: the port is
+/// written and the L4 checksum fixed; the IPv4 header is the caller's.
+/// `false` when a helper failed (the packet is then dropped).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn rewrite_l3_l4(
+fn rewrite_l4(
     ctx: &TcContext,
-    addr_off: usize,
     old_addr: u32,
     new_addr: u32,
     l4: &L4,
@@ -689,26 +762,21 @@ fn rewrite_l3_l4(
         // ICMP has no pseudo-header.
         _ => (0, 0),
     };
-    if old_addr != new_addr {
-        if ctx.store(addr_off, &new_addr, 0).is_err()
-            || ctx
-                .l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(new_addr), 4)
-                .is_err()
-        {
-            return false;
-        }
-        if pseudo != 0
-            && ctx
-                .l4_csum_replace(
-                    l4.csum_off,
-                    u64::from(old_addr),
-                    u64::from(new_addr),
-                    pseudo | mangled | 4,
-                )
-                .is_err()
-        {
-            return false;
-        }
+    // Address and port cannot share one call: for a CHECKSUM_PARTIAL
+    // packet only the pseudo-header part (the address) goes into the
+    // checksum field.
+    if old_addr != new_addr
+        && pseudo != 0
+        && ctx
+            .l4_csum_replace(
+                l4.csum_off,
+                u64::from(old_addr),
+                u64::from(new_addr),
+                pseudo | mangled | 4,
+            )
+            .is_err()
+    {
+        return false;
     }
     if old_port != new_port
         && (ctx.store(l4.port_off, &new_port, 0).is_err()
@@ -724,6 +792,23 @@ fn rewrite_l3_l4(
         return false;
     }
     true
+}
+
+/// The IPv4 header checksum `check` after an address changed from
+/// `old_addr` to `new_addr` and the TTL/protocol word from `old_w` to
+/// `new_w` (RFC 1624: HC' = ~(~HC + ~m + m'), all in wire order).
+#[inline(always)]
+fn csum_replace_addr_ttl(check: u16, old_addr: u32, new_addr: u32, old_w: u16, new_w: u16) -> u16 {
+    let mut s = u32::from(!check)
+        + u32::from(!(old_addr as u16))
+        + u32::from(!((old_addr >> 16) as u16))
+        + (new_addr & 0xffff)
+        + (new_addr >> 16)
+        + u32::from(!old_w)
+        + u32::from(new_w);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
 }
 
 /// TTL - 1 with the IPv4 checksum fixed (the caller checked `ttl > 1`).
@@ -880,20 +965,29 @@ fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
         },
         ..l4
     };
-    let ok = rewrite_l3_l4(
-        ctx,
-        IP_DADDR_OFF,
-        daddr,
-        raddr,
-        &l4w,
-        l4.dport,
-        rport,
-        proto,
-    ) && decrement_ttl(ctx, ttl, proto);
-    if !ok {
+    if !rewrite_l4(ctx, daddr, raddr, &l4w, l4.dport, rport, proto) {
         return drop(reason::DROP_TRUNCATED);
     }
-    deliver(ctx, ep, was)
+    // MACs (from the network's gateway to the endpoint), TTL - 1 and the
+    // destination with the IPv4 checksum fixed, in one store.
+    let Some(hp) = ptr_at::<[u8; HDRS_LEN]>(ctx, 0) else {
+        return drop(reason::DROP_TRUNCATED);
+    };
+    // SAFETY: bounds-checked just above.
+    let mut h = unsafe { *hp };
+    h[..6].copy_from_slice(&ep.mac);
+    h[6..12].copy_from_slice(&ep.gw_mac);
+    let check = u16::from_ne_bytes([h[IP_CSUM_OFF], h[IP_CSUM_OFF + 1]]);
+    let old_w = u16::from_ne_bytes([ttl, proto]);
+    let new_w = u16::from_ne_bytes([ttl - 1, proto]);
+    let check = csum_replace_addr_ttl(check, daddr, raddr, old_w, new_w);
+    h[IP_TTL_OFF] = ttl - 1;
+    h[IP_CSUM_OFF..IP_CSUM_OFF + 2].copy_from_slice(&check.to_ne_bytes());
+    h[IP_DADDR_OFF..].copy_from_slice(&raddr.to_ne_bytes());
+    if ctx.store(0, &h, 0).is_err() {
+        return drop(reason::DROP_TRUNCATED);
+    }
+    redirect_into(ctx, ep, was)
 }
 
 /// MAC rewrite (from the network's gateway to the endpoint) and
@@ -906,6 +1000,12 @@ fn deliver(ctx: &TcContext, ep: &EndpointInfo, was: u64) -> Verdict {
     if ctx.store(0, &macs, 0).is_err() {
         return drop(reason::DROP_TRUNCATED);
     }
+    redirect_into(ctx, ep, was)
+}
+
+/// `bpf_redirect_peer` into the endpoint (the frame is ready).
+#[inline(always)]
+fn redirect_into(ctx: &TcContext, ep: &EndpointInfo, was: u64) -> Verdict {
     let _ = ctx.change_type(PACKET_HOST);
     // SAFETY: plain helper call.
     let ret = unsafe { bpf_redirect_peer(ep.ifindex, 0) };
