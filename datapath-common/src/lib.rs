@@ -80,9 +80,11 @@ pub const NAT_PORT_TRIES: u32 = 32;
 /// NAT_PORT_TAKEOVER_UNTIL` also take over the port of a finished flow
 /// (`CT_F_DONE`, expired, or an orphaned reply entry), as netfilter does
 /// when free ports get scarce; the rest look for free ports again. (Each
-/// takeover try costs ~14k verifier instructions, hence not all of them.)
+/// takeover try costs ~14k verifier instructions, hence not all of them.
+/// Ten tries: a 10-port range, as in the tests, is covered whatever the
+/// random start.)
 pub const NAT_PORT_TAKEOVER_FROM: u32 = 8;
-pub const NAT_PORT_TAKEOVER_UNTIL: u32 = 16;
+pub const NAT_PORT_TAKEOVER_UNTIL: u32 = 18;
 /// A reply entry whose forward entry is missing is left alone for this
 /// long after its creation (its flow may be being created on another CPU).
 pub const CT_ORPHAN_GRACE_NS: u64 = 1_000_000_000;
