@@ -80,6 +80,10 @@ impl From<ipam::IpamError> for ApiError {
     }
 }
 
+/// Masquerade address and uplink ifindex per uplink (`None`: the default
+/// route's device), for one pass over the networks.
+type UplinkCache = HashMap<Option<String>, Option<(Ipv4Addr, u32)>>;
+
 /// What was made so far while creating an endpoint, undone in reverse on
 /// failure.
 #[derive(Default)]
@@ -259,7 +263,7 @@ impl Inner {
         let index = self.nl.create_bridge(&bridge, mac_for(gateway), spec.options.mtu).await?;
         let finish = async {
             self.nl.add_address(index, gateway, subnet.prefix_len()).await?;
-            self.sync_datapath_network(&spec).await?;
+            self.sync_datapath_network(&spec, &mut UplinkCache::new()).await?;
             self.state.networks.insert(spec.name.clone(), spec.clone());
             if let Err(e) = self.sync_node() {
                 self.state.networks.remove(&spec.name);
@@ -632,23 +636,31 @@ impl Inner {
 
     /// The masquerade address and uplink ifindex of a network, followed live:
     /// `--uplink` or the device of the node's default route, its primary IPv4.
-    async fn masquerade_for(&self, net: &NetworkSpec) -> Result<Option<(Ipv4Addr, u32)>, ApiError> {
+    /// `seen` memoizes the answer per uplink (`None` = the default route's
+    /// device), so a pass over many networks asks netlink once per uplink.
+    async fn masquerade_for(&self, net: &NetworkSpec, seen: &mut UplinkCache) -> Result<Option<(Ipv4Addr, u32)>, ApiError> {
         if !net.options.masquerade || net.options.internal {
             return Ok(None);
+        }
+        if let Some(known) = seen.get(&net.options.uplink) {
+            return Ok(*known);
         }
         let ifindex = match &net.options.uplink {
             Some(name) => self.nl.link_index(name).await?,
             None => self.nl.default_route_oif().await?,
         };
-        let Some(ifindex) = ifindex else { return Ok(None) };
-        let addr = self.nl.ipv4_addresses(ifindex).await?.first().map(|(ip, _)| *ip);
-        Ok(addr.map(|a| (a, ifindex)))
+        let masq = match ifindex {
+            Some(ifindex) => self.nl.ipv4_addresses(ifindex).await?.first().map(|(ip, _)| (*ip, ifindex)),
+            None => None,
+        };
+        seen.insert(net.options.uplink.clone(), masq);
+        Ok(masq)
     }
 
     /// Tells the datapath about a network (policy, masquerade address); a
     /// no-op when nothing changed.
-    async fn sync_datapath_network(&mut self, net: &NetworkSpec) -> Result<(), ApiError> {
-        let masq = self.masquerade_for(net).await?;
+    async fn sync_datapath_network(&mut self, net: &NetworkSpec, seen: &mut UplinkCache) -> Result<(), ApiError> {
+        let masq = self.masquerade_for(net, seen).await?;
         let info = uplink::network_info(net, masq, self.nat_ports);
         if self.net_info.get(&net.name) == Some(&info) {
             return Ok(());
@@ -703,8 +715,9 @@ impl Inner {
     /// Periodic upkeep: follow uplink address changes, collect expired flows.
     async fn tick(&mut self) {
         let nets: Vec<NetworkSpec> = self.state.networks.values().cloned().collect();
+        let mut seen = UplinkCache::new();
         for net in nets {
-            if let Err(e) = self.sync_datapath_network(&net).await {
+            if let Err(e) = self.sync_datapath_network(&net, &mut seen).await {
                 tracing::warn!(network = %net.name, "updating the datapath: {e}");
             }
         }
@@ -965,9 +978,10 @@ impl Agent {
         inner.nat_ports = uplink::choose_range(cfg.nat_ports, ephemeral)?;
         tracing::info!("SNAT ports {}-{} (node ephemeral ports {}-{})", inner.nat_ports.0, inner.nat_ports.1, ephemeral.0, ephemeral.1);
         let networks: Vec<NetworkSpec> = inner.state.networks.values().cloned().collect();
+        let mut seen = UplinkCache::new();
         for net in &networks {
             inner.ensure_bridge(net).await.map_err(|e| anyhow::anyhow!("restoring network {}: {e}", net.name))?;
-            inner.sync_datapath_network(net).await.map_err(|e| anyhow::anyhow!("restoring network {}: {e}", net.name))?;
+            inner.sync_datapath_network(net, &mut seen).await.map_err(|e| anyhow::anyhow!("restoring network {}: {e}", net.name))?;
         }
         let endpoints: Vec<EndpointSpec> = inner.state.endpoints.values().cloned().collect();
         for ep in &endpoints {
