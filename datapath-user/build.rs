@@ -11,7 +11,8 @@ fn main() {
     let obj = match std::env::var_os("DATAPATH_BPF_OBJ") {
         Some(p) => PathBuf::from(p),
         None => {
-            let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+            let manifest =
+                PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
             manifest.join("..").join("target").join("bpf").join("datapath.bpf.o")
         }
     };

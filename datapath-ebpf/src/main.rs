@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::info;
 use datapath_common::{
-    reason, Counter, EndpointInfo, NetworkInfo, EP_F_TRACE, MAX_ENDPOINTS, MAX_NETWORKS,
-    NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC, NET_F_PRESENT,
+    reason, Counter, EndpointInfo, NetworkInfo, EP_F_TRACE, MAX_ENDPOINTS, MAX_NETWORKS, NET_F_INTERNAL,
+    NET_F_MASQUERADE, NET_F_NO_ICC, NET_F_PRESENT,
 };
 
 mod nat;
@@ -37,8 +37,7 @@ static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_END
 /// Endpoints keyed by their IPv4 address (network byte order, see
 /// `datapath_common::ipv4_key`).
 #[map]
-pub(crate) static ENDPOINTS_BY_IP: HashMap<u32, EndpointInfo> =
-    HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+pub(crate) static ENDPOINTS_BY_IP: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// Local networks indexed by their numeric id (an array: the lookup is
 /// inlined by the verifier, no hashing on the per-packet path); slots
@@ -127,24 +126,12 @@ pub(crate) const DIR_FROM_UPLINK: u64 = 1 << 48;
 
 #[inline(always)]
 pub(crate) const fn pass(code: u32) -> Verdict {
-    Verdict {
-        code,
-        action: TC_ACT_OK as i32,
-        out_if: 0,
-        dst_flags: 0,
-        was: 0,
-    }
+    Verdict { code, action: TC_ACT_OK as i32, out_if: 0, dst_flags: 0, was: 0 }
 }
 
 #[inline(always)]
 pub(crate) const fn drop(code: u32) -> Verdict {
-    Verdict {
-        code,
-        action: TC_ACT_SHOT as i32,
-        out_if: 0,
-        dst_flags: 0,
-        was: 0,
-    }
+    Verdict { code, action: TC_ACT_SHOT as i32, out_if: 0, dst_flags: 0, was: 0 }
 }
 
 /// Makes sure the first `n` bytes of the frame are in the linear area, so
@@ -183,11 +170,7 @@ fn is_multicast(mac: &Mac) -> bool {
 /// The `[u8; 6]` MAC of the shared types as a [`Mac`].
 #[inline(always)]
 pub(crate) fn mac(b: [u8; 6]) -> Mac {
-    [
-        u16::from_ne_bytes([b[0], b[1]]),
-        u16::from_ne_bytes([b[2], b[3]]),
-        u16::from_ne_bytes([b[4], b[5]]),
-    ]
+    [u16::from_ne_bytes([b[0], b[1]]), u16::from_ne_bytes([b[2], b[3]]), u16::from_ne_bytes([b[4], b[5]])]
 }
 
 #[classifier]
@@ -275,14 +258,8 @@ fn from_endpoint_ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Ver
         return drop(reason::DROP_TRUNCATED);
     };
     // SAFETY: bounds-checked above.
-    let (version_ihl, tot_len, saddr, daddr) = unsafe {
-        (
-            (*ip).version_ihl,
-            usize::from(u16::from_be((*ip).tot_len)),
-            (*ip).saddr,
-            (*ip).daddr,
-        )
-    };
+    let (version_ihl, tot_len, saddr, daddr) =
+        unsafe { ((*ip).version_ihl, usize::from(u16::from_be((*ip).tot_len)), (*ip).saddr, (*ip).daddr) };
 
     let hlen = usize::from(version_ihl & 0x0f) * 4;
     // A GSO packet beyond 64 KiB (BIG TCP) carries tot_len 0; its real length
@@ -311,20 +288,10 @@ fn from_endpoint_ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Ver
     let dst = unsafe { ENDPOINTS_BY_IP.get(&daddr) }.copied();
 
     // Network policy (Docker's isolation, icc=false, internal networks).
-    if let Some(net) = NETWORKS
-        .get(src.network_id)
-        .copied()
-        .filter(|n| n.flags & NET_F_PRESENT != 0)
-    {
+    if let Some(net) = NETWORKS.get(src.network_id).copied().filter(|n| n.flags & NET_F_PRESENT != 0) {
         if let Some(d) = &dst {
-            if d.network_id == src.network_id
-                && d.ifindex != src.ifindex
-                && net.flags & NET_F_NO_ICC != 0
-            {
-                return Verdict {
-                    dst_flags: d.flags,
-                    ..drop(reason::DROP_POLICY_ICC)
-                };
+            if d.network_id == src.network_id && d.ifindex != src.ifindex && net.flags & NET_F_NO_ICC != 0 {
+                return Verdict { dst_flags: d.flags, ..drop(reason::DROP_POLICY_ICC) };
             }
         }
         if daddr & net.mask != net.subnet {
@@ -340,11 +307,7 @@ fn from_endpoint_ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Ver
             }
             // Beyond the node from a masquerading network, routed through
             // the gateway: source NAT here, out the uplink directly.
-            if !local
-                && net.flags & NET_F_MASQUERADE != 0
-                && net.masq_addr != 0
-                && *eth_dst == mac(src.gw_mac)
-            {
+            if !local && net.flags & NET_F_MASQUERADE != 0 && net.masq_addr != 0 && *eth_dst == mac(src.gw_mac) {
                 let Some(sc) = nat::scratch() else {
                     return pass(reason::PASS_TO_BRIDGE);
                 };
@@ -375,16 +338,10 @@ fn from_endpoint_ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Ver
     };
     let dst_flags = dst.flags;
     if dst.network_id != src.network_id || dst.ifindex == src.ifindex {
-        return Verdict {
-            dst_flags,
-            ..pass(reason::PASS_TO_BRIDGE)
-        };
+        return Verdict { dst_flags, ..pass(reason::PASS_TO_BRIDGE) };
     }
 
-    let (Some(eth), Some(ip)) = (
-        ptr_at::<EthHdr>(ctx, 0),
-        ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN),
-    ) else {
+    let (Some(eth), Some(ip)) = (ptr_at::<EthHdr>(ctx, 0), ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)) else {
         return drop(reason::DROP_TRUNCATED);
     };
     // SAFETY: `eth` and `ip` bounds-checked just above.
@@ -394,10 +351,7 @@ fn from_endpoint_ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Ver
             // expiring packet goes to the kernel, which answers with ICMP
             // time exceeded.
             if (*ip).ttl <= 1 {
-                return Verdict {
-                    dst_flags,
-                    ..pass(reason::PASS_TO_BRIDGE)
-                };
+                return Verdict { dst_flags, ..pass(reason::PASS_TO_BRIDGE) };
             }
             // Incremental checksum update for TTL - 1, as ip_decrease_ttl():
             // the TTL is the high byte of its 16-bit word.
@@ -427,10 +381,7 @@ fn from_endpoint_ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Ver
             was: 0,
         }
     } else {
-        Verdict {
-            dst_flags,
-            ..drop(reason::DROP_REDIRECT_FAILED)
-        }
+        Verdict { dst_flags, ..drop(reason::DROP_REDIRECT_FAILED) }
     }
 }
 
@@ -449,10 +400,7 @@ static REASON_NAMES: [[u8; REASON_NAME_WIDTH]; reason::MAX as usize] = {
     let mut code = 0;
     while code < reason::MAX as usize {
         let name = reason::name(code as u32).as_bytes();
-        assert!(
-            name.len() <= REASON_NAME_WIDTH,
-            "a reason name is wider than REASON_NAME_WIDTH"
-        );
+        assert!(name.len() <= REASON_NAME_WIDTH, "a reason name is wider than REASON_NAME_WIDTH");
         let mut i = 0;
         while i < name.len() {
             table[code][i] = name[i];
@@ -520,10 +468,8 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32) {
     // SAFETY: this CPU's slot, filled by `trace` just before.
     let (code, out_if, was) = unsafe { ((*a).code, (*a).out_if, (*a).was) };
     // SAFETY: the tables hold ASCII only.
-    let why =
-        unsafe { core::str::from_utf8_unchecked(&REASON_NAMES[(code % reason::MAX) as usize]) };
-    let dir =
-        unsafe { core::str::from_utf8_unchecked(&DIRS[usize::from(was & DIR_FROM_UPLINK != 0)]) };
+    let why = unsafe { core::str::from_utf8_unchecked(&REASON_NAMES[(code % reason::MAX) as usize]) };
+    let dir = unsafe { core::str::from_utf8_unchecked(&DIRS[usize::from(was & DIR_FROM_UPLINK != 0)]) };
     let (was_addr, was_port) = ((was as u32).to_ne_bytes(), (was >> 32) as u16);
     let eth: [u8; ETH_HLEN] = ctx.load(0).unwrap_or([0; ETH_HLEN]);
     let dmac = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
@@ -532,10 +478,7 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32) {
 
     if proto == ETH_P_IP {
         if let Ok(ip) = ctx.load::<[u8; IPV4_MIN_HLEN]>(ETH_HLEN) {
-            let (sa, da) = (
-                [ip[12], ip[13], ip[14], ip[15]],
-                [ip[16], ip[17], ip[18], ip[19]],
-            );
+            let (sa, da) = ([ip[12], ip[13], ip[14], ip[15]], [ip[16], ip[17], ip[18], ip[19]]);
             let ip_proto = ip[9];
             let hlen = usize::from(ip[0] & 0x0f) * 4;
             let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff == 0;
@@ -551,10 +494,7 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32) {
             let nat = was as u32 != 0;
             match (ports, out_if, nat) {
                 (Some(p), 0, false) => {
-                    let (sp, dp) = (
-                        u16::from_be_bytes([p[0], p[1]]),
-                        u16::from_be_bytes([p[2], p[3]]),
-                    );
+                    let (sp, dp) = (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
                     info!(
                         &ctx,
                         "ep={} {} {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={}",
@@ -571,10 +511,7 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32) {
                     );
                 }
                 (Some(p), out, false) => {
-                    let (sp, dp) = (
-                        u16::from_be_bytes([p[0], p[1]]),
-                        u16::from_be_bytes([p[2], p[3]]),
-                    );
+                    let (sp, dp) = (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
                     info!(
                         &ctx,
                         "ep={} {} {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={} -> if={}",
@@ -592,10 +529,7 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32) {
                     );
                 }
                 (Some(p), out, true) => {
-                    let (sp, dp) = (
-                        u16::from_be_bytes([p[0], p[1]]),
-                        u16::from_be_bytes([p[2], p[3]]),
-                    );
+                    let (sp, dp) = (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
                     info!(
                         &ctx,
                         "ep={} {} {} {:mac} > {:mac} {:i}:{} > {:i}:{} proto={} -> if={} was={:i}:{}",
@@ -617,15 +551,7 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32) {
                 (None, 0, false) => {
                     info!(
                         &ctx,
-                        "ep={} {} {} {:mac} > {:mac} {:i} > {:i} proto={}",
-                        ep,
-                        dir,
-                        why,
-                        smac,
-                        dmac,
-                        sa,
-                        da,
-                        ip_proto
+                        "ep={} {} {} {:mac} > {:mac} {:i} > {:i} proto={}", ep, dir, why, smac, dmac, sa, da, ip_proto
                     );
                 }
                 (None, out, false) => {
@@ -666,29 +592,12 @@ fn emit_trace(skb: *mut __sk_buff, ep: u32) {
     } else if proto == ETH_P_ARP {
         if let Ok(arp) = ctx.load::<[u8; ARP_LEN]>(ETH_HLEN) {
             let op = u16::from_be_bytes([arp[6], arp[7]]);
-            let (spa, tpa) = (
-                [arp[14], arp[15], arp[16], arp[17]],
-                [arp[24], arp[25], arp[26], arp[27]],
-            );
-            info!(
-                &ctx,
-                "ep={} {} {} {:mac} > {:mac} arp op={} {:i} > {:i}",
-                ep,
-                dir,
-                why,
-                smac,
-                dmac,
-                op,
-                spa,
-                tpa
-            );
+            let (spa, tpa) = ([arp[14], arp[15], arp[16], arp[17]], [arp[24], arp[25], arp[26], arp[27]]);
+            info!(&ctx, "ep={} {} {} {:mac} > {:mac} arp op={} {:i} > {:i}", ep, dir, why, smac, dmac, op, spa, tpa);
             return;
         }
     }
-    info!(
-        &ctx,
-        "ep={} {} {} {:mac} > {:mac} ethertype=0x{:x}", ep, dir, why, smac, dmac, proto
-    );
+    info!(&ctx, "ep={} {} {} {:mac} > {:mac} ethertype=0x{:x}", ep, dir, why, smac, dmac, proto);
 }
 
 #[cfg(not(test))]

@@ -21,9 +21,8 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED,
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0,
-        BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_REDIRECT,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_REDIRECT,
     },
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns,
@@ -34,17 +33,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
-    reason, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, CT_DEFAULT_ICMP,
-    CT_DEFAULT_TCP_CLOSING, CT_DEFAULT_TCP_ESTABLISHED, CT_DEFAULT_TCP_SYN, CT_DEFAULT_UDP,
-    CT_ESTABLISHED, CT_F_DONE, CT_F_LAST_FIN_RX, CT_F_REVERSE, CT_F_RX_FIN, CT_F_SEEN_REPLY,
-    CT_FIB_REFRESH_NS, CT_F_SNAT, CT_F_TX_FIN, CT_MAX_ENTRIES, CT_NEW, CT_ORPHAN_GRACE_NS, CT_TCP_CLOSED,
-    CT_TCP_CLOSING, CT_TCP_SYN_SENT, EP_F_TRACE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    NAT_PORT_TAKEOVER_FROM, NAT_PORT_TAKEOVER_UNTIL, NAT_PORT_TRIES,
+    reason, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, CT_DEFAULT_ICMP, CT_DEFAULT_TCP_CLOSING,
+    CT_DEFAULT_TCP_ESTABLISHED, CT_DEFAULT_TCP_SYN, CT_DEFAULT_UDP, CT_ESTABLISHED, CT_FIB_REFRESH_NS, CT_F_DONE,
+    CT_F_LAST_FIN_RX, CT_F_REVERSE, CT_F_RX_FIN, CT_F_SEEN_REPLY, CT_F_SNAT, CT_F_TX_FIN, CT_MAX_ENTRIES, CT_NEW,
+    CT_ORPHAN_GRACE_NS, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_SYN_SENT, EP_F_TRACE, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, NAT_PORT_TAKEOVER_FROM, NAT_PORT_TAKEOVER_UNTIL, NAT_PORT_TRIES,
 };
 
 use crate::{
-    count, drop, linear, mac, pass, ptr_at, EthHdr, Ipv4Hdr, Verdict, DIR_FROM_UPLINK,
-    ENDPOINTS_BY_IP, ETH_HLEN, ETH_P_IP, IPV4_MIN_HLEN, PACKET_HOST,
+    count, drop, linear, mac, pass, ptr_at, EthHdr, Ipv4Hdr, Verdict, DIR_FROM_UPLINK, ENDPOINTS_BY_IP, ETH_HLEN,
+    ETH_P_IP, IPV4_MIN_HLEN, PACKET_HOST,
 };
 
 /// The connection tracker (see the module documentation).
@@ -136,20 +134,13 @@ fn ct_update(e: *mut CtEntry, proto: u8, reply: bool, tcp_flags: u8, len: u32, n
                     if !had_both {
                         // Who sent the second FIN: the other side sends
                         // the last ACK.
-                        flags = if reply {
-                            flags | CT_F_LAST_FIN_RX
-                        } else {
-                            flags & !CT_F_LAST_FIN_RX
-                        };
+                        flags = if reply { flags | CT_F_LAST_FIN_RX } else { flags & !CT_F_LAST_FIN_RX };
                     }
                     CT_TCP_CLOSED
                 } else {
                     CT_TCP_CLOSING
                 };
-            } else if !reply
-                && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-                && state >= CT_TCP_CLOSING
-            {
+            } else if !reply && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && state >= CT_TCP_CLOSING {
                 // A new SYN on a closing flow reopens it (same mapping).
                 state = CT_TCP_SYN_SENT;
                 flags &= !(BOTH | CT_F_LAST_FIN_RX | CT_F_DONE);
@@ -203,18 +194,8 @@ fn read_l4(ctx: &TcContext, proto: u8, l4: usize) -> Option<L4> {
         _ => {
             let h: [u8; 8] = ctx.load(l4).ok()?;
             let id = u16::from_ne_bytes([h[4], h[5]]);
-            let (sport, dport) = if h[0] == ICMP_ECHO_REQUEST {
-                (id, 0)
-            } else {
-                (0, id)
-            };
-            Some(L4 {
-                sport,
-                dport,
-                csum_off: l4 + 2,
-                port_off: l4 + 4,
-                tcp_flags: h[0],
-            })
+            let (sport, dport) = if h[0] == ICMP_ECHO_REQUEST { (id, 0) } else { (0, id) };
+            Some(L4 { sport, dport, csum_off: l4 + 2, port_off: l4 + 4, tcp_flags: h[0] })
         }
     }
 }
@@ -223,23 +204,9 @@ fn read_l4(ctx: &TcContext, proto: u8, l4: usize) -> Option<L4> {
 #[inline(always)]
 fn reply_key(proto: u8, saddr_nat: u32, sport_nat: u16, daddr: u32, dport: u16) -> CtKey {
     if proto == IPPROTO_ICMP {
-        CtKey {
-            saddr: daddr,
-            daddr: saddr_nat,
-            sport: 0,
-            dport: sport_nat,
-            proto,
-            _pad: [0; 3],
-        }
+        CtKey { saddr: daddr, daddr: saddr_nat, sport: 0, dport: sport_nat, proto, _pad: [0; 3] }
     } else {
-        CtKey {
-            saddr: daddr,
-            daddr: saddr_nat,
-            sport: dport,
-            dport: sport_nat,
-            proto,
-            _pad: [0; 3],
-        }
+        CtKey { saddr: daddr, daddr: saddr_nat, sport: dport, dport: sport_nat, proto, _pad: [0; 3] }
     }
 }
 
@@ -307,21 +274,10 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
 
     let now = unsafe { bpf_ktime_get_ns() };
     let len = ctx.len();
-    let key = CtKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto,
-        _pad: [0; 3],
-    };
+    let key = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: l4.sport, dport: l4.dport, proto, _pad: [0; 3] };
     let found = CT.get_ptr_mut(&key);
 
-    let tcp_flags = if proto == IPPROTO_TCP {
-        l4.tcp_flags
-    } else {
-        0
-    };
+    let tcp_flags = if proto == IPPROTO_TCP { l4.tcp_flags } else { 0 };
     let syn = proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
     // SAFETY: this CPU's slot.
     let fib = unsafe { &mut (*sc).fib };
@@ -375,12 +331,7 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     fib.__bindgen_anon_4.ipv4_dst = ip.daddr;
     // SAFETY: helper call with a buffer of the size given.
     let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            fib as *mut FibParams,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
+        bpf_fib_lookup(ctx.skb.skb as *mut _, fib as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0)
     } as u32;
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && ip.frag_off & IP_DF == 0 {
         // The kernel would fragment it and forward it untranslated.
@@ -409,8 +360,7 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
                 // A new connection on the tuple of a closing or closed one
                 // (the client reuses its port): same mapping, fresh state,
                 // provided the reply entry is still ours.
-                if reverse_is(&reply_key(proto, net.masq_addr, port, ip.daddr, l4.dport), &key)
-                {
+                if reverse_is(&reply_key(proto, net.masq_addr, port, ip.daddr, l4.dport), &key) {
                     // SAFETY: as above.
                     unsafe {
                         (*e).created_ns = now;
@@ -495,15 +445,7 @@ pub fn nat_egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
 /// Translation of the packet to `nat_addr:nat_port` and redirect to the
 /// next hop in `fib` (`rc`: the lookup's result, SUCCESS or NO_NEIGH).
 #[inline(always)]
-fn send(
-    ctx: &TcContext,
-    ip: &Ip,
-    l4: &L4,
-    nat_addr: u32,
-    nat_port: u16,
-    rc: u32,
-    fib: &FibParams,
-) -> Verdict {
+fn send(ctx: &TcContext, ip: &Ip, l4: &L4, nat_addr: u32, nat_port: u16, rc: u32, fib: &FibParams) -> Verdict {
     let proto = ip.proto;
     // Rewrite. The L4 checksum is updated incrementally by the helper: for
     // a CHECKSUM_PARTIAL packet (veth) only the pseudo-header part of the
@@ -543,28 +485,12 @@ fn send(
         // SAFETY: after the lookup ipv4_dst holds the next hop.
         nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
         // SAFETY: helper call with a stack buffer of the size given.
-        unsafe {
-            bpf_redirect_neigh(
-                out_if,
-                &mut nh,
-                core::mem::size_of::<bpf_redir_neigh>() as i32,
-                0,
-            )
-        }
+        unsafe { bpf_redirect_neigh(out_if, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0) }
     };
     if ret != i64::from(TC_ACT_REDIRECT) {
-        return Verdict {
-            was,
-            ..drop(reason::DROP_REDIRECT_FAILED)
-        };
+        return Verdict { was, ..drop(reason::DROP_REDIRECT_FAILED) };
     }
-    Verdict {
-        code: reason::FWD_NAT,
-        action: TC_ACT_REDIRECT as i32,
-        out_if,
-        dst_flags: 0,
-        was,
-    }
+    Verdict { code: reason::FWD_NAT, action: TC_ACT_REDIRECT as i32, out_if, dst_flags: 0, was }
 }
 
 /// Whether the entry at reply tuple `rkey` is the reverse entry of the
@@ -573,9 +499,7 @@ fn send(
 fn reverse_is(rkey: &CtKey, fkey: &CtKey) -> bool {
     match CT.get_ptr(rkey) {
         // SAFETY: map value pointer, valid for this program run.
-        Some(r) => unsafe {
-            (*r).flags & CT_F_REVERSE != 0 && (*r).addr == fkey.saddr && (*r).port == fkey.sport
-        },
+        Some(r) => unsafe { (*r).flags & CT_F_REVERSE != 0 && (*r).addr == fkey.saddr && (*r).port == fkey.sport },
         None => false,
     }
 }
@@ -587,8 +511,7 @@ fn reverse_is(rkey: &CtKey, fkey: &CtKey) -> bool {
 #[inline(always)]
 fn take_over(rkey: &CtKey, r: *const CtEntry, now: u64) -> bool {
     // SAFETY: map value pointer (of `rkey`), valid for this program run.
-    let (rflags, raddr, rport, rcreated) =
-        unsafe { ((*r).flags, (*r).addr, (*r).port, (*r).created_ns) };
+    let (rflags, raddr, rport, rcreated) = unsafe { ((*r).flags, (*r).addr, (*r).port, (*r).created_ns) };
     if rflags & CT_F_REVERSE == 0 {
         return false;
     }
@@ -596,11 +519,7 @@ fn take_over(rkey: &CtKey, r: *const CtEntry, now: u64) -> bool {
         saddr: raddr,
         daddr: rkey.saddr,
         sport: rport,
-        dport: if rkey.proto == IPPROTO_ICMP {
-            0
-        } else {
-            rkey.sport
-        },
+        dport: if rkey.proto == IPPROTO_ICMP { 0 } else { rkey.sport },
         proto: rkey.proto,
         _pad: [0; 3],
     };
@@ -608,14 +527,10 @@ fn take_over(rkey: &CtKey, r: *const CtEntry, now: u64) -> bool {
     match CT.get_ptr(&fkey) {
         // SAFETY: map value pointer, valid for this program run.
         Some(f) => unsafe {
-            let ours = (*f).flags & CT_F_REVERSE == 0
-                && (*f).addr == rkey.daddr
-                && (*f).port == rkey.dport;
+            let ours = (*f).flags & CT_F_REVERSE == 0 && (*f).addr == rkey.daddr && (*f).port == rkey.dport;
             if ours {
                 let over = (*f).expires_ns <= now
-                    || (rkey.proto == IPPROTO_TCP
-                        && (*f).state == CT_TCP_CLOSED
-                        && (*f).flags & CT_F_DONE != 0);
+                    || (rkey.proto == IPPROTO_TCP && (*f).state == CT_TCP_CLOSED && (*f).flags & CT_F_DONE != 0);
                 if !over {
                     return false;
                 }
@@ -711,11 +626,7 @@ fn ct_create(key: &CtKey, packed: u64, net: &NetworkInfo, now: u64) -> Result<u1
     if port == 0 {
         return Err(reason::DROP_NAT_NO_PORT);
     }
-    let state = if key.proto == IPPROTO_TCP {
-        CT_TCP_SYN_SENT
-    } else {
-        CT_NEW
-    };
+    let state = if key.proto == IPPROTO_TCP { CT_TCP_SYN_SENT } else { CT_NEW };
     *entry = CtEntry {
         created_ns: now,
         last_seen_ns: now,
@@ -728,13 +639,7 @@ fn ct_create(key: &CtKey, packed: u64, net: &NetworkInfo, now: u64) -> Result<u1
         ..Default::default()
     };
     if CT.insert(key, &*entry, 0).is_err() {
-        let _ = CT.remove(&reply_key(
-            key.proto,
-            net.masq_addr,
-            port,
-            key.daddr,
-            key.dport,
-        ));
+        let _ = CT.remove(&reply_key(key.proto, net.masq_addr, port, key.daddr, key.dport));
         return Err(reason::DROP_CT_TABLE_FULL);
     }
     Ok(port)
@@ -745,15 +650,7 @@ fn ct_create(key: &CtKey, packed: u64, net: &NetworkInfo, now: u64) -> Result<u1
 /// written and the L4 checksum fixed; the IPv4 header is the caller's.
 /// `false` when a helper failed (the packet is then dropped).
 #[inline(always)]
-fn rewrite_l4(
-    ctx: &TcContext,
-    old_addr: u32,
-    new_addr: u32,
-    l4: &L4,
-    old_port: u16,
-    new_port: u16,
-    proto: u8,
-) -> bool {
+fn rewrite_l4(ctx: &TcContext, old_addr: u32, new_addr: u32, l4: &L4, old_port: u16, new_port: u16, proto: u8) -> bool {
     let (pseudo, mangled) = match proto {
         IPPROTO_TCP => (BPF_F_PSEUDO_HDR as u64, 0),
         // A zero UDP checksum means none: MARK_MANGLED_0 leaves it zero and
@@ -767,27 +664,13 @@ fn rewrite_l4(
     // checksum field.
     if old_addr != new_addr
         && pseudo != 0
-        && ctx
-            .l4_csum_replace(
-                l4.csum_off,
-                u64::from(old_addr),
-                u64::from(new_addr),
-                pseudo | mangled | 4,
-            )
-            .is_err()
+        && ctx.l4_csum_replace(l4.csum_off, u64::from(old_addr), u64::from(new_addr), pseudo | mangled | 4).is_err()
     {
         return false;
     }
     if old_port != new_port
         && (ctx.store(l4.port_off, &new_port, 0).is_err()
-            || ctx
-                .l4_csum_replace(
-                    l4.csum_off,
-                    u64::from(old_port),
-                    u64::from(new_port),
-                    mangled | 2,
-                )
-                .is_err())
+            || ctx.l4_csum_replace(l4.csum_off, u64::from(old_port), u64::from(new_port), mangled | 2).is_err())
     {
         return false;
     }
@@ -817,9 +700,7 @@ fn decrement_ttl(ctx: &TcContext, ttl: u8, proto: u8) -> bool {
     let old = u16::from_ne_bytes([ttl, proto]);
     let new = u16::from_ne_bytes([ttl - 1, proto]);
     ctx.store(IP_TTL_OFF, &new, 0).is_ok()
-        && ctx
-            .l3_csum_replace(IP_CSUM_OFF, u64::from(old), u64::from(new), 2)
-            .is_ok()
+        && ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old), u64::from(new), 2).is_ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -832,13 +713,7 @@ pub fn dp_from_uplink(ctx: TcContext) -> i32 {
     let v = from_uplink(&ctx, &mut ep);
     count(v.code, len);
     if ep.flags & EP_F_TRACE != 0 {
-        crate::trace(
-            ctx.skb.skb,
-            ep.ifindex,
-            v.code,
-            v.out_if,
-            v.was | DIR_FROM_UPLINK,
-        );
+        crate::trace(ctx.skb.skb, ep.ifindex, v.code, v.out_if, v.was | DIR_FROM_UPLINK);
     }
     v.action
 }
@@ -898,14 +773,7 @@ fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
         return pass(reason::PASS_UPLINK_HOST);
     }
 
-    let key = CtKey {
-        saddr,
-        daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto,
-        _pad: [0; 3],
-    };
+    let key = CtKey { saddr, daddr, sport: l4.sport, dport: l4.dport, proto, _pad: [0; 3] };
     let Some(rev) = CT.get_ptr(&key) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
@@ -931,10 +799,7 @@ fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
     // entry must be live and still translate to this address and port (a
     // reverse entry left behind by a reused tuple must not deliver).
     if unsafe {
-        (*fwd).expires_ns <= now
-            || (*fwd).flags & CT_F_REVERSE != 0
-            || (*fwd).addr != daddr
-            || (*fwd).port != l4.dport
+        (*fwd).expires_ns <= now || (*fwd).flags & CT_F_REVERSE != 0 || (*fwd).addr != daddr || (*fwd).port != l4.dport
     } {
         return pass(reason::PASS_UPLINK_HOST);
     }
@@ -945,26 +810,12 @@ fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
     *ep = e;
     let was = u64::from(daddr) | (u64::from(u16::from_be(l4.dport)) << 32);
     if ttl <= 1 {
-        return Verdict {
-            was,
-            ..drop(reason::DROP_TTL_EXCEEDED)
-        };
+        return Verdict { was, ..drop(reason::DROP_TTL_EXCEEDED) };
     }
-    let tcp_flags = if proto == IPPROTO_TCP {
-        l4.tcp_flags
-    } else {
-        0
-    };
+    let tcp_flags = if proto == IPPROTO_TCP { l4.tcp_flags } else { 0 };
     ct_update(fwd, proto, true, tcp_flags, len, now);
 
-    let l4w = L4 {
-        port_off: if proto == IPPROTO_ICMP {
-            l4.port_off
-        } else {
-            l4off + 2
-        },
-        ..l4
-    };
+    let l4w = L4 { port_off: if proto == IPPROTO_ICMP { l4.port_off } else { l4off + 2 }, ..l4 };
     if !rewrite_l4(ctx, daddr, raddr, &l4w, l4.dport, rport, proto) {
         return drop(reason::DROP_TRUNCATED);
     }
@@ -1010,18 +861,9 @@ fn redirect_into(ctx: &TcContext, ep: &EndpointInfo, was: u64) -> Verdict {
     // SAFETY: plain helper call.
     let ret = unsafe { bpf_redirect_peer(ep.ifindex, 0) };
     if ret != i64::from(TC_ACT_REDIRECT) {
-        return Verdict {
-            was,
-            ..drop(reason::DROP_REDIRECT_FAILED)
-        };
+        return Verdict { was, ..drop(reason::DROP_REDIRECT_FAILED) };
     }
-    Verdict {
-        code: reason::FWD_REVNAT,
-        action: TC_ACT_REDIRECT as i32,
-        out_if: ep.ifindex,
-        dst_flags: 0,
-        was,
-    }
+    Verdict { code: reason::FWD_REVNAT, action: TC_ACT_REDIRECT as i32, out_if: ep.ifindex, dst_flags: 0, was }
 }
 
 /// An ICMP destination unreachable / time exceeded about a translated flow:
@@ -1084,20 +926,10 @@ fn icmp_error(ctx: &TcContext, packed: u64, ep: &mut EndpointInfo) -> Verdict {
     *ep = e;
     let was = u64::from(daddr) | (u64::from(u16::from_be(iport)) << 32);
     if ttl <= 1 {
-        return Verdict {
-            was,
-            ..drop(reason::DROP_TTL_EXCEEDED)
-        };
+        return Verdict { was, ..drop(reason::DROP_TTL_EXCEEDED) };
     }
     // Count the error against the flow, as a reply.
-    let fkey = CtKey {
-        saddr: raddr,
-        daddr: idaddr,
-        sport: rport,
-        dport: key.sport,
-        proto: iproto,
-        _pad: [0; 3],
-    };
+    let fkey = CtKey { saddr: raddr, daddr: idaddr, sport: rport, dport: key.sport, proto: iproto, _pad: [0; 3] };
     if let Some(fwd) = CT.get_ptr_mut(&fkey) {
         // SAFETY: map value pointer, valid for this program run.
         unsafe {
@@ -1107,29 +939,19 @@ fn icmp_error(ctx: &TcContext, packed: u64, ep: &mut EndpointInfo) -> Verdict {
     }
 
     let ok = ctx.store(inner + 12, &raddr, 0).is_ok()
-        && ctx
-            .l3_csum_replace(inner + 10, u64::from(isaddr), u64::from(raddr), 4)
-            .is_ok()
-        && ctx
-            .l4_csum_replace(icmp_csum, u64::from(isaddr), u64::from(raddr), 4)
-            .is_ok()
+        && ctx.l3_csum_replace(inner + 10, u64::from(isaddr), u64::from(raddr), 4).is_ok()
+        && ctx.l4_csum_replace(icmp_csum, u64::from(isaddr), u64::from(raddr), 4).is_ok()
         && ctx.store(port_off, &rport, 0).is_ok()
-        && ctx
-            .l4_csum_replace(icmp_csum, u64::from(iport), u64::from(rport), 2)
-            .is_ok();
+        && ctx.l4_csum_replace(icmp_csum, u64::from(iport), u64::from(rport), 2).is_ok();
     if !ok {
         return drop(reason::DROP_TRUNCATED);
     }
     let Ok(inew_csum) = ctx.load::<u16>(inner + 10) else {
         return drop(reason::DROP_TRUNCATED);
     };
-    let ok = ctx
-        .l4_csum_replace(icmp_csum, u64::from(iold_csum), u64::from(inew_csum), 2)
-        .is_ok()
+    let ok = ctx.l4_csum_replace(icmp_csum, u64::from(iold_csum), u64::from(inew_csum), 2).is_ok()
         && ctx.store(IP_DADDR_OFF, &raddr, 0).is_ok()
-        && ctx
-            .l3_csum_replace(IP_CSUM_OFF, u64::from(daddr), u64::from(raddr), 4)
-            .is_ok()
+        && ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(daddr), u64::from(raddr), 4).is_ok()
         && decrement_ttl(ctx, ttl, IPPROTO_ICMP);
     if !ok {
         return drop(reason::DROP_TRUNCATED);

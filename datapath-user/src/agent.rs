@@ -15,17 +15,18 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, Mutex};
 
 use crate::api::{
-    ApiError, ContainerCreate, ContainerView, CounterView, EndpointCreate, FlowView, EndpointView, Envelope, NetworkCreate, NetworkEndpointView, NetworkOptionsView, NetworkView, Request,
-    Response, StatsView, TraceLine, API_VERSION,
+    ApiError, ContainerCreate, ContainerView, CounterView, EndpointCreate, EndpointView, Envelope, FlowView,
+    NetworkCreate, NetworkEndpointView, NetworkOptionsView, NetworkView, Request, Response, StatsView, TraceLine,
+    API_VERSION,
 };
 use crate::bpf::{AttachMode, Bpf, BpfError};
 use crate::ipam::{self, format_mac, mac_for};
-use crate::netlink::{Netlink, NetlinkError};
 use crate::netfilter;
+use crate::netlink::{Netlink, NetlinkError};
 use crate::netns;
-use crate::uplink;
 use crate::run::{self, ContainerSpec, RunMode};
 use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, State};
+use crate::uplink;
 
 pub const DEFAULT_NETWORK: &str = "bridge";
 pub const DEFAULT_BRIDGE: &str = "datapath0";
@@ -130,7 +131,9 @@ pub struct Agent {
 fn api_netns(e: netns::NetnsError) -> ApiError {
     match e {
         netns::NetnsError::Exists(n) => ApiError::conflict(format!("a network namespace named {n:?} already exists")),
-        netns::NetnsError::Missing(p) => ApiError::not_found(format!("network namespace {} does not exist", p.display())),
+        netns::NetnsError::Missing(p) => {
+            ApiError::not_found(format!("network namespace {} does not exist", p.display()))
+        }
         other => ApiError::internal(other.to_string()),
     }
 }
@@ -138,7 +141,9 @@ fn api_netns(e: netns::NetnsError) -> ApiError {
 impl Inner {
     fn failpoint(&self, step: &str) -> Result<(), ApiError> {
         match &self.failpoint {
-            Some(f) if f == &format!("endpoint:{step}") => Err(ApiError::internal(format!("injected failure after step {step:?} ({FAILPOINT_ENV})"))),
+            Some(f) if f == &format!("endpoint:{step}") => {
+                Err(ApiError::internal(format!("injected failure after step {step:?} ({FAILPOINT_ENV})")))
+            }
             _ => Ok(()),
         }
     }
@@ -175,7 +180,12 @@ impl Inner {
             endpoints: self
                 .state
                 .endpoints_of(&n.name)
-                .map(|e| NetworkEndpointView { name: e.name.clone(), id: e.id.clone(), ip: e.ip, mac: format_mac(&e.mac) })
+                .map(|e| NetworkEndpointView {
+                    name: e.name.clone(),
+                    id: e.id.clone(),
+                    ip: e.ip,
+                    mac: format_mac(&e.mac),
+                })
                 .collect(),
         }
     }
@@ -218,12 +228,17 @@ impl Inner {
         let gw = req.gateway.as_deref().map(ipam::parse_addr).transpose()?;
         let gateway = ipam::gateway_for(&subnet, gw)?;
         if let Some(other) = self.state.overlapping(&subnet) {
-            return Err(ApiError::conflict(format!("subnet {subnet} overlaps network {:?} ({})", other.name, other.subnet)));
+            return Err(ApiError::conflict(format!(
+                "subnet {subnet} overlaps network {:?} ({})",
+                other.name, other.subnet
+            )));
         }
         for (route, oif) in self.nl.ipv4_routes().await? {
             if route.prefix_len() > 0 && state::nets_overlap(&route, &subnet) {
                 let dev = oif.map(|i| format!(" (ifindex {i})")).unwrap_or_default();
-                return Err(ApiError::conflict(format!("subnet {subnet} overlaps the route to {route}{dev} on this node")));
+                return Err(ApiError::conflict(format!(
+                    "subnet {subnet} overlaps the route to {route}{dev} on this node"
+                )));
             }
         }
         let datapath = req.datapath.unwrap_or(self.cfg.default_datapath);
@@ -242,9 +257,16 @@ impl Inner {
                 return Err(ApiError::invalid(format!("uplink interface {up:?} not found on this node")));
             }
         }
-        let options = state::NetworkOptions { internal, icc: req.icc.unwrap_or(true), masquerade, uplink: req.uplink.clone(), mtu: req.mtu };
+        let options = state::NetworkOptions {
+            internal,
+            icc: req.icc.unwrap_or(true),
+            masquerade,
+            uplink: req.uplink.clone(),
+            mtu: req.mtu,
+        };
         let id = state::random_id();
-        let bridge = if req.name == DEFAULT_NETWORK { DEFAULT_BRIDGE.to_string() } else { format!("dpbr-{}", &id[..8]) };
+        let bridge =
+            if req.name == DEFAULT_NETWORK { DEFAULT_BRIDGE.to_string() } else { format!("dpbr-{}", &id[..8]) };
         if let Some(stale) = self.nl.link_index(&bridge).await? {
             tracing::warn!("removing stale bridge {bridge} left by an earlier run");
             self.nl.delete_link(stale).await?;
@@ -291,7 +313,12 @@ impl Inner {
     }
 
     async fn network_remove(&mut self, name: &str, force_default: bool) -> Result<(), ApiError> {
-        let spec = self.state.networks.get(name).cloned().ok_or_else(|| ApiError::not_found(format!("network {name:?} not found")))?;
+        let spec = self
+            .state
+            .networks
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("network {name:?} not found")))?;
         if name == DEFAULT_NETWORK && !force_default {
             return Err(ApiError::invalid(format!("{name} is the default network and cannot be removed")));
         }
@@ -344,7 +371,12 @@ impl Inner {
         if self.state.containers.contains_key(&req.name) {
             return Err(ApiError::conflict(format!("name {:?} is taken by a container", req.name)));
         }
-        let net = self.state.networks.get(&network).cloned().ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
+        let net = self
+            .state
+            .networks
+            .get(&network)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
         let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".to_string());
         if ifname.is_empty() || ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
             return Err(ApiError::invalid(format!("invalid interface name {ifname:?}")));
@@ -446,7 +478,12 @@ impl Inner {
 
     /// Makes the namespace, veth, addressing, program and map entries of an
     /// endpoint, recording each step in `made` for the rollback.
-    async fn build_endpoint(&mut self, spec: &EndpointSpec, net: &NetworkSpec, made: &mut Made) -> Result<(), ApiError> {
+    async fn build_endpoint(
+        &mut self,
+        spec: &EndpointSpec,
+        net: &NetworkSpec,
+        made: &mut Made,
+    ) -> Result<(), ApiError> {
         let t0 = std::time::Instant::now();
         let lap = |what: &str| tracing::debug!(endpoint = %spec.name, "{what} after {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
         if spec.owns_netns {
@@ -462,9 +499,14 @@ impl Inner {
             Some(i) => *i,
             None => self.ensure_bridge(net).await?,
         };
-        let host = self.nl.create_veth(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, Some(bridge), net.options.mtu).await;
+        let host = self
+            .nl
+            .create_veth(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, Some(bridge), net.options.mtu)
+            .await;
         let host = host.map_err(|e| match e.errno() {
-            Some(17) => ApiError::conflict(format!("interface {} already exists in the endpoint's namespace", spec.ifname)),
+            Some(17) => {
+                ApiError::conflict(format!("interface {} already exists in the endpoint's namespace", spec.ifname))
+            }
             _ => e.into(),
         })?;
         made.host_ifindex = Some(host);
@@ -526,7 +568,12 @@ impl Inner {
     }
 
     async fn endpoint_remove(&mut self, name: &str) -> Result<(), ApiError> {
-        let spec = self.state.endpoints.get(name).cloned().ok_or_else(|| ApiError::not_found(format!("endpoint {name:?} not found")))?;
+        let spec = self
+            .state
+            .endpoints
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("endpoint {name:?} not found")))?;
         let users: Vec<&str> = self
             .state
             .containers
@@ -536,7 +583,10 @@ impl Inner {
             .map(|c| c.name.as_str())
             .collect();
         if !users.is_empty() {
-            return Err(ApiError::conflict(format!("endpoint {name:?} is in use by running command(s) {}: `datapath stop` them first", users.join(", "))));
+            return Err(ApiError::conflict(format!(
+                "endpoint {name:?} is in use by running command(s) {}: `datapath stop` them first",
+                users.join(", ")
+            )));
         }
         let ifindex = match self.host_ifindex.get(name) {
             Some(i) => Some(*i),
@@ -576,7 +626,12 @@ impl Inner {
             }
             return Ok(());
         }
-        let net = self.state.networks.get(&spec.network).cloned().ok_or_else(|| ApiError::not_found(format!("network {:?} not found", spec.network)))?;
+        let net = self
+            .state
+            .networks
+            .get(&spec.network)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", spec.network)))?;
         let host = self.nl.link_index(&spec.host_ifname).await?;
         let ns_ok = spec.netns_path.exists();
         if let (Some(host), true) = (host, ns_ok) {
@@ -611,7 +666,8 @@ impl Inner {
     fn sync_node(&mut self) -> Result<(), ApiError> {
         let script = netfilter::render(&self.state, |n| n.options.uplink.clone());
         if self.applied_nft.as_deref() != Some(script.as_str()) {
-            netfilter::apply(&script, netfilter::needs_rules(&self.state)).map_err(|e| ApiError::internal(e.to_string()))?;
+            netfilter::apply(&script, netfilter::needs_rules(&self.state))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             self.applied_nft = Some(script);
         }
         let routes_out = self.state.networks.values().any(|n| !n.options.internal);
@@ -638,7 +694,11 @@ impl Inner {
     /// `--uplink` or the device of the node's default route, its primary IPv4.
     /// `seen` memoizes the answer per uplink (`None` = the default route's
     /// device), so a pass over many networks asks netlink once per uplink.
-    async fn masquerade_for(&self, net: &NetworkSpec, seen: &mut UplinkCache) -> Result<Option<(Ipv4Addr, u32)>, ApiError> {
+    async fn masquerade_for(
+        &self,
+        net: &NetworkSpec,
+        seen: &mut UplinkCache,
+    ) -> Result<Option<(Ipv4Addr, u32)>, ApiError> {
         if !net.options.masquerade || net.options.internal {
             return Ok(None);
         }
@@ -732,7 +792,12 @@ impl Inner {
                         tracing::debug!(removed = r.removed, live = r.live, "conntrack GC");
                     }
                     if u64::from(r.capacity) > 0 && r.live as u64 * 100 / u64::from(r.capacity) >= 80 {
-                        tracing::warn!(live = r.live, capacity = r.capacity, "conntrack table is {}% full: live flows may be evicted", r.live as u64 * 100 / u64::from(r.capacity));
+                        tracing::warn!(
+                            live = r.live,
+                            capacity = r.capacity,
+                            "conntrack table is {}% full: live flows may be evicted",
+                            r.live as u64 * 100 / u64::from(r.capacity)
+                        );
                     }
                     self.last_gc_report = Some(r);
                 }
@@ -787,7 +852,10 @@ impl Inner {
     }
 
     /// Records (and for `-d` starts) a command; makes its endpoint first.
-    async fn container_create(&mut self, req: ContainerCreate) -> Result<(ContainerSpec, Option<std::process::Child>), ApiError> {
+    async fn container_create(
+        &mut self,
+        req: ContainerCreate,
+    ) -> Result<(ContainerSpec, Option<std::process::Child>), ApiError> {
         let mode = RunMode::parse(req.network.as_deref().unwrap_or(DEFAULT_NETWORK)).map_err(ApiError::invalid)?;
         if req.argv.is_empty() {
             return Err(ApiError::invalid("no command given"));
@@ -805,12 +873,14 @@ impl Inner {
                 if !self.state.networks.contains_key(net) {
                     return Err(ApiError::not_found(format!("network {net:?} not found")));
                 }
-                let ep = EndpointCreate { name: name.clone(), network: Some(net.clone()), ip: req.ip, ..Default::default() };
+                let ep =
+                    EndpointCreate { name: name.clone(), network: Some(net.clone()), ip: req.ip, ..Default::default() };
                 let v = self.endpoint_create(ep).await?;
                 (Some(name.clone()), v.netns_path)
             }
             RunMode::None => {
-                let ep = EndpointCreate { name: name.clone(), network: Some(NONE_NETWORK.into()), ..Default::default() };
+                let ep =
+                    EndpointCreate { name: name.clone(), network: Some(NONE_NETWORK.into()), ..Default::default() };
                 let v = self.endpoint_create(ep).await?;
                 (Some(name.clone()), v.netns_path)
             }
@@ -872,7 +942,11 @@ impl Inner {
     }
 
     fn container_started(&mut self, name: &str, pid: u32) -> Result<(), ApiError> {
-        let c = self.state.containers.get_mut(name).ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
+        let c = self
+            .state
+            .containers
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
         c.pid = Some(pid);
         c.pid_start = run::process_start_time(pid);
         self.state.save(&self.cfg.state_dir)?;
@@ -881,7 +955,11 @@ impl Inner {
 
     /// The command ended: record it, and with `--rm` remove it and its endpoint.
     async fn container_exited(&mut self, name: &str, code: i32) -> Result<(), ApiError> {
-        let c = self.state.containers.get_mut(name).ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
+        let c = self
+            .state
+            .containers
+            .get_mut(name)
+            .ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
         c.exit_code = Some(code);
         let (rm, endpoint) = (c.rm, c.endpoint.clone());
         if rm {
@@ -943,7 +1021,8 @@ impl Agent {
     /// default network if needed.
     pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Agent>> {
         use anyhow::Context;
-        std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
         ensure_bpffs(&cfg.bpffs)?;
         let (trace_tx, _) = broadcast::channel(4096);
         let bpf = Bpf::load(trace_tx.clone(), cfg.attach_mode)?;
@@ -976,12 +1055,21 @@ impl Agent {
             .and_then(|s| uplink::parse_ephemeral(&s))
             .unwrap_or((32768, 60999));
         inner.nat_ports = uplink::choose_range(cfg.nat_ports, ephemeral)?;
-        tracing::info!("SNAT ports {}-{} (node ephemeral ports {}-{})", inner.nat_ports.0, inner.nat_ports.1, ephemeral.0, ephemeral.1);
+        tracing::info!(
+            "SNAT ports {}-{} (node ephemeral ports {}-{})",
+            inner.nat_ports.0,
+            inner.nat_ports.1,
+            ephemeral.0,
+            ephemeral.1
+        );
         let networks: Vec<NetworkSpec> = inner.state.networks.values().cloned().collect();
         let mut seen = UplinkCache::new();
         for net in &networks {
             inner.ensure_bridge(net).await.map_err(|e| anyhow::anyhow!("restoring network {}: {e}", net.name))?;
-            inner.sync_datapath_network(net, &mut seen).await.map_err(|e| anyhow::anyhow!("restoring network {}: {e}", net.name))?;
+            inner
+                .sync_datapath_network(net, &mut seen)
+                .await
+                .map_err(|e| anyhow::anyhow!("restoring network {}: {e}", net.name))?;
         }
         let endpoints: Vec<EndpointSpec> = inner.state.endpoints.values().cloned().collect();
         for ep in &endpoints {
@@ -996,11 +1084,20 @@ impl Agent {
             tracing::error!("attaching reverse NAT to uplinks: {e}");
         }
         if !networks.is_empty() || !endpoints.is_empty() {
-            tracing::info!("restored {} networks and {} endpoints from {}", networks.len(), endpoints.len(), cfg.state_dir.display());
+            tracing::info!(
+                "restored {} networks and {} endpoints from {}",
+                networks.len(),
+                endpoints.len(),
+                cfg.state_dir.display()
+            );
         }
         if cfg.default_network && !inner.state.networks.contains_key(DEFAULT_NETWORK) {
             inner
-                .network_create(NetworkCreate { name: DEFAULT_NETWORK.into(), subnet: cfg.default_subnet.to_string(), ..Default::default() })
+                .network_create(NetworkCreate {
+                    name: DEFAULT_NETWORK.into(),
+                    subnet: cfg.default_subnet.to_string(),
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| anyhow::anyhow!("creating the default network: {e}"))?;
         }
@@ -1056,9 +1153,12 @@ impl Agent {
             match request {
                 Request::ContainerCreate(_) | Request::ContainerStop { .. } => Err(ApiError::internal("handled above")),
                 Request::ContainerStarted { name, pid } => inner.container_started(&name, pid).map(|_| Value::Null),
-                Request::ContainerExited { name, code } => inner.container_exited(&name, code).await.map(|_| Value::Null),
+                Request::ContainerExited { name, code } => {
+                    inner.container_exited(&name, code).await.map(|_| Value::Null)
+                }
                 Request::ContainerList => {
-                    let v: Vec<ContainerView> = inner.state.containers.values().map(|c| inner.container_view(c)).collect();
+                    let v: Vec<ContainerView> =
+                        inner.state.containers.values().map(|c| inner.container_view(c)).collect();
                     to_value(v)
                 }
                 Request::Ping => Ok(json!({"api_version": API_VERSION, "agent": env!("CARGO_PKG_VERSION")})),
@@ -1084,7 +1184,9 @@ impl Agent {
                 Request::EndpointRemove { name } => inner.endpoint_remove(&name).await.map(|_| Value::Null),
                 Request::Stats => inner.stats().and_then(to_value),
                 Request::ConntrackList { endpoint } => inner.conntrack_list(endpoint).and_then(to_value),
-                Request::ConntrackFlush => inner.bpf.conntrack_flush().map_err(ApiError::from).and_then(|n| to_value(json!({"removed": n}))),
+                Request::ConntrackFlush => {
+                    inner.bpf.conntrack_flush().map_err(ApiError::from).and_then(|n| to_value(json!({"removed": n})))
+                }
                 Request::Trace { .. } => Err(ApiError::invalid("trace is a streaming request")),
             }
         };
@@ -1116,11 +1218,16 @@ impl Agent {
     /// Ends a command (SIGTERM, then SIGKILL after 10 s) and removes it and
     /// its endpoint. The lock is not held while waiting.
     async fn container_stop(&self, name: &str) -> Result<(), ApiError> {
-        use nix::sys::signal::{killpg, kill, Signal};
+        use nix::sys::signal::{kill, killpg, Signal};
         use nix::unistd::Pid;
         let spec = {
             let inner = self.inner.lock().await;
-            let spec = inner.state.containers.get(name).cloned().ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
+            let spec = inner
+                .state
+                .containers
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
             // All or nothing: refuse before killing anything when another
             // running command lives in this one's namespace.
             if let Some(ep) = &spec.endpoint {
@@ -1144,7 +1251,11 @@ impl Agent {
             let pid = Pid::from_raw(pid as i32);
             let signal = |sig| {
                 // Detached commands lead their own process group.
-                if spec.detached { killpg(pid, sig).or_else(|_| kill(pid, sig)) } else { kill(pid, sig) }
+                if spec.detached {
+                    killpg(pid, sig).or_else(|_| kill(pid, sig))
+                } else {
+                    kill(pid, sig)
+                }
             };
             let _ = signal(Signal::SIGTERM);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1221,7 +1332,8 @@ impl Agent {
                 // Also show packets *to* the wanted endpoint.
                 let (_, ip) = names.values().find(|(n, _)| n == want)?;
                 let ip = ip.to_string();
-                let mentions = line.split_whitespace().any(|w| w == ip || w.strip_prefix(&ip).is_some_and(|r| r.starts_with(':')));
+                let mentions =
+                    line.split_whitespace().any(|w| w == ip || w.strip_prefix(&ip).is_some_and(|r| r.starts_with(':')));
                 if !mentions {
                     return None;
                 }
@@ -1271,13 +1383,17 @@ impl Agent {
         let env: Envelope = match serde_json::from_str(&line) {
             Ok(e) => e,
             Err(e) => {
-                let _ = write_line(stream.get_mut(), &Response::err(ApiError::invalid(format!("malformed request: {e}")))).await;
+                let _ =
+                    write_line(stream.get_mut(), &Response::err(ApiError::invalid(format!("malformed request: {e}"))))
+                        .await;
                 return;
             }
         };
         if env.api_version != API_VERSION {
             let msg = format!("API version {} is not supported (agent speaks {API_VERSION})", env.api_version);
-            let _ = write_line(stream.get_mut(), &Response::err(ApiError::new(crate::api::ErrorKind::Unsupported, msg))).await;
+            let _ =
+                write_line(stream.get_mut(), &Response::err(ApiError::new(crate::api::ErrorKind::Unsupported, msg)))
+                    .await;
             return;
         }
         if let Request::Trace { endpoint } = env.request {
@@ -1293,7 +1409,12 @@ impl Agent {
 
 /// Starts `argv` inside the namespace at `netns`: spawned from a thread that
 /// entered it, so the child inherits it.
-fn spawn_in(netns_path: &Path, argv: &[String], cwd: Option<&Path>, log: Option<std::fs::File>) -> Result<Child, ApiError> {
+fn spawn_in(
+    netns_path: &Path,
+    argv: &[String],
+    cwd: Option<&Path>,
+    log: Option<std::fs::File>,
+) -> Result<Child, ApiError> {
     let argv = argv.to_vec();
     let program = argv[0].clone();
     let cwd = cwd.map(Path::to_path_buf);

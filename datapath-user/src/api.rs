@@ -312,7 +312,9 @@ impl Client {
 
     async fn open(&self, request: Request) -> Result<(BufReader<UnixStream>, Response), ClientError> {
         let stream = UnixStream::connect(&self.path).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ClientError::NoAgent(self.path.clone()),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ClientError::NoAgent(self.path.clone())
+            }
             std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(self.path.clone()),
             _ => ClientError::Io { path: self.path.clone(), source: e },
         })?;
@@ -348,7 +350,11 @@ impl Client {
 
     /// Starts a trace stream; `on_line` gets each record until the agent
     /// closes the stream or `on_line` returns false.
-    pub async fn trace(&self, endpoint: Option<String>, mut on_line: impl FnMut(TraceLine) -> bool) -> Result<(), ClientError> {
+    pub async fn trace(
+        &self,
+        endpoint: Option<String>,
+        mut on_line: impl FnMut(TraceLine) -> bool,
+    ) -> Result<(), ClientError> {
         let (mut stream, response) = self.open(Request::Trace { endpoint }).await?;
         if let Some(e) = response.error {
             return Err(ClientError::Api(e));
@@ -379,7 +385,11 @@ mod tests {
     fn requests_have_a_stable_wire_form() {
         let env = Envelope {
             api_version: 1,
-            request: Request::EndpointCreate(EndpointCreate { name: "a".into(), ip: Some(Ipv4Addr::new(10, 10, 0, 5)), ..Default::default() }),
+            request: Request::EndpointCreate(EndpointCreate {
+                name: "a".into(),
+                ip: Some(Ipv4Addr::new(10, 10, 0, 5)),
+                ..Default::default()
+            }),
         };
         let s = serde_json::to_string(&env).unwrap();
         assert!(s.contains(r#""op":"endpoint_create""#), "{s}");

@@ -220,8 +220,13 @@ impl Bpf {
         if !self.links.contains_key(&ifindex) {
             return None;
         }
-        let prog_tag = self.ebpf.program(PROG_FROM_ENDPOINT).and_then(|p| p.info().ok()).map(|i| format!("{:016x}", i.tag()));
-        Some(Attachment { program: PROG_FROM_ENDPOINT, hook: if self.uses_tcx() { "tcx/ingress" } else { "clsact/ingress" }, prog_tag })
+        let prog_tag =
+            self.ebpf.program(PROG_FROM_ENDPOINT).and_then(|p| p.info().ok()).map(|i| format!("{:016x}", i.tag()));
+        Some(Attachment {
+            program: PROG_FROM_ENDPOINT,
+            hook: if self.uses_tcx() { "tcx/ingress" } else { "clsact/ingress" },
+            prog_tag,
+        })
     }
 
     fn uses_tcx(&self) -> bool {
@@ -255,7 +260,10 @@ impl Bpf {
     /// (`NETWORKS` is an array indexed by it).
     pub fn set_network(&mut self, id: u32, info: NetworkInfo, prefix_len: u32) -> Result<(), BpfError> {
         if id >= MAX_NETWORKS {
-            return Err(map_err(MAP_NETWORKS)(aya::maps::MapError::OutOfBounds { index: id, max_entries: MAX_NETWORKS }));
+            return Err(map_err(MAP_NETWORKS)(aya::maps::MapError::OutOfBounds {
+                index: id,
+                max_entries: MAX_NETWORKS,
+            }));
         }
         self.subnets.insert(&LpmKey::new(prefix_len, info.subnet), id, 0).map_err(map_err(MAP_SUBNETS))?;
         let info = NetworkInfo { flags: info.flags | NET_F_PRESENT, ..info };
@@ -343,8 +351,8 @@ impl Bpf {
             let now = conntrack::monotonic_ns();
             match (self.ct.get(k, 0), seen.get(k)) {
                 (Ok(cur), Some(old))
-                    if cur.created_ns == old.created_ns
-                        && (cur.flags & CT_F_REVERSE != 0 || cur.expires_ns <= now) => {}
+                    if cur.created_ns == old.created_ns && (cur.flags & CT_F_REVERSE != 0 || cur.expires_ns <= now) => {
+                }
                 _ => continue,
             }
             if self.ct.remove(k).is_ok() {

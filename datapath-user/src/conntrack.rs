@@ -212,7 +212,8 @@ mod tests {
     /// A masqueraded flow 10.0.0.2:40000 -> 198.51.100.7:443 as
     /// 203.0.113.1:61000, and its reverse entry.
     fn flow(proto: u8, expires_ns: u64) -> [(CtKey, CtEntry); 2] {
-        let (sport, dport) = if proto == IPPROTO_ICMP { (77u16.to_be(), 0) } else { (40000u16.to_be(), 443u16.to_be()) };
+        let (sport, dport) =
+            if proto == IPPROTO_ICMP { (77u16.to_be(), 0) } else { (40000u16.to_be(), 443u16.to_be()) };
         let fk = CtKey { saddr: ip([10, 0, 0, 2]), daddr: ip([198, 51, 100, 7]), sport, dport, proto, _pad: [0; 3] };
         let fe = CtEntry {
             created_ns: 10 * S,
@@ -229,7 +230,14 @@ mod tests {
             ..Default::default()
         };
         let rk = reverse_key(&fk, &fe);
-        let re = CtEntry { created_ns: 10 * S, addr: fk.saddr, port: fk.sport, ifindex: 9, flags: CT_F_REVERSE | CT_F_SNAT, ..Default::default() };
+        let re = CtEntry {
+            created_ns: 10 * S,
+            addr: fk.saddr,
+            port: fk.sport,
+            ifindex: 9,
+            flags: CT_F_REVERSE | CT_F_SNAT,
+            ..Default::default()
+        };
         [(fk, fe), (rk, re)]
     }
 
@@ -257,7 +265,10 @@ mod tests {
         assert_eq!(f.len(), 1);
         let f = &f[0];
         assert_eq!(f.protocol, "tcp");
-        assert_eq!(f.original, Endpoint { src: Ipv4Addr::new(10, 0, 0, 2), sport: 40000, dst: Ipv4Addr::new(198, 51, 100, 7), dport: 443 });
+        assert_eq!(
+            f.original,
+            Endpoint { src: Ipv4Addr::new(10, 0, 0, 2), sport: 40000, dst: Ipv4Addr::new(198, 51, 100, 7), dport: 443 }
+        );
         assert_eq!(f.translated, Some(Translated { src: Ipv4Addr::new(203, 0, 113, 1), sport: 61000 }));
         assert_eq!(f.state, "syn-sent");
         assert_eq!((f.packets, f.bytes), (5, 500));

@@ -36,10 +36,7 @@ pub enum IpamError {
 
 /// Parses a subnet in CIDR notation, refusing host bits and tiny networks.
 pub fn parse_subnet(s: &str) -> Result<Ipv4Net, IpamError> {
-    let net: Ipv4Net = s
-        .trim()
-        .parse()
-        .map_err(|_| IpamError::InvalidSubnet(s.to_string()))?;
+    let net: Ipv4Net = s.trim().parse().map_err(|_| IpamError::InvalidSubnet(s.to_string()))?;
     if net.trunc() != net {
         return Err(IpamError::HostBitsSet { given: s.to_string(), suggested: net.trunc() });
     }
@@ -86,10 +83,7 @@ pub fn assign(
                 Ok(ip)
             }
         }
-        None => net
-            .hosts()
-            .find(|ip| *ip != gateway && !used.contains(ip))
-            .ok_or(IpamError::Exhausted(*net)),
+        None => net.hosts().find(|ip| *ip != gateway && !used.contains(ip)).ok_or(IpamError::Exhausted(*net)),
     }
 }
 
@@ -156,10 +150,16 @@ mod tests {
         let gw = Ipv4Addr::new(10, 20, 0, 1);
         let used: BTreeSet<_> = [Ipv4Addr::new(10, 20, 0, 7)].into();
         assert_eq!(assign(&n, gw, &used, Some(Ipv4Addr::new(10, 20, 0, 9))).unwrap(), Ipv4Addr::new(10, 20, 0, 9));
-        assert_eq!(assign(&n, gw, &used, Some(Ipv4Addr::new(10, 20, 0, 7))), Err(IpamError::AddressInUse(Ipv4Addr::new(10, 20, 0, 7))));
+        assert_eq!(
+            assign(&n, gw, &used, Some(Ipv4Addr::new(10, 20, 0, 7))),
+            Err(IpamError::AddressInUse(Ipv4Addr::new(10, 20, 0, 7)))
+        );
         assert_eq!(assign(&n, gw, &used, Some(gw)), Err(IpamError::AddressIsGateway(gw)));
         for bad in [[10, 20, 1, 5], [10, 20, 0, 0], [10, 20, 0, 255]] {
-            assert!(matches!(assign(&n, gw, &used, Some(Ipv4Addr::from(bad))), Err(IpamError::AddressOutsideSubnet { .. })));
+            assert!(matches!(
+                assign(&n, gw, &used, Some(Ipv4Addr::from(bad))),
+                Err(IpamError::AddressOutsideSubnet { .. })
+            ));
         }
     }
 

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use datapath::agent::{self, AgentConfig, DEFAULT_SUBNET};
-use datapath::api::{self, Client, ContainerCreate, ContainerView, EndpointCreate, FlowView, EndpointView, NetworkCreate, NetworkView, Request, StatsView};
+use datapath::api::{
+    self, Client, ContainerCreate, ContainerView, EndpointCreate, EndpointView, FlowView, NetworkCreate, NetworkView,
+    Request, StatsView,
+};
 use datapath::bpf::AttachMode;
 use datapath::state::DatapathKind;
 use datapath::{ipam, netns};
@@ -13,7 +16,11 @@ use datapath::{ipam, netns};
 mod walkthrough;
 
 #[derive(Parser)]
-#[command(name = "datapath", version, about = "eBPF container networking: Docker-style networks and endpoints forwarded in-kernel")]
+#[command(
+    name = "datapath",
+    version,
+    about = "eBPF container networking: Docker-style networks and endpoints forwarded in-kernel"
+)]
 struct Cli {
     /// The agent's API socket.
     #[arg(long, global = true, env = "DATAPATH_SOCKET", default_value = api::DEFAULT_SOCKET)]
@@ -289,12 +296,21 @@ async fn async_main(cli: Cli) -> Result<()> {
             }
             println!("{:<24} {:>6} {:>12} {:>14}", "REASON", "KIND", "PACKETS", "BYTES");
             for c in stats.counters {
-                let kind = if c.event { "event" } else if c.drop { "drop" } else { "fwd" };
+                let kind = if c.event {
+                    "event"
+                } else if c.drop {
+                    "drop"
+                } else {
+                    "fwd"
+                };
                 println!("{:<24} {:>6} {:>12} {:>14}", c.reason, kind, c.packets, c.bytes);
             }
             if let Some(ct) = stats.conntrack {
                 let pct = if ct.capacity > 0 { ct.live as f64 * 100.0 / f64::from(ct.capacity) } else { 0.0 };
-                println!("conntrack: {} of {} entries in use ({pct:.1}%), last GC removed {}", ct.live, ct.capacity, ct.removed);
+                println!(
+                    "conntrack: {} of {} entries in use ({pct:.1}%), last GC removed {}",
+                    ct.live, ct.capacity, ct.removed
+                );
             }
             Ok(())
         }
@@ -321,10 +337,14 @@ async fn async_main(cli: Cli) -> Result<()> {
             if output == Output::Json {
                 return print_json(&flows);
             }
-            println!("{:<12} {:<5} {:<43} {:<22} {:<12} {:>8} {:>10} {:>7}", "ENDPOINT", "PROTO", "ORIGINAL", "TRANSLATED", "STATE", "PACKETS", "BYTES", "EXPIRES");
+            println!(
+                "{:<12} {:<5} {:<43} {:<22} {:<12} {:>8} {:>10} {:>7}",
+                "ENDPOINT", "PROTO", "ORIGINAL", "TRANSLATED", "STATE", "PACKETS", "BYTES", "EXPIRES"
+            );
             for f in flows {
                 let o = &f.flow.original;
-                let tr = f.flow.translated.as_ref().map(|t| format!("{}:{}", t.src, t.sport)).unwrap_or_else(|| "-".into());
+                let tr =
+                    f.flow.translated.as_ref().map(|t| format!("{}:{}", t.src, t.sport)).unwrap_or_else(|| "-".into());
                 println!(
                     "{:<12} {:<5} {:<43} {:<22} {:<12} {:>8} {:>10} {:>6}s",
                     f.endpoint.as_deref().unwrap_or("?"),
@@ -438,7 +458,10 @@ async fn network(client: &Client, cmd: NetworkCmd) -> Result<()> {
             if output == Output::Json {
                 return print_json(&nets);
             }
-            println!("{:<18} {:<16} {:<18} {:<15} {:<12} {:<8} {:>9}", "NAME", "ID", "SUBNET", "GATEWAY", "BRIDGE", "DATAPATH", "ENDPOINTS");
+            println!(
+                "{:<18} {:<16} {:<18} {:<15} {:<12} {:<8} {:>9}",
+                "NAME", "ID", "SUBNET", "GATEWAY", "BRIDGE", "DATAPATH", "ENDPOINTS"
+            );
             for n in nets {
                 println!(
                     "{:<18} {:<16} {:<18} {:<15} {:<12} {:<8} {:>9}",
@@ -485,7 +508,10 @@ async fn endpoint(client: &Client, cmd: EndpointCmd) -> Result<()> {
             if output == Output::Json {
                 return print_json(&eps);
             }
-            println!("{:<18} {:<12} {:<18} {:<17} {:<12} {:>7}", "NAME", "NETWORK", "ADDRESS", "MAC", "HOST-IF", "IFINDEX");
+            println!(
+                "{:<18} {:<12} {:<18} {:<17} {:<12} {:>7}",
+                "NAME", "NETWORK", "ADDRESS", "MAC", "HOST-IF", "IFINDEX"
+            );
             for e in eps {
                 println!(
                     "{:<18} {:<12} {:<18} {:<17} {:<12} {:>7}",

@@ -50,8 +50,14 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
         // ACK) would leave unmasqueraded, with the private source address.
         s += &format!("    iifname \"{}\" ct state invalid drop comment \"invalid {}\"\n", n.bridge, n.name);
         if n.options.internal {
-            s += &format!("    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n", n.bridge, n.subnet, n.name);
-            s += &format!("    oifname \"{}\" ip saddr != {} drop comment \"internal {}\"\n", n.bridge, n.subnet, n.name);
+            s += &format!(
+                "    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n",
+                n.bridge, n.subnet, n.name
+            );
+            s += &format!(
+                "    oifname \"{}\" ip saddr != {} drop comment \"internal {}\"\n",
+                n.bridge, n.subnet, n.name
+            );
         } else if !others.is_empty() {
             let set = others.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ");
             s += &format!("    iifname \"{}\" ip daddr {{ {set} }} drop comment \"isolation {}\"\n", n.bridge, n.name);
@@ -64,7 +70,10 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
     for n in &nets {
         let others: Vec<&String> = all.iter().filter(|x| **x != n.subnet.to_string()).collect();
         if n.options.internal {
-            s += &format!("    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n", n.bridge, n.subnet, n.name);
+            s += &format!(
+                "    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n",
+                n.bridge, n.subnet, n.name
+            );
         } else if !others.is_empty() {
             let set = others.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ");
             s += &format!("    iifname \"{}\" ip daddr {{ {set} }} drop comment \"isolation {}\"\n", n.bridge, n.name);
@@ -75,8 +84,18 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
     for n in &nets {
         if n.options.masquerade && !n.options.internal {
             match uplink_of(n) {
-                Some(up) => s += &format!("    ip saddr {} oifname \"{up}\" masquerade comment \"masquerade {}\"\n", n.subnet, n.name),
-                None => s += &format!("    ip saddr {} oifname != \"{}\" masquerade comment \"masquerade {}\"\n", n.subnet, n.bridge, n.name),
+                Some(up) => {
+                    s += &format!(
+                        "    ip saddr {} oifname \"{up}\" masquerade comment \"masquerade {}\"\n",
+                        n.subnet, n.name
+                    )
+                }
+                None => {
+                    s += &format!(
+                        "    ip saddr {} oifname != \"{}\" masquerade comment \"masquerade {}\"\n",
+                        n.subnet, n.bridge, n.name
+                    )
+                }
             }
         }
     }
@@ -90,7 +109,10 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
         let ports: Vec<String> = state.endpoints_of(&n.name).map(|e| format!("\"{}\"", e.host_ifname)).collect();
         if ports.len() >= 2 {
             let set = ports.join(", ");
-            icc += &format!("    iifname {{ {set} }} oifname {{ {set} }} ether type ip drop comment \"icc=false {}\"\n", n.name);
+            icc += &format!(
+                "    iifname {{ {set} }} oifname {{ {set} }} ether type ip drop comment \"icc=false {}\"\n",
+                n.name
+            );
         }
     }
     if !icc.is_empty() {
@@ -102,7 +124,12 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
 /// Applies a rendered script. A state without kernel networks on a node
 /// without nft is fine: there is nothing to apply.
 pub fn apply(script: &str, needed: bool) -> Result<(), NetfilterError> {
-    let child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn();
+    let child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -175,10 +202,18 @@ mod tests {
     fn kernel_networks_get_docker_rules() {
         let mut st = State::new();
         st.networks.insert("e".into(), net("e", "10.1.0.0/24", DatapathKind::Ebpf, NetworkOptions::default()));
-        st.networks.insert("k".into(), net("k", "10.2.0.0/24", DatapathKind::Kernel, NetworkOptions { icc: false, ..Default::default() }));
+        st.networks.insert(
+            "k".into(),
+            net("k", "10.2.0.0/24", DatapathKind::Kernel, NetworkOptions { icc: false, ..Default::default() }),
+        );
         st.networks.insert(
             "i".into(),
-            net("i", "10.3.0.0/24", DatapathKind::Kernel, NetworkOptions { internal: true, masquerade: false, ..Default::default() }),
+            net(
+                "i",
+                "10.3.0.0/24",
+                DatapathKind::Kernel,
+                NetworkOptions { internal: true, masquerade: false, ..Default::default() },
+            ),
         );
         let s = render(&st, |n| (n.name == "k").then(|| "up0".to_string()));
         assert!(s.contains("ip saddr 10.2.0.0/24 oifname \"up0\" masquerade"), "{s}");
@@ -188,7 +223,10 @@ mod tests {
         assert!(s.contains("iifname \"br-i\" ip daddr != 10.3.0.0/24 drop"), "{s}");
         assert!(s.contains("iifname \"br-k\" ct state invalid drop"), "{s}");
         let input = &s[s.find("chain input").expect("input chain")..];
-        assert!(input.contains("iifname \"br-k\" ip daddr { 10.1.0.0/24, 10.3.0.0/24 } drop"), "other networks' gateways: {s}");
+        assert!(
+            input.contains("iifname \"br-k\" ip daddr { 10.1.0.0/24, 10.3.0.0/24 } drop"),
+            "other networks' gateways: {s}"
+        );
         assert!(!s.contains("table bridge datapath {"), "no icc rule without two ports: {s}");
         for (ep, host) in [("a", "dpa"), ("b", "dpb")] {
             let mut e = crate::state::EndpointSpec {

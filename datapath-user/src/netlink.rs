@@ -199,7 +199,10 @@ impl Netlink {
         let mut out = Vec::new();
         let mut secondary = Vec::new();
         for m in msgs {
-            let is_secondary = m.attributes.iter().any(|a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Secondary)));
+            let is_secondary = m
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Secondary)));
             let ip = m.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
                 _ => None,

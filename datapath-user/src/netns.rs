@@ -47,7 +47,8 @@ fn prepare_run_dir() -> Result<(), NetnsError> {
     if mount(None::<&str>, dir, Some("none"), shared, None::<&str>).is_ok() {
         return Ok(());
     }
-    mount(Some(dir), dir, Some("none"), MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(sys("bind-mount /run/netns"))?;
+    mount(Some(dir), dir, Some("none"), MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(sys("bind-mount /run/netns"))?;
     mount(None::<&str>, dir, Some("none"), shared, None::<&str>).map_err(sys("make /run/netns shared"))?;
     Ok(())
 }
@@ -74,7 +75,9 @@ pub fn create_named(name: &str) -> Result<PathBuf, NetnsError> {
             .map_err(sys(format!("bind-mount netns onto {}", target.display())))
     })
     .join()
-    .unwrap_or_else(|_| Err(NetnsError::Sys { what: "netns thread panicked".into(), source: std::io::Error::other("panic") }));
+    .unwrap_or_else(|_| {
+        Err(NetnsError::Sys { what: "netns thread panicked".into(), source: std::io::Error::other("panic") })
+    });
     if let Err(e) = made {
         let _ = std::fs::remove_file(&path);
         return Err(e);
@@ -119,5 +122,7 @@ pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'st
         Ok(f())
     })
     .join()
-    .unwrap_or_else(|_| Err(NetnsError::Sys { what: "netns thread panicked".into(), source: std::io::Error::other("panic") }))
+    .unwrap_or_else(|_| {
+        Err(NetnsError::Sys { what: "netns thread panicked".into(), source: std::io::Error::other("panic") })
+    })
 }

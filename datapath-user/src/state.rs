@@ -172,7 +172,8 @@ impl State {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Read { path, source }),
         };
-        let state: State = serde_json::from_str(&text).map_err(|source| StateError::Parse { path: path.clone(), source })?;
+        let state: State =
+            serde_json::from_str(&text).map_err(|source| StateError::Parse { path: path.clone(), source })?;
         if state.version != STATE_VERSION {
             return Err(StateError::Version { path, found: state.version });
         }

@@ -180,7 +180,10 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     show("datapath network ls");
     let nets: Vec<NetworkView> = client.call_as(Request::NetworkList).await?;
     for n in &nets {
-        println!("{:<10} {:<18} gateway {:<12} bridge {:<10} datapath {}", n.name, n.subnet, n.gateway, n.bridge, n.datapath);
+        println!(
+            "{:<10} {:<18} gateway {:<12} bridge {:<10} datapath {}",
+            n.name, n.subnet, n.gateway, n.bridge, n.datapath
+        );
     }
 
     step(3, "Start two endpoints on the default network (packet tracing on)");
@@ -236,7 +239,11 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     // DNS lookup (getfqdn), i.e. send packets towards the host's resolver.
     show(&format!("ip netns exec {} python3 -m http.server 8000 --directory {}", b.name, www_s));
     let server_log = args.dir.join("http-server.log");
-    let _server = KillOnDrop(spawn_in(&b.netns_path, &["python3", "-m", "http.server", "8000", "--directory", &www_s], &server_log)?);
+    let _server = KillOnDrop(spawn_in(
+        &b.netns_path,
+        &["python3", "-m", "http.server", "8000", "--directory", &www_s],
+        &server_log,
+    )?);
     let url = format!("http://{}:8000/hello.bin", b.ip);
     fetch(a, &url, &body, &server_log)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -249,7 +256,11 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     let outside_log = args.dir.join("outside-server.log");
     let outside_dir = outside_www.to_string_lossy().to_string();
     show(&format!("ip netns exec {OUTSIDE_NS} python3 -m http.server 80 --directory {outside_dir}"));
-    let _outside = KillOnDrop(spawn_in(&netns::named_path(OUTSIDE_NS), &["python3", "-m", "http.server", "80", "--directory", &outside_dir], &outside_log)?);
+    let _outside = KillOnDrop(spawn_in(
+        &netns::named_path(OUTSIDE_NS),
+        &["python3", "-m", "http.server", "80", "--directory", &outside_dir],
+        &outside_log,
+    )?);
     fetch(a, &format!("http://{OUTSIDE_IP}/index.html"), &page, &outside_log)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     tracer.abort();
@@ -268,14 +279,23 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     for f in &flows {
         let o = &f.flow.original;
         let t = f.flow.translated.as_ref().map(|t| format!("{}:{}", t.src, t.sport)).unwrap_or_else(|| "-".into());
-        println!("{} {}:{} > {}:{} translated to {} {} ({} packets, expires in {} s)", f.flow.protocol, o.src, o.sport, o.dst, o.dport, t, f.flow.state, f.flow.packets, f.flow.remaining_s);
+        println!(
+            "{} {}:{} > {}:{} translated to {} {} ({} packets, expires in {} s)",
+            f.flow.protocol, o.src, o.sport, o.dst, o.dport, t, f.flow.state, f.flow.packets, f.flow.remaining_s
+        );
     }
 
     step(8, "Counters by reason: unicast between endpoints was redirected in-kernel, outside traffic translated");
     show("datapath stats");
     let stats: StatsView = client.call_as(Request::Stats).await?;
     for c in stats.counters.iter().filter(|c| c.packets > 0) {
-        let kind = if c.event { "event" } else if c.drop { "drop" } else { "fwd" };
+        let kind = if c.event {
+            "event"
+        } else if c.drop {
+            "drop"
+        } else {
+            "fwd"
+        };
         println!("{:<24} {:>5} {:>8} packets {:>10} bytes", c.reason, kind, c.packets, c.bytes);
     }
 
@@ -307,7 +327,10 @@ fn fetch(from: &EndpointView, url: &str, body: &[u8], server_log: &Path) -> Resu
     println!("fetched: {got}");
     if !out.status.success() || got != want {
         let log = std::fs::read_to_string(server_log).unwrap_or_default();
-        bail!("HTTP transfer failed: expected `{want}`, got `{got}` {}\nserver log:\n{log}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "HTTP transfer failed: expected `{want}`, got `{got}` {}\nserver log:\n{log}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     println!("content verified (sha256 matches)");
     Ok(())
@@ -321,7 +344,9 @@ async fn ping(from: &EndpointView, to: Ipv4Addr) -> Result<()> {
     let to_s = to.to_string();
     show(&format!("ip netns exec {} ping -n -c 2 -i 0.2 {}", from.name, to_s));
     let ns = from.netns_path.clone();
-    let out = tokio::task::spawn_blocking(move || output_in(&ns, &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", &to_s])).await??;
+    let out =
+        tokio::task::spawn_blocking(move || output_in(&ns, &["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", &to_s]))
+            .await??;
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines().filter(|l| l.contains("bytes from") || l.contains("packet loss")) {
         println!("{line}");

@@ -48,17 +48,11 @@ fn skip_reason() -> Option<&'static str> {
 }
 
 fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("spawn");
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
     assert!(
         out.status.success(),
         "{}: {}{}",
@@ -91,31 +85,17 @@ impl Topo {
 
     /// Runs `sh -c cmd` in namespace `ns`; returns (success, stdout+stderr).
     fn sh(&self, ns: &str, cmd: &str) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns(ns), "sh", "-c", cmd])
-            .output()
-            .expect("spawn");
+        let out = Command::new("ip").args(["netns", "exec", &self.ns(ns), "sh", "-c", cmd]).output().expect("spawn");
         (
             out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
         )
     }
 
     fn spawn(&mut self, ns: &str, cmd: &str, log: &str) {
         let log = File::create(self.dir.join(log)).unwrap();
         let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns(ns),
-                "sh",
-                "-c",
-                &format!("exec {cmd}"),
-            ])
+            .args(["netns", "exec", &self.ns(ns), "sh", "-c", &format!("exec {cmd}")])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())
@@ -132,49 +112,27 @@ impl Topo {
         let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
         let dir = std::env::temp_dir().join(format!("dpc-{id}"));
         std::fs::create_dir_all(dir.join("www")).unwrap();
-        let t = Topo {
-            id,
-            dir,
-            children: Vec::new(),
-        };
+        let t = Topo { id, dir, children: Vec::new() };
         for n in ["n", "o", "e1", "e2"] {
             run(&["ip", "netns", "add", &t.ns(n)]);
             t.ip(n, "link set lo up");
             // No IPv6 chatter in the captures.
-            let _ = t.sh(
-                n,
-                "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1",
-            );
+            let _ = t.sh(n, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
         }
         let (ok, out) = t.sh("n", "sysctl -qw net.ipv4.ip_forward=1");
         assert!(ok, "{out}");
-        for (e, mac, addr) in [
-            ("e1", E1_MAC, "10.250.0.2/24"),
-            ("e2", E2_MAC, "10.250.0.3/24"),
-        ] {
+        for (e, mac, addr) in [("e1", E1_MAC, "10.250.0.2/24"), ("e2", E2_MAC, "10.250.0.3/24")] {
             let host = t.ns(&format!("h{}", &e[1..]));
-            t.ip(
-                "n",
-                &format!("link add {host} type veth peer name eth0 netns {}", t.ns(e)),
-            );
+            t.ip("n", &format!("link add {host} type veth peer name eth0 netns {}", t.ns(e)));
             t.ip(e, &format!("link set eth0 address {}", mac_str(mac)));
             t.ip(e, &format!("addr add {addr} dev eth0"));
             t.ip(e, "link set eth0 up");
-            t.ip(
-                e,
-                &format!(
-                    "neigh add 10.250.0.1 lladdr {} dev eth0 nud permanent",
-                    mac_str(GW_MAC)
-                ),
-            );
+            t.ip(e, &format!("neigh add 10.250.0.1 lladdr {} dev eth0 nud permanent", mac_str(GW_MAC)));
             t.ip(e, "route add default via 10.250.0.1");
             t.ip("n", &format!("link set {host} up"));
         }
         let up = t.ns("up");
-        t.ip(
-            "n",
-            &format!("link add {up} type veth peer name eth0 netns {}", t.ns("o")),
-        );
+        t.ip("n", &format!("link add {up} type veth peer name eth0 netns {}", t.ns("o")));
         t.ip("n", &format!("addr add 203.0.113.1/24 dev {up}"));
         t.ip("n", &format!("link set {up} up"));
         t.ip("o", "addr add 203.0.113.2/24 dev eth0");
@@ -194,10 +152,7 @@ impl Topo {
     fn script(&self, name: &str, body: &str) -> String {
         let p = self.dir.join(name);
         if !p.exists() {
-            File::create(&p)
-                .unwrap()
-                .write_all(body.as_bytes())
-                .unwrap();
+            File::create(&p).unwrap().write_all(body.as_bytes()).unwrap();
         }
         p.display().to_string()
     }
@@ -210,9 +165,7 @@ impl Drop for Topo {
             let _ = c.wait();
         }
         for n in ["e1", "e2", "o", "n"] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns(n)])
-                .output();
+            let _ = Command::new("ip").args(["netns", "del", &self.ns(n)]).output();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -313,22 +266,13 @@ except ConnectionRefusedError:
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn counter(bpf: &Bpf, code: u32) -> u64 {
-    bpf.stats()
-        .unwrap()
-        .into_iter()
-        .find(|(c, _)| *c == code)
-        .unwrap()
-        .1
-        .packets
+    bpf.stats().unwrap().into_iter().find(|(c, _)| *c == code).unwrap().1.packets
 }
 
 #[test]
@@ -338,10 +282,7 @@ fn masquerade_between_namespaces() {
         return;
     }
     let mut t = Topo::new();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _rt = rt.enter();
     let (tx, _rx) = tokio::sync::broadcast::channel(16);
 
@@ -349,29 +290,17 @@ fn masquerade_between_namespaces() {
     let netns = InNetns::enter(&t.ns("n"));
     let mut bpf = Bpf::load(tx, AttachMode::Auto).expect("load");
     let idx = |n: &str| nix::net::if_::if_nametoindex(n).expect("ifindex");
-    let (h1, h2, up) = (
-        idx(t.ns("h1").as_str()),
-        idx(t.ns("h2").as_str()),
-        idx(t.ns("up").as_str()),
-    );
+    let (h1, h2, up) = (idx(t.ns("h1").as_str()), idx(t.ns("h2").as_str()), idx(t.ns("up").as_str()));
     bpf.attach(&t.ns("h1"), h1).unwrap();
     bpf.attach(&t.ns("h2"), h2).unwrap();
     bpf.attach_uplink(&t.ns("up"), up).unwrap();
-    bpf.attach_uplink(&t.ns("up"), up)
-        .expect("attach_uplink is idempotent");
+    bpf.attach_uplink(&t.ns("up"), up).expect("attach_uplink is idempotent");
     drop(netns);
 
     let key = |a: [u8; 4]| ipv4_key(a);
     for (ifindex, ip, mac) in [(h1, [10, 250, 0, 2], E1_MAC), (h2, [10, 250, 0, 3], E2_MAC)] {
-        bpf.upsert_endpoint(EndpointInfo {
-            ifindex,
-            ipv4: key(ip),
-            mac,
-            gw_mac: GW_MAC,
-            network_id: 1,
-            flags: 0,
-        })
-        .unwrap();
+        bpf.upsert_endpoint(EndpointInfo { ifindex, ipv4: key(ip), mac, gw_mac: GW_MAC, network_id: 1, flags: 0 })
+            .unwrap();
     }
     let net = NetworkInfo {
         subnet: key([10, 250, 0, 0]),
@@ -384,37 +313,19 @@ fn masquerade_between_namespaces() {
         nat_port_max: NAT_MAX,
     };
     bpf.set_network(1, net, 24).unwrap();
-    bpf.set_ct_config(CtConfig {
-        udp: 3,
-        icmp: 3,
-        tcp_closing: 3,
-        ..Default::default()
-    })
-    .unwrap();
+    bpf.set_ct_config(CtConfig { udp: 3, icmp: 3, tcp_closing: 3, ..Default::default() }).unwrap();
 
     // Servers and a capture in the outside namespace.
     std::fs::write(t.dir.join("www/hello.txt"), "hello from outside\n").unwrap();
     let www = t.dir.join("www").display().to_string();
-    t.spawn(
-        "o",
-        "tcpdump -i eth0 -n -vv -l -U not arp",
-        "tcpdump.txt",
-    );
-    t.spawn(
-        "o",
-        &format!("python3 -m http.server 8080 --directory {www}"),
-        "http.txt",
-    );
+    t.spawn("o", "tcpdump -i eth0 -n -vv -l -U not arp", "tcpdump.txt");
+    t.spawn("o", &format!("python3 -m http.server 8080 --directory {www}"), "http.txt");
     let udp = t.script("udp_echo.py", UDP_ECHO);
     t.spawn("o", &format!("python3 -u {udp}"), "udp.txt");
     let tcp = t.script("tcp_server.py", TCP_SERVER);
     t.spawn("o", &format!("python3 -u {tcp}"), "tcp.txt");
     wait_for("servers", || {
-        t.sh(
-            "o",
-            "ss -ltnu | grep -q :8080 && ss -ltn | grep -q :7777 && ss -lun | grep -q :9999",
-        )
-        .0
+        t.sh("o", "ss -ltnu | grep -q :8080 && ss -ltn | grep -q :7777 && ss -lun | grep -q :9999").0
     });
     wait_for("tcpdump", || t.file("tcpdump.txt").contains("listening"));
 
@@ -461,101 +372,51 @@ fn masquerade_between_namespaces() {
     // The node's own connection to the outside is not disturbed.
     let before_host = counter(&bpf, reason::PASS_UPLINK_HOST);
     let (ok, out) = t.sh("n", fetch);
-    assert!(
-        ok && out == "hello from outside\n",
-        "HTTP from the node: {out}"
-    );
-    assert!(
-        counter(&bpf, reason::PASS_UPLINK_HOST) > before_host,
-        "node traffic passed by dp_from_uplink"
-    );
+    assert!(ok && out == "hello from outside\n", "HTTP from the node: {out}");
+    assert!(counter(&bpf, reason::PASS_UPLINK_HOST) > before_host, "node traffic passed by dp_from_uplink");
 
     // Many short connections, all translated.
     let clients = t.script("clients.py", CLIENTS);
     let started = Instant::now();
     let (ok, out) = t.sh("e1", &format!("python3 {clients} 500 50"));
     let elapsed = started.elapsed();
-    assert!(
-        ok && out.trim().ends_with("ok 500"),
-        "500 connections: {out}"
-    );
+    assert!(ok && out.trim().ends_with("ok 500"), "500 connections: {out}");
     eprintln!("500 TCP connections through the NAT in {elapsed:?}");
     let flows = bpf.conntrack_flows().unwrap();
-    let tcp_flows: Vec<_> = flows
-        .iter()
-        .filter(|f| f.protocol == "tcp" && f.original.dport == 7777)
-        .collect();
-    assert!(
-        tcp_flows.len() >= 500,
-        "{} TCP flows tracked",
-        tcp_flows.len()
-    );
+    let tcp_flows: Vec<_> = flows.iter().filter(|f| f.protocol == "tcp" && f.original.dport == 7777).collect();
+    assert!(tcp_flows.len() >= 500, "{} TCP flows tracked", tcp_flows.len());
     for f in &tcp_flows {
         let tr = f.translated.as_ref().expect("translated");
         assert_eq!(tr.src, Ipv4Addr::new(203, 0, 113, 1));
-        assert!(
-            (NAT_MIN..=NAT_MAX).contains(&tr.sport),
-            "port {} out of range",
-            tr.sport
-        );
+        assert!((NAT_MIN..=NAT_MAX).contains(&tr.sport), "port {} out of range", tr.sport);
         assert_eq!(f.ifindex, h1);
         assert!(f.packets >= 4, "{f:?}");
     }
     let closed = tcp_flows.iter().filter(|f| f.state == "closed").count();
-    assert!(
-        closed >= 490,
-        "{closed} of {} flows closed",
-        tcp_flows.len()
-    );
-    let udp_flow = flows
-        .iter()
-        .find(|f| f.protocol == "udp" && f.original.dport == 9999)
-        .expect("UDP flow tracked");
+    assert!(closed >= 490, "{closed} of {} flows closed", tcp_flows.len());
+    let udp_flow = flows.iter().find(|f| f.protocol == "udp" && f.original.dport == 9999).expect("UDP flow tracked");
     assert_eq!(udp_flow.state, "established");
-    assert!(flows
-        .iter()
-        .any(|f| f.protocol == "icmp" && f.original.dst == Ipv4Addr::new(198, 51, 100, 1)));
+    assert!(flows.iter().any(|f| f.protocol == "icmp" && f.original.dst == Ipv4Addr::new(198, 51, 100, 1)));
 
     // What the outside saw: only the uplink address, valid checksums.
     let http_log = t.file("http.txt");
     for line in http_log.lines().filter(|l| l.contains("GET")) {
         assert!(line.starts_with("203.0.113.1 "), "HTTP server saw {line}");
     }
-    for line in t
-        .file("tcp.txt")
-        .lines()
-        .chain(t.file("udp.txt").lines())
-        .filter(|l| !l.trim().is_empty())
-    {
+    for line in t.file("tcp.txt").lines().chain(t.file("udp.txt").lines()).filter(|l| !l.trim().is_empty()) {
         assert!(line.starts_with("203.0.113.1"), "server saw {line}");
     }
     std::thread::sleep(Duration::from_millis(300));
     let capture = t.file("tcpdump.txt");
-    assert!(
-        capture.contains("203.0.113.1."),
-        "capture has the translated flows"
-    );
-    assert!(
-        !capture.contains("10.250.0."),
-        "an endpoint address leaked:\n{capture}"
-    );
-    let bad: Vec<&str> = capture
-        .lines()
-        .filter(|l| l.contains("incorrect") || l.contains("bad cksum"))
-        .collect();
-    assert!(
-        bad.is_empty(),
-        "bad checksums on the wire:\n{}",
-        bad.join("\n")
-    );
+    assert!(capture.contains("203.0.113.1."), "capture has the translated flows");
+    assert!(!capture.contains("10.250.0."), "an endpoint address leaked:\n{capture}");
+    let bad: Vec<&str> = capture.lines().filter(|l| l.contains("incorrect") || l.contains("bad cksum")).collect();
+    assert!(bad.is_empty(), "bad checksums on the wire:\n{}", bad.join("\n"));
     assert!(capture.contains("(correct)"), "tcpdump verified checksums");
 
-    for code in [
-        reason::DROP_CT_TABLE_FULL,
-        reason::DROP_NAT_NO_PORT,
-        reason::DROP_REDIRECT_FAILED,
-        reason::DROP_TRUNCATED,
-    ] {
+    for code in
+        [reason::DROP_CT_TABLE_FULL, reason::DROP_NAT_NO_PORT, reason::DROP_REDIRECT_FAILED, reason::DROP_TRUNCATED]
+    {
         assert_eq!(counter(&bpf, code), 0, "{}", reason::name(code));
     }
     eprintln!(
@@ -575,21 +436,14 @@ fn masquerade_between_namespaces() {
     eprintln!("gc: {g:?}");
     assert!(g.removed >= 1000, "{g:?}");
     let left = bpf.conntrack_flows().unwrap();
-    assert!(
-        left.iter()
-            .all(|f| f.protocol == "tcp" && f.state != "closed"),
-        "{left:?}"
-    );
+    assert!(left.iter().all(|f| f.protocol == "tcp" && f.state != "closed"), "{left:?}");
     assert_eq!(g.capacity, datapath_common::CT_MAX_ENTRIES);
 
     // After a flush, a new flow works again.
     bpf.conntrack_flush().unwrap();
     assert!(bpf.conntrack_flows().unwrap().is_empty());
     let (ok, out) = t.sh("e2", fetch);
-    assert!(
-        ok && out == "hello from outside\n",
-        "HTTP from e2 after flush: {out}"
-    );
+    assert!(ok && out == "hello from outside\n", "HTTP from e2 after flush: {out}");
 
     bpf.detach_uplink(up);
     drop(bpf);

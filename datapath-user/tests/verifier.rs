@@ -23,8 +23,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath_common::{
-    ipv4_key, reason, Counter, CtEntry, CtKey, EndpointInfo, NetworkInfo, EP_F_TRACE,
-    NET_F_INTERNAL, NET_F_NO_ICC, NET_F_PRESENT,
+    ipv4_key, reason, Counter, CtEntry, CtKey, EndpointInfo, NetworkInfo, EP_F_TRACE, NET_F_INTERNAL, NET_F_NO_ICC,
+    NET_F_PRESENT,
 };
 
 fn skip_reason() -> Option<&'static str> {
@@ -39,9 +39,7 @@ fn skip_reason() -> Option<&'static str> {
 
 fn load() -> Ebpf {
     let bytes = datapath::bpf_object::bytes().expect("checked by skip_reason");
-    EbpfLoader::new()
-        .load(bytes)
-        .expect("parsing the eBPF object and creating its maps")
+    EbpfLoader::new().load(bytes).expect("parsing the eBPF object and creating its maps")
 }
 
 #[test]
@@ -67,9 +65,7 @@ fn programs_pass_the_verifier() {
         }
     }
     assert!(
-        loaded
-            .iter()
-            .any(|n| n == datapath_common::PROG_FROM_ENDPOINT),
+        loaded.iter().any(|n| n == datapath_common::PROG_FROM_ENDPOINT),
         "no {} program in the object (found {loaded:?})",
         datapath_common::PROG_FROM_ENDPOINT
     );
@@ -124,12 +120,7 @@ fn test_run(prog: &SchedClassifier, frame: &[u8]) -> (i32, Vec<u8>) {
             std::mem::size_of::<TestRunAttr>(),
         )
     };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN failed: {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN failed: {}", std::io::Error::last_os_error());
     out.truncate(attr.data_size_out as usize);
     (attr.retval as i32, out)
 }
@@ -160,10 +151,7 @@ fn eth(dst: [u8; 6], src: [u8; 6], proto: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn ip_checksum(hdr: &[u8]) -> u16 {
-    let mut sum: u32 = hdr
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
+    let mut sum: u32 = hdr.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -200,14 +188,7 @@ fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
 }
 
 fn endpoint(ifindex: u32, ip: Ipv4Addr, mac: [u8; 6], network_id: u32, flags: u32) -> EndpointInfo {
-    EndpointInfo {
-        ifindex,
-        ipv4: ipv4_key(ip.octets()),
-        mac,
-        gw_mac: GW_MAC,
-        network_id,
-        flags,
-    }
+    EndpointInfo { ifindex, ipv4: ipv4_key(ip.octets()), mac, gw_mac: GW_MAC, network_id, flags }
 }
 
 /// Collects the aya-log lines of the program.
@@ -236,46 +217,27 @@ struct Harness {
 
 impl Harness {
     fn prog_named(&self, name: &str) -> &SchedClassifier {
-        self.ebpf
-            .program(name)
-            .expect("program present")
-            .try_into()
-            .expect("a classifier")
+        self.ebpf.program(name).expect("program present").try_into().expect("a classifier")
     }
 
     fn counter(&self, code: u32) -> Counter {
-        let stats: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(self.ebpf.map("STATS").unwrap()).unwrap();
+        let stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(self.ebpf.map("STATS").unwrap()).unwrap();
         let per_cpu = stats.get(&code, 0).unwrap();
-        per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
-            packets: acc.packets + c.packets,
-            bytes: acc.bytes + c.bytes,
-        })
+        per_cpu
+            .iter()
+            .fold(Counter::default(), |acc, c| Counter { packets: acc.packets + c.packets, bytes: acc.bytes + c.bytes })
     }
 
     fn set_network(&mut self, id: u32, subnet: Ipv4Addr, prefix_len: u32, flags: u32) {
-        let mask = if prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix_len)
-        };
+        let mask = if prefix_len == 0 { 0 } else { u32::MAX << (32 - prefix_len) };
         let mask = ipv4_key(mask.to_be_bytes());
         let subnet = ipv4_key(subnet.octets()) & mask;
         let gw = ipv4_key((u32::from_be_bytes(subnet.to_ne_bytes()) + 1).to_be_bytes());
-        let info = NetworkInfo {
-            subnet,
-            mask,
-            gateway: gw,
-            flags: flags | NET_F_PRESENT,
-            ..Default::default()
-        };
+        let info = NetworkInfo { subnet, mask, gateway: gw, flags: flags | NET_F_PRESENT, ..Default::default() };
         self.update_network(id, |n| *n = info);
         let mut subnets: aya::maps::LpmTrie<_, u32, u32> =
-            aya::maps::LpmTrie::try_from(self.ebpf.map_mut(datapath_common::MAP_SUBNETS).unwrap())
-                .unwrap();
-        subnets
-            .insert(&aya::maps::lpm_trie::Key::new(prefix_len, subnet), id, 0)
-            .unwrap();
+            aya::maps::LpmTrie::try_from(self.ebpf.map_mut(datapath_common::MAP_SUBNETS).unwrap()).unwrap();
+        subnets.insert(&aya::maps::lpm_trie::Key::new(prefix_len, subnet), id, 0).unwrap();
     }
 
     /// Changes the `NETWORKS` slot of network `id` in place.
@@ -297,37 +259,20 @@ impl Harness {
         let mut by_if: HashMap<_, u32, EndpointInfo> =
             HashMap::try_from(self.ebpf.map_mut(datapath_common::MAP_ENDPOINTS).unwrap()).unwrap();
         by_if.insert(ep.ifindex, ep, 0).unwrap();
-        let mut by_ip: HashMap<_, u32, EndpointInfo> = HashMap::try_from(
-            self.ebpf
-                .map_mut(datapath_common::MAP_ENDPOINTS_BY_IP)
-                .unwrap(),
-        )
-        .unwrap();
+        let mut by_ip: HashMap<_, u32, EndpointInfo> =
+            HashMap::try_from(self.ebpf.map_mut(datapath_common::MAP_ENDPOINTS_BY_IP).unwrap()).unwrap();
         by_ip.insert(ep.ipv4, ep, 0).unwrap();
     }
 
     /// Runs `frame`, checks the return code and that exactly the counter of
     /// `code` moved by one packet of the frame's length; returns the frame
     /// after the run and the trace lines it produced.
-    fn check(
-        &mut self,
-        what: &str,
-        frame: &[u8],
-        action: i32,
-        code: u32,
-    ) -> (Vec<u8>, Vec<String>) {
+    fn check(&mut self, what: &str, frame: &[u8], action: i32, code: u32) -> (Vec<u8>, Vec<String>) {
         self.check_prog(datapath_common::PROG_FROM_ENDPOINT, what, frame, action, code)
     }
 
     /// `check` for the program `name`.
-    fn check_prog(
-        &mut self,
-        name: &str,
-        what: &str,
-        frame: &[u8],
-        action: i32,
-        code: u32,
-    ) -> (Vec<u8>, Vec<String>) {
+    fn check_prog(&mut self, name: &str, what: &str, frame: &[u8], action: i32, code: u32) -> (Vec<u8>, Vec<String>) {
         let before: Vec<Counter> = reason::ALL.iter().map(|c| self.counter(*c)).collect();
         let (ret, out) = test_run(self.prog_named(name), frame);
         let after: Vec<Counter> = reason::ALL.iter().map(|c| self.counter(*c)).collect();
@@ -337,26 +282,10 @@ impl Harness {
                 continue;
             }
             if *c == code {
-                assert_eq!(
-                    a.packets,
-                    b.packets + 1,
-                    "{what}: {} not counted",
-                    reason::name(code)
-                );
-                assert_eq!(
-                    a.bytes,
-                    b.bytes + frame.len() as u64,
-                    "{what}: bytes of {}",
-                    reason::name(code)
-                );
+                assert_eq!(a.packets, b.packets + 1, "{what}: {} not counted", reason::name(code));
+                assert_eq!(a.bytes, b.bytes + frame.len() as u64, "{what}: bytes of {}", reason::name(code));
             } else {
-                assert_eq!(
-                    a,
-                    b,
-                    "{what}: counted under {} instead of {}",
-                    reason::name(*c),
-                    reason::name(code)
-                );
+                assert_eq!(a, b, "{what}: counted under {} instead of {}", reason::name(*c), reason::name(code));
             }
         }
         assert_eq!(ret, action, "{what}: return code");
@@ -370,24 +299,13 @@ impl Harness {
 fn harness() -> Harness {
     let mut ebpf = load();
     let lines = Lines::default();
-    let logger =
-        aya_log::EbpfLogger::init_with_logger(&mut ebpf, lines.clone()).expect("AYA_LOGS map");
-    for name in [
-        datapath_common::PROG_FROM_ENDPOINT,
-        datapath_common::PROG_FROM_UPLINK,
-    ] {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .expect("program present")
-            .try_into()
-            .expect("a classifier");
+    let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, lines.clone()).expect("AYA_LOGS map");
+    for name in [datapath_common::PROG_FROM_ENDPOINT, datapath_common::PROG_FROM_UPLINK] {
+        let prog: &mut SchedClassifier =
+            ebpf.program_mut(name).expect("program present").try_into().expect("a classifier");
         prog.load().expect("verifier");
     }
-    Harness {
-        ebpf,
-        logger,
-        lines,
-    }
+    Harness { ebpf, logger, lines }
 }
 
 #[test]
@@ -400,12 +318,7 @@ fn dp_from_ep_decisions() {
     let a_to_b = eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 5000, 6000));
 
     // Before the endpoint is known the program stays out of the way.
-    h.check(
-        "unknown iface",
-        &a_to_b,
-        TC_ACT_OK,
-        reason::PASS_UNKNOWN_IFACE,
-    );
+    h.check("unknown iface", &a_to_b, TC_ACT_OK, reason::PASS_UNKNOWN_IFACE);
 
     h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0));
     h.set_endpoint(endpoint(B_IFINDEX, B_IP, B_MAC, 7, 0));
@@ -427,31 +340,16 @@ fn dp_from_ep_decisions() {
     );
 
     // ARP.
-    h.check(
-        "ARP request",
-        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
-        TC_ACT_OK,
-        reason::PASS_ARP,
-    );
+    h.check("ARP request", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)), TC_ACT_OK, reason::PASS_ARP);
     h.check(
         "ARP probe",
-        &eth(
-            BCAST,
-            A_MAC,
-            0x0806,
-            &arp(1, A_MAC, Ipv4Addr::UNSPECIFIED, A_IP),
-        ),
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, Ipv4Addr::UNSPECIFIED, A_IP)),
         TC_ACT_OK,
         reason::PASS_ARP,
     );
     h.check(
         "ARP reply",
-        &eth(
-            GW_MAC,
-            A_MAC,
-            0x0806,
-            &arp(2, A_MAC, A_IP, Ipv4Addr::new(10, 199, 0, 1)),
-        ),
+        &eth(GW_MAC, A_MAC, 0x0806, &arp(2, A_MAC, A_IP, Ipv4Addr::new(10, 199, 0, 1))),
         TC_ACT_OK,
         reason::PASS_ARP,
     );
@@ -472,90 +370,45 @@ fn dp_from_ep_decisions() {
     let good = ipv4_udp(A_IP, B_IP, 64, 1, 2);
     let mut bad = good.clone();
     bad[0] = 0x65;
-    h.check(
-        "IPv4 version 6",
-        &eth(B_MAC, A_MAC, 0x0800, &bad),
-        TC_ACT_SHOT,
-        reason::DROP_BAD_IPV4_HEADER,
-    );
+    h.check("IPv4 version 6", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_BAD_IPV4_HEADER);
     let mut bad = good.clone();
     bad[0] = 0x44;
-    h.check(
-        "IPv4 ihl 4",
-        &eth(B_MAC, A_MAC, 0x0800, &bad),
-        TC_ACT_SHOT,
-        reason::DROP_BAD_IPV4_HEADER,
-    );
+    h.check("IPv4 ihl 4", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_BAD_IPV4_HEADER);
     let mut bad = good.clone();
     bad[2..4].copy_from_slice(&19u16.to_be_bytes());
-    h.check(
-        "IPv4 tot_len 19",
-        &eth(B_MAC, A_MAC, 0x0800, &bad),
-        TC_ACT_SHOT,
-        reason::DROP_BAD_IPV4_HEADER,
-    );
+    h.check("IPv4 tot_len 19", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_BAD_IPV4_HEADER);
     let mut bad = good.clone();
     bad[0] = 0x4f;
     bad[2..4].copy_from_slice(&60u16.to_be_bytes());
-    h.check(
-        "IPv4 options beyond the frame",
-        &eth(B_MAC, A_MAC, 0x0800, &bad),
-        TC_ACT_SHOT,
-        reason::DROP_TRUNCATED,
-    );
+    h.check("IPv4 options beyond the frame", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_TRUNCATED);
     let mut bad = good.clone();
     bad[2..4].copy_from_slice(&1000u16.to_be_bytes());
-    h.check(
-        "IPv4 tot_len beyond the frame",
-        &eth(B_MAC, A_MAC, 0x0800, &bad),
-        TC_ACT_SHOT,
-        reason::DROP_TRUNCATED,
-    );
+    h.check("IPv4 tot_len beyond the frame", &eth(B_MAC, A_MAC, 0x0800, &bad), TC_ACT_SHOT, reason::DROP_TRUNCATED);
     // (A frame cut inside the first 20 bytes of the IPv4 header cannot be
     // tested here: BPF_PROG_TEST_RUN refuses such frames with EINVAL.)
 
     // Pass to the bridge.
     h.check(
         "broadcast IPv4",
-        &eth(
-            BCAST,
-            A_MAC,
-            0x0800,
-            &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 255), 64, 1, 2),
-        ),
+        &eth(BCAST, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 255), 64, 1, 2)),
         TC_ACT_OK,
         reason::PASS_BROADCAST,
     );
     h.check(
         "multicast IPv4",
-        &eth(
-            [0x01, 0, 0x5e, 0, 0, 0xfb],
-            A_MAC,
-            0x0800,
-            &ipv4_udp(A_IP, Ipv4Addr::new(224, 0, 0, 251), 1, 5353, 5353),
-        ),
+        &eth([0x01, 0, 0x5e, 0, 0, 0xfb], A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(224, 0, 0, 251), 1, 5353, 5353)),
         TC_ACT_OK,
         reason::PASS_BROADCAST,
     );
     h.check(
         "to the gateway",
-        &eth(
-            GW_MAC,
-            A_MAC,
-            0x0800,
-            &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 1), 64, 1, 2),
-        ),
+        &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 1), 64, 1, 2)),
         TC_ACT_OK,
         reason::PASS_TO_BRIDGE,
     );
     h.check(
         "beyond the node",
-        &eth(
-            GW_MAC,
-            A_MAC,
-            0x0800,
-            &ipv4_udp(A_IP, Ipv4Addr::new(192, 0, 2, 1), 64, 1, 2),
-        ),
+        &eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(192, 0, 2, 1), 64, 1, 2)),
         TC_ACT_OK,
         reason::PASS_TO_BRIDGE,
     );
@@ -577,12 +430,7 @@ fn dp_from_ep_decisions() {
         TC_ACT_OK,
         reason::PASS_TO_BRIDGE,
     );
-    h.check(
-        "IPv6 unicast",
-        &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]),
-        TC_ACT_OK,
-        reason::PASS_OTHER_PROTO,
-    );
+    h.check("IPv6 unicast", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_OK, reason::PASS_OTHER_PROTO);
     h.check(
         "IPv6 multicast",
         &eth([0x33, 0x33, 0, 0, 0, 1], A_MAC, 0x86dd, &[0x60; 40]),
@@ -591,66 +439,33 @@ fn dp_from_ep_decisions() {
     );
 
     // Redirect, bridged: only the destination MAC is (re)written.
-    let (out, lines) = h.check(
-        "bridged redirect",
-        &a_to_b,
-        TC_ACT_REDIRECT,
-        reason::FWD_REDIRECT_PEER,
-    );
+    let (out, lines) = h.check("bridged redirect", &a_to_b, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
     assert_eq!(out, a_to_b, "bridged redirect leaves the frame alone");
     assert!(lines.is_empty(), "no trace without EP_F_TRACE: {lines:?}");
 
     // Redirect, routed: MACs rewritten, TTL decremented, checksum still valid.
     let routed = eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 5000, 6000));
-    let (out, _) = h.check(
-        "routed redirect",
-        &routed,
-        TC_ACT_REDIRECT,
-        reason::FWD_REDIRECT_PEER,
-    );
+    let (out, _) = h.check("routed redirect", &routed, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
     assert_eq!(out.len(), routed.len());
     assert_eq!(&out[0..6], &B_MAC, "destination MAC");
     assert_eq!(&out[6..12], &GW_MAC, "source MAC");
     assert_eq!(out[14 + 8], 63, "TTL");
-    assert_eq!(
-        ip_checksum(&out[14..34]),
-        0,
-        "IPv4 checksum after the TTL decrement"
-    );
+    assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement");
     assert_eq!(&out[34..], &routed[34..], "payload untouched");
     // The checksum fold when the old checksum is near 0xffff.
     for ttl in [2u8, 128, 255] {
         let f = eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, ttl, 0xffff, 0));
-        let (out, _) = h.check(
-            "routed redirect, checksum",
-            &f,
-            TC_ACT_REDIRECT,
-            reason::FWD_REDIRECT_PEER,
-        );
+        let (out, _) = h.check("routed redirect, checksum", &f, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
         assert_eq!(out[14 + 8], ttl - 1);
-        assert_eq!(
-            ip_checksum(&out[14..34]),
-            0,
-            "IPv4 checksum after the TTL decrement (ttl {ttl})"
-        );
+        assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement (ttl {ttl})");
     }
 
     // Traces: one line per packet when the sender or the receiver is traced.
     // The reason column is padded to 20 characters.
-    let line = |code: u32, rest: &str| {
-        format!(
-            "ep=1 from-ep {:<w$} {rest}",
-            reason::name(code),
-            w = reason::NAME_WIDTH
-        )
-    };
+    let line =
+        |code: u32, rest: &str| format!("ep=1 from-ep {:<w$} {rest}", reason::name(code), w = reason::NAME_WIDTH);
     h.set_endpoint(endpoint(B_IFINDEX, B_IP, B_MAC, 7, EP_F_TRACE));
-    let (_, lines) = h.check(
-        "traced redirect",
-        &routed,
-        TC_ACT_REDIRECT,
-        reason::FWD_REDIRECT_PEER,
-    );
+    let (_, lines) = h.check("traced redirect", &routed, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
     // A redirected frame is shown as delivered (after the MAC rewrite).
     assert_eq!(
         lines,
@@ -672,24 +487,14 @@ fn dp_from_ep_decisions() {
         TC_ACT_SHOT,
         reason::DROP_SPOOFED_MAC,
     );
-    assert!(
-        lines.is_empty(),
-        "a frame dropped before the lookup has no receiver: {lines:?}"
-    );
+    assert!(lines.is_empty(), "a frame dropped before the lookup has no receiver: {lines:?}");
 
     h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, EP_F_TRACE));
-    let (_, lines) = h.check(
-        "traced ARP",
-        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
-        TC_ACT_OK,
-        reason::PASS_ARP,
-    );
+    let (_, lines) =
+        h.check("traced ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)), TC_ACT_OK, reason::PASS_ARP);
     assert_eq!(
         lines,
-        [line(
-            reason::PASS_ARP,
-            "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff arp op=1 10.199.0.2 > 10.199.0.3"
-        )]
+        [line(reason::PASS_ARP, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff arp op=1 10.199.0.2 > 10.199.0.3")]
     );
     let (_, lines) = h.check(
         "traced spoof",
@@ -699,25 +504,14 @@ fn dp_from_ep_decisions() {
     );
     assert_eq!(
         lines,
-        [line(
-            reason::DROP_SPOOFED_IP,
-            "02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.1.3:1 > 10.199.0.3:2 proto=17"
-        )]
+        [line(reason::DROP_SPOOFED_IP, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.1.3:1 > 10.199.0.3:2 proto=17")]
     );
     let mut icmp = ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 1), 64, 0, 0);
     icmp[9] = 1;
-    let (_, lines) = h.check(
-        "traced ICMP",
-        &eth(GW_MAC, A_MAC, 0x0800, &icmp),
-        TC_ACT_OK,
-        reason::PASS_TO_BRIDGE,
-    );
+    let (_, lines) = h.check("traced ICMP", &eth(GW_MAC, A_MAC, 0x0800, &icmp), TC_ACT_OK, reason::PASS_TO_BRIDGE);
     assert_eq!(
         lines,
-        [line(
-            reason::PASS_TO_BRIDGE,
-            "02:dd:00:00:00:0a > 02:dd:00:00:00:01 10.199.0.2 > 10.199.0.1 proto=1"
-        )]
+        [line(reason::PASS_TO_BRIDGE, "02:dd:00:00:00:0a > 02:dd:00:00:00:01 10.199.0.2 > 10.199.0.1 proto=1")]
     );
     let (_, lines) = h.check(
         "traced bridged redirect, ICMP",
@@ -736,32 +530,12 @@ fn dp_from_ep_decisions() {
             "02:dd:00:00:00:0a > 02:dd:00:00:00:0b 10.199.0.2 > 10.199.0.3 proto=1 -> if=4242"
         )]
     );
-    let (_, lines) = h.check(
-        "traced IPv6",
-        &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]),
-        TC_ACT_OK,
-        reason::PASS_OTHER_PROTO,
-    );
-    assert_eq!(
-        lines,
-        [line(
-            reason::PASS_OTHER_PROTO,
-            "02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd"
-        )]
-    );
-    let (_, lines) = h.check(
-        "traced truncated ARP",
-        &eth(BCAST, A_MAC, 0x0806, &[0; 20]),
-        TC_ACT_SHOT,
-        reason::DROP_TRUNCATED,
-    );
-    assert_eq!(
-        lines,
-        [line(
-            reason::DROP_TRUNCATED,
-            "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff ethertype=0x806"
-        )]
-    );
+    let (_, lines) =
+        h.check("traced IPv6", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_OK, reason::PASS_OTHER_PROTO);
+    assert_eq!(lines, [line(reason::PASS_OTHER_PROTO, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd")]);
+    let (_, lines) =
+        h.check("traced truncated ARP", &eth(BCAST, A_MAC, 0x0806, &[0; 20]), TC_ACT_SHOT, reason::DROP_TRUNCATED);
+    assert_eq!(lines, [line(reason::DROP_TRUNCATED, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff ethertype=0x806")]);
 }
 
 /// Network policy: isolation between networks, icc=false, internal networks.
@@ -782,127 +556,42 @@ fn dp_from_ep_policy() {
 
     // No NETWORKS entry for the sender's network: no policy, as before.
     h.set_network(8, Ipv4Addr::new(10, 199, 1, 0), 24, 0);
-    h.check(
-        "no policy, other network",
-        &to(GW_MAC, C_IP),
-        TC_ACT_OK,
-        reason::PASS_TO_BRIDGE,
-    );
+    h.check("no policy, other network", &to(GW_MAC, C_IP), TC_ACT_OK, reason::PASS_TO_BRIDGE);
 
     // Plain network: same network redirected, other networks isolated
     // (their gateways included), the own gateway and the outside passed.
     h.set_network(7, Ipv4Addr::new(10, 199, 0, 0), 24, 0);
-    h.check(
-        "same network",
-        &to(B_MAC, B_IP),
-        TC_ACT_REDIRECT,
-        reason::FWD_REDIRECT_PEER,
-    );
-    h.check(
-        "own gateway",
-        &to(GW_MAC, gw7),
-        TC_ACT_OK,
-        reason::PASS_TO_BRIDGE,
-    );
-    h.check(
-        "other network's endpoint",
-        &to(GW_MAC, C_IP),
-        TC_ACT_SHOT,
-        reason::DROP_POLICY_ISOLATION,
-    );
-    h.check(
-        "other network's gateway",
-        &to(GW_MAC, gw8),
-        TC_ACT_SHOT,
-        reason::DROP_POLICY_ISOLATION,
-    );
+    h.check("same network", &to(B_MAC, B_IP), TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    h.check("own gateway", &to(GW_MAC, gw7), TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    h.check("other network's endpoint", &to(GW_MAC, C_IP), TC_ACT_SHOT, reason::DROP_POLICY_ISOLATION);
+    h.check("other network's gateway", &to(GW_MAC, gw8), TC_ACT_SHOT, reason::DROP_POLICY_ISOLATION);
     h.check(
         "other network, unused address",
         &to(GW_MAC, Ipv4Addr::new(10, 199, 1, 200)),
         TC_ACT_SHOT,
         reason::DROP_POLICY_ISOLATION,
     );
-    h.check(
-        "outside, no masquerade",
-        &to(GW_MAC, outside),
-        TC_ACT_OK,
-        reason::PASS_TO_BRIDGE,
-    );
+    h.check("outside, no masquerade", &to(GW_MAC, outside), TC_ACT_OK, reason::PASS_TO_BRIDGE);
 
     // icc=false: no endpoint to endpoint, the gateway stays reachable.
     h.set_network(7, Ipv4Addr::new(10, 199, 0, 0), 24, NET_F_NO_ICC);
-    h.check(
-        "icc=false, bridged",
-        &to(B_MAC, B_IP),
-        TC_ACT_SHOT,
-        reason::DROP_POLICY_ICC,
-    );
-    h.check(
-        "icc=false, routed",
-        &to(GW_MAC, B_IP),
-        TC_ACT_SHOT,
-        reason::DROP_POLICY_ICC,
-    );
-    h.check(
-        "icc=false, gateway",
-        &to(GW_MAC, gw7),
-        TC_ACT_OK,
-        reason::PASS_TO_BRIDGE,
-    );
-    h.check(
-        "icc=false, outside",
-        &to(GW_MAC, outside),
-        TC_ACT_OK,
-        reason::PASS_TO_BRIDGE,
-    );
-    h.check(
-        "icc=false, other network",
-        &to(GW_MAC, C_IP),
-        TC_ACT_SHOT,
-        reason::DROP_POLICY_ISOLATION,
-    );
+    h.check("icc=false, bridged", &to(B_MAC, B_IP), TC_ACT_SHOT, reason::DROP_POLICY_ICC);
+    h.check("icc=false, routed", &to(GW_MAC, B_IP), TC_ACT_SHOT, reason::DROP_POLICY_ICC);
+    h.check("icc=false, gateway", &to(GW_MAC, gw7), TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    h.check("icc=false, outside", &to(GW_MAC, outside), TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    h.check("icc=false, other network", &to(GW_MAC, C_IP), TC_ACT_SHOT, reason::DROP_POLICY_ISOLATION);
 
     // Internal: nothing leaves the subnet but the gateway is reachable.
     h.set_network(7, Ipv4Addr::new(10, 199, 0, 0), 24, NET_F_INTERNAL);
-    h.check(
-        "internal, same network",
-        &to(B_MAC, B_IP),
-        TC_ACT_REDIRECT,
-        reason::FWD_REDIRECT_PEER,
-    );
-    h.check(
-        "internal, gateway",
-        &to(GW_MAC, gw7),
-        TC_ACT_OK,
-        reason::PASS_TO_BRIDGE,
-    );
-    h.check(
-        "internal, outside",
-        &to(GW_MAC, outside),
-        TC_ACT_SHOT,
-        reason::DROP_POLICY_INTERNAL,
-    );
-    h.check(
-        "internal, the node",
-        &to(GW_MAC, Ipv4Addr::new(172, 31, 0, 1)),
-        TC_ACT_SHOT,
-        reason::DROP_POLICY_INTERNAL,
-    );
-    h.check(
-        "internal, other network",
-        &to(GW_MAC, C_IP),
-        TC_ACT_SHOT,
-        reason::DROP_POLICY_ISOLATION,
-    );
+    h.check("internal, same network", &to(B_MAC, B_IP), TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    h.check("internal, gateway", &to(GW_MAC, gw7), TC_ACT_OK, reason::PASS_TO_BRIDGE);
+    h.check("internal, outside", &to(GW_MAC, outside), TC_ACT_SHOT, reason::DROP_POLICY_INTERNAL);
+    h.check("internal, the node", &to(GW_MAC, Ipv4Addr::new(172, 31, 0, 1)), TC_ACT_SHOT, reason::DROP_POLICY_INTERNAL);
+    h.check("internal, other network", &to(GW_MAC, C_IP), TC_ACT_SHOT, reason::DROP_POLICY_ISOLATION);
     // Broadcast stays with the bridge.
     h.check(
         "internal, broadcast",
-        &eth(
-            BCAST,
-            A_MAC,
-            0x0800,
-            &ipv4_udp(A_IP, Ipv4Addr::BROADCAST, 64, 68, 67),
-        ),
+        &eth(BCAST, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::BROADCAST, 64, 68, 67)),
         TC_ACT_OK,
         reason::PASS_BROADCAST,
     );
@@ -920,16 +609,8 @@ struct Pair {
 }
 
 fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new("ip").args(args).output().expect("running ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 impl Pair {
@@ -938,20 +619,12 @@ impl Pair {
     }
 
     fn new() -> Pair {
-        let pair = Pair {
-            id: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
-        };
+        let pair = Pair { id: format!("{:06x}", rand::random::<u32>() & 0xff_ffff) };
         for (side, mac, addr) in [('a', A_MAC, "10.199.7.2/24"), ('b', B_MAC, "10.199.7.3/24")] {
             let n = pair.name(side);
             ip(&["netns", "add", &n]);
-            ip(&[
-                "link", "add", &n, "type", "veth", "peer", "name", "eth0", "netns", &n,
-            ]);
-            let mac = mac
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":");
+            ip(&["link", "add", &n, "type", "veth", "peer", "name", "eth0", "netns", &n]);
+            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             ip(&["-n", &n, "link", "set", "eth0", "address", &mac]);
             ip(&["-n", &n, "addr", "add", addr, "dev", "eth0"]);
             ip(&["-n", &n, "link", "set", "eth0", "up"]);
@@ -963,28 +636,11 @@ impl Pair {
 
     fn ping(&self, from: char, to: &str) -> String {
         let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name(from),
-                "ping",
-                "-n",
-                "-c",
-                "3",
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                to,
-            ])
+            .args(["netns", "exec", &self.name(from), "ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", to])
             .output()
             .expect("running ping");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "ping {to} from {from} failed:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "ping {to} from {from} failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
         text
     }
 }
@@ -993,12 +649,8 @@ impl Drop for Pair {
     fn drop(&mut self) {
         for side in ['a', 'b'] {
             let n = self.name(side);
-            let _ = std::process::Command::new("ip")
-                .args(["link", "del", &n])
-                .output();
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &n])
-                .output();
+            let _ = std::process::Command::new("ip").args(["link", "del", &n]).output();
+            let _ = std::process::Command::new("ip").args(["netns", "del", &n]).output();
         }
     }
 }
@@ -1009,17 +661,12 @@ fn redirect_peer_between_namespaces() {
         eprintln!("skipping: {why}");
         return;
     }
-    if std::process::Command::new("ping")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
+    if std::process::Command::new("ping").arg("-V").output().is_err() {
         eprintln!("skipping: no ping");
         return;
     }
     let pair = Pair::new();
-    let ifindex =
-        |side| nix::net::if_::if_nametoindex(pair.name(side).as_str()).expect("host veth exists");
+    let ifindex = |side| nix::net::if_::if_nametoindex(pair.name(side).as_str()).expect("host veth exists");
     let (a_if, b_if) = (ifindex('a'), ifindex('b'));
 
     let mut ebpf = load();
@@ -1031,13 +678,11 @@ fn redirect_peer_between_namespaces() {
             .expect("a classifier");
         prog.load().expect("verifier");
         for side in ['a', 'b'] {
-            prog.attach(&pair.name(side), aya::programs::TcAttachType::Ingress)
-                .expect("attach");
+            prog.attach(&pair.name(side), aya::programs::TcAttachType::Ingress).expect("attach");
         }
     }
     let mut h = Harness {
-        logger: aya_log::EbpfLogger::init_with_logger(&mut ebpf, Lines::default())
-            .expect("AYA_LOGS map"),
+        logger: aya_log::EbpfLogger::init_with_logger(&mut ebpf, Lines::default()).expect("AYA_LOGS map"),
         ebpf,
         lines: Lines::default(),
     };
@@ -1046,12 +691,7 @@ fn redirect_peer_between_namespaces() {
     let redirected = || h.counter(reason::FWD_REDIRECT_PEER).packets;
 
     // Bridged: each side knows the other's MAC.
-    let mac = |m: [u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     ip(&[
         "-n",
         &pair.name('a'),
@@ -1081,48 +721,20 @@ fn redirect_peer_between_namespaces() {
     let before = redirected();
     let out = pair.ping('a', "10.199.7.3");
     assert!(out.contains("ttl=64"), "bridged: TTL untouched:\n{out}");
-    assert!(
-        redirected() >= before + 6,
-        "3 requests and 3 replies redirected"
-    );
+    assert!(redirected() >= before + 6, "3 requests and 3 replies redirected");
 
     // Routed: each side reaches the other through the gateway's MAC; the
     // program rewrites the MACs and decrements the TTL in each direction.
     for (side, peer) in [('a', "10.199.7.3"), ('b', "10.199.7.2")] {
         let n = pair.name(side);
         ip(&["-n", &n, "neigh", "del", peer, "dev", "eth0"]);
-        ip(&[
-            "-n",
-            &n,
-            "neigh",
-            "add",
-            "10.199.7.1",
-            "lladdr",
-            &mac(GW_MAC),
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
-        ip(&[
-            "-n",
-            &n,
-            "route",
-            "add",
-            &format!("{peer}/32"),
-            "via",
-            "10.199.7.1",
-            "dev",
-            "eth0",
-        ]);
+        ip(&["-n", &n, "neigh", "add", "10.199.7.1", "lladdr", &mac(GW_MAC), "dev", "eth0", "nud", "permanent"]);
+        ip(&["-n", &n, "route", "add", &format!("{peer}/32"), "via", "10.199.7.1", "dev", "eth0"]);
     }
     let before = redirected();
     let out = pair.ping('a', "10.199.7.3");
     assert!(out.contains("ttl=63"), "routed: one hop:\n{out}");
-    assert!(
-        redirected() >= before + 6,
-        "3 requests and 3 replies redirected"
-    );
+    assert!(redirected() >= before + 6, "3 requests and 3 replies redirected");
     assert_eq!(h.counter(reason::DROP_REDIRECT_FAILED).packets, 0);
     drop(h);
     drop(pair);
@@ -1179,9 +791,7 @@ fn nat_malformed_input() {
     struct Ns(String);
     impl Drop for Ns {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .output();
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
         }
     }
     ip(&["netns", "add", &ns]);
@@ -1200,14 +810,7 @@ fn nat_malformed_input() {
         ip(&v);
     }
     let ok = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])
+        .args(["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         .status()
         .unwrap()
         .success();
@@ -1240,14 +843,7 @@ fn malformed_cases(up: u32) {
             HashMap::try_from(h.ebpf.map(datapath_common::MAP_CT).unwrap()).unwrap();
         ct.keys().count()
     };
-    let syn = |sport| {
-        eth(
-            GW_MAC,
-            A_MAC,
-            0x0800,
-            &ipv4_tcp(A_IP, remote, sport, 80, 0x02),
-        )
-    };
+    let syn = |sport| eth(GW_MAC, A_MAC, 0x0800, &ipv4_tcp(A_IP, remote, sport, 80, 0x02));
 
     // A good SYN: translated, forwarded to the uplink, checksums valid.
     let (out, _) = h.check("SYN", &syn(40000), TC_ACT_REDIRECT, reason::FWD_NAT);
@@ -1277,23 +873,13 @@ fn malformed_cases(up: u32) {
     frag[24..26].copy_from_slice(&[0, 0]);
     let c = ip_checksum(&frag[14..34]);
     frag[24..26].copy_from_slice(&c.to_be_bytes());
-    h.check(
-        "first fragment",
-        &frag,
-        TC_ACT_SHOT,
-        reason::DROP_NAT_FRAGMENT,
-    );
+    h.check("first fragment", &frag, TC_ACT_SHOT, reason::DROP_NAT_FRAGMENT);
     frag[14 + 6] = 0x00;
     frag[14 + 7] = 0x10; // offset 128
     frag[24..26].copy_from_slice(&[0, 0]);
     let c = ip_checksum(&frag[14..34]);
     frag[24..26].copy_from_slice(&c.to_be_bytes());
-    h.check(
-        "later fragment",
-        &frag,
-        TC_ACT_SHOT,
-        reason::DROP_NAT_FRAGMENT,
-    );
+    h.check("later fragment", &frag, TC_ACT_SHOT, reason::DROP_NAT_FRAGMENT);
 
     // Truncated L4 header.
     let mut short = syn(40003);
@@ -1302,38 +888,18 @@ fn malformed_cases(up: u32) {
     short[24..26].copy_from_slice(&[0, 0]);
     let c = ip_checksum(&short[14..34]);
     short[24..26].copy_from_slice(&c.to_be_bytes());
-    h.check(
-        "truncated TCP header",
-        &short,
-        TC_ACT_SHOT,
-        reason::DROP_TRUNCATED,
-    );
+    h.check("truncated TCP header", &short, TC_ACT_SHOT, reason::DROP_TRUNCATED);
 
     // Not a SYN for an unknown flow.
-    let ack = eth(
-        GW_MAC,
-        A_MAC,
-        0x0800,
-        &ipv4_tcp(A_IP, remote, 40004, 80, 0x10),
-    );
-    h.check(
-        "ACK of an unknown flow",
-        &ack,
-        TC_ACT_SHOT,
-        reason::DROP_CT_INVALID,
-    );
+    let ack = eth(GW_MAC, A_MAC, 0x0800, &ipv4_tcp(A_IP, remote, 40004, 80, 0x10));
+    h.check("ACK of an unknown flow", &ack, TC_ACT_SHOT, reason::DROP_CT_INVALID);
     // Unsupported protocol (GRE).
     let mut gre = ipv4_udp(A_IP, remote, 64, 1, 2);
     gre[9] = 47;
     gre[10..12].copy_from_slice(&[0, 0]);
     let c = ip_checksum(&gre[..20]);
     gre[10..12].copy_from_slice(&c.to_be_bytes());
-    h.check(
-        "GRE",
-        &eth(GW_MAC, A_MAC, 0x0800, &gre),
-        TC_ACT_SHOT,
-        reason::DROP_NAT_PROTO,
-    );
+    h.check("GRE", &eth(GW_MAC, A_MAC, 0x0800, &gre), TC_ACT_SHOT, reason::DROP_NAT_PROTO);
     // TTL 1: the kernel answers with time exceeded.
     let mut t1 = syn(40005);
     t1[22] = 1;
@@ -1344,12 +910,7 @@ fn malformed_cases(up: u32) {
     // The node itself is not masqueraded.
     h.check(
         "to the node",
-        &eth(
-            GW_MAC,
-            A_MAC,
-            0x0800,
-            &ipv4_tcp(A_IP, Ipv4Addr::new(203, 0, 113, 1), 40006, 22, 0x02),
-        ),
+        &eth(GW_MAC, A_MAC, 0x0800, &ipv4_tcp(A_IP, Ipv4Addr::new(203, 0, 113, 1), 40006, 22, 0x02)),
         TC_ACT_OK,
         reason::PASS_NAT_NOT_ROUTED,
     );
@@ -1358,27 +919,12 @@ fn malformed_cases(up: u32) {
     // Port exhaustion: 10 ports for one destination; the two flows above
     // hold two of them. A counted drop, not a hang.
     for sport in 41000..41008 {
-        h.check(
-            "fill the range",
-            &syn(sport),
-            TC_ACT_REDIRECT,
-            reason::FWD_NAT,
-        );
+        h.check("fill the range", &syn(sport), TC_ACT_REDIRECT, reason::FWD_NAT);
     }
-    h.check(
-        "range exhausted",
-        &syn(42000),
-        TC_ACT_SHOT,
-        reason::DROP_NAT_NO_PORT,
-    );
+    h.check("range exhausted", &syn(42000), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
     assert_eq!(ct_len(&h), 20);
     // The existing flows still work.
-    h.check(
-        "existing flow",
-        &syn(40000),
-        TC_ACT_REDIRECT,
-        reason::FWD_NAT,
-    );
+    h.check("existing flow", &syn(40000), TC_ACT_REDIRECT, reason::FWD_NAT);
     port_takeover(&mut h, remote);
 }
 
@@ -1386,8 +932,7 @@ fn malformed_cases(up: u32) {
 /// (flows from ports 40000, 40001 and 41000-41007, all in SYN-SENT).
 fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
     use datapath_common::{
-        CtConfig, CT_F_DONE, CT_F_REVERSE, CT_F_RX_FIN, CT_F_TX_FIN, CT_TCP_CLOSED,
-        CT_TCP_CLOSING, CT_TCP_SYN_SENT,
+        CtConfig, CT_F_DONE, CT_F_REVERSE, CT_F_RX_FIN, CT_F_TX_FIN, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_SYN_SENT,
     };
     const FIN: u8 = 0x01;
     const SYN: u8 = 0x02;
@@ -1395,30 +940,14 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
     const ACK: u8 = 0x10;
     const UPLINK: &str = datapath_common::PROG_FROM_UPLINK;
     let masq = Ipv4Addr::new(203, 0, 113, 1);
-    let from_ep = |sport: u16, flags: u8| {
-        eth(
-            GW_MAC,
-            A_MAC,
-            0x0800,
-            &ipv4_tcp(A_IP, remote, sport, 80, flags),
-        )
-    };
+    let from_ep = |sport: u16, flags: u8| eth(GW_MAC, A_MAC, 0x0800, &ipv4_tcp(A_IP, remote, sport, 80, flags));
     let reply = |nport: u16, flags: u8| {
-        eth(
-            [2, 0, 0, 0, 0, 1],
-            [2, 0, 0, 0, 0, 2],
-            0x0800,
-            &ipv4_tcp(remote, masq, 80, nport, flags),
-        )
+        eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], 0x0800, &ipv4_tcp(remote, masq, 80, nport, flags))
     };
     let fwd = |h: &Harness, sport: u16| {
         h.ct()
             .into_iter()
-            .find(|(k, e)| {
-                e.flags & CT_F_REVERSE == 0
-                    && k.sport == sport.to_be()
-                    && k.dport == 80u16.to_be()
-            })
+            .find(|(k, e)| e.flags & CT_F_REVERSE == 0 && k.sport == sport.to_be() && k.dport == 80u16.to_be())
             .map(|(_, e)| e)
     };
     let nport = |h: &Harness, sport: u16| u16::from_be(fwd(h, sport).expect("flow").port);
@@ -1457,12 +986,14 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
     // A new flow takes the finished flow's port over; the finished flow
     // is forgotten and the replies go to the new one.
     let r = reused(h);
-    let (out, _) = h.check("takes over a finished flow's port", &syn_a(remote, 42001), TC_ACT_REDIRECT, reason::FWD_NAT);
+    let (out, _) =
+        h.check("takes over a finished flow's port", &syn_a(remote, 42001), TC_ACT_REDIRECT, reason::FWD_NAT);
     assert_eq!(out_sport(&out), p0);
     assert_eq!(reused(h), r + 1);
     assert!(fwd(h, 41000).is_none(), "the finished flow is gone");
     assert_eq!(h.ct().len(), 20);
-    let (out, _) = h.check_prog(UPLINK, "reply to the new flow", &reply(p0, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    let (out, _) =
+        h.check_prog(UPLINK, "reply to the new flow", &reply(p0, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
     assert_eq!(out_dport(&out), 42001);
     // The old flow's late packets are not translated any more.
     h.check("late ACK of the finished flow", &from_ep(41000, ACK), TC_ACT_SHOT, reason::DROP_CT_INVALID);
@@ -1491,7 +1022,8 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
     assert_eq!((e.tx_packets, e.rx_packets), (1, 0), "counters restart");
     assert_eq!((created(h), reused(h)), (c, r + 1));
     assert_eq!(h.ct().len(), 20);
-    let (out, _) = h.check_prog(UPLINK, "reply to the restarted flow", &reply(p2, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    let (out, _) =
+        h.check_prog(UPLINK, "reply to the restarted flow", &reply(p2, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
     assert_eq!(out_dport(&out), 41002);
 
     // Closed by both FINs, unacknowledged, but expired: taken over.
@@ -1503,7 +1035,8 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
     let p3 = close(h, 41003, false);
     h.check("expiring: port kept", &syn_a(remote, 42003), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let (out, _) = h.check("takes over an expired flow's port", &syn_a(remote, 42003), TC_ACT_REDIRECT, reason::FWD_NAT);
+    let (out, _) =
+        h.check("takes over an expired flow's port", &syn_a(remote, 42003), TC_ACT_REDIRECT, reason::FWD_NAT);
     assert_eq!(out_sport(&out), p3);
     assert!(fwd(h, 41003).is_none());
     {
@@ -1515,10 +1048,5 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
 }
 
 fn syn_a(remote: Ipv4Addr, sport: u16) -> Vec<u8> {
-    eth(
-        GW_MAC,
-        A_MAC,
-        0x0800,
-        &ipv4_tcp(A_IP, remote, sport, 80, 0x02),
-    )
+    eth(GW_MAC, A_MAC, 0x0800, &ipv4_tcp(A_IP, remote, sport, 80, 0x02))
 }

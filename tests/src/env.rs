@@ -32,10 +32,7 @@ pub fn base_dir() -> PathBuf {
 pub const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The binary under test: `$DATAPATH_BIN`, else `target/release/datapath`,
@@ -43,11 +40,7 @@ pub fn workspace_root() -> PathBuf {
 pub fn datapath_bin() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("DATAPATH_BIN") {
         let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("DATAPATH_BIN={} does not exist", p.display()))
-        };
+        return if p.is_file() { Ok(p) } else { Err(format!("DATAPATH_BIN={} does not exist", p.display())) };
     }
     let root = workspace_root();
     for profile in ["release", "debug"] {
@@ -82,9 +75,7 @@ pub fn is_root() -> bool {
 pub fn python() -> &'static str {
     static PY: OnceLock<String> = OnceLock::new();
     PY.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output();
+        let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output();
         match out {
             Ok(o) if o.status.success() => {
                 let p = stdout_str(&o).trim().to_string();
@@ -113,19 +104,15 @@ fn have(tool: &str) -> bool {
 /// this on most hosts; bare containers don't).
 fn ensure_bpffs() -> Result<(), String> {
     let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| {
-        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
-    }) {
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf"))
+    {
         return Ok(());
     }
     let out = run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]));
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "cannot mount bpffs on {BPFFS}: {}",
-            crate::proc::show(&out)
-        ))
+        Err(format!("cannot mount bpffs on {BPFFS}: {}", crate::proc::show(&out)))
     }
 }
 
@@ -193,9 +180,7 @@ fn self_owner() -> String {
 pub fn is_prefix(s: &str) -> bool {
     s.len() == PREFIX_LEN
         && s.starts_with(PREFIX_HEAD)
-        && s[3..]
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        && s[3..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
 }
 
 /// The prefix a name starts with, if any.
@@ -220,9 +205,7 @@ pub fn is_live(prefix: &str) -> bool {
         // minute before calling it dead.
         Err(_) => fs::metadata(&dir)
             .and_then(|m| m.modified())
-            .map(|t| {
-                SystemTime::now().duration_since(t).unwrap_or_default() < Duration::from_secs(60)
-            })
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() < Duration::from_secs(60))
             .unwrap_or(false),
     }
 }
@@ -252,11 +235,7 @@ pub fn claim_prefix() -> (String, PathBuf) {
 /// Names in /run/netns.
 pub fn list_netns() -> BTreeSet<String> {
     fs::read_dir("/run/netns")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 
@@ -326,14 +305,7 @@ pub fn kill_mentioning(pred: impl Fn(&str) -> bool) {
         for _ in 0..100 {
             // Zombies of other parents keep /proc/PID; state Z is gone enough.
             match fs::read_to_string(format!("/proc/{p}/stat")) {
-                Ok(s)
-                    if !s
-                        .rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z') =>
-                {
+                Ok(s) if !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 _ => break,
@@ -410,9 +382,7 @@ mod tests {
         let mut procs = Vec::new();
         for p in [&live, &dead] {
             let ns = format!("{p}node");
-            assert!(run(Command::new("ip").args(["netns", "add", &ns]))
-                .status
-                .success());
+            assert!(run(Command::new("ip").args(["netns", "add", &ns])).status.success());
             fs::create_dir_all(Path::new(BPFFS).join(p)).unwrap();
             procs.push(
                 // argv keeps the prefix (like every process a test starts).
@@ -440,16 +410,13 @@ mod tests {
         // Reap the killed child so /proc no longer lists it.
         let dead_status = procs[1].try_wait();
         std::thread::sleep(Duration::from_millis(100));
-        let dead_gone = procs[1].try_wait().map(|s| s.is_some()).unwrap_or(false)
-            || matches!(dead_status, Ok(Some(_)));
+        let dead_gone = procs[1].try_wait().map(|s| s.is_some()).unwrap_or(false) || matches!(dead_status, Ok(Some(_)));
         let live_running = procs[0].try_wait().map(|s| s.is_none()).unwrap_or(false);
 
-        let ok_dead = !netns_exists(&format!("{dead}node"))
-            && !Path::new(BPFFS).join(&dead).exists()
-            && !dead_dir.exists();
-        let ok_live = netns_exists(&format!("{live}node"))
-            && Path::new(BPFFS).join(&live).exists()
-            && live_dir.exists();
+        let ok_dead =
+            !netns_exists(&format!("{dead}node")) && !Path::new(BPFFS).join(&dead).exists() && !dead_dir.exists();
+        let ok_live =
+            netns_exists(&format!("{live}node")) && Path::new(BPFFS).join(&live).exists() && live_dir.exists();
         // Clean up the live one the way a guard does.
         remove_prefix(&live);
         let _ = procs[0].wait();
@@ -459,10 +426,7 @@ mod tests {
         assert!(dead_gone, "process {want} of a dead owner not killed ");
         assert!(ok_live, "live test's resources were swept");
         assert!(live_running, "live test's process was killed");
-        assert!(
-            !netns_exists(&format!("{live}node")),
-            "remove_prefix left the netns"
-        );
+        assert!(!netns_exists(&format!("{live}node")), "remove_prefix left the netns");
         assert!(!live_dir.exists());
     }
 }

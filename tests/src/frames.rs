@@ -8,11 +8,7 @@ use crate::net::parse_mac;
 fn csum(b: &[u8]) -> u16 {
     let mut s: u32 = 0;
     for c in b.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from_be_bytes([c[0], 0])
-        };
+        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
         s += u32::from(w);
     }
     while s >> 16 != 0 {
@@ -22,21 +18,12 @@ fn csum(b: &[u8]) -> u16 {
 }
 
 fn ip(s: &str) -> [u8; 4] {
-    s.parse::<Ipv4Addr>()
-        .unwrap_or_else(|_| panic!("bad IPv4 {s}"))
-        .octets()
+    s.parse::<Ipv4Addr>().unwrap_or_else(|_| panic!("bad IPv4 {s}")).octets()
 }
 
 /// Ethernet + IPv4 + ICMP echo request with `marker` in the payload. All
 /// checksums valid, so a receiver would accept (and answer) it.
-pub fn icmp_echo(
-    src_mac: &str,
-    dst_mac: &str,
-    src_ip: &str,
-    dst_ip: &str,
-    marker: &str,
-    seq: u16,
-) -> Vec<u8> {
+pub fn icmp_echo(src_mac: &str, dst_mac: &str, src_ip: &str, dst_ip: &str, marker: &str, seq: u16) -> Vec<u8> {
     let mut payload = marker.as_bytes().to_vec();
     payload.extend_from_slice(format!("-{seq}-").as_bytes());
     payload.resize(payload.len() + 16, b'.');
@@ -107,15 +94,7 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// A TCP segment (20-byte header, no options) with a valid checksum for
 /// `src_ip` -> `dst_ip`.
-pub fn tcp_segment(
-    src_ip: &str,
-    dst_ip: &str,
-    sport: u16,
-    dport: u16,
-    seq: u32,
-    flags: u8,
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn tcp_segment(src_ip: &str, dst_ip: &str, sport: u16, dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut t = sport.to_be_bytes().to_vec();
     t.extend_from_slice(&dport.to_be_bytes());
     t.extend_from_slice(&seq.to_be_bytes());
@@ -183,14 +162,7 @@ mod tests {
 
     #[test]
     fn ipv4_header_checksum_verifies() {
-        let f = icmp_echo(
-            "02:00:00:00:00:01",
-            "02:00:00:00:00:02",
-            "10.10.0.2",
-            "10.10.0.3",
-            "M",
-            1,
-        );
+        let f = icmp_echo("02:00:00:00:00:01", "02:00:00:00:00:02", "10.10.0.2", "10.10.0.3", "M", 1);
         assert_eq!(&f[12..14], &[0x08, 0x00]);
         // A correct header sums to 0xffff (checksum of it is 0).
         assert_eq!(csum(&f[14..34]), 0);
@@ -204,16 +176,7 @@ mod tests {
         assert_eq!(l4_csum("10.10.0.2", "203.0.113.1", 6, &t), 0);
         let u = udp_datagram("10.10.0.2", "203.0.113.1", 40000, 53, b"abc");
         assert_eq!(l4_csum("10.10.0.2", "203.0.113.1", 17, &u), 0);
-        let f = ipv4(
-            "02:00:00:00:00:01",
-            "02:00:00:00:00:02",
-            "10.10.0.2",
-            "203.0.113.1",
-            17,
-            7,
-            0x2000,
-            &u,
-        );
+        let f = ipv4("02:00:00:00:00:01", "02:00:00:00:00:02", "10.10.0.2", "203.0.113.1", 17, 7, 0x2000, &u);
         assert_eq!(csum(&f[14..34]), 0);
         assert_eq!(&f[20..22], &[0x20, 0x00]);
     }

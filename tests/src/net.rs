@@ -24,16 +24,14 @@ pub fn exec_in(ns: &str, cmd: &[&str]) -> Output {
 /// Runs a python3 script inside `ns` with `args` (deadline `timeout`).
 pub fn python_in(ns: &str, script: &str, args: &[&str], timeout: Duration) -> Output {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, python(), "-c", script])
-        .args(args);
+    c.args(["netns", "exec", ns, python(), "-c", script]).args(args);
     run_timeout(&mut c, timeout)
 }
 
 /// Starts a python3 script inside `ns` in the background.
 pub fn python_bg(ns: &str, script: &str, args: &[&str]) -> BgProcess {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, python(), "-u", "-c", script])
-        .args(args);
+    c.args(["netns", "exec", ns, python(), "-u", "-c", script]).args(args);
     BgProcess::spawn(c)
 }
 
@@ -60,17 +58,9 @@ pub fn ping_opts(ns: &str, ip: &str, count: u32, interval: &str) -> Output {
     let c = count.to_string();
     let timeout = Duration::from_secs(10 + u64::from(count));
     if have_ping() {
-        run_timeout(
-            &mut ns_cmd(ns, &["ping", "-n", "-c", &c, "-W", "1", "-i", interval, ip]),
-            timeout,
-        )
+        run_timeout(&mut ns_cmd(ns, &["ping", "-n", "-c", &c, "-W", "1", "-i", interval, ip]), timeout)
     } else {
-        python_in(
-            ns,
-            crate::py::PING,
-            &["dpt", ip, &c, interval, "1"],
-            timeout,
-        )
+        python_in(ns, crate::py::PING, &["dpt", ip, &c, interval, "1"], timeout)
     }
 }
 
@@ -82,11 +72,7 @@ pub fn ping(ns: &str, ip: &str, count: u32) -> Output {
 /// Asserts that `ns` can ping `ip` (all `count` replies).
 pub fn assert_ping(ns: &str, ip: &str, count: u32) {
     let out = ping(ns, ip, count);
-    assert!(
-        out.status.success(),
-        "ping {ip} from netns {ns} failed:\n{}",
-        show(&out)
-    );
+    assert!(out.status.success(), "ping {ip} from netns {ns} failed:\n{}", show(&out));
     let s = stdout_str(&out);
     assert!(
         s.contains(&format!("{count} received")),
@@ -100,18 +86,12 @@ pub fn ip_json(args: &[&str]) -> Value {
     let mut c = Command::new("ip");
     c.arg("-j").args(args);
     let out = run(&mut c);
-    assert!(
-        out.status.success(),
-        "ip -j {}:\n{}",
-        args.join(" "),
-        show(&out)
-    );
+    assert!(out.status.success(), "ip -j {}:\n{}", args.join(" "), show(&out));
     let s = stdout_str(&out);
     if s.trim().is_empty() {
         return Value::Array(vec![]);
     }
-    serde_json::from_str(&s)
-        .unwrap_or_else(|e| panic!("ip -j {}: bad JSON ({e}): {s}", args.join(" ")))
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("ip -j {}: bad JSON ({e}): {s}", args.join(" ")))
 }
 
 /// Every link in `ns` (`ip -n NS -j -d link show`).
@@ -124,10 +104,7 @@ pub fn links(ns: &str) -> Vec<Value> {
 
 /// Names of every link in `ns`, sorted.
 pub fn link_names(ns: &str) -> Vec<String> {
-    let mut v: Vec<String> = links(ns)
-        .iter()
-        .filter_map(|l| l["ifname"].as_str().map(String::from))
-        .collect();
+    let mut v: Vec<String> = links(ns).iter().filter_map(|l| l["ifname"].as_str().map(String::from)).collect();
     v.sort();
     v
 }
@@ -151,9 +128,7 @@ pub fn link_stats(ns: &str, dev: &str) -> LinkStats {
     let v = ip_json(&["-n", ns, "-s", "link", "show", "dev", dev]);
     let s = &v[0]["stats64"];
     let n = |dir: &str, f: &str| {
-        s[dir][f]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no stats64.{dir}.{f} for {dev} in {ns}: {v}"))
+        s[dir][f].as_u64().unwrap_or_else(|| panic!("no stats64.{dir}.{f} for {dev} in {ns}: {v}"))
     };
     LinkStats {
         rx_packets: n("rx", "packets"),
@@ -201,9 +176,7 @@ pub fn wait_tcp_listen(ns: &str, port: u16, timeout: Duration) -> bool {
 
 /// Parses "aa:bb:cc:dd:ee:ff".
 pub fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("bad MAC {s}")))
-        .collect();
+    let v: Vec<u8> =
+        s.split(':').map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("bad MAC {s}"))).collect();
     v.try_into().unwrap_or_else(|_| panic!("bad MAC {s}"))
 }

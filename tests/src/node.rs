@@ -73,19 +73,12 @@ pub struct AgentOpts {
 impl AgentOpts {
     /// Defaults, on datapath `dp`.
     pub fn on(dp: Datapath) -> AgentOpts {
-        AgentOpts {
-            datapath: dp,
-            ..Default::default()
-        }
+        AgentOpts { datapath: dp, ..Default::default() }
     }
 
     /// Defaults, on datapath `dp`, with an uplink to an outside namespace.
     pub fn with_uplink(dp: Datapath) -> AgentOpts {
-        AgentOpts {
-            datapath: dp,
-            uplink: true,
-            ..Default::default()
-        }
+        AgentOpts { datapath: dp, uplink: true, ..Default::default() }
     }
 }
 
@@ -127,14 +120,9 @@ pub struct Endpoint {
 impl Endpoint {
     fn from_json(v: Value) -> Endpoint {
         let s = |k: &str| {
-            v[k].as_str()
-                .unwrap_or_else(|| panic!("endpoint JSON lacks string field {k:?}: {v}"))
-                .to_string()
+            v[k].as_str().unwrap_or_else(|| panic!("endpoint JSON lacks string field {k:?}: {v}")).to_string()
         };
-        let n = |k: &str| {
-            v[k].as_u64()
-                .unwrap_or_else(|| panic!("endpoint JSON lacks integer field {k:?}: {v}"))
-        };
+        let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("endpoint JSON lacks integer field {k:?}: {v}"));
         Endpoint {
             name: s("name"),
             ip: s("ip"),
@@ -197,22 +185,11 @@ impl Node {
         };
         // From here on, Drop cleans up whatever happens.
         fs::create_dir_all(&node.state_dir).expect("create state dir");
-        fs::create_dir_all(&node.bpffs)
-            .unwrap_or_else(|e| panic!("create bpffs dir {}: {e}", node.bpffs.display()));
+        fs::create_dir_all(&node.bpffs).unwrap_or_else(|e| panic!("create bpffs dir {}: {e}", node.bpffs.display()));
         let out = run(Command::new("ip").args(["netns", "add", &node.name]));
-        assert!(
-            out.status.success(),
-            "ip netns add {}:\n{}",
-            node.name,
-            show(&out)
-        );
+        assert!(out.status.success(), "ip netns add {}:\n{}", node.name, show(&out));
         let out = run(Command::new("ip").args(["-n", &node.name, "link", "set", "lo", "up"]));
-        assert!(
-            out.status.success(),
-            "lo up in {}:\n{}",
-            node.name,
-            show(&out)
-        );
+        assert!(out.status.success(), "lo up in {}:\n{}", node.name, show(&out));
         if node.opts.uplink {
             node.make_uplink();
         }
@@ -242,43 +219,15 @@ impl Node {
         ip(&["netns", "add", &out]);
         self.outside = Some(out.clone());
         ip(&["-n", &out, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n", &node, "link", "add", UPLINK_DEV, "type", "veth", "peer", "name", "eth0",
-            "netns", &out,
-        ]);
-        ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{UPLINK_IP}/24"),
-            "dev",
-            UPLINK_DEV,
-        ]);
-        ip(&[
-            "-n",
-            &out,
-            "addr",
-            "add",
-            &format!("{OUTSIDE_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
+        ip(&["-n", &node, "link", "add", UPLINK_DEV, "type", "veth", "peer", "name", "eth0", "netns", &out]);
+        ip(&["-n", &node, "addr", "add", &format!("{UPLINK_IP}/24"), "dev", UPLINK_DEV]);
+        ip(&["-n", &out, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"]);
         ip(&["-n", &node, "link", "set", UPLINK_DEV, "up"]);
         ip(&["-n", &out, "link", "set", "eth0", "up"]);
         ip(&["-n", &node, "route", "add", "default", "via", OUTSIDE_IP]);
         for (ns, dev) in [(node.as_str(), UPLINK_DEV), (out.as_str(), "eth0")] {
-            let o = net::python_in(
-                ns,
-                TX_CSUM_OFF,
-                &[&self.prefix, dev],
-                Duration::from_secs(10),
-            );
-            assert!(
-                o.status.success(),
-                "tx checksum offload off on {dev} in {ns}:\n{}",
-                show(&o)
-            );
+            let o = net::python_in(ns, TX_CSUM_OFF, &[&self.prefix, dev], Duration::from_secs(10));
+            assert!(o.status.success(), "tx checksum offload off on {dev} in {ns}:\n{}", show(&o));
         }
         // No IPv6 chatter in the outside's captures.
         let o = net::exec_in(&out, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
@@ -287,9 +236,7 @@ impl Node {
 
     /// The outside namespace (panics when the node has no uplink).
     pub fn outside(&self) -> &str {
-        self.outside
-            .as_deref()
-            .expect("this node has no uplink (AgentOpts::uplink)")
+        self.outside.as_deref().expect("this node has no uplink (AgentOpts::uplink)")
     }
 
     pub fn datapath(&self) -> Datapath {
@@ -335,20 +282,15 @@ impl Node {
             c.arg("--default-datapath").arg(self.opts.datapath.as_str());
         }
         c.args(env_extra.split_whitespace());
-        c.env_remove("DATAPATH_FAILPOINT")
-            .env_remove("DATAPATH_SOCKET");
+        c.env_remove("DATAPATH_FAILPOINT").env_remove("DATAPATH_SOCKET");
         if let Some(fp) = &self.opts.failpoint {
             c.env("DATAPATH_FAILPOINT", fp);
         }
         if std::env::var_os("RUST_LOG").is_none() {
             c.env("RUST_LOG", "info");
         }
-        c.stdin(Stdio::null())
-            .stdout(f.try_clone().expect("dup log"))
-            .stderr(f);
-        let child = c
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin().display()));
+        c.stdin(Stdio::null()).stdout(f.try_clone().expect("dup log")).stderr(f);
+        let child = c.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin().display()));
         self.agent = Some(child);
         self.wait_ready();
     }
@@ -368,10 +310,7 @@ impl Node {
                         bin().display()
                     );
                 }
-                panic!(
-                    "agent exited during startup ({status}) on node {}:\n{log}",
-                    self.name
-                );
+                panic!("agent exited during startup ({status}) on node {}:\n{log}", self.name);
             }
             if self.socket.exists() {
                 let out = self.cli_timeout(&["network", "ls"], Duration::from_secs(5));
@@ -472,9 +411,7 @@ impl Node {
     pub fn cli_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
         c.arg("--socket").arg(&self.socket).args(args);
-        c.env_remove("DATAPATH_SOCKET")
-            .env_remove("DATAPATH_FAILPOINT")
-            .env_remove("RUST_LOG");
+        c.env_remove("DATAPATH_SOCKET").env_remove("DATAPATH_FAILPOINT").env_remove("RUST_LOG");
         c
     }
 
@@ -492,11 +429,7 @@ impl Node {
     pub fn ok(&mut self, args: &[&str]) -> String {
         let out = self.cli(args);
         if !out.status.success() {
-            self.fail(format!(
-                "`datapath {}` failed:\n{}",
-                args.join(" "),
-                show(&out)
-            ));
+            self.fail(format!("`datapath {}` failed:\n{}", args.join(" "), show(&out)));
         }
         stdout_str(&out)
     }
@@ -507,10 +440,7 @@ impl Node {
         let s = self.ok(args);
         match serde_json::from_str(&s) {
             Ok(v) => v,
-            Err(e) => self.fail(format!(
-                "`datapath {}` printed invalid JSON ({e}):\n{s}",
-                args.join(" ")
-            )),
+            Err(e) => self.fail(format!("`datapath {}` printed invalid JSON ({e}):\n{s}", args.join(" "))),
         }
     }
 
@@ -520,20 +450,11 @@ impl Node {
     pub fn err(&mut self, args: &[&str]) -> String {
         let out = self.cli(args);
         if out.status.success() {
-            self.fail(format!(
-                "`datapath {}` succeeded but must fail:\n{}",
-                args.join(" "),
-                show(&out)
-            ));
+            self.fail(format!("`datapath {}` succeeded but must fail:\n{}", args.join(" "), show(&out)));
         }
         let e = stderr_str(&out);
-        check_error_text(&e).unwrap_or_else(|m| {
-            self.fail(format!(
-                "`datapath {}`: {m}:\n{}",
-                args.join(" "),
-                show(&out)
-            ))
-        });
+        check_error_text(&e)
+            .unwrap_or_else(|m| self.fail(format!("`datapath {}`: {m}:\n{}", args.join(" "), show(&out))));
         e
     }
 
@@ -547,10 +468,7 @@ impl Node {
         let ep = self.inspect_endpoint(name);
         let expect = format!("{} {}", name, ep.ip);
         if out.trim_end() != expect {
-            self.fail(format!(
-                "`datapath {}` printed {out:?}, expected the one line {expect:?}",
-                args.join(" ")
-            ));
+            self.fail(format!("`datapath {}` printed {out:?}, expected the one line {expect:?}", args.join(" ")));
         }
         ep
     }
@@ -587,11 +505,7 @@ impl Node {
         };
         let mut m = Stats::new();
         for c in arr {
-            let (Some(r), Some(p), Some(b)) = (
-                c["reason"].as_str(),
-                c["packets"].as_u64(),
-                c["bytes"].as_u64(),
-            ) else {
+            let (Some(r), Some(p), Some(b)) = (c["reason"].as_str(), c["packets"].as_u64(), c["bytes"].as_u64()) else {
                 self.fail(format!("bad counter object {c} in {v}"));
             };
             m.insert(r.to_string(), (p, b));
@@ -619,10 +533,7 @@ impl Node {
 
     /// Names of every netns of this node's prefix (node included).
     pub fn own_netns(&self) -> Vec<String> {
-        env::list_netns()
-            .into_iter()
-            .filter(|n| n.starts_with(&self.prefix))
-            .collect()
+        env::list_netns().into_iter().filter(|n| n.starts_with(&self.prefix)).collect()
     }
 
     /// Link names in the node netns.
@@ -668,10 +579,7 @@ pub fn check_error_text(stderr: &str) -> Result<(), String> {
         [] => Err("no error message on stderr".into()),
         [l] if l.starts_with("error: ") && l.len() > "error: ".len() => Ok(()),
         [l] => Err(format!("stderr line does not start with `error: `: {l:?}")),
-        _ => Err(format!(
-            "expected one `error: ...` line on stderr, got {} lines",
-            lines.len()
-        )),
+        _ => Err(format!("expected one `error: ...` line on stderr, got {} lines", lines.len())),
     }
 }
 

@@ -30,36 +30,15 @@ impl Capture {
         let f = file.to_string_lossy().into_owned();
         // --immediate-mode: no ring-buffer block timeout, so every packet is
         // in the file by the time the capture is stopped.
-        let mut args = vec![
-            "tcpdump",
-            "-i",
-            dev,
-            "-nn",
-            "--immediate-mode",
-            "-U",
-            "-Z",
-            "root",
-            "-s",
-            "0",
-            "-w",
-            &f,
-        ];
+        let mut args = vec!["tcpdump", "-i", dev, "-nn", "--immediate-mode", "-U", "-Z", "root", "-s", "0", "-w", &f];
         args.extend(filter.split_whitespace());
         let p = BgProcess::spawn(ns_cmd(ns, &args));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !p.stderr().contains("listening on") {
-            assert!(
-                Instant::now() < deadline,
-                "tcpdump in {ns} not listening after 10 s: {}",
-                p.stderr()
-            );
+            assert!(Instant::now() < deadline, "tcpdump in {ns} not listening after 10 s: {}", p.stderr());
             std::thread::sleep(Duration::from_millis(50));
         }
-        Capture {
-            ns: ns.to_string(),
-            file,
-            proc: Some(p),
-        }
+        Capture { ns: ns.to_string(), file, proc: Some(p) }
     }
 
     /// Stops the capture (flushing it); idempotent.
@@ -76,8 +55,7 @@ impl Capture {
         self.stop();
         let f = self.file.to_string_lossy().into_owned();
         let mut c = Command::new("tcpdump");
-        c.args(["-r", &f, "-nn", "-vv"])
-            .args(filter.split_whitespace());
+        c.args(["-r", &f, "-nn", "-vv"]).args(filter.split_whitespace());
         let out = run(&mut c);
         assert!(out.status.success(), "tcpdump -r {f}:\n{}", show(&out));
         stdout_str(&out)
@@ -117,10 +95,7 @@ pub fn verified_checksums(text: &str) -> usize {
 pub fn http_server(ns: &str, port: u16, dir: &std::path::Path) -> BgProcess {
     let d = dir.to_string_lossy().into_owned();
     let p = port.to_string();
-    let mut s = BgProcess::spawn(ns_cmd(
-        ns,
-        &[python(), "-u", "-m", "http.server", &p, "--directory", &d],
-    ));
+    let mut s = BgProcess::spawn(ns_cmd(ns, &[python(), "-u", "-m", "http.server", &p, "--directory", &d]));
     if !net::wait_tcp_listen(ns, port, Duration::from_secs(15)) {
         let (_, err) = s.stop();
         panic!("HTTP server in {ns} never listened on :{port}; stderr: {err}");
@@ -145,8 +120,7 @@ pub fn recording_server(node: &Node, ns: &str, script: &str, args: &[&str]) -> B
     a.extend_from_slice(args);
     let s = python_bg(ns, script, &a);
     assert!(
-        s.wait_line(Duration::from_secs(10), |l| l == "ready")
-            .is_some(),
+        s.wait_line(Duration::from_secs(10), |l| l == "ready").is_some(),
         "server in {ns} not ready; stderr: {}",
         s.stderr()
     );

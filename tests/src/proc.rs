@@ -37,13 +37,9 @@ pub fn describe(cmd: &Command) -> String {
 /// finished after `timeout` it is killed and the returned output says so on
 /// stderr, with a failing status.
 pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let desc = describe(cmd);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start `{desc}`: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{desc}`: {e}"));
     let t_out = reader(child.stdout.take().unwrap());
     let t_err = reader(child.stderr.take().unwrap());
     let deadline = Instant::now() + timeout;
@@ -63,15 +59,10 @@ pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let stdout = t_out.join().unwrap_or_default();
     let mut stderr = t_err.join().unwrap_or_default();
     if timed_out {
-        stderr.extend_from_slice(
-            format!("\n[harness] `{desc}` timed out after {timeout:?} and was killed\n").as_bytes(),
-        );
+        stderr
+            .extend_from_slice(format!("\n[harness] `{desc}` timed out after {timeout:?} and was killed\n").as_bytes());
     }
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
+    Output { status, stdout, stderr }
 }
 
 /// Runs with [`CMD_TIMEOUT`].
@@ -156,13 +147,9 @@ pub struct BgProcess {
 
 impl BgProcess {
     pub fn spawn(mut cmd: Command) -> BgProcess {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let desc = describe(&cmd);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start `{desc}`: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{desc}`: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
@@ -186,14 +173,7 @@ impl BgProcess {
                 }
             }
         });
-        BgProcess {
-            child: Some(child),
-            desc,
-            lines,
-            rx,
-            stderr,
-            threads: vec![t1, t2],
-        }
+        BgProcess { child: Some(child), desc, lines, rx, stderr, threads: vec![t1, t2] }
     }
 
     pub fn pid(&self) -> u32 {
@@ -222,9 +202,7 @@ impl BgProcess {
 
     /// Exit status if it has exited.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits up to `timeout` for a natural exit.

@@ -116,7 +116,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let exe = std::env::current_exe()?;
         println!("bench: not root, running the measurements through sudo");
         let mut cmd = Command::new("sudo");
-        cmd.arg("--").arg(exe).arg("bench").arg("--no-build").args(std::env::args_os().skip(2).filter(|a| a != "--no-build"));
+        cmd.arg("--")
+            .arg(exe)
+            .arg("bench")
+            .arg("--no-build")
+            .args(std::env::args_os().skip(2).filter(|a| a != "--no-build"));
         let st = crate::status(&mut cmd)?;
         std::process::exit(st.code().unwrap_or(1));
     }
@@ -300,7 +304,11 @@ fn build_node(cfg: &Cfg, run: &RunGuard, t: Topo, idx: u8) -> Result<Node> {
         _ => None,
     };
     if let Some(v) = brnf {
-        for key in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.bridge.bridge-nf-call-arptables"] {
+        for key in [
+            "net.bridge.bridge-nf-call-iptables",
+            "net.bridge.bridge-nf-call-ip6tables",
+            "net.bridge.bridge-nf-call-arptables",
+        ] {
             topo::sysctl_in(&node, key, v).with_context(|| format!("setting {key} (is br_netfilter available?)"))?;
         }
     }
@@ -382,7 +390,14 @@ fn busy_between(cfg: &Cfg, before: &[(u64, u64)], after: &[(u64, u64)]) -> f64 {
 }
 
 /// One measurement of one workload between two namespaces.
-fn measure_one(cfg: &Cfg, w: &Workload, client_ns: &str, server_ns: &str, server_ip: &str, port: u16) -> Result<Sample> {
+fn measure_one(
+    cfg: &Cfg,
+    w: &Workload,
+    client_ns: &str,
+    server_ns: &str,
+    server_ip: &str,
+    port: u16,
+) -> Result<Sample> {
     let (ccpu, scpu, _) = cfg.cpus();
     let d = cfg.duration;
     match w.kind {
@@ -401,7 +416,18 @@ fn measure_one(cfg: &Cfg, w: &Workload, client_ns: &str, server_ns: &str, server
                     client_ns,
                     &pinned(
                         ccpu,
-                        &["iperf3", "-c", server_ip, "-p", &port.to_string(), "-t", &format!("{d}"), "-P", &streams.to_string(), "-J"],
+                        &[
+                            "iperf3",
+                            "-c",
+                            server_ip,
+                            "-p",
+                            &port.to_string(),
+                            "-t",
+                            &format!("{d}"),
+                            "-P",
+                            &streams.to_string(),
+                            "-J",
+                        ],
                     ),
                     "iperf3 client",
                     true,
@@ -410,7 +436,9 @@ fn measure_one(cfg: &Cfg, w: &Workload, client_ns: &str, server_ns: &str, server
                 let after = topo::cpu_times();
                 let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
                 if st.success() {
-                    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 JSON without end.sum_received")?;
+                    let bps = v["end"]["sum_received"]["bits_per_second"]
+                        .as_f64()
+                        .context("iperf3 JSON without end.sum_received")?;
                     drop(server);
                     return Ok(Sample { rate: bps / 1e9, busy: busy_between(cfg, &before, &after) });
                 }
@@ -433,7 +461,10 @@ fn measure_one(cfg: &Cfg, w: &Workload, client_ns: &str, server_ns: &str, server
             let size = if w.kind == Kind::Udp { "64" } else { "1" };
             let _server = spawn_in(
                 server_ns,
-                &pinned(scpu, &[&lg, "server", "--listen", &addr, "--proto", proto, "--max-secs", &max, "--size", size]),
+                &pinned(
+                    scpu,
+                    &[&lg, "server", "--listen", &addr, "--proto", proto, "--max-secs", &max, "--size", size],
+                ),
                 "loadgen server",
                 false,
             )?;
@@ -442,7 +473,20 @@ fn measure_one(cfg: &Cfg, w: &Workload, client_ns: &str, server_ns: &str, server
                 client_ns,
                 &pinned(
                     ccpu,
-                    &[&lg, "client", "--mode", mode, "--target", &addr, "--duration", &format!("{d}"), "--warmup", &format!("{}", cfg.warmup), "--size", size],
+                    &[
+                        &lg,
+                        "client",
+                        "--mode",
+                        mode,
+                        "--target",
+                        &addr,
+                        "--duration",
+                        &format!("{d}"),
+                        "--warmup",
+                        &format!("{}", cfg.warmup),
+                        "--size",
+                        size,
+                    ],
                 ),
                 "loadgen client",
                 true,
@@ -463,10 +507,26 @@ fn measure_one(cfg: &Cfg, w: &Workload, client_ns: &str, server_ns: &str, server
 fn probe_north_south(cfg: &Cfg, client_ns: &str, outside_ns: &str, outside_ip: &str) -> Result<()> {
     let lg = cfg.loadgen.to_string_lossy().into_owned();
     let addr = format!("{outside_ip}:6999");
-    let _server = spawn_in(outside_ns, &[lg.clone(), "server".into(), "--listen".into(), addr.clone(), "--max-secs".into(), "20".into()], "probe server", false)?;
+    let _server = spawn_in(
+        outside_ns,
+        &[lg.clone(), "server".into(), "--listen".into(), addr.clone(), "--max-secs".into(), "20".into()],
+        "probe server",
+        false,
+    )?;
     let client = spawn_in(
         client_ns,
-        &[lg, "client".into(), "--mode".into(), "rr".into(), "--target".into(), addr, "--duration".into(), "0.2".into(), "--warmup".into(), "0".into()],
+        &[
+            lg,
+            "client".into(),
+            "--mode".into(),
+            "rr".into(),
+            "--target".into(),
+            addr,
+            "--duration".into(),
+            "0.2".into(),
+            "--warmup".into(),
+            "0".into(),
+        ],
         "probe client",
         true,
     )?;
@@ -505,10 +565,18 @@ fn measure(cfg: &Cfg) -> Result<Results> {
     let uname = topo::sh(Command::new("uname").arg("-r")).unwrap_or_default();
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_default();
-    let git = topo::sh(Command::new("git").current_dir(crate::workspace_root()).args(["describe", "--always", "--dirty"])).unwrap_or_default();
-    let ebpf_brnf = topo::sysctl_read_in(&lab.node(Topo::Ebpf).expect("ebpf node").node_ns, "net.bridge.bridge-nf-call-iptables");
+    let git =
+        topo::sh(Command::new("git").current_dir(crate::workspace_root()).args(["describe", "--always", "--dirty"]))
+            .unwrap_or_default();
+    let ebpf_brnf =
+        topo::sysctl_read_in(&lab.node(Topo::Ebpf).expect("ebpf node").node_ns, "net.bridge.bridge-nf-call-iptables");
     let (ccpu, scpu, _) = cfg.cpus();
     r.meta = vec![
         ("date (UTC)".into(), utc_stamp(SystemTime::now())),
@@ -529,14 +597,21 @@ fn measure(cfg: &Cfg) -> Result<Results> {
         ("tools".into(), "iperf3 (stream), loadgen (TCP_RR 1 B, TCP_CRR 1 B, UDP 64 B payload)".into()),
         (
             "br_netfilter".into(),
-            format!("kernel: bridge-nf-call-iptables=1; kernel-bare: 0; ebpf node: {} (namespace default)", ebpf_brnf.unwrap_or("n/a".into())),
+            format!(
+                "kernel: bridge-nf-call-iptables=1; kernel-bare: 0; ebpf node: {} (namespace default)",
+                ebpf_brnf.unwrap_or("n/a".into())
+            ),
         ),
     ];
 
     // Idle memory, then endpoint churn (interleaved between the datapaths).
     topo::sleep(Duration::from_millis(500))?;
     for n in &lab.nodes {
-        r.memory.push(report::AgentMem { node: n.topo.name().into(), idle_rss_kib: n.agent.rss_kib().unwrap_or(0), after_churn_rss_kib: None });
+        r.memory.push(report::AgentMem {
+            node: n.topo.name().into(),
+            idle_rss_kib: n.agent.rss_kib().unwrap_or(0),
+            after_churn_rss_kib: None,
+        });
     }
     if cfg.endpoints > 0 {
         churn(cfg, &lab, &mut r)?;
@@ -555,7 +630,11 @@ fn measure(cfg: &Cfg) -> Result<Results> {
                 Ok(()) => None,
                 Err(e) => {
                     progress(&format!("north-south probe on {}: {e:#}", t.name()));
-                    Some(if t == Topo::Ebpf { "n/a (eBPF SNAT not available)".to_string() } else { format!("n/a (no north-south connectivity: {e})") })
+                    Some(if t == Topo::Ebpf {
+                        "n/a (eBPF SNAT not available)".to_string()
+                    } else {
+                        format!("n/a (no north-south connectivity: {e})")
+                    })
                 }
             };
             ns_ok.push((t, na));
@@ -572,7 +651,9 @@ fn measure(cfg: &Cfg) -> Result<Results> {
             for k in 0..Topo::ALL.len() {
                 let t = Topo::ALL[(k + round) % Topo::ALL.len()];
                 done += 1;
-                if let Some(na) = w.north_south.then(|| ns_ok.iter().find(|(x, _)| *x == t).and_then(|(_, na)| na.clone())).flatten() {
+                if let Some(na) =
+                    w.north_south.then(|| ns_ok.iter().find(|(x, _)| *x == t).and_then(|(_, na)| na.clone())).flatten()
+                {
                     r.cell_mut(w.id, t).na = Some(na);
                     continue;
                 }
@@ -605,7 +686,13 @@ fn measure(cfg: &Cfg) -> Result<Results> {
                         ));
                     }
                     Err(e) => {
-                        progress(&format!("[{done:>3}/{total}] round {}/{} {:<16} {:<11} FAILED: {e:#}", round + 1, cfg.rounds, w.id, t.name()));
+                        progress(&format!(
+                            "[{done:>3}/{total}] round {}/{} {:<16} {:<11} FAILED: {e:#}",
+                            round + 1,
+                            cfg.rounds,
+                            w.id,
+                            t.name()
+                        ));
                         r.cell_mut(w.id, t).errors.push(format!("{e:#}"));
                     }
                 }
@@ -642,7 +729,10 @@ fn measure(cfg: &Cfg) -> Result<Results> {
 /// node, alternating between them, timing each API call.
 fn churn(cfg: &Cfg, lab: &Lab, r: &mut Results) -> Result<()> {
     let nodes: Vec<&Node> = [Topo::Ebpf, Topo::Kernel].iter().filter_map(|&t| lab.node(t)).collect();
-    let mut results: Vec<Churn> = nodes.iter().map(|n| Churn { datapath: if n.topo == Topo::Ebpf { "ebpf" } else { "kernel" }.into(), ..Default::default() }).collect();
+    let mut results: Vec<Churn> = nodes
+        .iter()
+        .map(|n| Churn { datapath: if n.topo == Topo::Ebpf { "ebpf" } else { "kernel" }.into(), ..Default::default() })
+        .collect();
     progress(&format!("endpoint churn: {} endpoints per datapath (create all, then remove all)", cfg.endpoints));
     let mut created: Vec<Vec<String>> = vec![Vec::new(); nodes.len()];
     for i in 0..cfg.endpoints {

@@ -28,31 +28,16 @@ const INTEGRATION_TEST_PACKAGE: &str = "datapath-tests";
 
 /// Debian packages the project needs, with why.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
-    (
-        "rustc-web",
-        "Rust compiler that can build `core` for bpfel-unknown-none (with RUSTC_BOOTSTRAP)",
-    ),
+    ("rustc-web", "Rust compiler that can build `core` for bpfel-unknown-none (with RUSTC_BOOTSTRAP)"),
     ("cargo-web", "cargo matching rustc-web, for the eBPF build"),
-    (
-        "rust-web-src",
-        "Rust library sources, needed by `-Z build-std=core`",
-    ),
+    ("rust-web-src", "Rust library sources, needed by `-Z build-std=core`"),
     ("llvm-22-dev", "LLVM 22, needed to build and run bpf-linker"),
-    (
-        "libpolly-22-dev",
-        "needed to link bpf-linker against LLVM 22",
-    ),
+    ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
     ("bpftool", "inspecting loaded eBPF programs and maps"),
     ("iperf3", "throughput tests and benchmarks"),
     ("tcpdump", "packet captures in tests and debugging"),
-    (
-        "iproute2",
-        "`ip` and `tc`, used by tests and the walkthrough",
-    ),
-    (
-        "nftables",
-        "`nft`: the kernel datapath's MASQUERADE/isolation rules, and the tests' ruleset checks",
-    ),
+    ("iproute2", "`ip` and `tc`, used by tests and the walkthrough"),
+    ("nftables", "`nft`: the kernel datapath's MASQUERADE/isolation rules, and the tests' ruleset checks"),
     ("iputils-ping", "`ping`, used by tests and the walkthrough"),
 ];
 
@@ -119,9 +104,7 @@ fn main() {
     let result = match Cli::parse().cmd {
         Cmd::Setup => setup(true),
         Cmd::BuildEbpf { debug } => build_ebpf(debug),
-        Cmd::Build { release } => {
-            build(release).map(|bin| println!("datapath binary: {}", bin.display()))
-        }
+        Cmd::Build { release } => build(release).map(|bin| println!("datapath binary: {}", bin.display())),
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { extra } => test(extra),
         Cmd::Bench(args) => bench::run(args),
@@ -137,10 +120,7 @@ fn main() {
 // paths and small helpers
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 fn home_cargo_bin() -> Option<PathBuf> {
@@ -160,9 +140,7 @@ fn path_with_cargo_bin() -> OsString {
 }
 
 fn find_on_path(name: &str, path: &OsString) -> Option<PathBuf> {
-    env::split_paths(path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    env::split_paths(path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// The cargo that runs this xtask (for host builds).
@@ -171,10 +149,7 @@ fn outer_cargo() -> OsString {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 fn describe(cmd: &Command) -> String {
@@ -187,8 +162,7 @@ fn describe(cmd: &Command) -> String {
 }
 
 fn status(cmd: &mut Command) -> Result<ExitStatus> {
-    cmd.status()
-        .with_context(|| format!("could not start `{}`", describe(cmd)))
+    cmd.status().with_context(|| format!("could not start `{}`", describe(cmd)))
 }
 
 fn run_ok(cmd: &mut Command) -> Result<()> {
@@ -231,20 +205,14 @@ fn missing_prerequisites() -> Vec<Missing> {
 
 fn bpf_linker_install_cmd() -> Command {
     let mut cmd = Command::new(outer_cargo());
-    cmd.args([
-        "install",
-        "bpf-linker",
-        "--locked",
-        "--version",
-        BPF_LINKER_VERSION,
-    ])
-    .args(["--no-default-features", "--features", "llvm-22"])
-    .env("PATH", {
-        let mut dirs = vec![PathBuf::from(LLVM_PREFIX).join("bin")];
-        dirs.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
-        env::join_paths(dirs).unwrap_or_default()
-    })
-    .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
+    cmd.args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("PATH", {
+            let mut dirs = vec![PathBuf::from(LLVM_PREFIX).join("bin")];
+            dirs.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
+            env::join_paths(dirs).unwrap_or_default()
+        })
+        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
     cmd
 }
 
@@ -282,11 +250,7 @@ fn setup(verbose: bool) -> Result<()> {
     if !debs.is_empty() && (!is_root() || !apt) {
         eprintln!(
             "setup: cannot install them here ({}). Install them by hand:",
-            if apt {
-                "not root"
-            } else {
-                "not a Debian system with apt-get"
-            }
+            if apt { "not root" } else { "not a Debian system with apt-get" }
         );
         eprintln!("  apt-get update && apt-get install -y {}", debs.join(" "));
         if linker {
@@ -297,11 +261,7 @@ fn setup(verbose: bool) -> Result<()> {
 
     if !debs.is_empty() {
         println!("setup: installing Debian packages: {}", debs.join(" "));
-        run_ok(
-            Command::new("apt-get")
-                .arg("update")
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        run_ok(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
         run_ok(
             Command::new("apt-get")
                 .args(["install", "-y", "--no-install-recommends"])
@@ -324,11 +284,7 @@ fn shell_line(cmd: &Command) -> String {
         .filter(|(k, _)| *k != "PATH")
         .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
         .collect();
-    format!(
-        "PATH={LLVM_PREFIX}/bin:$PATH {} {}",
-        envs.join(" "),
-        describe(cmd)
-    )
+    format!("PATH={LLVM_PREFIX}/bin:$PATH {} {}", envs.join(" "), describe(cmd))
 }
 
 // ---------------------------------------------------------------------------
@@ -347,19 +303,12 @@ fn ebpf_toolchain() -> Result<Toolchain> {
         .env("RUSTUP_AUTO_INSTALL", "0")
         .output()
         .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.starts_with("rust-src"))
+            o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src"))
         });
     if nightly_has_src {
         return Ok(Toolchain::RustupNightly);
     }
-    if [DEBIAN_CARGO, DEBIAN_RUSTC]
-        .iter()
-        .all(|p| Path::new(p).is_file())
-        && Path::new(DEBIAN_RUST_SRC).is_dir()
-    {
+    if [DEBIAN_CARGO, DEBIAN_RUSTC].iter().all(|p| Path::new(p).is_file()) && Path::new(DEBIAN_RUST_SRC).is_dir() {
         return Ok(Toolchain::Debian);
     }
     bail!(
@@ -411,18 +360,8 @@ fn build_ebpf(debug: bool) -> Result<()> {
     };
     cmd.current_dir(&crate_dir)
         .env("PATH", &path)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"),
-        )
-        .args([
-            "build",
-            "--locked",
-            "-Z",
-            "build-std=core",
-            "--target",
-            BPF_TARGET,
-        ])
+        .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
+        .args(["build", "--locked", "-Z", "build-std=core", "--target", BPF_TARGET])
         .arg("--target-dir")
         .arg(&target_dir);
     if !debug {
@@ -436,10 +375,7 @@ fn build_ebpf(debug: bool) -> Result<()> {
     let started = Instant::now();
     run_ok(&mut cmd)?;
 
-    let built = target_dir
-        .join(BPF_TARGET)
-        .join(if debug { "debug" } else { "release" })
-        .join(EBPF_CRATE);
+    let built = target_dir.join(BPF_TARGET).join(if debug { "debug" } else { "release" }).join(EBPF_CRATE);
     let out = root.join("target").join("bpf").join("datapath.bpf.o");
     let new = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
     // Only touch the object when it changed: datapath-user rebuilds on its mtime.
@@ -447,12 +383,7 @@ fn build_ebpf(debug: bool) -> Result<()> {
         fs::create_dir_all(out.parent().expect("has a parent"))?;
         fs::write(&out, &new).with_context(|| format!("writing {}", out.display()))?;
     }
-    println!(
-        "build-ebpf: {} ({} bytes, {:.1}s)",
-        out.display(),
-        new.len(),
-        started.elapsed().as_secs_f64()
-    );
+    println!("build-ebpf: {} ({} bytes, {:.1}s)", out.display(), new.len(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -464,33 +395,20 @@ fn build(release: bool) -> Result<PathBuf> {
     build_ebpf(false)?;
     let root = workspace_root();
     let mut cmd = Command::new(outer_cargo());
-    cmd.current_dir(&root)
-        .args(["build", "-p", USER_PACKAGE, "--bin", USER_BINARY]);
+    cmd.current_dir(&root).args(["build", "-p", USER_PACKAGE, "--bin", USER_BINARY]);
     if release {
         cmd.arg("--release");
     }
     run_ok(&mut cmd)?;
-    let target_dir = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let target_dir = if target_dir.is_absolute() {
-        target_dir
-    } else {
-        root.join(target_dir)
-    };
-    Ok(target_dir
-        .join(if release { "release" } else { "debug" })
-        .join(USER_BINARY))
+    let target_dir = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target_dir = if target_dir.is_absolute() { target_dir } else { root.join(target_dir) };
+    Ok(target_dir.join(if release { "release" } else { "debug" }).join(USER_BINARY))
 }
 
 fn run(release: bool, args: Vec<OsString>) -> Result<()> {
     setup(false)?;
     let bin = build(release)?;
-    let args = if args.is_empty() {
-        vec![OsString::from("walkthrough")]
-    } else {
-        args
-    };
+    let args = if args.is_empty() { vec![OsString::from("walkthrough")] } else { args };
     let mut cmd = if is_root() {
         Command::new(&bin)
     } else if find_on_path("sudo", &env::var_os("PATH").unwrap_or_default()).is_some() {
@@ -540,11 +458,7 @@ fn test(extra: Vec<OsString>) -> Result<()> {
         (u, i) => bail!(
             "tests failed:{}{}",
             if u { "" } else { " workspace unit tests;" },
-            if i {
-                ""
-            } else {
-                " integration tests (datapath-tests);"
-            }
+            if i { "" } else { " integration tests (datapath-tests);" }
         ),
     }
 }
@@ -553,10 +467,8 @@ fn test(extra: Vec<OsString>) -> Result<()> {
 /// the "test result: ... N passed; N failed; N ignored" lines.
 fn status_counting_tests(cmd: &mut Command) -> Result<(ExitStatus, (u64, u64, u64))> {
     use std::io::{BufRead, BufReader};
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running `{}`", describe(cmd)))?;
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("running `{}`", describe(cmd)))?;
     let mut counts = (0, 0, 0);
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
@@ -587,7 +499,8 @@ mod tests {
     fn parses_test_result_lines() {
         let ok = "test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s";
         assert_eq!(super::parse_test_result(ok), Some((3, 0, 1)));
-        let failed = "test result: FAILED. 65 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 149.31s";
+        let failed =
+            "test result: FAILED. 65 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 149.31s";
         assert_eq!(super::parse_test_result(failed), Some((65, 1, 0)));
         assert_eq!(super::parse_test_result("running 3 tests"), None);
     }

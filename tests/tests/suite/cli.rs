@@ -44,9 +44,7 @@ fn expect_rejections(node: &mut Node, cases: &[(&str, Vec<String>)]) {
         }
         let after = snapshot(node);
         if after != before {
-            problems.push(format!(
-                "[{what}] `{cmd}` changed state:\n before {before:?}\n after  {after:?}"
-            ));
+            problems.push(format!("[{what}] `{cmd}` changed state:\n before {before:?}\n after  {after:?}"));
         }
         if !node.agent_alive() {
             problems.push(format!("[{what}] agent died after `{cmd}`"));
@@ -81,16 +79,7 @@ fn network_bad_input_is_rejected_and_changes_nothing() {
     let dummy = format!("{}d0", node.prefix);
     let peer = format!("{}d1", node.prefix);
     for cmd in [
-        vec![
-            "link",
-            "add",
-            dummy.as_str(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            peer.as_str(),
-        ],
+        vec!["link", "add", dummy.as_str(), "type", "veth", "peer", "name", peer.as_str()],
         vec!["link", "set", dummy.as_str(), "up"],
         vec!["link", "set", peer.as_str(), "up"],
         vec!["addr", "add", "10.99.0.1/24", "dev", dummy.as_str()],
@@ -100,88 +89,25 @@ fn network_bad_input_is_rejected_and_changes_nothing() {
         assert!(out.status.success(), "ip {cmd:?}: {}", show(&out));
     }
     let cases = vec![
-        (
-            "invalid CIDR: text",
-            v(&["network", "create", &x, "--subnet", "notacidr"]),
-        ),
-        (
-            "invalid CIDR: /33",
-            v(&["network", "create", &x, "--subnet", "10.21.0.0/33"]),
-        ),
-        (
-            "invalid CIDR: octet 300",
-            v(&["network", "create", &x, "--subnet", "300.1.0.0/16"]),
-        ),
-        (
-            "invalid gateway",
-            v(&[
-                "network",
-                "create",
-                &x,
-                "--subnet",
-                "10.21.0.0/24",
-                "--gateway",
-                "10.21.0.999",
-            ]),
-        ),
-        (
-            "gateway outside subnet",
-            v(&[
-                "network",
-                "create",
-                &x,
-                "--subnet",
-                "10.21.0.0/24",
-                "--gateway",
-                "10.22.0.1",
-            ]),
-        ),
-        (
-            "overlap: supernet of a network",
-            v(&["network", "create", &x, "--subnet", "10.20.0.0/16"]),
-        ),
-        (
-            "overlap: subnet of a network",
-            v(&["network", "create", &x, "--subnet", "10.20.0.128/25"]),
-        ),
-        (
-            "overlap: inside default bridge",
-            v(&["network", "create", &x, "--subnet", "10.10.5.0/24"]),
-        ),
-        (
-            "overlap: contains default bridge",
-            v(&["network", "create", &x, "--subnet", "10.0.0.0/8"]),
-        ),
-        (
-            "overlap: connected route in NODE",
-            v(&["network", "create", &x, "--subnet", "10.99.0.0/16"]),
-        ),
-        (
-            "overlap: static route in NODE",
-            v(&["network", "create", &x, "--subnet", "10.98.1.0/24"]),
-        ),
-        (
-            "duplicate name",
-            v(&["network", "create", &n1, "--subnet", "10.23.0.0/24"]),
-        ),
-        (
-            "duplicate name: default",
-            v(&["network", "create", "bridge", "--subnet", "10.24.0.0/24"]),
-        ),
+        ("invalid CIDR: text", v(&["network", "create", &x, "--subnet", "notacidr"])),
+        ("invalid CIDR: /33", v(&["network", "create", &x, "--subnet", "10.21.0.0/33"])),
+        ("invalid CIDR: octet 300", v(&["network", "create", &x, "--subnet", "300.1.0.0/16"])),
+        ("invalid gateway", v(&["network", "create", &x, "--subnet", "10.21.0.0/24", "--gateway", "10.21.0.999"])),
+        ("gateway outside subnet", v(&["network", "create", &x, "--subnet", "10.21.0.0/24", "--gateway", "10.22.0.1"])),
+        ("overlap: supernet of a network", v(&["network", "create", &x, "--subnet", "10.20.0.0/16"])),
+        ("overlap: subnet of a network", v(&["network", "create", &x, "--subnet", "10.20.0.128/25"])),
+        ("overlap: inside default bridge", v(&["network", "create", &x, "--subnet", "10.10.5.0/24"])),
+        ("overlap: contains default bridge", v(&["network", "create", &x, "--subnet", "10.0.0.0/8"])),
+        ("overlap: connected route in NODE", v(&["network", "create", &x, "--subnet", "10.99.0.0/16"])),
+        ("overlap: static route in NODE", v(&["network", "create", &x, "--subnet", "10.98.1.0/24"])),
+        ("duplicate name", v(&["network", "create", &n1, "--subnet", "10.23.0.0/24"])),
+        ("duplicate name: default", v(&["network", "create", "bridge", "--subnet", "10.24.0.0/24"])),
         ("rm unknown network", v(&["network", "rm", &x])),
         ("inspect unknown network", v(&["network", "inspect", &x])),
     ];
     expect_rejections(&mut node, &cases);
     // And a valid one still works afterwards (the rejections left no junk).
-    node.ok(&[
-        "network",
-        "create",
-        &x,
-        "--subnet",
-        "10.21.0.0/24",
-        "--gateway",
-        "10.21.0.1",
-    ]);
+    node.ok(&["network", "create", &x, "--subnet", "10.21.0.0/24", "--gateway", "10.21.0.1"]);
 }
 
 /// Test 10 (endpoints): IP outside subnet, taken IP (also the gateway's),
@@ -194,36 +120,15 @@ fn endpoint_bad_input_is_rejected_and_changes_nothing() {
     let x = node.ep("x");
     let nodens = node.name.clone();
     let cases = vec![
-        (
-            "IP outside subnet",
-            v(&["endpoint", "create", &x, "--ip", "10.11.0.5"]),
-        ),
-        (
-            "invalid IP",
-            v(&["endpoint", "create", &x, "--ip", "10.10.0.300"]),
-        ),
+        ("IP outside subnet", v(&["endpoint", "create", &x, "--ip", "10.11.0.5"])),
+        ("invalid IP", v(&["endpoint", "create", &x, "--ip", "10.10.0.300"])),
         ("taken IP", v(&["endpoint", "create", &x, "--ip", &a.ip])),
-        (
-            "gateway IP",
-            v(&["endpoint", "create", &x, "--ip", "10.10.0.1"]),
-        ),
-        (
-            "network address",
-            v(&["endpoint", "create", &x, "--ip", "10.10.0.0"]),
-        ),
-        (
-            "broadcast address",
-            v(&["endpoint", "create", &x, "--ip", "10.10.255.255"]),
-        ),
+        ("gateway IP", v(&["endpoint", "create", &x, "--ip", "10.10.0.1"])),
+        ("network address", v(&["endpoint", "create", &x, "--ip", "10.10.0.0"])),
+        ("broadcast address", v(&["endpoint", "create", &x, "--ip", "10.10.255.255"])),
         ("taken name", v(&["endpoint", "create", &a.name])),
-        (
-            "name of an existing foreign netns (the node's)",
-            v(&["endpoint", "create", &nodens]),
-        ),
-        (
-            "unknown network",
-            v(&["endpoint", "create", &x, "--network", "nosuchnet"]),
-        ),
+        ("name of an existing foreign netns (the node's)", v(&["endpoint", "create", &nodens])),
+        ("unknown network", v(&["endpoint", "create", &x, "--network", "nosuchnet"])),
         ("rm network with endpoints", v(&["network", "rm", "bridge"])),
         ("rm unknown endpoint", v(&["endpoint", "rm", &x])),
         ("inspect unknown endpoint", v(&["endpoint", "inspect", &x])),
@@ -247,11 +152,7 @@ fn cli_without_agent_says_no_agent_running() {
         Ok(b) => b,
         Err(e) => panic!("{e}"),
     };
-    let dir = std::env::temp_dir().join(format!(
-        "dpt-cli-{}-{:x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let dir = std::env::temp_dir().join(format!("dpt-cli-{}-{:x}", std::process::id(), rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     struct Rm(std::path::PathBuf);
     impl Drop for Rm {
@@ -268,19 +169,12 @@ fn cli_without_agent_says_no_agent_running() {
         "import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])",
         stale.to_str().unwrap(),
     ]));
-    assert!(
-        out.status.success() && stale.exists(),
-        "cannot make a stale socket: {}",
-        show(&out)
-    );
+    assert!(out.status.success() && stale.exists(), "cannot make a stale socket: {}", show(&out));
 
     let mut cases: Vec<(String, Command)> = Vec::new();
     for (what, sock) in [("absent socket", &absent), ("refusing socket", &stale)] {
         let mut c = Command::new(&bin);
-        c.arg("--socket")
-            .arg(sock)
-            .args(["network", "ls"])
-            .env_remove("DATAPATH_SOCKET");
+        c.arg("--socket").arg(sock).args(["network", "ls"]).env_remove("DATAPATH_SOCKET");
         cases.push((format!("{what} via --socket"), c));
         let mut c = Command::new(&bin);
         c.args(["endpoint", "ls"]).env("DATAPATH_SOCKET", sock);
@@ -289,11 +183,7 @@ fn cli_without_agent_says_no_agent_running() {
     for (what, mut c) in cases {
         let out = run(c.env_remove("RUST_LOG"));
         let e = stderr_str(&out);
-        assert!(
-            !out.status.success(),
-            "{what}: succeeded without an agent:\n{}",
-            show(&out)
-        );
+        assert!(!out.status.success(), "{what}: succeeded without an agent:\n{}", show(&out));
         // Contract: "no agent running" (the agent says "no agent is running").
         assert!(
             e.contains("no agent running") || e.contains("no agent is running"),
@@ -311,46 +201,24 @@ fn stats_lists_every_reason_code() {
     kernel_test!();
     let mut node = Node::new();
     let v = node.json(&["stats", "-o", "json"]);
-    let arr = v["counters"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no counters array: {v}"));
+    let arr = v["counters"].as_array().unwrap_or_else(|| panic!("no counters array: {v}"));
     let got: Vec<(String, u64, bool)> = arr
         .iter()
         .map(|c| {
-            assert!(
-                c["packets"].is_u64() && c["bytes"].is_u64(),
-                "counter lacks packets/bytes: {c}"
-            );
+            assert!(c["packets"].is_u64() && c["bytes"].is_u64(), "counter lacks packets/bytes: {c}");
             (
-                c["reason"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("no reason: {c}"))
-                    .to_string(),
+                c["reason"].as_str().unwrap_or_else(|| panic!("no reason: {c}")).to_string(),
                 c["code"].as_u64().unwrap_or_else(|| panic!("no code: {c}")),
-                c["drop"]
-                    .as_bool()
-                    .unwrap_or_else(|| panic!("no drop flag: {c}")),
+                c["drop"].as_bool().unwrap_or_else(|| panic!("no drop flag: {c}")),
             )
         })
         .collect();
-    let want: Vec<(String, u64, bool)> = reason::ALL
-        .iter()
-        .map(|&c| {
-            (
-                reason::name(c).to_string(),
-                u64::from(c),
-                reason::is_drop(c),
-            )
-        })
-        .collect();
+    let want: Vec<(String, u64, bool)> =
+        reason::ALL.iter().map(|&c| (reason::name(c).to_string(), u64::from(c), reason::is_drop(c))).collect();
     assert_eq!(got, want, "stats counters vs datapath-common::reason::ALL");
     let text = node.ok(&["stats"]);
     for &c in reason::ALL.iter() {
-        assert!(
-            text.contains(reason::name(c)),
-            "plain `stats` lacks {}:\n{text}",
-            reason::name(c)
-        );
+        assert!(text.contains(reason::name(c)), "plain `stats` lacks {}:\n{text}", reason::name(c));
     }
 
     // DATAPATH_SOCKET instead of --socket.
@@ -358,11 +226,7 @@ fn stats_lists_every_reason_code() {
         .args(["network", "ls", "-o", "json"])
         .env("DATAPATH_SOCKET", &node.socket)
         .env_remove("RUST_LOG"));
-    assert!(
-        out.status.success(),
-        "DATAPATH_SOCKET not honoured:\n{}",
-        show(&out)
-    );
+    assert!(out.status.success(), "DATAPATH_SOCKET not honoured:\n{}", show(&out));
     let nets: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(nets[0]["name"], "bridge", "{nets}");
 }

@@ -5,9 +5,7 @@ use std::io::Read;
 use std::process::Command;
 use std::time::Duration;
 
-use datapath_tests::net::{
-    self, assert_ping, ipv4_addrs, link, neighbours, ns_cmd, python_bg, python_in,
-};
+use datapath_tests::net::{self, assert_ping, ipv4_addrs, link, neighbours, ns_cmd, python_bg, python_in};
 use datapath_tests::node::{Datapath, Node};
 use datapath_tests::proc::{run, show, stdout_str, BgProcess};
 use datapath_tests::{both_datapaths, py};
@@ -273,29 +271,17 @@ fn tcp_transfer_content_is_intact(dp) {
 
 /// One direction of the UDP check.
 fn udp_exchange(node: &Node, server_ns: &str, server_ip: &str, client_ns: &str, port: &str) {
-    let server = python_bg(
-        server_ns,
-        py::UDP_ECHO_SERVER,
-        &[&node.prefix, server_ip, port],
-    );
+    let server = python_bg(server_ns, py::UDP_ECHO_SERVER, &[&node.prefix, server_ip, port]);
     assert!(
-        server
-            .wait_line(Duration::from_secs(10), |l| l == "ready")
-            .is_some(),
+        server.wait_line(Duration::from_secs(10), |l| l == "ready").is_some(),
         "UDP server in {server_ns} not ready; stderr: {}",
         server.stderr()
     );
-    let msgs: Vec<String> = (1..=3)
-        .map(|i| format!("{}-{client_ns}-{i}", node.prefix))
-        .collect();
+    let msgs: Vec<String> = (1..=3).map(|i| format!("{}-{client_ns}-{i}", node.prefix)).collect();
     let mut args = vec![node.prefix.as_str(), server_ip, port];
     args.extend(msgs.iter().map(String::as_str));
     let out = python_in(client_ns, py::UDP_CLIENT, &args, Duration::from_secs(30));
-    assert!(
-        out.status.success(),
-        "UDP client in {client_ns}:\n{}",
-        show(&out)
-    );
+    assert!(out.status.success(), "UDP client in {client_ns}:\n{}", show(&out));
     let res: Value = serde_json::from_str(stdout_str(&out).trim()).expect("client JSON");
     for (m, r) in msgs.iter().zip(res.as_array().unwrap()) {
         assert_eq!(
@@ -303,11 +289,7 @@ fn udp_exchange(node: &Node, server_ns: &str, server_ip: &str, client_ns: &str, 
             Some(format!("echo:{m}").as_str()),
             "no/wrong UDP reply to {m} (from {client_ns} to {server_ip}:{port}): {r}"
         );
-        assert_eq!(
-            r[2].as_str(),
-            Some(server_ip),
-            "reply from the wrong source: {r}"
-        );
+        assert_eq!(r[2].as_str(), Some(server_ip), "reply from the wrong source: {r}");
     }
 }
 

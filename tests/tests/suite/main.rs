@@ -8,10 +8,10 @@
 mod cli;
 mod connectivity;
 mod lifecycle;
+mod masquerade;
+mod modes;
+mod network_options;
 mod policy;
 mod rollback;
 mod security;
 mod trace;
-mod modes;
-mod network_options;
-mod masquerade;

@@ -25,8 +25,8 @@ use datapath_tests::frames::{self, hex};
 use datapath_tests::net::{self, exec_in, link, python_bg, python_in};
 use datapath_tests::node::{delta, AgentOpts, Datapath, Node, Stats, OUTSIDE_IP, UPLINK_IP};
 use datapath_tests::outside::{
-    bad_checksum_lines, count_by_ip, http_clients, http_server, peers, tcp_server, udp_echo_server,
-    verified_checksums, Capture,
+    bad_checksum_lines, count_by_ip, http_clients, http_server, peers, tcp_server, udp_echo_server, verified_checksums,
+    Capture,
 };
 use datapath_tests::proc::{run, show, stdout_str};
 use datapath_tests::{assert_ping, both_datapaths, py};
@@ -37,53 +37,28 @@ const UDP_PORT: u16 = 9999;
 const TCP_PORT: u16 = 7777;
 
 /// The counters that only the eBPF masquerade moves.
-const NAT_COUNTERS: [&str; 4] = [
-    "nat-translated",
-    "nat-reverse-translated",
-    "ct-created",
-    "pass-uplink-host",
-];
+const NAT_COUNTERS: [&str; 4] = ["nat-translated", "nat-reverse-translated", "ct-created", "pass-uplink-host"];
 
 /// Writes `len` random bytes to `<node dir>/www/NAME`; returns their sha256.
 fn blob(node: &Node, name: &str, len: usize) -> String {
     let www = node.dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     let mut data = vec![0u8; len];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut data)
-        .unwrap();
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut data).unwrap();
     let file = www.join(name);
     std::fs::write(&file, &data).unwrap();
     let out = run(Command::new("sha256sum").arg(&file));
     assert!(out.status.success(), "{}", show(&out));
-    stdout_str(&out)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    stdout_str(&out).split_whitespace().next().unwrap().to_string()
 }
 
 /// Fetches http://OUTSIDE_IP:HTTP_PORT/NAME from `ns`; asserts length and
 /// sha256.
 fn fetch(node: &Node, ns: &str, name: &str, len: usize, sha: &str) {
     let url = format!("http://{OUTSIDE_IP}:{HTTP_PORT}/{name}");
-    let out = python_in(
-        ns,
-        py::HTTP_FETCH,
-        &[&node.prefix, &url],
-        Duration::from_secs(40),
-    );
-    assert!(
-        out.status.success(),
-        "fetch {url} from {ns}:\n{}",
-        show(&out)
-    );
-    assert_eq!(
-        stdout_str(&out).trim(),
-        format!("{len} {sha}"),
-        "content fetched from the outside by {ns} differs"
-    );
+    let out = python_in(ns, py::HTTP_FETCH, &[&node.prefix, &url], Duration::from_secs(40));
+    assert!(out.status.success(), "fetch {url} from {ns}:\n{}", show(&out));
+    assert_eq!(stdout_str(&out).trim(), format!("{len} {sha}"), "content fetched from the outside by {ns} differs");
 }
 
 /// One UDP request/response from `ns` to the outside echo server; the reply
@@ -91,12 +66,7 @@ fn fetch(node: &Node, ns: &str, name: &str, len: usize, sha: &str) {
 fn udp_roundtrip(node: &Node, ns: &str, tag: &str) {
     let msg = format!("{}-{tag}", node.prefix);
     let port = UDP_PORT.to_string();
-    let out = python_in(
-        ns,
-        py::UDP_CLIENT,
-        &[&node.prefix, OUTSIDE_IP, &port, &msg],
-        Duration::from_secs(20),
-    );
+    let out = python_in(ns, py::UDP_CLIENT, &[&node.prefix, OUTSIDE_IP, &port, &msg], Duration::from_secs(20));
     assert!(out.status.success(), "UDP client in {ns}:\n{}", show(&out));
     let res: Value = serde_json::from_str(stdout_str(&out).trim()).expect("client JSON");
     assert_eq!(
@@ -141,19 +111,12 @@ fn masquerade_lines(text: &str, subnet: &str) -> Vec<String> {
 fn assert_no_nat_counters(s0: &Stats, s1: &Stats, ctx: &str) {
     for r in NAT_COUNTERS {
         let (p, _) = delta(s0, s1, r);
-        assert_eq!(
-            p, 0,
-            "{ctx}: kernel datapath, yet the eBPF counter {r} grew by {p}"
-        );
+        assert_eq!(p, 0, "{ctx}: kernel datapath, yet the eBPF counter {r} grew by {p}");
     }
 }
 
 fn flows_summary(flows: &[Value]) -> String {
-    flows
-        .iter()
-        .map(|f| f.to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
+    flows.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n")
 }
 
 both_datapaths! {
@@ -559,10 +522,7 @@ fn lines_with_ports(text: &str, ports: &[u16]) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut hits = Vec::new();
     for (i, l) in lines.iter().enumerate() {
-        if ports
-            .iter()
-            .any(|p| l.contains(&format!(".{p} >")) || l.contains(&format!(".{p}:")))
-        {
+        if ports.iter().any(|p| l.contains(&format!(".{p} >")) || l.contains(&format!(".{p}:"))) {
             let prev = if i > 0 { lines[i - 1] } else { "" };
             hits.push(format!("{prev}\n{l}"));
         }

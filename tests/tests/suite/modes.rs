@@ -58,11 +58,7 @@ pub(crate) fn run_cmd(node: &Node, args: &[&str]) -> Output {
 pub(crate) fn run_expect(node: &mut Node, args: &[&str], code: i32) -> String {
     let out = run_cmd(node, args);
     if out.status.code() != Some(code) {
-        node.fail(format!(
-            "`datapath run {}`: expected exit code {code}:\n{}",
-            args.join(" "),
-            show(&out)
-        ));
+        node.fail(format!("`datapath run {}`: expected exit code {code}:\n{}", args.join(" "), show(&out)));
     }
     stdout_str(&out)
 }
@@ -83,14 +79,17 @@ pub(crate) fn ps(node: &mut Node) -> BTreeMap<String, Value> {
     let Some(a) = v.as_array() else {
         node.fail(format!("`ps -o json` is not an array: {v}"));
     };
-    a.iter()
-        .map(|c| (c["name"].as_str().unwrap_or("?").to_string(), c.clone()))
-        .collect()
+    a.iter().map(|c| (c["name"].as_str().unwrap_or("?").to_string(), c.clone())).collect()
 }
 
 /// Polls `ps` until `pred` holds for the record `name` (None: no record).
 #[track_caller]
-pub(crate) fn wait_ps(node: &mut Node, name: &str, timeout: Duration, pred: impl Fn(Option<&Value>) -> bool) -> Option<Value> {
+pub(crate) fn wait_ps(
+    node: &mut Node,
+    name: &str,
+    timeout: Duration,
+    pred: impl Fn(Option<&Value>) -> bool,
+) -> Option<Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let all = ps(node);
@@ -117,8 +116,11 @@ pub(crate) fn map_entries(node: &Node, map: &str) -> usize {
         if target.to_string_lossy() != "anon_inode:bpf-map" {
             continue;
         }
-        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).unwrap_or_default();
-        if let Some(id) = info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|v| v.trim().parse::<u64>().ok()) {
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
+            .unwrap_or_default();
+        if let Some(id) =
+            info.lines().find_map(|l| l.strip_prefix("map_id:")).and_then(|v| v.trim().parse::<u64>().ok())
+        {
             let m = ip_like_json(Command::new("bpftool").args(["-j", "map", "show", "id", &id.to_string()]));
             if m["name"] == map && !ids.contains(&id) {
                 ids.push(id);
@@ -154,11 +156,7 @@ pub(crate) struct Traces {
 
 #[track_caller]
 pub(crate) fn traces(node: &mut Node) -> Traces {
-    let endpoints = node
-        .endpoints()
-        .iter()
-        .filter_map(|e| e["name"].as_str().map(String::from))
-        .collect();
+    let endpoints = node.endpoints().iter().filter_map(|e| e["name"].as_str().map(String::from)).collect();
     Traces {
         netns: node.own_netns(),
         veths: node.node_dp_veths(),
@@ -216,11 +214,7 @@ pub(crate) fn run_with_stdin(mut cmd: Command, input: &[u8], timeout: Duration) 
         std::thread::sleep(Duration::from_millis(10));
     };
     let _ = w.join();
-    Output {
-        status,
-        stdout: ro.join().unwrap_or_default(),
-        stderr: re.join().unwrap_or_default(),
-    }
+    Output { status, stdout: ro.join().unwrap_or_default(), stderr: re.join().unwrap_or_default() }
 }
 
 /// Interface name -> (mtu, mac, IPv4 `addr/len` list) from `ip -j addr`.
@@ -239,11 +233,7 @@ pub(crate) fn parse_ip_addr(json: &str) -> BTreeMap<String, (u64, String, Vec<St
                 .collect();
             (
                 l["ifname"].as_str().unwrap_or("?").to_string(),
-                (
-                    l["mtu"].as_u64().unwrap_or(0),
-                    l["address"].as_str().unwrap_or("").to_string(),
-                    v4,
-                ),
+                (l["mtu"].as_u64().unwrap_or(0), l["address"].as_str().unwrap_or("").to_string(), v4),
             )
         })
         .collect()
@@ -335,9 +325,17 @@ fn host_mode_is_the_node_namespace(dp: &str) {
     );
 
     // The node reaches every network: ping and HTTP from host mode.
-    let out = run_expect(&mut node, &["--rm", "--network", "host", "--name", &name, "--", "ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", &web_ip], 0);
+    let out = run_expect(
+        &mut node,
+        &["--rm", "--network", "host", "--name", &name, "--", "ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", &web_ip],
+        0,
+    );
     assert!(out.contains("2 received"), "host -> {web_ip}: {out}");
-    let got = fetch_via_run(&mut node, &["--rm", "--network", "host", "--name", &name], &format!("http://{web_ip}:8000/{file}"));
+    let got = fetch_via_run(
+        &mut node,
+        &["--rm", "--network", "host", "--name", &name],
+        &format!("http://{web_ip}:8000/{file}"),
+    );
     assert_eq!(got, want, "HTTP from host mode to {web_ip}");
 
     // Without --rm the record stays (no endpoint, no ip), until stop.
@@ -371,14 +369,15 @@ fn none_mode_has_only_lo(dp: &str) {
     assert_eq!(ifs.keys().collect::<Vec<_>>(), vec!["lo"], "none mode must have only lo: {out}");
     assert_eq!(ifs["lo"].2, vec!["127.0.0.1/8".to_string()], "lo address: {out}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert!(
-        v[0]["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP")),
-        "lo must be up in none mode: {out}"
-    );
+    assert!(v[0]["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP")), "lo must be up in none mode: {out}");
     assert_no_traces(&mut node, &before, "run --rm --network none (ip addr)");
 
     // lo works, nothing else does.
-    let out = run_expect(&mut node, &["--rm", "--network", "none", "--name", &name, "--", "ping", "-n", "-c", "1", "-W", "1", "127.0.0.1"], 0);
+    let out = run_expect(
+        &mut node,
+        &["--rm", "--network", "none", "--name", &name, "--", "ping", "-n", "-c", "1", "-W", "1", "127.0.0.1"],
+        0,
+    );
     assert!(out.contains("1 received"), "ping 127.0.0.1 in none mode: {out}");
     let script = format!(
         "ip -j route; for ip in {} {}; do ping -n -c 1 -W 1 $ip >/dev/null 2>&1 && echo REACHED $ip; done; exit 0",
@@ -445,7 +444,11 @@ fn container_mode_shares_the_namespace(dp: &str) {
 
     // Same interfaces, same address.
     let c = node.ep("c");
-    let out = run_expect(&mut node, &["--rm", "--network", &format!("container:{web}"), "--name", &c, "--", "ip", "-j", "addr"], 0);
+    let out = run_expect(
+        &mut node,
+        &["--rm", "--network", &format!("container:{web}"), "--name", &c, "--", "ip", "-j", "addr"],
+        0,
+    );
     let ifs = parse_ip_addr(&out);
     let eth0 = ifs.get("eth0").unwrap_or_else(|| panic!("container mode: no eth0: {out}"));
     assert_eq!(eth0.2, vec![format!("{}/{}", ep.ip, ep.prefix_len)], "container mode address: {out}");
@@ -453,17 +456,28 @@ fn container_mode_shares_the_namespace(dp: &str) {
     assert_eq!(ifs.keys().collect::<Vec<_>>(), vec!["eth0", "lo"], "{out}");
 
     // web's server on 127.0.0.1 from the shared namespace.
-    let got = fetch_via_run(&mut node, &["--rm", "--network", &format!("container:{web}"), "--name", &c], &format!("http://127.0.0.1:8000/{file}"));
+    let got = fetch_via_run(
+        &mut node,
+        &["--rm", "--network", &format!("container:{web}"), "--name", &c],
+        &format!("http://127.0.0.1:8000/{file}"),
+    );
     assert_eq!(got, want, "HTTP over 127.0.0.1 from container:{web}");
     // And through the datapath from a new endpoint of the network (by --ip).
-    let got = fetch_via_run(&mut node, &["--rm", "--network", &net, "--ip", "10.33.0.77", "--name", &c], &format!("http://{}:8000/{file}", ep.ip));
+    let got = fetch_via_run(
+        &mut node,
+        &["--rm", "--network", &net, "--ip", "10.33.0.77", "--name", &c],
+        &format!("http://{}:8000/{file}", ep.ip),
+    );
     assert_eq!(got, want, "HTTP from another endpoint of {net}");
     if dp == "ebpf" {
         let (rp, _) = delta(&s0, &node.stats(), "redirect-peer");
         assert!(rp > 20, "eBPF network: the transfer must be redirected in eBPF, redirect-peer +{rp}");
     }
     // The sharer's --rm did not take web's endpoint with it.
-    assert!(netns_exists(&web) && node.inspect_endpoint(&web).ip == ep.ip, "container:{web} --rm removed web's endpoint");
+    assert!(
+        netns_exists(&web) && node.inspect_endpoint(&web).ip == ep.ip,
+        "container:{web} --rm removed web's endpoint"
+    );
     assert!(!ps(&mut node).contains_key(&c), "--rm record {c} still in ps");
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log_text.contains(&format!("GET /{file}")), "web's log {} lacks the requests:\n{log_text}", log.display());
@@ -555,9 +569,25 @@ fn detached_ps_and_stop(dp: &str) {
 
     // Exits by itself: status, log.
     let d1 = node.ep("d1");
-    let out = run_expect(&mut node, &["-d", "--network", &net, "--name", &d1, "--", "sh", "-c", "echo hello-$0; ip -4 -o addr show eth0; echo oops >&2; exit 5", &p], 0);
+    let out = run_expect(
+        &mut node,
+        &[
+            "-d",
+            "--network",
+            &net,
+            "--name",
+            &d1,
+            "--",
+            "sh",
+            "-c",
+            "echo hello-$0; ip -4 -o addr show eth0; echo oops >&2; exit 5",
+            &p,
+        ],
+        0,
+    );
     assert_eq!(out, format!("{d1}\n"), "`run -d` prints the name");
-    let r = wait_ps(&mut node, &d1, Duration::from_secs(10), |r| r.is_some_and(|r| r["status"] == "exited (5)")).unwrap();
+    let r =
+        wait_ps(&mut node, &d1, Duration::from_secs(10), |r| r.is_some_and(|r| r["status"] == "exited (5)")).unwrap();
     let ip = r["ip"].as_str().unwrap_or_else(|| panic!("no ip: {r}")).to_string();
     assert!(ip.starts_with("10.35.0."), "{r}");
     assert_eq!(r["network"].as_str(), Some(net.as_str()), "{r}");
@@ -580,7 +610,11 @@ fn detached_ps_and_stop(dp: &str) {
 
     // stop: SIGTERM ends a well-behaved command at once.
     let d3 = node.ep("d3");
-    run_expect(&mut node, &["-d", "--network", &net, "--name", &d3, "--", "sh", "-c", "while :; do sleep 0.1; done", &p], 0);
+    run_expect(
+        &mut node,
+        &["-d", "--network", &net, "--name", &d3, "--", "sh", "-c", "while :; do sleep 0.1; done", &p],
+        0,
+    );
     let r = wait_ps(&mut node, &d3, Duration::from_secs(5), |r| r.is_some_and(|r| r["status"] == "running")).unwrap();
     let pid = r["pid"].as_u64().unwrap();
     let t = Instant::now();
@@ -596,7 +630,11 @@ fn detached_ps_and_stop(dp: &str) {
         return;
     }
     let d4 = node.ep("d4");
-    run_expect(&mut node, &["-d", "--network", &net, "--name", &d4, "--", "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done", &p], 0);
+    run_expect(
+        &mut node,
+        &["-d", "--network", &net, "--name", &d4, "--", "sh", "-c", "trap '' TERM; while :; do sleep 0.1; done", &p],
+        0,
+    );
     let r = wait_ps(&mut node, &d4, Duration::from_secs(5), |r| r.is_some_and(|r| r["status"] == "running")).unwrap();
     let pid = r["pid"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(300)); // the trap is set
@@ -712,9 +750,17 @@ fn stop_of_a_shared_namespace_is_all_or_nothing() {
     let before = traces(&mut node);
     let web = node.ep("web");
     let side = node.ep("side");
-    run_expect(&mut node, &["-d", "--network", &net, "--name", &web, "--", "sh", "-c", "while :; do sleep 0.1; done", &p], 0);
+    run_expect(
+        &mut node,
+        &["-d", "--network", &net, "--name", &web, "--", "sh", "-c", "while :; do sleep 0.1; done", &p],
+        0,
+    );
     let shared = format!("container:{web}");
-    run_expect(&mut node, &["-d", "--network", &shared, "--name", &side, "--", "sh", "-c", "while :; do sleep 0.1; done", &p], 0);
+    run_expect(
+        &mut node,
+        &["-d", "--network", &shared, "--name", &side, "--", "sh", "-c", "while :; do sleep 0.1; done", &p],
+        0,
+    );
     let r = wait_ps(&mut node, &web, Duration::from_secs(5), |r| r.is_some_and(|r| r["status"] == "running")).unwrap();
     let pid = r["pid"].as_u64().unwrap();
     wait_ps(&mut node, &side, Duration::from_secs(5), |r| r.is_some_and(|r| r["status"] == "running"));

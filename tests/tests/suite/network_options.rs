@@ -19,8 +19,7 @@ use crate::modes::{differential, network, run_expect};
 
 /// MTU of `dev` in netns `ns`.
 fn mtu(ns: &str, dev: &str) -> u64 {
-    link(ns, dev)
-        .unwrap_or_else(|| panic!("no link {dev} in {ns}"))["mtu"]
+    link(ns, dev).unwrap_or_else(|| panic!("no link {dev} in {ns}"))["mtu"]
         .as_u64()
         .unwrap_or_else(|| panic!("no mtu for {dev} in {ns}"))
 }
@@ -90,8 +89,21 @@ fn network_inspect_shows_options_and_endpoints(dp: &str) {
 
     let name = node.ep("net");
     let id = node.ok(&[
-        "network", "create", &name, "--subnet", "10.43.0.0/24", "--gateway", "10.43.0.254", "--datapath", dp,
-        "--icc=false", "--no-masquerade", "--mtu", "1450", "--uplink", "upl0",
+        "network",
+        "create",
+        &name,
+        "--subnet",
+        "10.43.0.0/24",
+        "--gateway",
+        "10.43.0.254",
+        "--datapath",
+        dp,
+        "--icc=false",
+        "--no-masquerade",
+        "--mtu",
+        "1450",
+        "--uplink",
+        "upl0",
     ]);
     let id = id.trim().to_string();
     assert!(!id.is_empty() && !id.contains(char::is_whitespace), "network create must print the id: {id:?}");
@@ -116,7 +128,11 @@ fn network_inspect_shows_options_and_endpoints(dp: &str) {
     assert_eq!(d["datapath"], dp, "{d}");
     assert_eq!(d["gateway"], "10.44.0.1", "default gateway: {d}");
     assert_eq!(d["internal"], false, "{d}");
-    assert_eq!(d["options"], json!({"icc": true, "masquerade": true, "uplink": null, "mtu": 1500}), "default options: {d}");
+    assert_eq!(
+        d["options"],
+        json!({"icc": true, "masquerade": true, "uplink": null, "mtu": 1500}),
+        "default options: {d}"
+    );
     assert_ne!(d["id"], v["id"], "two networks with one id");
     let i = node.inspect_network(&internal);
     assert_eq!(i["internal"], true, "--internal: {i}");
@@ -132,14 +148,18 @@ fn network_inspect_shows_options_and_endpoints(dp: &str) {
     let eps = v["endpoints"].as_array().cloned().unwrap_or_default();
     let mut got: Vec<(String, String, String)> = eps
         .iter()
-        .map(|e| (e["name"].as_str().unwrap_or("?").into(), e["mac"].as_str().unwrap_or("?").into(), e["ip"].as_str().unwrap_or("?").into()))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or("?").into(),
+                e["mac"].as_str().unwrap_or("?").into(),
+                e["ip"].as_str().unwrap_or("?").into(),
+            )
+        })
         .collect();
     got.sort();
     let eth0_mac = |ns: &str| link(ns, "eth0").unwrap()["address"].as_str().unwrap().to_string();
-    let mut expect = vec![
-        (a.name.clone(), eth0_mac(&a.name), "10.43.0.10".to_string()),
-        (b.clone(), eth0_mac(&b), b_ep.ip.clone()),
-    ];
+    let mut expect =
+        vec![(a.name.clone(), eth0_mac(&a.name), "10.43.0.10".to_string()), (b.clone(), eth0_mac(&b), b_ep.ip.clone())];
     expect.sort();
     assert_eq!(got, expect, "inspect endpoints (name, MAC of eth0, IPv4): {v}");
     assert_eq!(a.mac, expect.iter().find(|e| e.0 == a.name).unwrap().1, "endpoint inspect MAC vs eth0");
@@ -188,7 +208,23 @@ fn mtu_applies_to_every_veth_and_the_bridge(dp: &str) {
     assert_eq!(got, want, "--mtu 1400 must be on every veth end and the bridge");
     // The run'd endpoint sees it from inside too.
     let x = node.ep("x");
-    let out = run_expect(&mut node, &["--rm", "--network", &format!("container:{}", b.name), "--name", &x, "--", "ip", "-j", "link", "show", "eth0"], 0);
+    let out = run_expect(
+        &mut node,
+        &[
+            "--rm",
+            "--network",
+            &format!("container:{}", b.name),
+            "--name",
+            &x,
+            "--",
+            "ip",
+            "-j",
+            "link",
+            "show",
+            "eth0",
+        ],
+        0,
+    );
     assert!(out.contains("\"mtu\":1400"), "ip -j link in container:{}: {out}", b.name);
     // The default network is untouched.
     assert_eq!(mtu(&c.name, "eth0"), 1500, "default network endpoint");
@@ -197,7 +233,8 @@ fn mtu_applies_to_every_veth_and_the_bridge(dp: &str) {
 
     // 1372 + 28 = 1400 bytes with DF cross; 1373 (1401) cannot be sent.
     assert_ping(&a.name, &b.ip, 1); // neighbours
-    let full = run(&mut ns_cmd(&a.name, &["ping", "-n", "-M", "do", "-s", "1372", "-c", "2", "-i", "0.2", "-W", "1", &b.ip]));
+    let full =
+        run(&mut ns_cmd(&a.name, &["ping", "-n", "-M", "do", "-s", "1372", "-c", "2", "-i", "0.2", "-W", "1", &b.ip]));
     assert!(stdout_str(&full).contains("2 received"), "1400-byte DF ping {} -> {}: {}", a.name, b.ip, show(&full));
     let over = run(&mut ns_cmd(&a.name, &["ping", "-n", "-M", "do", "-s", "1373", "-c", "1", "-W", "1", &b.ip]));
     assert!(!over.status.success(), "a 1401-byte DF ping left an MTU-1400 endpoint: {}", show(&over));
@@ -275,7 +312,11 @@ fn internal_network_has_no_default_route_and_is_isolated(dp: &str) {
     if dp == "ebpf" {
         let (internal, _) = delta(&s0, &s1, "drop-policy-internal");
         let (iso, _) = delta(&s0, &s1, "drop-policy-isolation");
-        assert!(internal >= 2, "2 echo requests + SYNs from {} to the outside: drop-policy-internal +{internal}", i1.name);
+        assert!(
+            internal >= 2,
+            "2 echo requests + SYNs from {} to the outside: drop-policy-internal +{internal}",
+            i1.name
+        );
         assert!(iso >= 4, "echo requests/SYNs between {int} and {nat}: drop-policy-isolation +{iso}");
     } else {
         let out = exec_in(&node.name, &["nft", "list", "table", "ip", "datapath"]);

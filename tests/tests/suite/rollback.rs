@@ -8,10 +8,7 @@ use serde_json::Value;
 /// The kernel datapath has no attach/maps work, but the agent fires those
 /// failpoints on it too (so its rollback is exercised at the same points).
 fn rollback(step: &str, dp: Datapath) {
-    let mut node = Node::with(AgentOpts {
-        failpoint: Some(format!("endpoint:{step}")),
-        ..AgentOpts::on(dp)
-    });
+    let mut node = Node::with(AgentOpts { failpoint: Some(format!("endpoint:{step}")), ..AgentOpts::on(dp) });
     let links0 = node.node_links();
     let netns0 = node.own_netns();
     let veths0 = node.node_dp_veths();
@@ -24,15 +21,11 @@ fn rollback(step: &str, dp: Datapath) {
         }
         let veths = node.node_dp_veths();
         if veths != veths0 {
-            node.fail(format!(
-                "{ctx}: dp* veths in node netns {veths0:?} -> {veths:?}"
-            ));
+            node.fail(format!("{ctx}: dp* veths in node netns {veths0:?} -> {veths:?}"));
         }
         let links = node.node_links();
         if links != links0 {
-            node.fail(format!(
-                "{ctx}: links in node netns {links0:?} -> {links:?}"
-            ));
+            node.fail(format!("{ctx}: links in node netns {links0:?} -> {links:?}"));
         }
         let ns = node.own_netns();
         if ns != netns0 {
@@ -68,10 +61,7 @@ fn rollback(step: &str, dp: Datapath) {
 
     // Without the failpoint (same state dir) the same name and IP work.
     node.restart_agent_with(AgentOpts::on(dp));
-    assert!(
-        node.endpoints().is_empty(),
-        "failed endpoint resurrected from state after restart"
-    );
+    assert!(node.endpoints().is_empty(), "failed endpoint resurrected from state after restart");
     let a = node.create_endpoint(&name, &["--ip", "10.10.0.5"]);
     assert_eq!(a.ip, "10.10.0.5");
     let b = node.create_endpoint(&node.ep("b"), &[]);

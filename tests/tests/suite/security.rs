@@ -25,8 +25,7 @@ fn sniffer(node: &Node, ns: &str, secs: &str, markers: &[&str]) -> BgProcess {
     args.extend_from_slice(markers);
     let s = python_bg(ns, py::SNIFFER, &args);
     assert!(
-        s.wait_line(Duration::from_secs(10), |l| l == "ready")
-            .is_some(),
+        s.wait_line(Duration::from_secs(10), |l| l == "ready").is_some(),
         "sniffer in {ns} not ready: {}",
         s.stderr()
     );
@@ -34,12 +33,10 @@ fn sniffer(node: &Node, ns: &str, secs: &str, markers: &[&str]) -> BgProcess {
 }
 
 fn sniffer_counts(mut s: BgProcess) -> Value {
-    s.wait(Duration::from_secs(20))
-        .expect("sniffer did not finish");
+    s.wait(Duration::from_secs(20)).expect("sniffer did not finish");
     let lines = s.lines();
     let last = lines.last().cloned().unwrap_or_default();
-    serde_json::from_str(&last)
-        .unwrap_or_else(|e| panic!("sniffer output {lines:?} ({e}); stderr {}", s.stderr()))
+    serde_json::from_str(&last).unwrap_or_else(|e| panic!("sniffer output {lines:?} ({e}); stderr {}", s.stderr()))
 }
 
 fn send_frames(node: &Node, ns: &str, frames: &[Vec<u8>]) {

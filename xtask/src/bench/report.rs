@@ -297,10 +297,16 @@ pub fn markdown(r: &Results) -> String {
         }
     }
     if !r.memory.is_empty() {
-        s += "\n### Agent memory (RSS)\n\n| node | idle (2 endpoints) | after endpoint churn |\n| --- | ---: | ---: |\n";
+        s +=
+            "\n### Agent memory (RSS)\n\n| node | idle (2 endpoints) | after endpoint churn |\n| --- | ---: | ---: |\n";
         for m in &r.memory {
             let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
-            s += &format!("| {} | {} | {} |\n", m.node, mib(m.idle_rss_kib), m.after_churn_rss_kib.map(mib).unwrap_or_else(|| "–".into()));
+            s += &format!(
+                "| {} | {} | {} |\n",
+                m.node,
+                mib(m.idle_rss_kib),
+                m.after_churn_rss_kib.map(mib).unwrap_or_else(|| "–".into())
+            );
         }
     }
     s += "\n### Targets (eBPF datapath)\n\n| target | goal | measured | verdict |\n| --- | --- | ---: | --- |\n";
@@ -326,7 +332,8 @@ fn num(x: Option<f64>) -> Value {
 
 /// The JSON document written to bench/results/.
 pub fn to_json(r: &Results) -> Value {
-    let meta: serde_json::Map<String, Value> = r.meta.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
+    let meta: serde_json::Map<String, Value> =
+        r.meta.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
     let mut workloads = Vec::new();
     for w in WORKLOADS {
         let mut topos = serde_json::Map::new();
@@ -427,12 +434,9 @@ pub fn svg(r: &Results, title: &str) -> String {
             let Some(c) = r.cell(w.id, t) else { continue };
             let label = match (&c.na, c.median()) {
                 (Some(na), _) => na.clone(),
-                (None, Some(m)) => format!(
-                    "{} {} ({})",
-                    human(m),
-                    w.unit(),
-                    ratio_s(r.ratio_to(w.id, t, Topo::Ceiling))
-                ),
+                (None, Some(m)) => {
+                    format!("{} {} ({})", human(m), w.unit(), ratio_s(r.ratio_to(w.id, t, Topo::Ceiling)))
+                }
                 (None, None) => "–".into(),
             };
             let ratio = r.ratio_to(w.id, t, Topo::Ceiling).unwrap_or(0.0);
@@ -467,8 +471,15 @@ pub fn svg(r: &Results, title: &str) -> String {
     for (ratio, dash) in [(0.95, "4,3"), (1.0, "")] {
         let x = x_of(ratio);
         let dash = if dash.is_empty() { String::new() } else { format!(" stroke-dasharray=\"{dash}\"") };
-        s += &format!("<line x1=\"{x:.1}\" y1=\"{:.0}\" x2=\"{x:.1}\" y2=\"{:.0}\" stroke=\"#444\"{dash}/>\n", top - 6.0, y);
-        s += &format!("<text x=\"{x:.1}\" y=\"{:.0}\" font-size=\"10\" text-anchor=\"middle\">{ratio:.2}×</text>\n", y + 14.0);
+        s += &format!(
+            "<line x1=\"{x:.1}\" y1=\"{:.0}\" x2=\"{x:.1}\" y2=\"{:.0}\" stroke=\"#444\"{dash}/>\n",
+            top - 6.0,
+            y
+        );
+        s += &format!(
+            "<text x=\"{x:.1}\" y=\"{:.0}\" font-size=\"10\" text-anchor=\"middle\">{ratio:.2}×</text>\n",
+            y + 14.0
+        );
     }
     s += &body;
     s += "</svg>\n";
@@ -490,7 +501,12 @@ mod tests {
             r.cell_mut("ns-tcp-crr", t).values = vec![10.0];
         }
         r.cell_mut("ns-tcp-crr", Topo::Ebpf).na = Some("n/a (eBPF SNAT not available)".into());
-        r.churn.push(Churn { datapath: "ebpf".into(), create_ms: vec![5.0, 6.0, 7.0], remove_ms: vec![3.0], errors: vec![] });
+        r.churn.push(Churn {
+            datapath: "ebpf".into(),
+            create_ms: vec![5.0, 6.0, 7.0],
+            remove_ms: vec![3.0],
+            errors: vec![],
+        });
         r.memory.push(AgentMem { node: "ebpf".into(), idle_rss_kib: 10240, after_churn_rss_kib: None });
         r
     }
@@ -521,7 +537,10 @@ mod tests {
     #[test]
     fn markdown_has_rows_ratios_and_na() {
         let md = markdown(&sample());
-        assert!(md.contains("| E-W TCP_RR | ebpf | 96.0 trans/s | 95.0 | 97.0 | 3 | 10.0 CPU-µs/op | 0.96× | 1.92× |"), "{md}");
+        assert!(
+            md.contains("| E-W TCP_RR | ebpf | 96.0 trans/s | 95.0 | 97.0 | 3 | 10.0 CPU-µs/op | 0.96× | 1.92× |"),
+            "{md}"
+        );
         assert!(md.contains("| N-S TCP_CRR | ebpf | n/a (eBPF SNAT not available) |"), "{md}");
         assert!(md.contains("| ebpf | 3 | 6.0 ms | 7.0 ms | 3.0 ms | 3.0 ms | 0 |"), "{md}");
         assert!(md.contains("| ebpf | 10.0 MiB | – |"), "{md}");

@@ -61,7 +61,11 @@ pub fn sleep(d: Duration) -> Result<()> {
 }
 
 fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Runs a short command to completion; fails with its stderr.
@@ -100,7 +104,8 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(mut cmd: Command, what: &str) -> Result<Proc> {
-        let child = cmd.stdin(Stdio::null()).spawn().with_context(|| format!("could not start `{}`", describe(&cmd)))?;
+        let child =
+            cmd.stdin(Stdio::null()).spawn().with_context(|| format!("could not start `{}`", describe(&cmd)))?;
         Ok(Proc { child, what: what.to_string() })
     }
 
@@ -214,7 +219,10 @@ impl Agent {
                 return Ok(agent);
             }
             if let Some(st) = agent.proc.child.try_wait()? {
-                bail!("agent {tag} exited during start-up ({st}): {}", std::fs::read_to_string(&agent.log).unwrap_or_default());
+                bail!(
+                    "agent {tag} exited during start-up ({st}): {}",
+                    std::fs::read_to_string(&agent.log).unwrap_or_default()
+                );
             }
             if Instant::now() > end {
                 bail!("agent {tag} not ready within 30 s");
@@ -328,7 +336,9 @@ fn remove_run(id: u32) {
             if !name.ends_with(".agent.pid") {
                 continue;
             }
-            let Some(pid) = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) else { continue };
+            let Some(pid) = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+                continue;
+            };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains(&format!("{PREFIX}{id}-")) {
                 stop_pid(pid, &mut || !pid_alive(pid as u32));
