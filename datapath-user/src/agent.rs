@@ -19,14 +19,14 @@ use crate::api::{
     NetworkCreate, NetworkEndpointView, NetworkOptionsView, NetworkView, Request, Response, StatsView, TraceLine,
     API_VERSION,
 };
-use crate::bpf::{AttachMode, Bpf, BpfError};
+use crate::datapath::loader::{AttachMode, Bpf, BpfError};
+use crate::datapath::snat;
+use crate::host::netfilter;
+use crate::host::netlink::{Netlink, NetlinkError};
+use crate::host::netns;
 use crate::ipam::{self, format_mac, mac_for};
-use crate::netfilter;
-use crate::netlink::{Netlink, NetlinkError};
-use crate::netns;
 use crate::run::{self, ContainerSpec, RunMode};
 use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, State};
-use crate::uplink;
 
 pub const DEFAULT_NETWORK: &str = "bridge";
 pub const DEFAULT_BRIDGE: &str = "datapath0";
@@ -115,7 +115,7 @@ struct Inner {
     /// Uplinks with the reverse-NAT program attached (ifindex -> name).
     uplinks: BTreeMap<u32, String>,
     last_gc: std::time::Instant,
-    last_gc_report: Option<crate::conntrack::GcReport>,
+    last_gc_report: Option<crate::datapath::conntrack::GcReport>,
     /// The nft script last applied: unchanged scripts are not re-applied
     /// (spawning nft costs milliseconds per endpoint).
     applied_nft: Option<String>,
@@ -721,7 +721,7 @@ impl Inner {
     /// no-op when nothing changed.
     async fn sync_datapath_network(&mut self, net: &NetworkSpec, seen: &mut UplinkCache) -> Result<(), ApiError> {
         let masq = self.masquerade_for(net, seen).await?;
-        let info = uplink::network_info(net, masq, self.nat_ports);
+        let info = snat::network_info(net, masq, self.nat_ports);
         if self.net_info.get(&net.name) == Some(&info) {
             return Ok(());
         }
@@ -1052,9 +1052,9 @@ impl Agent {
         inner.bpf.set_ct_config(cfg.ct)?;
         let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
-            .and_then(|s| uplink::parse_ephemeral(&s))
+            .and_then(|s| snat::parse_ephemeral(&s))
             .unwrap_or((32768, 60999));
-        inner.nat_ports = uplink::choose_range(cfg.nat_ports, ephemeral)?;
+        inner.nat_ports = snat::choose_range(cfg.nat_ports, ephemeral)?;
         tracing::info!(
             "SNAT ports {}-{} (node ephemeral ports {}-{})",
             inner.nat_ports.0,

@@ -1,14 +1,15 @@
 //! The `datapath` agent and its client library.
+//!
+//! * [`api`]: the wire types and the client of the agent's unix-socket API.
+//! * [`agent`]: the agent (serving, networks, endpoints, containers, upkeep).
+//! * [`datapath`]: the eBPF object, its loader and map access.
+//! * [`host`]: netlink, namespaces, netfilter and sysctls of the node.
+//! * [`state`]: the persisted desired state; [`ipam`]: address assignment.
 
 pub mod agent;
 pub mod api;
-pub mod bpf;
-pub mod bpf_object;
-pub mod conntrack;
+pub mod datapath;
+pub mod host;
 pub mod ipam;
-pub mod netfilter;
-pub mod netlink;
-pub mod netns;
 pub mod run;
 pub mod state;
-pub mod uplink;

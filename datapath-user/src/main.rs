@@ -9,9 +9,10 @@ use datapath::api::{
     self, Client, ContainerCreate, ContainerView, EndpointCreate, EndpointView, FlowView, NetworkCreate, NetworkView,
     Request, StatsView,
 };
-use datapath::bpf::AttachMode;
+use datapath::datapath::AttachMode;
+use datapath::host::netns;
+use datapath::ipam;
 use datapath::state::DatapathKind;
-use datapath::{ipam, netns};
 
 mod walkthrough;
 
@@ -136,7 +137,7 @@ struct AgentArgs {
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
-    datapath::uplink::parse_range(s).map_err(|e| e.to_string())
+    datapath::datapath::snat::parse_range(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use datapath::api::{Client, EndpointCreate, EndpointView, FlowView, NetworkView, Request, StatsView};
-use datapath::netns;
+use datapath::host::netns;
 
 #[derive(Args)]
 pub struct WalkthroughArgs {
@@ -36,7 +36,7 @@ const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 /// joined by a veth: node `uplink0` 203.0.113.2/24 with its default route via
 /// the outside end 203.0.113.1/24 (TEST-NET-3, only ever inside these namespaces).
 async fn make_node() -> Result<()> {
-    use datapath::netlink::Netlink;
+    use datapath::host::netlink::Netlink;
     for ns in [NODE_NS, OUTSIDE_NS] {
         if !netns::named_path(ns).exists() {
             netns::create_named(ns)?;

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use datapath::bpf::{AttachMode, Bpf};
+use datapath::datapath::{AttachMode, Bpf};
 use datapath_common::{ipv4_key, reason, CtConfig, EndpointInfo, NetworkInfo, NET_F_MASQUERADE};
 
 const GW_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x01];
@@ -35,7 +35,7 @@ const NAT_MIN: u16 = 20000;
 const NAT_MAX: u16 = 29999;
 
 fn skip_reason() -> Option<&'static str> {
-    if datapath::bpf_object::bytes().is_none() {
+    if datapath::datapath::object::bytes().is_none() {
         return Some("the binary has no eBPF object (build with `cargo xtask build`)");
     }
     if !nix::unistd::geteuid().is_root() {

@@ -28,7 +28,7 @@ use datapath_common::{
 };
 
 fn skip_reason() -> Option<&'static str> {
-    if datapath::bpf_object::bytes().is_none() {
+    if datapath::datapath::object::bytes().is_none() {
         return Some("the binary has no eBPF object (build with `cargo xtask build`)");
     }
     if !nix::unistd::geteuid().is_root() {
@@ -38,7 +38,7 @@ fn skip_reason() -> Option<&'static str> {
 }
 
 fn load() -> Ebpf {
-    let bytes = datapath::bpf_object::bytes().expect("checked by skip_reason");
+    let bytes = datapath::datapath::object::bytes().expect("checked by skip_reason");
     EbpfLoader::new().load(bytes).expect("parsing the eBPF object and creating its maps")
 }
 

@@ -12,7 +12,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage,
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use thiserror::Error;
 
-use crate::netns::{self, NetnsError};
+use crate::host::netns::{self, NetnsError};
 
 #[derive(Debug, Error)]
 pub enum NetlinkError {

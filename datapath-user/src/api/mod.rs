@@ -54,7 +54,7 @@ pub enum Request {
 pub struct FlowView {
     pub endpoint: Option<String>,
     #[serde(flatten)]
-    pub flow: crate::conntrack::Flow,
+    pub flow: crate::datapath::conntrack::Flow,
 }
 
 /// `datapath run`: what to run and how it is networked.
@@ -264,7 +264,7 @@ pub struct StatsView {
     pub counters: Vec<CounterView>,
     /// Connection-tracking table pressure, from the last garbage collection.
     #[serde(default)]
-    pub conntrack: Option<crate::conntrack::GcReport>,
+    pub conntrack: Option<crate::datapath::conntrack::GcReport>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,12 +17,12 @@ use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
-use crate::bpf_object;
-use crate::conntrack;
+use crate::datapath::conntrack;
+use crate::datapath::object;
 
 #[derive(Debug, Error)]
 pub enum BpfError {
-    #[error("{}", bpf_object::MISSING_HINT)]
+    #[error("{}", object::MISSING_HINT)]
     NoObject,
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
@@ -102,7 +102,7 @@ impl Bpf {
     /// Loads the embedded object, verifies the programs and starts the
     /// aya-log reader task, which publishes trace lines on `trace_tx`.
     pub fn load(trace_tx: broadcast::Sender<String>, mode: AttachMode) -> Result<Self, BpfError> {
-        let bytes = bpf_object::bytes().ok_or(BpfError::NoObject)?;
+        let bytes = object::bytes().ok_or(BpfError::NoObject)?;
         raise_memlock();
         let mut ebpf = Ebpf::load(bytes)?;
         match aya_log::EbpfLogger::init_with_logger(&mut ebpf, TraceSink { tx: trace_tx }) {
