@@ -1,6 +1,6 @@
 //! The eBPF connection tracker (`CT` map) seen from userspace: flow listing,
-//! garbage collection and flush (see `Bpf::conntrack_flows`,
-//! `Bpf::conntrack_gc`, `Bpf::conntrack_flush`).
+//! garbage collection and flush ([`CtTable`]), and the pure logic behind
+//! them ([`flows`], [`expired`]), unit-tested without a kernel.
 //!
 //! # Entries
 //!
@@ -24,8 +24,90 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use datapath_common::{ct_state_name, CtEntry, CtKey, CT_F_REVERSE, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use datapath_common::{
+    ct_state_name, CtEntry, CtKey, CT_F_REVERSE, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAP_CT,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::datapath::loader::{map_err, BpfError};
+
+/// The `CT` map. Walks take a snapshot (one lookup per key: the kernel has
+/// no batch lookup for LRU maps here); run them on a blocking thread.
+pub struct CtTable {
+    map: BpfHashMap<MapData, CtKey, CtEntry>,
+    capacity: u32,
+}
+
+impl CtTable {
+    pub(crate) fn new(map: BpfHashMap<MapData, CtKey, CtEntry>, capacity: u32) -> Self {
+        CtTable { map, capacity }
+    }
+
+    /// Every entry (a snapshot; the datapath keeps changing the map
+    /// meanwhile, entries that vanish while reading are skipped).
+    pub fn snapshot(&self) -> Result<Vec<(CtKey, CtEntry)>, BpfError> {
+        let mut out = Vec::new();
+        for key in self.map.keys() {
+            let key = match key {
+                Ok(k) => k,
+                // The key being walked was evicted/deleted: the walk restarts
+                // or ends; what we have is still a valid snapshot.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(MAP_CT)(e)),
+            };
+            match self.map.get(&key, 0) {
+                Ok(v) => out.push((key, v)),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAP_CT)(e)),
+            }
+            if out.len() > self.capacity as usize * 2 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tracked flows, one per connection (see [`Flow`]).
+    pub fn flows(&self) -> Result<Vec<Flow>, BpfError> {
+        Ok(flows(&self.snapshot()?, monotonic_ns()))
+    }
+
+    /// Removes every entry; returns how many were removed (a masqueraded
+    /// flow has two). Established masqueraded connections break (their
+    /// replies no longer match).
+    pub fn flush(&mut self) -> Result<usize, BpfError> {
+        let keys: Vec<CtKey> = self.snapshot()?.into_iter().map(|(k, _)| k).collect();
+        Ok(keys.iter().filter(|k| self.map.remove(k).is_ok()).count())
+    }
+
+    /// Removes expired flows (both their entries) and orphaned reverse
+    /// entries. Run it periodically: the datapath never deletes on its own
+    /// except when it reuses a tuple.
+    pub fn gc(&mut self) -> Result<GcReport, BpfError> {
+        let entries = self.snapshot()?;
+        let scanned = entries.len();
+        let gone = expired(&entries, monotonic_ns());
+        let seen: HashMap<CtKey, CtEntry> = entries.into_iter().collect();
+        let mut removed = 0;
+        for k in &gone {
+            // The datapath may have reused the tuple since the snapshot (a
+            // port taken over, a flow restarted): it then has a new
+            // creation time, or a forward entry is live again.
+            let now = monotonic_ns();
+            match (self.map.get(k, 0), seen.get(k)) {
+                (Ok(cur), Some(old))
+                    if cur.created_ns == old.created_ns && (cur.flags & CT_F_REVERSE != 0 || cur.expires_ns <= now) => {
+                }
+                _ => continue,
+            }
+            if self.map.remove(k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(GcReport { scanned, removed, live: scanned - removed, capacity: self.capacity })
+    }
+}
 
 /// One end of a flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,16 +9,16 @@ use aya::programs::LinkOrder;
 use aya::programs::SchedClassifier;
 use aya::Ebpf;
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, CT_F_REVERSE, MAP_CT, MAP_CT_CONFIG,
-    MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_STATS, MAP_SUBNETS, MAX_NETWORKS, NET_F_PRESENT,
-    PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
+    Counter, CtConfig, EndpointInfo, NetworkInfo, MAP_CT, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP,
+    MAP_NETWORKS, MAP_STATS, MAP_SUBNETS, MAX_NETWORKS, NET_F_PRESENT, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
-use crate::datapath::conntrack;
+use crate::datapath::conntrack::{self, CtTable};
 use crate::datapath::object;
+use crate::datapath::tables::{Counters, Tables};
 
 #[derive(Debug, Error)]
 pub enum BpfError {
@@ -34,6 +34,8 @@ pub enum BpfError {
     Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("attaching {prog} to {iface}: {source}")]
     Attach { prog: &'static str, iface: String, source: aya::programs::ProgramError },
+    #[error("eBPF map {0}: an earlier walk of it panicked")]
+    Poisoned(&'static str),
     #[error("eBPF map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
 }
@@ -67,12 +69,10 @@ pub struct Bpf {
     ebpf: Ebpf,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     by_ip: HashMap<MapData, u32, EndpointInfo>,
-    stats: PerCpuArray<MapData, Counter>,
     networks: Array<MapData, NetworkInfo>,
     subnets: LpmTrie<MapData, u32, u32>,
-    ct: HashMap<MapData, CtKey, CtEntry>,
     ct_config: Array<MapData, CtConfig>,
-    ct_capacity: u32,
+    tables: Tables,
     links: StdHashMap<u32, SchedClassifierLink>,
     uplink_links: StdHashMap<u32, SchedClassifierLink>,
 }
@@ -94,7 +94,7 @@ impl log::Log for TraceSink {
     fn flush(&self) {}
 }
 
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
+pub(crate) fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> BpfError {
     move |source| BpfError::Map { map, source }
 }
 
@@ -134,23 +134,20 @@ impl Bpf {
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+        let ct = HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?;
+        let tables = Tables::new(Counters::new(stats), CtTable::new(ct, datapath_common::CT_MAX_ENTRIES));
         let networks = Array::try_from(take(&mut ebpf, MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
         let subnets = LpmTrie::try_from(take(&mut ebpf, MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?;
-        let ct_map = take(&mut ebpf, MAP_CT)?;
-        let ct_capacity = datapath_common::CT_MAX_ENTRIES;
-        let ct = HashMap::try_from(ct_map).map_err(map_err(MAP_CT))?;
         let ct_config = Array::try_from(take(&mut ebpf, MAP_CT_CONFIG)?).map_err(map_err(MAP_CT_CONFIG))?;
         Ok(Bpf {
             mode,
             ebpf,
             endpoints,
             by_ip,
-            stats,
             networks,
             subnets,
-            ct,
             ct_config,
-            ct_capacity,
+            tables,
             links: StdHashMap::new(),
             uplink_links: StdHashMap::new(),
         })
@@ -291,89 +288,31 @@ impl Bpf {
         self.ct_config.set(0, cfg, 0).map_err(map_err(MAP_CT_CONFIG))
     }
 
-    /// Every entry of the connection tracker (a snapshot; the datapath keeps
-    /// changing it meanwhile, entries that vanish while reading are skipped).
-    fn ct_snapshot(&self) -> Result<Vec<(CtKey, CtEntry)>, BpfError> {
-        let mut out = Vec::new();
-        for key in self.ct.keys() {
-            let key = match key {
-                Ok(k) => k,
-                // The key being walked was evicted/deleted: the walk restarts
-                // or ends; what we have is still a valid snapshot.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(MAP_CT)(e)),
-            };
-            match self.ct.get(&key, 0) {
-                Ok(v) => out.push((key, v)),
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(MAP_CT)(e)),
-            }
-            if out.len() > self.ct_capacity as usize * 2 {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Tracked flows, one per connection (see `conntrack::Flow`).
-    pub fn conntrack_flows(&self) -> Result<Vec<conntrack::Flow>, BpfError> {
-        let entries = self.ct_snapshot()?;
-        Ok(conntrack::flows(&entries, conntrack::monotonic_ns()))
-    }
-
-    /// Removes every entry of the connection tracker; returns how many
-    /// entries were removed (a masqueraded flow has two). Established
-    /// masqueraded connections break (their replies no longer match).
-    pub fn conntrack_flush(&mut self) -> Result<usize, BpfError> {
-        let keys: Vec<CtKey> = self.ct_snapshot()?.into_iter().map(|(k, _)| k).collect();
-        let mut removed = 0;
-        for k in keys {
-            if self.ct.remove(&k).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Removes expired flows (both their entries) and orphaned reverse
-    /// entries. Run it periodically (every few seconds to a minute): the
-    /// datapath never deletes on its own except when it reuses a tuple.
-    pub fn conntrack_gc(&mut self) -> Result<conntrack::GcReport, BpfError> {
-        let entries = self.ct_snapshot()?;
-        let scanned = entries.len();
-        let gone = conntrack::expired(&entries, conntrack::monotonic_ns());
-        let seen: StdHashMap<CtKey, CtEntry> = entries.into_iter().collect();
-        let mut removed = 0;
-        for k in &gone {
-            // The datapath may have reused the tuple since the snapshot (a
-            // port taken over, a flow restarted): it then has a new
-            // creation time, or a forward entry is live again.
-            let now = conntrack::monotonic_ns();
-            match (self.ct.get(k, 0), seen.get(k)) {
-                (Ok(cur), Some(old))
-                    if cur.created_ns == old.created_ns && (cur.flags & CT_F_REVERSE != 0 || cur.expires_ns <= now) => {
-                }
-                _ => continue,
-            }
-            if self.ct.remove(k).is_ok() {
-                removed += 1;
-            }
-        }
-        Ok(conntrack::GcReport { scanned, removed, live: scanned - removed, capacity: self.ct_capacity })
+    /// The maps read and cleaned outside the agent's state lock (counters,
+    /// the connection tracker): cheap handles shared with the upkeep task
+    /// and with read-only API requests.
+    pub fn tables(&self) -> Tables {
+        self.tables.clone()
     }
 
     /// Counters summed over CPUs, for every known reason code.
     pub fn stats(&self) -> Result<Vec<(u32, Counter)>, BpfError> {
-        let mut out = Vec::with_capacity(reason::ALL.len());
-        for code in reason::ALL {
-            let per_cpu = self.stats.get(&code, 0).map_err(map_err(MAP_STATS))?;
-            let sum = per_cpu.iter().fold(Counter::default(), |acc, c| Counter {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            });
-            out.push((code, sum));
-        }
-        Ok(out)
+        self.tables.counters.read()
+    }
+
+    /// Tracked flows (see [`CtTable::flows`]).
+    pub fn conntrack_flows(&self) -> Result<Vec<conntrack::Flow>, BpfError> {
+        self.tables.ct()?.flows()
+    }
+
+    /// Empties the connection tracker (see [`CtTable::flush`]).
+    pub fn conntrack_flush(&mut self) -> Result<usize, BpfError> {
+        self.tables.ct()?.flush()
+    }
+
+    /// One garbage collection pass (see [`CtTable::gc`]).
+    pub fn conntrack_gc(&mut self) -> Result<conntrack::GcReport, BpfError> {
+        self.tables.ct()?.gc()
     }
 }
 

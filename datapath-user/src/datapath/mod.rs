@@ -6,5 +6,8 @@ pub mod conntrack;
 pub mod loader;
 pub mod object;
 pub mod snat;
+pub mod tables;
 
+pub use conntrack::{CtTable, Flow, GcReport};
 pub use loader::{AttachMode, Attachment, Bpf, BpfError};
+pub use tables::{Counters, Tables};
