@@ -11,5 +11,4 @@ pub mod api;
 pub mod datapath;
 pub mod host;
 pub mod ipam;
-pub mod run;
 pub mod state;

@@ -427,7 +427,7 @@ async fn run(client: &Client, args: RunArgs) -> Result<i32> {
             _ = sigint.recv() => {}
         }
     };
-    let code = datapath::run::exit_code(status);
+    let code = datapath::host::process::exit_code(status);
     client.call(Request::ContainerExited { name: c.name.clone(), code }).await?;
     Ok(code)
 }

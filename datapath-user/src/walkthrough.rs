@@ -42,8 +42,8 @@ async fn make_node() -> Result<()> {
             netns::create_named(ns)?;
         }
     }
-    let node = Netlink::in_netns(&netns::named_path(NODE_NS))?;
-    let outside = Netlink::in_netns(&netns::named_path(OUTSIDE_NS))?;
+    let node = Netlink::in_netns(&netns::named_path(NODE_NS)).await?;
+    let outside = Netlink::in_netns(&netns::named_path(OUTSIDE_NS)).await?;
     if node.link_index(UPLINK).await?.is_none() {
         let mac = [0x02, 0xd4, 0xcb, 0x00, 0x71, 0x01];
         node.create_veth(UPLINK, "eth0", &netns::named_path(OUTSIDE_NS), mac, None, None).await?;

@@ -7,14 +7,19 @@
 //! container id), so the plugin will be a thin client of this API.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::state::DatapathKind;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+
+mod client;
+mod error;
+mod views;
+
+pub use client::{Client, ClientError};
+pub use error::{ApiError, ErrorKind};
+pub use views::*;
 
 pub const API_VERSION: u32 = 1;
 pub const DEFAULT_SOCKET: &str = "/run/datapath/datapath.sock";
@@ -47,14 +52,6 @@ pub enum Request {
     ContainerStop { name: String },
     ConntrackList { endpoint: Option<String> },
     ConntrackFlush,
-}
-
-/// A tracked flow, attributed to its endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowView {
-    pub endpoint: Option<String>,
-    #[serde(flatten)]
-    pub flow: crate::datapath::conntrack::Flow,
 }
 
 /// `datapath run`: what to run and how it is networked.
@@ -152,228 +149,12 @@ pub struct Response {
     pub error: Option<ApiError>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    InvalidArgument,
-    NotFound,
-    Conflict,
-    Unsupported,
-    Internal,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Error)]
-#[error("{message}")]
-pub struct ApiError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError { kind, message: message.into() }
-    }
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::InvalidArgument, message)
-    }
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::NotFound, message)
-    }
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Conflict, message)
-    }
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Internal, message)
-    }
-}
-
 impl Response {
     pub fn ok(result: serde_json::Value) -> Self {
         Response { ok: true, result: Some(result), error: None }
     }
     pub fn err(error: ApiError) -> Self {
         Response { ok: false, result: None, error: Some(error) }
-    }
-}
-
-/// What `network inspect` returns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkView {
-    pub name: String,
-    pub id: String,
-    pub subnet: String,
-    pub gateway: Ipv4Addr,
-    pub bridge: String,
-    pub datapath: String,
-    pub created: String,
-    pub internal: bool,
-    pub options: NetworkOptionsView,
-    pub endpoints: Vec<NetworkEndpointView>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkOptionsView {
-    pub icc: bool,
-    pub masquerade: bool,
-    pub uplink: Option<String>,
-    pub mtu: u32,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkEndpointView {
-    pub name: String,
-    pub id: String,
-    pub ip: Ipv4Addr,
-    pub mac: String,
-}
-
-/// What `endpoint inspect` returns.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointView {
-    pub name: String,
-    pub id: String,
-    pub network: String,
-    pub ip: Ipv4Addr,
-    pub prefix_len: u8,
-    pub mac: String,
-    pub gateway: Ipv4Addr,
-    /// Name of the namespace under /run/netns when the agent made it.
-    pub netns: Option<String>,
-    pub netns_path: PathBuf,
-    pub ifname: String,
-    pub host_ifname: String,
-    pub host_ifindex: u32,
-    /// The eBPF program on the host veth's ingress (none on the kernel datapath).
-    #[serde(default)]
-    pub tc: Option<TcView>,
-    pub trace: bool,
-    pub container_id: Option<String>,
-    pub created: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TcView {
-    pub program: String,
-    pub hook: String,
-    /// For `bpftool prog show tag T`.
-    pub prog_tag: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsView {
-    pub counters: Vec<CounterView>,
-    /// Connection-tracking table pressure, from the last garbage collection.
-    #[serde(default)]
-    pub conntrack: Option<crate::datapath::conntrack::GcReport>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CounterView {
-    pub reason: String,
-    pub code: u32,
-    pub drop: bool,
-    /// An event counter (e.g. flows created), not a packet verdict.
-    #[serde(default)]
-    pub event: bool,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-/// One streamed trace record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TraceLine {
-    pub endpoint: String,
-    pub line: String,
-}
-
-#[derive(Debug, Error)]
-pub enum ClientError {
-    #[error("no agent is running at {0} (start one with `datapath agent`, or point --socket/DATAPATH_SOCKET at it)")]
-    NoAgent(PathBuf),
-    #[error("permission denied on {0}: the agent's socket is for root only")]
-    PermissionDenied(PathBuf),
-    #[error("talking to the agent at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("the agent sent a reply this client does not understand: {0}")]
-    Protocol(String),
-    #[error(transparent)]
-    Api(#[from] ApiError),
-}
-
-/// A connection to the agent.
-pub struct Client {
-    path: PathBuf,
-}
-
-impl Client {
-    pub fn new(path: impl AsRef<Path>) -> Self {
-        Client { path: path.as_ref().to_path_buf() }
-    }
-
-    async fn open(&self, request: Request) -> Result<(BufReader<UnixStream>, Response), ClientError> {
-        let stream = UnixStream::connect(&self.path).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                ClientError::NoAgent(self.path.clone())
-            }
-            std::io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(self.path.clone()),
-            _ => ClientError::Io { path: self.path.clone(), source: e },
-        })?;
-        let io = |source| ClientError::Io { path: self.path.clone(), source };
-        let mut stream = BufReader::new(stream);
-        let mut line = serde_json::to_vec(&Envelope { api_version: API_VERSION, request })
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        line.push(b'\n');
-        stream.get_mut().write_all(&line).await.map_err(io)?;
-        let mut reply = String::new();
-        if stream.read_line(&mut reply).await.map_err(io)? == 0 {
-            return Err(ClientError::Protocol("the agent closed the connection without answering".into()));
-        }
-        let response: Response = serde_json::from_str(&reply).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok((stream, response))
-    }
-
-    /// Sends one request and returns its result.
-    pub async fn call(&self, request: Request) -> Result<serde_json::Value, ClientError> {
-        let (_, response) = self.open(request).await?;
-        match response {
-            Response { ok: true, result, .. } => Ok(result.unwrap_or(serde_json::Value::Null)),
-            Response { error: Some(e), .. } => Err(ClientError::Api(e)),
-            _ => Err(ClientError::Protocol("error reply without an error".into())),
-        }
-    }
-
-    /// Sends a request and decodes its result as `T`.
-    pub async fn call_as<T: serde::de::DeserializeOwned>(&self, request: Request) -> Result<T, ClientError> {
-        let v = self.call(request).await?;
-        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
-    }
-
-    /// Starts a trace stream; `on_line` gets each record until the agent
-    /// closes the stream or `on_line` returns false.
-    pub async fn trace(
-        &self,
-        endpoint: Option<String>,
-        mut on_line: impl FnMut(TraceLine) -> bool,
-    ) -> Result<(), ClientError> {
-        let (mut stream, response) = self.open(Request::Trace { endpoint }).await?;
-        if let Some(e) = response.error {
-            return Err(ClientError::Api(e));
-        }
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = stream
-                .read_line(&mut line)
-                .await
-                .map_err(|source| ClientError::Io { path: self.path.clone(), source })?;
-            if n == 0 {
-                return Ok(());
-            }
-            let rec: TraceLine = serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
-            if !on_line(rec) {
-                return Ok(());
-            }
-        }
     }
 }
 

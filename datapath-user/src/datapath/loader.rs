@@ -65,7 +65,8 @@ pub struct Attachment {
 
 /// Programs and maps of the eBPF datapath, owned by the agent.
 pub struct Bpf {
-    mode: AttachMode,
+    /// TCX links (else clsact filters), from the attach mode and the kernel.
+    tcx: bool,
     ebpf: Ebpf,
     endpoints: HashMap<MapData, u32, EndpointInfo>,
     by_ip: HashMap<MapData, u32, EndpointInfo>,
@@ -73,6 +74,8 @@ pub struct Bpf {
     subnets: LpmTrie<MapData, u32, u32>,
     ct_config: Array<MapData, CtConfig>,
     tables: Tables,
+    /// Tag of the loaded endpoint program (read once: `inspect` shows it).
+    prog_tag: Option<String>,
     links: StdHashMap<u32, SchedClassifierLink>,
     uplink_links: StdHashMap<u32, SchedClassifierLink>,
 }
@@ -130,6 +133,8 @@ impl Bpf {
                 .map_err(|source| BpfError::Program { name, source })?;
             prog.load().map_err(|source| BpfError::Program { name, source })?;
         }
+        let prog_tag =
+            ebpf.program(PROG_FROM_ENDPOINT).and_then(|p| p.info().ok()).map(|i| format!("{:016x}", i.tag()));
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::NoMap(name));
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
@@ -140,7 +145,7 @@ impl Bpf {
         let subnets = LpmTrie::try_from(take(&mut ebpf, MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?;
         let ct_config = Array::try_from(take(&mut ebpf, MAP_CT_CONFIG)?).map_err(map_err(MAP_CT_CONFIG))?;
         Ok(Bpf {
-            mode,
+            tcx: uses_tcx(mode),
             ebpf,
             endpoints,
             by_ip,
@@ -148,6 +153,7 @@ impl Bpf {
             subnets,
             ct_config,
             tables,
+            prog_tag,
             links: StdHashMap::new(),
             uplink_links: StdHashMap::new(),
         })
@@ -185,7 +191,7 @@ impl Bpf {
 
     fn attach_prog(&mut self, name: &'static str, iface: &str) -> Result<SchedClassifierLink, BpfError> {
         let attach_err = |source| BpfError::Attach { prog: name, iface: iface.to_string(), source };
-        let tcx = self.uses_tcx();
+        let tcx = self.tcx;
         let prog: &mut SchedClassifier =
             self.ebpf.program_mut(name).ok_or(BpfError::NoProgram(name))?.try_into().map_err(attach_err)?;
         let options = if tcx {
@@ -217,22 +223,11 @@ impl Bpf {
         if !self.links.contains_key(&ifindex) {
             return None;
         }
-        let prog_tag =
-            self.ebpf.program(PROG_FROM_ENDPOINT).and_then(|p| p.info().ok()).map(|i| format!("{:016x}", i.tag()));
         Some(Attachment {
             program: PROG_FROM_ENDPOINT,
-            hook: if self.uses_tcx() { "tcx/ingress" } else { "clsact/ingress" },
-            prog_tag,
+            hook: if self.tcx { "tcx/ingress" } else { "clsact/ingress" },
+            prog_tag: self.prog_tag.clone(),
         })
-    }
-
-    fn uses_tcx(&self) -> bool {
-        let has_tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-        match self.mode {
-            AttachMode::Auto => has_tcx,
-            AttachMode::Tcx => true,
-            AttachMode::Clsact => false,
-        }
     }
 
     pub fn upsert_endpoint(&mut self, info: EndpointInfo) -> Result<(), BpfError> {
@@ -313,6 +308,16 @@ impl Bpf {
     /// One garbage collection pass (see [`CtTable::gc`]).
     pub fn conntrack_gc(&mut self) -> Result<conntrack::GcReport, BpfError> {
         self.tables.ct()?.gc()
+    }
+}
+
+fn uses_tcx(mode: AttachMode) -> bool {
+    match mode {
+        AttachMode::Auto => {
+            aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+        }
+        AttachMode::Tcx => true,
+        AttachMode::Clsact => false,
     }
 }
 

@@ -1,5 +1,5 @@
 //! Netfilter rules for kernel-datapath networks (the classic Docker setup:
-//! MASQUERADE, isolation, icc, internal) and the node's forwarding switch.
+//! MASQUERADE, isolation, icc, internal).
 //!
 //! The ruleset is rendered from the desired state by a pure function and
 //! applied atomically with `nft -f -` (replace-whole-table in one batch).
@@ -149,23 +149,6 @@ pub fn apply(script: &str, needed: bool) -> Result<(), NetfilterError> {
 
 pub fn needs_rules(state: &State) -> bool {
     kernel_networks(state).next().is_some()
-}
-
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
-/// Turns IPv4 forwarding on; returns the previous value when it changed it.
-pub fn enable_forwarding() -> Result<Option<String>, NetfilterError> {
-    let old = std::fs::read_to_string(IP_FORWARD).map_err(|e| NetfilterError::Io(IP_FORWARD.into(), e))?;
-    let old = old.trim().to_string();
-    if old == "1" {
-        return Ok(None);
-    }
-    std::fs::write(IP_FORWARD, b"1").map_err(|e| NetfilterError::Io(IP_FORWARD.into(), e))?;
-    Ok(Some(old))
-}
-
-pub fn restore_forwarding(old: &str) -> Result<(), NetfilterError> {
-    std::fs::write(IP_FORWARD, old.as_bytes()).map_err(|e| NetfilterError::Io(IP_FORWARD.into(), e))
 }
 
 #[cfg(test)]

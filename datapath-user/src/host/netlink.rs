@@ -68,13 +68,20 @@ impl Netlink {
 
     /// A connection inside the namespace at `path`: the socket is opened by a
     /// thread that entered it, and stays bound to it.
-    pub fn in_netns(path: &Path) -> Result<Self, NetlinkError> {
+    pub async fn in_netns(path: &Path) -> Result<Self, NetlinkError> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle) = netns::run_in(path, move || {
-            let _guard = rt.enter();
-            rtnetlink::new_connection().map(|(c, h, _)| (c, h))
-        })?
-        .map_err(NetlinkError::Socket)?;
+        let path = path.to_path_buf();
+        // Opening the socket means entering the namespace on a thread of
+        // its own (started and joined): kept off the async workers.
+        let opened = tokio::task::spawn_blocking(move || {
+            netns::run_in(&path, move || {
+                let _guard = rt.enter();
+                rtnetlink::new_connection().map(|(c, h, _)| (c, h))
+            })
+        })
+        .await
+        .map_err(|e| NetlinkError::Socket(std::io::Error::other(e)))?;
+        let (conn, handle) = opened?.map_err(NetlinkError::Socket)?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }

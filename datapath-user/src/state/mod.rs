@@ -13,6 +13,10 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod container;
+
+pub use container::{ContainerSpec, RunMode};
+
 pub const STATE_FILE: &str = "state.json";
 pub const STATE_VERSION: u32 = 1;
 
@@ -26,6 +30,8 @@ pub enum StateError {
     Version { path: PathBuf, found: u32 },
     #[error("cannot write state file {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot serialize the state: {0}")]
+    Serialize(String),
 }
 
 /// Which datapath forwards a network's traffic.
@@ -130,7 +136,7 @@ pub struct State {
     pub node: NodeChanges,
     /// Commands started with `datapath run`.
     #[serde(default)]
-    pub containers: BTreeMap<String, crate::run::ContainerSpec>,
+    pub containers: BTreeMap<String, ContainerSpec>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,19 +186,29 @@ impl State {
         Ok(Some(state))
     }
 
+    /// The state as it is written to the state file.
+    pub fn to_json(&self) -> Result<Vec<u8>, StateError> {
+        serde_json::to_vec_pretty(self).map_err(|e| StateError::Serialize(e.to_string()))
+    }
+
     /// Writes the state atomically (temp file, fsync, rename).
     pub fn save(&self, dir: &Path) -> Result<(), StateError> {
-        let path = dir.join(STATE_FILE);
-        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-        let werr = |source| StateError::Write { path: path.clone(), source };
-        std::fs::create_dir_all(dir).map_err(werr)?;
-        let text = serde_json::to_vec_pretty(self).map_err(|e| werr(std::io::Error::other(e)))?;
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(&text).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        std::fs::rename(&tmp, &path).map_err(werr)?;
-        Ok(())
+        write_file(dir, &self.to_json()?)
     }
+}
+
+/// Writes a serialized state into `dir` atomically (temp file, fsync,
+/// rename): a crash leaves the old file or the new one, never a mix.
+pub fn write_file(dir: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let path = dir.join(STATE_FILE);
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    let werr = |source| StateError::Write { path: path.clone(), source };
+    std::fs::create_dir_all(dir).map_err(werr)?;
+    let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+    f.write_all(bytes).map_err(werr)?;
+    f.sync_all().map_err(werr)?;
+    std::fs::rename(&tmp, &path).map_err(werr)?;
+    Ok(())
 }
 
 pub fn nets_overlap(a: &Ipv4Net, b: &Ipv4Net) -> bool {

@@ -1,11 +1,13 @@
-//! `datapath run`: Docker's network modes for a command, without images.
-//!
-//! Pure pieces live here (mode parsing, process identity); the agent keeps
-//! the records and the CLI attaches the terminal.
+//! What the state records of a command started with `datapath run`:
+//! Docker's network modes for a command, without images. The agent keeps
+//! the records, `host::process` identifies the processes and the CLI
+//! attaches the terminal.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::host::process;
 
 /// How a command is networked (`--network`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,29 +69,12 @@ pub struct ContainerSpec {
     pub created: String,
 }
 
-/// Start time of a process in clock ticks since boot, if it exists.
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
-}
-
-/// Field 22 of /proc/PID/stat; the command name (field 2) may contain spaces
-/// and parentheses, so fields are counted after its last ')'.
-pub fn parse_start_time(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 impl ContainerSpec {
     /// Whether the recorded process is still the one we started and alive
     /// (zombies count as exited).
     pub fn is_running(&self) -> bool {
         match (self.pid, self.pid_start) {
-            (Some(pid), Some(start)) => {
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-                let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
-                parse_start_time(&stat) == Some(start) && state != Some("Z") && state != Some("X")
-            }
+            (Some(pid), Some(start)) => process::is_alive(pid, start),
             _ => false,
         }
     }
@@ -105,12 +90,6 @@ impl ContainerSpec {
             "exited".into()
         }
     }
-}
-
-/// Exit status of a command as a shell reports it (128+signal when killed).
-pub fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -129,15 +108,6 @@ mod tests {
     }
 
     #[test]
-    fn start_time_survives_odd_command_names() {
-        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_time(stat), Some(987654));
-        assert_eq!(parse_start_time("garbage"), None);
-        let me = std::process::id();
-        assert!(process_start_time(me).is_some());
-    }
-
-    #[test]
     fn running_is_tied_to_pid_and_start_time() {
         let me = std::process::id();
         let mut c = ContainerSpec {
@@ -149,7 +119,7 @@ mod tests {
             detached: false,
             rm: false,
             pid: Some(me),
-            pid_start: process_start_time(me),
+            pid_start: process::start_time(me),
             exit_code: None,
             log: None,
             created: String::new(),

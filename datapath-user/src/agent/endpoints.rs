@@ -1,0 +1,361 @@
+//! Endpoints: a namespace (made or given) with a veth whose host end is on
+//! the network's bridge, an address and a default route, the endpoint
+//! program on the host end and the endpoint in the datapath's maps. Every
+//! step of a create is recorded ([`Made`]) and undone in reverse on failure.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use datapath_common::{EndpointInfo, EP_F_TRACE};
+use nix::errno::Errno;
+
+use super::{blocking, Inner, DEFAULT_NETWORK, NONE_NETWORK};
+use crate::api::{ApiError, EndpointCreate};
+use crate::host::netlink::Netlink;
+use crate::host::netns;
+use crate::ipam::{self, mac_for};
+use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, RunMode};
+
+/// What was made so far while creating an endpoint, undone in reverse on
+/// failure.
+#[derive(Default)]
+pub(super) struct Made {
+    netns: Option<PathBuf>,
+    host_ifindex: Option<u32>,
+    attached: Option<u32>,
+    maps: Option<(u32, u32)>,
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && !name.contains('/') && !name.contains(char::is_whitespace)
+}
+
+async fn create_netns(name: &str) -> Result<PathBuf, ApiError> {
+    let name = name.to_string();
+    Ok(blocking(move || netns::create_named(&name)).await??)
+}
+
+impl Inner {
+    /// What the datapath's maps hold for an endpoint.
+    pub(super) fn endpoint_info(&self, spec: &EndpointSpec, ifindex: u32) -> EndpointInfo {
+        let net = self.state.networks.get(&spec.network);
+        let traced = spec.trace || self.trace_all > 0 || self.trace_refs.get(&spec.name).copied().unwrap_or(0) > 0;
+        EndpointInfo {
+            ifindex,
+            ipv4: datapath_common::ipv4_key(spec.ip.octets()),
+            mac: spec.mac,
+            gw_mac: net.map(|n| mac_for(n.gateway)).unwrap_or_default(),
+            network_id: net.map(|n| n.num_id).unwrap_or(0),
+            flags: if traced { EP_F_TRACE } else { 0 },
+        }
+    }
+
+    /// Validates a create request into the spec of a new endpoint of `net`.
+    fn endpoint_spec(&self, req: &EndpointCreate, net: &NetworkSpec) -> Result<EndpointSpec, ApiError> {
+        let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".to_string());
+        if !valid_ifname(&ifname) {
+            return Err(ApiError::invalid(format!("invalid interface name {ifname:?}")));
+        }
+        let ip = ipam::assign(&net.subnet, net.gateway, &self.state.used_addresses(&net.name), req.ip)?;
+        let id = state::random_id();
+        let (netns_path, owns_netns) = match &req.netns_path {
+            Some(p) => (p.clone(), false),
+            None => (netns::named_path(&req.name), true),
+        };
+        Ok(EndpointSpec {
+            name: req.name.clone(),
+            network: net.name.clone(),
+            ip,
+            mac: mac_for(ip),
+            netns_path,
+            owns_netns,
+            ifname,
+            host_ifname: format!("dp{}", &id[..8]),
+            id,
+            container_id: req.container_id.clone(),
+            trace: req.trace,
+            created: state::now_rfc3339(),
+        })
+    }
+
+    /// Creates an endpoint; returns its name.
+    pub(super) async fn endpoint_create(&mut self, req: EndpointCreate) -> Result<String, ApiError> {
+        state::validate_name("endpoint", &req.name).map_err(ApiError::invalid)?;
+        if self.state.endpoints.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!("endpoint {:?} already exists", req.name)));
+        }
+        let network = req.network.clone().unwrap_or_else(|| DEFAULT_NETWORK.to_string());
+        if network == NONE_NETWORK {
+            return self.endpoint_create_none(req).await;
+        }
+        if self.state.containers.contains_key(&req.name) {
+            return Err(ApiError::conflict(format!("name {:?} is taken by a container", req.name)));
+        }
+        let net = self
+            .state
+            .networks
+            .get(&network)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
+        let spec = self.endpoint_spec(&req, &net)?;
+        let mut made = Made::default();
+        if let Err(e) = self.build_endpoint(&spec, &net, &mut made).await {
+            self.undo(&spec, made).await;
+            return Err(e);
+        }
+        self.state.endpoints.insert(spec.name.clone(), spec.clone());
+        let committed = match self.save().await {
+            Ok(()) => self.sync_node().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            self.state.endpoints.remove(&spec.name);
+            let _ = self.sync_node().await;
+            let _ = self.save().await;
+            self.undo(&spec, made).await;
+            return Err(e);
+        }
+        tracing::info!(endpoint = %spec.name, ip = %spec.ip, network = %spec.network, "endpoint created");
+        Ok(spec.name)
+    }
+
+    /// An endpoint of the `none` network: its own namespace with only `lo` up.
+    async fn endpoint_create_none(&mut self, req: EndpointCreate) -> Result<String, ApiError> {
+        if req.ip.is_some() {
+            return Err(ApiError::invalid("--ip makes no sense with the none network"));
+        }
+        if req.netns_path.is_some() {
+            return Err(ApiError::invalid("the none network makes its own namespace"));
+        }
+        let spec = EndpointSpec {
+            name: req.name.clone(),
+            id: state::random_id(),
+            network: NONE_NETWORK.into(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            mac: [0; 6],
+            netns_path: netns::named_path(&req.name),
+            owns_netns: true,
+            ifname: String::new(),
+            host_ifname: String::new(),
+            container_id: req.container_id.clone(),
+            trace: false,
+            created: state::now_rfc3339(),
+        };
+        let mut made = Made::default();
+        let mut built = self.build_none(&spec, &mut made).await;
+        if built.is_ok() {
+            self.state.endpoints.insert(spec.name.clone(), spec.clone());
+            built = self.save().await;
+            if built.is_err() {
+                self.state.endpoints.remove(&spec.name);
+            }
+        }
+        if let Err(e) = built {
+            self.undo(&spec, made).await;
+            return Err(e);
+        }
+        Ok(spec.name)
+    }
+
+    async fn build_none(&mut self, spec: &EndpointSpec, made: &mut Made) -> Result<(), ApiError> {
+        create_netns(&spec.name).await?;
+        made.netns = Some(spec.netns_path.clone());
+        let inside = Netlink::in_netns(&spec.netns_path).await?;
+        if let Some(lo) = inside.link_index("lo").await? {
+            inside.set_up(lo).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the namespace, veth, addressing, program and map entries of an
+    /// endpoint, recording each step in `made` for the rollback.
+    async fn build_endpoint(
+        &mut self,
+        spec: &EndpointSpec,
+        net: &NetworkSpec,
+        made: &mut Made,
+    ) -> Result<(), ApiError> {
+        let t0 = std::time::Instant::now();
+        let lap = |what: &str| tracing::debug!(endpoint = %spec.name, "{what} after {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
+        if spec.owns_netns {
+            create_netns(&spec.name).await?;
+            made.netns = Some(spec.netns_path.clone());
+        } else {
+            let path = spec.netns_path.clone();
+            blocking(move || netns::open(&path)).await??;
+        }
+        self.failpoint("netns")?;
+        lap("netns");
+
+        let bridge = match self.bridges.get(&net.name) {
+            Some(i) => *i,
+            None => self.ensure_bridge(net).await?,
+        };
+        let host = self
+            .nl
+            .create_veth(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, Some(bridge), net.options.mtu)
+            .await
+            .map_err(|e| match e.errno() {
+                Some(errno) if errno == Errno::EEXIST as i32 => {
+                    ApiError::conflict(format!("interface {} already exists in the endpoint's namespace", spec.ifname))
+                }
+                _ => e.into(),
+            })?;
+        made.host_ifindex = Some(host);
+        self.host_ifindex.insert(spec.name.clone(), host);
+        self.failpoint("veth")?;
+        lap("veth");
+
+        let inside = Netlink::in_netns(&spec.netns_path).await?;
+        if let Some(lo) = inside.link_index("lo").await? {
+            inside.set_up(lo).await?;
+        }
+        let eth = inside.require_index(&spec.ifname).await?;
+        inside.add_address(eth, spec.ip, net.subnet.prefix_len()).await?;
+        inside.set_up(eth).await?;
+        if !net.options.internal {
+            // Internal networks have no route beyond their subnet.
+            inside.add_default_route(net.gateway).await?;
+        }
+        self.failpoint("addr")?;
+        lap("addr");
+
+        if net.datapath == DatapathKind::Kernel {
+            // The bridge and netfilter do everything; the failpoints still
+            // fire so the rollback is testable on both datapaths.
+            self.failpoint("attach")?;
+            self.failpoint("maps")?;
+            return Ok(());
+        }
+        tokio::task::block_in_place(|| self.bpf.attach(&spec.host_ifname, host))?;
+        made.attached = Some(host);
+        self.failpoint("attach")?;
+        lap("attach");
+
+        let info = self.endpoint_info(spec, host);
+        tokio::task::block_in_place(|| self.bpf.upsert_endpoint(info))?;
+        made.maps = Some((host, info.ipv4));
+        self.failpoint("maps")?;
+        Ok(())
+    }
+
+    /// Undoes what `made` records, in reverse; errors are logged, not
+    /// returned (a rollback goes as far as it can).
+    async fn undo(&mut self, spec: &EndpointSpec, made: Made) {
+        tokio::task::block_in_place(|| {
+            if let Some((ifindex, ip)) = made.maps {
+                self.bpf.remove_endpoint(ifindex, ip);
+            }
+            if let Some(ifindex) = made.attached {
+                self.bpf.detach(ifindex);
+            }
+        });
+        if let Some(ifindex) = made.host_ifindex {
+            if let Err(e) = self.nl.delete_link(ifindex).await {
+                tracing::error!(endpoint = %spec.name, "rollback: deleting veth {}: {e}", spec.host_ifname);
+            }
+        }
+        self.host_ifindex.remove(&spec.name);
+        if let Some(path) = made.netns {
+            match blocking(move || netns::delete_path(&path)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(endpoint = %spec.name, "rollback: deleting netns: {e}"),
+                Err(e) => tracing::error!(endpoint = %spec.name, "rollback: deleting netns: {e}"),
+            }
+        }
+    }
+
+    pub(super) async fn endpoint_remove(&mut self, name: &str) -> Result<(), ApiError> {
+        let spec = self
+            .state
+            .endpoints
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("endpoint {name:?} not found")))?;
+        let users: Vec<&str> = self
+            .state
+            .containers
+            .values()
+            .filter(|c| c.endpoint.as_deref() == Some(name) || c.mode == RunMode::Container(name.to_string()))
+            .filter(|c| c.is_running())
+            .map(|c| c.name.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::conflict(format!(
+                "endpoint {name:?} is in use by running command(s) {}: `datapath stop` them first",
+                users.join(", ")
+            )));
+        }
+        let ifindex = match self.host_ifindex.get(name) {
+            Some(i) => Some(*i),
+            None if spec.host_ifname.is_empty() => None,
+            None => self.nl.link_index(&spec.host_ifname).await?,
+        };
+        let ipv4 = datapath_common::ipv4_key(spec.ip.octets());
+        let made = Made {
+            netns: spec.owns_netns.then(|| spec.netns_path.clone()),
+            host_ifindex: ifindex,
+            attached: ifindex,
+            maps: ifindex.map(|i| (i, ipv4)),
+        };
+        self.undo(&spec, made).await;
+        self.trace_refs.remove(name);
+        self.state.endpoints.remove(name);
+        self.state.containers.retain(|_, c| c.endpoint.as_deref() != Some(name));
+        if let Err(e) = self.sync_node().await {
+            tracing::error!(endpoint = %name, "updating node configuration: {e}");
+        }
+        self.save().await?;
+        tracing::info!(endpoint = %name, "endpoint removed");
+        Ok(())
+    }
+
+    /// Brings an endpoint from the state back into the datapath after an agent
+    /// restart: re-attach and re-fill the maps when its links survived,
+    /// rebuild it from scratch otherwise.
+    pub(super) async fn restore_endpoint(&mut self, spec: &EndpointSpec) -> Result<(), ApiError> {
+        if spec.network == NONE_NETWORK {
+            if !spec.netns_path.exists() {
+                let mut made = Made::default();
+                if let Err(e) = self.build_none(spec, &mut made).await {
+                    self.undo(spec, made).await;
+                    return Err(e);
+                }
+            }
+            return Ok(());
+        }
+        let net = self
+            .state
+            .networks
+            .get(&spec.network)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", spec.network)))?;
+        let host = self.nl.link_index(&spec.host_ifname).await?;
+        if let (Some(host), true) = (host, spec.netns_path.exists()) {
+            self.host_ifindex.insert(spec.name.clone(), host);
+            if net.datapath == DatapathKind::Kernel {
+                return Ok(());
+            }
+            let info = self.endpoint_info(spec, host);
+            tokio::task::block_in_place(|| {
+                self.bpf.attach(&spec.host_ifname, host)?;
+                self.bpf.upsert_endpoint(info)
+            })?;
+            return Ok(());
+        }
+        tracing::warn!(endpoint = %spec.name, "endpoint links are gone, rebuilding it");
+        if let Some(host) = host {
+            self.nl.delete_link(host).await?;
+        }
+        if spec.owns_netns {
+            let path = spec.netns_path.clone();
+            blocking(move || netns::delete_path(&path)).await??;
+        }
+        let mut made = Made::default();
+        if let Err(e) = self.build_endpoint(spec, &net, &mut made).await {
+            self.undo(spec, made).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,72 @@
+//! How the agent's failures and internal records become API answers: one
+//! place for the conversions into [`ApiError`] and the wire views of the
+//! datapath's own types.
+
+use crate::api::{ApiError, ConntrackFlow, ConntrackPressure, FlowSource, FlowTuple, FlowView};
+use crate::datapath::{BpfError, Flow, GcReport};
+use crate::host::netfilter::NetfilterError;
+use crate::host::netlink::NetlinkError;
+use crate::host::netns::NetnsError;
+use crate::host::sysctl::SysctlError;
+use crate::ipam::IpamError;
+use crate::state::StateError;
+
+macro_rules! internal {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ApiError {
+            fn from(e: $t) -> Self {
+                ApiError::internal(e.to_string())
+            }
+        }
+    )*};
+}
+
+internal!(NetlinkError, BpfError, StateError, NetfilterError, SysctlError);
+
+impl From<IpamError> for ApiError {
+    fn from(e: IpamError) -> Self {
+        match e {
+            IpamError::AddressInUse(_) | IpamError::Exhausted(_) => ApiError::conflict(e.to_string()),
+            _ => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
+impl From<NetnsError> for ApiError {
+    fn from(e: NetnsError) -> Self {
+        match e {
+            NetnsError::Exists(n) => ApiError::conflict(format!("a network namespace named {n:?} already exists")),
+            NetnsError::Missing(p) => ApiError::not_found(format!("network namespace {} does not exist", p.display())),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<GcReport> for ConntrackPressure {
+    fn from(r: GcReport) -> Self {
+        ConntrackPressure { scanned: r.scanned, removed: r.removed, live: r.live, capacity: r.capacity }
+    }
+}
+
+/// A tracked flow as `conntrack ls` shows it, attributed to `endpoint`.
+pub(super) fn flow_view(endpoint: Option<String>, f: Flow) -> FlowView {
+    let o = f.original;
+    FlowView {
+        endpoint,
+        flow: ConntrackFlow {
+            protocol: f.protocol,
+            original: FlowTuple { src: o.src, sport: o.sport, dst: o.dst, dport: o.dport },
+            translated: f.translated.map(|t| FlowSource { src: t.src, sport: t.sport }),
+            state: f.state,
+            packets: f.packets,
+            bytes: f.bytes,
+            tx_packets: f.tx_packets,
+            tx_bytes: f.tx_bytes,
+            rx_packets: f.rx_packets,
+            rx_bytes: f.rx_bytes,
+            remaining_s: f.remaining_s,
+            age_s: f.age_s,
+            ifindex: f.ifindex,
+        },
+    }
+}

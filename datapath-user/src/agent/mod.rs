@@ -1,0 +1,251 @@
+//! The agent: owns the desired state, the topology and the eBPF datapath,
+//! and serves the API on a unix socket.
+//!
+//! # Concurrency model
+//!
+//! * **Writers** (creates, removes, `run`, trace subscriptions, the periodic
+//!   uplink sync) take [`Inner`] behind one async mutex, one at a time, so
+//!   every change sees a consistent state and persists it in order.
+//! * **Readers** (`ls`, `inspect`, `ps`, `stats`, `conntrack ls`, `ping`)
+//!   never take that lock. Each writer publishes an immutable [`Snapshot`]
+//!   of the state when it is done ([`Agent::publish`]); readers render from
+//!   the latest one, and read the counters and the conntrack table through
+//!   their own map handles ([`Tables`]). A slow create never delays them.
+//! * **Nothing blocks the runtime**: namespace work (threads that enter a
+//!   namespace), `nft`, file writes with fsync, process spawns and map
+//!   walks run on blocking threads ([`blocking`]); the short map updates
+//!   and program attachments made while holding the writer lock run in
+//!   [`tokio::task::block_in_place`].
+//! * The conntrack GC ([`upkeep`]) walks the table on a blocking thread
+//!   without the writer lock.
+//!
+//! One request's data flows down: `serve` (socket) -> dispatch in [`Agent::handle`]
+//! -> `networks`/`endpoints`/`containers` (the writer side) or `snapshot`
+//! (the reader side) -> `host` (netlink, namespaces, netfilter) and
+//! `datapath` (maps, programs).
+
+mod containers;
+mod endpoints;
+mod error;
+mod lifecycle;
+mod networks;
+mod serve;
+mod snapshot;
+mod trace;
+mod upkeep;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use ipnet::Ipv4Net;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, Mutex};
+
+use crate::api::{ApiError, Request, API_VERSION};
+use crate::datapath::{AttachMode, Bpf, GcReport, Tables};
+use crate::host::netlink::Netlink;
+use crate::state::{DatapathKind, State};
+
+pub use serve::{bind_socket, run};
+pub use snapshot::Snapshot;
+
+pub const DEFAULT_NETWORK: &str = "bridge";
+pub const DEFAULT_BRIDGE: &str = "datapath0";
+pub const DEFAULT_SUBNET: &str = "10.10.0.0/16";
+/// Pseudo-network of endpoints that are a namespace with only `lo`.
+pub const NONE_NETWORK: &str = "none";
+/// Test-only fault injection: `endpoint:<step>` fails every endpoint create
+/// right after that step, to prove the rollback.
+pub const FAILPOINT_ENV: &str = "DATAPATH_FAILPOINT";
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub default_network: bool,
+    pub default_subnet: Ipv4Net,
+    /// Remove every endpoint and network (and the state) on shutdown.
+    pub cleanup_on_exit: bool,
+    pub attach_mode: AttachMode,
+    /// Datapath of networks created without `--datapath` (and of the default network).
+    pub default_datapath: DatapathKind,
+    /// SNAT port range; chosen clear of the node's ephemeral ports when unset.
+    pub nat_ports: Option<(u16, u16)>,
+    /// Connection-tracking lifetimes (seconds; 0 = the datapath's default).
+    pub ct: datapath_common::CtConfig,
+    /// Seconds between conntrack garbage collections.
+    pub ct_gc_interval: u64,
+}
+
+/// The writer side: everything a change needs, behind [`Agent::inner`].
+pub(crate) struct Inner {
+    cfg: AgentConfig,
+    state: State,
+    nl: Netlink,
+    bpf: Bpf,
+    /// ifindex of each network's bridge.
+    bridges: BTreeMap<String, u32>,
+    /// ifindex of each endpoint's host veth.
+    host_ifindex: BTreeMap<String, u32>,
+    /// Trace subscribers per endpoint, and for "all".
+    trace_refs: HashMap<String, usize>,
+    trace_all: usize,
+    failpoint: Option<String>,
+    /// SNAT source port range, clear of the node's ephemeral ports.
+    nat_ports: (u16, u16),
+    /// What the datapath was last told about each network (by name).
+    net_info: BTreeMap<String, datapath_common::NetworkInfo>,
+    /// Uplinks with the reverse-NAT program attached (ifindex -> name).
+    uplinks: BTreeMap<u32, String>,
+    /// The nft script last applied: unchanged scripts are not re-applied
+    /// (spawning nft costs milliseconds per endpoint).
+    applied_nft: Option<String>,
+}
+
+pub struct Agent {
+    cfg: AgentConfig,
+    inner: Mutex<Inner>,
+    /// What readers see: replaced whole by every writer (never held across
+    /// an await).
+    view: RwLock<Arc<Snapshot>>,
+    /// Counters and conntrack, read and cleaned without `inner`.
+    tables: Tables,
+    /// The last conntrack GC's report (table pressure for `stats`).
+    gc_report: std::sync::Mutex<Option<GcReport>>,
+    trace_tx: broadcast::Sender<String>,
+}
+
+/// Runs blocking work (namespace threads, `nft`, fsync, map walks) off the
+/// async workers.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("blocking task failed: {e}")))
+}
+
+pub(crate) fn to_value<T: serde::Serialize>(v: T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+impl Agent {
+    /// Loads the datapath, restores the persisted state and creates the
+    /// default network if needed.
+    pub async fn start(cfg: AgentConfig) -> anyhow::Result<Arc<Agent>> {
+        let (trace_tx, _) = broadcast::channel(4096);
+        let inner = Inner::start(cfg.clone(), trace_tx.clone()).await?;
+        let tables = inner.bpf.tables();
+        let agent = Arc::new(Agent {
+            cfg,
+            view: RwLock::new(Arc::new(inner.snapshot())),
+            inner: Mutex::new(inner),
+            tables,
+            gc_report: std::sync::Mutex::new(None),
+            trace_tx,
+        });
+        upkeep::spawn(&agent);
+        Ok(agent)
+    }
+
+    /// The latest published snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.view.read().map(|v| v.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Publishes what `inner` holds now to the readers; returns it.
+    fn publish(&self, inner: &Inner) -> Arc<Snapshot> {
+        let snap = Arc::new(inner.snapshot());
+        match self.view.write() {
+            Ok(mut v) => *v = snap.clone(),
+            Err(p) => *p.into_inner() = snap.clone(),
+        }
+        snap
+    }
+
+    /// Serves one request: readers from the snapshot, writers under the lock.
+    pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Value, ApiError> {
+        let request = match self.read(request).await {
+            Ok(answer) => return answer,
+            Err(write) => write,
+        };
+        match request {
+            Request::ContainerCreate(req) => self.container_create(req).await,
+            Request::ContainerStop { name } => self.container_stop(&name).await.map(|_| Value::Null),
+            Request::Trace { .. } => Err(ApiError::invalid("trace is a streaming request")),
+            write => {
+                let mut inner = self.inner.lock().await;
+                let result = inner.write(write).await;
+                let snap = self.publish(&inner);
+                drop(inner);
+                match result? {
+                    Written::Value(v) => Ok(v),
+                    Written::Network(name) => snap.network(&name).and_then(to_value),
+                    Written::Endpoint(name) => snap.endpoint(&name).and_then(to_value),
+                }
+            }
+        }
+    }
+
+    /// Answers a read-only request without the writer lock; gives any other
+    /// request back.
+    async fn read(&self, request: Request) -> Result<Result<Value, ApiError>, Request> {
+        let snap = self.snapshot();
+        Ok(match request {
+            Request::Ping => Ok(json!({"api_version": API_VERSION, "agent": env!("CARGO_PKG_VERSION")})),
+            Request::NetworkList => to_value(snap.networks()),
+            Request::NetworkInspect { name } => snap.network(&name).and_then(to_value),
+            Request::EndpointList => to_value(snap.endpoints()),
+            Request::EndpointInspect { name } => snap.endpoint(&name).and_then(to_value),
+            // Liveness comes from /proc: off the async workers.
+            Request::ContainerList => blocking(move || snap.containers()).await.and_then(to_value),
+            Request::Stats => self.stats().await.and_then(to_value),
+            Request::ConntrackList { endpoint } => self.conntrack_list(snap, endpoint).await.and_then(to_value),
+            other => return Err(other),
+        })
+    }
+}
+
+/// What a change made, rendered from the snapshot published after it.
+enum Written {
+    Value(Value),
+    Network(String),
+    Endpoint(String),
+}
+
+impl Inner {
+    /// A change to the state (the requests [`Agent::handle`] sends here).
+    async fn write(&mut self, request: Request) -> Result<Written, ApiError> {
+        let done = Written::Value(Value::Null);
+        match request {
+            Request::NetworkCreate(r) => self.network_create(r).await.map(Written::Network),
+            Request::NetworkRemove { name } => self.network_remove(&name, false).await.map(|_| done),
+            Request::EndpointCreate(r) => self.endpoint_create(r).await.map(Written::Endpoint),
+            Request::EndpointRemove { name } => self.endpoint_remove(&name).await.map(|_| done),
+            Request::ContainerStarted { name, pid } => self.container_started(&name, pid).await.map(|_| done),
+            Request::ContainerExited { name, code } => self.container_exited(&name, code).await.map(|_| done),
+            Request::ConntrackFlush => {
+                let tables = self.bpf.tables();
+                let removed = blocking(move || tables.ct()?.flush()).await??;
+                Ok(Written::Value(json!({ "removed": removed })))
+            }
+            other => Err(ApiError::internal(format!("not a write request: {other:?}"))),
+        }
+    }
+
+    /// Persists the state: serialized here, written (temp file, fsync,
+    /// rename) on a blocking thread.
+    async fn save(&self) -> Result<(), ApiError> {
+        let bytes = self.state.to_json()?;
+        let dir = self.cfg.state_dir.clone();
+        blocking(move || crate::state::write_file(&dir, &bytes)).await??;
+        Ok(())
+    }
+
+    fn failpoint(&self, step: &str) -> Result<(), ApiError> {
+        match &self.failpoint {
+            Some(f) if f == &format!("endpoint:{step}") => {
+                Err(ApiError::internal(format!("injected failure after step {step:?} ({FAILPOINT_ENV})")))
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The reader side: an immutable snapshot of the state that every writer
+//! publishes when it is done, the API views rendered from it, and the
+//! reads of the datapath's tables (counters, conntrack) that need no lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use datapath_common::reason;
+
+use super::{blocking, Agent, Inner};
+use crate::api::{
+    ApiError, ContainerView, CounterView, EndpointView, FlowView, NetworkEndpointView, NetworkOptionsView, NetworkView,
+    StatsView, TcView,
+};
+use crate::datapath::Attachment;
+use crate::ipam::format_mac;
+use crate::state::{ContainerSpec, EndpointSpec, NetworkSpec, RunMode, State};
+
+/// What readers see of the agent at one moment.
+pub struct Snapshot {
+    state: State,
+    /// ifindex of each endpoint's host veth.
+    host_ifindex: BTreeMap<String, u32>,
+    /// The endpoint program's attachment, per host veth that has it.
+    attached: BTreeMap<u32, Attachment>,
+    /// host ifindex -> (endpoint name, address), to attribute trace lines.
+    names: HashMap<u32, (String, Ipv4Addr)>,
+}
+
+impl Inner {
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let attached = self.host_ifindex.values().filter_map(|i| self.bpf.attachment(*i).map(|a| (*i, a))).collect();
+        let names = self
+            .state
+            .endpoints
+            .values()
+            .filter_map(|e| self.host_ifindex.get(&e.name).map(|i| (*i, (e.name.clone(), e.ip))))
+            .collect();
+        Snapshot { state: self.state.clone(), host_ifindex: self.host_ifindex.clone(), attached, names }
+    }
+}
+
+fn network_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("network {name:?} not found"))
+}
+
+fn endpoint_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("endpoint {name:?} not found"))
+}
+
+impl Snapshot {
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn networks(&self) -> Vec<NetworkView> {
+        self.state.networks.values().map(|n| self.network_view(n)).collect()
+    }
+
+    pub fn network(&self, name: &str) -> Result<NetworkView, ApiError> {
+        self.state.networks.get(name).map(|n| self.network_view(n)).ok_or_else(|| network_not_found(name))
+    }
+
+    pub fn endpoints(&self) -> Vec<EndpointView> {
+        self.state.endpoints.values().map(|e| self.endpoint_view(e)).collect()
+    }
+
+    pub fn endpoint(&self, name: &str) -> Result<EndpointView, ApiError> {
+        self.state.endpoints.get(name).map(|e| self.endpoint_view(e)).ok_or_else(|| endpoint_not_found(name))
+    }
+
+    /// What `ps` shows (reads /proc: call it on a blocking thread).
+    pub fn containers(&self) -> Vec<ContainerView> {
+        self.state.containers.values().map(|c| self.container_view(c)).collect()
+    }
+
+    pub fn container(&self, name: &str) -> Result<ContainerView, ApiError> {
+        let c = self.state.containers.get(name);
+        c.map(|c| self.container_view(c)).ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))
+    }
+
+    /// The endpoint (name, address) behind a host veth, for trace lines.
+    pub fn endpoint_by_ifindex(&self, ifindex: u32) -> Option<&(String, Ipv4Addr)> {
+        self.names.get(&ifindex)
+    }
+
+    /// The address of an endpoint that has a host veth.
+    pub fn endpoint_ip(&self, name: &str) -> Option<Ipv4Addr> {
+        self.names.values().find(|(n, _)| n == name).map(|(_, ip)| *ip)
+    }
+
+    fn network_view(&self, n: &NetworkSpec) -> NetworkView {
+        NetworkView {
+            name: n.name.clone(),
+            id: n.id.clone(),
+            subnet: n.subnet.to_string(),
+            gateway: n.gateway,
+            bridge: n.bridge.clone(),
+            datapath: n.datapath.to_string(),
+            created: n.created.clone(),
+            internal: n.options.internal,
+            options: NetworkOptionsView {
+                icc: n.options.icc,
+                masquerade: n.options.masquerade,
+                uplink: n.options.uplink.clone(),
+                mtu: n.options.mtu.unwrap_or(1500),
+            },
+            endpoints: self
+                .state
+                .endpoints_of(&n.name)
+                .map(|e| NetworkEndpointView {
+                    name: e.name.clone(),
+                    id: e.id.clone(),
+                    ip: e.ip,
+                    mac: format_mac(&e.mac),
+                })
+                .collect(),
+        }
+    }
+
+    fn endpoint_view(&self, e: &EndpointSpec) -> EndpointView {
+        let net = self.state.networks.get(&e.network);
+        let host_ifindex = self.host_ifindex.get(&e.name).copied();
+        EndpointView {
+            name: e.name.clone(),
+            id: e.id.clone(),
+            network: e.network.clone(),
+            ip: e.ip,
+            prefix_len: net.map(|n| n.subnet.prefix_len()).unwrap_or(32),
+            mac: format_mac(&e.mac),
+            gateway: net.map(|n| n.gateway).unwrap_or(Ipv4Addr::UNSPECIFIED),
+            netns: e.owns_netns.then(|| e.name.clone()),
+            netns_path: e.netns_path.clone(),
+            ifname: e.ifname.clone(),
+            host_ifname: e.host_ifname.clone(),
+            host_ifindex: host_ifindex.unwrap_or(0),
+            tc: host_ifindex.and_then(|i| self.attached.get(&i)).map(|a| TcView {
+                program: a.program.to_string(),
+                hook: a.hook.to_string(),
+                prog_tag: a.prog_tag.clone(),
+            }),
+            trace: e.trace,
+            container_id: e.container_id.clone(),
+            created: e.created.clone(),
+        }
+    }
+
+    fn container_view(&self, c: &ContainerSpec) -> ContainerView {
+        let own = match &c.mode {
+            RunMode::Container(n) => Some(n),
+            _ => None,
+        };
+        let ip = c
+            .endpoint
+            .as_ref()
+            .or(own)
+            .and_then(|e| self.state.endpoints.get(e))
+            .map(|e| e.ip)
+            .filter(|ip| !ip.is_unspecified());
+        ContainerView {
+            name: c.name.clone(),
+            network: c.mode.to_string(),
+            endpoint: c.endpoint.clone(),
+            ip,
+            netns_path: c.netns_path.clone(),
+            pid: c.pid,
+            status: c.status(),
+            argv: c.argv.clone(),
+            detached: c.detached,
+            rm: c.rm,
+            log: c.log.clone(),
+            created: c.created.clone(),
+        }
+    }
+}
+
+impl Agent {
+    /// Per-reason counters (summed over CPUs on a blocking thread) and the
+    /// last GC's table pressure.
+    pub(super) async fn stats(&self) -> Result<StatsView, ApiError> {
+        let counters = self.tables.counters.clone();
+        let read = blocking(move || counters.read()).await??;
+        let counters = read
+            .into_iter()
+            .map(|(code, c)| CounterView {
+                reason: reason::name(code).to_string(),
+                code,
+                drop: reason::is_drop(code),
+                event: reason::is_event(code),
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect();
+        let conntrack = self.gc_report.lock().ok().and_then(|r| r.clone()).map(Into::into);
+        Ok(StatsView { counters, conntrack })
+    }
+
+    /// Tracked flows, attributed to their endpoints (the table is walked on
+    /// a blocking thread, without the writer lock).
+    pub(super) async fn conntrack_list(
+        &self,
+        snap: Arc<Snapshot>,
+        endpoint: Option<String>,
+    ) -> Result<Vec<FlowView>, ApiError> {
+        if let Some(want) = &endpoint {
+            if !snap.state.endpoints.contains_key(want) {
+                return Err(endpoint_not_found(want));
+            }
+        }
+        let tables = self.tables.clone();
+        let flows = blocking(move || tables.ct()?.flows()).await??;
+        Ok(flows
+            .into_iter()
+            .map(|flow| {
+                let name = snap.endpoint_by_ifindex(flow.ifindex).map(|(n, _)| n.clone());
+                super::error::flow_view(name, flow)
+            })
+            .filter(|f| endpoint.is_none() || f.endpoint == endpoint)
+            .collect())
+    }
+}

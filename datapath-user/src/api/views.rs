@@ -1,0 +1,163 @@
+//! What the agent answers: the views of networks, endpoints, commands,
+//! counters, flows and traces. Wire types only: the agent converts its
+//! internal types into these.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What `network inspect` returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkView {
+    pub name: String,
+    pub id: String,
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    pub bridge: String,
+    pub datapath: String,
+    pub created: String,
+    pub internal: bool,
+    pub options: NetworkOptionsView,
+    pub endpoints: Vec<NetworkEndpointView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkOptionsView {
+    pub icc: bool,
+    pub masquerade: bool,
+    pub uplink: Option<String>,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkEndpointView {
+    pub name: String,
+    pub id: String,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+}
+
+/// What `endpoint inspect` returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointView {
+    pub name: String,
+    pub id: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: String,
+    pub gateway: Ipv4Addr,
+    /// Name of the namespace under /run/netns when the agent made it.
+    pub netns: Option<String>,
+    pub netns_path: PathBuf,
+    pub ifname: String,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    /// The eBPF program on the host veth's ingress (none on the kernel datapath).
+    #[serde(default)]
+    pub tc: Option<TcView>,
+    pub trace: bool,
+    pub container_id: Option<String>,
+    pub created: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcView {
+    pub program: String,
+    pub hook: String,
+    /// For `bpftool prog show tag T`.
+    pub prog_tag: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub counters: Vec<CounterView>,
+    /// Connection-tracking table pressure, from the last garbage collection.
+    #[serde(default)]
+    pub conntrack: Option<ConntrackPressure>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterView {
+    pub reason: String,
+    pub code: u32,
+    pub drop: bool,
+    /// An event counter (e.g. flows created), not a packet verdict.
+    #[serde(default)]
+    pub event: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// One streamed trace record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceLine {
+    pub endpoint: String,
+    pub line: String,
+}
+
+/// A tracked flow, attributed to its endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    pub endpoint: Option<String>,
+    #[serde(flatten)]
+    pub flow: ConntrackFlow,
+}
+
+/// One tracked flow (a masqueraded connection).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackFlow {
+    /// "tcp", "udp", "icmp" (or the protocol number).
+    pub protocol: String,
+    /// As sent by the endpoint.
+    pub original: FlowTuple,
+    /// `None` when the flow is not source-translated.
+    pub translated: Option<FlowSource>,
+    /// "syn-sent", "established", "closing", "closed" (TCP); "new" (no reply
+    /// yet), "established" (UDP, ICMP).
+    pub state: String,
+    /// Both directions.
+    pub packets: u64,
+    pub bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Seconds until the entry expires (0 when expired, awaiting GC).
+    pub remaining_s: u64,
+    /// Seconds since the flow was created.
+    pub age_s: u64,
+    /// ifindex of the endpoint's host-side veth.
+    pub ifindex: u32,
+}
+
+/// Addresses and ports of a flow (ICMP echo: the identifier as `sport`,
+/// `dport` 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTuple {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+}
+
+/// The translated source of a masqueraded flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowSource {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+}
+
+/// Connection-tracking table pressure, from the last garbage collection.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackPressure {
+    /// Entries looked at.
+    pub scanned: usize,
+    /// Entries removed (an expired flow counts its two entries).
+    pub removed: usize,
+    /// Entries left.
+    pub live: usize,
+    /// Capacity of the table (entries).
+    pub capacity: u32,
+}
