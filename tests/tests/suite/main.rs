@@ -6,6 +6,7 @@
 //! (`DATAPATH_BIN=/path/to/datapath` to pick the binary).
 
 mod cli;
+mod concurrency;
 mod connectivity;
 mod lifecycle;
 mod masquerade;
