@@ -43,67 +43,80 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
     }
     let all: Vec<String> = state.networks.values().map(|n| n.subnet.to_string()).collect();
     s += &format!("table ip {TABLE} {{\n");
-    s += "  chain forward {\n    type filter hook forward priority filter; policy accept;\n";
-    for n in &nets {
-        let others: Vec<&String> = all.iter().filter(|x| **x != n.subnet.to_string()).collect();
+    s += &forward_chain(&nets, &all);
+    s += &input_chain(&nets, &all);
+    s += &postrouting_chain(&nets, uplink_of);
+    s += "}\n";
+    s + &icc_table(state, &nets)
+}
+
+/// The subnets of the other networks than `n`, as the body of an nft set.
+fn other_subnets(all: &[String], n: &NetworkSpec) -> Option<String> {
+    let own = n.subnet.to_string();
+    let others: Vec<&str> = all.iter().filter(|x| **x != own).map(String::as_str).collect();
+    (!others.is_empty()).then(|| others.join(", "))
+}
+
+/// The rule that keeps `n`'s traffic in (internal) or out of the other
+/// networks (isolation), matched on the bridge as input interface.
+fn isolation_rule(n: &NetworkSpec, all: &[String]) -> String {
+    if n.options.internal {
+        format!("    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n", n.bridge, n.subnet, n.name)
+    } else if let Some(set) = other_subnets(all, n) {
+        format!("    iifname \"{}\" ip daddr {{ {set} }} drop comment \"isolation {}\"\n", n.bridge, n.name)
+    } else {
+        String::new()
+    }
+}
+
+/// Forwarded traffic: what conntrack cannot place, internal networks,
+/// isolation between networks.
+fn forward_chain(nets: &[&NetworkSpec], all: &[String]) -> String {
+    let mut s = String::from("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    for n in nets {
         // Packets conntrack cannot place (bad checksum, truncated, a stray
         // ACK) would leave unmasqueraded, with the private source address.
         s += &format!("    iifname \"{}\" ct state invalid drop comment \"invalid {}\"\n", n.bridge, n.name);
+        s += &isolation_rule(n, all);
         if n.options.internal {
-            s += &format!(
-                "    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n",
-                n.bridge, n.subnet, n.name
-            );
             s += &format!(
                 "    oifname \"{}\" ip saddr != {} drop comment \"internal {}\"\n",
                 n.bridge, n.subnet, n.name
             );
-        } else if !others.is_empty() {
-            let set = others.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ");
-            s += &format!("    iifname \"{}\" ip daddr {{ {set} }} drop comment \"isolation {}\"\n", n.bridge, n.name);
         }
     }
-    s += "  }\n";
-    // The node's own addresses on other networks (their gateways) are
-    // another network too: isolation covers them, as on the eBPF datapath.
-    s += "  chain input {\n    type filter hook input priority filter; policy accept;\n";
-    for n in &nets {
-        let others: Vec<&String> = all.iter().filter(|x| **x != n.subnet.to_string()).collect();
-        if n.options.internal {
-            s += &format!(
-                "    iifname \"{}\" ip daddr != {} drop comment \"internal {}\"\n",
-                n.bridge, n.subnet, n.name
-            );
-        } else if !others.is_empty() {
-            let set = others.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ");
-            s += &format!("    iifname \"{}\" ip daddr {{ {set} }} drop comment \"isolation {}\"\n", n.bridge, n.name);
-        }
+    s + "  }\n"
+}
+
+/// The node's own addresses on other networks (their gateways) are another
+/// network too: isolation covers them, as on the eBPF datapath.
+fn input_chain(nets: &[&NetworkSpec], all: &[String]) -> String {
+    let mut s = String::from("  chain input {\n    type filter hook input priority filter; policy accept;\n");
+    for n in nets {
+        s += &isolation_rule(n, all);
     }
-    s += "  }\n";
-    s += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n";
-    for n in &nets {
-        if n.options.masquerade && !n.options.internal {
-            match uplink_of(n) {
-                Some(up) => {
-                    s += &format!(
-                        "    ip saddr {} oifname \"{up}\" masquerade comment \"masquerade {}\"\n",
-                        n.subnet, n.name
-                    )
-                }
-                None => {
-                    s += &format!(
-                        "    ip saddr {} oifname != \"{}\" masquerade comment \"masquerade {}\"\n",
-                        n.subnet, n.bridge, n.name
-                    )
-                }
-            }
-        }
+    s + "  }\n"
+}
+
+/// Masquerade of what leaves through the uplink (or anything but the
+/// network's own bridge when no uplink is set).
+fn postrouting_chain(nets: &[&NetworkSpec], uplink_of: impl Fn(&NetworkSpec) -> Option<String>) -> String {
+    let mut s = String::from("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+    for n in nets.iter().filter(|n| n.options.masquerade && !n.options.internal) {
+        let out = match uplink_of(n) {
+            Some(up) => format!("oifname \"{up}\""),
+            None => format!("oifname != \"{}\"", n.bridge),
+        };
+        s += &format!("    ip saddr {} {out} masquerade comment \"masquerade {}\"\n", n.subnet, n.name);
     }
-    s += "  }\n}\n";
-    // icc=false: drop IPv4 between two ports of the same bridge. Matched on
-    // the port names (bridge-family iifname/oifname) since kernels without
-    // CONFIG_NFT_BRIDGE_META cannot match the bridge name, and without
-    // br_netfilter, which would slow every bridge down.
+    s + "  }\n"
+}
+
+/// icc=false: drop IPv4 between two ports of the same bridge. Matched on
+/// the port names (bridge-family iifname/oifname) since kernels without
+/// CONFIG_NFT_BRIDGE_META cannot match the bridge name, and without
+/// br_netfilter, which would slow every bridge down.
+fn icc_table(state: &State, nets: &[&NetworkSpec]) -> String {
     let mut icc = String::new();
     for n in nets.iter().filter(|n| !n.options.icc) {
         let ports: Vec<String> = state.endpoints_of(&n.name).map(|e| format!("\"{}\"", e.host_ifname)).collect();
@@ -115,10 +128,10 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
             );
         }
     }
-    if !icc.is_empty() {
-        s += &format!("table bridge {TABLE} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{icc}  }}\n}}\n");
+    if icc.is_empty() {
+        return icc;
     }
-    s
+    format!("table bridge {TABLE} {{\n  chain forward {{\n    type filter hook forward priority filter; policy accept;\n{icc}  }}\n}}\n")
 }
 
 /// Applies a rendered script. A state without kernel networks on a node
