@@ -267,7 +267,10 @@ mod tests {
             assert_eq!(rep, CtKey::new(proto, REMOTE, MASQ, 80u16.to_be(), 1024u16.to_be()));
             assert_eq!(CtKey::forward_of(&rep, EP, 40000u16.to_be()), fwd);
             // Untranslated: the reply tuple is the forward one turned around.
-            assert_eq!(CtKey::reply_of(&fwd, fwd.saddr, fwd.sport), CtKey::new(proto, REMOTE, EP, fwd.dport, fwd.sport));
+            assert_eq!(
+                CtKey::reply_of(&fwd, fwd.saddr, fwd.sport),
+                CtKey::new(proto, REMOTE, EP, fwd.dport, fwd.sport)
+            );
         }
     }
 

@@ -8,9 +8,9 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use datapath_common::{
-    reason, CtEntry, CtKey, CT_ESTABLISHED, CT_F_DONE, CT_F_LAST_FIN_RX, CT_F_REVERSE, CT_F_RX_FIN,
-    CT_F_SEEN_REPLY, CT_F_SNAT, CT_F_TX_FIN, CT_NEW, CT_ORPHAN_GRACE_NS, CT_TCP_CLOSED, CT_TCP_CLOSING,
-    CT_TCP_SYN_SENT, IPPROTO_TCP, NAT_PORT_TAKEOVER_FROM, NAT_PORT_TAKEOVER_UNTIL, NAT_PORT_TRIES,
+    reason, CtEntry, CtKey, CT_ESTABLISHED, CT_F_DONE, CT_F_LAST_FIN_RX, CT_F_REVERSE, CT_F_RX_FIN, CT_F_SEEN_REPLY,
+    CT_F_SNAT, CT_F_TX_FIN, CT_NEW, CT_ORPHAN_GRACE_NS, CT_TCP_CLOSED, CT_TCP_CLOSING, CT_TCP_SYN_SENT, IPPROTO_TCP,
+    NAT_PORT_TAKEOVER_FROM, NAT_PORT_TAKEOVER_UNTIL, NAT_PORT_TRIES,
 };
 
 use crate::{
@@ -175,7 +175,15 @@ fn take_over(rkey: &CtKey, r: &CtEntry, now: u64) -> bool {
 /// and walking up; returns the port (wire order, 0: none found) or the drop
 /// reason.
 #[inline(always)]
-fn reserve_port(key: &CtKey, masq: u32, min: u32, range: u32, start: u32, entry: &CtEntry, now: u64) -> Result<u16, u32> {
+fn reserve_port(
+    key: &CtKey,
+    masq: u32,
+    min: u32,
+    range: u32,
+    start: u32,
+    entry: &CtEntry,
+    now: u64,
+) -> Result<u16, u32> {
     let mut i = 0;
     while i < NAT_PORT_TRIES {
         let p = ((min + (start + i) % range) as u16).to_be();
@@ -187,7 +195,9 @@ fn reserve_port(key: &CtKey, masq: u32, min: u32, range: u32, start: u32, entry:
             // The first tries want a free port; the next ones take over
             // the port of a finished flow; the last ones look for a free
             // port again (few of them: a range full of live flows).
-            Some(r) if (NAT_PORT_TAKEOVER_FROM..NAT_PORT_TAKEOVER_UNTIL).contains(&i) => (true, take_over(&rkey, r, now)),
+            Some(r) if (NAT_PORT_TAKEOVER_FROM..NAT_PORT_TAKEOVER_UNTIL).contains(&i) => {
+                (true, take_over(&rkey, r, now))
+            }
             Some(_) => (true, false),
         };
         if !taken || freed {
@@ -241,7 +251,15 @@ pub fn create(key: &CtKey, packed: u64, snat: &Snat, now: u64) -> Result<u16, u3
         return Err(reason::DROP_CT_TABLE_FULL);
     };
     let flags = CT_F_REVERSE | CT_F_SNAT;
-    *entry = CtEntry { created_ns: now, last_seen_ns: now, addr: key.saddr, port: key.sport, ifindex, flags, ..Default::default() };
+    *entry = CtEntry {
+        created_ns: now,
+        last_seen_ns: now,
+        addr: key.saddr,
+        port: key.sport,
+        ifindex,
+        flags,
+        ..Default::default()
+    };
     let port = reserve_port(key, snat.addr, min, range, start, entry, now)?;
     if port == 0 {
         return Err(reason::DROP_NAT_NO_PORT);

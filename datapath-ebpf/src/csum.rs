@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use datapath_common::{IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::hdr::{Ipv4Hdr, L4, ETH_HLEN, HDRS_LEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_TTL_OFF};
+use crate::hdr::{Ipv4Hdr, ETH_HLEN, HDRS_LEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP_TTL_OFF, L4};
 
 /// What a forwarding step does to the addresses of an IPv4 header (the TTL
 /// is always decremented).
@@ -19,8 +19,7 @@ pub enum Nat {
     Keep,
     /// The source becomes this address (SNAT).
     Src(u32),
-    /// The destination becomes this address (reverse NAT: done on a header
-    /// copy by `forward_hdrs`).
+    /// The destination becomes this address (reverse NAT).
     Dst(u32),
 }
 
@@ -61,22 +60,22 @@ pub fn forward_ipv4(ip: &mut Ipv4Hdr, nat: Nat) {
 }
 
 /// The same rewrite on a copy of the Ethernet and IPv4 headers (the
-/// reverse NAT writes MACs and IPv4 header back with one store), for `nat`
-/// `Keep` or `Dst` (the source is never rewritten on a copy).
+/// reverse NAT writes MACs and IPv4 header back with one store).
 #[inline(always)]
 pub fn forward_hdrs(h: &mut [u8; HDRS_LEN], nat: Nat) {
     let ttl = h[IP_TTL_OFF];
     let (old_w, new_w) = ttl_words(ttl, h[IP_TTL_OFF + 1]);
-    let d = IP_DADDR_OFF;
-    let addr = match nat {
-        Nat::Dst(a) => Some((u32::from_ne_bytes([h[d], h[d + 1], h[d + 2], h[d + 3]]), a)),
-        Nat::Keep | Nat::Src(_) => None,
+    let (off, new) = match nat {
+        Nat::Keep => (0, 0),
+        Nat::Src(a) => (IP_SADDR_OFF, a),
+        Nat::Dst(a) => (IP_DADDR_OFF, a),
     };
+    let addr = (off != 0).then(|| (u32::from_ne_bytes([h[off], h[off + 1], h[off + 2], h[off + 3]]), new));
     let check = ipv4_check(u16::from_ne_bytes([h[IP_CSUM_OFF], h[IP_CSUM_OFF + 1]]), old_w, new_w, addr);
     h[IP_TTL_OFF] = ttl.wrapping_sub(1);
     h[IP_CSUM_OFF..IP_CSUM_OFF + 2].copy_from_slice(&check.to_ne_bytes());
-    if let Some((_, a)) = addr {
-        h[d..].copy_from_slice(&a.to_ne_bytes());
+    if off != 0 {
+        h[off..off + 4].copy_from_slice(&new.to_ne_bytes());
     }
 }
 
@@ -85,7 +84,15 @@ pub fn forward_hdrs(h: &mut [u8; HDRS_LEN], nat: Nat) {
 /// written and the L4 checksum fixed; the IPv4 header is the caller's.
 /// `false` when a helper failed (the packet is then dropped).
 #[inline(always)]
-pub fn rewrite_l4(ctx: &TcContext, old_addr: u32, new_addr: u32, l4: &L4, old_port: u16, new_port: u16, proto: u8) -> bool {
+pub fn rewrite_l4(
+    ctx: &TcContext,
+    old_addr: u32,
+    new_addr: u32,
+    l4: &L4,
+    old_port: u16,
+    new_port: u16,
+    proto: u8,
+) -> bool {
     let (pseudo, mangled) = match proto {
         IPPROTO_TCP => (BPF_F_PSEUDO_HDR as u64, 0),
         // A zero UDP checksum means none: MARK_MANGLED_0 leaves it zero and
@@ -119,7 +126,14 @@ pub fn rewrite_l4(ctx: &TcContext, old_addr: u32, new_addr: u32, l4: &L4, old_po
 /// `old_csum` is the quoted IPv4 checksum as it was. `false` when a helper
 /// failed.
 #[inline(always)]
-pub fn rewrite_quote(ctx: &TcContext, icmp: usize, old: (u32, u16), new: (u32, u16), port_off: usize, old_csum: u16) -> bool {
+pub fn rewrite_quote(
+    ctx: &TcContext,
+    icmp: usize,
+    old: (u32, u16),
+    new: (u32, u16),
+    port_off: usize,
+    old_csum: u16,
+) -> bool {
     let (icmp_csum, inner) = (icmp + 2, icmp + 8);
     let ok = ctx.store(inner + 12, &new.0, 0).is_ok()
         && ctx.l3_csum_replace(inner + 10, u64::from(old.0), u64::from(new.0), 4).is_ok()

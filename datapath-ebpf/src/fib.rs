@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use datapath_common::{reason, CtEntry, CT_FIB_REFRESH_NS, IPPROTO_ICMP};
 
-use crate::hdr::{self, mac, Ip, L4, ETH_HLEN};
+use crate::hdr::{self, mac, Ip, ETH_HLEN, L4};
 
 const AF_INET: u8 = 2;
 

@@ -24,6 +24,7 @@ pub const HDRS_LEN: usize = ETH_HLEN + IPV4_MIN_HLEN;
 /// with helpers or in a header copy.
 pub const IP_TTL_OFF: usize = ETH_HLEN + 8;
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
 /// `frag_off` bits: more fragments, offset.
 pub const IP_MF_OFFSET: u16 = 0x3fff;

@@ -1,14 +1,14 @@
 //! Delivery between endpoints of the same network, straight into the
 //! destination's namespace with `bpf_redirect_peer` (the bridge is skipped).
 
-use aya_ebpf::{bindings::TC_ACT_REDIRECT, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use datapath_common::{reason, EndpointInfo};
 
 use crate::{
     csum::{self, Nat},
     fib,
     hdr::{self, mac, PACKET_HOST},
-    verdict::{drop, pass, Verdict},
+    verdict::{drop, pass, redirect, Verdict},
 };
 
 /// A packet for another endpoint of the sender's network.
@@ -47,13 +47,7 @@ pub fn deliver(ctx: &TcContext, d: &Delivery) -> Verdict {
         let _ = ctx.change_type(PACKET_HOST);
     }
     if fib::redirect_peer(dst.ifindex) {
-        Verdict {
-            code: reason::FWD_REDIRECT_PEER,
-            action: TC_ACT_REDIRECT as i32,
-            out_if: dst.ifindex,
-            dst_flags,
-            was: 0,
-        }
+        Verdict { dst_flags, ..redirect(reason::FWD_REDIRECT_PEER, dst.ifindex) }
     } else {
         Verdict { dst_flags, ..drop(reason::DROP_REDIRECT_FAILED) }
     }

@@ -59,7 +59,7 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     let len = ctx.len();
     let Some(src) = maps::endpoint_by_ifindex(ifindex) else {
         count(reason::PASS_UNKNOWN_IFACE, len);
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // The NAT is called from here rather than from the decision, so the two
     // stack frames are not stacked (512 bytes for the whole chain).

@@ -84,14 +84,14 @@ static TRACE_ARGS: PerCpuArray<TraceArgs> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 pub fn endpoint_by_ifindex(ifindex: u32) -> Option<EndpointInfo> {
     // SAFETY: the value is copied out at once.
-    unsafe { ENDPOINTS.get(&ifindex) }.copied()
+    unsafe { ENDPOINTS.get(ifindex) }.copied()
 }
 
 /// The endpoint whose address is `addr` (wire order).
 #[inline(always)]
 pub fn endpoint_by_ip(addr: u32) -> Option<EndpointInfo> {
     // SAFETY: the value is copied out at once.
-    unsafe { ENDPOINTS_BY_IP.get(&addr) }.copied()
+    unsafe { ENDPOINTS_BY_IP.get(addr) }.copied()
 }
 
 /// The network of id `id`, when its slot is in use.

@@ -21,8 +21,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
-    reason, CtEntry, CtKey, EndpointInfo, CT_F_REVERSE, CT_TCP_CLOSING, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP,
+    reason, CtEntry, CtKey, EndpointInfo, CT_F_REVERSE, CT_TCP_CLOSING, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 pub use crate::conntrack::Snat;
@@ -31,8 +30,8 @@ use crate::{
     csum::{self, Nat},
     fib,
     hdr::{
-        self, read_l4, Ip, L4, ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-        ICMP_TIME_EXCEEDED, IPV4_MIN_HLEN, IP_DF, IP_MF_OFFSET, PACKET_HOST, TCP_ACK, TCP_RST, TCP_SYN,
+        self, read_l4, Ip, ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+        ICMP_TIME_EXCEEDED, IPV4_MIN_HLEN, IP_DF, IP_MF_OFFSET, L4, PACKET_HOST, TCP_ACK, TCP_RST, TCP_SYN,
     },
     maps,
     verdict::{count, drop, pass, redirect, Verdict},

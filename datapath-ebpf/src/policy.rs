@@ -82,7 +82,8 @@ fn check_ipv4(ctx: &TcContext, src: &EndpointInfo) -> Result<(usize, u32), Verdi
     let Some(ip) = hdr::ipv4(ctx) else {
         return Err(drop(reason::DROP_TRUNCATED));
     };
-    let (version_ihl, tot_len, saddr, daddr) = (ip.version_ihl, usize::from(u16::from_be(ip.tot_len)), ip.saddr, ip.daddr);
+    let (version_ihl, tot_len, saddr, daddr) =
+        (ip.version_ihl, usize::from(u16::from_be(ip.tot_len)), ip.saddr, ip.daddr);
     let hlen = usize::from(version_ihl & 0x0f) * 4;
     // A GSO packet beyond 64 KiB (BIG TCP) carries tot_len 0; its real length
     // is the skb's.

@@ -20,20 +20,20 @@ pub struct Verdict {
 /// Hand the packet on to the kernel (the bridge, or the node's stack).
 #[inline(always)]
 pub const fn pass(code: u32) -> Verdict {
-    Verdict { code, action: TC_ACT_OK as i32, out_if: 0, dst_flags: 0, was: 0 }
+    Verdict { code, action: TC_ACT_OK, out_if: 0, dst_flags: 0, was: 0 }
 }
 
 /// Drop the packet.
 #[inline(always)]
 pub const fn drop(code: u32) -> Verdict {
-    Verdict { code, action: TC_ACT_SHOT as i32, out_if: 0, dst_flags: 0, was: 0 }
+    Verdict { code, action: TC_ACT_SHOT, out_if: 0, dst_flags: 0, was: 0 }
 }
 
 /// The packet was redirected to `out_if` (a helper returned
 /// `TC_ACT_REDIRECT`).
 #[inline(always)]
 pub const fn redirect(code: u32, out_if: u32) -> Verdict {
-    Verdict { code, action: TC_ACT_REDIRECT as i32, out_if, dst_flags: 0, was: 0 }
+    Verdict { code, action: TC_ACT_REDIRECT, out_if, dst_flags: 0, was: 0 }
 }
 
 /// Counts a packet (or an event) of `len` bytes under `code`.
