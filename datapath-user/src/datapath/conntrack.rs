@@ -198,14 +198,12 @@ fn port(wire: u16) -> u16 {
 /// The key of the reverse entry of a forward entry (mirrors the datapath's
 /// `reply_key`).
 pub fn reverse_key(key: &CtKey, e: &CtEntry) -> CtKey {
-    let (sport, dport) = if key.proto == IPPROTO_ICMP { (0, e.port) } else { (key.dport, e.port) };
-    CtKey { saddr: key.daddr, daddr: e.addr, sport, dport, proto: key.proto, _pad: [0; 3] }
+    CtKey::reply_of(key, e.addr, e.port)
 }
 
 /// The key of the forward entry a reverse entry belongs to.
 pub fn forward_key(key: &CtKey, e: &CtEntry) -> CtKey {
-    let dport = if key.proto == IPPROTO_ICMP { 0 } else { key.sport };
-    CtKey { saddr: e.addr, daddr: key.saddr, sport: e.port, dport, proto: key.proto, _pad: [0; 3] }
+    CtKey::forward_of(key, e.addr, e.port)
 }
 
 /// The flows of a snapshot of the map, sorted by protocol and original tuple.

@@ -1,0 +1,28 @@
+//! Local endpoints (`ENDPOINTS`, `ENDPOINTS_BY_IP`).
+
+/// `EndpointInfo::flags`: emit an aya-log trace line for every packet from or
+/// to this endpoint. When clear, no log call is made at all.
+pub const EP_F_TRACE: u32 = 1 << 0;
+
+/// One local endpoint, as the datapath needs it.
+///
+/// Stored twice: in `ENDPOINTS` keyed by the host-side veth ifindex (who sent
+/// this frame?) and in `ENDPOINTS_BY_IP` keyed by the IPv4 address (where does
+/// this packet go?).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// ifindex of the host-side veth (the `bpf_redirect_peer` target).
+    pub ifindex: u32,
+    /// The endpoint's IPv4 address, network byte order.
+    pub ipv4: u32,
+    /// MAC address of the endpoint's interface (inside its namespace).
+    pub mac: [u8; 6],
+    /// MAC address of the network's gateway (the bridge).
+    pub gw_mac: [u8; 6],
+    /// Numeric id of the network; endpoints are only forwarded to in-kernel
+    /// when both ends share it.
+    pub network_id: u32,
+    /// `EP_F_*` bits.
+    pub flags: u32,
+}

@@ -1,0 +1,49 @@
+//! Names and capacities of the programs and maps of the eBPF object, and the
+//! version of their layout.
+//!
+//! The agent finds programs and maps by these names; the eBPF side declares
+//! its maps with these capacities.
+
+/// Version of the layout of every map key and value shared by both sides
+/// (the `#[repr(C)]` types of this crate and the capacities below). Bump it
+/// whenever a key or value type, a map's kind or a capacity changes: maps
+/// that outlive the agent (pinned) can only be reused by a program built
+/// with the same version.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// Name of the TC program attached to the ingress of each endpoint's
+/// host-side veth (traffic *from* the endpoint).
+pub const PROG_FROM_ENDPOINT: &str = "dp_from_ep";
+/// TC program on the ingress of a network's uplink (reverse NAT of replies).
+pub const PROG_FROM_UPLINK: &str = "dp_from_uplink";
+
+/// `ENDPOINTS: HashMap<u32 ifindex, EndpointInfo>` (who sent this frame?).
+pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+/// `ENDPOINTS_BY_IP: HashMap<u32 ipv4 (wire order), EndpointInfo>` (where
+/// does this packet go?).
+pub const MAP_ENDPOINTS_BY_IP: &str = "ENDPOINTS_BY_IP";
+/// `STATS: PerCpuArray<Counter>` indexed by reason code
+/// (`reason::MAX` slots).
+pub const MAP_STATS: &str = "STATS";
+/// `NETWORKS: Array<NetworkInfo>` indexed by the network id (so ids must be
+/// below [`MAX_NETWORKS`]), filled by the agent; a slot is in use when its
+/// `flags` have [`NET_F_PRESENT`](crate::NET_F_PRESENT) (`Bpf::set_network`
+/// sets it).
+pub const MAP_NETWORKS: &str = "NETWORKS";
+/// `SUBNETS: LpmTrie<u32 ipv4 (wire order), u32 network_id>`: every local
+/// network's subnet, so the datapath can tell "another local network" from
+/// "beyond the node".
+pub const MAP_SUBNETS: &str = "SUBNETS";
+/// `CT: LruHashMap<CtKey, CtEntry>`: the connection tracker (two entries per
+/// masqueraded flow, see [`CtEntry`](crate::CtEntry)).
+pub const MAP_CT: &str = "CT";
+/// `CT_CONFIG: Array<CtConfig>` with one element (index 0), filled by the
+/// agent; zero fields mean the built-in defaults.
+pub const MAP_CT_CONFIG: &str = "CT_CONFIG";
+
+/// Capacity of the endpoint maps.
+pub const MAX_ENDPOINTS: u32 = 4096;
+/// Capacity of `NETWORKS` and `SUBNETS`.
+pub const MAX_NETWORKS: u32 = 256;
+/// Capacity of `CT` (entries; a masqueraded flow takes two).
+pub const CT_MAX_ENTRIES: u32 = 131_072;

@@ -1,0 +1,31 @@
+//! Local networks (`NETWORKS`, `SUBNETS`).
+
+/// `NetworkInfo::flags`: source-NAT traffic leaving the node.
+pub const NET_F_MASQUERADE: u32 = 1 << 0;
+/// Internal network: nothing leaves the subnet (the gateway stays reachable).
+pub const NET_F_INTERNAL: u32 = 1 << 1;
+/// icc=false: endpoints of the network may not talk to each other.
+pub const NET_F_NO_ICC: u32 = 1 << 2;
+/// The `NETWORKS` slot holds a network (set by `Bpf::set_network`).
+pub const NET_F_PRESENT: u32 = 1 << 31;
+
+/// One local network, as the datapath needs it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// Subnet address and mask, wire order.
+    pub subnet: u32,
+    pub mask: u32,
+    /// Gateway (bridge) address, wire order.
+    pub gateway: u32,
+    /// Masquerade address (the uplink's primary IPv4), wire order; 0 when
+    /// the uplink has none yet (then traffic out is passed to the bridge).
+    pub masq_addr: u32,
+    /// ifindex of the uplink in the node namespace; 0 when unknown.
+    pub uplink_ifindex: u32,
+    /// `NET_F_*` bits.
+    pub flags: u32,
+    /// SNAT source port range, inclusive, host order.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+}

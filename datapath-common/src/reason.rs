@@ -1,0 +1,188 @@
+//! Reason codes for every decision the datapath takes, and the per-CPU
+//! counter each one keys in `STATS`. Shared with the agent (`datapath stats`)
+//! and the trace output.
+//!
+//! Codes below [`DROP_BASE`] are forwarding decisions (or events, see
+//! [`is_event`]), codes at or above it are drops.
+
+/// A per-CPU packet/byte counter, one slot per reason code.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Unicast IPv4 for another endpoint of the same network, delivered
+/// straight into its namespace with `bpf_redirect_peer`.
+pub const FWD_REDIRECT_PEER: u32 = 1;
+/// Broadcast or multicast frame, handed to the bridge.
+pub const PASS_BROADCAST: u32 = 2;
+/// ARP, handed to the bridge.
+pub const PASS_ARP: u32 = 3;
+/// Unicast IPv4 not for a local endpoint of the same network (gateway,
+/// host, other networks, beyond the node): handed to the bridge.
+pub const PASS_TO_BRIDGE: u32 = 4;
+/// Neither IPv4 nor ARP (IPv6, LLDP, ...): handed to the bridge.
+pub const PASS_OTHER_PROTO: u32 = 5;
+/// The program ran on an interface that is not in the endpoint table
+/// (e.g. during setup or teardown): left to the kernel.
+pub const PASS_UNKNOWN_IFACE: u32 = 6;
+
+/// First drop code. Everything `>= DROP_BASE` is a drop.
+pub const DROP_BASE: u32 = 32;
+/// Frame shorter than the headers it claims (Ethernet, ARP or IPv4).
+pub const DROP_TRUNCATED: u32 = 32;
+/// IPv4 header with a bad version, header length or total length.
+pub const DROP_BAD_IPV4_HEADER: u32 = 33;
+/// Source MAC is not the endpoint's own.
+pub const DROP_SPOOFED_MAC: u32 = 34;
+/// Source IPv4 is not the endpoint's own.
+pub const DROP_SPOOFED_IP: u32 = 35;
+/// ARP sender address is not the endpoint's own.
+pub const DROP_SPOOFED_ARP: u32 = 36;
+/// `bpf_redirect_peer` refused the packet.
+pub const DROP_REDIRECT_FAILED: u32 = 37;
+
+/// Destination is in another local network (isolation between networks,
+/// gateway addresses included).
+pub const DROP_POLICY_ISOLATION: u32 = 38;
+/// Endpoint to endpoint inside a network with icc=false.
+pub const DROP_POLICY_ICC: u32 = 39;
+/// Leaving an internal network.
+pub const DROP_POLICY_INTERNAL: u32 = 40;
+
+/// Connection tracker and NAT drops (see `dp_from_ep` / `dp_from_uplink`).
+/// The conntrack map refused a new entry (LRU could not make room).
+pub const DROP_CT_TABLE_FULL: u32 = 41;
+/// No free SNAT port in `[nat_port_min, nat_port_max]` after the bounded
+/// number of tries.
+pub const DROP_NAT_NO_PORT: u32 = 42;
+/// A packet that cannot start a tracked flow: TCP without SYN (or with
+/// SYN+ACK) for an unknown flow.
+pub const DROP_CT_INVALID: u32 = 43;
+/// An IPv4 fragment (first or not) of traffic that would be masqueraded,
+/// or a non-DF packet too big for the uplink: it cannot be translated
+/// without a fragment map, and passing it would leak the private source.
+pub const DROP_NAT_FRAGMENT: u32 = 44;
+/// A protocol the masquerade cannot translate (neither TCP, UDP nor ICMP
+/// echo request) on its way out of a masquerading network.
+pub const DROP_NAT_PROTO: u32 = 45;
+/// A translated reply whose TTL would expire at the node.
+pub const DROP_TTL_EXCEEDED: u32 = 46;
+
+/// Packet verdicts of the NAT paths.
+/// Uplink ingress without a NAT mapping (the node's own traffic): passed
+/// untouched.
+pub const PASS_UPLINK_HOST: u32 = 7;
+/// Source-translated to the network's masquerade address and sent out the
+/// uplink (`bpf_redirect` / `bpf_redirect_neigh`).
+pub const FWD_NAT: u32 = 8;
+/// A reply (or an ICMP error about a flow) translated back and delivered
+/// into the endpoint with `bpf_redirect_peer`.
+pub const FWD_REVNAT: u32 = 9;
+/// Traffic of a masquerading network that the FIB does not route out the
+/// uplink (local destination, unreachable, other interface, TTL expiring,
+/// DF packet too big): handed to the kernel untranslated, which answers
+/// with the right ICMP error or delivers it locally.
+pub const PASS_NAT_NOT_ROUTED: u32 = 10;
+/// Event, not a verdict: a connection-tracking entry (flow) was created.
+/// Counted in addition to the packet's verdict (`packets` = flows).
+pub const EV_CT_CREATED: u32 = 11;
+/// Event: a new flow took over the SNAT port of a finished one (see
+/// `CT_F_DONE`), or a new SYN restarted a finished flow on its tuple.
+pub const EV_NAT_PORT_REUSED: u32 = 12;
+
+/// Size of the `STATS` array: every code must be below this.
+pub const MAX: u32 = 64;
+
+/// Whether `code` counts events rather than packet verdicts (a packet is
+/// counted under exactly one verdict code, and maybe some event codes).
+pub const fn is_event(code: u32) -> bool {
+    code == EV_CT_CREATED || code == EV_NAT_PORT_REUSED
+}
+
+/// Every defined code, in display order.
+pub const ALL: [u32; 27] = [
+    FWD_REDIRECT_PEER,
+    FWD_NAT,
+    FWD_REVNAT,
+    EV_CT_CREATED,
+    EV_NAT_PORT_REUSED,
+    PASS_BROADCAST,
+    PASS_ARP,
+    PASS_TO_BRIDGE,
+    PASS_OTHER_PROTO,
+    PASS_UNKNOWN_IFACE,
+    PASS_UPLINK_HOST,
+    PASS_NAT_NOT_ROUTED,
+    DROP_TRUNCATED,
+    DROP_BAD_IPV4_HEADER,
+    DROP_SPOOFED_MAC,
+    DROP_SPOOFED_IP,
+    DROP_SPOOFED_ARP,
+    DROP_REDIRECT_FAILED,
+    DROP_POLICY_ISOLATION,
+    DROP_POLICY_ICC,
+    DROP_POLICY_INTERNAL,
+    DROP_CT_TABLE_FULL,
+    DROP_NAT_NO_PORT,
+    DROP_CT_INVALID,
+    DROP_NAT_FRAGMENT,
+    DROP_NAT_PROTO,
+    DROP_TTL_EXCEEDED,
+];
+
+/// Length of the longest name (the trace column width).
+pub const NAME_WIDTH: usize = {
+    let mut w = 0;
+    let mut i = 0;
+    while i < ALL.len() {
+        let n = name(ALL[i]).len();
+        if n > w {
+            w = n;
+        }
+        i += 1;
+    }
+    w
+};
+
+/// Whether `code` is a drop.
+pub const fn is_drop(code: u32) -> bool {
+    code >= DROP_BASE
+}
+
+/// Stable, machine-friendly name of a code (used in `stats`, traces and
+/// JSON output).
+pub const fn name(code: u32) -> &'static str {
+    match code {
+        FWD_REDIRECT_PEER => "redirect-peer",
+        PASS_BROADCAST => "pass-broadcast",
+        PASS_ARP => "pass-arp",
+        PASS_TO_BRIDGE => "pass-to-bridge",
+        PASS_OTHER_PROTO => "pass-other-proto",
+        PASS_UNKNOWN_IFACE => "pass-unknown-iface",
+        DROP_TRUNCATED => "drop-truncated",
+        DROP_BAD_IPV4_HEADER => "drop-bad-ipv4-header",
+        DROP_SPOOFED_MAC => "drop-spoofed-mac",
+        DROP_SPOOFED_IP => "drop-spoofed-ip",
+        DROP_SPOOFED_ARP => "drop-spoofed-arp",
+        DROP_REDIRECT_FAILED => "drop-redirect-failed",
+        DROP_POLICY_ISOLATION => "drop-policy-isolation",
+        DROP_POLICY_ICC => "drop-policy-icc",
+        DROP_POLICY_INTERNAL => "drop-policy-internal",
+        DROP_CT_TABLE_FULL => "drop-ct-table-full",
+        DROP_NAT_NO_PORT => "drop-nat-no-port",
+        DROP_CT_INVALID => "drop-ct-invalid",
+        DROP_NAT_FRAGMENT => "drop-nat-fragment",
+        DROP_NAT_PROTO => "drop-nat-proto",
+        DROP_TTL_EXCEEDED => "drop-ttl-exceeded",
+        PASS_UPLINK_HOST => "pass-uplink-host",
+        FWD_NAT => "nat-translated",
+        FWD_REVNAT => "nat-reverse-translated",
+        PASS_NAT_NOT_ROUTED => "pass-nat-not-routed",
+        EV_CT_CREATED => "ct-created",
+        EV_NAT_PORT_REUSED => "nat-port-reused",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,174 @@
+//! Every map of the object, and the small typed accessors through which the
+//! rest of the crate reads and writes them. This is the only module that
+//! turns map value pointers into references; each accessor says why that is
+//! sound.
+//!
+//! Map values returned by `bpf_map_lookup_elem` stay valid until the program
+//! returns (hash map values are freed after an RCU grace period, even when
+//! the entry is deleted meanwhile), so the references handed out here live
+//! for the program run (`'a` is chosen by the caller). Per-CPU values are
+//! only ever touched by this CPU while the program runs. Values of shared
+//! maps (`CT`) may be written by another CPU at the same time: their fields
+//! are plain integers, and such a race only loses a counter increment or a
+//! state update, as it always did.
+
+use aya_ebpf::{
+    bindings::bpf_fib_lookup as FibParams,
+    macros::map,
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use datapath_common::{
+    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, CT_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS,
+    NET_F_PRESENT,
+};
+
+/// Endpoints keyed by the ifindex of their host-side veth.
+#[map]
+static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Endpoints keyed by their IPv4 address (network byte order, see
+/// `datapath_common::ipv4_key`).
+#[map]
+static ENDPOINTS_BY_IP: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Local networks indexed by their numeric id (an array: the lookup is
+/// inlined by the verifier, no hashing on the per-packet path); slots
+/// without `NET_F_PRESENT` are free.
+#[map]
+static NETWORKS: Array<NetworkInfo> = Array::with_max_entries(MAX_NETWORKS, 0);
+
+/// Every local network's subnet (key data: IPv4 in wire order) -> network id.
+#[map]
+static SUBNETS: LpmTrie<u32, u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
+
+/// Per-CPU packet/byte counters indexed by reason code.
+#[map]
+static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(reason::MAX, 0);
+
+/// The connection tracker (see `datapath_common::ct`).
+#[map]
+static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// Lifetimes, filled by the agent (index 0); zero fields mean the defaults.
+#[map]
+static CT_CONFIG: Array<CtConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU scratch space: the 512-byte stack is shared by the whole call
+/// chain, so the big structures live here.
+#[repr(C)]
+pub struct Scratch {
+    /// `bpf_fib_lookup` parameters and result (`nat::egress`).
+    pub fib: FibParams,
+    /// A `CT` entry under construction (`conntrack::create`).
+    pub entry: CtEntry,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `trace::emit` shows besides the frame, handed over through this
+/// per-CPU slot rather than as arguments: the verifier then sees one
+/// unknown value instead of a constant per call path, and checks the large
+/// log code once instead of once per reason code.
+#[repr(C)]
+pub struct TraceArgs {
+    pub code: u32,
+    pub out_if: u32,
+    pub was: u64,
+}
+
+#[map]
+static TRACE_ARGS: PerCpuArray<TraceArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// The endpoint whose host-side veth is `ifindex`.
+#[inline(always)]
+pub fn endpoint_by_ifindex(ifindex: u32) -> Option<EndpointInfo> {
+    // SAFETY: the value is copied out at once.
+    unsafe { ENDPOINTS.get(ifindex) }.copied()
+}
+
+/// The endpoint whose address is `addr` (wire order).
+#[inline(always)]
+pub fn endpoint_by_ip(addr: u32) -> Option<EndpointInfo> {
+    // SAFETY: the value is copied out at once.
+    unsafe { ENDPOINTS_BY_IP.get(addr) }.copied()
+}
+
+/// The network of id `id`, when its slot is in use.
+#[inline(always)]
+pub fn network(id: u32) -> Option<NetworkInfo> {
+    NETWORKS.get(id).copied().filter(|n| n.flags & NET_F_PRESENT != 0)
+}
+
+/// The id of the local network whose subnet holds `addr` (wire order).
+#[inline(always)]
+pub fn subnet_of(addr: u32) -> Option<u32> {
+    SUBNETS.get(LpmKey::new(32, addr)).copied()
+}
+
+/// The conntrack lifetimes (the defaults when the agent set none).
+#[inline(always)]
+pub fn ct_config() -> CtConfig {
+    CT_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// Adds a packet of `len` bytes to the counter of `code`.
+#[inline(always)]
+pub fn stats_add(code: u32, len: u32) {
+    if let Some(c) = STATS.get_ptr_mut(code) {
+        // SAFETY: this CPU's slot, valid for the program run; nothing else
+        // runs on this CPU meanwhile.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += u64::from(len);
+        }
+    }
+}
+
+/// The `CT` entry at `key`, in place.
+///
+/// Callers never hold two references from lookups of the same key (entries
+/// of different keys never overlap).
+#[inline(always)]
+pub fn ct_get<'a>(key: &CtKey) -> Option<&'a mut CtEntry> {
+    // SAFETY: a map value, valid for the program run (see the module
+    // documentation for concurrent writers on other CPUs).
+    CT.get_ptr_mut(key).map(|e| unsafe { &mut *e })
+}
+
+/// Inserts `entry` at `key` (`flags`: `BPF_NOEXIST`, ...). `Err`: the
+/// helper's negative errno.
+#[inline(always)]
+pub fn ct_insert(key: &CtKey, entry: &CtEntry, flags: u64) -> Result<(), i32> {
+    CT.insert(key, entry, flags)
+}
+
+/// Deletes the `CT` entry at `key` (nothing when there is none).
+#[inline(always)]
+pub fn ct_remove(key: &CtKey) {
+    let _ = CT.remove(key);
+}
+
+/// This CPU's `bpf_fib_lookup` scratch buffer.
+#[inline(always)]
+pub fn scratch_fib<'a>() -> Option<&'a mut FibParams> {
+    // SAFETY: this CPU's slot, valid for the program run; only `nat::egress`
+    // (one call per packet) uses this field, disjoint from `entry`, and the
+    // pointer to it is taken without a reference to the whole slot.
+    SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *core::ptr::addr_of_mut!((*s).fib) })
+}
+
+/// This CPU's buffer for a `CT` entry under construction.
+#[inline(always)]
+pub fn scratch_entry<'a>() -> Option<&'a mut CtEntry> {
+    // SAFETY: as `scratch_fib`; only `conntrack::create` uses this field.
+    SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *core::ptr::addr_of_mut!((*s).entry) })
+}
+
+/// This CPU's trace argument slot.
+#[inline(always)]
+pub fn trace_args<'a>() -> Option<&'a mut TraceArgs> {
+    // SAFETY: this CPU's slot, valid for the program run; `trace::trace`
+    // fills it and `trace::emit`, which it calls, reads it.
+    TRACE_ARGS.get_ptr_mut(0).map(|a| unsafe { &mut *a })
+}

@@ -1,0 +1,190 @@
+//! The forwarding decision for a frame from an endpoint: identity checks
+//! (source MAC, source IPv4, ARP sender), IPv4 header sanity, network policy
+//! (isolation between networks, icc=false, internal networks) and where the
+//! packet goes next: handed to the kernel, dropped, delivered to another
+//! endpoint (`local`, done here), or masqueraded out the uplink (handed to
+//! `nat` by the caller).
+
+use aya_ebpf::programs::TcContext;
+use datapath_common::{reason, EndpointInfo, NetworkInfo, NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC};
+
+use crate::{
+    hdr::{self, is_multicast, linear, mac, Ip, Mac, ARP_LEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_MIN_HLEN},
+    local::{self, Delivery},
+    maps,
+    nat::{NatRequest, Snat},
+    verdict::{drop, pass, Verdict},
+};
+
+/// Where a frame from an endpoint goes next.
+pub enum Next {
+    /// Decided (delivered to another endpoint, handed to the kernel,
+    /// dropped): counted, traced and returned as is.
+    Verdict(Verdict),
+    /// Beyond the node from a masquerading network: `nat::egress`.
+    Masquerade(NatRequest),
+}
+
+impl From<Verdict> for Next {
+    #[inline(always)]
+    fn from(v: Verdict) -> Self {
+        Next::Verdict(v)
+    }
+}
+
+/// The decision for a frame sent by endpoint `src` (and the delivery to
+/// another endpoint). Out of line; the NAT is done by the caller, so its
+/// stack frames are not stacked on this one (512 bytes for the whole chain).
+#[inline(never)]
+pub fn decide(ctx: &TcContext, src: &EndpointInfo) -> Next {
+    if !linear(ctx, ETH_HLEN) {
+        return drop(reason::DROP_TRUNCATED).into();
+    }
+    let Some(eth) = hdr::eth(ctx) else {
+        return drop(reason::DROP_TRUNCATED).into();
+    };
+    let (eth_dst, eth_src, proto) = (eth.dst, eth.src, u16::from_be(eth.proto));
+    if eth_src != mac(src.mac) {
+        return drop(reason::DROP_SPOOFED_MAC).into();
+    }
+    match proto {
+        ETH_P_ARP => arp(ctx, src).into(),
+        ETH_P_IP => ipv4(ctx, src, &eth_dst),
+        _ if is_multicast(&eth_dst) => pass(reason::PASS_BROADCAST).into(),
+        _ => pass(reason::PASS_OTHER_PROTO).into(),
+    }
+}
+
+/// ARP: the sender address must be the endpoint's (or 0.0.0.0, an ARP probe,
+/// RFC 5227); handed to the bridge.
+#[inline(always)]
+fn arp(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
+    if !linear(ctx, ETH_HLEN + ARP_LEN) {
+        return drop(reason::DROP_TRUNCATED);
+    }
+    let Some(arp) = hdr::arp(ctx) else {
+        return drop(reason::DROP_TRUNCATED);
+    };
+    let spa = u32::from_ne_bytes(arp.spa);
+    if spa != src.ipv4 && spa != 0 {
+        return drop(reason::DROP_SPOOFED_ARP);
+    }
+    pass(reason::PASS_ARP)
+}
+
+/// Checks the IPv4 header (version, lengths, the whole header linear);
+/// returns the header length and the destination address.
+#[inline(always)]
+fn check_ipv4(ctx: &TcContext, src: &EndpointInfo) -> Result<(usize, u32), Verdict> {
+    if !linear(ctx, ETH_HLEN + IPV4_MIN_HLEN) {
+        return Err(drop(reason::DROP_TRUNCATED));
+    }
+    let Some(ip) = hdr::ipv4(ctx) else {
+        return Err(drop(reason::DROP_TRUNCATED));
+    };
+    let (version_ihl, tot_len, saddr, daddr) =
+        (ip.version_ihl, usize::from(u16::from_be(ip.tot_len)), ip.saddr, ip.daddr);
+    let hlen = usize::from(version_ihl & 0x0f) * 4;
+    // A GSO packet beyond 64 KiB (BIG TCP) carries tot_len 0; its real length
+    // is the skb's.
+    let big_gso = tot_len == 0 && hdr::skb_gso_size(ctx) != 0;
+    if version_ihl >> 4 != 4 || hlen < IPV4_MIN_HLEN || (tot_len < hlen && !big_gso) {
+        return Err(drop(reason::DROP_BAD_IPV4_HEADER));
+    }
+    if !big_gso && ETH_HLEN + tot_len > ctx.len() as usize {
+        return Err(drop(reason::DROP_TRUNCATED));
+    }
+    // IPv4 options: the whole header must be there too (the pull, if any,
+    // moves the packet: headers are taken again afterwards).
+    if hlen > IPV4_MIN_HLEN && !linear(ctx, ETH_HLEN + (hlen & 0x3c)) {
+        return Err(drop(reason::DROP_TRUNCATED));
+    }
+    if saddr != src.ipv4 {
+        return Err(drop(reason::DROP_SPOOFED_IP));
+    }
+    Ok((hlen, daddr))
+}
+
+/// Unicast or multicast IPv4 from `src` (whose frame goes to `eth_dst`).
+#[inline(always)]
+fn ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Next {
+    let (hlen, daddr) = match check_ipv4(ctx, src) {
+        Ok(v) => v,
+        Err(v) => return v.into(),
+    };
+    if is_multicast(eth_dst) {
+        return pass(reason::PASS_BROADCAST).into();
+    }
+    let dst = maps::endpoint_by_ip(daddr);
+    let routed = *eth_dst == mac(src.gw_mac);
+
+    // Network policy (Docker's isolation, icc=false, internal networks).
+    if let Some(net) = maps::network(src.network_id) {
+        if let Some(next) = network_policy(ctx, src, &dst, &net, daddr, hlen, routed) {
+            return next;
+        }
+    }
+
+    let Some(dst) = dst else {
+        return pass(reason::PASS_TO_BRIDGE).into();
+    };
+    if dst.network_id != src.network_id || dst.ifindex == src.ifindex {
+        return Verdict { dst_flags: dst.flags, ..pass(reason::PASS_TO_BRIDGE) }.into();
+    }
+    local::deliver(ctx, &Delivery { dst, routed }).into()
+}
+
+/// The network's policy for a packet from `src` to `daddr` (`dst`: the
+/// endpoint there, if any; `routed`: sent to the gateway's MAC). `None`: no
+/// objection, the packet goes on as between endpoints.
+#[inline(always)]
+fn network_policy(
+    ctx: &TcContext,
+    src: &EndpointInfo,
+    dst: &Option<EndpointInfo>,
+    net: &NetworkInfo,
+    daddr: u32,
+    hlen: usize,
+    routed: bool,
+) -> Option<Next> {
+    if let Some(d) = dst {
+        if d.network_id == src.network_id && d.ifindex != src.ifindex && net.flags & NET_F_NO_ICC != 0 {
+            return Some(Verdict { dst_flags: d.flags, ..drop(reason::DROP_POLICY_ICC) }.into());
+        }
+    }
+    if daddr & net.mask == net.subnet {
+        return None;
+    }
+    let local = match maps::subnet_of(daddr) {
+        Some(id) if id != src.network_id => return Some(drop(reason::DROP_POLICY_ISOLATION).into()),
+        Some(_) => true,
+        None => false,
+    };
+    if net.flags & NET_F_INTERNAL != 0 && daddr != net.gateway {
+        return Some(drop(reason::DROP_POLICY_INTERNAL).into());
+    }
+    // Beyond the node from a masquerading network, routed through the
+    // gateway: source NAT here, out the uplink directly.
+    if !local && net.flags & NET_F_MASQUERADE != 0 && net.masq_addr != 0 && routed {
+        let Some(ip) = hdr::ipv4(ctx) else {
+            return Some(drop(reason::DROP_TRUNCATED).into());
+        };
+        let ip = Ip {
+            saddr: ip.saddr,
+            daddr,
+            hlen: hlen as u8,
+            proto: ip.proto,
+            ttl: ip.ttl,
+            tos: ip.tos,
+            frag_off: u16::from_be(ip.frag_off),
+        };
+        let snat = Snat {
+            addr: net.masq_addr,
+            uplink_ifindex: net.uplink_ifindex,
+            port_min: net.nat_port_min,
+            port_max: net.nat_port_max,
+        };
+        return Some(Next::Masquerade(NatRequest { snat, ip }));
+    }
+    None
+}
