@@ -26,7 +26,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use datapath_common::{
-    ct_state_name, CtEntry, CtKey, CT_F_REVERSE, CT_F_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MAP_CT,
+    ct_state_name, CtEntry, CtKey, CT_F_REVERSE, CT_F_SNAT, CT_ORPHAN_GRACE_NS, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    MAP_CT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -195,8 +196,8 @@ fn port(wire: u16) -> u16 {
     u16::from_be(wire)
 }
 
-/// The key of the reverse entry of a forward entry (mirrors the datapath's
-/// `reply_key`).
+/// The key of the reverse entry of a forward entry (`CtKey::reply_of`, as
+/// the datapath derives it).
 pub fn reverse_key(key: &CtKey, e: &CtEntry) -> CtKey {
     CtKey::reply_of(key, e.addr, e.port)
 }
@@ -264,7 +265,7 @@ pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
             let f = forward_key(k, e);
             // A reverse entry younger than a second may belong to a flow
             // being created right now (reverse first, forward next).
-            let young = now_ns.saturating_sub(e.created_ns) < 1_000_000_000;
+            let young = now_ns.saturating_sub(e.created_ns) < CT_ORPHAN_GRACE_NS;
             match index.get(&f) {
                 Some(fe) if fe.flags & CT_F_REVERSE == 0 && fe.addr == k.daddr && fe.port == k.dport => {}
                 _ if young => {}
