@@ -337,16 +337,17 @@ const INHERITED_ENV: &[&str] = &[
     "CARGO_PRIMARY_PACKAGE",
 ];
 
-fn build_ebpf(debug: bool) -> Result<()> {
-    let root = workspace_root();
-    let crate_dir = root.join(EBPF_CRATE);
-    let target_dir = crate_dir.join("target");
-    let path = path_with_cargo_bin();
-    if find_on_path("bpf-linker", &path).is_none() {
-        bail!("bpf-linker is not installed (not on PATH nor in ~/.cargo/bin). Run `cargo xtask setup`.");
-    }
-    let toolchain = ebpf_toolchain()?;
+/// The eBPF crate's own target directory (its lockfile and toolchain differ
+/// from the workspace's).
+fn ebpf_target_dir() -> PathBuf {
+    workspace_root().join(EBPF_CRATE).join("target")
+}
 
+/// `cargo SUBCOMMAND` for the eBPF crate with `toolchain`: in datapath-ebpf/,
+/// without the environment the outer (rustup) cargo leaves behind, for
+/// bpfel-unknown-none with `-Z build-std=core` and the eBPF rustflags. Used by
+/// `build-ebpf` ("build"); the caller adds the rest.
+fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
     let mut cmd = match toolchain {
         Toolchain::RustupNightly => Command::new("rustup"),
         Toolchain::Debian => Command::new(DEBIAN_CARGO),
@@ -354,16 +355,37 @@ fn build_ebpf(debug: bool) -> Result<()> {
     for var in INHERITED_ENV {
         cmd.env_remove(var);
     }
+    // ~/.cargo/bin for bpf-linker; with Debian's toolchain its own directory
+    // comes first, so that cargo's subcommands (e.g. clippy) are Debian's too
+    // and not rustup's proxies.
+    let mut path = path_with_cargo_bin();
     match toolchain {
-        Toolchain::RustupNightly => cmd.args(["run", "nightly", "cargo"]),
-        Toolchain::Debian => cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1"),
-    };
-    cmd.current_dir(&crate_dir)
-        .env("PATH", &path)
+        Toolchain::RustupNightly => {
+            cmd.args(["run", "nightly", "cargo"]);
+        }
+        Toolchain::Debian => {
+            cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
+            let debian_bin = Path::new(DEBIAN_CARGO).parent().expect("an absolute path").to_path_buf();
+            path = env::join_paths(std::iter::once(debian_bin).chain(env::split_paths(&path))).unwrap_or(path);
+        }
+    }
+    cmd.current_dir(workspace_root().join(EBPF_CRATE))
+        .env("PATH", path)
         .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
-        .args(["build", "--locked", "-Z", "build-std=core", "--target", BPF_TARGET])
+        .args([subcommand, "--locked", "-Z", "build-std=core", "--target", BPF_TARGET])
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(ebpf_target_dir());
+    cmd
+}
+
+fn build_ebpf(debug: bool) -> Result<()> {
+    let root = workspace_root();
+    let target_dir = ebpf_target_dir();
+    if find_on_path("bpf-linker", &path_with_cargo_bin()).is_none() {
+        bail!("bpf-linker is not installed (not on PATH nor in ~/.cargo/bin). Run `cargo xtask setup`.");
+    }
+    let toolchain = ebpf_toolchain()?;
+    let mut cmd = ebpf_cargo(&toolchain, "build");
     if !debug {
         cmd.arg("--release");
     }
