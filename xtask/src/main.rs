@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | build | run | test | bench`.
+//! Project tasks: `cargo xtask setup | build-ebpf | build | run | test | lint | bench`.
 //!
 //! Everything the project needs on a Debian 12 machine is installed by
 //! `setup`; the other commands run it first where it matters, so a fresh clone
@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod lint;
 
 /// libtest arguments for the integration tests (package `datapath-tests`).
 /// They create network namespaces and run agents; two at a time fit the 2-core
@@ -30,6 +31,7 @@ const INTEGRATION_TEST_PACKAGE: &str = "datapath-tests";
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("rustc-web", "Rust compiler that can build `core` for bpfel-unknown-none (with RUSTC_BOOTSTRAP)"),
     ("cargo-web", "cargo matching rustc-web, for the eBPF build"),
+    ("rust-web-clippy", "clippy matching rustc-web, for `cargo xtask lint` of the eBPF crate"),
     ("rust-web-src", "Rust library sources, needed by `-Z build-std=core`"),
     ("llvm-22-dev", "LLVM 22, needed to build and run bpf-linker"),
     ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
@@ -96,6 +98,8 @@ enum Cmd {
         #[arg(last = true)]
         extra: Vec<OsString>,
     },
+    /// Check formatting and clippy (-D warnings) of the workspace and of the eBPF crate.
+    Lint,
     /// Build (release), then benchmark the datapaths side by side (README: Benchmark).
     Bench(bench::BenchArgs),
 }
@@ -107,6 +111,7 @@ fn main() {
         Cmd::Build { release } => build(release).map(|bin| println!("datapath binary: {}", bin.display())),
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { extra } => test(extra),
+        Cmd::Lint => lint::lint(),
         Cmd::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
@@ -346,7 +351,7 @@ fn ebpf_target_dir() -> PathBuf {
 /// `cargo SUBCOMMAND` for the eBPF crate with `toolchain`: in datapath-ebpf/,
 /// without the environment the outer (rustup) cargo leaves behind, for
 /// bpfel-unknown-none with `-Z build-std=core` and the eBPF rustflags. Used by
-/// `build-ebpf` ("build"); the caller adds the rest.
+/// `build-ebpf` ("build") and `lint` ("clippy"); the caller adds the rest.
 fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
     let mut cmd = match toolchain {
         Toolchain::RustupNightly => Command::new("rustup"),
