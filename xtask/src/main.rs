@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | build | run | test | bench`.
+//! Project tasks: `cargo xtask setup | build-ebpf | build | run | test | lint | bench`.
 //!
 //! Everything the project needs on a Debian 12 machine is installed by
 //! `setup`; the other commands run it first where it matters, so a fresh clone
@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod lint;
 
 /// libtest arguments for the integration tests (package `datapath-tests`).
 /// They create network namespaces and run agents; two at a time fit the 2-core
@@ -30,6 +31,7 @@ const INTEGRATION_TEST_PACKAGE: &str = "datapath-tests";
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("rustc-web", "Rust compiler that can build `core` for bpfel-unknown-none (with RUSTC_BOOTSTRAP)"),
     ("cargo-web", "cargo matching rustc-web, for the eBPF build"),
+    ("rust-web-clippy", "clippy matching rustc-web, for `cargo xtask lint` of the eBPF crate"),
     ("rust-web-src", "Rust library sources, needed by `-Z build-std=core`"),
     ("llvm-22-dev", "LLVM 22, needed to build and run bpf-linker"),
     ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
@@ -96,6 +98,8 @@ enum Cmd {
         #[arg(last = true)]
         extra: Vec<OsString>,
     },
+    /// Check formatting and clippy (-D warnings) of the workspace and of the eBPF crate.
+    Lint,
     /// Build (release), then benchmark the datapaths side by side (README: Benchmark).
     Bench(bench::BenchArgs),
 }
@@ -107,6 +111,7 @@ fn main() {
         Cmd::Build { release } => build(release).map(|bin| println!("datapath binary: {}", bin.display())),
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { extra } => test(extra),
+        Cmd::Lint => lint::lint(),
         Cmd::Bench(args) => bench::run(args),
     };
     if let Err(e) = result {
@@ -337,16 +342,17 @@ const INHERITED_ENV: &[&str] = &[
     "CARGO_PRIMARY_PACKAGE",
 ];
 
-fn build_ebpf(debug: bool) -> Result<()> {
-    let root = workspace_root();
-    let crate_dir = root.join(EBPF_CRATE);
-    let target_dir = crate_dir.join("target");
-    let path = path_with_cargo_bin();
-    if find_on_path("bpf-linker", &path).is_none() {
-        bail!("bpf-linker is not installed (not on PATH nor in ~/.cargo/bin). Run `cargo xtask setup`.");
-    }
-    let toolchain = ebpf_toolchain()?;
+/// The eBPF crate's own target directory (its lockfile and toolchain differ
+/// from the workspace's).
+fn ebpf_target_dir() -> PathBuf {
+    workspace_root().join(EBPF_CRATE).join("target")
+}
 
+/// `cargo SUBCOMMAND` for the eBPF crate with `toolchain`: in datapath-ebpf/,
+/// without the environment the outer (rustup) cargo leaves behind, for
+/// bpfel-unknown-none with `-Z build-std=core` and the eBPF rustflags. Used by
+/// `build-ebpf` ("build") and `lint` ("clippy"); the caller adds the rest.
+fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
     let mut cmd = match toolchain {
         Toolchain::RustupNightly => Command::new("rustup"),
         Toolchain::Debian => Command::new(DEBIAN_CARGO),
@@ -354,16 +360,37 @@ fn build_ebpf(debug: bool) -> Result<()> {
     for var in INHERITED_ENV {
         cmd.env_remove(var);
     }
+    // ~/.cargo/bin for bpf-linker; with Debian's toolchain its own directory
+    // comes first, so that cargo's subcommands (e.g. clippy) are Debian's too
+    // and not rustup's proxies.
+    let mut path = path_with_cargo_bin();
     match toolchain {
-        Toolchain::RustupNightly => cmd.args(["run", "nightly", "cargo"]),
-        Toolchain::Debian => cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1"),
-    };
-    cmd.current_dir(&crate_dir)
-        .env("PATH", &path)
+        Toolchain::RustupNightly => {
+            cmd.args(["run", "nightly", "cargo"]);
+        }
+        Toolchain::Debian => {
+            cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
+            let debian_bin = Path::new(DEBIAN_CARGO).parent().expect("an absolute path").to_path_buf();
+            path = env::join_paths(std::iter::once(debian_bin).chain(env::split_paths(&path))).unwrap_or(path);
+        }
+    }
+    cmd.current_dir(workspace_root().join(EBPF_CRATE))
+        .env("PATH", path)
         .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
-        .args(["build", "--locked", "-Z", "build-std=core", "--target", BPF_TARGET])
+        .args([subcommand, "--locked", "-Z", "build-std=core", "--target", BPF_TARGET])
         .arg("--target-dir")
-        .arg(&target_dir);
+        .arg(ebpf_target_dir());
+    cmd
+}
+
+fn build_ebpf(debug: bool) -> Result<()> {
+    let root = workspace_root();
+    let target_dir = ebpf_target_dir();
+    if find_on_path("bpf-linker", &path_with_cargo_bin()).is_none() {
+        bail!("bpf-linker is not installed (not on PATH nor in ~/.cargo/bin). Run `cargo xtask setup`.");
+    }
+    let toolchain = ebpf_toolchain()?;
+    let mut cmd = ebpf_cargo(&toolchain, "build");
     if !debug {
         cmd.arg("--release");
     }

@@ -41,7 +41,7 @@ pub enum BpfError {
 }
 
 /// How TC programs are attached to interfaces.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachMode {
     /// TCX links where the kernel has them (>= 6.6), clsact otherwise.
     #[default]

@@ -35,7 +35,7 @@ pub enum StateError {
 }
 
 /// Which datapath forwards a network's traffic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatapathKind {
     /// TC programs on the host veths: in-kernel redirect, eBPF SNAT.

@@ -1,0 +1,82 @@
+//! `datapath endpoint create|ls|inspect|rm`.
+
+use anyhow::Result;
+use clap::Subcommand;
+use datapath::api::{Client, EndpointCreate, EndpointView, Request};
+use datapath::ipam;
+
+use super::output::{self, left, right, Column, Output, Table};
+
+#[derive(Subcommand)]
+pub enum EndpointCmd {
+    /// Create an endpoint: netns NAME, veth with eth0 inside, address, route, TC program.
+    Create {
+        name: String,
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        ip: Option<String>,
+        /// Trace this endpoint's packets from the start.
+        #[arg(long)]
+        trace: bool,
+    },
+    /// List endpoints.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show one endpoint (JSON).
+    Inspect {
+        name: String,
+        // Accepted like `network inspect -o`, but the output is always JSON.
+        #[arg(short, long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+    },
+    /// Remove an endpoint and its namespace.
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+pub async fn run(client: &Client, cmd: EndpointCmd) -> Result<()> {
+    match cmd {
+        EndpointCmd::Create { name, network, ip, trace } => {
+            let ip = ip.as_deref().map(ipam::parse_addr).transpose()?;
+            let req = EndpointCreate { name, network, ip, trace, ..Default::default() };
+            let e: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
+            println!("{} {}", e.name, e.ip);
+            Ok(())
+        }
+        EndpointCmd::Ls { output } => {
+            let eps: Vec<EndpointView> = client.call_as(Request::EndpointList).await?;
+            output::print(output, &eps[..], list_table)
+        }
+        EndpointCmd::Inspect { name, output: _ } => {
+            let e: EndpointView = client.call_as(Request::EndpointInspect { name }).await?;
+            output::print_json(&e)
+        }
+        EndpointCmd::Rm { name } => {
+            client.call(Request::EndpointRemove { name: name.clone() }).await?;
+            println!("{name}");
+            Ok(())
+        }
+    }
+}
+
+const LIST_COLUMNS: &[Column] = &[
+    left("NAME", 18),
+    left("NETWORK", 12),
+    left("ADDRESS", 18),
+    left("MAC", 17),
+    left("HOST-IF", 12),
+    right("IFINDEX", 7),
+];
+
+fn list_table(eps: &[EndpointView]) -> String {
+    let mut t = Table::new(LIST_COLUMNS);
+    for e in eps {
+        let address = format!("{}/{}", e.ip, e.prefix_len);
+        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex]);
+    }
+    t.render()
+}

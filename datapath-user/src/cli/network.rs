@@ -1,0 +1,115 @@
+//! `datapath network create|ls|inspect|rm`.
+
+use anyhow::Result;
+use clap::Subcommand;
+use datapath::api::{Client, NetworkCreate, NetworkView, Request};
+
+use super::output::{self, left, right, Column, Output, Table};
+use super::Datapath;
+
+#[derive(Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network (a bridge with the gateway address, eBPF on its ports).
+    Create {
+        name: String,
+        #[arg(long)]
+        subnet: String,
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Which datapath forwards this network (default: the agent's, normally ebpf).
+        #[arg(long, value_enum)]
+        datapath: Option<Datapath>,
+        /// No masquerade and no route beyond the network.
+        #[arg(long)]
+        internal: bool,
+        /// Inter-container communication (`--icc=false` isolates endpoints from each other).
+        #[arg(long, value_name = "BOOL", num_args = 1, require_equals = true)]
+        icc: Option<bool>,
+        /// Do not source-NAT traffic leaving the node.
+        #[arg(long)]
+        no_masquerade: bool,
+        /// Interface to masquerade through (default: the default route's device).
+        #[arg(long)]
+        uplink: Option<String>,
+        /// MTU of the bridge and every veth of the network.
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show one network (JSON).
+    Inspect {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Json)]
+        output: Output,
+    },
+    /// Remove a network that has no endpoints.
+    #[command(alias = "remove")]
+    Rm { name: String },
+}
+
+pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
+    match cmd {
+        NetworkCmd::Create { name, subnet, gateway, datapath, internal, icc, no_masquerade, uplink, mtu } => {
+            let req = NetworkCreate {
+                name,
+                subnet,
+                gateway,
+                datapath: datapath.map(Into::into),
+                internal,
+                icc,
+                masquerade: no_masquerade.then_some(false),
+                uplink,
+                mtu,
+            };
+            let n: NetworkView = client.call_as(Request::NetworkCreate(req)).await?;
+            println!("{}", n.id);
+            Ok(())
+        }
+        NetworkCmd::Ls { output } => {
+            let nets: Vec<NetworkView> = client.call_as(Request::NetworkList).await?;
+            output::print(output, &nets[..], list_table)
+        }
+        NetworkCmd::Inspect { name, output } => {
+            let n: NetworkView = client.call_as(Request::NetworkInspect { name }).await?;
+            output::print(output, &n, inspect_table)
+        }
+        NetworkCmd::Rm { name } => {
+            client.call(Request::NetworkRemove { name: name.clone() }).await?;
+            println!("{name}");
+            Ok(())
+        }
+    }
+}
+
+const LIST_COLUMNS: &[Column] = &[
+    left("NAME", 18),
+    left("ID", 16),
+    left("SUBNET", 18),
+    left("GATEWAY", 15),
+    left("BRIDGE", 12),
+    left("DATAPATH", 8),
+    right("ENDPOINTS", 9),
+];
+
+fn list_table(nets: &[NetworkView]) -> String {
+    let mut t = Table::new(LIST_COLUMNS);
+    for n in nets {
+        t.row([&n.name, &n.id, &n.subnet, &n.gateway, &n.bridge, &n.datapath, &n.endpoints.len()]);
+    }
+    t.render()
+}
+
+/// `network inspect -o table`: a summary line, then one line per endpoint.
+fn inspect_table(n: &NetworkView) -> String {
+    const ENDPOINT_COLUMNS: &[Column] = &[left("NAME", 18), left("IP", 15), left("MAC", 0)];
+    let mut t = Table::without_header(ENDPOINT_COLUMNS, "  ");
+    for e in &n.endpoints {
+        t.row([&e.name, &e.ip, &e.mac]);
+    }
+    format!("{} {} {} gw {} bridge {} ({})\n{}", n.name, n.id, n.subnet, n.gateway, n.bridge, n.datapath, t.render())
+}

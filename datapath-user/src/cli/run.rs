@@ -1,0 +1,101 @@
+//! `datapath run|ps|stop`: commands run the way `docker run --network=...`
+//! would, without images.
+
+use anyhow::Result;
+use clap::Args;
+use datapath::api::{Client, ContainerCreate, ContainerView, Request};
+use datapath::host::netns;
+use datapath::ipam;
+
+use super::output::{self, left, right, Column, Output, Table};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// bridge (default), a network name, host, none or container:NAME.
+    #[arg(long, alias = "net", default_value = "bridge")]
+    network: String,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    ip: Option<String>,
+    /// Remove the endpoint when the command exits.
+    #[arg(long)]
+    rm: bool,
+    /// Run in the background (the agent starts it); prints the name.
+    #[arg(short, long)]
+    detach: bool,
+    /// The command and its arguments.
+    #[arg(required = true, last = true)]
+    command: Vec<String>,
+}
+
+/// `datapath run`: the agent makes the endpoint (or starts the command
+/// itself with -d); in the foreground the command runs here, attached to the
+/// terminal, inside the endpoint's namespace. Returns the command's exit code.
+pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
+    let ip = args.ip.as_deref().map(ipam::parse_addr).transpose()?;
+    let cwd = std::env::current_dir().ok();
+    let req = ContainerCreate {
+        name: args.name,
+        network: Some(args.network),
+        ip,
+        argv: args.command.clone(),
+        detach: args.detach,
+        rm: args.rm,
+        cwd,
+    };
+    let c: ContainerView = client.call_as(Request::ContainerCreate(req)).await?;
+    if args.detach {
+        println!("{}", c.name);
+        return Ok(0);
+    }
+    let argv = args.command;
+    let spawned = netns::run_in(&c.netns_path, move || std::process::Command::new(&argv[0]).args(&argv[1..]).spawn());
+    let mut child = match spawned.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)) {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = client.call(Request::ContainerExited { name: c.name.clone(), code: 127 }).await;
+            return Err(e.context(format!("running {:?}", c.argv.join(" "))));
+        }
+    };
+    client.call(Request::ContainerStarted { name: c.name.clone(), pid: child.id() }).await?;
+    // Ctrl-C goes to the command (same terminal); we wait for it to exit.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let wait = tokio::task::spawn_blocking(move || child.wait());
+    tokio::pin!(wait);
+    let status = loop {
+        tokio::select! {
+            s = &mut wait => break s??,
+            _ = sigint.recv() => {}
+        }
+    };
+    let code = datapath::host::process::exit_code(status);
+    client.call(Request::ContainerExited { name: c.name.clone(), code }).await?;
+    Ok(code)
+}
+
+/// `datapath ps`.
+pub async fn ps(client: &Client, output: Output) -> Result<()> {
+    let cs: Vec<ContainerView> = client.call_as(Request::ContainerList).await?;
+    output::print(output, &cs[..], ps_table)
+}
+
+/// `datapath stop NAME`.
+pub async fn stop(client: &Client, name: String) -> Result<()> {
+    client.call(Request::ContainerStop { name: name.clone() }).await?;
+    println!("{name}");
+    Ok(())
+}
+
+const PS_COLUMNS: &[Column] =
+    &[left("NAME", 16), left("NETWORK", 18), left("IP", 15), right("PID", 7), left("STATUS", 12), left("COMMAND", 0)];
+
+fn ps_table(cs: &[ContainerView]) -> String {
+    let mut t = Table::new(PS_COLUMNS);
+    for c in cs {
+        let ip = c.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+        let pid = c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        t.row([&c.name, &c.network, &ip, &pid, &c.status, &c.argv.join(" ")]);
+    }
+    t.render()
+}
