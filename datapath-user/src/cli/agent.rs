@@ -58,6 +58,10 @@ pub struct AgentArgs {
     /// Seconds between conntrack garbage collections.
     #[arg(long, default_value_t = 10)]
     ct_gc_interval: u64,
+    /// Capacity of the conntrack table (entries; a masqueraded flow takes
+    /// two). Changing it on a running node migrates the table's entries.
+    #[arg(long, default_value_t = datapath_common::CT_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    ct_max_entries: u32,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -94,6 +98,7 @@ impl AgentArgs {
                 _reserved: [0; 3],
             },
             ct_gc_interval: self.ct_gc_interval,
+            ct_max_entries: self.ct_max_entries,
         })
     }
 }
