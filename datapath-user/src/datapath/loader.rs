@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use crate::datapath::conntrack::{self, CtTable};
 use crate::datapath::links::{loaded_tags, Attached, Attachments, Tags};
 use crate::datapath::object;
-use crate::datapath::pins::{copy_ct, Fate, Layout, PinReport, Pins};
+use crate::datapath::pins::{copy_ct, Fate, Layout, PinReport, Pins, Plan};
 use crate::datapath::tables::{Counters, Tables};
 
 #[derive(Debug, Error)]
@@ -79,7 +79,7 @@ pub struct Bpf {
     /// Where maps and links are pinned (`None`: nothing is).
     pins: Option<Pins>,
     /// What the load did with each pinned map, until the migration ends.
-    fates: BTreeMap<String, Fate>,
+    plan: Plan,
     /// Tags of the loaded programs (`inspect` shows the endpoint one).
     tags: BTreeMap<&'static str, u64>,
     /// Tags of the programs on the node at load time, by id: is a pinned
@@ -180,24 +180,21 @@ impl Bpf {
         let bytes = object::bytes().ok_or(BpfError::NoObject)?;
         raise_memlock();
         let declared = declared_maps(bytes, &opts)?;
-        let fates = match &opts.pins {
+        let plan = match &opts.pins {
             Some(pins) => pins.plan(&declared)?,
-            None => BTreeMap::new(),
+            None => Plan::default(),
         };
-        let loaded = Self::load_object(bytes, trace_tx, &opts, &declared, &fates);
+        let loaded = Self::load_object(bytes, trace_tx, &opts, &declared, &plan);
         let (bpf, ct_entries) = match loaded {
             Ok(l) => l,
             Err(e) => {
                 if let Some(pins) = &opts.pins {
-                    pins.abort(&fates);
+                    pins.abort(&plan);
                 }
                 return Err(e);
             }
         };
-        if let Some(pins) = &opts.pins {
-            pins.commit_version()?;
-        }
-        Ok((bpf, PinReport { maps: fates, ct_entries }))
+        Ok((bpf, PinReport { maps: plan.fates, ct_entries }))
     }
 
     fn load_object(
@@ -205,7 +202,7 @@ impl Bpf {
         trace_tx: broadcast::Sender<String>,
         opts: &LoadOptions,
         declared: &BTreeMap<String, Layout>,
-        fates: &BTreeMap<String, Fate>,
+        plan: &Plan,
     ) -> Result<(Self, usize), BpfError> {
         let mut loader = EbpfLoader::new();
         if let Some(pins) = &opts.pins {
@@ -234,7 +231,7 @@ impl Bpf {
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
         let mut ct = HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?;
-        let ct_entries = match (fates.get(MAP_CT), &opts.pins) {
+        let ct_entries = match (plan.fates.get(MAP_CT), &opts.pins) {
             (Some(Fate::Migrated(_)), Some(pins)) => match pins.pending_map(MAP_CT) {
                 Some(old) => copy_ct(old, &mut ct)?,
                 None => 0,
@@ -249,7 +246,7 @@ impl Bpf {
         let bpf = Bpf {
             tcx: uses_tcx(opts.mode),
             pins: opts.pins.clone(),
-            fates: fates.clone(),
+            plan: plan.clone(),
             ebpf,
             endpoints,
             by_ip,
@@ -319,13 +316,13 @@ impl Bpf {
     pub fn finish_migration(&mut self) -> Result<usize, BpfError> {
         let Some(pins) = self.pins.clone() else { return Ok(0) };
         let mut copied = 0;
-        if matches!(self.fates.get(MAP_CT), Some(Fate::Migrated(_))) {
+        if matches!(self.plan.fates.get(MAP_CT), Some(Fate::Migrated(_))) {
             if let Some(old) = pins.pending_map(MAP_CT) {
                 copied = self.tables.ct()?.copy_from(old)?;
             }
         }
-        pins.finish(&self.fates);
-        self.fates.clear();
+        pins.finish(&self.plan);
+        self.plan = Plan::default();
         Ok(copied)
     }
 

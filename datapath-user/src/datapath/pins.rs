@@ -1,7 +1,7 @@
 //! The datapath's objects in bpffs, so that they outlive the agent: every
-//! map of the object under `DIR/maps/NAME`, TCX links under
-//! `DIR/links/IFNAME` (see `links`), and the layout version under
-//! `DIR/layout`.
+//! map of the object under `DIR/maps-vN/NAME` (N: [`MAP_LAYOUT_VERSION`];
+//! bpffs holds only BPF objects and directories, so the version is in the
+//! directory's name) and TCX links under `DIR/links/IFNAME` (see `links`).
 //!
 //! A starting agent reuses each pinned map whose layout (type, key and
 //! value size, capacity, flags, and [`MAP_LAYOUT_VERSION`]) matches what
@@ -51,6 +51,19 @@ impl Layout {
             flags: info.map_flags(),
         })
     }
+}
+
+/// The fate of every map at a load, and where the old pins of migrated
+/// maps were (to put them back if the load fails).
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub fates: BTreeMap<String, Fate>,
+    origins: BTreeMap<String, PathBuf>,
+}
+
+fn move_pin(from: &Path, to: &Path) -> Result<(), BpfError> {
+    std::fs::rename(from, to)
+        .map_err(|e| BpfError::Pin(format!("moving the pin {} to {}: {e}", from.display(), to.display())))
 }
 
 /// What happens to one map at load.
@@ -104,85 +117,95 @@ impl Pins {
         &self.root
     }
 
+    fn maps_dir(&self) -> PathBuf {
+        self.root.join(format!("maps-v{MAP_LAYOUT_VERSION}"))
+    }
+
     pub fn map_path(&self, name: &str) -> PathBuf {
-        self.root.join("maps").join(name)
+        self.maps_dir().join(name)
     }
 
     fn pending_path(&self, name: &str) -> PathBuf {
-        self.root.join("maps").join(format!("{name}{PENDING}"))
+        self.maps_dir().join(format!("{name}{PENDING}"))
+    }
+
+    /// Map directories of other layout versions (left by another build).
+    fn other_versions(&self) -> Vec<(u32, PathBuf)> {
+        let Ok(dir) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        let mut v: Vec<(u32, PathBuf)> = dir
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let n: u32 = e.file_name().to_str()?.strip_prefix("maps-v")?.parse().ok()?;
+                (n != MAP_LAYOUT_VERSION).then(|| (n, e.path()))
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     pub fn link_path(&self, ifname: &str) -> PathBuf {
         self.root.join("links").join(ifname)
     }
 
-    fn layout_file(&self) -> PathBuf {
-        self.root.join("layout")
-    }
-
     /// Makes the directories (the root must be on a bpffs).
     pub fn prepare(&self) -> Result<(), BpfError> {
-        for d in ["maps", "links"] {
-            let dir = self.root.join(d);
+        for dir in [self.maps_dir(), self.root.join("links")] {
             std::fs::create_dir_all(&dir).map_err(|e| BpfError::Pin(format!("creating {}: {e}", dir.display())))?;
         }
         Ok(())
     }
 
-    /// The layout version the pinned maps were made with (none: no pins).
-    fn pinned_version(&self) -> Option<u32> {
-        std::fs::read_to_string(self.layout_file()).ok()?.trim().parse().ok()
-    }
-
     /// Decides every map's fate from its definition in the object and what
-    /// is pinned; moves the pins of maps to migrate to `NAME:pending`.
-    pub fn plan(&self, wanted: &BTreeMap<String, Layout>) -> Result<BTreeMap<String, Fate>, BpfError> {
+    /// is pinned; moves the pins of maps to migrate to `NAME:pending` in
+    /// this version's directory (from there or from another version's).
+    pub fn plan(&self, wanted: &BTreeMap<String, Layout>) -> Result<Plan, BpfError> {
         self.prepare()?;
-        let version = self.pinned_version();
-        let mut fates = BTreeMap::new();
+        let others = self.other_versions();
+        let mut plan = Plan::default();
         for (name, want) in wanted {
             let path = self.map_path(name);
+            let pending = self.pending_path(name);
             // A pending pin left by an interrupted migration is the real
             // old map: it goes back first.
-            let pending = self.pending_path(name);
             if pending.exists() {
                 let _ = std::fs::remove_file(&path);
-                std::fs::rename(&pending, &path).map_err(|e| BpfError::Pin(format!("restoring {name}: {e}")))?;
+                move_pin(&pending, &path)?;
             }
-            if !path.exists() {
-                fates.insert(name.clone(), Fate::Created);
+            let (from, why) = if path.exists() {
+                let have = MapInfo::from_pin(&path).and_then(|i| Layout::of_pin(&i));
+                match have {
+                    Ok(have) if have == *want => {
+                        plan.fates.insert(name.clone(), Fate::Reused);
+                        continue;
+                    }
+                    Ok(have) => (path.clone(), describe(&have, want)),
+                    Err(e) => (path.clone(), format!("unreadable pin: {e}")),
+                }
+            } else if let Some((v, old)) = others.iter().rev().map(|(v, d)| (v, d.join(name))).find(|(_, p)| p.exists())
+            {
+                (old, format!("layout version {v} -> {MAP_LAYOUT_VERSION}"))
+            } else {
+                plan.fates.insert(name.clone(), Fate::Created);
                 continue;
-            }
-            let have = MapInfo::from_pin(&path).and_then(|i| Layout::of_pin(&i));
-            let why = match (have, version) {
-                (Ok(have), Some(v)) if have == *want && v == MAP_LAYOUT_VERSION => None,
-                (Ok(have), Some(v)) if v != MAP_LAYOUT_VERSION => {
-                    Some(format!("layout version {v} -> {MAP_LAYOUT_VERSION}, {}", describe(&have, want)))
-                }
-                (Ok(have), _) => Some(describe(&have, want)),
-                (Err(e), _) => Some(format!("unreadable pin: {e}")),
             };
-            match why {
-                None => fates.insert(name.clone(), Fate::Reused),
-                Some(why) => {
-                    std::fs::rename(&path, &pending)
-                        .map_err(|e| BpfError::Pin(format!("moving {} aside: {e}", path.display())))?;
-                    fates.insert(name.clone(), Fate::Migrated(why))
-                }
-            };
+            move_pin(&from, &pending)?;
+            plan.origins.insert(name.clone(), from);
+            plan.fates.insert(name.clone(), Fate::Migrated(why));
         }
-        Ok(fates)
+        Ok(plan)
     }
 
-    /// The load failed: the new pins of migrated maps go, the old ones come
-    /// back, so the running datapath keeps what it had.
-    pub fn abort(&self, fates: &BTreeMap<String, Fate>) {
-        for (name, fate) in fates {
+    /// The load failed: the new pins go, the old ones go back where they
+    /// were, so the running datapath keeps what it had.
+    pub fn abort(&self, plan: &Plan) {
+        for (name, fate) in &plan.fates {
             match fate {
                 Fate::Migrated(_) => {
                     let _ = std::fs::remove_file(self.map_path(name));
-                    if let Err(e) = std::fs::rename(self.pending_path(name), self.map_path(name)) {
-                        tracing::error!("restoring the pin of {name}: {e}");
+                    if let Some(origin) = plan.origins.get(name) {
+                        if let Err(e) = move_pin(&self.pending_path(name), origin) {
+                            tracing::error!("restoring the pin of {name}: {e}");
+                        }
                     }
                 }
                 Fate::Created => {
@@ -193,24 +216,22 @@ impl Pins {
         }
     }
 
-    /// Records the layout version of the pinned maps (after a load).
-    pub fn commit_version(&self) -> Result<(), BpfError> {
-        std::fs::write(self.layout_file(), format!("{MAP_LAYOUT_VERSION}\n"))
-            .map_err(|e| BpfError::Pin(format!("writing {}: {e}", self.layout_file().display())))
-    }
-
     /// The old map of a migration, opened from its pending pin.
     pub fn pending_map(&self, name: &str) -> Option<MapData> {
         MapData::from_pin(self.pending_path(name)).ok()
     }
 
     /// The migration is over: the old maps' pins go (the maps go with the
-    /// last program that uses them).
-    pub fn finish(&self, fates: &BTreeMap<String, Fate>) {
-        for (name, fate) in fates {
+    /// last program that uses them), and so do other versions' directories
+    /// (what is left there, no program of this build uses).
+    pub fn finish(&self, plan: &Plan) {
+        for (name, fate) in &plan.fates {
             if matches!(fate, Fate::Migrated(_)) {
                 let _ = std::fs::remove_file(self.pending_path(name));
             }
+        }
+        for (_, dir) in self.other_versions() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
