@@ -65,13 +65,14 @@ impl Attachments {
         self.by_ifindex.contains_key(&ifindex)
     }
 
-    /// Attaches `prog` (tag `tag`) to the ingress of `iface`.
+    /// Attaches `prog` to the ingress of `iface`; a pinned link running a
+    /// program of tag `keep` is left alone.
     #[allow(clippy::too_many_arguments)]
     pub fn attach(
         &mut self,
         prog: &mut SchedClassifier,
         name: &'static str,
-        tag: u64,
+        keep: Option<u64>,
         tags: &Tags,
         pins: Option<&Pins>,
         tcx: bool,
@@ -81,7 +82,7 @@ impl Attachments {
         let err = |source| BpfError::Attach { prog: name, iface: iface.to_string(), source };
         let (handle, how) = if tcx {
             match pins {
-                Some(pins) => attach_tcx(prog, tag, tags, pins, iface).map_err(err)?,
+                Some(pins) => attach_tcx(prog, keep, tags, pins, iface).map_err(err)?,
                 None => (Handle::TcxUnpinned(new_tcx_link(prog, iface).map_err(err)?), Attached::Created),
             }
         } else {
@@ -128,7 +129,7 @@ fn prog_err(e: std::io::Error) -> aya::programs::ProgramError {
 /// TCX: reuse, replace or create the pinned link of `iface`.
 fn attach_tcx(
     prog: &mut SchedClassifier,
-    tag: u64,
+    keep: Option<u64>,
     tags: &Tags,
     pins: &Pins,
     iface: &str,
@@ -137,7 +138,7 @@ fn attach_tcx(
     if let Ok(pinned) = PinnedLink::from_pin(&path) {
         let link = FdLink::from(pinned);
         let running = link.info().ok().and_then(|i| tags.get(&i.program_id()).copied());
-        if running == Some(tag) {
+        if running.is_some() && running == keep {
             let pinned = PinnedLink::from_pin(&path).map_err(|e| prog_err(std::io::Error::other(e)))?;
             return Ok((Handle::Tcx(pinned), Attached::Kept));
         }
