@@ -11,4 +11,5 @@ pub mod api;
 pub mod datapath;
 pub mod host;
 pub mod ipam;
+pub mod reset;
 pub mod state;

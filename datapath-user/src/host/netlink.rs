@@ -226,6 +226,22 @@ impl Netlink {
         }))
     }
 
+    /// Every link of the namespace: (ifindex, name).
+    pub async fn links(&self) -> Result<Vec<(u32, String)>, NetlinkError> {
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(req("dump links"))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|l| {
+                let name = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })?;
+                Some((l.header.index, name))
+            })
+            .collect())
+    }
+
     /// IPv4 addresses of a link, primary first (the kernel lists them in order).
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
         use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
