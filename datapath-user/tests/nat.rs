@@ -26,6 +26,9 @@ use std::{
 };
 
 use datapath::datapath::{AttachMode, Bpf};
+use datapath::host::netns;
+use datapath::testbed::frames::mac_str;
+use datapath::testbed::knobs;
 use datapath_common::{ipv4_key, reason, CtConfig, EndpointInfo, NetworkInfo, NET_F_MASQUERADE};
 
 const GW_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x01];
@@ -45,10 +48,6 @@ fn skip_reason() -> Option<&'static str> {
         return Some("no python3");
     }
     None
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 fn run(args: &[&str]) -> String {
@@ -143,8 +142,7 @@ impl Topo {
         // outside, so a wrong (pseudo-header) update shows on the wire and
         // is caught by the receiving kernel.
         for (n, dev) in [("n", up.as_str()), ("o", "eth0")] {
-            let (ok, out) = t.sh(n, &format!("python3 {} {dev}", t.script("txoff.py", TXOFF)));
-            assert!(ok, "tx checksum offload off on {dev}: {out}");
+            knobs::tx_checksum_off(&netns::named_path(&t.ns(n)), dev).unwrap_or_else(|e| panic!("{e}"));
         }
         t
     }
@@ -190,14 +188,6 @@ impl Drop for InNetns {
         let _ = nix::sched::setns(self.orig.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
     }
 }
-
-const TXOFF: &str = r#"
-import ctypes, fcntl, socket, struct, sys
-ev = ctypes.create_string_buffer(struct.pack("II", 0x17, 0))  # ETHTOOL_STXCSUM off
-ifr = struct.pack("16sP", sys.argv[1].encode(), ctypes.addressof(ev))
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-fcntl.ioctl(s.fileno(), 0x8946, ifr)
-"#;
 
 const UDP_ECHO: &str = r#"
 import socket
