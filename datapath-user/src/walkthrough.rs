@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use datapath::api::{Client, EndpointCreate, EndpointView, FlowView, NetworkView, Request, StatsView};
 use datapath::host::netns;
+use datapath::testbed::agent::{Agent, AgentConfig};
+use datapath::testbed::topology::{self, NodeSpec, NODE_UPLINK_IP, OUTSIDE_IP, UPLINK_DEV as UPLINK};
 
 #[derive(Args)]
 pub struct WalkthroughArgs {
@@ -28,42 +30,25 @@ const EPS: [&str; 2] = ["alpine1", "alpine2"];
 const NODE_NS: &str = "dpwalk-node";
 /// A stand-in for the outside world, behind the node's uplink.
 const OUTSIDE_NS: &str = "dpwalk-outside";
-const UPLINK: &str = "uplink0";
-const NODE_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
-/// Creates (or reuses, after a killed run) the node and outside namespaces
-/// joined by a veth: node `uplink0` 203.0.113.2/24 with its default route via
-/// the outside end 203.0.113.1/24 (TEST-NET-3, only ever inside these namespaces).
-async fn make_node() -> Result<()> {
-    use datapath::host::netlink::Netlink;
-    for ns in [NODE_NS, OUTSIDE_NS] {
-        if !netns::named_path(ns).exists() {
-            netns::create_named(ns)?;
-        }
-    }
-    let node = Netlink::in_netns(&netns::named_path(NODE_NS))?;
-    let outside = Netlink::in_netns(&netns::named_path(OUTSIDE_NS))?;
-    if node.link_index(UPLINK).await?.is_none() {
-        let mac = [0x02, 0xd4, 0xcb, 0x00, 0x71, 0x01];
-        node.create_veth(UPLINK, "eth0", &netns::named_path(OUTSIDE_NS), mac, None, None).await?;
-    }
-    for (nl, ifname, ip) in [(&node, UPLINK, NODE_UPLINK_IP), (&outside, "eth0", OUTSIDE_IP)] {
-        if let Some(lo) = nl.link_index("lo").await? {
-            nl.set_up(lo).await?;
-        }
-        let i = nl.require_index(ifname).await?;
-        nl.add_address(i, ip, 24).await?;
-        nl.set_up(i).await?;
-    }
-    node.add_default_route(OUTSIDE_IP).await?;
-    Ok(())
+/// The node and outside namespaces joined by a veth (the test bed's
+/// topology): node `uplink0` 203.0.113.2/24 with its default route via the
+/// outside end 203.0.113.1/24 (TEST-NET-3, only ever inside these
+/// namespaces). Those of a killed run are reused.
+fn node_spec() -> NodeSpec {
+    NodeSpec { reuse: true, ..NodeSpec::new(NODE_NS).with_outside(OUTSIDE_NS) }
 }
 
-fn remove_node() {
-    for ns in [OUTSIDE_NS, NODE_NS] {
-        let _ = netns::delete_path(&netns::named_path(ns));
-    }
+/// The agent: in the node namespace, socket and state under `dir`, in a
+/// process group of its own (Ctrl-C reaches the walkthrough only, which then
+/// tears down in order and stops the agent), its output on our terminal.
+fn agent_config(args: &WalkthroughArgs) -> Result<AgentConfig> {
+    let exe = std::env::current_exe()?;
+    let mut c = AgentConfig::new(exe, NODE_NS, &args.dir, "/sys/fs/bpf/datapath-walkthrough");
+    c.socket = client_path(args);
+    c.cleanup_on_exit = true;
+    c.own_process_group = true;
+    Ok(c)
 }
 
 fn step(n: u32, text: &str) {
@@ -99,57 +84,23 @@ impl Drop for KillOnDrop {
     }
 }
 
-async fn wait_ready(client: &Client, agent: &mut Child) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if client.call(Request::Ping).await.is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = agent.try_wait()? {
-            bail!("the agent exited during start-up ({status}); its log is above");
-        }
-        if Instant::now() > deadline {
-            bail!("the agent did not become ready within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 pub async fn run(args: WalkthroughArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the walkthrough creates namespaces and loads eBPF programs: run it as root (cargo xtask run does)");
     }
     std::fs::create_dir_all(&args.dir)?;
-    let socket = args.dir.join("datapath.sock");
-    let exe = std::env::current_exe()?;
+    let socket = client_path(&args);
     step(1, "Start the agent (eBPF programs loaded, default network `bridge` created)");
     println!("The agent runs in its own node namespace `{NODE_NS}`, whose uplink {UPLINK} ({NODE_UPLINK_IP}) leads to");
     println!("a stand-in for the outside world, namespace `{OUTSIDE_NS}` ({OUTSIDE_IP}): the host's own network is left alone.");
-    make_node().await.context("creating the walkthrough's node and outside namespaces")?;
+    let net = topology::build(&node_spec()).await.context("creating the walkthrough's node and outside namespaces")?;
     show(&format!("datapath agent --netns {NODE_NS} --socket {} --cleanup-on-exit", socket.display()));
-    // Own process group: Ctrl-C reaches the walkthrough only, which then
-    // tears down in order and stops the agent.
-    let mut agent = Command::new(&exe)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("agent")
-        .arg("--netns")
-        .arg(NODE_NS)
-        .arg("--state-dir")
-        .arg(args.dir.join("state"))
-        .arg("--bpffs")
-        .arg("/sys/fs/bpf/datapath-walkthrough")
-        .arg("--cleanup-on-exit")
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("starting the agent")?;
+    let agent = Agent::start_async(agent_config(&args)?).await;
     let client = Client::new(&socket);
-    let result = async {
-        wait_ready(&client, &mut agent).await?;
-        scenario(&client, &args).await
-    }
-    .await;
+    let result = match &agent {
+        Ok(_) => scenario(&client, &args).await,
+        Err(e) => Err(anyhow!("{e}; its log is above")),
+    };
     if let Err(e) = &result {
         println!("\nwalkthrough failed: {e:#}");
     }
@@ -159,16 +110,17 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
             println!("removed endpoint {ep}");
         }
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let status = tokio::task::spawn_blocking(move || agent.wait()).await??;
-    println!("agent stopped ({status})");
-    remove_node();
+    if let Ok(mut agent) = agent {
+        match tokio::task::spawn_blocking(move || agent.stop()).await? {
+            Ok(status) => println!("agent stopped ({status})"),
+            Err(e) => println!("agent: {e}"),
+        }
+    }
+    drop(net);
     println!("removed namespaces {NODE_NS} and {OUTSIDE_NS}");
     let _ = std::fs::remove_dir_all(&args.dir);
     result
 }
-
-use std::os::unix::process::CommandExt;
 
 async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     // Leftovers of a walkthrough that was killed are restored by the agent
