@@ -129,35 +129,10 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
         let _ = client.call(Request::EndpointRemove { name: ep.into() }).await;
     }
     step(2, "The networks: the default bridge network is there");
-    show("datapath network ls");
-    let nets: Vec<NetworkView> = client.call_as(Request::NetworkList).await?;
-    for n in &nets {
-        println!(
-            "{:<10} {:<18} gateway {:<12} bridge {:<10} datapath {}",
-            n.name, n.subnet, n.gateway, n.bridge, n.datapath
-        );
-    }
+    show_networks(client).await?;
 
     step(3, "Start two endpoints on the default network (packet tracing on)");
-    let mut eps = Vec::new();
-    for ep in EPS {
-        show(&format!("datapath endpoint create {ep} --trace"));
-        let t = Instant::now();
-        let req = EndpointCreate { name: ep.into(), trace: true, ..Default::default() };
-        let v: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
-        println!(
-            "{} {}/{} mac {} host veth {} (ifindex {}), netns {} -- {:.1} ms",
-            v.name,
-            v.ip,
-            v.prefix_len,
-            v.mac,
-            v.host_ifname,
-            v.host_ifindex,
-            v.netns_path.display(),
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        eps.push(v);
-    }
+    let eps = create_endpoints(client).await?;
     let (a, b) = (&eps[0], &eps[1]);
 
     // Live traces, printed as they arrive.
@@ -182,6 +157,67 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     ping(a, a.gateway).await?;
 
     step(6, &format!("HTTP: python3 -m http.server 8000 in {}, GET a file from {}", b.name, a.name));
+    let _server = local_http(args, a, b)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    step(7, &format!("Masquerade: GET a page from the outside host {OUTSIDE_IP} through the node's uplink"));
+    let (_outside, outside_log) = outside_http(args, a)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracer.abort();
+    check_outside_saw_the_uplink(&outside_log)?;
+    show_conntrack(client, a).await?;
+
+    step(8, "Counters by reason: unicast between endpoints was redirected in-kernel, outside traffic translated");
+    show_stats(client).await?;
+
+    step(9, "Your turn");
+    your_turn(args, a, b);
+    if args.no_wait {
+        return Ok(());
+    }
+    println!("Press Ctrl-C to clean up and exit.");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn show_networks(client: &Client) -> Result<()> {
+    show("datapath network ls");
+    let nets: Vec<NetworkView> = client.call_as(Request::NetworkList).await?;
+    for n in &nets {
+        println!(
+            "{:<10} {:<18} gateway {:<12} bridge {:<10} datapath {}",
+            n.name, n.subnet, n.gateway, n.bridge, n.datapath
+        );
+    }
+    Ok(())
+}
+
+async fn create_endpoints(client: &Client) -> Result<Vec<EndpointView>> {
+    let mut eps = Vec::new();
+    for ep in EPS {
+        show(&format!("datapath endpoint create {ep} --trace"));
+        let t = Instant::now();
+        let req = EndpointCreate { name: ep.into(), trace: true, ..Default::default() };
+        let v: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
+        println!(
+            "{} {}/{} mac {} host veth {} (ifindex {}), netns {} -- {:.1} ms",
+            v.name,
+            v.ip,
+            v.prefix_len,
+            v.mac,
+            v.host_ifname,
+            v.host_ifindex,
+            v.netns_path.display(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        eps.push(v);
+    }
+    Ok(eps)
+}
+
+/// An HTTP server in `b` (kept running while the guard lives), and a GET of
+/// a 256 KiB file from `a` with its sha256 checked.
+fn local_http(args: &WalkthroughArgs, a: &EndpointView, b: &EndpointView) -> Result<KillOnDrop> {
     let www = args.dir.join("www");
     std::fs::create_dir_all(&www)?;
     let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
@@ -191,16 +227,19 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     // DNS lookup (getfqdn), i.e. send packets towards the host's resolver.
     show(&format!("ip netns exec {} python3 -m http.server 8000 --directory {}", b.name, www_s));
     let server_log = args.dir.join("http-server.log");
-    let _server = KillOnDrop(spawn_in(
+    let server = KillOnDrop(spawn_in(
         &b.netns_path,
         &["python3", "-m", "http.server", "8000", "--directory", &www_s],
         &server_log,
     )?);
     let url = format!("http://{}:8000/hello.bin", b.ip);
     fetch(a, &url, &body, &server_log)?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(server)
+}
 
-    step(7, &format!("Masquerade: GET a page from the outside host {OUTSIDE_IP} through the node's uplink"));
+/// An HTTP server in the outside namespace, and a GET of a page from `a`
+/// through the masquerade. Returns the server's guard and its log.
+fn outside_http(args: &WalkthroughArgs, a: &EndpointView) -> Result<(KillOnDrop, PathBuf)> {
     let outside_www = args.dir.join("outside-www");
     std::fs::create_dir_all(&outside_www)?;
     let page: Vec<u8> = b"<html><body>Hello from the outside world</body></html>\n".repeat(64);
@@ -208,15 +247,18 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     let outside_log = args.dir.join("outside-server.log");
     let outside_dir = outside_www.to_string_lossy().to_string();
     show(&format!("ip netns exec {OUTSIDE_NS} python3 -m http.server 80 --directory {outside_dir}"));
-    let _outside = KillOnDrop(spawn_in(
+    let outside = KillOnDrop(spawn_in(
         &netns::named_path(OUTSIDE_NS),
         &["python3", "-m", "http.server", "80", "--directory", &outside_dir],
         &outside_log,
     )?);
     fetch(a, &format!("http://{OUTSIDE_IP}/index.html"), &page, &outside_log)?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    tracer.abort();
-    let seen: Vec<String> = std::fs::read_to_string(&outside_log)
+    Ok((outside, outside_log))
+}
+
+/// The outside server must have seen only the node's uplink address.
+fn check_outside_saw_the_uplink(outside_log: &Path) -> Result<()> {
+    let seen: Vec<String> = std::fs::read_to_string(outside_log)
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("GET /index.html"))
@@ -226,6 +268,10 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     if seen.iter().any(|s| s != &NODE_UPLINK_IP.to_string()) || seen.is_empty() {
         bail!("the outside server should only see the uplink address {NODE_UPLINK_IP}, it saw {seen:?}");
     }
+    Ok(())
+}
+
+async fn show_conntrack(client: &Client, a: &EndpointView) -> Result<()> {
     show(&format!("datapath conntrack ls --endpoint {}", a.name));
     let flows: Vec<FlowView> = client.call_as(Request::ConntrackList { endpoint: Some(a.name.clone()) }).await?;
     for f in &flows {
@@ -236,8 +282,10 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
             f.flow.protocol, o.src, o.sport, o.dst, o.dport, t, f.flow.state, f.flow.packets, f.flow.remaining_s
         );
     }
+    Ok(())
+}
 
-    step(8, "Counters by reason: unicast between endpoints was redirected in-kernel, outside traffic translated");
+async fn show_stats(client: &Client) -> Result<()> {
     show("datapath stats");
     let stats: StatsView = client.call_as(Request::Stats).await?;
     for c in stats.counters.iter().filter(|c| c.packets > 0) {
@@ -250,20 +298,16 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
         };
         println!("{:<24} {:>5} {:>8} packets {:>10} bytes", c.reason, kind, c.packets, c.bytes);
     }
+    Ok(())
+}
 
-    step(9, "Your turn");
+fn your_turn(args: &WalkthroughArgs, a: &EndpointView, b: &EndpointView) {
     println!("The endpoints stay up. In another terminal, for example:");
     println!("  sudo ip netns exec {} ping {}", a.name, b.ip);
     println!("  sudo ip netns exec {} curl http://{OUTSIDE_IP}/   # through the eBPF masquerade", a.name);
     println!("  sudo datapath --socket {} conntrack ls", client_path(args).display());
     println!("  sudo datapath --socket {} trace", client_path(args).display());
     println!("  sudo bpftool prog show name dp_from_ep; sudo bpftool link show   # TCX links (bpftool < 7.3 prints them as `type 11`)");
-    if args.no_wait {
-        return Ok(());
-    }
-    println!("Press Ctrl-C to clean up and exit.");
-    tokio::signal::ctrl_c().await?;
-    Ok(())
 }
 
 /// GETs `url` from inside an endpoint (retrying while the server starts)
