@@ -2,12 +2,14 @@
 //! real packets, in throwaway namespaces and without the agent:
 //!
 //! ```text
-//!  dpc-ID-e1 (10.250.0.2) --veth-- dpc-ID-h1 ┐
-//!  dpc-ID-e2 (10.250.0.3) --veth-- dpc-ID-h2 ┤ dpc-ID-n  ("node", ip_forward=1)
-//!                                  dpc-ID-up ┘ 203.0.113.1/24 --veth-- dpc-ID-o ("outside")
+//!  PREFIXe1 (10.250.0.2) --veth-- PREFIXh1 ┐
+//!  PREFIXe2 (10.250.0.3) --veth-- PREFIXh2 ┤ PREFIXn  ("node", ip_forward=1)
+//!                                 PREFIXup ┘ 203.0.113.1/24 --veth-- PREFIXo ("outside")
 //!                                                                 203.0.113.2/24, 198.51.100.1/32 (lo)
 //! ```
 //!
+//! PREFIX is `dpg` + 5 hex digits, claimed from the test bed
+//! ([`datapath::testbed::names`]), so leftovers of a killed run are swept.
 //! The node has no bridge and no address in 10.250.0.0/24: the endpoints
 //! reach the outside only through the programs (maps filled from the test
 //! with the `Bpf` API the agent uses). Traffic stays inside these
@@ -29,6 +31,7 @@ use datapath::datapath::{AttachMode, Bpf};
 use datapath::host::netns;
 use datapath::testbed::frames::mac_str;
 use datapath::testbed::knobs;
+use datapath::testbed::names::{Claim, Family};
 use datapath_common::{ipv4_key, reason, CtConfig, EndpointInfo, NetworkInfo, NET_F_MASQUERADE};
 
 const GW_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x01];
@@ -65,14 +68,14 @@ fn run(args: &[&str]) -> String {
 /// The namespaces, the temp directory and the background processes; all
 /// removed on drop.
 struct Topo {
-    id: String,
+    claim: Claim,
     dir: PathBuf,
     children: Vec<Child>,
 }
 
 impl Topo {
     fn ns(&self, what: &str) -> String {
-        format!("dpc-{}-{what}", self.id)
+        self.claim.name(what)
     }
 
     fn ip(&self, ns: &str, args: &str) {
@@ -108,10 +111,12 @@ impl Topo {
     }
 
     fn new() -> Topo {
-        let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let dir = std::env::temp_dir().join(format!("dpc-{id}"));
+        let family = Family::new("dpg", std::env::temp_dir().join("datapath-program-tests"));
+        family.sweep();
+        let claim = family.claim().expect("claiming a name prefix");
+        let dir = claim.dir.clone();
         std::fs::create_dir_all(dir.join("www")).unwrap();
-        let t = Topo { id, dir, children: Vec::new() };
+        let t = Topo { claim, dir, children: Vec::new() };
         for n in ["n", "o", "e1", "e2"] {
             run(&["ip", "netns", "add", &t.ns(n)]);
             t.ip(n, "link set lo up");

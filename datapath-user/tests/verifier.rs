@@ -23,6 +23,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use datapath::testbed::frames::{self, eth, l4_sum, Ipv4, Tcp};
+use datapath::testbed::names::{Claim, Family};
 use datapath_common::{
     ipv4_key, reason, Counter, CtEntry, CtKey, EndpointInfo, NetworkInfo, EP_F_TRACE, NET_F_INTERNAL, NET_F_NO_ICC,
     NET_F_PRESENT,
@@ -568,12 +569,21 @@ fn dp_from_ep_policy() {
 // ---------------------------------------------------------------------------
 // bpf_redirect_peer between two real namespaces
 
-/// Two namespaces `dpa-<id>-a` / `dpa-<id>-b`, each with `eth0` whose host
-/// side is `dpa-<id>-a` / `dpa-<id>-b` in this namespace. No bridge: with
+/// Two namespaces `<prefix>a` / `<prefix>b` (prefix `dpg` + 5 hex digits from
+/// [`claim`]), each with `eth0` whose host side is `<prefix>a` /
+/// `<prefix>b` in this namespace. No bridge: with
 /// static neighbours, the only way a packet gets from one to the other is the
 /// program's `bpf_redirect_peer`. Everything is deleted on drop.
 struct Pair {
-    id: String,
+    claim: Claim,
+}
+
+/// A fresh name prefix for this file's namespaces (after sweeping the
+/// leftovers of killed runs); dropping it removes whatever carries it.
+fn claim() -> Claim {
+    let family = Family::new("dpg", std::env::temp_dir().join("datapath-program-tests"));
+    family.sweep();
+    family.claim().expect("claiming a name prefix")
 }
 
 fn ip(args: &[&str]) {
@@ -583,11 +593,11 @@ fn ip(args: &[&str]) {
 
 impl Pair {
     fn name(&self, side: char) -> String {
-        format!("dpa-{}-{side}", self.id)
+        self.claim.name(&side.to_string())
     }
 
     fn new() -> Pair {
-        let pair = Pair { id: format!("{:06x}", rand::random::<u32>() & 0xff_ffff) };
+        let pair = Pair { claim: claim() };
         for (side, mac, addr) in [('a', A_MAC, "10.199.7.2/24"), ('b', B_MAC, "10.199.7.3/24")] {
             let n = pair.name(side);
             ip(&["netns", "add", &n]);
@@ -728,15 +738,9 @@ fn nat_malformed_input() {
     // A namespace with an "uplink" (veth, 203.0.113.1/24, static neighbour)
     // so bpf_fib_lookup gives the same answer on every machine:
     // BPF_PROG_TEST_RUN runs in the caller's namespace.
-    let ns = format!("dpc-{:06x}-t", rand::random::<u32>() & 0xff_ffff);
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
+    let claim = claim();
+    let ns = claim.name("t");
     ip(&["netns", "add", &ns]);
-    let _ns = Ns(ns.clone());
     for args in [
         "link set lo up",
         "link add up0 type veth peer name up1",

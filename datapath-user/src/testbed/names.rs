@@ -1,8 +1,8 @@
 //! Unique names for everything a test-bed user makes, and the sweeper that
 //! removes what killed runs left behind.
 //!
-//! Ownership model. A [`Family`] (e.g. `dpt` for the integration tests, `dpb`
-//! for the benchmark) hands out *prefixes*: its head + 5 lowercase hex digits
+//! Ownership model. A [`Family`] (e.g. `dpt` for the integration tests, `dpm`
+//! for the benchmark, `dpg` for the program tests) hands out *prefixes*: its head + 5 lowercase hex digits
 //! (`dpt0a1f9`). Every resource made under a prefix carries it: named netns
 //! `<prefix>node`, `<prefix>out`, `<prefix><endpoint>`; the directory
 //! `<base>/<prefix>/` and the bpffs directory `/sys/fs/bpf/<prefix>`; and every
@@ -35,8 +35,14 @@ pub struct Family {
 }
 
 impl Family {
+    /// A family with prefixes `head` + 5 hex digits. The head is lowercase
+    /// letters and does not end in a hex digit, so no prefix can be mistaken
+    /// for an interface name the agent makes (`dp` + hex digits).
     pub fn new(head: &str, base: impl Into<PathBuf>) -> Family {
-        assert!(!head.is_empty() && head.chars().all(|c| c.is_ascii_lowercase()), "bad prefix head {head:?}");
+        let ok = !head.is_empty()
+            && head.chars().all(|c| c.is_ascii_lowercase())
+            && !head.ends_with(|c: char| c.is_ascii_hexdigit());
+        assert!(ok, "bad prefix head {head:?}");
         Family { head: head.to_string(), base: base.into() }
     }
 
