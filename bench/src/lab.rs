@@ -3,7 +3,7 @@
 //! kernel-bare and ebpf nodes, each a node namespace with an uplink to its
 //! own outside namespace and an agent with one network of two endpoints.
 //!
-//! Everything is named with the run's prefix (`dpb` + 5 hex digits, claimed
+//! Everything is named with the run's prefix (`dpm` + 5 hex digits, claimed
 //! with an owner marker under `/run/datapath-bench`), so a later run sweeps
 //! the leftovers of a killed one.
 
@@ -26,7 +26,7 @@ use crate::sys;
 
 /// The benchmark's family of prefixes.
 pub fn family() -> Family {
-    Family::new("dpb", "/run/datapath-bench")
+    Family::new("dpm", "/run/datapath-bench")
 }
 
 /// The ceiling's addresses (a direct veth pair, 10.200.0.0/24).

@@ -1,7 +1,7 @@
 //! `datapath-bench`: the datapath benchmark (`cargo xtask bench` builds the
 //! release binaries and runs it, as root).
 //!
-//! In namespaces of its own (the test bed's, prefix `dpb` + 5 hex digits) it
+//! In namespaces of its own (the test bed's, prefix `dpm` + 5 hex digits) it
 //! measures four topologies side by side, interleaved round by round so that
 //! machine noise hits all of them alike:
 //!
