@@ -30,7 +30,7 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
-    /// Where stdout and stderr go (appended to nothing: the file is created);
+    /// Where stdout and stderr go (the file is created anew);
     /// `None` inherits ours.
     pub log: Option<PathBuf>,
     pub no_default_network: bool,
