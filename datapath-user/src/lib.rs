@@ -12,3 +12,4 @@ pub mod datapath;
 pub mod host;
 pub mod ipam;
 pub mod state;
+pub mod testbed;
