@@ -13,3 +13,4 @@ pub mod host;
 pub mod ipam;
 pub mod reset;
 pub mod state;
+pub mod testbed;

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use datapath::api::{Client, EndpointCreate, EndpointView, FlowView, NetworkView, Request, StatsView};
 use datapath::host::netns;
+use datapath::testbed::agent::{Agent, AgentConfig};
+use datapath::testbed::topology::{self, NodeSpec, NODE_UPLINK_IP, OUTSIDE_IP, UPLINK_DEV as UPLINK};
 
 #[derive(Args)]
 pub struct WalkthroughArgs {
@@ -28,42 +30,25 @@ const EPS: [&str; 2] = ["alpine1", "alpine2"];
 const NODE_NS: &str = "dpwalk-node";
 /// A stand-in for the outside world, behind the node's uplink.
 const OUTSIDE_NS: &str = "dpwalk-outside";
-const UPLINK: &str = "uplink0";
-const NODE_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
-/// Creates (or reuses, after a killed run) the node and outside namespaces
-/// joined by a veth: node `uplink0` 203.0.113.2/24 with its default route via
-/// the outside end 203.0.113.1/24 (TEST-NET-3, only ever inside these namespaces).
-async fn make_node() -> Result<()> {
-    use datapath::host::netlink::Netlink;
-    for ns in [NODE_NS, OUTSIDE_NS] {
-        if !netns::named_path(ns).exists() {
-            netns::create_named(ns)?;
-        }
-    }
-    let node = Netlink::in_netns(&netns::named_path(NODE_NS)).await?;
-    let outside = Netlink::in_netns(&netns::named_path(OUTSIDE_NS)).await?;
-    if node.link_index(UPLINK).await?.is_none() {
-        let mac = [0x02, 0xd4, 0xcb, 0x00, 0x71, 0x01];
-        node.create_veth(UPLINK, "eth0", &netns::named_path(OUTSIDE_NS), mac, None, None).await?;
-    }
-    for (nl, ifname, ip) in [(&node, UPLINK, NODE_UPLINK_IP), (&outside, "eth0", OUTSIDE_IP)] {
-        if let Some(lo) = nl.link_index("lo").await? {
-            nl.set_up(lo).await?;
-        }
-        let i = nl.require_index(ifname).await?;
-        nl.add_address(i, ip, 24).await?;
-        nl.set_up(i).await?;
-    }
-    node.add_default_route(OUTSIDE_IP).await?;
-    Ok(())
+/// The node and outside namespaces joined by a veth (the test bed's
+/// topology): node `uplink0` 203.0.113.2/24 with its default route via the
+/// outside end 203.0.113.1/24 (TEST-NET-3, only ever inside these
+/// namespaces). Those of a killed run are reused.
+fn node_spec() -> NodeSpec {
+    NodeSpec { reuse: true, ..NodeSpec::new(NODE_NS).with_outside(OUTSIDE_NS) }
 }
 
-fn remove_node() {
-    for ns in [OUTSIDE_NS, NODE_NS] {
-        let _ = netns::delete_path(&netns::named_path(ns));
-    }
+/// The agent: in the node namespace, socket and state under `dir`, in a
+/// process group of its own (Ctrl-C reaches the walkthrough only, which then
+/// tears down in order and stops the agent), its output on our terminal.
+fn agent_config(args: &WalkthroughArgs) -> Result<AgentConfig> {
+    let exe = std::env::current_exe()?;
+    let mut c = AgentConfig::new(exe, NODE_NS, &args.dir, "/sys/fs/bpf/datapath-walkthrough");
+    c.socket = client_path(args);
+    c.cleanup_on_exit = true;
+    c.own_process_group = true;
+    Ok(c)
 }
 
 fn step(n: u32, text: &str) {
@@ -99,57 +84,23 @@ impl Drop for KillOnDrop {
     }
 }
 
-async fn wait_ready(client: &Client, agent: &mut Child) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if client.call(Request::Ping).await.is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = agent.try_wait()? {
-            bail!("the agent exited during start-up ({status}); its log is above");
-        }
-        if Instant::now() > deadline {
-            bail!("the agent did not become ready within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 pub async fn run(args: WalkthroughArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the walkthrough creates namespaces and loads eBPF programs: run it as root (cargo xtask run does)");
     }
     std::fs::create_dir_all(&args.dir)?;
-    let socket = args.dir.join("datapath.sock");
-    let exe = std::env::current_exe()?;
+    let socket = client_path(&args);
     step(1, "Start the agent (eBPF programs loaded, default network `bridge` created)");
     println!("The agent runs in its own node namespace `{NODE_NS}`, whose uplink {UPLINK} ({NODE_UPLINK_IP}) leads to");
     println!("a stand-in for the outside world, namespace `{OUTSIDE_NS}` ({OUTSIDE_IP}): the host's own network is left alone.");
-    make_node().await.context("creating the walkthrough's node and outside namespaces")?;
+    let net = topology::build(&node_spec()).await.context("creating the walkthrough's node and outside namespaces")?;
     show(&format!("datapath agent --netns {NODE_NS} --socket {} --cleanup-on-exit", socket.display()));
-    // Own process group: Ctrl-C reaches the walkthrough only, which then
-    // tears down in order and stops the agent.
-    let mut agent = Command::new(&exe)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("agent")
-        .arg("--netns")
-        .arg(NODE_NS)
-        .arg("--state-dir")
-        .arg(args.dir.join("state"))
-        .arg("--bpffs")
-        .arg("/sys/fs/bpf/datapath-walkthrough")
-        .arg("--cleanup-on-exit")
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("starting the agent")?;
+    let agent = Agent::start_async(agent_config(&args)?).await;
     let client = Client::new(&socket);
-    let result = async {
-        wait_ready(&client, &mut agent).await?;
-        scenario(&client, &args).await
-    }
-    .await;
+    let result = match &agent {
+        Ok(_) => scenario(&client, &args).await,
+        Err(e) => Err(anyhow!("{e}; its log is above")),
+    };
     if let Err(e) = &result {
         println!("\nwalkthrough failed: {e:#}");
     }
@@ -159,16 +110,17 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
             println!("removed endpoint {ep}");
         }
     }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let status = tokio::task::spawn_blocking(move || agent.wait()).await??;
-    println!("agent stopped ({status})");
-    remove_node();
+    if let Ok(mut agent) = agent {
+        match tokio::task::spawn_blocking(move || agent.stop()).await? {
+            Ok(status) => println!("agent stopped ({status})"),
+            Err(e) => println!("agent: {e}"),
+        }
+    }
+    drop(net);
     println!("removed namespaces {NODE_NS} and {OUTSIDE_NS}");
     let _ = std::fs::remove_dir_all(&args.dir);
     result
 }
-
-use std::os::unix::process::CommandExt;
 
 async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     // Leftovers of a walkthrough that was killed are restored by the agent
@@ -177,35 +129,10 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
         let _ = client.call(Request::EndpointRemove { name: ep.into() }).await;
     }
     step(2, "The networks: the default bridge network is there");
-    show("datapath network ls");
-    let nets: Vec<NetworkView> = client.call_as(Request::NetworkList).await?;
-    for n in &nets {
-        println!(
-            "{:<10} {:<18} gateway {:<12} bridge {:<10} datapath {}",
-            n.name, n.subnet, n.gateway, n.bridge, n.datapath
-        );
-    }
+    show_networks(client).await?;
 
     step(3, "Start two endpoints on the default network (packet tracing on)");
-    let mut eps = Vec::new();
-    for ep in EPS {
-        show(&format!("datapath endpoint create {ep} --trace"));
-        let t = Instant::now();
-        let req = EndpointCreate { name: ep.into(), trace: true, ..Default::default() };
-        let v: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
-        println!(
-            "{} {}/{} mac {} host veth {} (ifindex {}), netns {} -- {:.1} ms",
-            v.name,
-            v.ip,
-            v.prefix_len,
-            v.mac,
-            v.host_ifname,
-            v.host_ifindex,
-            v.netns_path.display(),
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        eps.push(v);
-    }
+    let eps = create_endpoints(client).await?;
     let (a, b) = (&eps[0], &eps[1]);
 
     // Live traces, printed as they arrive.
@@ -230,6 +157,67 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     ping(a, a.gateway).await?;
 
     step(6, &format!("HTTP: python3 -m http.server 8000 in {}, GET a file from {}", b.name, a.name));
+    let _server = local_http(args, a, b)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    step(7, &format!("Masquerade: GET a page from the outside host {OUTSIDE_IP} through the node's uplink"));
+    let (_outside, outside_log) = outside_http(args, a)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tracer.abort();
+    check_outside_saw_the_uplink(&outside_log)?;
+    show_conntrack(client, a).await?;
+
+    step(8, "Counters by reason: unicast between endpoints was redirected in-kernel, outside traffic translated");
+    show_stats(client).await?;
+
+    step(9, "Your turn");
+    your_turn(args, a, b);
+    if args.no_wait {
+        return Ok(());
+    }
+    println!("Press Ctrl-C to clean up and exit.");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn show_networks(client: &Client) -> Result<()> {
+    show("datapath network ls");
+    let nets: Vec<NetworkView> = client.call_as(Request::NetworkList).await?;
+    for n in &nets {
+        println!(
+            "{:<10} {:<18} gateway {:<12} bridge {:<10} datapath {}",
+            n.name, n.subnet, n.gateway, n.bridge, n.datapath
+        );
+    }
+    Ok(())
+}
+
+async fn create_endpoints(client: &Client) -> Result<Vec<EndpointView>> {
+    let mut eps = Vec::new();
+    for ep in EPS {
+        show(&format!("datapath endpoint create {ep} --trace"));
+        let t = Instant::now();
+        let req = EndpointCreate { name: ep.into(), trace: true, ..Default::default() };
+        let v: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
+        println!(
+            "{} {}/{} mac {} host veth {} (ifindex {}), netns {} -- {:.1} ms",
+            v.name,
+            v.ip,
+            v.prefix_len,
+            v.mac,
+            v.host_ifname,
+            v.host_ifindex,
+            v.netns_path.display(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        eps.push(v);
+    }
+    Ok(eps)
+}
+
+/// An HTTP server in `b` (kept running while the guard lives), and a GET of
+/// a 256 KiB file from `a` with its sha256 checked.
+fn local_http(args: &WalkthroughArgs, a: &EndpointView, b: &EndpointView) -> Result<KillOnDrop> {
     let www = args.dir.join("www");
     std::fs::create_dir_all(&www)?;
     let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
@@ -239,16 +227,19 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     // DNS lookup (getfqdn), i.e. send packets towards the host's resolver.
     show(&format!("ip netns exec {} python3 -m http.server 8000 --directory {}", b.name, www_s));
     let server_log = args.dir.join("http-server.log");
-    let _server = KillOnDrop(spawn_in(
+    let server = KillOnDrop(spawn_in(
         &b.netns_path,
         &["python3", "-m", "http.server", "8000", "--directory", &www_s],
         &server_log,
     )?);
     let url = format!("http://{}:8000/hello.bin", b.ip);
     fetch(a, &url, &body, &server_log)?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(server)
+}
 
-    step(7, &format!("Masquerade: GET a page from the outside host {OUTSIDE_IP} through the node's uplink"));
+/// An HTTP server in the outside namespace, and a GET of a page from `a`
+/// through the masquerade. Returns the server's guard and its log.
+fn outside_http(args: &WalkthroughArgs, a: &EndpointView) -> Result<(KillOnDrop, PathBuf)> {
     let outside_www = args.dir.join("outside-www");
     std::fs::create_dir_all(&outside_www)?;
     let page: Vec<u8> = b"<html><body>Hello from the outside world</body></html>\n".repeat(64);
@@ -256,15 +247,18 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     let outside_log = args.dir.join("outside-server.log");
     let outside_dir = outside_www.to_string_lossy().to_string();
     show(&format!("ip netns exec {OUTSIDE_NS} python3 -m http.server 80 --directory {outside_dir}"));
-    let _outside = KillOnDrop(spawn_in(
+    let outside = KillOnDrop(spawn_in(
         &netns::named_path(OUTSIDE_NS),
         &["python3", "-m", "http.server", "80", "--directory", &outside_dir],
         &outside_log,
     )?);
     fetch(a, &format!("http://{OUTSIDE_IP}/index.html"), &page, &outside_log)?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    tracer.abort();
-    let seen: Vec<String> = std::fs::read_to_string(&outside_log)
+    Ok((outside, outside_log))
+}
+
+/// The outside server must have seen only the node's uplink address.
+fn check_outside_saw_the_uplink(outside_log: &Path) -> Result<()> {
+    let seen: Vec<String> = std::fs::read_to_string(outside_log)
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("GET /index.html"))
@@ -274,6 +268,10 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     if seen.iter().any(|s| s != &NODE_UPLINK_IP.to_string()) || seen.is_empty() {
         bail!("the outside server should only see the uplink address {NODE_UPLINK_IP}, it saw {seen:?}");
     }
+    Ok(())
+}
+
+async fn show_conntrack(client: &Client, a: &EndpointView) -> Result<()> {
     show(&format!("datapath conntrack ls --endpoint {}", a.name));
     let flows: Vec<FlowView> = client.call_as(Request::ConntrackList { endpoint: Some(a.name.clone()) }).await?;
     for f in &flows {
@@ -284,8 +282,10 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
             f.flow.protocol, o.src, o.sport, o.dst, o.dport, t, f.flow.state, f.flow.packets, f.flow.remaining_s
         );
     }
+    Ok(())
+}
 
-    step(8, "Counters by reason: unicast between endpoints was redirected in-kernel, outside traffic translated");
+async fn show_stats(client: &Client) -> Result<()> {
     show("datapath stats");
     let stats: StatsView = client.call_as(Request::Stats).await?;
     for c in stats.counters.iter().filter(|c| c.packets > 0) {
@@ -298,20 +298,16 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
         };
         println!("{:<24} {:>5} {:>8} packets {:>10} bytes", c.reason, kind, c.packets, c.bytes);
     }
+    Ok(())
+}
 
-    step(9, "Your turn");
+fn your_turn(args: &WalkthroughArgs, a: &EndpointView, b: &EndpointView) {
     println!("The endpoints stay up. In another terminal, for example:");
     println!("  sudo ip netns exec {} ping {}", a.name, b.ip);
     println!("  sudo ip netns exec {} curl http://{OUTSIDE_IP}/   # through the eBPF masquerade", a.name);
     println!("  sudo datapath --socket {} conntrack ls", client_path(args).display());
     println!("  sudo datapath --socket {} trace", client_path(args).display());
     println!("  sudo bpftool prog show name dp_from_ep; sudo bpftool link show   # TCX links (bpftool < 7.3 prints them as `type 11`)");
-    if args.no_wait {
-        return Ok(());
-    }
-    println!("Press Ctrl-C to clean up and exit.");
-    tokio::signal::ctrl_c().await?;
-    Ok(())
 }
 
 /// GETs `url` from inside an endpoint (retrying while the server starts)

@@ -2,12 +2,14 @@
 //! real packets, in throwaway namespaces and without the agent:
 //!
 //! ```text
-//!  dpc-ID-e1 (10.250.0.2) --veth-- dpc-ID-h1 ┐
-//!  dpc-ID-e2 (10.250.0.3) --veth-- dpc-ID-h2 ┤ dpc-ID-n  ("node", ip_forward=1)
-//!                                  dpc-ID-up ┘ 203.0.113.1/24 --veth-- dpc-ID-o ("outside")
+//!  PREFIXe1 (10.250.0.2) --veth-- PREFIXh1 ┐
+//!  PREFIXe2 (10.250.0.3) --veth-- PREFIXh2 ┤ PREFIXn  ("node", ip_forward=1)
+//!                                 PREFIXup ┘ 203.0.113.1/24 --veth-- PREFIXo ("outside")
 //!                                                                 203.0.113.2/24, 198.51.100.1/32 (lo)
 //! ```
 //!
+//! PREFIX is `dpg` + 5 hex digits, claimed from the test bed
+//! ([`datapath::testbed::names`]), so leftovers of a killed run are swept.
 //! The node has no bridge and no address in 10.250.0.0/24: the endpoints
 //! reach the outside only through the programs (maps filled from the test
 //! with the `Bpf` API the agent uses). Traffic stays inside these
@@ -26,6 +28,10 @@ use std::{
 };
 
 use datapath::datapath::{AttachMode, Bpf};
+use datapath::host::netns;
+use datapath::testbed::frames::mac_str;
+use datapath::testbed::knobs;
+use datapath::testbed::names::{Claim, Family};
 use datapath_common::{ipv4_key, reason, CtConfig, EndpointInfo, NetworkInfo, NET_F_MASQUERADE};
 
 const GW_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x01];
@@ -47,10 +53,6 @@ fn skip_reason() -> Option<&'static str> {
     None
 }
 
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
 fn run(args: &[&str]) -> String {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
     assert!(
@@ -66,14 +68,14 @@ fn run(args: &[&str]) -> String {
 /// The namespaces, the temp directory and the background processes; all
 /// removed on drop.
 struct Topo {
-    id: String,
+    claim: Claim,
     dir: PathBuf,
     children: Vec<Child>,
 }
 
 impl Topo {
     fn ns(&self, what: &str) -> String {
-        format!("dpc-{}-{what}", self.id)
+        self.claim.name(what)
     }
 
     fn ip(&self, ns: &str, args: &str) {
@@ -109,10 +111,12 @@ impl Topo {
     }
 
     fn new() -> Topo {
-        let id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
-        let dir = std::env::temp_dir().join(format!("dpc-{id}"));
+        let family = Family::new("dpg", std::env::temp_dir().join("datapath-program-tests"));
+        family.sweep();
+        let claim = family.claim().expect("claiming a name prefix");
+        let dir = claim.dir.clone();
         std::fs::create_dir_all(dir.join("www")).unwrap();
-        let t = Topo { id, dir, children: Vec::new() };
+        let t = Topo { claim, dir, children: Vec::new() };
         for n in ["n", "o", "e1", "e2"] {
             run(&["ip", "netns", "add", &t.ns(n)]);
             t.ip(n, "link set lo up");
@@ -143,8 +147,7 @@ impl Topo {
         // outside, so a wrong (pseudo-header) update shows on the wire and
         // is caught by the receiving kernel.
         for (n, dev) in [("n", up.as_str()), ("o", "eth0")] {
-            let (ok, out) = t.sh(n, &format!("python3 {} {dev}", t.script("txoff.py", TXOFF)));
-            assert!(ok, "tx checksum offload off on {dev}: {out}");
+            knobs::tx_checksum_off(&netns::named_path(&t.ns(n)), dev).unwrap_or_else(|e| panic!("{e}"));
         }
         t
     }
@@ -190,14 +193,6 @@ impl Drop for InNetns {
         let _ = nix::sched::setns(self.orig.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
     }
 }
-
-const TXOFF: &str = r#"
-import ctypes, fcntl, socket, struct, sys
-ev = ctypes.create_string_buffer(struct.pack("II", 0x17, 0))  # ETHTOOL_STXCSUM off
-ifr = struct.pack("16sP", sys.argv[1].encode(), ctypes.addressof(ev))
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-fcntl.ioctl(s.fileno(), 0x8946, ifr)
-"#;
 
 const UDP_ECHO: &str = r#"
 import socket

@@ -22,6 +22,8 @@ use aya::{
     programs::{Program, SchedClassifier},
     Ebpf, EbpfLoader,
 };
+use datapath::testbed::frames::{self, eth, l4_sum, Ipv4, Tcp};
+use datapath::testbed::names::{Claim, Family};
 use datapath_common::{
     ipv4_key, reason, Counter, CtEntry, CtKey, EndpointInfo, NetworkInfo, EP_F_TRACE, NET_F_INTERNAL, NET_F_NO_ICC,
     NET_F_PRESENT,
@@ -141,50 +143,17 @@ const A_IFINDEX: u32 = 1;
 const B_IFINDEX: u32 = 4242;
 const C_IFINDEX: u32 = 4243;
 
-fn eth(dst: [u8; 6], src: [u8; 6], proto: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&proto.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn ip_checksum(hdr: &[u8]) -> u16 {
-    let mut sum: u32 = hdr.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// An IPv4 packet (20-byte header) carrying a UDP header and `extra` bytes.
+/// An IPv4 packet (id 0x1234, DF, 20-byte header) carrying a UDP datagram
+/// with 12 zero bytes of payload and no UDP checksum (0).
 fn ipv4_udp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, sport: u16, dport: u16) -> Vec<u8> {
-    let payload = [0u8; 12];
-    let udp_len = 8 + payload.len();
-    let mut p = vec![0x45, 0];
-    p.extend_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-    p.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, ttl, 17, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let c = ip_checksum(&p);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(&sport.to_be_bytes());
-    p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(&payload);
-    p
+    let mut udp = frames::udp(src, dst, sport, dport, &[0u8; 12]);
+    udp[6..8].copy_from_slice(&[0, 0]);
+    Ipv4 { ttl, id: 0x1234, frag: frames::IP_DF, ..Ipv4::new(src, dst, frames::IPPROTO_UDP) }.packet(&udp)
 }
 
+/// An ARP body with a zero target MAC.
 fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
-    let mut p = vec![0, 1, 0x08, 0x00, 6, 4];
-    p.extend_from_slice(&op.to_be_bytes());
-    p.extend_from_slice(&sha);
-    p.extend_from_slice(&spa.octets());
-    p.extend_from_slice(&[0; 6]);
-    p.extend_from_slice(&tpa.octets());
-    p
+    frames::arp(op, sha, spa, [0; 6], tpa)
 }
 
 fn endpoint(ifindex: u32, ip: Ipv4Addr, mac: [u8; 6], network_id: u32, flags: u32) -> EndpointInfo {
@@ -450,14 +419,14 @@ fn dp_from_ep_decisions() {
     assert_eq!(&out[0..6], &B_MAC, "destination MAC");
     assert_eq!(&out[6..12], &GW_MAC, "source MAC");
     assert_eq!(out[14 + 8], 63, "TTL");
-    assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement");
+    assert_eq!(frames::checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement");
     assert_eq!(&out[34..], &routed[34..], "payload untouched");
     // The checksum fold when the old checksum is near 0xffff.
     for ttl in [2u8, 128, 255] {
         let f = eth(GW_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, ttl, 0xffff, 0));
         let (out, _) = h.check("routed redirect, checksum", &f, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
         assert_eq!(out[14 + 8], ttl - 1);
-        assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement (ttl {ttl})");
+        assert_eq!(frames::checksum(&out[14..34]), 0, "IPv4 checksum after the TTL decrement (ttl {ttl})");
     }
 
     // Traces: one line per packet when the sender or the receiver is traced.
@@ -600,12 +569,21 @@ fn dp_from_ep_policy() {
 // ---------------------------------------------------------------------------
 // bpf_redirect_peer between two real namespaces
 
-/// Two namespaces `dpa-<id>-a` / `dpa-<id>-b`, each with `eth0` whose host
-/// side is `dpa-<id>-a` / `dpa-<id>-b` in this namespace. No bridge: with
+/// Two namespaces `<prefix>a` / `<prefix>b` (prefix `dpg` + 5 hex digits from
+/// [`claim`]), each with `eth0` whose host side is `<prefix>a` /
+/// `<prefix>b` in this namespace. No bridge: with
 /// static neighbours, the only way a packet gets from one to the other is the
 /// program's `bpf_redirect_peer`. Everything is deleted on drop.
 struct Pair {
-    id: String,
+    claim: Claim,
+}
+
+/// A fresh name prefix for this file's namespaces (after sweeping the
+/// leftovers of killed runs); dropping it removes whatever carries it.
+fn claim() -> Claim {
+    let family = Family::new("dpg", std::env::temp_dir().join("datapath-program-tests"));
+    family.sweep();
+    family.claim().expect("claiming a name prefix")
 }
 
 fn ip(args: &[&str]) {
@@ -615,16 +593,16 @@ fn ip(args: &[&str]) {
 
 impl Pair {
     fn name(&self, side: char) -> String {
-        format!("dpa-{}-{side}", self.id)
+        self.claim.name(&side.to_string())
     }
 
     fn new() -> Pair {
-        let pair = Pair { id: format!("{:06x}", rand::random::<u32>() & 0xff_ffff) };
+        let pair = Pair { claim: claim() };
         for (side, mac, addr) in [('a', A_MAC, "10.199.7.2/24"), ('b', B_MAC, "10.199.7.3/24")] {
             let n = pair.name(side);
             ip(&["netns", "add", &n]);
             ip(&["link", "add", &n, "type", "veth", "peer", "name", "eth0", "netns", &n]);
-            let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            let mac = frames::mac_str(mac);
             ip(&["-n", &n, "link", "set", "eth0", "address", &mac]);
             ip(&["-n", &n, "addr", "add", addr, "dev", "eth0"]);
             ip(&["-n", &n, "link", "set", "eth0", "up"]);
@@ -691,7 +669,7 @@ fn redirect_peer_between_namespaces() {
     let redirected = || h.counter(reason::FWD_REDIRECT_PEER).packets;
 
     // Bridged: each side knows the other's MAC.
-    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mac = frames::mac_str;
     ip(&[
         "-n",
         &pair.name('a'),
@@ -743,39 +721,12 @@ fn redirect_peer_between_namespaces() {
 // ---------------------------------------------------------------------------
 // masquerade on malformed input (BPF_PROG_TEST_RUN)
 
-/// An IPv4 packet carrying a 20-byte TCP header with `flags`, a valid
-/// checksum and 8 bytes of payload.
+/// An IPv4 packet (id 0x1234, DF) carrying a 20-byte TCP header with
+/// `flags`, sequence number 1, window 0xffff, a valid checksum and 8 bytes of
+/// payload.
 fn ipv4_tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut p = ipv4_udp(src, dst, 64, sport, dport);
-    p.truncate(20);
-    p[9] = 6;
-    p[2..4].copy_from_slice(&48u16.to_be_bytes());
-    p[10..12].copy_from_slice(&[0, 0]);
-    let c = ip_checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut t = Vec::new();
-    t.extend_from_slice(&sport.to_be_bytes());
-    t.extend_from_slice(&dport.to_be_bytes());
-    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-    t.extend_from_slice(b"payload!");
-    let c = l4_sum(&p, &t);
-    t[16..18].copy_from_slice(&(!c).to_be_bytes());
-    p.extend_from_slice(&t);
-    p
-}
-
-/// One's complement sum of the pseudo-header and the segment (0xffff for a
-/// segment with a valid checksum).
-fn l4_sum(ip: &[u8], seg: &[u8]) -> u16 {
-    let mut b = Vec::new();
-    b.extend_from_slice(&ip[12..20]);
-    b.extend_from_slice(&[0, ip[9]]);
-    b.extend_from_slice(&(seg.len() as u16).to_be_bytes());
-    b.extend_from_slice(seg);
-    if b.len() % 2 == 1 {
-        b.push(0);
-    }
-    !ip_checksum(&b)
+    let seg = Tcp { seq: 1, window: 0xffff, ..Tcp::new(sport, dport, flags) }.segment(src, dst, b"payload!");
+    Ipv4 { id: 0x1234, frag: frames::IP_DF, ..Ipv4::new(src, dst, frames::IPPROTO_TCP) }.packet(&seg)
 }
 
 #[test]
@@ -787,15 +738,9 @@ fn nat_malformed_input() {
     // A namespace with an "uplink" (veth, 203.0.113.1/24, static neighbour)
     // so bpf_fib_lookup gives the same answer on every machine:
     // BPF_PROG_TEST_RUN runs in the caller's namespace.
-    let ns = format!("dpc-{:06x}-t", rand::random::<u32>() & 0xff_ffff);
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
+    let claim = claim();
+    let ns = claim.name("t");
     ip(&["netns", "add", &ns]);
-    let _ns = Ns(ns.clone());
     for args in [
         "link set lo up",
         "link add up0 type veth peer name up1",
@@ -851,7 +796,7 @@ fn malformed_cases(up: u32) {
     let port = u16::from_be_bytes([out[34], out[35]]);
     assert!((20000..=20009).contains(&port), "port {port}");
     assert_eq!(out[22], 63, "TTL");
-    assert_eq!(ip_checksum(&out[14..34]), 0, "IPv4 checksum");
+    assert_eq!(frames::checksum(&out[14..34]), 0, "IPv4 checksum");
     assert_eq!(l4_sum(&out[14..34], &out[34..]), 0xffff, "TCP checksum");
     assert_eq!(&out[0..6], &[2, 0, 0, 0, 0, 2], "next hop MAC");
     assert_eq!(ct_len(&h), 2);
@@ -871,13 +816,13 @@ fn malformed_cases(up: u32) {
     let mut frag = syn(40002);
     frag[14 + 6] = 0x20; // MF
     frag[24..26].copy_from_slice(&[0, 0]);
-    let c = ip_checksum(&frag[14..34]);
+    let c = frames::checksum(&frag[14..34]);
     frag[24..26].copy_from_slice(&c.to_be_bytes());
     h.check("first fragment", &frag, TC_ACT_SHOT, reason::DROP_NAT_FRAGMENT);
     frag[14 + 6] = 0x00;
     frag[14 + 7] = 0x10; // offset 128
     frag[24..26].copy_from_slice(&[0, 0]);
-    let c = ip_checksum(&frag[14..34]);
+    let c = frames::checksum(&frag[14..34]);
     frag[24..26].copy_from_slice(&c.to_be_bytes());
     h.check("later fragment", &frag, TC_ACT_SHOT, reason::DROP_NAT_FRAGMENT);
 
@@ -886,7 +831,7 @@ fn malformed_cases(up: u32) {
     short.truncate(14 + 20 + 10);
     short[16..18].copy_from_slice(&30u16.to_be_bytes());
     short[24..26].copy_from_slice(&[0, 0]);
-    let c = ip_checksum(&short[14..34]);
+    let c = frames::checksum(&short[14..34]);
     short[24..26].copy_from_slice(&c.to_be_bytes());
     h.check("truncated TCP header", &short, TC_ACT_SHOT, reason::DROP_TRUNCATED);
 
@@ -897,14 +842,14 @@ fn malformed_cases(up: u32) {
     let mut gre = ipv4_udp(A_IP, remote, 64, 1, 2);
     gre[9] = 47;
     gre[10..12].copy_from_slice(&[0, 0]);
-    let c = ip_checksum(&gre[..20]);
+    let c = frames::checksum(&gre[..20]);
     gre[10..12].copy_from_slice(&c.to_be_bytes());
     h.check("GRE", &eth(GW_MAC, A_MAC, 0x0800, &gre), TC_ACT_SHOT, reason::DROP_NAT_PROTO);
     // TTL 1: the kernel answers with time exceeded.
     let mut t1 = syn(40005);
     t1[22] = 1;
     t1[24..26].copy_from_slice(&[0, 0]);
-    let c = ip_checksum(&t1[14..34]);
+    let c = frames::checksum(&t1[14..34]);
     t1[24..26].copy_from_slice(&c.to_be_bytes());
     h.check("TTL 1", &t1, TC_ACT_OK, reason::PASS_NAT_NOT_ROUTED);
     // The node itself is not masqueraded.

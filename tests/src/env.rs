@@ -11,25 +11,23 @@
 //! exists (same pid and same start time, so pid reuse can't fool it). The
 //! sweeper deletes everything carrying a prefix that is not live.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Once, OnceLock};
-use std::time::{Duration, SystemTime};
 
-use crate::proc::{run, signal, stdout_str};
+use datapath::host::netns;
+pub use datapath::testbed::names::{list_netns, netns_exists, BPFFS};
+use datapath::testbed::names::{Claim, Family};
+use datapath::testbed::process::{run, stdout_str};
 
+/// The head of every test prefix: `dpt` + 5 hex digits.
 pub const PREFIX_HEAD: &str = "dpt";
-/// `dpt` + 5 hex digits.
-pub const PREFIX_LEN: usize = 8;
 
 /// Root of the per-test temp dirs.
 pub fn base_dir() -> PathBuf {
     std::env::temp_dir().join("datapath-tests")
 }
-
-pub const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
@@ -112,7 +110,7 @@ fn ensure_bpffs() -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("cannot mount bpffs on {BPFFS}: {}", crate::proc::show(&out)))
+        Err(format!("cannot mount bpffs on {BPFFS}: {}", datapath::testbed::process::show(&out)))
     }
 }
 
@@ -152,7 +150,6 @@ pub fn suite_setup() {
             problems.push(e);
         }
         let _ = fs::create_dir_all(base_dir());
-        let _ = fs::create_dir_all("/run/netns");
         sweep();
         if !problems.is_empty() {
             let _ = ERR.set(problems.join("; "));
@@ -163,206 +160,45 @@ pub fn suite_setup() {
     }
 }
 
-/// `/proc/PID/stat` field 22 (start time in clock ticks since boot).
-pub fn proc_start_time(pid: u32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces/parens: fields after the last ')'.
-    let rest = &s[s.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+/// The tests' family of prefixes ([`datapath::testbed::names`]): `dpt` +
+/// 5 hex digits, owner markers under [`base_dir`].
+pub fn family() -> &'static Family {
+    static F: OnceLock<Family> = OnceLock::new();
+    F.get_or_init(|| Family::new(PREFIX_HEAD, base_dir()))
 }
 
-fn self_owner() -> String {
-    let pid = std::process::id();
-    format!("{pid} {}", proc_start_time(pid).unwrap_or(0))
-}
-
-/// Is `s` a test prefix (`dpt` + 5 lowercase hex)?
-pub fn is_prefix(s: &str) -> bool {
-    s.len() == PREFIX_LEN
-        && s.starts_with(PREFIX_HEAD)
-        && s[3..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-}
-
-/// The prefix a name starts with, if any.
-pub fn prefix_of(name: &str) -> Option<&str> {
-    name.get(..PREFIX_LEN).filter(|p| is_prefix(p))
-}
-
-/// Whether `prefix` belongs to a running test process.
-pub fn is_live(prefix: &str) -> bool {
-    let dir = base_dir().join(prefix);
-    match fs::read_to_string(dir.join("owner")) {
-        Ok(s) => {
-            let mut it = s.split_whitespace();
-            let pid: u32 = match it.next().and_then(|p| p.parse().ok()) {
-                Some(p) => p,
-                None => return false,
-            };
-            let start: u64 = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-            proc_start_time(pid) == Some(start)
-        }
-        // Directory being created right now by another process: give it a
-        // minute before calling it dead.
-        Err(_) => fs::metadata(&dir)
-            .and_then(|m| m.modified())
-            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() < Duration::from_secs(60))
-            .unwrap_or(false),
-    }
-}
-
-/// Claims a fresh prefix: creates its temp dir with the owner marker.
-pub fn claim_prefix() -> (String, PathBuf) {
-    let netns = list_netns();
-    for _ in 0..1000 {
-        let n: u32 = rand::random::<u32>() & 0xfffff;
-        let prefix = format!("{PREFIX_HEAD}{n:05x}");
-        if netns.iter().any(|n| n.starts_with(&prefix)) || Path::new(BPFFS).join(&prefix).exists() {
-            continue;
-        }
-        let dir = base_dir().join(&prefix);
-        fs::create_dir_all(base_dir()).expect("create base dir");
-        match fs::create_dir(&dir) {
-            Ok(()) => {
-                fs::write(dir.join("owner"), self_owner()).expect("write owner marker");
-                return (prefix, dir);
-            }
-            Err(_) => continue,
-        }
-    }
-    panic!("could not find a free test prefix");
-}
-
-/// Names in /run/netns.
-pub fn list_netns() -> BTreeSet<String> {
-    fs::read_dir("/run/netns")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
-
-pub fn netns_exists(name: &str) -> bool {
-    Path::new("/run/netns").join(name).exists()
-}
-
-/// Deletes a named netns (ignores "not found").
-pub fn netns_del(name: &str) {
-    if netns_exists(name) {
-        let out = run(Command::new("ip").args(["netns", "del", name]));
-        if !out.status.success() && netns_exists(name) {
-            // A stale mount point without a namespace: remove by hand.
-            let p = Path::new("/run/netns").join(name);
-            let _ = Command::new("umount").arg("-l").arg(&p).status();
-            let _ = fs::remove_file(&p);
-        }
-    }
-}
-
-/// Pids (other than ours) whose argv mentions one of `prefixes`.
-pub fn pids_mentioning(pred: impl Fn(&str) -> bool) -> Vec<u32> {
-    let me = std::process::id();
-    let mut pids = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        // Every test prefix occurrence in the command line.
-        let mut hit = false;
-        let mut i = 0;
-        while let Some(off) = cmd[i..].find(PREFIX_HEAD) {
-            let at = i + off;
-            if let Some(p) = cmd.get(at..at + PREFIX_LEN) {
-                if is_prefix(p) && pred(p) {
-                    hit = true;
-                    break;
-                }
-            }
-            i = at + PREFIX_HEAD.len();
-        }
-        if hit {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Kills (SIGKILL) processes whose argv mentions a prefix for which
-/// `pred` is true, and waits briefly for them to go.
-pub fn kill_mentioning(pred: impl Fn(&str) -> bool) {
-    let pids = pids_mentioning(pred);
-    for &p in &pids {
-        signal(p, "KILL");
-    }
-    for &p in &pids {
-        for _ in 0..100 {
-            // Zombies of other parents keep /proc/PID; state Z is gone enough.
-            match fs::read_to_string(format!("/proc/{p}/stat")) {
-                Ok(s) if !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z') => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => break,
-            }
-        }
-    }
+/// Claims a fresh prefix (temp dir with the owner marker); dropping the
+/// claim removes everything carrying the prefix.
+pub fn claim_prefix() -> Claim {
+    family().claim().unwrap_or_else(|e| panic!("claiming a test prefix: {e}"))
 }
 
 /// Removes every leftover of dead prefixes: processes, netns, bpffs dirs,
 /// temp dirs.
 pub fn sweep() {
-    let dead = |p: &str| !is_live(p);
-    kill_mentioning(dead);
-    for ns in list_netns() {
-        if let Some(p) = prefix_of(&ns) {
-            if dead(p) {
-                netns_del(&ns);
-            }
-        }
-    }
-    for dir in [PathBuf::from(BPFFS), base_dir()] {
-        if let Ok(rd) = fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if is_prefix(&name) && dead(&name) {
-                    let _ = fs::remove_dir_all(e.path());
-                }
-            }
-        }
-    }
+    family().sweep();
 }
 
-/// Removes everything carrying `prefix` (used by the guards' Drop).
-pub fn remove_prefix(prefix: &str) {
-    kill_mentioning(|p| p == prefix);
-    for ns in list_netns() {
-        if ns.starts_with(prefix) {
-            netns_del(&ns);
-        }
-    }
-    let _ = fs::remove_dir_all(Path::new(BPFFS).join(prefix));
-    // Last: the owner marker lives here.
-    let _ = fs::remove_dir_all(base_dir().join(prefix));
+/// Deletes a named netns (ignores "not found").
+pub fn netns_del(name: &str) {
+    let _ = netns::delete_path(&netns::named_path(name));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datapath::testbed::names::proc_start_time;
+    use std::time::Duration;
 
     #[test]
     fn prefixes() {
-        assert!(is_prefix("dpt0a1f9"));
-        assert!(!is_prefix("dpt0a1fz"));
-        assert!(!is_prefix("dpb0a1f9"));
-        assert!(!is_prefix("dpt0A1f9"));
-        assert_eq!(prefix_of("dpt0a1f9node"), Some("dpt0a1f9"));
-        assert_eq!(prefix_of("dpt0a"), None);
+        let f = family();
+        assert!(f.is_prefix("dpt0a1f9"));
+        assert!(!f.is_prefix("dpt0a1fz"));
+        assert!(!f.is_prefix("dpb0a1f9"));
+        assert!(!f.is_prefix("dpt0A1f9"));
+        assert_eq!(f.prefix_of("dpt0a1f9node"), Some("dpt0a1f9"));
+        assert_eq!(f.prefix_of("dpt0a"), None);
         assert!(proc_start_time(std::process::id()).is_some());
     }
 
@@ -375,8 +211,12 @@ mod tests {
             return;
         }
         suite_setup();
-        let (live, live_dir) = claim_prefix();
-        let (dead, dead_dir) = claim_prefix();
+        let live_claim = claim_prefix();
+        let dead_claim = claim_prefix();
+        let (live, live_dir) = (live_claim.prefix.clone(), live_claim.dir.clone());
+        let (dead, dead_dir) = (dead_claim.prefix.clone(), dead_claim.dir.clone());
+        // The dead one's claim is forgotten, as by a killed process.
+        std::mem::forget(dead_claim);
         // A dead owner: a pid that can't exist.
         fs::write(dead_dir.join("owner"), "4194305 1").unwrap();
         let mut procs = Vec::new();
@@ -418,7 +258,7 @@ mod tests {
         let ok_live =
             netns_exists(&format!("{live}node")) && Path::new(BPFFS).join(&live).exists() && live_dir.exists();
         // Clean up the live one the way a guard does.
-        remove_prefix(&live);
+        drop(live_claim);
         let _ = procs[0].wait();
         let _ = procs[1].kill();
         let _ = procs[1].wait();

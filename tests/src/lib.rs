@@ -1,15 +1,16 @@
 //! Test harness for the datapath integration suite (`tests/tests/suite/`).
 //!
+//! Built on the test bed of the `datapath` library ([`datapath::testbed`]:
+//! unique names and the sweeper, the node and outside namespaces, the agent
+//! launcher, processes, frame builders); what is here is test-specific:
+//!
 //! * [`env`]: root check, binary lookup (`DATAPATH_BIN`, then
 //!   `target/release/datapath`, then `target/debug/datapath`), tool checks,
-//!   bpffs mount, unique prefixes with owner markers, the leftover sweeper.
+//!   bpffs mount, the tests' prefix family (`dpt`) and its sweeper.
 //! * [`node::Node`]: node netns + agent; owns all of a test's resources and
-//!   removes them on drop (also on panic).
+//!   removes them on drop (also on panic). Its CLI helpers: [`node_cli`].
 //! * [`net`]: `ip netns exec`, ping, link counters, neighbours.
-//! * [`proc`]: commands with deadlines, background processes reaped on drop.
 //! * [`py`]: python3 one-liners (raw frames, sniffer, HTTP, UDP, ping).
-//! * [`frames`]: hand-built Ethernet frames (anti-spoofing, malformed
-//!   packets towards the masquerade).
 //! * [`outside`]: servers recording source addresses and checksum-verified
 //!   captures in the outside namespace behind a node's uplink.
 //!
@@ -27,12 +28,14 @@
 //! asserts each datapath's own documented behaviour and says so.
 
 pub mod env;
-pub mod frames;
 pub mod net;
 pub mod node;
+pub mod node_cli;
 pub mod outside;
-pub mod proc;
 pub mod py;
+
+/// Frame builders and processes come from the test bed.
+pub use datapath::testbed::{frames, process as proc};
 
 pub use env::{kernel_prelude, netns_exists};
 pub use net::{assert_ping, exec_in, link_stats, ping};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::env::python;
-use crate::proc::{run, run_timeout, show, stdout_str, BgProcess};
+use datapath::testbed::process::{run, run_timeout, show, stdout_str, BgProcess};
 
 /// `ip netns exec NS cmd...`
 pub fn ns_cmd(ns: &str, cmd: &[&str]) -> Command {
@@ -172,11 +172,4 @@ pub fn wait_tcp_listen(ns: &str, port: u16, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
-}
-
-/// Parses "aa:bb:cc:dd:ee:ff".
-pub fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> =
-        s.split(':').map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("bad MAC {s}"))).collect();
-    v.try_into().unwrap_or_else(|_| panic!("bad MAC {s}"))
 }

@@ -1,21 +1,23 @@
-//! `Node`: one simulated host = a node netns plus a `datapath agent` running
-//! inside it with its own socket, state dir and bpffs dir. The Node owns its
-//! test prefix; dropping it (also when the test panics) stops the agent and
-//! removes every process, netns, bpffs dir and temp dir carrying the prefix.
+//! `Node`: one simulated host = a node netns (optionally with an uplink to an
+//! outside namespace) plus a `datapath agent` running inside it with its own
+//! socket, state dir and bpffs dir, all from the test bed
+//! ([`datapath::testbed`]). The Node owns its test prefix; dropping it (also
+//! when the test panics) stops the agent and removes every process, netns,
+//! bpffs dir and temp dir carrying the prefix.
 
-use std::collections::BTreeMap;
-use std::fs::{self, File};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
 
-use serde_json::Value;
+use datapath::state::DatapathKind;
+use datapath::testbed::agent::{Agent, AgentConfig, AgentError};
+use datapath::testbed::names::Claim;
+use datapath::testbed::topology::{self, NodeNet, NodeSpec};
 
-use crate::env::{self, bin, claim_prefix, netns_exists, BPFFS};
-use crate::net;
-use crate::proc::{run, run_timeout, show, stderr_str, stdout_str, terminate, BgProcess};
+use crate::env::{self, bin, claim_prefix};
+pub use crate::node_cli::{check_error_text, delta, sorted_by_name, Endpoint, Stats};
 
-/// How long an agent gets to accept on its socket.
+/// How long an agent gets to answer on its socket.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an agent gets to exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +46,13 @@ impl Datapath {
 
     pub fn is_ebpf(self) -> bool {
         self == Datapath::Ebpf
+    }
+
+    pub fn kind(self) -> DatapathKind {
+        match self {
+            Datapath::Ebpf => DatapathKind::Ebpf,
+            Datapath::Kernel => DatapathKind::Kernel,
+        }
     }
 }
 
@@ -83,62 +92,13 @@ impl AgentOpts {
 }
 
 /// The node's side of the uplink (in the node netns).
-pub const UPLINK_DEV: &str = "uplink0";
-/// The node's uplink address: the masquerade address the outside sees.
+pub const UPLINK_DEV: &str = topology::UPLINK_DEV;
+/// The node's uplink address ([`topology::NODE_UPLINK_IP`]) as text: the
+/// masquerade address the outside sees.
 pub const UPLINK_IP: &str = "203.0.113.2";
-/// The outside namespace's address (on its `eth0`), the node's default
-/// gateway. TEST-NET-3, used only inside these namespaces.
+/// The outside namespace's address ([`topology::OUTSIDE_IP`]) as text (on
+/// its `eth0`), the node's default gateway.
 pub const OUTSIDE_IP: &str = "203.0.113.1";
-
-/// Turns TX checksum offload off on a device (SIOCETHTOOL ETHTOOL_STXCSUM,
-/// no ethtool needed). argv: TAG IFACE. With offload on, a veth hands
-/// CHECKSUM_PARTIAL packets to its peer and a capture shows pseudo-header
-/// checksums; off, the checksum is computed in software on transmit, so a
-/// wrong incremental update (NAT) shows on the wire.
-pub const TX_CSUM_OFF: &str = r#"
-import ctypes, fcntl, socket, struct, sys
-ev = ctypes.create_string_buffer(struct.pack("II", 0x17, 0))  # ETHTOOL_STXCSUM, off
-ifr = struct.pack("16sP", sys.argv[2].encode(), ctypes.addressof(ev))
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-fcntl.ioctl(s.fileno(), 0x8946, ifr)  # SIOCETHTOOL
-"#;
-
-/// An endpoint as `endpoint inspect` describes it.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    pub name: String,
-    pub ip: String,
-    pub mac: String,
-    pub prefix_len: u64,
-    pub gateway: String,
-    pub network: String,
-    pub host_ifname: String,
-    pub host_ifindex: u64,
-    pub json: Value,
-}
-
-impl Endpoint {
-    fn from_json(v: Value) -> Endpoint {
-        let s = |k: &str| {
-            v[k].as_str().unwrap_or_else(|| panic!("endpoint JSON lacks string field {k:?}: {v}")).to_string()
-        };
-        let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("endpoint JSON lacks integer field {k:?}: {v}"));
-        Endpoint {
-            name: s("name"),
-            ip: s("ip"),
-            mac: s("mac"),
-            prefix_len: n("prefix_len"),
-            gateway: s("gateway"),
-            network: s("network"),
-            host_ifname: s("host_ifname"),
-            host_ifindex: n("host_ifindex"),
-            json: v,
-        }
-    }
-}
-
-/// Datapath counters by reason name: (packets, bytes).
-pub type Stats = BTreeMap<String, (u64, u64)>;
 
 pub struct Node {
     /// `dpt` + 5 hex digits; every resource of this node starts with it.
@@ -152,8 +112,12 @@ pub struct Node {
     pub opts: AgentOpts,
     /// The outside netns (`<prefix>out`) when [`AgentOpts::uplink`] is set.
     pub outside: Option<String>,
-    agent: Option<Child>,
     starts: u32,
+    // Drop order: the agent stops, then the namespaces go, then everything
+    // else carrying the prefix.
+    agent: Option<Agent>,
+    _net: NodeNet,
+    _claim: Claim,
 }
 
 impl Node {
@@ -168,70 +132,37 @@ impl Node {
         Node::with(AgentOpts::on(dp))
     }
 
+    /// Builds the node netns and, with [`AgentOpts::uplink`], the uplink
+    /// (before the agent starts, which picks the device of the default
+    /// route); see [`datapath::testbed::topology`]. TX checksum offload is
+    /// off on both ends of the uplink, so captures in the outside show the
+    /// checksums as transmitted.
     pub fn with(opts: AgentOpts) -> Node {
-        let (prefix, dir) = claim_prefix();
-        let name = format!("{prefix}node");
-        let mut node = Node {
-            socket: dir.join("agent.sock"),
-            state_dir: dir.join("state"),
-            bpffs: PathBuf::from(BPFFS).join(&prefix),
-            prefix,
-            name,
-            dir,
-            opts,
-            outside: None,
-            agent: None,
-            starts: 0,
-        };
-        // From here on, Drop cleans up whatever happens.
-        fs::create_dir_all(&node.state_dir).expect("create state dir");
-        fs::create_dir_all(&node.bpffs).unwrap_or_else(|e| panic!("create bpffs dir {}: {e}", node.bpffs.display()));
-        let out = run(Command::new("ip").args(["netns", "add", &node.name]));
-        assert!(out.status.success(), "ip netns add {}:\n{}", node.name, show(&out));
-        let out = run(Command::new("ip").args(["-n", &node.name, "link", "set", "lo", "up"]));
-        assert!(out.status.success(), "lo up in {}:\n{}", node.name, show(&out));
-        if node.opts.uplink {
-            node.make_uplink();
+        let claim = claim_prefix();
+        let name = claim.name("node");
+        let mut spec = NodeSpec::new(&name);
+        if opts.uplink {
+            spec = spec.with_outside(claim.name("out"));
+            spec.tx_checksum_off = true;
         }
+        // From here on, the claim's Drop cleans up whatever happens.
+        let net = topology::build_blocking(&spec).unwrap_or_else(|e| panic!("building node {name}: {e}"));
+        let mut node = Node {
+            prefix: claim.prefix.clone(),
+            name,
+            dir: claim.dir.clone(),
+            socket: claim.dir.join("agent.sock"),
+            state_dir: claim.dir.join("state"),
+            bpffs: claim.bpffs(),
+            opts,
+            outside: net.outside.clone(),
+            starts: 0,
+            agent: None,
+            _net: net,
+            _claim: claim,
+        };
         node.start_agent();
         node
-    }
-
-    /// Builds the uplink (before the agent starts, which picks the device of
-    /// the default route):
-    ///
-    /// ```text
-    /// <prefix>node: uplink0 203.0.113.2/24, default via 203.0.113.1
-    ///                  |  veth
-    /// <prefix>out:  eth0 203.0.113.1/24   (no route back to any endpoint subnet)
-    /// ```
-    ///
-    /// TX checksum offload is off on both ends, so captures in the outside
-    /// show the checksums as transmitted. The outside namespace carries the
-    /// prefix, so the guards remove it.
-    fn make_uplink(&mut self) {
-        let out = format!("{}out", self.prefix);
-        let node = self.name.clone();
-        let ip = |args: &[&str]| {
-            let o = run(Command::new("ip").args(args));
-            assert!(o.status.success(), "ip {}:\n{}", args.join(" "), show(&o));
-        };
-        ip(&["netns", "add", &out]);
-        self.outside = Some(out.clone());
-        ip(&["-n", &out, "link", "set", "lo", "up"]);
-        ip(&["-n", &node, "link", "add", UPLINK_DEV, "type", "veth", "peer", "name", "eth0", "netns", &out]);
-        ip(&["-n", &node, "addr", "add", &format!("{UPLINK_IP}/24"), "dev", UPLINK_DEV]);
-        ip(&["-n", &out, "addr", "add", &format!("{OUTSIDE_IP}/24"), "dev", "eth0"]);
-        ip(&["-n", &node, "link", "set", UPLINK_DEV, "up"]);
-        ip(&["-n", &out, "link", "set", "eth0", "up"]);
-        ip(&["-n", &node, "route", "add", "default", "via", OUTSIDE_IP]);
-        for (ns, dev) in [(node.as_str(), UPLINK_DEV), (out.as_str(), "eth0")] {
-            let o = net::python_in(ns, TX_CSUM_OFF, &[&self.prefix, dev], Duration::from_secs(10));
-            assert!(o.status.success(), "tx checksum offload off on {dev} in {ns}:\n{}", show(&o));
-        }
-        // No IPv6 chatter in the outside's captures.
-        let o = net::exec_in(&out, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        assert!(o.status.success(), "sysctl in {out}: {}", show(&o));
     }
 
     /// The outside namespace (panics when the node has no uplink).
@@ -253,107 +184,74 @@ impl Node {
         self.dir.join(format!("agent-{n}.log"))
     }
 
-    /// Starts the agent (it must not be running) and waits until it serves.
-    pub fn start_agent(&mut self) {
-        assert!(self.agent.is_none(), "agent already running");
-        let log = self.log_path(self.starts);
-        self.starts += 1;
-        let f = File::create(&log).expect("create agent log");
-        let mut c = Command::new(bin());
-        c.arg("agent")
-            .arg("--netns")
-            .arg(&self.name)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .arg("--bpffs")
-            .arg(&self.bpffs);
-        if self.opts.no_default_network {
-            c.arg("--no-default-network");
-        }
-        c.args(&self.opts.extra_args);
+    fn agent_config(&self) -> AgentConfig {
+        let mut c = AgentConfig::new(bin(), &self.name, &self.dir, &self.bpffs);
+        c.socket = self.socket.clone();
+        c.state_dir = self.state_dir.clone();
+        c.log = Some(self.log_path(self.starts));
+        c.no_default_network = self.opts.no_default_network;
+        c.extra_args = self.opts.extra_args.clone();
         // Extra agent flags, for checking that the suite notices a broken or
         // different datapath (e.g. "--default-datapath kernel" must fail the
         // eBPF-specific tests, "--tc-attach clsact" must pass them all). A
         // --default-datapath there wins over the test's own.
         let env_extra = std::env::var("DATAPATH_TESTS_AGENT_ARGS").unwrap_or_default();
         if !env_extra.contains("--default-datapath") {
-            c.arg("--default-datapath").arg(self.opts.datapath.as_str());
+            c.default_datapath = Some(self.opts.datapath.kind());
         }
-        c.args(env_extra.split_whitespace());
-        c.env_remove("DATAPATH_FAILPOINT").env_remove("DATAPATH_SOCKET");
+        c.extra_args.extend(env_extra.split_whitespace().map(String::from));
         if let Some(fp) = &self.opts.failpoint {
-            c.env("DATAPATH_FAILPOINT", fp);
+            c.env.push(("DATAPATH_FAILPOINT".into(), fp.clone()));
         }
         if std::env::var_os("RUST_LOG").is_none() {
-            c.env("RUST_LOG", "info");
+            c.env.push(("RUST_LOG".into(), "info".into()));
         }
-        c.stdin(Stdio::null()).stdout(f.try_clone().expect("dup log")).stderr(f);
-        let child = c.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin().display()));
-        self.agent = Some(child);
-        self.wait_ready();
+        // A restart reuses the state; the claim removes everything at the end.
+        c.keep_files = true;
+        c.ready_timeout = READY_TIMEOUT;
+        c.stop_timeout = STOP_TIMEOUT;
+        c
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = None;
-        loop {
-            if let Some(status) = self.agent.as_mut().unwrap().try_wait().ok().flatten() {
-                self.agent = None;
-                let log = self.agent_log();
-                if log.contains("built without the eBPF object") {
-                    panic!(
-                        "the datapath binary {} was built without the eBPF object, so no kernel \
-                         test can run; build it with `cargo xtask build` (or set DATAPATH_BIN).\n\
-                         agent output:\n{log}",
-                        bin().display()
-                    );
-                }
-                panic!("agent exited during startup ({status}) on node {}:\n{log}", self.name);
+    /// Starts the agent (it must not be running) and waits until it serves.
+    pub fn start_agent(&mut self) {
+        assert!(self.agent.is_none(), "agent already running");
+        let config = self.agent_config();
+        self.starts += 1;
+        match Agent::start(config) {
+            Ok(agent) => self.agent = Some(agent),
+            Err(AgentError::Exited { log, .. }) if log.contains("built without the eBPF object") => panic!(
+                "the datapath binary {} was built without the eBPF object, so no kernel \
+                 test can run; build it with `cargo xtask build` (or set DATAPATH_BIN).\n\
+                 agent output:\n{log}",
+                bin().display()
+            ),
+            Err(e @ AgentError::Exited { .. }) => {
+                panic!("agent {e} on node {}:\n{}", self.name, e.log().unwrap_or_default())
             }
-            if self.socket.exists() {
-                let out = self.cli_timeout(&["network", "ls"], Duration::from_secs(5));
-                if out.status.success() {
-                    return;
-                }
-                last = Some(out);
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "agent on node {} not ready after {READY_TIMEOUT:?} (socket {} exists: {}); \
-                     last `network ls`: {}\nagent log:\n{}",
-                    self.name,
-                    self.socket.display(),
-                    self.socket.exists(),
-                    last.as_ref().map(show).unwrap_or_else(|| "-".into()),
-                    self.agent_log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            Err(e) => panic!(
+                "agent on node {}: {e} (socket {} exists: {})\nagent log:\n{}",
+                self.name,
+                self.socket.display(),
+                self.socket.exists(),
+                self.agent_log()
+            ),
         }
     }
 
     /// SIGTERM the agent and wait for it to exit. Panics (after SIGKILL) if
     /// it does not exit within [`STOP_TIMEOUT`]. Returns its exit status.
-    pub fn stop_agent(&mut self) -> std::process::ExitStatus {
-        let mut child = self.agent.take().expect("agent not running");
-        let (status, killed) = terminate(&mut child, STOP_TIMEOUT);
-        if killed {
-            panic!(
-                "agent on {} did not exit within {STOP_TIMEOUT:?} of SIGTERM (SIGKILLed)\n{}",
-                self.name,
-                self.agent_log()
-            );
+    pub fn stop_agent(&mut self) -> ExitStatus {
+        let mut agent = self.agent.take().expect("agent not running");
+        match agent.stop() {
+            Ok(status) => status,
+            Err(e) => panic!("agent on {}: {e}\n{}", self.name, self.agent_log()),
         }
-        status.expect("agent exit status")
     }
 
     /// SIGKILL the agent (a crash: no chance to clean up or save state).
     pub fn kill_agent(&mut self) {
-        let mut child = self.agent.take().expect("agent not running");
-        let _ = child.kill();
-        let _ = child.wait();
+        self.agent.take().expect("agent not running").kill();
     }
 
     /// SIGTERM the agent, then start it again with the same state dir.
@@ -370,15 +268,12 @@ impl Node {
     }
 
     pub fn agent_pid(&self) -> Option<u32> {
-        self.agent.as_ref().map(|c| c.id())
+        self.agent.as_ref().and_then(|a| a.pid())
     }
 
     /// Is the agent still running (not crashed)?
     pub fn agent_alive(&mut self) -> bool {
-        match self.agent.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.agent.as_mut().is_some_and(|a| a.is_running())
     }
 
     /// Output of the current (last) agent run.
@@ -386,7 +281,7 @@ impl Node {
         if self.starts == 0 {
             return String::new();
         }
-        fs::read_to_string(self.log_path(self.starts - 1)).unwrap_or_default()
+        std::fs::read_to_string(self.log_path(self.starts - 1)).unwrap_or_default()
     }
 
     /// The last `n` lines of the agent log, for failure messages.
@@ -407,152 +302,9 @@ impl Node {
         );
     }
 
-    /// A `datapath --socket S ARGS` command (not yet run).
-    pub fn cli_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.arg("--socket").arg(&self.socket).args(args);
-        c.env_remove("DATAPATH_SOCKET").env_remove("DATAPATH_FAILPOINT").env_remove("RUST_LOG");
-        c
-    }
-
-    pub fn cli_timeout(&self, args: &[&str], timeout: Duration) -> Output {
-        run_timeout(&mut self.cli_cmd(args), timeout)
-    }
-
-    /// Runs `datapath --socket S ARGS`.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        self.cli_timeout(args, Duration::from_secs(30))
-    }
-
-    /// Runs the CLI and asserts success; returns stdout.
-    #[track_caller]
-    pub fn ok(&mut self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        if !out.status.success() {
-            self.fail(format!("`datapath {}` failed:\n{}", args.join(" "), show(&out)));
-        }
-        stdout_str(&out)
-    }
-
-    /// Runs the CLI, asserts success, parses stdout as JSON.
-    #[track_caller]
-    pub fn json(&mut self, args: &[&str]) -> Value {
-        let s = self.ok(args);
-        match serde_json::from_str(&s) {
-            Ok(v) => v,
-            Err(e) => self.fail(format!("`datapath {}` printed invalid JSON ({e}):\n{s}", args.join(" "))),
-        }
-    }
-
-    /// Runs the CLI and asserts the contract for errors: non-zero exit and a
-    /// one-line `error: ...` on stderr. Returns stderr.
-    #[track_caller]
-    pub fn err(&mut self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        if out.status.success() {
-            self.fail(format!("`datapath {}` succeeded but must fail:\n{}", args.join(" "), show(&out)));
-        }
-        let e = stderr_str(&out);
-        check_error_text(&e)
-            .unwrap_or_else(|m| self.fail(format!("`datapath {}`: {m}:\n{}", args.join(" "), show(&out))));
-        e
-    }
-
-    /// `endpoint create NAME EXTRA...`; checks the `NAME IP` output and
-    /// returns the inspected endpoint.
-    #[track_caller]
-    pub fn create_endpoint(&mut self, name: &str, extra: &[&str]) -> Endpoint {
-        let mut args = vec!["endpoint", "create", name];
-        args.extend_from_slice(extra);
-        let out = self.ok(&args);
-        let ep = self.inspect_endpoint(name);
-        let expect = format!("{} {}", name, ep.ip);
-        if out.trim_end() != expect {
-            self.fail(format!("`datapath {}` printed {out:?}, expected the one line {expect:?}", args.join(" ")));
-        }
-        ep
-    }
-
-    #[track_caller]
-    pub fn inspect_endpoint(&mut self, name: &str) -> Endpoint {
-        let v = self.json(&["endpoint", "inspect", name]);
-        Endpoint::from_json(v)
-    }
-
-    /// `endpoint ls -o json`, sorted by name.
-    #[track_caller]
-    pub fn endpoints(&mut self) -> Vec<Value> {
-        sorted_by_name(self.json(&["endpoint", "ls", "-o", "json"]))
-    }
-
-    /// `network ls -o json`, sorted by name.
-    #[track_caller]
-    pub fn networks(&mut self) -> Vec<Value> {
-        sorted_by_name(self.json(&["network", "ls", "-o", "json"]))
-    }
-
-    #[track_caller]
-    pub fn inspect_network(&mut self, name: &str) -> Value {
-        self.json(&["network", "inspect", name, "-o", "json"])
-    }
-
-    /// `stats -o json` as reason name -> (packets, bytes).
-    #[track_caller]
-    pub fn stats(&mut self) -> Stats {
-        let v = self.json(&["stats", "-o", "json"]);
-        let Some(arr) = v["counters"].as_array() else {
-            self.fail(format!("stats JSON has no counters array: {v}"));
-        };
-        let mut m = Stats::new();
-        for c in arr {
-            let (Some(r), Some(p), Some(b)) = (c["reason"].as_str(), c["packets"].as_u64(), c["bytes"].as_u64()) else {
-                self.fail(format!("bad counter object {c} in {v}"));
-            };
-            m.insert(r.to_string(), (p, b));
-        }
-        m
-    }
-
-    /// `conntrack ls -o json [--endpoint E]`: the eBPF flow table.
-    #[track_caller]
-    pub fn conntrack(&mut self, endpoint: Option<&str>) -> Vec<Value> {
-        let mut args = vec!["conntrack", "ls", "-o", "json"];
-        if let Some(e) = endpoint {
-            args.extend(["--endpoint", e]);
-        }
-        match self.json(&args) {
-            Value::Array(a) => a,
-            other => self.fail(format!("conntrack ls -o json is not an array: {other}")),
-        }
-    }
-
-    /// Starts `datapath --socket S ARGS` in the background (e.g. `trace`).
-    pub fn cli_bg(&self, args: &[&str]) -> BgProcess {
-        BgProcess::spawn(self.cli_cmd(args))
-    }
-
     /// Names of every netns of this node's prefix (node included).
     pub fn own_netns(&self) -> Vec<String> {
         env::list_netns().into_iter().filter(|n| n.starts_with(&self.prefix)).collect()
-    }
-
-    /// Link names in the node netns.
-    pub fn node_links(&self) -> Vec<String> {
-        net::link_names(&self.name)
-    }
-
-    /// veth links in the node netns whose name starts with `dp`.
-    pub fn node_dp_veths(&self) -> Vec<String> {
-        net::links(&self.name)
-            .into_iter()
-            .filter(|l| l["linkinfo"]["info_kind"] == "veth")
-            .filter_map(|l| l["ifname"].as_str().map(String::from))
-            .filter(|n| n.starts_with("dp"))
-            .collect()
-    }
-
-    pub fn netns_exists(&self, name: &str) -> bool {
-        netns_exists(name)
     }
 }
 
@@ -565,36 +317,17 @@ impl Drop for Node {
                 self.agent_log_tail(60)
             );
         }
-        if let Some(mut c) = self.agent.take() {
-            terminate(&mut c, Duration::from_secs(5));
-        }
-        env::remove_prefix(&self.prefix);
+        // The fields go next: the agent stops, the namespaces and the rest
+        // of the prefix are removed.
     }
 }
 
-/// The CLI error contract: one non-empty line starting with `error: `.
-pub fn check_error_text(stderr: &str) -> Result<(), String> {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    match lines.as_slice() {
-        [] => Err("no error message on stderr".into()),
-        [l] if l.starts_with("error: ") && l.len() > "error: ".len() => Ok(()),
-        [l] => Err(format!("stderr line does not start with `error: `: {l:?}")),
-        _ => Err(format!("expected one `error: ...` line on stderr, got {} lines", lines.len())),
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn addresses_match_the_test_bed() {
+        use datapath::testbed::topology::{NODE_UPLINK_IP, OUTSIDE_IP};
+        assert_eq!(super::UPLINK_IP, NODE_UPLINK_IP.to_string());
+        assert_eq!(super::OUTSIDE_IP, OUTSIDE_IP.to_string());
     }
-}
-
-pub fn sorted_by_name(v: Value) -> Vec<Value> {
-    let mut a = match v {
-        Value::Array(a) => a,
-        other => panic!("expected a JSON array, got {other}"),
-    };
-    a.sort_by(|x, y| x["name"].as_str().cmp(&y["name"].as_str()));
-    a
-}
-
-/// Difference of a counter between two snapshots (0 if missing).
-pub fn delta(before: &Stats, after: &Stats, reason: &str) -> (u64, u64) {
-    let b = before.get(reason).copied().unwrap_or((0, 0));
-    let a = after.get(reason).copied().unwrap_or((0, 0));
-    (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1))
 }

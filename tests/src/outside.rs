@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::env::python;
 use crate::net::{self, ns_cmd, python_bg};
 use crate::node::Node;
-use crate::proc::{run, show, stdout_str, BgProcess};
 use crate::py;
+use datapath::testbed::process::{run, show, stdout_str, BgProcess};
 
 /// A `tcpdump -w` capture in a namespace, read back with `tcpdump -r -vv`
 /// (which verifies IPv4, TCP and UDP checksums). The pcap path carries the

@@ -14,7 +14,8 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::{describe, ebpf_cargo, ebpf_toolchain, outer_cargo, run_ok, setup, status, workspace_root, Toolchain};
+use crate::ebpf::{ebpf_cargo, ebpf_toolchain, Toolchain, EBPF_CRATE};
+use crate::{describe, outer_cargo, run_ok, setup, status, workspace_root};
 
 /// Debian's clippy (package `rust-web-clippy`), matching rustc-web.
 const DEBIAN_CARGO_CLIPPY: &str = "/usr/bin/cargo-clippy";
@@ -24,7 +25,7 @@ pub fn lint() -> Result<()> {
     setup(false)?;
     ensure_rustup_components()?;
     let root = workspace_root();
-    let ebpf_dir = root.join(crate::EBPF_CRATE);
+    let ebpf_dir = root.join(EBPF_CRATE);
 
     let mut checks: Vec<(&str, Command)> = Vec::new();
     let mut fmt = Command::new(outer_cargo());

@@ -7,17 +7,20 @@
 use std::{
     env,
     ffi::OsString,
-    fs,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
-    time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod ebpf;
 mod lint;
+mod setup;
+
+use ebpf::build_ebpf;
+use setup::setup;
 
 /// libtest arguments for the integration tests (package `datapath-tests`).
 /// They create network namespaces and run agents; two at a time fit the 2-core
@@ -27,38 +30,6 @@ const INTEGRATION_TEST_ARGS: &[&str] = &["--test-threads=2"];
 /// The integration test package, run separately with [`INTEGRATION_TEST_ARGS`].
 const INTEGRATION_TEST_PACKAGE: &str = "datapath-tests";
 
-/// Debian packages the project needs, with why.
-const DEBIAN_PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "Rust compiler that can build `core` for bpfel-unknown-none (with RUSTC_BOOTSTRAP)"),
-    ("cargo-web", "cargo matching rustc-web, for the eBPF build"),
-    ("rust-web-clippy", "clippy matching rustc-web, for `cargo xtask lint` of the eBPF crate"),
-    ("rust-web-src", "Rust library sources, needed by `-Z build-std=core`"),
-    ("llvm-22-dev", "LLVM 22, needed to build and run bpf-linker"),
-    ("libpolly-22-dev", "needed to link bpf-linker against LLVM 22"),
-    ("bpftool", "inspecting loaded eBPF programs and maps"),
-    ("iperf3", "throughput tests and benchmarks"),
-    ("tcpdump", "packet captures in tests and debugging"),
-    ("iproute2", "`ip` and `tc`, used by tests and the walkthrough"),
-    ("nftables", "`nft`: the kernel datapath's MASQUERADE/isolation rules, and the tests' ruleset checks"),
-    ("iputils-ping", "`ping`, used by tests and the walkthrough"),
-];
-
-/// The one tool checked on PATH rather than as a Debian package (it may come
-/// from pyenv or elsewhere); installed as Debian's `python3` when missing.
-const PYTHON: &str = "python3";
-
-/// bpf-linker: pinned so a fresh machine gets the version this project is
-/// built and tested with.
-const BPF_LINKER_VERSION: &str = "0.13.0";
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-
-/// Where the Debian Rust toolchain lives (fallback eBPF toolchain).
-const DEBIAN_CARGO: &str = "/usr/bin/cargo";
-const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
-const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library";
-
-const BPF_TARGET: &str = "bpfel-unknown-none";
-const EBPF_CRATE: &str = "datapath-ebpf";
 const USER_PACKAGE: &str = "datapath-user";
 const USER_BINARY: &str = "datapath";
 
@@ -100,8 +71,13 @@ enum Cmd {
     },
     /// Check formatting and clippy (-D warnings) of the workspace and of the eBPF crate.
     Lint,
-    /// Build (release), then benchmark the datapaths side by side (README: Benchmark).
-    Bench(bench::BenchArgs),
+    /// Build (release), then run the benchmark `datapath-bench` as root with
+    /// ARGS (README: Benchmark); `--no-build` uses the binaries already built.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() {
@@ -112,7 +88,7 @@ fn main() {
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { extra } => test(extra),
         Cmd::Lint => lint::lint(),
-        Cmd::Bench(args) => bench::run(args),
+        Cmd::Bench { args } => bench::run(args),
     };
     if let Err(e) = result {
         // No backtrace: the error says what failed and what to do.
@@ -175,242 +151,6 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
     if !st.success() {
         bail!("`{}` failed ({st})", describe(cmd));
     }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// setup
-
-enum Missing {
-    Deb(&'static str, &'static str),
-    BpfLinker,
-}
-
-fn deb_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${db:Status-Abbrev}", pkg])
-        .output()
-        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"ii"))
-}
-
-fn missing_prerequisites() -> Vec<Missing> {
-    let mut missing: Vec<Missing> = DEBIAN_PACKAGES
-        .iter()
-        .filter(|(pkg, _)| !deb_installed(pkg))
-        .map(|&(pkg, why)| Missing::Deb(pkg, why))
-        .collect();
-    if find_on_path(PYTHON, &env::var_os("PATH").unwrap_or_default()).is_none() {
-        missing.push(Missing::Deb(PYTHON, "scripts used by tests and benchmarks"));
-    }
-    if find_on_path("bpf-linker", &path_with_cargo_bin()).is_none() {
-        missing.push(Missing::BpfLinker);
-    }
-    missing
-}
-
-fn bpf_linker_install_cmd() -> Command {
-    let mut cmd = Command::new(outer_cargo());
-    cmd.args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", "llvm-22"])
-        .env("PATH", {
-            let mut dirs = vec![PathBuf::from(LLVM_PREFIX).join("bin")];
-            dirs.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
-            env::join_paths(dirs).unwrap_or_default()
-        })
-        .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX);
-    cmd
-}
-
-/// Installs whatever is missing. With `verbose` false it prints nothing when
-/// everything is already there.
-fn setup(verbose: bool) -> Result<()> {
-    let missing = missing_prerequisites();
-    if missing.is_empty() {
-        if verbose {
-            println!("setup: every prerequisite is installed");
-        }
-        return Ok(());
-    }
-    let debs: Vec<&str> = missing
-        .iter()
-        .filter_map(|m| match m {
-            Missing::Deb(p, _) => Some(*p),
-            Missing::BpfLinker => None,
-        })
-        .collect();
-    let linker = missing.iter().any(|m| matches!(m, Missing::BpfLinker));
-
-    println!("setup: missing prerequisites:");
-    for m in &missing {
-        match m {
-            Missing::Deb(p, why) => println!("  - Debian package {p}: {why}"),
-            Missing::BpfLinker => {
-                println!("  - bpf-linker {BPF_LINKER_VERSION}: links the eBPF object")
-            }
-        }
-    }
-
-    let apt = Path::new("/usr/bin/apt-get").is_file() && Path::new("/etc/debian_version").is_file();
-    // apt needs root; `cargo install bpf-linker` does not.
-    if !debs.is_empty() && (!is_root() || !apt) {
-        eprintln!(
-            "setup: cannot install them here ({}). Install them by hand:",
-            if apt { "not root" } else { "not a Debian system with apt-get" }
-        );
-        eprintln!("  apt-get update && apt-get install -y {}", debs.join(" "));
-        if linker {
-            eprintln!("  then: {}", shell_line(&bpf_linker_install_cmd()));
-        }
-        bail!("prerequisites missing; see above");
-    }
-
-    if !debs.is_empty() {
-        println!("setup: installing Debian packages: {}", debs.join(" "));
-        run_ok(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
-        run_ok(
-            Command::new("apt-get")
-                .args(["install", "-y", "--no-install-recommends"])
-                .args(&debs)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
-    if linker {
-        let mut cmd = bpf_linker_install_cmd();
-        println!("setup: installing bpf-linker: {}", shell_line(&cmd));
-        run_ok(&mut cmd)?;
-    }
-    println!("setup: done");
-    Ok(())
-}
-
-fn shell_line(cmd: &Command) -> String {
-    let envs: Vec<String> = cmd
-        .get_envs()
-        .filter(|(k, _)| *k != "PATH")
-        .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())))
-        .collect();
-    format!("PATH={LLVM_PREFIX}/bin:$PATH {} {}", envs.join(" "), describe(cmd))
-}
-
-// ---------------------------------------------------------------------------
-// eBPF build
-
-enum Toolchain {
-    /// A rustup nightly with rust-src.
-    RustupNightly,
-    /// Debian's rustc/cargo with RUSTC_BOOTSTRAP and its rust-src package.
-    Debian,
-}
-
-fn ebpf_toolchain() -> Result<Toolchain> {
-    let nightly_has_src = Command::new("rustup")
-        .args(["component", "list", "--toolchain", "nightly", "--installed"])
-        .env("RUSTUP_AUTO_INSTALL", "0")
-        .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src"))
-        });
-    if nightly_has_src {
-        return Ok(Toolchain::RustupNightly);
-    }
-    if [DEBIAN_CARGO, DEBIAN_RUSTC].iter().all(|p| Path::new(p).is_file()) && Path::new(DEBIAN_RUST_SRC).is_dir() {
-        return Ok(Toolchain::Debian);
-    }
-    bail!(
-        "no toolchain can build the eBPF crate: need a rustup nightly with rust-src, or Debian's \
-         rustc-web, cargo-web and rust-web-src. Run `cargo xtask setup`."
-    )
-}
-
-/// Environment the outer `cargo xtask` (via rustup) leaves behind that would
-/// steer the inner cargo to the wrong toolchain or flags.
-const INHERITED_ENV: &[&str] = &[
-    "RUSTUP_TOOLCHAIN",
-    "CARGO",
-    "RUSTC",
-    "RUSTDOC",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET",
-    "CARGO_BUILD_RUSTC",
-    "CARGO_MAKEFLAGS",
-    "CARGO_MANIFEST_DIR",
-    "CARGO_MANIFEST_PATH",
-    "CARGO_PRIMARY_PACKAGE",
-];
-
-/// The eBPF crate's own target directory (its lockfile and toolchain differ
-/// from the workspace's).
-fn ebpf_target_dir() -> PathBuf {
-    workspace_root().join(EBPF_CRATE).join("target")
-}
-
-/// `cargo SUBCOMMAND` for the eBPF crate with `toolchain`: in datapath-ebpf/,
-/// without the environment the outer (rustup) cargo leaves behind, for
-/// bpfel-unknown-none with `-Z build-std=core` and the eBPF rustflags. Used by
-/// `build-ebpf` ("build") and `lint` ("clippy"); the caller adds the rest.
-fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
-    let mut cmd = match toolchain {
-        Toolchain::RustupNightly => Command::new("rustup"),
-        Toolchain::Debian => Command::new(DEBIAN_CARGO),
-    };
-    for var in INHERITED_ENV {
-        cmd.env_remove(var);
-    }
-    // ~/.cargo/bin for bpf-linker; with Debian's toolchain its own directory
-    // comes first, so that cargo's subcommands (e.g. clippy) are Debian's too
-    // and not rustup's proxies.
-    let mut path = path_with_cargo_bin();
-    match toolchain {
-        Toolchain::RustupNightly => {
-            cmd.args(["run", "nightly", "cargo"]);
-        }
-        Toolchain::Debian => {
-            cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
-            let debian_bin = Path::new(DEBIAN_CARGO).parent().expect("an absolute path").to_path_buf();
-            path = env::join_paths(std::iter::once(debian_bin).chain(env::split_paths(&path))).unwrap_or(path);
-        }
-    }
-    cmd.current_dir(workspace_root().join(EBPF_CRATE))
-        .env("PATH", path)
-        .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
-        .args([subcommand, "--locked", "-Z", "build-std=core", "--target", BPF_TARGET])
-        .arg("--target-dir")
-        .arg(ebpf_target_dir());
-    cmd
-}
-
-fn build_ebpf(debug: bool) -> Result<()> {
-    let root = workspace_root();
-    let target_dir = ebpf_target_dir();
-    if find_on_path("bpf-linker", &path_with_cargo_bin()).is_none() {
-        bail!("bpf-linker is not installed (not on PATH nor in ~/.cargo/bin). Run `cargo xtask setup`.");
-    }
-    let toolchain = ebpf_toolchain()?;
-    let mut cmd = ebpf_cargo(&toolchain, "build");
-    if !debug {
-        cmd.arg("--release");
-    }
-    let which = match toolchain {
-        Toolchain::RustupNightly => "rustup nightly",
-        Toolchain::Debian => "Debian rustc with RUSTC_BOOTSTRAP=1",
-    };
-    println!("build-ebpf: building {EBPF_CRATE} with {which}");
-    let started = Instant::now();
-    run_ok(&mut cmd)?;
-
-    let built = target_dir.join(BPF_TARGET).join(if debug { "debug" } else { "release" }).join(EBPF_CRATE);
-    let out = root.join("target").join("bpf").join("datapath.bpf.o");
-    let new = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
-    // Only touch the object when it changed: datapath-user rebuilds on its mtime.
-    if fs::read(&out).ok().as_deref() != Some(&new[..]) {
-        fs::create_dir_all(out.parent().expect("has a parent"))?;
-        fs::write(&out, &new).with_context(|| format!("writing {}", out.display()))?;
-    }
-    println!("build-ebpf: {} ({} bytes, {:.1}s)", out.display(), new.len(), started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -65,7 +65,7 @@ fn endpoint_create_plumbing(dp) {
         "no id: {}",
         a.json
     );
-    let mac = net::parse_mac(&a.mac);
+    let mac = datapath_tests::frames::parse_mac(&a.mac);
     assert!(
         mac[0] & 0x02 != 0 && mac[0] & 0x01 == 0,
         "MAC {} is not locally administered unicast",

@@ -21,7 +21,7 @@ use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use datapath_tests::frames::{self, hex};
+use datapath_tests::frames::{self, hex, Ipv4, Tcp};
 use datapath_tests::net::{self, exec_in, link, python_bg, python_in};
 use datapath_tests::node::{delta, AgentOpts, Datapath, Node, Stats, OUTSIDE_IP, UPLINK_IP};
 use datapath_tests::outside::{
@@ -551,27 +551,34 @@ fn malformed_packets_from_an_endpoint_do_not_corrupt_the_nat(dp) {
     const P_FRAG: u16 = 40002;
     const P_TRUNC: u16 = 40003;
     const P_ACK: u16 = 40004;
-    let o = OUTSIDE_IP;
+    let o = frames::parse_ip(OUTSIDE_IP);
+    let (a_ip, a_mac, gw_mac) = (frames::parse_ip(&a.ip), frames::parse_mac(&a.mac), frames::parse_mac(&gw));
+    // Ethernet + IPv4 (TTL 64, valid header checksum) from A to the gateway.
+    let ipv4 = |proto: u8, id: u16, frag: u16, l4: &[u8]| {
+        let ip = Ipv4 { id, frag, ..Ipv4::new(a_ip, o, proto) };
+        frames::eth(gw_mac, a_mac, frames::ETH_P_IPV4, &ip.packet(l4))
+    };
+    let tcp = |sport: u16, seq: u32, flags: u8| Tcp { seq, ..Tcp::new(sport, TCP_PORT, flags) }.segment(a_ip, o, b"");
     let mut f = Vec::new();
     for i in 0..3u16 {
-        let mut syn = frames::tcp_segment(&a.ip, o, P_BADSUM, TCP_PORT, 1000 + u32::from(i), frames::TCP_SYN, b"");
+        let mut syn = tcp(P_BADSUM, 1000 + u32::from(i), frames::TCP_SYN);
         syn[16] ^= 0x5a;
-        f.push(frames::ipv4(&a.mac, &gw, &a.ip, o, 6, 0x100 + i, 0x4000, &syn));
+        f.push(ipv4(6, 0x100 + i, 0x4000, &syn));
     }
     for i in 0..2u16 {
-        let udp = frames::udp_datagram(&a.ip, o, P_FRAG, UDP_PORT, &[b'F'; 64]);
+        let udp = frames::udp(a_ip, o, P_FRAG, UDP_PORT, &[b'F'; 64]);
         // First fragment (MF, offset 0) and a last one (offset 24 bytes) of
         // different datagrams: nothing ever completes.
-        f.push(frames::ipv4(&a.mac, &gw, &a.ip, o, 17, 0x200 + i, 0x2000, &udp[..24]));
-        f.push(frames::ipv4(&a.mac, &gw, &a.ip, o, 17, 0x210 + i, 3, &udp[24..]));
+        f.push(ipv4(17, 0x200 + i, 0x2000, &udp[..24]));
+        f.push(ipv4(17, 0x210 + i, 3, &udp[24..]));
     }
     for i in 0..3u16 {
-        let t = frames::tcp_segment(&a.ip, o, P_TRUNC, TCP_PORT, 7, frames::TCP_SYN, b"");
-        f.push(frames::ipv4(&a.mac, &gw, &a.ip, o, 6, 0x300 + i, 0x4000, &t[..8]));
+        let t = tcp(P_TRUNC, 7, frames::TCP_SYN);
+        f.push(ipv4(6, 0x300 + i, 0x4000, &t[..8]));
     }
     for i in 0..3u16 {
-        let t = frames::tcp_segment(&a.ip, o, P_ACK, TCP_PORT, 77 + u32::from(i), frames::TCP_ACK, b"");
-        f.push(frames::ipv4(&a.mac, &gw, &a.ip, o, 6, 0x400 + i, 0x4000, &t));
+        let t = tcp(P_ACK, 77 + u32::from(i), frames::TCP_ACK);
+        f.push(ipv4(6, 0x400 + i, 0x4000, &t));
     }
     let s0 = node.stats();
     send_frames(&node, &a.name, &f);

@@ -85,7 +85,7 @@ fn network_inspect_shows_options_and_endpoints(dp: &str) {
     let mut node = Node::new();
     // An uplink candidate in the node.
     outside(&node, "upl0", "10.99.0.1/24", "10.99.0.2/24");
-    let t0 = epoch(&stdout_str(&run(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))).trim().to_string());
+    let t0 = epoch(stdout_str(&run(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]))).trim());
 
     let name = node.ep("net");
     let id = node.ok(&[

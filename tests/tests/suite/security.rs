@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use datapath_tests::frames::{self, hex};
+use datapath_tests::frames::{self, hex, parse_ip, parse_mac};
 use datapath_tests::net::{self, link_stats, python_bg, python_in};
 use datapath_tests::node::{delta, Datapath, Node};
 use datapath_tests::proc::{show, stdout_str, BgProcess};
@@ -17,6 +17,21 @@ use serde_json::Value;
 
 const FOREIGN_MAC: &str = "02:00:5e:de:ad:01";
 const FOREIGN_IP: &str = "10.10.0.200";
+
+/// Ethernet + IPv4 + ICMP echo request with `marker` in the payload (all
+/// checksums valid, so a receiver would answer it).
+fn icmp_echo(src_mac: &str, dst_mac: &str, src_ip: &str, dst_ip: &str, marker: &str, seq: u16) -> Vec<u8> {
+    frames::icmp_echo_frame(parse_mac(src_mac), parse_mac(dst_mac), parse_ip(src_ip), parse_ip(dst_ip), marker, seq)
+}
+
+/// Ethernet + ARP (`op` 1 = request, 2 = reply) with `marker` appended
+/// after the ARP body (as trailing padding, so a sniffer can recognise it).
+#[allow(clippy::too_many_arguments)]
+fn arp(eth_src: &str, eth_dst: &str, op: u16, sha: &str, spa: &str, tha: &str, tpa: &str, marker: &str) -> Vec<u8> {
+    let mut body = frames::arp(op, parse_mac(sha), parse_ip(spa), parse_mac(tha), parse_ip(tpa));
+    body.extend_from_slice(marker.as_bytes());
+    frames::eth(parse_mac(eth_dst), parse_mac(eth_src), frames::ETH_P_ARP, &body)
+}
 
 /// Sniffs incoming frames on `ns`'s eth0 for `secs` seconds, counting the
 /// markers. Returns once the sniffer is ready.
@@ -69,10 +84,10 @@ fn spoofed_ip_and_mac_frames_are_dropped(dp) {
 
     let mut f = Vec::new();
     for i in 0..3 {
-        f.push(frames::icmp_echo(&a.mac, &b.mac, &a.ip, &b.ip, &ctrl, i));
+        f.push(icmp_echo(&a.mac, &b.mac, &a.ip, &b.ip, &ctrl, i));
     }
     for i in 0..N {
-        f.push(frames::icmp_echo(
+        f.push(icmp_echo(
             &a.mac,
             &b.mac,
             FOREIGN_IP,
@@ -80,7 +95,7 @@ fn spoofed_ip_and_mac_frames_are_dropped(dp) {
             &spip,
             100 + i,
         ));
-        f.push(frames::icmp_echo(
+        f.push(icmp_echo(
             FOREIGN_MAC,
             &b.mac,
             &a.ip,
@@ -151,16 +166,16 @@ fn spoofed_arp_is_dropped(dp) {
     let before = node.stats();
     let mut f = Vec::new();
     // Honest request: who has B? tell A.
-    f.push(frames::arp(
+    f.push(arp(
         &a.mac, BCAST, 1, &a.mac, &a.ip, ZERO, &b.ip, &ctrl,
     ));
     for _ in 0..3 {
         // Gratuitous reply claiming B's IP is at A's MAC.
-        f.push(frames::arp(
+        f.push(arp(
             &a.mac, BCAST, 2, &a.mac, &b.ip, ZERO, &b.ip, &poison,
         ));
         // Request with a foreign sender IP.
-        f.push(frames::arp(
+        f.push(arp(
             &a.mac, BCAST, 1, &a.mac, FOREIGN_IP, ZERO, &b.ip, &poison,
         ));
     }

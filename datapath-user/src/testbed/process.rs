@@ -1,5 +1,5 @@
 //! Running commands with a deadline, and background processes that are always
-//! reaped (their guard kills them on drop, including when a test panics).
+//! reaped (their guard kills them on drop, including when the caller panics).
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -7,6 +7,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+pub use nix::sys::signal::Signal;
 
 /// Default deadline for one foreground command.
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -60,7 +62,7 @@ pub fn run_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let mut stderr = t_err.join().unwrap_or_default();
     if timed_out {
         stderr
-            .extend_from_slice(format!("\n[harness] `{desc}` timed out after {timeout:?} and was killed\n").as_bytes());
+            .extend_from_slice(format!("\n[testbed] `{desc}` timed out after {timeout:?} and was killed\n").as_bytes());
     }
     Output { status, stdout, stderr }
 }
@@ -96,15 +98,11 @@ pub fn stderr_str(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Sends `sig` (e.g. "TERM", "KILL") to `pid` with kill(1). Errors (the
-/// process is already gone) are ignored.
-pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+/// Sends `sig` to `pid`. Errors (the process is already gone) are ignored.
+pub fn signal(pid: u32, sig: Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
 }
 
 /// Waits up to `timeout` for `child` to exit.
@@ -126,7 +124,7 @@ pub fn terminate(child: &mut Child, grace: Duration) -> (Option<ExitStatus>, boo
     if let Ok(Some(s)) = child.try_wait() {
         return (Some(s), false);
     }
-    signal(child.id(), "TERM");
+    signal(child.id(), Signal::SIGTERM);
     if let Some(s) = wait_timeout(child, grace) {
         return (Some(s), false);
     }

@@ -1,0 +1,247 @@
+//! The measured topologies, built with the test bed
+//! ([`datapath::testbed`]): the ceiling veth pair, and the kernel,
+//! kernel-bare and ebpf nodes, each a node namespace with an uplink to its
+//! own outside namespace and an agent with one network of two endpoints.
+//!
+//! Everything is named with the run's prefix (`dpm` + 5 hex digits, claimed
+//! with an owner marker under `/run/datapath-bench`), so a later run sweeps
+//! the leftovers of a killed one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{bail, Context, Result};
+use datapath::api::{EndpointCreate, EndpointView, NetworkCreate, NetworkView, Request};
+use datapath::host::netns;
+use datapath::state::DatapathKind;
+use datapath::testbed::agent::{Agent, AgentConfig};
+use datapath::testbed::client::SyncClient;
+use datapath::testbed::knobs;
+use datapath::testbed::names::{Claim, Family};
+use datapath::testbed::topology::{self, NodeNet, NodeSpec, VethEnd, OUTSIDE_IP, UPLINK_DEV};
+
+use crate::report::Topo;
+use crate::sys;
+
+/// The benchmark's family of prefixes.
+pub fn family() -> Family {
+    Family::new("dpm", "/run/datapath-bench")
+}
+
+/// The ceiling's addresses (a direct veth pair, 10.200.0.0/24).
+pub const CEILING_IPS: [std::net::Ipv4Addr; 2] =
+    [std::net::Ipv4Addr::new(10, 200, 0, 1), std::net::Ipv4Addr::new(10, 200, 0, 2)];
+const CEILING_DEV: &str = "ceil0";
+
+/// One node of the three agent topologies; field order = drop order (the
+/// agent stops and cleans up before the namespaces go).
+pub struct BenchNode {
+    pub topo: Topo,
+    pub tag: &'static str,
+    pub client: SyncClient,
+    pub agent: Agent,
+    pub net: NodeNet,
+    pub client_ns: String,
+    pub server_ns: String,
+    pub server_ip: String,
+    pub network: String,
+}
+
+impl BenchNode {
+    pub fn outside(&self) -> &str {
+        self.net.outside.as_deref().expect("bench nodes have an uplink")
+    }
+}
+
+pub struct Lab {
+    pub nodes: Vec<BenchNode>,
+    pub ceiling: (String, String),
+    /// Last: removes everything of the run after the agents stopped.
+    pub claim: Claim,
+}
+
+impl Lab {
+    /// Builds the ceiling pair and the kernel, kernel-bare and ebpf nodes.
+    pub fn build(datapath_bin: &Path) -> Result<Lab> {
+        let claim = family().claim().context("claiming a name prefix for the run")?;
+        let ceiling = build_ceiling(&claim)?;
+        let mut nodes = Vec::new();
+        for (t, idx) in [(Topo::Kernel, 1), (Topo::KernelBare, 2), (Topo::Ebpf, 3)] {
+            nodes.push(build_node(datapath_bin, &claim, t, idx)?);
+        }
+        Ok(Lab { nodes, ceiling, claim })
+    }
+
+    pub fn node(&self, t: Topo) -> Option<&BenchNode> {
+        self.nodes.iter().find(|n| n.topo == t)
+    }
+
+    /// (client ns, server ns, server address) of a workload on a topology.
+    pub fn ends(&self, t: Topo, north_south: bool) -> (String, String, String) {
+        match self.node(t) {
+            None => (self.ceiling.0.clone(), self.ceiling.1.clone(), CEILING_IPS[1].to_string()),
+            Some(n) if north_south => (n.client_ns.clone(), n.outside().to_string(), OUTSIDE_IP.to_string()),
+            Some(n) => (n.client_ns.clone(), n.server_ns.clone(), n.server_ip.clone()),
+        }
+    }
+}
+
+/// Client-side settings for many short connections (TCP_CRR): a wide port
+/// range and TIME_WAIT reuse, per namespace.
+fn client_sysctls(ns: &str) -> Result<()> {
+    let path = netns::named_path(ns);
+    knobs::sysctl_write(&path, "net.ipv4.ip_local_port_range", "1024 65535")?;
+    knobs::sysctl_write(&path, "net.ipv4.tcp_tw_reuse", "1")?;
+    Ok(())
+}
+
+fn build_ceiling(claim: &Claim) -> Result<(String, String)> {
+    let (a, b) = (claim.name("c1"), claim.name("c2"));
+    for ns in [&a, &b] {
+        topology::create_netns_blocking(ns)?;
+    }
+    topology::veth_between_blocking(
+        VethEnd { netns: &a, dev: CEILING_DEV, addr: Some((CEILING_IPS[0], 24)) },
+        VethEnd { netns: &b, dev: CEILING_DEV, addr: Some((CEILING_IPS[1], 24)) },
+    )?;
+    client_sysctls(&a)?;
+    Ok((a, b))
+}
+
+/// Docker's filter FORWARD chain layout and nat DOCKER jumps, in nftables.
+pub fn docker_ruleset(bridge: &str) -> String {
+    format!(
+        r#"table ip dpbench-docker {{
+  chain docker {{
+  }}
+  chain docker-user {{
+    return
+  }}
+  chain docker-isolation-stage-1 {{
+    iifname "{bridge}" oifname != "{bridge}" jump docker-isolation-stage-2
+    return
+  }}
+  chain docker-isolation-stage-2 {{
+    oifname "{bridge}" drop
+    return
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    jump docker-user
+    jump docker-isolation-stage-1
+    oifname "{bridge}" ct state related,established accept
+    oifname "{bridge}" jump docker
+    iifname "{bridge}" oifname != "{bridge}" accept
+    iifname "{bridge}" oifname "{bridge}" accept
+  }}
+  chain docker-nat {{
+    iifname "{bridge}" return
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    fib daddr type local jump docker-nat
+  }}
+  chain output {{
+    type nat hook output priority -100; policy accept;
+    ip daddr != 127.0.0.0/8 fib daddr type local jump docker-nat
+  }}
+}}
+"#
+    )
+}
+
+/// br_netfilter is per namespace (built in or loaded, a new namespace starts
+/// with 1): Docker host = 1, bare bridge = 0, eBPF node: as is.
+fn set_br_netfilter(node_ns: &str, t: Topo) -> Result<()> {
+    let value = match t {
+        Topo::Kernel => "1",
+        Topo::KernelBare => "0",
+        _ => return Ok(()),
+    };
+    for key in [
+        "net.bridge.bridge-nf-call-iptables",
+        "net.bridge.bridge-nf-call-ip6tables",
+        "net.bridge.bridge-nf-call-arptables",
+    ] {
+        knobs::sysctl_write(&netns::named_path(node_ns), key, value)
+            .with_context(|| format!("setting {key} (is br_netfilter available?)"))?;
+    }
+    Ok(())
+}
+
+fn load_docker_ruleset(node_ns: &str, bridge: &str) -> Result<()> {
+    let mut nft = sys::in_ns(node_ns, &["nft", "-f", "-"]);
+    nft.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = nft.spawn().context("running nft")?;
+    child.stdin.take().context("nft stdin")?.write_all(docker_ruleset(bridge).as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft rejected the Docker ruleset: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn start_agent(bin: &Path, claim: &Claim, node_ns: &str, tag: &str, kind: DatapathKind) -> Result<Agent> {
+    let dir: PathBuf = claim.dir.join(tag);
+    let mut c = AgentConfig::new(bin, node_ns, &dir, claim.bpffs().join(tag));
+    c.log = Some(claim.dir.join(format!("{tag}-agent.log")));
+    c.no_default_network = true;
+    c.default_datapath = Some(kind);
+    c.cleanup_on_exit = true;
+    c.env.push(("RUST_LOG".into(), "warn".into()));
+    // Own process group: Ctrl-C reaches the bench only, which stops the agent in order.
+    c.own_process_group = true;
+    std::fs::create_dir_all(&dir)?;
+    Agent::start(c).map_err(|e| anyhow::anyhow!("agent {tag}: {e}: {}", e.log().unwrap_or_default()))
+}
+
+fn build_node(bin: &Path, claim: &Claim, t: Topo, idx: u8) -> Result<BenchNode> {
+    let tag = match t {
+        Topo::Ebpf => "e",
+        Topo::Kernel => "k",
+        Topo::KernelBare => "b",
+        Topo::Ceiling => unreachable!("the ceiling has no node"),
+    };
+    let spec = NodeSpec::new(claim.name(&format!("{tag}n"))).with_outside(claim.name(&format!("{tag}o")));
+    let net = topology::build_blocking(&spec)?;
+    set_br_netfilter(&net.node, t)?;
+    let kind = if t == Topo::Ebpf { DatapathKind::Ebpf } else { DatapathKind::Kernel };
+    let agent = start_agent(bin, claim, &net.node, tag, kind)?;
+    let client = agent.sync_client()?;
+    let network = "bench".to_string();
+    let create = NetworkCreate {
+        name: network.clone(),
+        subnet: format!("10.201.{idx}.0/24"),
+        datapath: Some(kind),
+        uplink: Some(UPLINK_DEV.into()),
+        ..Default::default()
+    };
+    let view: NetworkView = client.call_as(Request::NetworkCreate(create))?;
+    if t == Topo::Kernel {
+        load_docker_ruleset(&net.node, &view.bridge)?;
+    }
+    let mut eps = Vec::new();
+    for side in ["a", "b"] {
+        let name = claim.name(&format!("{tag}{side}"));
+        let req = EndpointCreate { name: name.clone(), network: Some(network.clone()), ..Default::default() };
+        let v: EndpointView = client.call_as(Request::EndpointCreate(req))?;
+        eps.push((name, v.ip.to_string()));
+    }
+    client_sysctls(&eps[0].0)?;
+    let [(client_ns, _), (server_ns, server_ip)] = <[(String, String); 2]>::try_from(eps).expect("two endpoints");
+    Ok(BenchNode { topo: t, tag, client, agent, net, client_ns, server_ns, server_ip, network })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_rules_mention_the_bridge() {
+        let s = docker_ruleset("br-x");
+        assert!(s.contains("policy drop"));
+        assert!(s.contains("oifname \"br-x\" ct state related,established accept"));
+        assert!(s.contains("iifname \"br-x\" oifname \"br-x\" accept"));
+    }
+}

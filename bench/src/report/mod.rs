@@ -1,0 +1,323 @@
+//! The benchmark's data model and its renderings: Markdown table, JSON, SVG
+//! chart. Everything here is pure (no I/O), so it is unit-tested.
+
+mod json;
+mod markdown;
+mod svg;
+
+use serde_json::Value;
+
+use crate::stats::{median, ratio};
+
+pub use json::to_json;
+pub use markdown::markdown;
+pub use svg::svg;
+
+/// The topologies measured side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topo {
+    /// A direct veth pair between two namespaces.
+    Ceiling,
+    /// Bridge + br_netfilter (bridge-nf-call-iptables=1) + Docker's FORWARD
+    /// chains + MASQUERADE: a Docker-configured host.
+    Kernel,
+    /// Bridge without br_netfilter (+ MASQUERADE for north-south).
+    KernelBare,
+    /// The eBPF datapath (agent, `--datapath ebpf`).
+    Ebpf,
+}
+
+impl Topo {
+    pub const ALL: [Topo; 4] = [Topo::Ceiling, Topo::Kernel, Topo::KernelBare, Topo::Ebpf];
+    pub fn name(self) -> &'static str {
+        match self {
+            Topo::Ceiling => "ceiling",
+            Topo::Kernel => "kernel",
+            Topo::KernelBare => "kernel-bare",
+            Topo::Ebpf => "ebpf",
+        }
+    }
+    pub(crate) fn color(self) -> &'static str {
+        match self {
+            Topo::Ceiling => "#9e9e9e",
+            Topo::Kernel => "#e07b39",
+            Topo::KernelBare => "#f2c14e",
+            Topo::Ebpf => "#2f7ed8",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// iperf3 TCP stream; value in Gbit/s.
+    Stream(u32),
+    /// One connection, 1-byte request/response; transactions/s.
+    Rr,
+    /// One connection per transaction; connections/s.
+    Crr,
+    /// 64-byte UDP datagrams; packets/s received.
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub id: &'static str,
+    pub label: &'static str,
+    pub kind: Kind,
+    /// North-south: endpoint to the outside namespace through masquerade.
+    pub north_south: bool,
+}
+
+impl Workload {
+    pub fn unit(&self) -> &'static str {
+        match self.kind {
+            Kind::Stream(_) => "Gbit/s",
+            Kind::Rr => "trans/s",
+            Kind::Crr => "conn/s",
+            Kind::Udp => "pkt/s",
+        }
+    }
+    /// Unit of the CPU cost per unit of work.
+    pub fn cpu_unit(&self) -> &'static str {
+        match self.kind {
+            Kind::Stream(_) => "CPU-s/Gbit",
+            Kind::Rr | Kind::Crr => "CPU-µs/op",
+            Kind::Udp => "CPU-ns/pkt",
+        }
+    }
+    /// CPU cost per unit of work from the busy fraction of the CPUs
+    /// (CPU-seconds per second) and the rate.
+    pub fn cpu_cost(&self, busy_cpus: f64, rate: f64) -> Option<f64> {
+        if rate <= 0.0 {
+            return None;
+        }
+        let per_unit = busy_cpus / rate;
+        Some(match self.kind {
+            Kind::Stream(_) => per_unit,
+            Kind::Rr | Kind::Crr => per_unit * 1e6,
+            Kind::Udp => per_unit * 1e9,
+        })
+    }
+}
+
+pub const WORKLOADS: &[Workload] = &[
+    Workload { id: "ew-tcp-stream-1", label: "E-W TCP stream, 1 stream", kind: Kind::Stream(1), north_south: false },
+    Workload { id: "ew-tcp-stream-4", label: "E-W TCP stream, 4 streams", kind: Kind::Stream(4), north_south: false },
+    Workload { id: "ew-tcp-rr", label: "E-W TCP_RR", kind: Kind::Rr, north_south: false },
+    Workload { id: "ew-tcp-crr", label: "E-W TCP_CRR", kind: Kind::Crr, north_south: false },
+    Workload { id: "ew-udp-64", label: "E-W UDP 64 B", kind: Kind::Udp, north_south: false },
+    Workload { id: "ns-tcp-stream-1", label: "N-S TCP stream, 1 stream", kind: Kind::Stream(1), north_south: true },
+    Workload { id: "ns-tcp-rr", label: "N-S TCP_RR", kind: Kind::Rr, north_south: true },
+    Workload { id: "ns-tcp-crr", label: "N-S TCP_CRR", kind: Kind::Crr, north_south: true },
+    Workload { id: "ns-udp-64", label: "N-S UDP 64 B", kind: Kind::Udp, north_south: true },
+];
+
+pub fn workload(id: &str) -> Option<&'static Workload> {
+    WORKLOADS.iter().find(|w| w.id == id)
+}
+
+/// All rounds of one workload on one topology.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cell {
+    pub values: Vec<f64>,
+    /// CPU cost per unit of work, one per round where it could be read.
+    pub cpu: Vec<f64>,
+    /// Why there is no figure (e.g. "n/a (eBPF SNAT not available)").
+    pub na: Option<String>,
+    /// Rounds that failed, with why.
+    pub errors: Vec<String>,
+}
+
+impl Cell {
+    pub fn median(&self) -> Option<f64> {
+        if self.na.is_some() {
+            None
+        } else {
+            median(&self.values)
+        }
+    }
+}
+
+/// Endpoint create/remove latencies of one datapath, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Churn {
+    pub datapath: String,
+    pub create_ms: Vec<f64>,
+    pub remove_ms: Vec<f64>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentMem {
+    pub node: String,
+    pub idle_rss_kib: u64,
+    pub after_churn_rss_kib: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Results {
+    /// Free-form facts about the run (date, kernel, settings).
+    pub meta: Vec<(String, String)>,
+    /// (workload id, topology) -> cell.
+    pub cells: Vec<(&'static str, Topo, Cell)>,
+    pub churn: Vec<Churn>,
+    pub memory: Vec<AgentMem>,
+    /// Extra diagnostics (e.g. eBPF drop counters), stored in the JSON.
+    pub diagnostics: Value,
+}
+
+impl Results {
+    pub fn cell(&self, w: &str, t: Topo) -> Option<&Cell> {
+        self.cells.iter().find(|(id, tt, _)| *id == w && *tt == t).map(|(_, _, c)| c)
+    }
+    pub fn cell_mut(&mut self, w: &'static str, t: Topo) -> &mut Cell {
+        if let Some(i) = self.cells.iter().position(|(id, tt, _)| *id == w && *tt == t) {
+            return &mut self.cells[i].2;
+        }
+        self.cells.push((w, t, Cell::default()));
+        &mut self.cells.last_mut().expect("just pushed").2
+    }
+    fn med(&self, w: &str, t: Topo) -> Option<f64> {
+        self.cell(w, t).and_then(Cell::median)
+    }
+    pub fn ratio_to(&self, w: &str, t: Topo, base: Topo) -> Option<f64> {
+        ratio(self.med(w, t), self.med(w, base))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub what: String,
+    pub goal: String,
+    pub measured: Option<f64>,
+    /// None: could not be measured.
+    pub pass: Option<bool>,
+    pub note: Option<String>,
+}
+
+/// The targets for the eBPF datapath, checked against the medians.
+pub fn targets(r: &Results) -> Vec<Target> {
+    let mut out = Vec::new();
+    let mut ratio_target = |w: &str, base: Topo, goal: f64| {
+        let wl = workload(w).expect("known workload");
+        let m = r.ratio_to(w, Topo::Ebpf, base);
+        let note = r.cell(w, Topo::Ebpf).and_then(|c| c.na.clone());
+        out.push(Target {
+            what: format!("{}: ebpf / {}", wl.label, base.name()),
+            goal: format!("≥ {goal:.2}×"),
+            measured: m,
+            pass: m.map(|m| m >= goal),
+            note,
+        });
+    };
+    for w in WORKLOADS.iter().filter(|w| !w.north_south) {
+        ratio_target(w.id, Topo::Ceiling, 0.95);
+    }
+    ratio_target("ew-tcp-rr", Topo::Kernel, 1.2);
+    ratio_target("ew-udp-64", Topo::Kernel, 1.4);
+    ratio_target("ns-tcp-rr", Topo::Kernel, 1.3);
+    ratio_target("ns-udp-64", Topo::Kernel, 1.3);
+    ratio_target("ns-tcp-crr", Topo::Kernel, 1.5);
+    let create = r.churn.iter().find(|c| c.datapath == "ebpf").and_then(|c| median(&c.create_ms));
+    out.push(Target {
+        what: "endpoint create (ebpf), median".into(),
+        goal: "≤ 20 ms".into(),
+        measured: create,
+        pass: create.map(|m| m <= 20.0),
+        note: None,
+    });
+    out
+}
+
+/// Compact human number: 61234 -> "61.2k", 1.5e6 -> "1.50M", 9.41 -> "9.41".
+pub fn human(x: f64) -> String {
+    let a = x.abs();
+    if a >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.1}k", x / 1e3)
+    } else if a >= 1e3 {
+        format!("{:.2}k", x / 1e3)
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+pub(crate) fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    x.map(f).unwrap_or_else(|| "–".into())
+}
+
+pub(crate) fn ratio_s(x: Option<f64>) -> String {
+    opt(x, |v| format!("{v:.2}×"))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Results {
+        let mut r = Results { meta: vec![("rounds".into(), "3".into())], ..Default::default() };
+        for (t, base) in [(Topo::Ceiling, 100.0), (Topo::Kernel, 50.0), (Topo::KernelBare, 80.0), (Topo::Ebpf, 96.0)] {
+            let c = r.cell_mut("ew-tcp-rr", t);
+            c.values = vec![base - 1.0, base, base + 1.0];
+            c.cpu = vec![10.0];
+        }
+        for t in [Topo::Ceiling, Topo::Kernel] {
+            r.cell_mut("ns-tcp-crr", t).values = vec![10.0];
+        }
+        r.cell_mut("ns-tcp-crr", Topo::Ebpf).na = Some("n/a (eBPF SNAT not available)".into());
+        r.churn.push(Churn {
+            datapath: "ebpf".into(),
+            create_ms: vec![5.0, 6.0, 7.0],
+            remove_ms: vec![3.0],
+            errors: vec![],
+        });
+        r.memory.push(AgentMem { node: "ebpf".into(), idle_rss_kib: 10240, after_churn_rss_kib: None });
+        r
+    }
+
+    #[test]
+    fn ratios_use_medians() {
+        let r = sample();
+        assert_eq!(r.ratio_to("ew-tcp-rr", Topo::Ebpf, Topo::Ceiling), Some(0.96));
+        assert_eq!(r.ratio_to("ew-tcp-rr", Topo::Ebpf, Topo::Kernel), Some(96.0 / 50.0));
+        assert_eq!(r.ratio_to("ns-tcp-crr", Topo::Ebpf, Topo::Kernel), None);
+    }
+
+    #[test]
+    fn targets_are_checked() {
+        let r = sample();
+        let t = targets(&r);
+        let rr_ceiling = t.iter().find(|t| t.what == "E-W TCP_RR: ebpf / ceiling").unwrap();
+        assert_eq!(rr_ceiling.pass, Some(true));
+        let rr_kernel = t.iter().find(|t| t.what == "E-W TCP_RR: ebpf / kernel").unwrap();
+        assert_eq!(rr_kernel.pass, Some(true));
+        let crr = t.iter().find(|t| t.what == "N-S TCP_CRR: ebpf / kernel").unwrap();
+        assert_eq!(crr.pass, None);
+        assert_eq!(crr.note.as_deref(), Some("n/a (eBPF SNAT not available)"));
+        let create = t.iter().find(|t| t.what.starts_with("endpoint create")).unwrap();
+        assert_eq!((create.measured, create.pass), (Some(6.0), Some(true)));
+    }
+
+    #[test]
+    fn human_numbers() {
+        assert_eq!(human(61234.0), "61.2k");
+        assert_eq!(human(1_500_000.0), "1.50M");
+        assert_eq!(human(9.412), "9.41");
+        assert_eq!(human(2500.0), "2.50k");
+        assert_eq!(human(123.4), "123");
+    }
+
+    #[test]
+    fn cpu_cost_units() {
+        let w = workload("ew-tcp-rr").unwrap();
+        assert_eq!(w.cpu_cost(1.0, 50_000.0), Some(20.0));
+        let s = workload("ew-tcp-stream-1").unwrap();
+        assert_eq!(s.cpu_cost(1.0, 20.0), Some(0.05));
+        assert_eq!(s.cpu_cost(1.0, 0.0), None);
+    }
+}

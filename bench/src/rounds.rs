@@ -1,0 +1,209 @@
+//! The whole measurement: set-up, the facts of the run, agent memory,
+//! endpoint churn, north-south probes, then the interleaved rounds.
+
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+use datapath::api::Request;
+use datapath::testbed::knobs;
+use serde_json::{json, Value};
+
+use crate::lab::Lab;
+use crate::measure::{measure_one, probe_north_south, Ends};
+use crate::report::{self, AgentMem, Results, Topo, Workload};
+use crate::{churn, progress, sys, Cfg};
+
+/// Builds the lab, measures everything, tears the lab down.
+pub fn measure(cfg: &Cfg) -> Result<Results> {
+    let started = Instant::now();
+    progress("building the topologies (ceiling veth pair; kernel, kernel-bare and ebpf nodes with an agent each)");
+    let lab = Lab::build(&cfg.datapath)?;
+    progress(&format!(
+        "run {} — {} rounds × {} workloads × 4 topologies, {} s each, pin={:?}, {} endpoints per datapath",
+        lab.claim.prefix,
+        cfg.rounds,
+        cfg.workloads.len(),
+        cfg.duration,
+        cfg.pin,
+        cfg.endpoints
+    ));
+    let mut r = Results { meta: meta(cfg, &lab), ..Default::default() };
+
+    // Idle memory, then endpoint churn (interleaved between the datapaths).
+    sys::sleep(Duration::from_millis(500))?;
+    for n in &lab.nodes {
+        r.memory.push(AgentMem {
+            node: n.topo.name().into(),
+            idle_rss_kib: n.agent.rss_kib().unwrap_or(0),
+            after_churn_rss_kib: None,
+        });
+    }
+    if cfg.endpoints > 0 {
+        r.churn = churn::churn(cfg, &lab)?;
+        for (m, n) in r.memory.iter_mut().zip(&lab.nodes) {
+            m.after_churn_rss_kib = n.agent.rss_kib();
+        }
+    }
+    let ns_na = probe_all(cfg, &lab);
+    rounds(cfg, &lab, &ns_na, &mut r)?;
+    for (_, _, c) in r.cells.iter_mut() {
+        if c.values.is_empty() && c.na.is_none() {
+            c.na = Some(format!("failed: {}", c.errors.first().cloned().unwrap_or_default()));
+        }
+    }
+    r.diagnostics = diagnostics(&lab, &r);
+    r.meta.push(("wall time".into(), format!("{:.0} s", started.elapsed().as_secs_f64())));
+    progress("measurements done; stopping the agents and removing the namespaces");
+    drop(lab);
+    Ok(r)
+}
+
+/// Facts about the run, shown at the top of the report.
+fn meta(cfg: &Cfg, lab: &Lab) -> Vec<(String, String)> {
+    let uname = sys::sh(Command::new("uname").arg("-r")).unwrap_or_default();
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    let git =
+        sys::sh(Command::new("git").current_dir(crate::workspace_root()).args(["describe", "--always", "--dirty"]))
+            .unwrap_or_default();
+    let ebpf_node = lab.node(Topo::Ebpf).expect("ebpf node").net.node_path();
+    let ebpf_brnf = knobs::sysctl_read(&ebpf_node, "net.bridge.bridge-nf-call-iptables").ok();
+    let (ccpu, scpu, _) = cfg.cpus();
+    let cpu = |c: Option<usize>| c.map(|c| c.to_string()).unwrap_or("any".into());
+    vec![
+        ("date (UTC)".into(), sys::utc_stamp(SystemTime::now())),
+        ("kernel".into(), uname.trim().into()),
+        ("cpu".into(), format!("{} × {cpu_model}", cfg.ncpu)),
+        ("commit".into(), git.trim().into()),
+        ("rounds".into(), cfg.rounds.to_string()),
+        ("seconds per measurement".into(), format!("{} (+{} s warm-up for loadgen)", cfg.duration, cfg.warmup)),
+        (
+            "placement".into(),
+            format!(
+                "{:?}: client on CPU {}, server on CPU {}; CPU cost = busy time of the CPU(s) used / rate",
+                cfg.pin,
+                cpu(ccpu),
+                cpu(scpu)
+            ),
+        ),
+        ("tools".into(), "iperf3 (stream), loadgen (TCP_RR 1 B, TCP_CRR 1 B, UDP 64 B payload)".into()),
+        (
+            "br_netfilter".into(),
+            format!(
+                "kernel: bridge-nf-call-iptables=1; kernel-bare: 0; ebpf node: {} (namespace default)",
+                ebpf_brnf.unwrap_or("n/a".into())
+            ),
+        ),
+    ]
+}
+
+/// North-south reachability per topology (the eBPF SNAT may not exist
+/// yet): why its north-south rows have no figure, if they have none.
+fn probe_all(cfg: &Cfg, lab: &Lab) -> Vec<(Topo, Option<String>)> {
+    let mut ns_na = Vec::new();
+    if !cfg.workloads.iter().any(|w| w.north_south) {
+        return ns_na;
+    }
+    for t in Topo::ALL {
+        let (c, s, ip) = lab.ends(t, true);
+        let na = match probe_north_south(cfg, &c, &s, &ip) {
+            Ok(()) => None,
+            Err(e) => {
+                progress(&format!("north-south probe on {}: {e:#}", t.name()));
+                Some(if t == Topo::Ebpf {
+                    "n/a (eBPF SNAT not available)".to_string()
+                } else {
+                    format!("n/a (no north-south connectivity: {e})")
+                })
+            }
+        };
+        ns_na.push((t, na));
+    }
+    ns_na
+}
+
+/// The rounds: every workload on every topology, the order of the
+/// topologies rotating from round to round.
+fn rounds(cfg: &Cfg, lab: &Lab, ns_na: &[(Topo, Option<String>)], r: &mut Results) -> Result<()> {
+    let total = cfg.rounds * cfg.workloads.len() * Topo::ALL.len();
+    let mut done = 0usize;
+    let t_traffic = Instant::now();
+    let mut port: u16 = 7100;
+    for round in 0..cfg.rounds {
+        for w in &cfg.workloads {
+            for k in 0..Topo::ALL.len() {
+                let t = Topo::ALL[(k + round) % Topo::ALL.len()];
+                done += 1;
+                let na = ns_na.iter().find(|(x, _)| *x == t).and_then(|(_, na)| na.clone());
+                if let Some(na) = na.filter(|_| w.north_south) {
+                    r.cell_mut(w.id, t).na = Some(na);
+                    continue;
+                }
+                port = if port >= 7900 { 7100 } else { port + 1 };
+                let (c, s, ip) = lab.ends(t, w.north_south);
+                let ends = Ends { client_ns: &c, server_ns: &s, server_ip: &ip, port };
+                let res = measure_one(cfg, w, &ends);
+                sys::check_interrupted()?;
+                let eta = if done > 1 {
+                    let per = t_traffic.elapsed().as_secs_f64() / (done - 1) as f64;
+                    format!("eta {:.0} s", per * (total - done + 1) as f64)
+                } else {
+                    String::new()
+                };
+                let at =
+                    format!("[{done:>3}/{total}] round {}/{} {:<16} {:<11}", round + 1, cfg.rounds, w.id, t.name());
+                record(r, w, t, res, &at, &eta);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stores one measurement (or its failure) and reports progress.
+fn record(r: &mut Results, w: &Workload, t: Topo, res: Result<crate::measure::Sample>, at: &str, eta: &str) {
+    match res {
+        Ok(smp) => {
+            let cell = r.cell_mut(w.id, t);
+            cell.values.push(smp.rate);
+            if let Some(c) = w.cpu_cost(smp.busy, smp.rate) {
+                cell.cpu.push(c);
+            }
+            progress(&format!(
+                "{at} {:>9} {:<7} cpu {:>3.0}%  {eta}",
+                report::human(smp.rate),
+                w.unit(),
+                smp.busy * 100.0
+            ));
+        }
+        Err(e) => {
+            progress(&format!("{at} FAILED: {e:#}"));
+            r.cell_mut(w.id, t).errors.push(format!("{e:#}"));
+        }
+    }
+}
+
+/// Diagnostics: eBPF per-reason counters (drops included), failed rounds.
+fn diagnostics(lab: &Lab, r: &Results) -> Value {
+    let mut diag = serde_json::Map::new();
+    if let Some(n) = lab.node(Topo::Ebpf) {
+        if let Ok(s) = n.client.call(Request::Stats) {
+            diag.insert("ebpf_stats".into(), s);
+        }
+    }
+    let errors: Vec<Value> = r
+        .cells
+        .iter()
+        .filter(|(_, _, c)| !c.errors.is_empty())
+        .map(|(w, t, c)| json!({"workload": w, "topology": t.name(), "errors": c.errors}))
+        .collect();
+    diag.insert("errors".into(), Value::from(errors));
+    Value::Object(diag)
+}

@@ -1,0 +1,137 @@
+//! `cargo xtask build-ebpf`: the eBPF object, built with a toolchain that can
+//! build `core` for bpfel-unknown-none (README: How the eBPF build works).
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::{fs, process::Command, time::Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{find_on_path, path_with_cargo_bin, run_ok, workspace_root};
+
+/// Where the Debian Rust toolchain lives (fallback eBPF toolchain).
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_RUST_SRC: &str = "/usr/lib/rustlib/src/rust/library";
+
+pub const BPF_TARGET: &str = "bpfel-unknown-none";
+pub const EBPF_CRATE: &str = "datapath-ebpf";
+
+pub enum Toolchain {
+    /// A rustup nightly with rust-src.
+    RustupNightly,
+    /// Debian's rustc/cargo with RUSTC_BOOTSTRAP and its rust-src package.
+    Debian,
+}
+
+pub fn ebpf_toolchain() -> Result<Toolchain> {
+    let nightly_has_src = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .env("RUSTUP_AUTO_INSTALL", "0")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src"))
+        });
+    if nightly_has_src {
+        return Ok(Toolchain::RustupNightly);
+    }
+    if [DEBIAN_CARGO, DEBIAN_RUSTC].iter().all(|p| Path::new(p).is_file()) && Path::new(DEBIAN_RUST_SRC).is_dir() {
+        return Ok(Toolchain::Debian);
+    }
+    bail!(
+        "no toolchain can build the eBPF crate: need a rustup nightly with rust-src, or Debian's \
+         rustc-web, cargo-web and rust-web-src. Run `cargo xtask setup`."
+    )
+}
+
+/// Environment the outer `cargo xtask` (via rustup) leaves behind that would
+/// steer the inner cargo to the wrong toolchain or flags.
+const INHERITED_ENV: &[&str] = &[
+    "RUSTUP_TOOLCHAIN",
+    "CARGO",
+    "RUSTC",
+    "RUSTDOC",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_BUILD_RUSTC",
+    "CARGO_MAKEFLAGS",
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_PRIMARY_PACKAGE",
+];
+
+/// The eBPF crate's own target directory (its lockfile and toolchain differ
+/// from the workspace's).
+fn ebpf_target_dir() -> PathBuf {
+    workspace_root().join(EBPF_CRATE).join("target")
+}
+
+/// `cargo SUBCOMMAND` for the eBPF crate with `toolchain`: in datapath-ebpf/,
+/// without the environment the outer (rustup) cargo leaves behind, for
+/// bpfel-unknown-none with `-Z build-std=core` and the eBPF rustflags. Used by
+/// `build-ebpf` ("build") and `lint` ("clippy"); the caller adds the rest.
+pub fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
+    let mut cmd = match toolchain {
+        Toolchain::RustupNightly => Command::new("rustup"),
+        Toolchain::Debian => Command::new(DEBIAN_CARGO),
+    };
+    for var in INHERITED_ENV {
+        cmd.env_remove(var);
+    }
+    // ~/.cargo/bin for bpf-linker; with Debian's toolchain its own directory
+    // comes first, so that cargo's subcommands (e.g. clippy) are Debian's too
+    // and not rustup's proxies.
+    let mut path = path_with_cargo_bin();
+    match toolchain {
+        Toolchain::RustupNightly => {
+            cmd.args(["run", "nightly", "cargo"]);
+        }
+        Toolchain::Debian => {
+            cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
+            let debian_bin = Path::new(DEBIAN_CARGO).parent().expect("an absolute path").to_path_buf();
+            path = env::join_paths(std::iter::once(debian_bin).chain(env::split_paths(&path))).unwrap_or(path);
+        }
+    }
+    cmd.current_dir(workspace_root().join(EBPF_CRATE))
+        .env("PATH", path)
+        .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
+        .args([subcommand, "--locked", "-Z", "build-std=core", "--target", BPF_TARGET])
+        .arg("--target-dir")
+        .arg(ebpf_target_dir());
+    cmd
+}
+
+pub fn build_ebpf(debug: bool) -> Result<()> {
+    let root = workspace_root();
+    let target_dir = ebpf_target_dir();
+    if find_on_path("bpf-linker", &path_with_cargo_bin()).is_none() {
+        bail!("bpf-linker is not installed (not on PATH nor in ~/.cargo/bin). Run `cargo xtask setup`.");
+    }
+    let toolchain = ebpf_toolchain()?;
+    let mut cmd = ebpf_cargo(&toolchain, "build");
+    if !debug {
+        cmd.arg("--release");
+    }
+    let which = match toolchain {
+        Toolchain::RustupNightly => "rustup nightly",
+        Toolchain::Debian => "Debian rustc with RUSTC_BOOTSTRAP=1",
+    };
+    println!("build-ebpf: building {EBPF_CRATE} with {which}");
+    let started = Instant::now();
+    run_ok(&mut cmd)?;
+
+    let built = target_dir.join(BPF_TARGET).join(if debug { "debug" } else { "release" }).join(EBPF_CRATE);
+    let out = root.join("target").join("bpf").join("datapath.bpf.o");
+    let new = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+    // Only touch the object when it changed: datapath-user rebuilds on its mtime.
+    if fs::read(&out).ok().as_deref() != Some(&new[..]) {
+        fs::create_dir_all(out.parent().expect("has a parent"))?;
+        fs::write(&out, &new).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("build-ebpf: {} ({} bytes, {:.1}s)", out.display(), new.len(), started.elapsed().as_secs_f64());
+    Ok(())
+}
