@@ -22,8 +22,8 @@ use crate::datapath::tables::{Counters, Tables};
 
 #[derive(Debug, Error)]
 pub enum BpfError {
-    #[error("{}", object::MISSING_HINT)]
-    NoObject,
+    #[error("{0}")]
+    NoObject(String),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {0} is missing from the object")]
@@ -177,7 +177,7 @@ impl Bpf {
     /// `opts.pins` says, programs verified, the aya-log reader started. A
     /// failure leaves what is pinned as it was.
     pub fn load_with(trace_tx: broadcast::Sender<String>, opts: LoadOptions) -> Result<(Self, PinReport), BpfError> {
-        let bytes = object::bytes().ok_or(BpfError::NoObject)?;
+        let bytes = object::to_load().map_err(BpfError::NoObject)?;
         raise_memlock();
         let declared = declared_maps(bytes, &opts)?;
         let plan = match &opts.pins {
