@@ -371,6 +371,14 @@ impl Inner {
             .get(&spec.network)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", spec.network)))?;
+        if !spec.owns_netns && !spec.netns_path.exists() {
+            // A namespace someone else made (a container's) is gone: so is
+            // the container; its endpoint goes too.
+            tracing::warn!(endpoint = %spec.name, netns = %spec.netns_path.display(), "namespace gone, removing the endpoint");
+            self.remove_leftovers(spec).await?;
+            self.state.endpoints.remove(&spec.name);
+            return self.save().await;
+        }
         let host = self.nl.link_index(&spec.host_ifname).await?;
         if let (Some(host), true) = (host, spec.netns_path.exists()) {
             self.host_ifindex.insert(spec.name.clone(), host);

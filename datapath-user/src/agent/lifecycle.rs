@@ -110,6 +110,7 @@ impl Inner {
             tracing::error!("attaching reverse NAT to uplinks: {e}");
         }
         self.start.stale_entries_removed = self.remove_stale_entries();
+        self.start.stale_entries_removed += tokio::task::block_in_place(|| self.bpf.prune_link_pins());
         let copied = tokio::task::block_in_place(|| self.bpf.finish_migration())?;
         self.start.pins.ct_entries += copied;
         if !networks.is_empty() || !endpoints.is_empty() {

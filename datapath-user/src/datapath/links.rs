@@ -38,8 +38,8 @@ pub enum Attached {
 
 /// One live attachment.
 enum Handle {
-    /// A pinned TCX link.
-    Tcx(PinnedLink),
+    /// A pinned TCX link, and the interface it is pinned under.
+    Tcx(PinnedLink, String),
     /// A TCX link of a datapath loaded without pins (program tests).
     TcxUnpinned(FdLink),
     /// Our clsact filter on the interface.
@@ -95,7 +95,7 @@ impl Attachments {
     /// Detaches from `ifindex`; not attached is fine.
     pub fn detach(&mut self, ifindex: u32) {
         match self.by_ifindex.remove(&ifindex) {
-            Some(Handle::Tcx(pinned)) => {
+            Some(Handle::Tcx(pinned, _)) => {
                 // Unpinned and closed: the kernel detaches the program.
                 if let Err(e) = pinned.unpin() {
                     tracing::warn!("unpinning the link of ifindex {ifindex}: {e}");
@@ -108,12 +108,20 @@ impl Attachments {
         }
     }
 
+    /// Interfaces whose pinned link this process holds.
+    pub fn pinned_ifaces(&self) -> impl Iterator<Item = &str> {
+        self.by_ifindex.values().filter_map(|h| match h {
+            Handle::Tcx(_, iface) => Some(iface.as_str()),
+            _ => None,
+        })
+    }
+
     /// The agent stops and leaves the datapath running: nothing is
     /// detached (TCX links stay pinned, clsact filters stay).
     pub fn release(&mut self) {
         for (_, h) in self.by_ifindex.drain() {
             match h {
-                Handle::Tcx(pinned) => drop(pinned),
+                Handle::Tcx(pinned, _) => drop(pinned),
                 // Without a pin the link goes with its last fd.
                 Handle::TcxUnpinned(link) => drop(link),
                 Handle::Clsact(link) => std::mem::forget(link),
@@ -140,7 +148,7 @@ fn attach_tcx(
         let running = link.info().ok().and_then(|i| tags.get(&i.program_id()).copied());
         if running.is_some() && running == keep {
             let pinned = PinnedLink::from_pin(&path).map_err(|e| prog_err(std::io::Error::other(e)))?;
-            return Ok((Handle::Tcx(pinned), Attached::Kept));
+            return Ok((Handle::Tcx(pinned, iface.to_string()), Attached::Kept));
         }
         // Another program (an upgrade): replaced in place, atomically. A
         // link whose interface is gone fails here and is made anew.
@@ -149,13 +157,13 @@ fn attach_tcx(
                 let link = prog.take_link(id)?;
                 drop(link); // the pin keeps the link; the update is done
                 let pinned = PinnedLink::from_pin(&path).map_err(|e| prog_err(std::io::Error::other(e)))?;
-                return Ok((Handle::Tcx(pinned), Attached::Replaced));
+                return Ok((Handle::Tcx(pinned, iface.to_string()), Attached::Replaced));
             }
         }
         let _ = std::fs::remove_file(&path);
     }
     let pinned = new_tcx_link(prog, iface)?.pin(&path).map_err(|e| prog_err(std::io::Error::other(e)))?;
-    Ok((Handle::Tcx(pinned), Attached::Created))
+    Ok((Handle::Tcx(pinned, iface.to_string()), Attached::Created))
 }
 
 fn new_tcx_link(prog: &mut SchedClassifier, iface: &str) -> Result<FdLink, aya::programs::ProgramError> {

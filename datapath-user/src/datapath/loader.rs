@@ -329,6 +329,24 @@ impl Bpf {
         Ok(copied)
     }
 
+    /// Removes the pinned links nobody uses any more (an interface the state
+    /// no longer has, or one that vanished while the agent was away): call
+    /// it once every attachment of the state is made. Returns how many.
+    pub fn prune_link_pins(&mut self) -> usize {
+        let Some(pins) = &self.pins else { return 0 };
+        let used: std::collections::BTreeSet<&str> =
+            self.links.pinned_ifaces().chain(self.uplink_links.pinned_ifaces()).collect();
+        let Ok(dir) = std::fs::read_dir(pins.link_path("")) else { return 0 };
+        let mut pruned = 0;
+        for entry in dir.filter_map(Result::ok) {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| !used.contains(n)) && std::fs::remove_file(entry.path()).is_ok() {
+                pruned += 1;
+            }
+        }
+        pruned
+    }
+
     /// The agent stops and leaves the datapath running: attachments stay.
     pub fn release(&mut self) {
         self.links.release();
