@@ -91,8 +91,8 @@ impl Cli {
     /// before the runtime starts: the agent enters its node namespace.
     pub fn before_runtime(&self) -> Result<()> {
         match &self.command {
-            Command::Agent(args) => args.enter_node_namespace(),
-            Command::Reset(args) => args.enter_node_namespace(),
+            Command::Agent(args) => args.node.enter_node_namespace(),
+            Command::Reset(args) => args.node.enter_node_namespace(),
             _ => Ok(()),
         }
     }

@@ -3,33 +3,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use datapath::api::{Client, Request};
-use datapath::host::netns;
 use datapath::reset::{self, ResetPaths};
+
+use super::agent::NodeArgs;
 
 #[derive(Args)]
 pub struct ResetArgs {
-    /// The agent's state directory.
-    #[arg(long, default_value = "/var/lib/datapath")]
-    state_dir: PathBuf,
-    /// The agent's bpffs directory.
-    #[arg(long, default_value = "/sys/fs/bpf/datapath")]
-    bpffs: PathBuf,
-    /// The node namespace the agent ran in (/run/netns/NAME).
-    #[arg(long)]
-    netns: Option<String>,
-}
-
-impl ResetArgs {
-    /// Enters the node namespace; call it while the process is single-threaded.
-    pub fn enter_node_namespace(&self) -> Result<()> {
-        if let Some(ns) = &self.netns {
-            netns::enter_process(&netns::named_path(ns)).with_context(|| format!("entering node namespace {ns}"))?;
-        }
-        Ok(())
-    }
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 pub async fn run(socket: PathBuf, args: ResetArgs) -> Result<()> {
@@ -39,7 +23,7 @@ pub async fn run(socket: PathBuf, args: ResetArgs) -> Result<()> {
     if Client::new(&socket).call(Request::Ping).await.is_ok() {
         bail!("an agent is running at {}: stop it first (reset removes what it manages)", socket.display());
     }
-    let paths = ResetPaths { state_dir: args.state_dir, bpffs: args.bpffs, socket };
+    let paths = ResetPaths { state_dir: args.node.state_dir, bpffs: args.node.bpffs, socket };
     let r = reset::reset(&paths).await;
     println!("removed links: {}", if r.links.is_empty() { "-".into() } else { r.links.join(" ") });
     println!("removed namespaces: {}", if r.namespaces.is_empty() { "-".into() } else { r.namespaces.join(" ") });
