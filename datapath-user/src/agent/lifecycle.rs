@@ -12,6 +12,7 @@ use super::{blocking, Agent, AgentConfig, Inner, StartReport, DEFAULT_NETWORK, F
 use crate::api::NetworkCreate;
 use crate::datapath::{snat, Bpf, LoadOptions, Pins};
 use crate::host::{bpffs, netlink::Netlink};
+use crate::reset::is_datapath_link;
 use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, State};
 
 impl Inner {
@@ -88,6 +89,7 @@ impl Inner {
     /// exists removed, and a map migration finished.
     async fn restore(&mut self) -> anyhow::Result<()> {
         self.roll_back_half_made().await;
+        self.remove_unknown_links().await;
         let networks: Vec<NetworkSpec> = self.state.networks.values().cloned().collect();
         let mut seen = UplinkCache::new();
         for net in &networks {
@@ -136,6 +138,31 @@ impl Inner {
         if !half.is_empty() {
             if let Err(e) = self.save().await {
                 tracing::error!("saving the state after the rollback: {e}");
+            }
+        }
+    }
+
+    /// Bridges and host veths named like ours that the state does not know
+    /// (a crash between making them and recording them) go.
+    async fn remove_unknown_links(&mut self) {
+        let known: BTreeSet<&str> = self
+            .state
+            .networks
+            .values()
+            .map(|n| n.bridge.as_str())
+            .chain(self.state.endpoints.values().map(|e| e.host_ifname.as_str()))
+            .collect();
+        let links = match self.nl.links().await {
+            Ok(l) => l,
+            Err(e) => return tracing::warn!("listing the node's links: {e}"),
+        };
+        let unknown: Vec<(u32, String)> =
+            links.into_iter().filter(|(_, n)| is_datapath_link(n) && !known.contains(n.as_str())).collect();
+        for (index, name) in unknown {
+            tracing::warn!(link = %name, "removing a link of ours the state does not know");
+            match self.nl.delete_link(index).await {
+                Ok(()) => self.start.stale_entries_removed += 1,
+                Err(e) => tracing::warn!(link = %name, "removing: {e}"),
             }
         }
     }
