@@ -1,4 +1,4 @@
-//! Test 3: an unreadable state file (truncated, garbage) makes the agent
+//! Test 3: an unreadable state file (truncated, binary or text garbage) makes the agent
 //! refuse to start, with an error naming the file, before it touches
 //! anything in the kernel: the datapath left running by the previous agent
 //! keeps forwarding (a ping every 5 ms to B and to the outside, zero lost),
@@ -62,7 +62,8 @@ fn unreadable_state_file_refuses_start_and_leaves_datapath_running() {
     assert!(good.len() > 20, "state file of {} bytes", good.len());
 
     refused_start(&mut node, "truncated", &good[..good.len() / 2]);
-    refused_start(&mut node, "garbage", b"\x00\xff{{ this is not the datapath's state ]]\n");
+    refused_start(&mut node, "binary garbage", b"\x00\xff{{ this is not the datapath's state ]]\n");
+    refused_start(&mut node, "text garbage", b"networks: none, endpoints: [[[\n");
     std::thread::sleep(Duration::from_millis(500));
 
     std::fs::write(&path, &good).unwrap();
