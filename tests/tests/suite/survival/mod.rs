@@ -14,6 +14,7 @@
 
 mod continuity;
 mod crash_creates;
+mod lost_pins;
 mod reset;
 mod state_file;
 
