@@ -290,9 +290,10 @@ impl Bpf {
     }
 
     fn attach_prog(&mut self, name: &'static str, iface: &str, ifindex: u32) -> Result<Attached, BpfError> {
-        // After a migration the running programs use the old maps: they are
-        // replaced even when their code is the same.
-        let migrating = self.plan.fates.values().any(|f| matches!(f, Fate::Migrated(_)));
+        // After a migration, or when a map was created anew (its pin was
+        // lost), the running programs use the old maps: they are replaced
+        // even when their code is the same.
+        let migrating = self.plan.fates.values().any(|f| !matches!(f, Fate::Reused));
         let tag = if migrating { None } else { self.tags.get(name).copied() };
         let prog: &mut SchedClassifier = self
             .ebpf
