@@ -63,6 +63,7 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     };
     // The NAT is called from here rather than from the decision, so the two
     // stack frames are not stacked (512 bytes for the whole chain).
+    variant_marker();
     let v = match policy::decide(&ctx, &src) {
         Next::Verdict(v) => v,
         Next::Masquerade(req) => nat::egress(&ctx, &src, &req),
@@ -77,6 +78,7 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn dp_from_uplink(ctx: TcContext) -> i32 {
     let len = ctx.len();
+    variant_marker();
     let mut ep = EndpointInfo::default();
     let v = nat::from_uplink(&ctx, &mut ep);
     count(v.code, len);
@@ -84,6 +86,20 @@ pub fn dp_from_uplink(ctx: TcContext) -> i32 {
         trace::trace(ctx.skb.skb, ep.ifindex, v.code, v.out_if, v.was | DIR_FROM_UPLINK);
     }
     v.action
+}
+
+/// The test-only variant build (`cargo xtask build-ebpf --variant`, cfg
+/// `datapath_variant`) differs from the real one by these few instructions,
+/// and in nothing it does: an "upgrade" to another program for the tests of
+/// in-place replacement.
+#[inline(always)]
+fn variant_marker() {
+    #[cfg(datapath_variant)]
+    {
+        let x = 0x5afe_u32;
+        // SAFETY: a read of a local.
+        let _ = unsafe { core::ptr::read_volatile(&x) };
+    }
 }
 
 #[cfg(not(test))]

@@ -11,5 +11,6 @@ pub mod api;
 pub mod datapath;
 pub mod host;
 pub mod ipam;
+pub mod reset;
 pub mod state;
 pub mod testbed;

@@ -187,19 +187,14 @@ pub fn netns_del(name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datapath::testbed::names::proc_start_time;
     use std::time::Duration;
 
+    /// The suite's family (the prefix rules are the test bed's, tested there).
     #[test]
     fn prefixes() {
         let f = family();
         assert!(f.is_prefix("dpt0a1f9"));
-        assert!(!f.is_prefix("dpt0a1fz"));
         assert!(!f.is_prefix("dpb0a1f9"));
-        assert!(!f.is_prefix("dpt0A1f9"));
-        assert_eq!(f.prefix_of("dpt0a1f9node"), Some("dpt0a1f9"));
-        assert_eq!(f.prefix_of("dpt0a"), None);
-        assert!(proc_start_time(std::process::id()).is_some());
     }
 
     /// Leftovers of a dead owner (netns, process, bpffs dir, temp dir) are

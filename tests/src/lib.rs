@@ -13,6 +13,8 @@
 //! * [`py`]: python3 one-liners (raw frames, sniffer, HTTP, UDP, ping).
 //! * [`outside`]: servers recording source addresses and checksum-verified
 //!   captures in the outside namespace behind a node's uplink.
+//! * [`traffic`]: continuous traffic that accounts for every packet (a
+//!   5 ms pinger, a TCP echo stream), for the survival tests.
 //!
 //! Environment: `DATAPATH_BIN` (binary under test); `DATAPATH_TESTS_AGENT_ARGS`
 //! (extra `datapath agent` flags, to check the suite's sensitivity, e.g.
@@ -33,6 +35,7 @@ pub mod node;
 pub mod node_cli;
 pub mod outside;
 pub mod py;
+pub mod traffic;
 
 /// Frame builders and processes come from the test bed.
 pub use datapath::testbed::{frames, process as proc};

@@ -77,6 +77,8 @@ pub struct AgentOpts {
     pub uplink: bool,
     /// Further agent flags (e.g. `--ct-udp 3`).
     pub extra_args: Vec<String>,
+    /// Further environment of the agent (e.g. `DATAPATH_BPF_OBJECT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOpts {
@@ -138,6 +140,14 @@ impl Node {
     /// off on both ends of the uplink, so captures in the outside show the
     /// checksums as transmitted.
     pub fn with(opts: AgentOpts) -> Node {
+        let mut node = Node::build(opts);
+        node.start_agent();
+        node
+    }
+
+    /// [`Node::with`] without starting the agent (for setting up the node
+    /// namespace first, e.g. a sysctl the agent records).
+    pub fn build(opts: AgentOpts) -> Node {
         let claim = claim_prefix();
         let name = claim.name("node");
         let mut spec = NodeSpec::new(&name);
@@ -147,7 +157,7 @@ impl Node {
         }
         // From here on, the claim's Drop cleans up whatever happens.
         let net = topology::build_blocking(&spec).unwrap_or_else(|e| panic!("building node {name}: {e}"));
-        let mut node = Node {
+        Node {
             prefix: claim.prefix.clone(),
             name,
             dir: claim.dir.clone(),
@@ -160,9 +170,7 @@ impl Node {
             agent: None,
             _net: net,
             _claim: claim,
-        };
-        node.start_agent();
-        node
+        }
     }
 
     /// The outside namespace (panics when the node has no uplink).
@@ -200,6 +208,7 @@ impl Node {
             c.default_datapath = Some(self.opts.datapath.kind());
         }
         c.extra_args.extend(env_extra.split_whitespace().map(String::from));
+        c.env.extend(self.opts.env.iter().cloned());
         if let Some(fp) = &self.opts.failpoint {
             c.env.push(("DATAPATH_FAILPOINT".into(), fp.clone()));
         }
@@ -213,13 +222,11 @@ impl Node {
         c
     }
 
-    /// Starts the agent (it must not be running) and waits until it serves.
-    pub fn start_agent(&mut self) {
-        assert!(self.agent.is_none(), "agent already running");
-        let config = self.agent_config();
-        self.starts += 1;
-        match Agent::start(config) {
-            Ok(agent) => self.agent = Some(agent),
+    /// Starts the agent (it must not be running) and waits until it serves;
+    /// returns how long that took (see [`Node::try_start_agent`]).
+    pub fn start_agent(&mut self) -> Duration {
+        match self.try_start_agent() {
+            Ok(took) => took,
             Err(AgentError::Exited { log, .. }) if log.contains("built without the eBPF object") => panic!(
                 "the datapath binary {} was built without the eBPF object, so no kernel \
                  test can run; build it with `cargo xtask build` (or set DATAPATH_BIN).\n\
@@ -237,6 +244,18 @@ impl Node {
                 self.agent_log()
             ),
         }
+    }
+
+    /// Starts the agent (it must not be running) and waits until it serves
+    /// (polled every 50 ms): how long that took, or why it did not.
+    pub fn try_start_agent(&mut self) -> Result<Duration, AgentError> {
+        assert!(self.agent.is_none(), "agent already running");
+        let config = self.agent_config();
+        self.starts += 1;
+        let t0 = std::time::Instant::now();
+        let agent = Agent::start(config)?;
+        self.agent = Some(agent);
+        Ok(t0.elapsed())
     }
 
     /// SIGTERM the agent and wait for it to exit. Panics (after SIGKILL) if

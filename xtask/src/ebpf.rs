@@ -70,6 +70,31 @@ fn ebpf_target_dir() -> PathBuf {
     workspace_root().join(EBPF_CRATE).join("target")
 }
 
+/// What `build-ebpf` builds: the object, or the test-only variant (same
+/// behaviour, other program bytes: an upgrade for the tests; its own target
+/// directory so the two builds do not invalidate each other).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Object {
+    Real,
+    Variant,
+}
+
+impl Object {
+    fn file_name(self) -> &'static str {
+        match self {
+            Object::Real => "datapath.bpf.o",
+            Object::Variant => "datapath-variant.bpf.o",
+        }
+    }
+
+    fn target_dir(self) -> PathBuf {
+        match self {
+            Object::Real => ebpf_target_dir(),
+            Object::Variant => workspace_root().join(EBPF_CRATE).join("target-variant"),
+        }
+    }
+}
+
 /// `cargo SUBCOMMAND` for the eBPF crate with `toolchain`: in datapath-ebpf/,
 /// without the environment the outer (rustup) cargo leaves behind, for
 /// bpfel-unknown-none with `-Z build-std=core` and the eBPF rustflags. Used by
@@ -99,20 +124,25 @@ pub fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
     cmd.current_dir(workspace_root().join(EBPF_CRATE))
         .env("PATH", path)
         .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
-        .args([subcommand, "--locked", "-Z", "build-std=core", "--target", BPF_TARGET])
-        .arg("--target-dir")
-        .arg(ebpf_target_dir());
+        .args([subcommand, "--locked", "-Z", "build-std=core", "--target", BPF_TARGET]);
     cmd
 }
 
-pub fn build_ebpf(debug: bool) -> Result<()> {
+pub fn build_ebpf(debug: bool, object: Object) -> Result<()> {
     let root = workspace_root();
-    let target_dir = ebpf_target_dir();
+    let target_dir = object.target_dir();
     if find_on_path("bpf-linker", &path_with_cargo_bin()).is_none() {
         bail!("bpf-linker is not installed (not on PATH nor in ~/.cargo/bin). Run `cargo xtask setup`.");
     }
     let toolchain = ebpf_toolchain()?;
     let mut cmd = ebpf_cargo(&toolchain, "build");
+    cmd.arg("--target-dir").arg(&target_dir);
+    if object == Object::Variant {
+        cmd.env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            ["-Cdebuginfo=2", "-Clink-arg=--btf", "--cfg", "datapath_variant"].join("\x1f"),
+        );
+    }
     if !debug {
         cmd.arg("--release");
     }
@@ -125,7 +155,7 @@ pub fn build_ebpf(debug: bool) -> Result<()> {
     run_ok(&mut cmd)?;
 
     let built = target_dir.join(BPF_TARGET).join(if debug { "debug" } else { "release" }).join(EBPF_CRATE);
-    let out = root.join("target").join("bpf").join("datapath.bpf.o");
+    let out = root.join("target").join("bpf").join(object.file_name());
     let new = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
     // Only touch the object when it changed: datapath-user rebuilds on its mtime.
     if fs::read(&out).ok().as_deref() != Some(&new[..]) {

@@ -49,6 +49,10 @@ enum Cmd {
         /// Build the eBPF crate with its dev profile instead of release.
         #[arg(long)]
         debug: bool,
+        /// Build the test-only variant (other program bytes, same behaviour)
+        /// into target/bpf/datapath-variant.bpf.o: the tests' upgrade.
+        #[arg(long)]
+        variant: bool,
     },
     /// Build the eBPF object, then the `datapath` binary embedding it.
     Build {
@@ -83,7 +87,9 @@ enum Cmd {
 fn main() {
     let result = match Cli::parse().cmd {
         Cmd::Setup => setup(true),
-        Cmd::BuildEbpf { debug } => build_ebpf(debug),
+        Cmd::BuildEbpf { debug, variant } => {
+            build_ebpf(debug, if variant { ebpf::Object::Variant } else { ebpf::Object::Real })
+        }
         Cmd::Build { release } => build(release).map(|bin| println!("datapath binary: {}", bin.display())),
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { extra } => test(extra),
@@ -159,7 +165,7 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
 
 /// Builds everything; returns the absolute path of the `datapath` binary.
 fn build(release: bool) -> Result<PathBuf> {
-    build_ebpf(false)?;
+    build_ebpf(false, ebpf::Object::Real)?;
     let root = workspace_root();
     let mut cmd = Command::new(outer_cargo());
     cmd.current_dir(&root).args(["build", "-p", USER_PACKAGE, "--bin", USER_BINARY]);
@@ -198,6 +204,8 @@ fn run(release: bool, args: Vec<OsString>) -> Result<()> {
 fn test(extra: Vec<OsString>) -> Result<()> {
     setup(false)?;
     let bin = build(false)?;
+    // The upgrade tests restart the agent on this object.
+    build_ebpf(false, ebpf::Object::Variant)?;
     let root = workspace_root();
     let mut totals = (0u64, 0u64, 0u64);
     let mut cargo_test = |pkg_args: &[&str], libtest: &[&str]| -> Result<ExitStatus> {

@@ -14,7 +14,7 @@ use crate::api::{ApiError, EndpointCreate};
 use crate::host::netlink::Netlink;
 use crate::host::netns;
 use crate::ipam::{self, mac_for};
-use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, RunMode};
+use crate::state::{self, DatapathKind, EndpointSpec, Journal, NetworkSpec, RunMode};
 
 /// What was made so far while creating an endpoint, undone in reverse on
 /// failure.
@@ -30,9 +30,27 @@ fn valid_ifname(name: &str) -> bool {
     !name.is_empty() && name.len() <= 15 && !name.contains('/') && !name.contains(char::is_whitespace)
 }
 
-async fn create_netns(name: &str) -> Result<PathBuf, ApiError> {
+/// Makes `/run/netns/NAME`, recorded in the journal first (so `reset`
+/// finds it even without the state file).
+async fn create_netns(journal: Journal, name: &str) -> Result<PathBuf, ApiError> {
     let name = name.to_string();
-    Ok(blocking(move || netns::create_named(&name)).await??)
+    blocking(move || {
+        journal.add_netns(&name).map_err(|e| ApiError::internal(format!("recording netns {name}: {e}")))?;
+        netns::create_named(&name).map_err(ApiError::from)
+    })
+    .await?
+}
+
+/// Deletes a namespace the agent made, and its journal record.
+async fn delete_netns(journal: Journal, path: PathBuf) -> Result<(), ApiError> {
+    blocking(move || {
+        netns::delete_path(&path)?;
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            journal.remove_netns(name);
+        }
+        Ok(())
+    })
+    .await?
 }
 
 impl Inner {
@@ -75,6 +93,7 @@ impl Inner {
             container_id: req.container_id.clone(),
             trace: req.trace,
             created: state::now_rfc3339(),
+            creating: true,
         })
     }
 
@@ -97,22 +116,29 @@ impl Inner {
             .get(&network)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
-        let spec = self.endpoint_spec(&req, &net)?;
-        let mut made = Made::default();
-        if let Err(e) = self.build_endpoint(&spec, &net, &mut made).await {
-            self.undo(&spec, made).await;
+        let mut spec = self.endpoint_spec(&req, &net)?;
+        // Write-ahead: the name and address are taken, and a crash from
+        // here on is rolled back by the next agent.
+        self.state.endpoints.insert(spec.name.clone(), spec.clone());
+        if let Err(e) = self.save().await {
+            self.state.endpoints.remove(&spec.name);
             return Err(e);
         }
-        self.state.endpoints.insert(spec.name.clone(), spec.clone());
-        let committed = match self.save().await {
-            Ok(()) => self.sync_node().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = committed {
+        let mut made = Made::default();
+        let mut done = self.build_endpoint(&spec, &net, &mut made).await;
+        if done.is_ok() {
+            spec.creating = false;
+            self.state.endpoints.insert(spec.name.clone(), spec.clone());
+            done = match self.save().await {
+                Ok(()) => self.sync_node().await,
+                Err(e) => Err(e),
+            };
+        }
+        if let Err(e) = done {
             self.state.endpoints.remove(&spec.name);
             let _ = self.sync_node().await;
-            let _ = self.save().await;
             self.undo(&spec, made).await;
+            let _ = self.save().await;
             return Err(e);
         }
         tracing::info!(endpoint = %spec.name, ip = %spec.ip, network = %spec.network, "endpoint created");
@@ -140,6 +166,7 @@ impl Inner {
             container_id: req.container_id.clone(),
             trace: false,
             created: state::now_rfc3339(),
+            creating: false,
         };
         let mut made = Made::default();
         let mut built = self.build_none(&spec, &mut made).await;
@@ -158,7 +185,7 @@ impl Inner {
     }
 
     async fn build_none(&mut self, spec: &EndpointSpec, made: &mut Made) -> Result<(), ApiError> {
-        create_netns(&spec.name).await?;
+        create_netns(self.journal(), &spec.name).await?;
         made.netns = Some(spec.netns_path.clone());
         let inside = Netlink::in_netns(&spec.netns_path).await?;
         if let Some(lo) = inside.link_index("lo").await? {
@@ -178,7 +205,7 @@ impl Inner {
         let t0 = std::time::Instant::now();
         let lap = |what: &str| tracing::debug!(endpoint = %spec.name, "{what} after {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
         if spec.owns_netns {
-            create_netns(&spec.name).await?;
+            create_netns(self.journal(), &spec.name).await?;
             made.netns = Some(spec.netns_path.clone());
         } else {
             let path = spec.netns_path.clone();
@@ -191,9 +218,11 @@ impl Inner {
             Some(i) => *i,
             None => self.ensure_bridge(net).await?,
         };
+        // The host end stays down and out of the bridge until the program
+        // is attached: no interface ever passes traffic around the datapath.
         let host = self
             .nl
-            .create_veth(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, Some(bridge), net.options.mtu)
+            .create_veth_down(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, net.options.mtu)
             .await
             .map_err(|e| match e.errno() {
                 Some(errno) if errno == Errno::EEXIST as i32 => {
@@ -205,6 +234,19 @@ impl Inner {
         self.host_ifindex.insert(spec.name.clone(), host);
         self.failpoint("veth")?;
         lap("veth");
+
+        if net.datapath == DatapathKind::Ebpf {
+            tokio::task::block_in_place(|| self.bpf.attach(&spec.host_ifname, host))?;
+            made.attached = Some(host);
+        }
+        self.failpoint("attach")?;
+        lap("attach");
+        if net.datapath == DatapathKind::Ebpf {
+            let info = self.endpoint_info(spec, host);
+            tokio::task::block_in_place(|| self.bpf.upsert_endpoint(info))?;
+            made.maps = Some((host, info.ipv4));
+        }
+        self.failpoint("maps")?;
 
         let inside = Netlink::in_netns(&spec.netns_path).await?;
         if let Some(lo) = inside.link_index("lo").await? {
@@ -219,23 +261,7 @@ impl Inner {
         }
         self.failpoint("addr")?;
         lap("addr");
-
-        if net.datapath == DatapathKind::Kernel {
-            // The bridge and netfilter do everything; the failpoints still
-            // fire so the rollback is testable on both datapaths.
-            self.failpoint("attach")?;
-            self.failpoint("maps")?;
-            return Ok(());
-        }
-        tokio::task::block_in_place(|| self.bpf.attach(&spec.host_ifname, host))?;
-        made.attached = Some(host);
-        self.failpoint("attach")?;
-        lap("attach");
-
-        let info = self.endpoint_info(spec, host);
-        tokio::task::block_in_place(|| self.bpf.upsert_endpoint(info))?;
-        made.maps = Some((host, info.ipv4));
-        self.failpoint("maps")?;
+        self.nl.enslave_up(host, bridge).await?;
         Ok(())
     }
 
@@ -257,10 +283,8 @@ impl Inner {
         }
         self.host_ifindex.remove(&spec.name);
         if let Some(path) = made.netns {
-            match blocking(move || netns::delete_path(&path)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(endpoint = %spec.name, "rollback: deleting netns: {e}"),
-                Err(e) => tracing::error!(endpoint = %spec.name, "rollback: deleting netns: {e}"),
+            if let Err(e) = delete_netns(self.journal(), path).await {
+                tracing::error!(endpoint = %spec.name, "rollback: deleting netns: {e}");
             }
         }
     }
@@ -310,6 +334,23 @@ impl Inner {
         Ok(())
     }
 
+    /// Removes what a half-made endpoint may have left (its veth, its
+    /// namespace when the agent made it); absent pieces are fine.
+    pub(super) async fn remove_leftovers(&mut self, spec: &EndpointSpec) -> Result<(), ApiError> {
+        if !spec.host_ifname.is_empty() {
+            if let Some(host) = self.nl.link_index(&spec.host_ifname).await? {
+                tokio::task::block_in_place(|| self.bpf.detach(host));
+                self.nl.delete_link(host).await?;
+            }
+        }
+        if spec.owns_netns && spec.netns_path.exists() {
+            delete_netns(self.journal(), spec.netns_path.clone()).await?;
+        } else if spec.owns_netns {
+            self.journal().remove_netns(&spec.name);
+        }
+        Ok(())
+    }
+
     /// Brings an endpoint from the state back into the datapath after an agent
     /// restart: re-attach and re-fill the maps when its links survived,
     /// rebuild it from scratch otherwise.
@@ -330,6 +371,14 @@ impl Inner {
             .get(&spec.network)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", spec.network)))?;
+        if !spec.owns_netns && !spec.netns_path.exists() {
+            // A namespace someone else made (a container's) is gone: so is
+            // the container; its endpoint goes too.
+            tracing::warn!(endpoint = %spec.name, netns = %spec.netns_path.display(), "namespace gone, removing the endpoint");
+            self.remove_leftovers(spec).await?;
+            self.state.endpoints.remove(&spec.name);
+            return self.save().await;
+        }
         let host = self.nl.link_index(&spec.host_ifname).await?;
         if let (Some(host), true) = (host, spec.netns_path.exists()) {
             self.host_ifindex.insert(spec.name.clone(), host);
@@ -337,10 +386,11 @@ impl Inner {
                 return Ok(());
             }
             let info = self.endpoint_info(spec, host);
-            tokio::task::block_in_place(|| {
-                self.bpf.attach(&spec.host_ifname, host)?;
-                self.bpf.upsert_endpoint(info)
+            let how = tokio::task::block_in_place(|| {
+                let how = self.bpf.attach(&spec.host_ifname, host)?;
+                self.bpf.upsert_endpoint(info).map(|()| how)
             })?;
+            self.start.count(how);
             return Ok(());
         }
         tracing::warn!(endpoint = %spec.name, "endpoint links are gone, rebuilding it");
@@ -348,8 +398,7 @@ impl Inner {
             self.nl.delete_link(host).await?;
         }
         if spec.owns_netns {
-            let path = spec.netns_path.clone();
-            blocking(move || netns::delete_path(&path)).await??;
+            delete_netns(self.journal(), spec.netns_path.clone()).await?;
         }
         let mut made = Made::default();
         if let Err(e) = self.build_endpoint(spec, &net, &mut made).await {

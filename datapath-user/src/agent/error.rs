@@ -2,8 +2,9 @@
 //! place for the conversions into [`ApiError`] and the wire views of the
 //! datapath's own types.
 
-use crate::api::{ApiError, ConntrackFlow, ConntrackPressure, FlowSource, FlowTuple, FlowView};
-use crate::datapath::{BpfError, Flow, GcReport};
+use super::StartReport;
+use crate::api::{ApiError, ConntrackFlow, ConntrackPressure, FlowSource, FlowTuple, FlowView, StartView};
+use crate::datapath::{BpfError, Fate, Flow, GcReport};
 use crate::host::netfilter::NetfilterError;
 use crate::host::netlink::NetlinkError;
 use crate::host::netns::NetnsError;
@@ -68,5 +69,28 @@ pub(super) fn flow_view(endpoint: Option<String>, f: Flow) -> FlowView {
             age_s: f.age_s,
             ifindex: f.ifindex,
         },
+    }
+}
+
+impl From<&StartReport> for StartView {
+    fn from(r: &StartReport) -> Self {
+        let named = |want: fn(&Fate) -> bool| -> Vec<String> {
+            r.pins.maps.iter().filter(|(_, f)| want(f)).map(|(n, _)| n.clone()).collect()
+        };
+        let migrated = r.pins.maps.iter().filter_map(|(n, f)| match f {
+            Fate::Migrated(why) => Some(format!("{n}: {why}")),
+            _ => None,
+        });
+        StartView {
+            maps_reused: named(|f| *f == Fate::Reused),
+            maps_created: named(|f| *f == Fate::Created),
+            maps_migrated: migrated.collect(),
+            conntrack_entries_kept: r.pins.ct_entries,
+            attachments_kept: r.attachments_kept,
+            attachments_replaced: r.attachments_replaced,
+            attachments_created: r.attachments_created,
+            endpoints_rolled_back: r.endpoints_rolled_back,
+            stale_entries_removed: r.stale_entries_removed,
+        }
     }
 }

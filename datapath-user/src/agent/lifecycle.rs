@@ -2,31 +2,44 @@
 //! the kernel, create the default network) and its teardown
 //! (`--cleanup-on-exit`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use anyhow::Context;
 use tokio::sync::broadcast;
 
 use super::networks::UplinkCache;
-use super::{blocking, Agent, AgentConfig, Inner, DEFAULT_NETWORK, FAILPOINT_ENV};
+use super::{blocking, Agent, AgentConfig, Inner, StartReport, DEFAULT_NETWORK, FAILPOINT_ENV};
 use crate::api::NetworkCreate;
-use crate::datapath::{snat, Bpf};
+use crate::datapath::{snat, Bpf, LoadOptions, Pins};
 use crate::host::{bpffs, netlink::Netlink};
-use crate::state::{self, EndpointSpec, NetworkSpec, State};
+use crate::reset::is_datapath_link;
+use crate::state::{self, DatapathKind, EndpointSpec, NetworkSpec, State};
 
 impl Inner {
-    /// Loads the datapath and restores the persisted state.
+    /// Loads the persisted state (refusing to start on an unreadable one,
+    /// before anything in the kernel is touched), the datapath (reusing or
+    /// migrating what is pinned) and brings the state back into the kernel.
     pub(super) async fn start(cfg: AgentConfig, trace_tx: broadcast::Sender<String>) -> anyhow::Result<Inner> {
-        let (dir, pins) = (cfg.state_dir.clone(), cfg.bpffs.clone());
-        blocking(move || -> anyhow::Result<()> {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating state dir {}", dir.display()))?;
-            bpffs::ensure(&pins)
-        })
-        .await??;
-        let bpf = tokio::task::block_in_place(|| Bpf::load(trace_tx, cfg.attach_mode))?;
-        let nl = Netlink::current()?;
         let dir = cfg.state_dir.clone();
-        let state = blocking(move || State::load(&dir)).await??.unwrap_or_else(State::new);
+        let state = blocking(move || -> anyhow::Result<Option<State>> {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating state dir {}", dir.display()))?;
+            State::load(&dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\nThe agent does not start on a state it cannot read, and has changed nothing on this node: \
+                     the datapath keeps running as it is. Restore the file from a backup, or remove everything \
+                     this datapath made with `datapath reset` and start afresh."
+                )
+            })
+        })
+        .await??
+        .unwrap_or_else(State::new);
+        let pins = Pins::new(&cfg.bpffs);
+        let root = cfg.bpffs.clone();
+        blocking(move || bpffs::ensure(&root)).await??;
+        let opts = LoadOptions { mode: cfg.attach_mode, pins: Some(pins), ct_max_entries: Some(cfg.ct_max_entries) };
+        let (bpf, report) = tokio::task::block_in_place(|| Bpf::load_with(trace_tx, opts))?;
+        tracing::info!("pinned datapath under {}: {}", cfg.bpffs.display(), report.summary());
+        let nl = Netlink::current()?;
         let failpoint = std::env::var(FAILPOINT_ENV).ok().filter(|s| !s.is_empty());
         if let Some(f) = &failpoint {
             tracing::warn!("fault injection active: {FAILPOINT_ENV}={f}");
@@ -57,6 +70,7 @@ impl Inner {
             net_info: BTreeMap::new(),
             uplinks: BTreeMap::new(),
             applied_nft: None,
+            start: StartReport { pins: report, ..Default::default() },
         };
         let ct = inner.cfg.ct;
         tokio::task::block_in_place(|| inner.bpf.set_ct_config(ct))?;
@@ -69,8 +83,13 @@ impl Inner {
         Ok(inner)
     }
 
-    /// Brings the persisted networks and endpoints back into the kernel.
+    /// Brings the persisted networks and endpoints back into the kernel:
+    /// half-made endpoints (a crash during their create) are rolled back,
+    /// attachments kept or replaced in place, map entries of what no longer
+    /// exists removed, and a map migration finished.
     async fn restore(&mut self) -> anyhow::Result<()> {
+        self.roll_back_half_made().await;
+        self.remove_unknown_links().await;
         let networks: Vec<NetworkSpec> = self.state.networks.values().cloned().collect();
         let mut seen = UplinkCache::new();
         for net in &networks {
@@ -92,11 +111,83 @@ impl Inner {
         if let Err(e) = self.sync_uplinks().await {
             tracing::error!("attaching reverse NAT to uplinks: {e}");
         }
+        self.start.stale_entries_removed = self.remove_stale_entries();
+        self.start.stale_entries_removed += tokio::task::block_in_place(|| self.bpf.prune_link_pins());
+        let copied = tokio::task::block_in_place(|| self.bpf.finish_migration())?;
+        self.start.pins.ct_entries += copied;
         if !networks.is_empty() || !endpoints.is_empty() {
             let dir = self.cfg.state_dir.display();
             tracing::info!("restored {} networks and {} endpoints from {dir}", networks.len(), endpoints.len());
         }
         Ok(())
+    }
+
+    /// Endpoints whose create a crash interrupted: everything they may have
+    /// made goes (veth, namespace; their map entries go with the stale
+    /// ones), and so does their record.
+    async fn roll_back_half_made(&mut self) {
+        let half: Vec<EndpointSpec> = self.state.endpoints.values().filter(|e| e.creating).cloned().collect();
+        for spec in &half {
+            tracing::warn!(endpoint = %spec.name, "rolling back an endpoint whose create was interrupted");
+            if let Err(e) = self.remove_leftovers(spec).await {
+                tracing::error!(endpoint = %spec.name, "rolling back: {e}");
+            }
+            self.state.endpoints.remove(&spec.name);
+        }
+        self.start.endpoints_rolled_back = half.len();
+        if !half.is_empty() {
+            if let Err(e) = self.save().await {
+                tracing::error!("saving the state after the rollback: {e}");
+            }
+        }
+    }
+
+    /// Bridges and host veths named like ours that the state does not know
+    /// (a crash between making them and recording them) go.
+    async fn remove_unknown_links(&mut self) {
+        let known: BTreeSet<&str> = self
+            .state
+            .networks
+            .values()
+            .map(|n| n.bridge.as_str())
+            .chain(self.state.endpoints.values().map(|e| e.host_ifname.as_str()))
+            .collect();
+        let links = match self.nl.links().await {
+            Ok(l) => l,
+            Err(e) => return tracing::warn!("listing the node's links: {e}"),
+        };
+        let unknown: Vec<(u32, String)> =
+            links.into_iter().filter(|(_, n)| is_datapath_link(n) && !known.contains(n.as_str())).collect();
+        for (index, name) in unknown {
+            tracing::warn!(link = %name, "removing a link of ours the state does not know");
+            match self.nl.delete_link(index).await {
+                Ok(()) => self.start.stale_entries_removed += 1,
+                Err(e) => tracing::warn!(link = %name, "removing: {e}"),
+            }
+        }
+    }
+
+    /// Removes the map entries of endpoints and networks not in the state.
+    fn remove_stale_entries(&mut self) -> usize {
+        let ifindexes: BTreeSet<u32> = self.host_ifindex.values().copied().collect();
+        let addresses: BTreeSet<u32> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| self.host_ifindex.contains_key(&e.name))
+            .map(|e| datapath_common::ipv4_key(e.ip.octets()))
+            .collect();
+        let ebpf = self.state.networks.values().filter(|n| n.datapath == DatapathKind::Ebpf);
+        let (ids, subnets): (BTreeSet<u32>, BTreeSet<(u32, u32)>) = ebpf
+            .map(|n| {
+                (n.num_id, (datapath_common::ipv4_key(n.subnet.network().octets()), u32::from(n.subnet.prefix_len())))
+            })
+            .unzip();
+        let removed = tokio::task::block_in_place(|| self.bpf.remove_stale(&ifindexes, &addresses, &ids, &subnets));
+        if removed > 0 {
+            tracing::info!("removed {removed} map entries of endpoints and networks that no longer exist");
+        }
+        removed
     }
 }
 
@@ -123,12 +214,21 @@ impl Agent {
             }
         }
         self.publish(&inner);
-        let (file, pins) = (inner.cfg.state_dir.join(state::STATE_FILE), inner.cfg.bpffs.clone());
+        let (file, pins, journal) =
+            (inner.cfg.state_dir.join(state::STATE_FILE), Pins::new(&inner.cfg.bpffs), inner.journal());
         let _ = blocking(move || {
             let _ = std::fs::remove_file(file);
-            // Only if empty: nothing is pinned yet, and nothing of others is removed.
-            let _ = std::fs::remove_dir(pins);
+            journal.remove_all();
+            if let Err(e) = pins.remove_all() {
+                tracing::error!("removing the pins: {e}");
+            }
         })
         .await;
+    }
+
+    /// The agent stops and leaves the datapath running (no
+    /// `--cleanup-on-exit`): every attachment and pin stays.
+    pub async fn release(&self) {
+        self.inner.lock().await.bpf.release();
     }
 }

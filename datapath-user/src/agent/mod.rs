@@ -43,7 +43,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, Mutex};
 
 use crate::api::{ApiError, Request, API_VERSION};
-use crate::datapath::{AttachMode, Bpf, GcReport, Tables};
+use crate::datapath::{AttachMode, Attached, Bpf, GcReport, PinReport, Tables};
 use crate::host::netlink::Netlink;
 use crate::state::{DatapathKind, State};
 
@@ -77,6 +77,8 @@ pub struct AgentConfig {
     pub ct: datapath_common::CtConfig,
     /// Seconds between conntrack garbage collections.
     pub ct_gc_interval: u64,
+    /// Capacity of the conntrack table (entries).
+    pub ct_max_entries: u32,
 }
 
 /// The writer side: everything a change needs, behind [`Agent::inner`].
@@ -102,6 +104,29 @@ pub(crate) struct Inner {
     /// The nft script last applied: unchanged scripts are not re-applied
     /// (spawning nft costs milliseconds per endpoint).
     applied_nft: Option<String>,
+    /// What this agent's start found and did (shown by `stats`).
+    start: StartReport,
+}
+
+/// What the agent's start did with what the previous one left running.
+#[derive(Clone, Debug, Default)]
+pub struct StartReport {
+    pub pins: PinReport,
+    pub attachments_kept: usize,
+    pub attachments_replaced: usize,
+    pub attachments_created: usize,
+    pub endpoints_rolled_back: usize,
+    pub stale_entries_removed: usize,
+}
+
+impl StartReport {
+    fn count(&mut self, how: Attached) {
+        match how {
+            Attached::Kept => self.attachments_kept += 1,
+            Attached::Replaced => self.attachments_replaced += 1,
+            Attached::Created => self.attachments_created += 1,
+        }
+    }
 }
 
 pub struct Agent {
@@ -238,6 +263,11 @@ impl Inner {
         let dir = self.cfg.state_dir.clone();
         blocking(move || crate::state::write_file(&dir, &bytes)).await??;
         Ok(())
+    }
+
+    /// What must be found again without the state file.
+    fn journal(&self) -> crate::state::Journal {
+        crate::state::Journal::new(&self.cfg.state_dir)
     }
 
     fn failpoint(&self, step: &str) -> Result<(), ApiError> {

@@ -180,14 +180,29 @@ impl Inner {
         let routes_out = self.state.networks.values().any(|n| !n.options.internal);
         match (self.state.node.ip_forward_was.clone(), routes_out) {
             (None, true) => {
-                if let Some(old) = blocking(sysctl::enable_forwarding).await?? {
+                let journal = self.journal();
+                let enabled = blocking(move || {
+                    let old = sysctl::enable_forwarding()?;
+                    if let Some(old) = &old {
+                        if let Err(e) = journal.set_forwarding_was(old) {
+                            tracing::warn!("recording the old IPv4 forwarding value: {e}");
+                        }
+                    }
+                    Ok::<_, sysctl::SysctlError>(old)
+                });
+                if let Some(old) = enabled.await?? {
                     tracing::info!("enabled IPv4 forwarding on the node (was {old})");
                     self.state.node.ip_forward_was = Some(old);
                 }
             }
             (Some(old), false) => {
-                let value = old.clone();
-                blocking(move || sysctl::restore_forwarding(&value)).await??;
+                let (value, journal) = (old.clone(), self.journal());
+                blocking(move || {
+                    sysctl::restore_forwarding(&value)?;
+                    journal.clear_forwarding_was();
+                    Ok::<_, sysctl::SysctlError>(())
+                })
+                .await??;
                 tracing::info!("restored IPv4 forwarding to {old}");
                 self.state.node.ip_forward_was = None;
             }
@@ -269,7 +284,8 @@ impl Inner {
         for ifindex in &wanted {
             if !self.uplinks.contains_key(ifindex) {
                 let Some(name) = self.nl.link_name(*ifindex).await? else { continue };
-                tokio::task::block_in_place(|| self.bpf.attach_uplink(&name, *ifindex))?;
+                let how = tokio::task::block_in_place(|| self.bpf.attach_uplink(&name, *ifindex))?;
+                self.start.count(how);
                 tracing::info!(uplink = %name, "reverse NAT attached");
                 self.uplinks.insert(*ifindex, name);
             }

@@ -93,6 +93,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     if cfg.cleanup_on_exit {
         agent.teardown().await;
+    } else {
+        // The datapath stays: attachments and pins outlive the agent.
+        agent.release().await;
     }
     let _ = std::fs::remove_file(&cfg.socket);
     Ok(())

@@ -11,7 +11,7 @@ use datapath_common::reason;
 use super::{blocking, Agent, Inner};
 use crate::api::{
     ApiError, ContainerView, CounterView, EndpointView, FlowView, NetworkEndpointView, NetworkOptionsView, NetworkView,
-    StatsView, TcView,
+    StartView, StatsView, TcView,
 };
 use crate::datapath::Attachment;
 use crate::ipam::format_mac;
@@ -26,6 +26,8 @@ pub struct Snapshot {
     attached: BTreeMap<u32, Attachment>,
     /// host ifindex -> (endpoint name, address), to attribute trace lines.
     names: HashMap<u32, (String, Ipv4Addr)>,
+    /// What the agent's start did.
+    start: StartView,
 }
 
 impl Inner {
@@ -37,7 +39,8 @@ impl Inner {
             .values()
             .filter_map(|e| self.host_ifindex.get(&e.name).map(|i| (*i, (e.name.clone(), e.ip))))
             .collect();
-        Snapshot { state: self.state.clone(), host_ifindex: self.host_ifindex.clone(), attached, names }
+        let start = StartView::from(&self.start);
+        Snapshot { state: self.state.clone(), host_ifindex: self.host_ifindex.clone(), attached, names, start }
     }
 }
 
@@ -193,7 +196,7 @@ impl Agent {
             })
             .collect();
         let conntrack = self.gc_report.lock().ok().and_then(|r| r.clone()).map(Into::into);
-        Ok(StatsView { counters, conntrack })
+        Ok(StatsView { counters, conntrack, start: Some(self.snapshot().start.clone()) })
     }
 
     /// Tracked flows, attributed to their endpoints (the table is walked on

@@ -76,6 +76,30 @@ pub struct StatsView {
     /// Connection-tracking table pressure, from the last garbage collection.
     #[serde(default)]
     pub conntrack: Option<ConntrackPressure>,
+    /// What the agent's start found of the datapath that ran before it.
+    #[serde(default)]
+    pub start: Option<StartView>,
+}
+
+/// What a starting agent did with the pinned datapath a previous agent left
+/// running (maps by name; a migrated map with the reason).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartView {
+    pub maps_reused: Vec<String>,
+    pub maps_created: Vec<String>,
+    pub maps_migrated: Vec<String>,
+    /// Connection-tracking entries found in the reused table, or copied
+    /// into the new one.
+    pub conntrack_entries_kept: usize,
+    /// Program attachments left alone (same program), replaced in place
+    /// (another program), or made anew.
+    pub attachments_kept: usize,
+    pub attachments_replaced: usize,
+    pub attachments_created: usize,
+    /// Endpoints whose create a crash had interrupted.
+    pub endpoints_rolled_back: usize,
+    /// Map entries of endpoints and networks that no longer exist.
+    pub stale_entries_removed: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,17 +11,35 @@ use datapath::ipam;
 
 use super::{Datapath, TcAttach};
 
+/// Where an agent keeps its things on a node (shared by `agent` and `reset`).
 #[derive(Args)]
-pub struct AgentArgs {
+pub struct NodeArgs {
     /// Directory for the persisted desired state.
     #[arg(long, default_value = "/var/lib/datapath")]
-    state_dir: PathBuf,
+    pub state_dir: PathBuf,
     /// bpffs directory for this agent's pinned objects.
     #[arg(long, default_value = "/sys/fs/bpf/datapath")]
-    bpffs: PathBuf,
+    pub bpffs: PathBuf,
     /// Run inside this named network namespace (/run/netns/NAME), the "node".
     #[arg(long)]
-    netns: Option<String>,
+    pub netns: Option<String>,
+}
+
+impl NodeArgs {
+    /// Enters the node namespace (`--netns`). The process must still be
+    /// single-threaded: call it before the runtime starts.
+    pub fn enter_node_namespace(&self) -> Result<()> {
+        if let Some(ns) = &self.netns {
+            netns::enter_process(&netns::named_path(ns)).with_context(|| format!("entering node namespace {ns}"))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Do not create the default network `bridge`.
     #[arg(long)]
     no_default_network: bool,
@@ -58,6 +76,10 @@ pub struct AgentArgs {
     /// Seconds between conntrack garbage collections.
     #[arg(long, default_value_t = 10)]
     ct_gc_interval: u64,
+    /// Capacity of the conntrack table (entries; a masqueraded flow takes
+    /// two). Changing it on a running node migrates the table's entries.
+    #[arg(long, default_value_t = datapath_common::CT_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    ct_max_entries: u32,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -65,20 +87,11 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 impl AgentArgs {
-    /// Enters the node namespace (`--netns`). The process must still be
-    /// single-threaded: call it before the runtime starts.
-    pub fn enter_node_namespace(&self) -> Result<()> {
-        if let Some(ns) = &self.netns {
-            netns::enter_process(&netns::named_path(ns)).with_context(|| format!("entering node namespace {ns}"))?;
-        }
-        Ok(())
-    }
-
     fn into_config(self, socket: PathBuf) -> Result<AgentConfig> {
         Ok(AgentConfig {
             socket,
-            state_dir: self.state_dir,
-            bpffs: self.bpffs,
+            state_dir: self.node.state_dir,
+            bpffs: self.node.bpffs,
             default_network: !self.no_default_network,
             default_subnet: ipam::parse_subnet(&self.default_subnet)?,
             cleanup_on_exit: self.cleanup_on_exit,
@@ -94,6 +107,7 @@ impl AgentArgs {
                 _reserved: [0; 3],
             },
             ct_gc_interval: self.ct_gc_interval,
+            ct_max_entries: self.ct_max_entries,
         })
     }
 }

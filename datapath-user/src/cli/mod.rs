@@ -17,6 +17,7 @@ mod conntrack;
 mod endpoint;
 mod network;
 mod output;
+mod reset;
 mod run;
 mod stats;
 
@@ -71,6 +72,9 @@ enum Command {
     Stop { name: String },
     /// The classic Docker bridge-networking walkthrough on the eBPF datapath.
     Walkthrough(walkthrough::WalkthroughArgs),
+    /// Remove everything this datapath made on the node (stop the agent first;
+    /// works without a readable state file).
+    Reset(reset::ResetArgs),
 }
 
 impl Cli {
@@ -87,7 +91,8 @@ impl Cli {
     /// before the runtime starts: the agent enters its node namespace.
     pub fn before_runtime(&self) -> Result<()> {
         match &self.command {
-            Command::Agent(args) => args.enter_node_namespace(),
+            Command::Agent(args) => args.node.enter_node_namespace(),
+            Command::Reset(args) => args.node.enter_node_namespace(),
             _ => Ok(()),
         }
     }
@@ -108,6 +113,7 @@ impl Cli {
             Command::Conntrack(cmd) => conntrack::run(&client, cmd).await,
             Command::Ps { output } => run::ps(&client, output).await,
             Command::Stop { name } => run::stop(&client, name).await,
+            Command::Reset(args) => reset::run(self.socket, args).await,
         }
     }
 }

@@ -48,6 +48,24 @@ fn table(stats: &StatsView) -> String {
             ct.live, ct.capacity, ct.removed
         );
     }
+    if let Some(s) = &stats.start {
+        text += &format!(
+            "agent start: maps reused {}, created {}, migrated {}; {} conntrack entries kept; attachments kept {}, \
+             replaced {}, created {}; {} half-made endpoints rolled back, {} stale map entries removed\n",
+            s.maps_reused.len(),
+            s.maps_created.len(),
+            s.maps_migrated.len(),
+            s.conntrack_entries_kept,
+            s.attachments_kept,
+            s.attachments_replaced,
+            s.attachments_created,
+            s.endpoints_rolled_back,
+            s.stale_entries_removed
+        );
+        for m in &s.maps_migrated {
+            text += &format!("  migrated {m}\n");
+        }
+    }
     text
 }
 
@@ -68,6 +86,7 @@ mod tests {
                 counter("ct-new", false, true, 3, 0),
             ],
             conntrack: None,
+            start: None,
         };
         let mut want = format!("{:<24} {:>6} {:>12} {:>14}\n", "REASON", "KIND", "PACKETS", "BYTES");
         for (r, k, p, b) in

@@ -69,6 +69,12 @@ impl CtTable {
         Ok(out)
     }
 
+    /// Copies the entries of an old table (a migration) into this one;
+    /// entries already here win. Returns how many were copied.
+    pub fn copy_from(&mut self, old: MapData) -> Result<usize, BpfError> {
+        crate::datapath::pins::copy_ct(old, &mut self.map)
+    }
+
     /// Tracked flows, one per connection (see [`Flow`]).
     pub fn flows(&self) -> Result<Vec<Flow>, BpfError> {
         Ok(flows(&self.snapshot()?, monotonic_ns()))

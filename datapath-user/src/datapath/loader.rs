@@ -1,29 +1,29 @@
 //! The loaded eBPF datapath: programs, maps, links and the aya-log reader.
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::BTreeMap;
 
-use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType};
-use aya::programs::LinkOrder;
 use aya::programs::SchedClassifier;
-use aya::Ebpf;
+use aya::{Ebpf, EbpfLoader};
 use datapath_common::{
-    Counter, CtConfig, EndpointInfo, NetworkInfo, MAP_CT, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP,
-    MAP_NETWORKS, MAP_STATS, MAP_SUBNETS, MAX_NETWORKS, NET_F_PRESENT, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
+    Counter, CtConfig, EndpointInfo, NetworkInfo, CT_MAX_ENTRIES, MAP_CT, MAP_CT_CONFIG, MAP_ENDPOINTS,
+    MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_STATS, MAP_SUBNETS, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
 use crate::datapath::conntrack::{self, CtTable};
+use crate::datapath::links::{loaded_tags, Attached, Attachments, Tags};
 use crate::datapath::object;
+use crate::datapath::pins::{copy_ct, Fate, Layout, PinReport, Pins, Plan};
 use crate::datapath::tables::{Counters, Tables};
 
 #[derive(Debug, Error)]
 pub enum BpfError {
-    #[error("{}", object::MISSING_HINT)]
-    NoObject,
+    #[error("{0}")]
+    NoObject(String),
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {0} is missing from the object")]
@@ -36,6 +36,8 @@ pub enum BpfError {
     Attach { prog: &'static str, iface: String, source: aya::programs::ProgramError },
     #[error("eBPF map {0}: an earlier walk of it panicked")]
     Poisoned(&'static str),
+    #[error("pinned datapath: {0}")]
+    Pin(String),
     #[error("eBPF map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
 }
@@ -68,16 +70,23 @@ pub struct Bpf {
     /// TCX links (else clsact filters), from the attach mode and the kernel.
     tcx: bool,
     ebpf: Ebpf,
-    endpoints: HashMap<MapData, u32, EndpointInfo>,
-    by_ip: HashMap<MapData, u32, EndpointInfo>,
-    networks: Array<MapData, NetworkInfo>,
-    subnets: LpmTrie<MapData, u32, u32>,
-    ct_config: Array<MapData, CtConfig>,
+    pub(super) endpoints: HashMap<MapData, u32, EndpointInfo>,
+    pub(super) by_ip: HashMap<MapData, u32, EndpointInfo>,
+    pub(super) networks: Array<MapData, NetworkInfo>,
+    pub(super) subnets: LpmTrie<MapData, u32, u32>,
+    pub(super) ct_config: Array<MapData, CtConfig>,
     tables: Tables,
-    /// Tag of the loaded endpoint program (read once: `inspect` shows it).
-    prog_tag: Option<String>,
-    links: StdHashMap<u32, SchedClassifierLink>,
-    uplink_links: StdHashMap<u32, SchedClassifierLink>,
+    /// Where maps and links are pinned (`None`: nothing is).
+    pins: Option<Pins>,
+    /// What the load did with each pinned map, until the migration ends.
+    plan: Plan,
+    /// Tags of the loaded programs (`inspect` shows the endpoint one).
+    tags: BTreeMap<&'static str, u64>,
+    /// Tags of the programs on the node at load time, by id: is a pinned
+    /// link running the program just loaded?
+    running: Tags,
+    links: Attachments,
+    uplink_links: Attachments,
 }
 
 /// Forwards aya-log records (the packet traces) to the agent's trace
@@ -101,30 +110,112 @@ pub(crate) fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> 
     move |source| BpfError::Map { map, source }
 }
 
+/// How to load the datapath.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub mode: AttachMode,
+    /// Pin maps and links here and reuse what is pinned (the agent); `None`
+    /// loads private maps that go with the process (program tests).
+    pub pins: Option<Pins>,
+    /// Capacity of the connection tracker (`None`: the object's).
+    pub ct_max_entries: Option<u32>,
+}
+
+/// The maps the object declares (not the sections' data maps), with the
+/// layout the load gives them.
+fn declared_maps(bytes: &[u8], opts: &LoadOptions) -> Result<BTreeMap<String, Layout>, BpfError> {
+    let obj = aya_obj::Object::parse(bytes).map_err(|e| BpfError::Pin(format!("parsing the eBPF object: {e}")))?;
+    Ok(obj
+        .maps
+        .iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, m)| {
+            let max_entries = match opts.ct_max_entries {
+                Some(n) if name == MAP_CT => n,
+                _ => m.max_entries(),
+            };
+            let layout = Layout {
+                map_type: m.map_type(),
+                key_size: m.key_size(),
+                value_size: m.value_size(),
+                max_entries,
+                flags: m.map_flags(),
+            };
+            (name.clone(), layout)
+        })
+        .collect())
+}
+
+/// Starts the aya-log reader task, which publishes trace lines on `tx`.
+fn start_trace_reader(ebpf: &mut Ebpf, tx: broadcast::Sender<String>) {
+    match aya_log::EbpfLogger::init_with_logger(ebpf, TraceSink { tx }) {
+        // SAFETY: the logger owns its ring buffer's fd for its whole life
+        // and the AsyncFd owns the logger, so the fd stays open and the same.
+        Ok(logger) => match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+            Ok(mut fd) => {
+                tokio::spawn(async move {
+                    loop {
+                        let Ok(mut guard) = fd.readable_mut().await else { break };
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("packet traces unavailable: {}", std::io::Error::from(e)),
+        },
+        Err(e) => tracing::warn!("packet traces unavailable: {e}"),
+    }
+}
+
 impl Bpf {
-    /// Loads the embedded object, verifies the programs and starts the
-    /// aya-log reader task, which publishes trace lines on `trace_tx`.
+    /// Loads the embedded object with private maps (program tests).
     pub fn load(trace_tx: broadcast::Sender<String>, mode: AttachMode) -> Result<Self, BpfError> {
-        let bytes = object::bytes().ok_or(BpfError::NoObject)?;
+        Self::load_with(trace_tx, LoadOptions { mode, ..Default::default() }).map(|(bpf, _)| bpf)
+    }
+
+    /// Loads the embedded object: maps pinned and reused (or migrated) as
+    /// `opts.pins` says, programs verified, the aya-log reader started. A
+    /// failure leaves what is pinned as it was.
+    pub fn load_with(trace_tx: broadcast::Sender<String>, opts: LoadOptions) -> Result<(Self, PinReport), BpfError> {
+        let bytes = object::to_load().map_err(BpfError::NoObject)?;
         raise_memlock();
-        let mut ebpf = Ebpf::load(bytes)?;
-        match aya_log::EbpfLogger::init_with_logger(&mut ebpf, TraceSink { tx: trace_tx }) {
-            // SAFETY: the logger owns its ring buffer's fd for its whole life
-            // and the AsyncFd owns the logger, so the fd stays open and the same.
-            Ok(logger) => match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
-                Ok(mut fd) => {
-                    tokio::spawn(async move {
-                        loop {
-                            let Ok(mut guard) = fd.readable_mut().await else { break };
-                            guard.get_inner_mut().flush();
-                            guard.clear_ready();
-                        }
-                    });
+        let declared = declared_maps(bytes, &opts)?;
+        let plan = match &opts.pins {
+            Some(pins) => pins.plan(&declared)?,
+            None => Plan::default(),
+        };
+        let loaded = Self::load_object(bytes, trace_tx, &opts, &declared, &plan);
+        let (bpf, ct_entries) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                if let Some(pins) = &opts.pins {
+                    pins.abort(&plan);
                 }
-                Err(e) => tracing::warn!("packet traces unavailable: {}", std::io::Error::from(e)),
-            },
-            Err(e) => tracing::warn!("packet traces unavailable: {e}"),
+                return Err(e);
+            }
+        };
+        Ok((bpf, PinReport { maps: plan.fates, ct_entries }))
+    }
+
+    fn load_object(
+        bytes: &[u8],
+        trace_tx: broadcast::Sender<String>,
+        opts: &LoadOptions,
+        declared: &BTreeMap<String, Layout>,
+        plan: &Plan,
+    ) -> Result<(Self, usize), BpfError> {
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = &opts.pins {
+            for name in declared.keys() {
+                loader.map_pin_path(name.as_str(), pins.map_path(name));
+            }
         }
+        if let Some(n) = opts.ct_max_entries {
+            loader.map_max_entries(MAP_CT, n);
+        }
+        let mut ebpf = loader.load(bytes)?;
+        start_trace_reader(&mut ebpf, trace_tx);
+        let mut tags = BTreeMap::new();
         for name in [PROG_FROM_ENDPOINT, PROG_FROM_UPLINK] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -132,155 +223,148 @@ impl Bpf {
                 .try_into()
                 .map_err(|source| BpfError::Program { name, source })?;
             prog.load().map_err(|source| BpfError::Program { name, source })?;
+            let tag = prog.info().map_err(|source| BpfError::Program { name, source })?.tag();
+            tags.insert(name, tag);
         }
-        let prog_tag =
-            ebpf.program(PROG_FROM_ENDPOINT).and_then(|p| p.info().ok()).map(|i| format!("{:016x}", i.tag()));
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::NoMap(name));
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
-        let ct = HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?;
-        let tables = Tables::new(Counters::new(stats), CtTable::new(ct, datapath_common::CT_MAX_ENTRIES));
+        let mut ct = HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?;
+        let ct_entries = match (plan.fates.get(MAP_CT), &opts.pins) {
+            (Some(Fate::Migrated(_)), Some(pins)) => match pins.pending_map(MAP_CT) {
+                Some(old) => copy_ct(old, &mut ct)?,
+                None => 0,
+            },
+            (Some(Fate::Reused), _) => ct.keys().count(),
+            _ => 0,
+        };
+        let capacity = opts.ct_max_entries.unwrap_or(CT_MAX_ENTRIES);
         let networks = Array::try_from(take(&mut ebpf, MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
         let subnets = LpmTrie::try_from(take(&mut ebpf, MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?;
         let ct_config = Array::try_from(take(&mut ebpf, MAP_CT_CONFIG)?).map_err(map_err(MAP_CT_CONFIG))?;
-        Ok(Bpf {
-            tcx: uses_tcx(mode),
+        let bpf = Bpf {
+            tcx: uses_tcx(opts.mode),
+            pins: opts.pins.clone(),
+            plan: plan.clone(),
             ebpf,
             endpoints,
             by_ip,
             networks,
             subnets,
             ct_config,
-            tables,
-            prog_tag,
-            links: StdHashMap::new(),
-            uplink_links: StdHashMap::new(),
-        })
+            tables: Tables::new(Counters::new(stats), CtTable::new(ct, capacity)),
+            tags,
+            running: loaded_tags(),
+            links: Attachments::default(),
+            uplink_links: Attachments::default(),
+        };
+        Ok((bpf, ct_entries))
     }
 
     /// Attaches the from-endpoint program to the ingress of `iface`
-    /// (TCX where the kernel has it, clsact otherwise).
-    pub fn attach(&mut self, iface: &str, ifindex: u32) -> Result<(), BpfError> {
-        let link = self.attach_prog(PROG_FROM_ENDPOINT, iface)?;
-        self.links.insert(ifindex, link);
-        Ok(())
+    /// (TCX where the kernel has it, clsact otherwise); keeps or replaces
+    /// in place what a previous agent attached there.
+    pub fn attach(&mut self, iface: &str, ifindex: u32) -> Result<Attached, BpfError> {
+        self.attach_prog(PROG_FROM_ENDPOINT, iface, ifindex)
     }
 
     /// Attaches the reverse-NAT program (`dp_from_uplink`) to the ingress of
     /// the uplink `iface`. Idempotent: a second call for the same ifindex
     /// keeps the existing attachment. Packets without a NAT mapping pass
     /// untouched, so the node's own traffic is not affected.
-    pub fn attach_uplink(&mut self, iface: &str, ifindex: u32) -> Result<(), BpfError> {
-        if self.uplink_links.contains_key(&ifindex) {
-            return Ok(());
+    pub fn attach_uplink(&mut self, iface: &str, ifindex: u32) -> Result<Attached, BpfError> {
+        if self.uplink_links.contains(ifindex) {
+            return Ok(Attached::Kept);
         }
-        let link = self.attach_prog(PROG_FROM_UPLINK, iface)?;
-        self.uplink_links.insert(ifindex, link);
-        Ok(())
+        self.attach_prog(PROG_FROM_UPLINK, iface, ifindex)
     }
 
     /// Detaches `dp_from_uplink` from an uplink; not attached is fine.
     pub fn detach_uplink(&mut self, ifindex: u32) {
-        self.uplink_links.remove(&ifindex);
+        self.uplink_links.detach(ifindex);
     }
 
     pub fn is_uplink_attached(&self, ifindex: u32) -> bool {
-        self.uplink_links.contains_key(&ifindex)
+        self.uplink_links.contains(ifindex)
     }
 
-    fn attach_prog(&mut self, name: &'static str, iface: &str) -> Result<SchedClassifierLink, BpfError> {
-        let attach_err = |source| BpfError::Attach { prog: name, iface: iface.to_string(), source };
-        let tcx = self.tcx;
-        let prog: &mut SchedClassifier =
-            self.ebpf.program_mut(name).ok_or(BpfError::NoProgram(name))?.try_into().map_err(attach_err)?;
-        let options = if tcx {
-            TcAttachOptions::TcxOrder(LinkOrder::default())
-        } else {
-            // The clsact qdisc may exist already, which is fine. Filters
-            // outlive the process that attached them: drop those an earlier
-            // (killed) agent left, so the program runs once, not twice.
-            let _ = tc::qdisc_add_clsact(iface);
-            let _ = tc::qdisc_detach_program(iface, TcAttachType::Ingress, name);
-            TcAttachOptions::Netlink(NlOptions::default())
-        };
-        let id = prog.attach_with_options(iface, TcAttachType::Ingress, options).map_err(attach_err)?;
-        prog.take_link(id).map_err(attach_err)
+    fn attach_prog(&mut self, name: &'static str, iface: &str, ifindex: u32) -> Result<Attached, BpfError> {
+        // After a migration, or when a map was created anew (its pin was
+        // lost), the running programs use the old maps: they are replaced
+        // even when their code is the same.
+        let migrating = self.plan.fates.values().any(|f| !matches!(f, Fate::Reused));
+        let tag = if migrating { None } else { self.tags.get(name).copied() };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(BpfError::NoProgram(name))?
+            .try_into()
+            .map_err(|source| BpfError::Program { name, source })?;
+        let links = if name == PROG_FROM_UPLINK { &mut self.uplink_links } else { &mut self.links };
+        links.attach(prog, name, tag, &self.running, self.pins.as_ref(), self.tcx, iface, ifindex)
     }
 
-    /// Detaches the program from an interface (dropping the link detaches).
+    /// Detaches the program from an interface.
     pub fn detach(&mut self, ifindex: u32) {
-        self.links.remove(&ifindex);
+        self.links.detach(ifindex);
     }
 
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        self.links.contains_key(&ifindex)
+        self.links.contains(ifindex)
+    }
+
+    /// Every attachment is in place again after a load that migrated maps:
+    /// copies what the old programs wrote into the old conntrack table
+    /// since the first copy, then drops the old maps' pins.
+    pub fn finish_migration(&mut self) -> Result<usize, BpfError> {
+        let Some(pins) = self.pins.clone() else { return Ok(0) };
+        let mut copied = 0;
+        if matches!(self.plan.fates.get(MAP_CT), Some(Fate::Migrated(_))) {
+            if let Some(old) = pins.pending_map(MAP_CT) {
+                copied = self.tables.ct()?.copy_from(old)?;
+            }
+        }
+        pins.finish(&self.plan);
+        self.plan = Plan::default();
+        Ok(copied)
+    }
+
+    /// Removes the pinned links nobody uses any more (an interface the state
+    /// no longer has, or one that vanished while the agent was away): call
+    /// it once every attachment of the state is made. Returns how many.
+    pub fn prune_link_pins(&mut self) -> usize {
+        let Some(pins) = &self.pins else { return 0 };
+        let used: std::collections::BTreeSet<&str> =
+            self.links.pinned_ifaces().chain(self.uplink_links.pinned_ifaces()).collect();
+        let Ok(dir) = std::fs::read_dir(pins.link_path("")) else { return 0 };
+        let mut pruned = 0;
+        for entry in dir.filter_map(Result::ok) {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| !used.contains(n)) && std::fs::remove_file(entry.path()).is_ok() {
+                pruned += 1;
+            }
+        }
+        pruned
+    }
+
+    /// The agent stops and leaves the datapath running: attachments stay.
+    pub fn release(&mut self) {
+        self.links.release();
+        self.uplink_links.release();
     }
 
     /// How the endpoint program is attached to `ifindex`, for `inspect`
     /// (bpftool before 7.3 cannot show TCX attachments per device).
     pub fn attachment(&self, ifindex: u32) -> Option<Attachment> {
-        if !self.links.contains_key(&ifindex) {
+        if !self.links.contains(ifindex) {
             return None;
         }
         Some(Attachment {
             program: PROG_FROM_ENDPOINT,
             hook: if self.tcx { "tcx/ingress" } else { "clsact/ingress" },
-            prog_tag: self.prog_tag.clone(),
+            prog_tag: self.tags.get(PROG_FROM_ENDPOINT).map(|t| format!("{t:016x}")),
         })
-    }
-
-    pub fn upsert_endpoint(&mut self, info: EndpointInfo) -> Result<(), BpfError> {
-        self.endpoints.insert(info.ifindex, info, 0).map_err(map_err(MAP_ENDPOINTS))?;
-        if let Err(e) = self.by_ip.insert(info.ipv4, info, 0) {
-            let _ = self.endpoints.remove(&info.ifindex);
-            return Err(map_err(MAP_ENDPOINTS_BY_IP)(e));
-        }
-        Ok(())
-    }
-
-    /// Removes an endpoint from both maps; absent entries are fine.
-    pub fn remove_endpoint(&mut self, ifindex: u32, ipv4: u32) {
-        let _ = self.by_ip.remove(&ipv4);
-        let _ = self.endpoints.remove(&ifindex);
-    }
-
-    /// Publishes a local network to the datapath: its policy and masquerade
-    /// settings (`NETWORKS`) and its subnet (`SUBNETS`, `info.subnet` /
-    /// `prefix_len`), so the other networks' endpoints are isolated from it.
-    /// Idempotent (updates in place). `id` must be below `MAX_NETWORKS`
-    /// (`NETWORKS` is an array indexed by it).
-    pub fn set_network(&mut self, id: u32, info: NetworkInfo, prefix_len: u32) -> Result<(), BpfError> {
-        if id >= MAX_NETWORKS {
-            return Err(map_err(MAP_NETWORKS)(aya::maps::MapError::OutOfBounds {
-                index: id,
-                max_entries: MAX_NETWORKS,
-            }));
-        }
-        self.subnets.insert(&LpmKey::new(prefix_len, info.subnet), id, 0).map_err(map_err(MAP_SUBNETS))?;
-        let info = NetworkInfo { flags: info.flags | NET_F_PRESENT, ..info };
-        if let Err(e) = self.networks.set(id, info, 0) {
-            let _ = self.subnets.remove(&LpmKey::new(prefix_len, info.subnet));
-            return Err(map_err(MAP_NETWORKS)(e));
-        }
-        Ok(())
-    }
-
-    /// Removes a network from both maps; absent entries are fine. `subnet`
-    /// is wire order, as in `NetworkInfo::subnet`.
-    pub fn remove_network(&mut self, id: u32, subnet: u32, prefix_len: u32) {
-        if id < MAX_NETWORKS {
-            let _ = self.networks.set(id, NetworkInfo::default(), 0);
-        }
-        let _ = self.subnets.remove(&LpmKey::new(prefix_len, subnet));
-    }
-
-    /// Sets the connection tracker lifetimes (seconds; 0 = the default:
-    /// TCP SYN 60, established 6 h, closing 10, UDP 60, ICMP 60). Applies to
-    /// every packet from now on (existing entries get the new lifetime on
-    /// their next packet).
-    pub fn set_ct_config(&mut self, cfg: CtConfig) -> Result<(), BpfError> {
-        self.ct_config.set(0, cfg, 0).map_err(map_err(MAP_CT_CONFIG))
     }
 
     /// The maps read and cleaned outside the agent's state lock (counters,

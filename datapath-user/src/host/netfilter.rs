@@ -238,6 +238,7 @@ mod tests {
                 container_id: None,
                 trace: false,
                 created: String::new(),
+                creating: false,
             };
             e.ip = if ep == "a" { e.ip } else { std::net::Ipv4Addr::new(10, 2, 0, 3) };
             st.endpoints.insert(ep.into(), e);

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use thiserror::Error;
@@ -126,24 +126,59 @@ impl Netlink {
         controller: Option<u32>,
         mtu: Option<u32>,
     ) -> Result<u32, NetlinkError> {
+        self.veth(host, peer, peer_netns, peer_mac, mtu, Some(controller)).await
+    }
+
+    /// A veth pair whose host end stays down and outside any bridge: it
+    /// passes no traffic until [`Netlink::enslave_up`] (the agent attaches
+    /// the endpoint's program first).
+    pub async fn create_veth_down(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_netns: &Path,
+        peer_mac: [u8; 6],
+        mtu: Option<u32>,
+    ) -> Result<u32, NetlinkError> {
+        self.veth(host, peer, peer_netns, peer_mac, mtu, None).await
+    }
+
+    /// `up`: `Some(controller)` brings the host end up (in that bridge when
+    /// given); `None` leaves it down and alone.
+    async fn veth(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_netns: &Path,
+        peer_mac: [u8; 6],
+        mtu: Option<u32>,
+        up: Option<Option<u32>>,
+    ) -> Result<u32, NetlinkError> {
         let ns = netns::open(peer_netns)?;
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).address(peer_mac.to_vec());
         if let Some(mtu) = mtu {
             peer_msg = peer_msg.mtu(mtu);
         }
         let peer_msg = peer_msg.setns_by_fd(ns.as_raw_fd()).build();
-        let mut b = LinkVeth::new(host, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg))).up();
-        if let Some(controller) = controller {
-            b = b.controller(controller);
+        let mut b = LinkVeth::new(host, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)));
+        if let Some(controller) = up {
+            b = b.up();
+            if let Some(controller) = controller {
+                b = b.controller(controller);
+            }
         }
         if let Some(mtu) = mtu {
             b = b.mtu(mtu);
         }
-        let msg = b.build();
-        debug_assert!(msg.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkInfo(i) if i.iter().any(|x| matches!(x, rtnetlink::packet_route::link::LinkInfo::Kind(InfoKind::Veth))))));
-        self.handle.link().add(msg).execute().await.map_err(req(format!("create veth {host}")))?;
+        self.handle.link().add(b.build()).execute().await.map_err(req(format!("create veth {host}")))?;
         drop(ns);
         self.require_index(host).await
+    }
+
+    /// Puts a link into a bridge and brings it up, in one request.
+    pub async fn enslave_up(&self, index: u32, bridge: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index).controller(bridge).up().build();
+        self.handle.link().set(msg).execute().await.map_err(req(format!("enslave link {index} to {bridge}")))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
@@ -189,6 +224,22 @@ impl Netlink {
                 _ => None,
             })
         }))
+    }
+
+    /// Every link of the namespace: (ifindex, name).
+    pub async fn links(&self) -> Result<Vec<(u32, String)>, NetlinkError> {
+        let msgs: Vec<LinkMessage> =
+            self.handle.link().get().execute().try_collect().await.map_err(req("dump links"))?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|l| {
+                let name = l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })?;
+                Some((l.header.index, name))
+            })
+            .collect())
     }
 
     /// IPv4 addresses of a link, primary first (the kernel lists them in order).

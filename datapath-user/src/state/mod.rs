@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 mod container;
+mod journal;
 
 pub use container::{ContainerSpec, RunMode};
+pub use journal::Journal;
 
 pub const STATE_FILE: &str = "state.json";
 pub const STATE_VERSION: u32 = 1;
@@ -124,6 +126,11 @@ pub struct EndpointSpec {
     #[serde(default)]
     pub trace: bool,
     pub created: String,
+    /// Recorded before the create makes anything (write-ahead), cleared
+    /// when it is done: an agent that finds it set after a crash rolls the
+    /// half-made endpoint back. Its address stays reserved meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creating: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -269,6 +276,7 @@ mod tests {
             container_id: None,
             trace: false,
             created: now_rfc3339(),
+            creating: false,
         }
     }
 

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::host::netns::{self, NETNS_RUN_DIR};
+use crate::host::process::start_time;
 use crate::testbed::process::{signal, Signal};
 
 /// Where the agents' bpffs directories live (`/sys/fs/bpf/<prefix>`).
@@ -81,7 +82,7 @@ impl Family {
                     return false;
                 };
                 let start: u64 = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-                proc_start_time(pid) == Some(start)
+                start_time(pid) == Some(start)
             }
             // Directory being created right now by another process: give it a
             // minute before calling it dead.
@@ -210,17 +211,9 @@ impl Drop for Claim {
     }
 }
 
-/// `/proc/PID/stat` field 22 (start time in clock ticks since boot).
-pub fn proc_start_time(pid: u32) -> Option<u64> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces/parens: fields after the last ')'.
-    let rest = &s[s.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 fn self_owner() -> String {
     let pid = std::process::id();
-    format!("{pid} {}", proc_start_time(pid).unwrap_or(0))
+    format!("{pid} {}", start_time(pid).unwrap_or(0))
 }
 
 fn dir_names(dir: &Path) -> Vec<String> {
@@ -301,6 +294,5 @@ mod tests {
         assert_eq!(f.prefix_of("dpt0a"), None);
         assert!(f.mentions("ip netns exec dpt0a1f9node x", &|p| p == "dpt0a1f9"));
         assert!(!f.mentions("dptdpt0a1f", &|_| true));
-        assert!(proc_start_time(std::process::id()).is_some());
     }
 }

@@ -15,4 +15,5 @@ mod network_options;
 mod policy;
 mod rollback;
 mod security;
+mod survival;
 mod trace;
