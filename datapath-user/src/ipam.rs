@@ -32,6 +32,29 @@ pub enum IpamError {
     AddressInUse(Ipv4Addr),
     #[error("subnet {0} has no free address left")]
     Exhausted(Ipv4Net),
+    #[error("subnet {subnet} overlaps {range}, which is reserved ({what}): pick a private range such as 10.20.0.0/24")]
+    Reserved { subnet: Ipv4Net, range: Ipv4Net, what: &'static str },
+}
+
+/// Ranges no network may use: they are not unicast addresses a container
+/// can own (RFC 6890).
+const RESERVED: [([u8; 4], u8, &str); 5] = [
+    ([0, 0, 0, 0], 8, "\"this network\""),
+    ([127, 0, 0, 0], 8, "loopback"),
+    ([169, 254, 0, 0], 16, "link-local"),
+    ([224, 0, 0, 0], 4, "multicast"),
+    ([240, 0, 0, 0], 4, "class E and broadcast"),
+];
+
+/// Refuses a subnet that overlaps a reserved range.
+fn check_reserved(net: Ipv4Net) -> Result<(), IpamError> {
+    for (addr, len, what) in RESERVED {
+        let range = Ipv4Net::new(Ipv4Addr::from(addr), len).expect("valid constant prefix");
+        if range.contains(&net.network()) || net.contains(&range.network()) {
+            return Err(IpamError::Reserved { subnet: net, range, what });
+        }
+    }
+    Ok(())
 }
 
 /// Parses a subnet in CIDR notation, refusing host bits and tiny networks.
@@ -43,6 +66,7 @@ pub fn parse_subnet(s: &str) -> Result<Ipv4Net, IpamError> {
     if net.prefix_len() > MAX_PREFIX_LEN {
         return Err(IpamError::SubnetTooSmall(net));
     }
+    check_reserved(net)?;
     Ok(net)
 }
 
@@ -101,6 +125,27 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_ranges_are_refused() {
+        for bad in [
+            "127.0.0.0/8",
+            "127.1.0.0/16",
+            "240.0.0.0/8",
+            "169.254.0.0/16",
+            "0.0.0.0/8",
+            "224.0.0.0/16",
+            "0.0.0.0/0",
+            "128.0.0.0/1",
+        ] {
+            assert!(matches!(parse_subnet(bad), Err(IpamError::Reserved { .. })), "{bad}");
+        }
+        let e = parse_subnet("224.0.0.0/16").unwrap_err().to_string();
+        assert!(e.contains("multicast"), "{e}");
+        for good in ["10.0.0.0/8", "172.16.0.0/12", "192.168.1.0/24", "100.64.0.0/10", "203.0.113.0/24"] {
+            assert!(parse_subnet(good).is_ok(), "{good}");
+        }
+    }
 
     fn net(s: &str) -> Ipv4Net {
         parse_subnet(s).unwrap()

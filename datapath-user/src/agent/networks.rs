@@ -53,9 +53,7 @@ impl Inner {
             }
         }
         if let Some(up) = &req.uplink {
-            if self.nl.link_index(up).await?.is_none() {
-                return Err(ApiError::invalid(format!("uplink interface {up:?} not found on this node")));
-            }
+            self.check_uplink(up).await?;
         }
         let id = state::random_id();
         let bridge =
@@ -77,6 +75,23 @@ impl Inner {
             },
             created: state::now_rfc3339(),
         })
+    }
+
+    /// An uplink must be a real device of the node: not loopback, not one of
+    /// the datapath's own bridges or veths.
+    async fn check_uplink(&self, up: &str) -> Result<(), ApiError> {
+        if self.nl.link_index(up).await?.is_none() {
+            return Err(ApiError::invalid(format!("uplink interface {up:?} not found on this node")));
+        }
+        if up == "lo" {
+            return Err(ApiError::invalid("the loopback device cannot be an uplink"));
+        }
+        if crate::reset::is_datapath_link(up) || self.state.networks.values().any(|n| n.bridge == up) {
+            return Err(ApiError::invalid(format!(
+                "{up:?} is one of the datapath's own bridges or veths, not an uplink"
+            )));
+        }
+        Ok(())
     }
 
     /// Creates a network; returns its name.

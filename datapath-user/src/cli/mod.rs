@@ -77,6 +77,18 @@ enum Command {
     Reset(reset::ResetArgs),
 }
 
+/// A client whose output pipe closes (`datapath endpoint ls | head`) ends
+/// the way Unix tools do, by SIGPIPE, instead of a panic on the next print
+/// (Rust ignores SIGPIPE by default). The agent keeps ignoring it: a client
+/// that goes away must not kill it.
+fn exit_quietly_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: restores the default disposition, before any thread starts.
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        tracing::debug!("SIGPIPE default disposition: {e}");
+    }
+}
+
 impl Cli {
     /// The log filter when `DATAPATH_LOG` is not set: the long-running
     /// commands log at info, the clients only warn.
@@ -93,7 +105,11 @@ impl Cli {
         match &self.command {
             Command::Agent(args) => args.node.enter_node_namespace(),
             Command::Reset(args) => args.node.enter_node_namespace(),
-            _ => Ok(()),
+            Command::Walkthrough(_) => Ok(()),
+            _ => {
+                exit_quietly_on_closed_pipe();
+                Ok(())
+            }
         }
     }
 

@@ -34,6 +34,8 @@ pub enum StateError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot serialize the state: {0}")]
     Serialize(String),
+    #[error("state file {path} is inconsistent: {reason}")]
+    Invalid { path: PathBuf, reason: String },
 }
 
 /// Which datapath forwards a network's traffic.
@@ -190,7 +192,45 @@ impl State {
         if state.version != STATE_VERSION {
             return Err(StateError::Version { path, found: state.version });
         }
+        state.check().map_err(|reason| StateError::Invalid { path, reason })?;
         Ok(Some(state))
+    }
+
+    /// The invariants every state the agent writes holds; a file that
+    /// breaks one was edited or corrupted: the agent refuses it rather than
+    /// make two endpoints share an address.
+    pub fn check(&self) -> Result<(), String> {
+        let mut ids = BTreeSet::new();
+        for (key, n) in &self.networks {
+            if key != &n.name || !ids.insert(n.num_id) {
+                return Err(format!("network {key:?} has a wrong name or a duplicate id"));
+            }
+            if let Some(o) = self.networks.values().find(|o| o.name != n.name && nets_overlap(&o.subnet, &n.subnet)) {
+                return Err(format!("networks {:?} and {:?} overlap", n.name, o.name));
+            }
+        }
+        let (mut addrs, mut hosts) = (BTreeSet::new(), BTreeSet::new());
+        for (key, e) in &self.endpoints {
+            if key != &e.name {
+                return Err(format!("endpoint {key:?} is recorded under another name"));
+            }
+            if e.network == "none" {
+                continue;
+            }
+            let Some(n) = self.networks.get(&e.network) else {
+                return Err(format!("endpoint {:?} is on network {:?}, which does not exist", e.name, e.network));
+            };
+            if !n.subnet.contains(&e.ip) || e.ip == n.gateway || e.ip == n.subnet.network() {
+                return Err(format!("endpoint {:?} has address {}, not usable in {}", e.name, e.ip, n.subnet));
+            }
+            if !addrs.insert(e.ip) {
+                return Err(format!("address {} is recorded for two endpoints", e.ip));
+            }
+            if !hosts.insert(e.host_ifname.clone()) {
+                return Err(format!("host interface {} is recorded for two endpoints", e.host_ifname));
+            }
+        }
+        Ok(())
     }
 
     /// The state as it is written to the state file.
@@ -278,6 +318,33 @@ mod tests {
             created: now_rfc3339(),
             creating: false,
         }
+    }
+
+    #[test]
+    fn inconsistent_states_are_refused_at_load() {
+        let mut s = State::new();
+        s.networks.insert("a".into(), net("a", "10.10.0.0/16", 1));
+        s.endpoints.insert("x".into(), ep("x", "a", [10, 10, 0, 2]));
+        assert_eq!(s.check(), Ok(()));
+        let mut dup = s.clone();
+        let mut y = ep("y", "a", [10, 10, 0, 2]);
+        y.host_ifname = "dp1".into();
+        dup.endpoints.insert("y".into(), y);
+        assert!(dup.check().unwrap_err().contains("two endpoints"));
+        let mut orphan = s.clone();
+        orphan.endpoints.insert("z".into(), ep("z", "nope", [10, 30, 0, 2]));
+        assert!(orphan.check().unwrap_err().contains("does not exist"));
+        let mut outside = s.clone();
+        outside.endpoints.get_mut("x").unwrap().ip = Ipv4Addr::new(10, 11, 0, 2);
+        assert!(outside.check().unwrap_err().contains("not usable"));
+        let mut overlap = s.clone();
+        overlap.networks.insert("b".into(), net("b", "10.10.1.0/24", 2));
+        assert!(overlap.check().unwrap_err().contains("overlap"));
+        let dir = std::env::temp_dir().join(format!("dp-state-test-{}", random_id()));
+        dup.save(&dir).unwrap();
+        let err = State::load(&dir).unwrap_err().to_string();
+        assert!(err.contains("state.json") && err.contains("inconsistent"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -110,6 +110,52 @@ fn network_bad_input_is_rejected_and_changes_nothing() {
     node.ok(&["network", "create", &x, "--subnet", "10.21.0.0/24", "--gateway", "10.21.0.1"]);
 }
 
+/// Hardening: networks on reserved ranges (loopback, multicast, class E,
+/// link-local, 0/8) and uplinks that are not uplinks (loopback, the
+/// datapath's own bridge or veth) are refused with a clear error and change
+/// nothing (224.0.0.0/16 used to fail with an internal error, the others
+/// were accepted).
+#[test]
+fn reserved_ranges_and_fake_uplinks_are_refused() {
+    kernel_test!();
+    let mut node = Node::new();
+    let x = node.ep("x");
+    let ep = node.create_endpoint(&node.ep("a"), &[]);
+    let cases = vec![
+        ("loopback range", v(&["network", "create", &x, "--subnet", "127.0.0.0/8"])),
+        ("multicast range", v(&["network", "create", &x, "--subnet", "224.0.0.0/16"])),
+        ("class E", v(&["network", "create", &x, "--subnet", "240.0.0.0/8"])),
+        ("link-local", v(&["network", "create", &x, "--subnet", "169.254.0.0/16"])),
+        ("this network", v(&["network", "create", &x, "--subnet", "0.0.0.0/8"])),
+        ("uplink: loopback", v(&["network", "create", &x, "--subnet", "10.31.0.0/24", "--uplink", "lo"])),
+        ("uplink: a bridge", v(&["network", "create", &x, "--subnet", "10.31.0.0/24", "--uplink", "datapath0"])),
+        ("uplink: a veth", v(&["network", "create", &x, "--subnet", "10.31.0.0/24", "--uplink", &ep.host_ifname])),
+    ];
+    expect_rejections(&mut node, &cases);
+    let err = stderr_str(&node.cli(&["network", "create", &x, "--subnet", "224.0.0.0/16"]));
+    assert!(err.contains("reserved") && !err.contains("internal"), "{err}");
+}
+
+/// Hardening: a client whose output pipe is closed ends quietly (SIGPIPE,
+/// as Unix tools do) instead of panicking ("failed printing to stdout").
+#[test]
+fn cli_exits_quietly_on_a_closed_pipe() {
+    kernel_test!();
+    let mut node = Node::new();
+    node.create_endpoint(&node.ep("a"), &[]);
+    let cmd = format!(
+        "{} --socket {} endpoint ls -o json | true; echo \"status=${{PIPESTATUS[0]}}\"",
+        bin().display(),
+        node.socket.display()
+    );
+    for _ in 0..3 {
+        let out = run(Command::new("bash").args(["-c", &cmd]));
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), stderr_str(&out));
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{stderr}");
+        assert!(stdout.contains("status=141") || stdout.contains("status=0"), "{stdout} {stderr}");
+    }
+}
+
 /// Test 10 (endpoints): IP outside subnet, taken IP (also the gateway's),
 /// taken name, unknown network, rm of a network with endpoints.
 #[test]
