@@ -11,6 +11,8 @@ pub enum ErrorKind {
     NotFound,
     Conflict,
     Unsupported,
+    /// The agent is busy (too many connections): try again.
+    Unavailable,
     Internal,
 }
 

@@ -31,6 +31,42 @@ pub struct Envelope {
     pub request: Request,
 }
 
+/// Why a request line was refused before it reached the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not JSON, not an object, no op, wrong field types.
+    Malformed(String),
+    /// A field the request does not have (a typo would otherwise be ignored).
+    UnknownField(String),
+    Version(u32),
+}
+
+impl Envelope {
+    /// Parses one request line strictly: the version is checked first, and a
+    /// field the request does not have is an error, not silently ignored.
+    pub fn parse(line: &str) -> Result<Envelope, ParseError> {
+        let value: serde_json::Value = serde_json::from_str(line).map_err(|e| ParseError::Malformed(e.to_string()))?;
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(ParseError::Malformed("a request is a JSON object".into()));
+        };
+        let version =
+            fields.remove("api_version").ok_or_else(|| ParseError::Malformed("missing api_version".into()))?;
+        let api_version: u32 = serde_json::from_value(version).map_err(|e| ParseError::Malformed(e.to_string()))?;
+        if api_version != API_VERSION {
+            return Err(ParseError::Version(api_version));
+        }
+        let request: Request = serde_json::from_value(serde_json::Value::Object(fields.clone()))
+            .map_err(|e| ParseError::Malformed(e.to_string()))?;
+        // Every field of a request is serialized (none is skipped), so a field
+        // of the line missing from the re-serialized request is unknown.
+        let known = serde_json::to_value(&request).map_err(|e| ParseError::Malformed(e.to_string()))?;
+        if let Some(unknown) = fields.keys().find(|k| known.get(k.as_str()).is_none()) {
+            return Err(ParseError::UnknownField(unknown.clone()));
+        }
+        Ok(Envelope { api_version, request })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -180,6 +216,23 @@ mod tests {
         assert_eq!(rm.request, Request::NetworkRemove { name: "n".into() });
         let ping: Envelope = serde_json::from_str(r#"{"api_version":1,"op":"ping"}"#).unwrap();
         assert_eq!(ping.request, Request::Ping);
+    }
+
+    #[test]
+    fn unknown_fields_and_versions_are_refused() {
+        let ok = r#"{"api_version":1,"op":"network_create","name":"n","subnet":"10.1.0.0/24"}"#;
+        assert!(Envelope::parse(ok).is_ok());
+        for (bad, field) in [
+            (r#"{"api_version":1,"op":"network_create","name":"n","subnet":"10.1.0.0/24","subnte":"x"}"#, "subnte"),
+            (r#"{"api_version":1,"op":"ping","force":true}"#, "force"),
+            (r#"{"api_version":1,"op":"endpoint_remove","name":"a","all":true}"#, "all"),
+        ] {
+            assert_eq!(Envelope::parse(bad), Err(ParseError::UnknownField(field.into())), "{bad}");
+        }
+        assert_eq!(Envelope::parse(r#"{"api_version":2,"op":"ping"}"#), Err(ParseError::Version(2)));
+        for bad in [r#"[1]"#, r#"{"op":"ping"}"#, r#"{"api_version":"1","op":"ping"}"#, "nope"] {
+            assert!(matches!(Envelope::parse(bad), Err(ParseError::Malformed(_))), "{bad}");
+        }
     }
 
     #[test]

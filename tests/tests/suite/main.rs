@@ -5,6 +5,7 @@
 //! Run (as root): `cargo test -p datapath-tests -- --test-threads=2`
 //! (`DATAPATH_BIN=/path/to/datapath` to pick the binary).
 
+mod api_limits;
 mod cli;
 mod concurrency;
 mod connectivity;
