@@ -60,7 +60,12 @@ impl Agent {
             inner.stoppable(name)?
         };
         if let (true, Some(pid)) = (spec.is_running(), spec.pid) {
-            end_process(&spec, pid).await;
+            // Still the command's own process (pid and start time, and in
+            // its namespace), or nothing is signalled.
+            let netns = spec.netns_path.clone();
+            if blocking(move || process::in_netns(pid, &netns)).await.unwrap_or(false) {
+                end_process(&spec, pid).await;
+            }
         }
         let mut inner = self.inner.lock().await;
         let removed = match inner.state.containers.contains_key(name) {
@@ -240,14 +245,30 @@ impl Inner {
         Ok((spawned, log))
     }
 
+    /// The CLI started a foreground command: its pid is recorded only if
+    /// it is a process of the command's own namespace, and only once, so a
+    /// client can never make the agent signal a process it did not start
+    /// (a `stop` signals the recorded pid).
     pub(super) async fn container_started(&mut self, name: &str, pid: u32) -> Result<(), ApiError> {
         let c = self
             .state
             .containers
-            .get_mut(name)
+            .get(name)
             .ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))?;
-        c.pid = Some(pid);
-        c.pid_start = process::start_time(pid);
+        if c.detached || c.pid.is_some() || c.exit_code.is_some() {
+            return Err(ApiError::conflict(format!("container {name:?} already has its process")));
+        }
+        let netns = c.netns_path.clone();
+        let (inside, start) = blocking(move || (process::in_netns(pid, &netns), process::start_time(pid))).await?;
+        if !inside || start.is_none() {
+            return Err(ApiError::invalid(format!(
+                "process {pid} is not a process of container {name:?} (not in its network namespace)"
+            )));
+        }
+        if let Some(c) = self.state.containers.get_mut(name) {
+            c.pid = Some(pid);
+            c.pid_start = start;
+        }
         self.save().await
     }
 

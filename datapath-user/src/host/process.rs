@@ -20,6 +20,15 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether process `pid` lives in the network namespace at `netns_path`
+/// (same nsfs inode).
+pub fn in_netns(pid: u32, netns_path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let theirs = ns(Path::new(&format!("/proc/{pid}/ns/net")));
+    theirs.is_some() && theirs == ns(netns_path)
+}
+
 /// Whether `pid` is alive and still the process that started at `start`
 /// (zombies count as exited).
 pub fn is_alive(pid: u32, start: u64) -> bool {
@@ -67,6 +76,14 @@ pub fn spawn_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespace_identity() {
+        let me = std::process::id();
+        assert!(in_netns(me, Path::new("/proc/self/ns/net")));
+        assert!(!in_netns(me, Path::new("/proc/self/ns/mnt")));
+        assert!(!in_netns(u32::MAX, Path::new("/proc/self/ns/net")));
+    }
 
     #[test]
     fn start_time_survives_odd_command_names() {

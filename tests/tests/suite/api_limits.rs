@@ -1,5 +1,5 @@
-//! Hardening of the API socket against hostile clients: request size,
-//! unknown fields, connection count and idle clients.
+//! Hardening against hostile API clients: request size, unknown fields,
+//! connection count, idle clients, and pids reported as a command's.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -85,4 +85,33 @@ fn connections_are_bounded_and_idle_ones_dropped() {
     assert!(closed, "an idle connection stayed open");
     assert!(started.elapsed() < Duration::from_secs(14));
     node.ok(&["network", "ls"]);
+}
+
+/// A client cannot make the agent signal a process it did not start:
+/// reporting an unrelated pid as a command's process is refused, and a
+/// `stop` leaves that process alone (it used to SIGTERM it).
+#[test]
+fn a_reported_pid_must_be_the_commands_own() {
+    kernel_test!();
+    let mut node = Node::new();
+    let mut bystander = std::process::Command::new("sleep").arg("300").spawn().expect("sleep");
+    let name = node.ep("c");
+    let create = format!(
+        "{{\"api_version\":1,\"op\":\"container_create\",\"name\":\"{name}\",\"argv\":[\"sleep\",\"1\"],\"detach\":false}}\n"
+    );
+    let answer = exchange(&node, create.as_bytes());
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    let started =
+        format!("{{\"api_version\":1,\"op\":\"container_started\",\"name\":\"{name}\",\"pid\":{}}}\n", bystander.id());
+    let answer = exchange(&node, started.as_bytes());
+    assert!(answer.contains("\"ok\":false") && answer.contains("not a process of container"), "{answer}");
+    let stop = format!("{{\"api_version\":1,\"op\":\"container_stop\",\"name\":\"{name}\"}}\n");
+    let answer = exchange(&node, stop.as_bytes());
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = bystander.try_wait().expect("try_wait").is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(alive, "the agent signalled a process it did not start");
+    assert!(node.agent_alive());
 }
