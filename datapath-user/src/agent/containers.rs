@@ -63,7 +63,7 @@ impl Agent {
             // Still the command's own process (pid and start time, and in
             // its namespace), or nothing is signalled.
             let netns = spec.netns_path.clone();
-            if blocking(move || process::in_netns(pid, &netns)).await.unwrap_or(false) {
+            if blocking(move || process::in_netns(pid, &netns)).await.ok().flatten() == Some(true) {
                 end_process(&spec, pid).await;
             }
         }
@@ -259,12 +259,20 @@ impl Inner {
             return Err(ApiError::conflict(format!("container {name:?} already has its process")));
         }
         let netns = c.netns_path.clone();
-        let (inside, start) = blocking(move || (process::in_netns(pid, &netns), process::start_time(pid))).await?;
-        if !inside || start.is_none() {
+        let (start, inside) = blocking(move || {
+            let start = process::start_time(pid);
+            (start, process::in_netns(pid, &netns))
+        })
+        .await?;
+        // A process that already ended (a short command: gone or a zombie)
+        // is recorded without a start time, so it is never taken as running
+        // nor signalled; a live one must be in the command's namespace.
+        if inside == Some(false) {
             return Err(ApiError::invalid(format!(
                 "process {pid} is not a process of container {name:?} (not in its network namespace)"
             )));
         }
+        let start = if inside == Some(true) { start } else { None };
         if let Some(c) = self.state.containers.get_mut(name) {
             c.pid = Some(pid);
             c.pid_start = start;

@@ -21,12 +21,13 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
 }
 
 /// Whether process `pid` lives in the network namespace at `netns_path`
-/// (same nsfs inode).
-pub fn in_netns(pid: u32, netns_path: &Path) -> bool {
+/// (same nsfs inode); `None` when its namespace cannot be read (the process
+/// is gone, or a zombie).
+pub fn in_netns(pid: u32, netns_path: &Path) -> Option<bool> {
     use std::os::unix::fs::MetadataExt;
     let ns = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    let theirs = ns(Path::new(&format!("/proc/{pid}/ns/net")));
-    theirs.is_some() && theirs == ns(netns_path)
+    let theirs = ns(Path::new(&format!("/proc/{pid}/ns/net")))?;
+    Some(Some(theirs) == ns(netns_path))
 }
 
 /// Whether `pid` is alive and still the process that started at `start`
@@ -80,9 +81,9 @@ mod tests {
     #[test]
     fn namespace_identity() {
         let me = std::process::id();
-        assert!(in_netns(me, Path::new("/proc/self/ns/net")));
-        assert!(!in_netns(me, Path::new("/proc/self/ns/mnt")));
-        assert!(!in_netns(u32::MAX, Path::new("/proc/self/ns/net")));
+        assert_eq!(in_netns(me, Path::new("/proc/self/ns/net")), Some(true));
+        assert_eq!(in_netns(me, Path::new("/proc/self/ns/mnt")), Some(false));
+        assert_eq!(in_netns(u32::MAX, Path::new("/proc/self/ns/net")), None);
     }
 
     #[test]
