@@ -70,6 +70,14 @@ impl Inner {
 
     /// Validates a create request into the spec of a new endpoint of `net`.
     fn endpoint_spec(&self, req: &EndpointCreate, net: &NetworkSpec) -> Result<EndpointSpec, ApiError> {
+        if let Some(path) = &req.netns_path {
+            if crate::host::process::in_netns(std::process::id(), path) == Some(true) {
+                return Err(ApiError::invalid(format!(
+                    "{} is the node's own network namespace: an endpoint needs a namespace of its own",
+                    path.display()
+                )));
+            }
+        }
         let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".to_string());
         if !valid_ifname(&ifname) {
             return Err(ApiError::invalid(format!("invalid interface name {ifname:?}")));
@@ -255,8 +263,11 @@ impl Inner {
         let eth = inside.require_index(&spec.ifname).await?;
         inside.add_address(eth, spec.ip, net.subnet.prefix_len()).await?;
         inside.set_up(eth).await?;
-        if !net.options.internal {
-            // Internal networks have no route beyond their subnet.
+        // Internal networks have no route beyond their subnet. A namespace
+        // that has a default route keeps it (a container's own, or another
+        // network's endpoint's): the datapath adds one only where there is
+        // none, and what it adds goes with its veth.
+        if !net.options.internal && (spec.owns_netns || !inside.has_default_route().await?) {
             inside.add_default_route(net.gateway).await?;
         }
         self.failpoint("addr")?;

@@ -278,6 +278,11 @@ impl Netlink {
     }
 
     /// The output interface of the IPv4 default route, if there is one.
+    /// Whether the namespace has a default route (through any device).
+    pub async fn has_default_route(&self) -> Result<bool, NetlinkError> {
+        Ok(self.ipv4_routes().await?.iter().any(|(net, _)| net.prefix_len() == 0))
+    }
+
     pub async fn default_route_oif(&self) -> Result<Option<u32>, NetlinkError> {
         Ok(self.ipv4_routes().await?.into_iter().find(|(net, _)| net.prefix_len() == 0).and_then(|(_, oif)| oif))
     }

@@ -115,3 +115,49 @@ fn a_reported_pid_must_be_the_commands_own() {
     assert!(alive, "the agent signalled a process it did not start");
     assert!(node.agent_alive());
 }
+
+fn default_route(netns: &str) -> String {
+    let out =
+        datapath_tests::proc::run(std::process::Command::new("ip").args(["-n", netns, "route", "show", "default"]));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Attaching to an existing namespace (the CNI case) never changes routes
+/// the datapath did not make: a default route already there stays, also
+/// after the endpoint is removed (it used to be replaced, then deleted), and
+/// the node's own namespace is refused (pointed at it, the endpoint cut
+/// every endpoint off the outside).
+#[test]
+fn attaching_to_an_existing_namespace_keeps_its_routes() {
+    kernel_test!();
+    let mut node = Node::new();
+    let ns = node.ep("c");
+    let ip = |args: &[&str]| {
+        let out = datapath_tests::proc::run(std::process::Command::new("ip").args(args));
+        assert!(out.status.success(), "ip {args:?}: {}", datapath_tests::proc::show(&out));
+    };
+    ip(&["netns", "add", &ns]);
+    ip(&["-n", &ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    ip(&["-n", &ns, "addr", "add", "192.0.2.2/24", "dev", "v0"]);
+    ip(&["-n", &ns, "link", "set", "v0", "up"]);
+    ip(&["-n", &ns, "link", "set", "v1", "up"]);
+    ip(&["-n", &ns, "route", "add", "default", "via", "192.0.2.1"]);
+    let before = default_route(&ns);
+    let req = format!(
+        "{{\"api_version\":1,\"op\":\"endpoint_create\",\"name\":\"{ns}\",\"netns_path\":\"/run/netns/{ns}\",\"ifname\":\"eth1\"}}\n"
+    );
+    let answer = exchange(&node, req.as_bytes());
+    assert!(answer.contains("\"ok\":true"), "{answer}");
+    assert_eq!(default_route(&ns), before, "the namespace's default route was changed");
+    node.ok(&["endpoint", "rm", &ns]);
+    assert_eq!(default_route(&ns), before, "removing the endpoint changed the namespace's default route");
+    let node_route = default_route(&node.name);
+    let own = format!("/proc/{}/ns/net", node.agent_pid().expect("agent pid"));
+    let req = format!(
+        "{{\"api_version\":1,\"op\":\"endpoint_create\",\"name\":\"{}\",\"netns_path\":\"{own}\",\"ifname\":\"eth9\"}}\n",
+        node.ep("n")
+    );
+    let answer = exchange(&node, req.as_bytes());
+    assert!(answer.contains("\"ok\":false") && answer.contains("node's own"), "{answer}");
+    assert_eq!(default_route(&node.name), node_route);
+}
