@@ -15,6 +15,10 @@ use datapath_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP};
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+/// VLAN tag protocols: 802.1Q, 802.1ad (QinQ) and the old QinQ 0x9100.
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const ETH_P_QINQ1: u16 = 0x9100;
 /// IPv4-over-Ethernet ARP body.
 pub const ARP_LEN: usize = 28;
 pub const IPV4_MIN_HLEN: usize = 20;
@@ -172,6 +176,15 @@ pub fn skb_gso_size(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).gso_size }
 }
 
+/// Whether the skb carries a VLAN tag out of band (`skb->vlan_tci`): the
+/// kernel takes the outer 802.1Q / 802.1ad tag off a received frame before
+/// TC ingress runs, leaving the inner ethertype in the frame.
+#[inline(always)]
+pub fn skb_vlan_present(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the whole program run.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
+}
+
 /// `skb->pkt_type`.
 #[inline(always)]
 pub fn skb_pkt_type(ctx: &TcContext) -> u32 {
@@ -185,6 +198,8 @@ pub fn skb_pkt_type(ctx: &TcContext) -> u32 {
 pub struct Ip {
     pub saddr: u32,
     pub daddr: u32,
+    /// Total length, host order (0: a GSO packet beyond 64 KiB).
+    pub tot_len: u16,
     /// Host order.
     pub frag_off: u16,
     /// Header length in bytes.
@@ -204,6 +219,23 @@ pub struct L4 {
     pub port_off: usize,
     /// TCP flags; for ICMP the message type.
     pub tcp_flags: u8,
+}
+
+/// Whether the L4 header at `off` of a TCP or UDP packet whose IP payload
+/// ends at `end` (offset in the frame) is consistent: TCP data offset >= 5
+/// and the whole TCP header before `end`; UDP length >= 8 and not beyond
+/// `end` (shorter is allowed: the receiver trims, as the kernel does).
+/// Reads the two bytes again rather than carrying them in [`L4`]: a
+/// packet-derived value kept in the header copy costs the verifier
+/// hundreds of thousands of instructions on the paths after it.
+#[inline(always)]
+pub fn l4_sane(ctx: &TcContext, proto: u8, off: usize, end: usize) -> bool {
+    let tcp = proto == IPPROTO_TCP;
+    let Ok(b) = ctx.load::<[u8; 2]>(off + if tcp { 12 } else { 4 }) else {
+        return false;
+    };
+    let (extent, min) = if tcp { (usize::from(b[0] >> 4) * 4, 20) } else { (usize::from(u16::from_be_bytes(b)), 8) };
+    extent >= min && off + extent <= end
 }
 
 /// Reads the L4 header of a packet whose L4 starts at `l4`. `None`: too
