@@ -219,31 +219,20 @@ pub struct L4 {
     pub port_off: usize,
     /// TCP flags; for ICMP the message type.
     pub tcp_flags: u8,
+    /// The header is consistent: TCP data offset >= 5 and the whole TCP
+    /// header before the end of the IP payload; UDP length >= 8 and not
+    /// beyond it (shorter is allowed: the receiver trims, as the kernel
+    /// does). Always for ICMP.
+    pub sane: bool,
 }
 
-/// Whether the L4 header at `off` of a TCP or UDP packet whose IP payload
-/// ends at `end` (offset in the frame) is consistent: TCP data offset >= 5
-/// and the whole TCP header before `end`; UDP length >= 8 and not beyond
-/// `end` (shorter is allowed: the receiver trims, as the kernel does).
-/// Reads the two bytes again rather than carrying them in [`L4`]: a
-/// packet-derived value kept in the header copy costs the verifier
-/// hundreds of thousands of instructions on the paths after it.
-#[inline(always)]
-pub fn l4_sane(ctx: &TcContext, proto: u8, off: usize, end: usize) -> bool {
-    let tcp = proto == IPPROTO_TCP;
-    let Ok(b) = ctx.load::<[u8; 2]>(off + if tcp { 12 } else { 4 }) else {
-        return false;
-    };
-    let (extent, min) = if tcp { (usize::from(b[0] >> 4) * 4, 20) } else { (usize::from(u16::from_be_bytes(b)), 8) };
-    extent >= min && off + extent <= end
-}
-
-/// Reads the L4 header of a packet whose L4 starts at `l4`. `None`: too
+/// Reads the L4 header of a packet whose L4 starts at `l4` and whose IP
+/// payload ends at `end` (offset in the frame). `None`: too
 /// short (the caller drops or passes). For ICMP, `sport`/`dport` follow the
 /// `CtKey` convention (request: id as sport, reply: id as dport) and
 /// `tcp_flags` carries the ICMP type.
 #[inline(always)]
-pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize) -> Option<L4> {
+pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize, end: usize) -> Option<L4> {
     match proto {
         IPPROTO_TCP => {
             let h: [u8; 20] = ctx.load(l4).ok()?;
@@ -253,6 +242,7 @@ pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize) -> Option<L4> {
                 csum_off: l4 + 16,
                 port_off: l4,
                 tcp_flags: h[13],
+                sane: h[12] >= 0x50 && l4 + usize::from(h[12] >> 4) * 4 <= end,
             })
         }
         IPPROTO_UDP => {
@@ -263,13 +253,17 @@ pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize) -> Option<L4> {
                 csum_off: l4 + 6,
                 port_off: l4,
                 tcp_flags: 0,
+                sane: {
+                    let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+                    len >= 8 && l4 + len <= end
+                },
             })
         }
         _ => {
             let h: [u8; 8] = ctx.load(l4).ok()?;
             let id = u16::from_ne_bytes([h[4], h[5]]);
             let (sport, dport) = CtKey::icmp_echo_ports(h[0] == ICMP_ECHO_REQUEST, id);
-            Some(L4 { sport, dport, csum_off: l4 + 2, port_off: l4 + 4, tcp_flags: h[0] })
+            Some(L4 { sport, dport, csum_off: l4 + 2, port_off: l4 + 4, tcp_flags: h[0], sane: true })
         }
     }
 }

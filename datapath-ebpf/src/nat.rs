@@ -30,7 +30,7 @@ use crate::{
     csum::{self, Nat},
     fib,
     hdr::{
-        self, l4_sane, read_l4, Ip, ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
+        self, read_l4, Ip, ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
         ICMP_TIME_EXCEEDED, IPV4_MIN_HLEN, IP_DF, IP_MF_OFFSET, L4, PACKET_HOST, TCP_ACK, TCP_RST, TCP_SYN,
     },
     maps,
@@ -72,14 +72,13 @@ pub fn egress(ctx: &TcContext, src: &EndpointInfo, req: &NatRequest) -> Verdict 
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return drop(reason::DROP_NAT_PROTO);
     }
-    let l4off = ETH_HLEN + (usize::from(ip.hlen) & 0x3c);
-    let Some(l4) = read_l4(ctx, proto, l4off) else {
-        return drop(reason::DROP_TRUNCATED);
-    };
     // The decision checked tot_len against the frame (0: a GSO packet
     // beyond 64 KiB, as long as the skb).
     let end = if ip.tot_len == 0 { ctx.len() as usize } else { ETH_HLEN + usize::from(ip.tot_len) };
-    if proto != IPPROTO_ICMP && !l4_sane(ctx, proto, l4off, end) {
+    let Some(l4) = read_l4(ctx, proto, ETH_HLEN + (usize::from(ip.hlen) & 0x3c), end) else {
+        return drop(reason::DROP_TRUNCATED);
+    };
+    if !l4.sane {
         return drop(reason::DROP_BAD_L4_HEADER);
     }
     if proto == IPPROTO_ICMP && l4.tcp_flags != ICMP_ECHO_REQUEST {
@@ -255,7 +254,11 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
         return pass(reason::PASS_UPLINK_HOST);
     }
     let l4off = ETH_HLEN + hlen;
-    let Some(l4) = read_l4(ctx, proto, l4off) else {
+    // Where the IP payload ends, within the frame (tot_len 0: a GRO packet
+    // beyond 64 KiB).
+    let len = ctx.len() as usize;
+    let end = if tot_len == 0 || ETH_HLEN + tot_len > len { len } else { ETH_HLEN + tot_len };
+    let Some(l4) = read_l4(ctx, proto, l4off, end) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
     if proto == IPPROTO_ICMP && l4.tcp_flags != ICMP_ECHO_REPLY {
@@ -265,19 +268,15 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
         }
         return pass(reason::PASS_UPLINK_HOST);
     }
-    // Where the IP payload ends, within the frame (tot_len 0: a GRO packet
-    // beyond 64 KiB).
-    let len = ctx.len() as usize;
-    let end = if tot_len == 0 || ETH_HLEN + tot_len > len { len } else { ETH_HLEN + tot_len };
-    let sane = proto == IPPROTO_ICMP || l4_sane(ctx, proto, l4off, end);
-    reply(ctx, ep, CtKey::new(proto, saddr, daddr, l4.sport, l4.dport), ttl, &l4, sane)
+    reply(ctx, ep, CtKey::new(proto, saddr, daddr, l4.sport, l4.dport), ttl, &l4)
 }
 
 /// A reply (`key`: its tuple as it arrived) of a translated flow: restores
-/// the endpoint's address and port and delivers it (`sane`: its L4 header
-/// passed [`l4_sane`]; a malformed one of a flow is dropped, not translated).
+/// the endpoint's address and port and delivers it. A reply of a flow whose
+/// L4 header is not [`L4::sane`] is dropped, not translated (the node's own
+/// traffic is left to the kernel).
 #[inline(always)]
-fn reply(ctx: &TcContext, ep: &mut EndpointInfo, key: CtKey, ttl: u8, l4: &L4, sane: bool) -> Verdict {
+fn reply(ctx: &TcContext, ep: &mut EndpointInfo, key: CtKey, ttl: u8, l4: &L4) -> Verdict {
     let (proto, daddr) = (key.proto, key.daddr);
     let Some(rev) = conntrack::get(&key) else {
         return pass(reason::PASS_UPLINK_HOST);
@@ -301,7 +300,7 @@ fn reply(ctx: &TcContext, ep: &mut EndpointInfo, key: CtKey, ttl: u8, l4: &L4, s
     };
     *ep = e;
     let was = u64::from(daddr) | (u64::from(u16::from_be(key.dport)) << 32);
-    if !sane {
+    if !l4.sane {
         return Verdict { was, ..drop(reason::DROP_BAD_L4_HEADER) };
     }
     if ttl <= 1 {

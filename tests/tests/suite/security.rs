@@ -12,6 +12,7 @@ use std::time::Duration;
 use datapath_tests::frames::{self, hex, parse_ip, parse_mac};
 use datapath_tests::net::{self, link_stats, python_bg, python_in};
 use datapath_tests::node::{delta, AgentOpts, Datapath, Node, OUTSIDE_IP};
+use datapath_tests::outside::{bad_checksum_lines, verified_checksums, Capture};
 use datapath_tests::proc::{show, stdout_str, BgProcess};
 use datapath_tests::{assert_ping, both_datapaths, py};
 use serde_json::Value;
@@ -410,6 +411,12 @@ both_datapaths! {
 /// well-formed datagram does leave. Kernel datapath: conntrack marks them
 /// invalid and the ruleset's `ct state invalid drop` drops them (no eBPF
 /// counter).
+/// A well-formed datagram with a wrong UDP checksum: eBPF does not verify L4
+/// checksums (see the README): it leaves translated, its checksum exactly
+/// as wrong (so the receiver drops it), never "repaired". Kernel datapath
+/// (differs on purpose): conntrack verifies the checksum of a packet that
+/// is not CHECKSUM_PARTIAL/UNNECESSARY in PREROUTING (nf_conntrack_checksum)
+/// and drops it as invalid.
 fn malformed_l4_from_an_endpoint_is_never_translated(dp) {
     let mut node = Node::with(AgentOpts::with_uplink(dp));
     let out = node.outside().to_string();
@@ -418,7 +425,9 @@ fn malformed_l4_from_an_endpoint_is_never_translated(dp) {
     assert_ping(&a.name, &a.gateway, 1);
     let m = |s: &str| format!("{}{s}", node.prefix);
     let (ctl, doff2, doff15, ulen4, ulong) = (m("L4CTL"), m("DOFF2"), m("DOFF15"), m("ULEN4"), m("ULONG"));
-    let so = sniffer(&node, &out, "4", &[&ctl, &doff2, &doff15, &ulen4, &ulong]);
+    let badsum = m("UBADSUM");
+    let so = sniffer(&node, &out, "4", &[&ctl, &doff2, &doff15, &ulen4, &ulong, &badsum]);
+    let mut wire = Capture::start(&node, &out, "eth0", "outside", "udp port 9999");
     let s0 = node.stats();
     let (a_ip, o) = (parse_ip(&a.ip), parse_ip(OUTSIDE_IP));
     let frame = |proto: u8, l4: &[u8]| {
@@ -443,22 +452,38 @@ fn malformed_l4_from_an_endpoint_is_never_translated(dp) {
         f.push(frame(frames::IPPROTO_TCP, &syn(41020 + i, 15, &doff15)));
         f.push(frame(frames::IPPROTO_UDP, &udp(41030 + i, 4, &ulen4)));
         f.push(frame(frames::IPPROTO_UDP, &udp(41040 + i, 200, &ulong)));
+        let mut u = frames::udp(a_ip, o, 41050 + i, 9999, badsum.as_bytes());
+        u[6] ^= 0x5a;
+        f.push(frame(frames::IPPROTO_UDP, &u));
     }
     send_frames(&node, &a.name, &f);
     let co = sniffer_counts(so);
+    let text = wire.read("");
     let s1 = node.stats();
     let (bad, _) = delta(&s0, &s1, "drop-bad-l4-header");
     let flows = node.conntrack(None);
-    let summary = format!("the outside saw {co}; drop-bad-l4-header +{bad}; {} flows", flows.len());
+    let (wrong, right) = (bad_checksum_lines(&text).len(), verified_checksums(&text));
+    let summary = format!(
+        "the outside saw {co}; drop-bad-l4-header +{bad}; {} flows; {wrong} wrong and {right} correct UDP \
+         checksums on the wire:\n{text}",
+        flows.len()
+    );
     let n = u64::from(N);
     assert!(co[&ctl].as_u64().unwrap_or(0) >= n, "well-formed UDP from A did not leave: {summary}");
     for k in [&doff2, &doff15, &ulen4, &ulong] {
         assert_eq!(co[k], 0, "malformed L4 from A left the uplink ({k}): {summary}");
     }
+    // Only the well-formed datagrams leave with a correct checksum.
+    assert_eq!(right, N as usize, "checksums verified on the wire: {summary}");
     if dp == Datapath::Kernel {
+        assert_eq!(co[&badsum], 0, "kernel datapath: conntrack should drop a wrong UDP checksum: {summary}");
         assert_eq!(bad, 0, "kernel datapath counted eBPF drops: {summary}");
         return;
     }
+    assert!(
+        co[&badsum].as_u64().unwrap_or(0) >= n && wrong >= N as usize,
+        "eBPF: the wrong-checksum datagrams should leave, still wrong: {summary}"
+    );
     assert!(bad >= 4 * n, "drop-bad-l4-header grew by less than {}: {summary}", 4 * n);
     for fl in &flows {
         let sport = fl["original"]["sport"].as_u64().unwrap_or(0);
