@@ -16,15 +16,16 @@ pub struct Counter {
 /// Unicast IPv4 for another endpoint of the same network, delivered
 /// straight into its namespace with `bpf_redirect_peer`.
 pub const FWD_REDIRECT_PEER: u32 = 1;
-/// Broadcast or multicast frame, handed to the bridge.
+/// Broadcast or multicast IPv4 (with the endpoint's own source), handed to
+/// the bridge.
 pub const PASS_BROADCAST: u32 = 2;
 /// ARP, handed to the bridge.
 pub const PASS_ARP: u32 = 3;
 /// Unicast IPv4 not for a local endpoint of the same network (gateway,
 /// host, other networks, beyond the node): handed to the bridge.
 pub const PASS_TO_BRIDGE: u32 = 4;
-/// Neither IPv4 nor ARP (IPv6, LLDP, ...): handed to the bridge.
-pub const PASS_OTHER_PROTO: u32 = 5;
+/// (Code 5, `pass-other-proto`, is retired: frames that are neither IPv4
+/// nor ARP are dropped as [`DROP_ETHERTYPE`].)
 /// The program ran on an interface that is not in the endpoint table
 /// (e.g. during setup or teardown): left to the kernel.
 pub const PASS_UNKNOWN_IFACE: u32 = 6;
@@ -70,6 +71,20 @@ pub const DROP_NAT_FRAGMENT: u32 = 44;
 pub const DROP_NAT_PROTO: u32 = 45;
 /// A translated reply whose TTL would expire at the node.
 pub const DROP_TTL_EXCEEDED: u32 = 46;
+/// A frame from an endpoint with an 802.1Q / 802.1ad (QinQ) / 0x9100 VLAN
+/// tag, in the frame or in `skb->vlan_tci` (the tag the kernel took off):
+/// checked before anything else, so no encapsulation gets past the
+/// identity checks or out of the uplink into a VLAN of the node's network.
+pub const DROP_VLAN_TAGGED: u32 = 47;
+/// A frame from an endpoint that is neither Ethernet II IPv4 nor ARP (IPv6,
+/// 802.3/LLC such as STP, LLDP, any other ethertype): networks are IPv4-only
+/// and endpoints have IPv6 disabled, so such a frame is forged and would
+/// reach the bridge, the node and other endpoints past every IPv4 policy.
+pub const DROP_ETHERTYPE: u32 = 48;
+/// TCP with a data offset below 5 or a header beyond the IP payload, or UDP
+/// with a length below 8 or beyond the IP payload, on its way through the
+/// masquerade (out, or a reply on the uplink): not translated.
+pub const DROP_BAD_L4_HEADER: u32 = 49;
 
 /// Packet verdicts of the NAT paths.
 /// Uplink ingress without a NAT mapping (the node's own traffic): passed
@@ -103,7 +118,7 @@ pub const fn is_event(code: u32) -> bool {
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 27] = [
+pub const ALL: [u32; 29] = [
     FWD_REDIRECT_PEER,
     FWD_NAT,
     FWD_REVNAT,
@@ -112,7 +127,6 @@ pub const ALL: [u32; 27] = [
     PASS_BROADCAST,
     PASS_ARP,
     PASS_TO_BRIDGE,
-    PASS_OTHER_PROTO,
     PASS_UNKNOWN_IFACE,
     PASS_UPLINK_HOST,
     PASS_NAT_NOT_ROUTED,
@@ -131,6 +145,9 @@ pub const ALL: [u32; 27] = [
     DROP_NAT_FRAGMENT,
     DROP_NAT_PROTO,
     DROP_TTL_EXCEEDED,
+    DROP_VLAN_TAGGED,
+    DROP_ETHERTYPE,
+    DROP_BAD_L4_HEADER,
 ];
 
 /// Length of the longest name (the trace column width).
@@ -160,7 +177,6 @@ pub const fn name(code: u32) -> &'static str {
         PASS_BROADCAST => "pass-broadcast",
         PASS_ARP => "pass-arp",
         PASS_TO_BRIDGE => "pass-to-bridge",
-        PASS_OTHER_PROTO => "pass-other-proto",
         PASS_UNKNOWN_IFACE => "pass-unknown-iface",
         DROP_TRUNCATED => "drop-truncated",
         DROP_BAD_IPV4_HEADER => "drop-bad-ipv4-header",
@@ -177,6 +193,9 @@ pub const fn name(code: u32) -> &'static str {
         DROP_NAT_FRAGMENT => "drop-nat-fragment",
         DROP_NAT_PROTO => "drop-nat-proto",
         DROP_TTL_EXCEEDED => "drop-ttl-exceeded",
+        DROP_VLAN_TAGGED => "drop-vlan-tagged",
+        DROP_ETHERTYPE => "drop-ethertype",
+        DROP_BAD_L4_HEADER => "drop-bad-l4-header",
         PASS_UPLINK_HOST => "pass-uplink-host",
         FWD_NAT => "nat-translated",
         FWD_REVNAT => "nat-reverse-translated",

@@ -15,6 +15,10 @@ use datapath_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP};
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+/// VLAN tag protocols: 802.1Q, 802.1ad (QinQ) and the old QinQ 0x9100.
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const ETH_P_QINQ1: u16 = 0x9100;
 /// IPv4-over-Ethernet ARP body.
 pub const ARP_LEN: usize = 28;
 pub const IPV4_MIN_HLEN: usize = 20;
@@ -172,6 +176,15 @@ pub fn skb_gso_size(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).gso_size }
 }
 
+/// Whether the skb carries a VLAN tag out of band (`skb->vlan_tci`): the
+/// kernel takes the outer 802.1Q / 802.1ad tag off a received frame before
+/// TC ingress runs, leaving the inner ethertype in the frame.
+#[inline(always)]
+pub fn skb_vlan_present(ctx: &TcContext) -> bool {
+    // SAFETY: the context pointer is valid for the whole program run.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
+}
+
 /// `skb->pkt_type`.
 #[inline(always)]
 pub fn skb_pkt_type(ctx: &TcContext) -> u32 {
@@ -185,6 +198,8 @@ pub fn skb_pkt_type(ctx: &TcContext) -> u32 {
 pub struct Ip {
     pub saddr: u32,
     pub daddr: u32,
+    /// Total length, host order (0: a GSO packet beyond 64 KiB).
+    pub tot_len: u16,
     /// Host order.
     pub frag_off: u16,
     /// Header length in bytes.
@@ -204,14 +219,20 @@ pub struct L4 {
     pub port_off: usize,
     /// TCP flags; for ICMP the message type.
     pub tcp_flags: u8,
+    /// The header is consistent: TCP data offset >= 5 and the whole TCP
+    /// header before the end of the IP payload; UDP length >= 8 and not
+    /// beyond it (shorter is allowed: the receiver trims, as the kernel
+    /// does). Always for ICMP.
+    pub sane: bool,
 }
 
-/// Reads the L4 header of a packet whose L4 starts at `l4`. `None`: too
+/// Reads the L4 header of a packet whose L4 starts at `l4` and whose IP
+/// payload ends at `end` (offset in the frame). `None`: too
 /// short (the caller drops or passes). For ICMP, `sport`/`dport` follow the
 /// `CtKey` convention (request: id as sport, reply: id as dport) and
 /// `tcp_flags` carries the ICMP type.
 #[inline(always)]
-pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize) -> Option<L4> {
+pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize, end: usize) -> Option<L4> {
     match proto {
         IPPROTO_TCP => {
             let h: [u8; 20] = ctx.load(l4).ok()?;
@@ -221,6 +242,7 @@ pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize) -> Option<L4> {
                 csum_off: l4 + 16,
                 port_off: l4,
                 tcp_flags: h[13],
+                sane: h[12] >= 0x50 && l4 + usize::from(h[12] >> 4) * 4 <= end,
             })
         }
         IPPROTO_UDP => {
@@ -231,13 +253,17 @@ pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize) -> Option<L4> {
                 csum_off: l4 + 6,
                 port_off: l4,
                 tcp_flags: 0,
+                sane: {
+                    let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+                    len >= 8 && l4 + len <= end
+                },
             })
         }
         _ => {
             let h: [u8; 8] = ctx.load(l4).ok()?;
             let id = u16::from_ne_bytes([h[4], h[5]]);
             let (sport, dport) = CtKey::icmp_echo_ports(h[0] == ICMP_ECHO_REQUEST, id);
-            Some(L4 { sport, dport, csum_off: l4 + 2, port_off: l4 + 4, tcp_flags: h[0] })
+            Some(L4 { sport, dport, csum_off: l4 + 2, port_off: l4 + 4, tcp_flags: h[0], sane: true })
         }
     }
 }

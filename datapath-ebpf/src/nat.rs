@@ -72,9 +72,15 @@ pub fn egress(ctx: &TcContext, src: &EndpointInfo, req: &NatRequest) -> Verdict 
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return drop(reason::DROP_NAT_PROTO);
     }
-    let Some(l4) = read_l4(ctx, proto, ETH_HLEN + (usize::from(ip.hlen) & 0x3c)) else {
+    // The decision checked tot_len against the frame (0: a GSO packet
+    // beyond 64 KiB, as long as the skb).
+    let end = if ip.tot_len == 0 { ctx.len() as usize } else { ETH_HLEN + usize::from(ip.tot_len) };
+    let Some(l4) = read_l4(ctx, proto, ETH_HLEN + (usize::from(ip.hlen) & 0x3c), end) else {
         return drop(reason::DROP_TRUNCATED);
     };
+    if !l4.sane {
+        return drop(reason::DROP_BAD_L4_HEADER);
+    }
     if proto == IPPROTO_ICMP && l4.tcp_flags != ICMP_ECHO_REQUEST {
         return drop(reason::DROP_NAT_PROTO);
     }
@@ -219,7 +225,9 @@ fn send(ctx: &TcContext, ip: &Ip, l4: &L4, nat_addr: u32, nat_port: u16, rc: u32
 /// translated for (left alone when none).
 #[inline(never)]
 pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
-    if (ctx.len() as usize) < ETH_HLEN + IPV4_MIN_HLEN {
+    // A tagged frame (tag taken off into skb->vlan_tci) belongs to the
+    // node's VLAN interfaces, never to a flow we sent untagged.
+    if (ctx.len() as usize) < ETH_HLEN + IPV4_MIN_HLEN || hdr::skb_vlan_present(ctx) {
         return pass(reason::PASS_UPLINK_HOST);
     }
     // The L4 header is read with bpf_skb_load_bytes: only Ethernet and the
@@ -232,6 +240,7 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
     };
     let eth_proto = u16::from_be(eth.proto);
     let (version_ihl, frag_off, ttl, proto) = (iph.version_ihl, u16::from_be(iph.frag_off), iph.ttl, iph.proto);
+    let tot_len = usize::from(u16::from_be(iph.tot_len));
     let (saddr, daddr) = (iph.saddr, iph.daddr);
     let hlen = usize::from(version_ihl & 0x0f) * 4;
     // Not IPv4, a fragment (even of a translated flow: it cannot be matched
@@ -245,7 +254,11 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
         return pass(reason::PASS_UPLINK_HOST);
     }
     let l4off = ETH_HLEN + hlen;
-    let Some(l4) = read_l4(ctx, proto, l4off) else {
+    // Where the IP payload ends, within the frame (tot_len 0: a GRO packet
+    // beyond 64 KiB).
+    let len = ctx.len() as usize;
+    let end = if tot_len == 0 || ETH_HLEN + tot_len > len { len } else { ETH_HLEN + tot_len };
+    let Some(l4) = read_l4(ctx, proto, l4off, end) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
     if proto == IPPROTO_ICMP && l4.tcp_flags != ICMP_ECHO_REPLY {
@@ -259,7 +272,9 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
 }
 
 /// A reply (`key`: its tuple as it arrived) of a translated flow: restores
-/// the endpoint's address and port and delivers it.
+/// the endpoint's address and port and delivers it. A reply of a flow whose
+/// L4 header is not [`L4::sane`] is dropped, not translated (the node's own
+/// traffic is left to the kernel).
 #[inline(always)]
 fn reply(ctx: &TcContext, ep: &mut EndpointInfo, key: CtKey, ttl: u8, l4: &L4) -> Verdict {
     let (proto, daddr) = (key.proto, key.daddr);
@@ -285,6 +300,9 @@ fn reply(ctx: &TcContext, ep: &mut EndpointInfo, key: CtKey, ttl: u8, l4: &L4) -
     };
     *ep = e;
     let was = u64::from(daddr) | (u64::from(u16::from_be(key.dport)) << 32);
+    if !l4.sane {
+        return Verdict { was, ..drop(reason::DROP_BAD_L4_HEADER) };
+    }
     if ttl <= 1 {
         return Verdict { was, ..drop(reason::DROP_TTL_EXCEEDED) };
     }

@@ -1,5 +1,6 @@
-//! The forwarding decision for a frame from an endpoint: identity checks
-//! (source MAC, source IPv4, ARP sender), IPv4 header sanity, network policy
+//! The forwarding decision for a frame from an endpoint: only untagged
+//! Ethernet II IPv4 and ARP, identity checks (source MAC, source IPv4, ARP
+//! sender), IPv4 header sanity, network policy
 //! (isolation between networks, icc=false, internal networks) and where the
 //! packet goes next: handed to the kernel, dropped, delivered to another
 //! endpoint (`local`, done here), or masqueraded out the uplink (handed to
@@ -9,7 +10,10 @@ use aya_ebpf::programs::TcContext;
 use datapath_common::{reason, EndpointInfo, NetworkInfo, NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC};
 
 use crate::{
-    hdr::{self, is_multicast, linear, mac, Ip, Mac, ARP_LEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_MIN_HLEN},
+    hdr::{
+        self, is_multicast, linear, mac, Ip, Mac, ARP_LEN, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
+        ETH_P_QINQ1, IPV4_MIN_HLEN,
+    },
     local::{self, Delivery},
     maps,
     nat::{NatRequest, Snat},
@@ -37,6 +41,13 @@ impl From<Verdict> for Next {
 /// stack frames are not stacked on this one (512 bytes for the whole chain).
 #[inline(never)]
 pub fn decide(ctx: &TcContext, src: &EndpointInfo) -> Next {
+    // First of all, the frame's shape: a VLAN tag (the outer one the kernel
+    // took off into skb->vlan_tci, or one still in the frame) or any
+    // ethertype but IPv4 and ARP would carry what the checks below never
+    // see past the bridge, the node and the uplink.
+    if hdr::skb_vlan_present(ctx) {
+        return drop(reason::DROP_VLAN_TAGGED).into();
+    }
     if !linear(ctx, ETH_HLEN) {
         return drop(reason::DROP_TRUNCATED).into();
     }
@@ -44,15 +55,19 @@ pub fn decide(ctx: &TcContext, src: &EndpointInfo) -> Next {
         return drop(reason::DROP_TRUNCATED).into();
     };
     let (eth_dst, eth_src, proto) = (eth.dst, eth.src, u16::from_be(eth.proto));
+    if proto != ETH_P_IP && proto != ETH_P_ARP {
+        return match proto {
+            ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 => drop(reason::DROP_VLAN_TAGGED).into(),
+            _ => drop(reason::DROP_ETHERTYPE).into(),
+        };
+    }
     if eth_src != mac(src.mac) {
         return drop(reason::DROP_SPOOFED_MAC).into();
     }
-    match proto {
-        ETH_P_ARP => arp(ctx, src).into(),
-        ETH_P_IP => ipv4(ctx, src, &eth_dst),
-        _ if is_multicast(&eth_dst) => pass(reason::PASS_BROADCAST).into(),
-        _ => pass(reason::PASS_OTHER_PROTO).into(),
+    if proto == ETH_P_ARP {
+        return arp(ctx, src).into();
     }
+    ipv4(ctx, src, &eth_dst)
 }
 
 /// ARP: the sender address must be the endpoint's (or 0.0.0.0, an ARP probe,
@@ -172,6 +187,7 @@ fn network_policy(
         let ip = Ip {
             saddr: ip.saddr,
             daddr,
+            tot_len: u16::from_be(ip.tot_len),
             hlen: hlen as u8,
             proto: ip.proto,
             ttl: ip.ttl,

@@ -399,12 +399,14 @@ fn dp_from_ep_decisions() {
         TC_ACT_OK,
         reason::PASS_TO_BRIDGE,
     );
-    h.check("IPv6 unicast", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_OK, reason::PASS_OTHER_PROTO);
+    // Networks are IPv4-only (endpoints have IPv6 disabled): see
+    // `dp_from_ep_frame_shape`.
+    h.check("IPv6 unicast", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_SHOT, reason::DROP_ETHERTYPE);
     h.check(
         "IPv6 multicast",
         &eth([0x33, 0x33, 0, 0, 0, 1], A_MAC, 0x86dd, &[0x60; 40]),
-        TC_ACT_OK,
-        reason::PASS_BROADCAST,
+        TC_ACT_SHOT,
+        reason::DROP_ETHERTYPE,
     );
 
     // Redirect, bridged: only the destination MAC is (re)written.
@@ -500,11 +502,90 @@ fn dp_from_ep_decisions() {
         )]
     );
     let (_, lines) =
-        h.check("traced IPv6", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_OK, reason::PASS_OTHER_PROTO);
-    assert_eq!(lines, [line(reason::PASS_OTHER_PROTO, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd")]);
+        h.check("traced IPv6", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_SHOT, reason::DROP_ETHERTYPE);
+    assert_eq!(lines, [line(reason::DROP_ETHERTYPE, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd")]);
+    let tagged = frames::vlan_tagged(&routed, &[(frames::ETH_P_8021Q, 100)]);
+    let (_, lines) = h.check("traced 802.1Q", &tagged, TC_ACT_SHOT, reason::DROP_VLAN_TAGGED);
+    assert_eq!(lines, [line(reason::DROP_VLAN_TAGGED, "02:dd:00:00:00:0a > 02:dd:00:00:00:01 ethertype=0x8100")]);
     let (_, lines) =
         h.check("traced truncated ARP", &eth(BCAST, A_MAC, 0x0806, &[0; 20]), TC_ACT_SHOT, reason::DROP_TRUNCATED);
     assert_eq!(lines, [line(reason::DROP_TRUNCATED, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff ethertype=0x806")]);
+}
+
+/// Only untagged Ethernet II IPv4 and ARP leave an endpoint, and the shape
+/// is checked before anything else: a VLAN tag (802.1Q, QinQ 802.1ad or
+/// 0x9100, here in the frame; the tag the kernel moves to skb->vlan_tci is
+/// covered by the integration suite, BPF_PROG_TEST_RUN cannot set it) or any
+/// other ethertype is dropped, whatever the addresses inside.
+#[test]
+fn dp_from_ep_frame_shape() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    use frames::{vlan_tagged, ETH_P_8021AD, ETH_P_8021Q, ETH_P_QINQ1};
+    let mut h = harness();
+    h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0));
+    h.set_endpoint(endpoint(B_IFINDEX, B_IP, B_MAC, 7, 0));
+    h.set_network(7, Ipv4Addr::new(10, 199, 0, 0), 24, 0);
+    let other_mac = [0x02, 0xee, 0, 0, 0, 1];
+    let a_to_b = eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 5000, 6000));
+    let spoofed = eth(B_MAC, A_MAC, 0x0800, &ipv4_udp(C_IP, B_IP, 64, 5000, 6000));
+    let arp_req = eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP));
+    let bcast = eth(BCAST, A_MAC, 0x0800, &ipv4_udp(A_IP, Ipv4Addr::new(10, 199, 0, 255), 64, 68, 67));
+    // Controls: the same frames untagged.
+    h.check("untagged", &a_to_b, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    h.check("untagged, spoofed", &spoofed, TC_ACT_SHOT, reason::DROP_SPOOFED_IP);
+    h.check("untagged ARP", &arp_req, TC_ACT_OK, reason::PASS_ARP);
+    h.check("untagged broadcast", &bcast, TC_ACT_OK, reason::PASS_BROADCAST);
+    let mut igmp = ipv4_udp(A_IP, Ipv4Addr::new(224, 0, 0, 22), 1, 0, 0);
+    igmp[9] = 2;
+    frames::fix_ipv4_checksum(&mut igmp, 0);
+    h.check("IGMP report", &eth([0x01, 0, 0x5e, 0, 0, 0x16], A_MAC, 0x0800, &igmp), TC_ACT_OK, reason::PASS_BROADCAST);
+
+    for (what, tags) in [
+        ("802.1Q", &[(ETH_P_8021Q, 100)][..]),
+        ("802.1Q priority tag (VLAN 0)", &[(ETH_P_8021Q, 0x6000)][..]),
+        ("QinQ 802.1ad", &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)][..]),
+        ("QinQ 0x9100", &[(ETH_P_QINQ1, 100), (ETH_P_8021Q, 200)][..]),
+        ("802.1ad alone", &[(ETH_P_8021AD, 100)][..]),
+    ] {
+        for (kind, f) in [("to B", &a_to_b), ("spoofed", &spoofed), ("ARP", &arp_req), ("broadcast", &bcast)] {
+            let what = format!("{what}, {kind}");
+            h.check(&what, &vlan_tagged(f, tags), TC_ACT_SHOT, reason::DROP_VLAN_TAGGED);
+        }
+        // Before the identity checks: no encapsulation gets a say first.
+        let mut f = vlan_tagged(&a_to_b, tags);
+        f[6..12].copy_from_slice(&other_mac);
+        h.check(&format!("{what}, spoofed MAC"), &f, TC_ACT_SHOT, reason::DROP_VLAN_TAGGED);
+    }
+
+    // Neither IPv4 nor ARP: IPv6 (unicast, multicast, neighbour
+    // solicitation to a solicited-node group), LLDP, an 802.3 length field
+    // with LLC (STP BPDU), a local experimental ethertype, PPPoE, MPLS.
+    let v6 = [0x60u8; 40];
+    let other: [(&str, [u8; 6], u16, &[u8]); 8] = [
+        ("IPv6 unicast", B_MAC, 0x86dd, &v6),
+        ("IPv6 to the gateway", GW_MAC, 0x86dd, &v6),
+        ("IPv6 multicast", [0x33, 0x33, 0xff, 0, 0, 3], 0x86dd, &v6),
+        ("LLDP", [0x01, 0x80, 0xc2, 0, 0, 0x0e], 0x88cc, &[0u8; 46]),
+        ("802.3 LLC (STP BPDU)", [0x01, 0x80, 0xc2, 0, 0, 0], 38, &[0x42; 46]),
+        ("local experimental", B_MAC, 0x88b5, &[0u8; 46]),
+        ("PPPoE", BCAST, 0x8863, &[0u8; 46]),
+        ("MPLS", GW_MAC, 0x8847, &[0u8; 46]),
+    ];
+    for (what, dst, ethertype, payload) in other {
+        h.check(what, &eth(dst, A_MAC, ethertype, payload), TC_ACT_SHOT, reason::DROP_ETHERTYPE);
+        h.check(
+            &format!("{what}, spoofed MAC"),
+            &eth(dst, other_mac, ethertype, payload),
+            TC_ACT_SHOT,
+            reason::DROP_ETHERTYPE,
+        );
+    }
+    assert_eq!(reason::name(reason::DROP_VLAN_TAGGED), "drop-vlan-tagged");
+    assert_eq!(reason::name(reason::DROP_ETHERTYPE), "drop-ethertype");
+    assert!(reason::is_drop(reason::DROP_VLAN_TAGGED) && reason::is_drop(reason::DROP_ETHERTYPE));
 }
 
 /// Network policy: isolation between networks, icc=false, internal networks.
@@ -735,6 +816,12 @@ fn nat_malformed_input() {
         eprintln!("skipping: {why}");
         return;
     }
+    with_uplink(malformed_cases);
+}
+
+/// Runs `cases` with the ifindex of the "uplink" of a throwaway namespace,
+/// in that namespace.
+fn with_uplink(cases: fn(u32)) {
     // A namespace with an "uplink" (veth, 203.0.113.1/24, static neighbour)
     // so bpf_fib_lookup gives the same answer on every machine:
     // BPF_PROG_TEST_RUN runs in the caller's namespace.
@@ -765,13 +852,15 @@ fn nat_malformed_input() {
         let f = std::fs::File::open(format!("/run/netns/{ns2}")).unwrap();
         nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let up = nix::net::if_::if_nametoindex("up0").unwrap();
-        malformed_cases(up);
+        cases(up);
     })
     .join()
     .expect("cases passed");
 }
 
-fn malformed_cases(up: u32) {
+/// A harness with endpoint A in network 7 (10.199.0.0/24), masqueraded to
+/// 203.0.113.1 ports 20000-20009 out of `up`.
+fn masquerading_harness(up: u32) -> Harness {
     let mut h = harness();
     h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0));
     h.set_network(7, Ipv4Addr::new(10, 199, 0, 0), 24, 0);
@@ -782,6 +871,11 @@ fn malformed_cases(up: u32) {
         n.nat_port_min = 20000;
         n.nat_port_max = 20009;
     });
+    h
+}
+
+fn malformed_cases(up: u32) {
+    let mut h = masquerading_harness(up);
     let remote = Ipv4Addr::new(198, 51, 100, 1);
     let ct_len = |h: &Harness| {
         let ct: HashMap<_, datapath_common::CtKey, datapath_common::CtEntry> =
@@ -871,6 +965,170 @@ fn malformed_cases(up: u32) {
     // The existing flows still work.
     h.check("existing flow", &syn(40000), TC_ACT_REDIRECT, reason::FWD_NAT);
     port_takeover(&mut h, remote);
+}
+
+/// TCP with a data offset below 5 or a header beyond the packet, UDP with a
+/// length below 8 or beyond the IP payload: never translated, neither out
+/// (`dp_from_ep`) nor back (`dp_from_uplink`, for a flow that exists);
+/// dropped and counted as drop-bad-l4-header, nothing tracked. UDP and TCP
+/// checksums are not verified (see `bad_udp_checksum`).
+#[test]
+fn nat_bad_l4_headers() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    with_uplink(bad_l4_cases);
+}
+
+/// An IPv4 packet (DF) from `src` to `dst` carrying `l4` as protocol `proto`
+/// (taken as is: lengths, offsets and checksums are the caller's).
+fn ipv4_raw(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    Ipv4 { id: 0x1234, frag: frames::IP_DF, ..Ipv4::new(src, dst, proto) }.packet(l4)
+}
+
+/// A TCP segment `sport` -> `dport` with `flags`, `opts` (options, a
+/// multiple of 4 bytes) and `payload`, its checksum valid, then its data
+/// offset set to `doff` (unchanged checksum).
+fn tcp_doff(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ports: (u16, u16),
+    flags: u8,
+    opts: &[u8],
+    payload: &[u8],
+    doff: u8,
+) -> Vec<u8> {
+    let mut body = opts.to_vec();
+    body.extend_from_slice(payload);
+    let mut t = Tcp { seq: 1, window: 0xffff, ..Tcp::new(ports.0, ports.1, flags) }.segment(src, dst, &body);
+    t[12] = (5 + opts.len() as u8 / 4) << 4;
+    t[16..18].copy_from_slice(&[0, 0]);
+    let c = frames::l4_checksum(src, dst, frames::IPPROTO_TCP, &t);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t[12] = doff << 4;
+    t
+}
+
+/// A UDP datagram with `payload`, its checksum valid, then its length field
+/// set to `len`.
+fn udp_len(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8], len: u16) -> Vec<u8> {
+    let mut u = frames::udp(src, dst, sport, dport, payload);
+    u[4..6].copy_from_slice(&len.to_be_bytes());
+    u
+}
+
+fn bad_l4_cases(up: u32) {
+    const UPLINK: &str = datapath_common::PROG_FROM_UPLINK;
+    let mut h = masquerading_harness(up);
+    let remote = Ipv4Addr::new(198, 51, 100, 1);
+    let masq = Ipv4Addr::new(203, 0, 113, 1);
+    let (tcp, udp) = (frames::IPPROTO_TCP, frames::IPPROTO_UDP);
+    let out = |l4: &[u8], proto: u8| eth(GW_MAC, A_MAC, 0x0800, &ipv4_raw(A_IP, remote, proto, l4));
+    let back =
+        |l4: &[u8], proto: u8| eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], 0x0800, &ipv4_raw(remote, masq, proto, l4));
+    let opts = [1u8, 1, 1, 1, 1, 1, 1, 1]; // NOPs
+    let syn = |sport: u16, doff: u8, payload: &[u8]| tcp_doff(A_IP, remote, (sport, 80), 0x02, &opts, payload, doff);
+
+    // Out: data offset below 5, or a header beyond the packet (8 bytes of
+    // options and 8 of payload: 36 bytes of TCP, so up to 9 words fit).
+    for doff in [0u8, 2, 4, 10, 15] {
+        h.check(
+            &format!("TCP data offset {doff}"),
+            &out(&syn(40000, doff, b"payload!"), tcp),
+            TC_ACT_SHOT,
+            reason::DROP_BAD_L4_HEADER,
+        );
+    }
+    // UDP length below 8 or beyond the IP payload (8 + 12 bytes).
+    for len in [0u16, 4, 7, 21, 1000, 0xffff] {
+        let u = udp_len(A_IP, remote, 40001, 53, &[0u8; 12], len);
+        h.check(&format!("UDP length {len}"), &out(&u, udp), TC_ACT_SHOT, reason::DROP_BAD_L4_HEADER);
+    }
+    // Ethernet padding after the IP packet: the UDP length is checked
+    // against the IP total length (20 bytes of UDP), not the frame (30).
+    let mut padded = out(&udp_len(A_IP, remote, 40001, 53, &[0u8; 12], 25), udp);
+    padded.extend_from_slice(&[0u8; 10]);
+    h.check("UDP length beyond the IP total length", &padded, TC_ACT_SHOT, reason::DROP_BAD_L4_HEADER);
+    assert_eq!(h.ct().len(), 0, "nothing tracked for the drops");
+
+    // Controls: the largest data offset that fits (9 words), options (6),
+    // a UDP length shorter than the payload (the receiver trims it) and the
+    // exact one: translated.
+    h.check("TCP data offset 9", &out(&syn(40010, 9, b"payload!"), tcp), TC_ACT_REDIRECT, reason::FWD_NAT);
+    h.check("TCP with options", &out(&syn(40011, 7, b"payload!"), tcp), TC_ACT_REDIRECT, reason::FWD_NAT);
+    h.check(
+        "UDP length 8",
+        &out(&udp_len(A_IP, remote, 40012, 53, &[0u8; 12], 8), udp),
+        TC_ACT_REDIRECT,
+        reason::FWD_NAT,
+    );
+    let good_udp = frames::udp(A_IP, remote, 40013, 53, &[7u8; 12]);
+    let (o, _) = h.check("UDP", &out(&good_udp, udp), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(l4_sum(&o[14..34], &o[34..]), 0xffff, "UDP checksum after the translation");
+    let nport = |h: &Harness, sport: u16| {
+        h.ct()
+            .into_iter()
+            .find(|(k, e)| e.flags & datapath_common::CT_F_REVERSE == 0 && k.sport == sport.to_be())
+            .map(|(_, e)| u16::from_be(e.port))
+            .expect("flow")
+    };
+    let (pt, pu) = (nport(&h, 40011), nport(&h, 40013));
+
+    // Back: malformed replies of live flows are dropped, not translated.
+    let synack = |doff: u8| tcp_doff(remote, masq, (80, pt), 0x12, &opts, b"payload!", doff);
+    for doff in [0u8, 2, 4, 10, 15] {
+        h.check_prog(
+            UPLINK,
+            &format!("reply, TCP data offset {doff}"),
+            &back(&synack(doff), tcp),
+            TC_ACT_SHOT,
+            reason::DROP_BAD_L4_HEADER,
+        );
+    }
+    for len in [0u16, 4, 7, 21, 1000] {
+        let u = udp_len(remote, masq, 53, pu, &[0u8; 12], len);
+        h.check_prog(
+            UPLINK,
+            &format!("reply, UDP length {len}"),
+            &back(&u, udp),
+            TC_ACT_SHOT,
+            reason::DROP_BAD_L4_HEADER,
+        );
+    }
+    // Controls: the well-formed replies are translated.
+    let (o, _) = h.check_prog(UPLINK, "reply, TCP", &back(&synack(7), tcp), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    assert_eq!(u16::from_be_bytes([o[36], o[37]]), 40011);
+    let (o, _) = h.check_prog(
+        UPLINK,
+        "reply, UDP",
+        &back(&frames::udp(remote, masq, 53, pu, &[7u8; 12]), udp),
+        TC_ACT_REDIRECT,
+        reason::FWD_REVNAT,
+    );
+    assert_eq!(u16::from_be_bytes([o[36], o[37]]), 40013);
+    assert_eq!(l4_sum(&o[14..34], &o[34..]), 0xffff, "UDP checksum after the reverse translation");
+    // A malformed packet of no flow is the node's: left to the kernel.
+    let u = udp_len(remote, masq, 53, 33333, &[0u8; 12], 4);
+    h.check_prog(UPLINK, "malformed, no flow", &back(&u, udp), TC_ACT_OK, reason::PASS_UPLINK_HOST);
+
+    bad_udp_checksum(&mut h, remote);
+}
+
+/// A UDP datagram with a wrong checksum is not verified (nor is a TCP one,
+/// see `malformed_cases`): translated incrementally, it stays exactly as
+/// wrong, so the receiver drops it as it would have without the NAT. (The
+/// kernel's forwarding path does not verify it either: veth marks what it
+/// forwards CHECKSUM_UNNECESSARY, and a CHECKSUM_PARTIAL packet's field
+/// only holds the pseudo-header sum.)
+fn bad_udp_checksum(h: &mut Harness, remote: Ipv4Addr) {
+    let mut u = frames::udp(A_IP, remote, 40020, 53, &[7u8; 12]);
+    u[6] ^= 0x5a;
+    let f = eth(GW_MAC, A_MAC, 0x0800, &ipv4_raw(A_IP, remote, frames::IPPROTO_UDP, &u));
+    let sum_in = l4_sum(&f[14..34], &f[34..]);
+    assert_ne!(sum_in, 0xffff);
+    let (o, _) = h.check("bad UDP checksum", &f, TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(l4_sum(&o[14..34], &o[34..]), sum_in, "still as wrong");
 }
 
 /// SNAT port reuse, on the full 10-port range left by `malformed_cases`

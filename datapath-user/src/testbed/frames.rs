@@ -10,6 +10,11 @@ pub type Mac = [u8; 6];
 pub const BROADCAST: Mac = [0xff; 6];
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// VLAN tag protocols: 802.1Q, 802.1ad (QinQ S-tag), the pre-standard QinQ.
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const ETH_P_QINQ1: u16 = 0x9100;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -71,6 +76,19 @@ pub fn eth(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&src);
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(payload);
+    f
+}
+
+/// `frame` (an Ethernet frame) with VLAN tags inserted after the MACs,
+/// outermost first: `(tag protocol, TCI)` each, e.g.
+/// `[(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)]` for QinQ.
+pub fn vlan_tagged(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    for (tpid, tci) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&tci.to_be_bytes());
+    }
+    f.extend_from_slice(&frame[12..]);
     f
 }
 
@@ -226,6 +244,16 @@ mod tests {
     const O: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
     const M1: Mac = [2, 0, 0, 0, 0, 1];
     const M2: Mac = [2, 0, 0, 0, 0, 2];
+
+    #[test]
+    fn vlan_tags_go_between_the_macs_and_the_ethertype() {
+        let f = icmp_echo_frame(M1, M2, A, B, "M", 1);
+        let q = vlan_tagged(&f, &[(ETH_P_8021AD, 100), (ETH_P_8021Q, 0x2000 | 200)]);
+        assert_eq!(q.len(), f.len() + 8);
+        assert_eq!(&q[..12], &f[..12]);
+        assert_eq!(&q[12..20], &[0x88, 0xa8, 0, 100, 0x81, 0x00, 0x20, 200]);
+        assert_eq!(&q[20..], &f[12..]);
+    }
 
     #[test]
     fn ipv4_header_checksum_verifies() {

@@ -1,6 +1,7 @@
-//! Anti-spoofing (test 5) and the redirect-peer bypass (test 6).
+//! Anti-spoofing (test 5), the redirect-peer bypass (test 6), and hostile
+//! frames: VLAN tags and other ethertypes, malformed L4 through the NAT.
 //!
-//! Both are eBPF features the kernel datapath lacks on purpose (it is the
+//! All are eBPF features the kernel datapath lacks on purpose (it is the
 //! classic Docker bridge: no source checks, every frame crosses the bridge).
 //! Each test runs on both: the eBPF expectation on `ebpf`, and on `kernel`
 //! an explicit assertion of the bridge's actual behaviour, so a change on
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use datapath_tests::frames::{self, hex, parse_ip, parse_mac};
 use datapath_tests::net::{self, link_stats, python_bg, python_in};
-use datapath_tests::node::{delta, Datapath, Node};
+use datapath_tests::node::{delta, AgentOpts, Datapath, Node, OUTSIDE_IP};
+use datapath_tests::outside::{bad_checksum_lines, verified_checksums, Capture};
 use datapath_tests::proc::{show, stdout_str, BgProcess};
 use datapath_tests::{assert_ping, both_datapaths, py};
 use serde_json::Value;
@@ -290,5 +292,202 @@ fn same_node_traffic_bypasses_host_veth(dp) {
         "redirect-peer grew by less than {}: {summary}",
         2 * N
     );
+}
+}
+
+/// The MAC address of a network's bridge (the endpoints' gateway).
+fn gateway_mac(node: &mut Node, network: &str) -> String {
+    let net = node.inspect_network(network);
+    let br = net["bridge"].as_str().expect("bridge").to_string();
+    let l = net::link(&node.name, &br).unwrap_or_else(|| panic!("no bridge {br}"));
+    l["address"].as_str().expect("bridge MAC").to_string()
+}
+
+/// Ethernet + IPv4 + UDP from `src` to `dst` (both `(mac, ip)`), port 9 to
+/// 9, whose payload is `marker` and `-SEQ-`, all checksums valid.
+fn udp_frame(src: (&str, &str), dst: (&str, &str), marker: &str, seq: u16) -> Vec<u8> {
+    let (s, d) = (parse_ip(src.1), parse_ip(dst.1));
+    let payload = format!("{marker}-{seq}-................");
+    let ip = frames::Ipv4 { id: 0x2000 + seq, ..frames::Ipv4::new(s, d, frames::IPPROTO_UDP) };
+    let p = ip.packet(&frames::udp(s, d, 9, 9, payload.as_bytes()));
+    frames::eth(parse_mac(dst.0), parse_mac(src.0), frames::ETH_P_IPV4, &p)
+}
+
+both_datapaths! {
+/// Frames from A that are not plain Ethernet II IPv4 or ARP: 802.1Q (the
+/// tag the kernel moves into skb->vlan_tci on the host veth), QinQ 802.1ad
+/// and 0x9100 (the inner tag stays in the frame), each with a forged source
+/// address, towards B and towards the outside through the gateway; IPv6 and
+/// an experimental ethertype towards B. Nothing reaches B or leaves the
+/// uplink (so no tagged frame gets into the node's network), counted as
+/// drop-vlan-tagged / drop-ethertype; the same frames untagged do arrive.
+/// Kernel datapath (documented difference: the classic bridge, no frame
+/// checks): the bridge (no VLAN filtering) forwards the tagged and
+/// non-IPv4 frames to B; a tagged frame for the gateway is not routed
+/// (the bridge device has no VLAN interface), so nothing leaves the uplink
+/// there either; no eBPF counter moves.
+fn tagged_and_non_ipv4_frames_from_an_endpoint_go_nowhere(dp) {
+    use frames::{vlan_tagged, ETH_P_8021AD, ETH_P_8021Q, ETH_P_QINQ1};
+    let mut node = Node::with(AgentOpts::with_uplink(dp));
+    let out = node.outside().to_string();
+    let a = node.create_endpoint(&node.ep("a"), &[]);
+    let b = node.create_endpoint(&node.ep("b"), &[]);
+    let gw = gateway_mac(&mut node, "bridge");
+    assert_ping(&a.name, &b.ip, 1);
+    assert_ping(&a.name, &a.gateway, 1);
+
+    let m = |s: &str| format!("{}{s}", node.prefix);
+    let (ctlb, ctlo, vlb, vlo, qqb, qqo, q9b, v6b, etb) =
+        (m("CTLB"), m("CTLO"), m("VLB"), m("VLO"), m("QQB"), m("QQO"), m("Q9B"), m("V6B"), m("ETB"));
+    let to_b = [&ctlb, &vlb, &qqb, &q9b, &v6b, &etb];
+    let to_o = [&ctlo, &vlo, &qqo];
+    let sb = sniffer(&node, &b.name, "4", &to_b.map(String::as_str));
+    let so = sniffer(&node, &out, "4", &to_o.map(String::as_str));
+    let s0 = node.stats();
+
+    let a_gw = |marker: &str, seq| udp_frame((&a.mac, &a.ip), (&gw, OUTSIDE_IP), marker, seq);
+    let q = [(ETH_P_8021Q, 100)];
+    let qinq = [(ETH_P_8021AD, 100), (ETH_P_8021Q, 200)];
+    let q9 = [(ETH_P_QINQ1, 100), (ETH_P_8021Q, 200)];
+    const N: u16 = 3;
+    let mut f = Vec::new();
+    for i in 0..N {
+        f.push(icmp_echo(&a.mac, &b.mac, &a.ip, &b.ip, &ctlb, i));
+        f.push(a_gw(&ctlo, i));
+        f.push(vlan_tagged(&icmp_echo(&a.mac, &b.mac, FOREIGN_IP, &b.ip, &vlb, i), &q));
+        f.push(vlan_tagged(&a_gw(&vlo, i), &q));
+        f.push(vlan_tagged(&icmp_echo(&a.mac, &b.mac, FOREIGN_IP, &b.ip, &qqb, i), &qinq));
+        f.push(vlan_tagged(&a_gw(&qqo, i), &qinq));
+        f.push(vlan_tagged(&icmp_echo(&a.mac, &b.mac, FOREIGN_IP, &b.ip, &q9b, i), &q9));
+        // Link-local to link-local, no next header, the marker as payload.
+        let body = format!("{v6b}-{i}-................");
+        let mut v6 = vec![0x60, 0, 0, 0];
+        v6.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        v6.extend_from_slice(&[59, 64]);
+        v6.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        v6.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        v6.extend_from_slice(body.as_bytes());
+        f.push(frames::eth(parse_mac(&b.mac), parse_mac(&a.mac), frames::ETH_P_IPV6, &v6));
+        let other = format!("{etb}-{i}-................................");
+        f.push(frames::eth(parse_mac(&b.mac), parse_mac(&a.mac), 0x88b5, other.as_bytes()));
+    }
+    send_frames(&node, &a.name, &f);
+    let (cb, co) = (sniffer_counts(sb), sniffer_counts(so));
+    let s1 = node.stats();
+    let (vlan, _) = delta(&s0, &s1, "drop-vlan-tagged");
+    let (eth, _) = delta(&s0, &s1, "drop-ethertype");
+    let summary = format!("B saw {cb}; the outside saw {co}; drop-vlan-tagged +{vlan}, drop-ethertype +{eth}");
+    let n = u64::from(N);
+    let seen = |c: &Value, k: &String| c[k].as_u64().unwrap_or(0);
+    assert!(seen(&cb, &ctlb) >= n, "untagged frames from A did not reach B: {summary}");
+    assert!(seen(&co, &ctlo) >= n, "untagged UDP from A did not reach the outside: {summary}");
+    // Nothing tagged gets out of the uplink, on either datapath.
+    for k in [&vlo, &qqo] {
+        assert_eq!(seen(&co, k), 0, "tagged frames from A left the uplink ({k}): {summary}");
+    }
+    if dp == Datapath::Kernel {
+        for k in [&vlb, &qqb, &q9b, &v6b, &etb] {
+            assert!(
+                seen(&cb, k) >= n,
+                "kernel datapath (the bridge forwards every frame, documented): {k} should reach B: {summary}"
+            );
+        }
+        assert_eq!((vlan, eth), (0, 0), "kernel datapath counted eBPF drops: {summary}");
+        return;
+    }
+    for k in [&vlb, &qqb, &q9b, &v6b, &etb] {
+        assert_eq!(seen(&cb, k), 0, "a tagged or non-IPv4 frame from A reached B ({k}): {summary}");
+    }
+    assert!(vlan >= 5 * n, "drop-vlan-tagged grew by less than {}: {summary}", 5 * n);
+    assert!(eth >= 2 * n, "drop-ethertype grew by less than {}: {summary}", 2 * n);
+}
+}
+
+both_datapaths! {
+/// Malformed L4 from A towards the outside: TCP SYNs with a data offset of
+/// 2 and of 15 (a header beyond the packet), UDP with a length of 4 and
+/// beyond the IP payload. None is translated or leaves the uplink; eBPF
+/// counts them as drop-bad-l4-header and tracks no flow for them; a
+/// well-formed datagram does leave. Kernel datapath: conntrack marks them
+/// invalid and the ruleset's `ct state invalid drop` drops them (no eBPF
+/// counter).
+/// A well-formed datagram with a wrong UDP checksum: eBPF does not verify L4
+/// checksums (see the README): it leaves translated, its checksum exactly
+/// as wrong (so the receiver drops it), never "repaired". Kernel datapath
+/// (differs on purpose): conntrack verifies the checksum of a packet that
+/// is not CHECKSUM_PARTIAL/UNNECESSARY in PREROUTING (nf_conntrack_checksum)
+/// and drops it as invalid.
+fn malformed_l4_from_an_endpoint_is_never_translated(dp) {
+    let mut node = Node::with(AgentOpts::with_uplink(dp));
+    let out = node.outside().to_string();
+    let a = node.create_endpoint(&node.ep("a"), &[]);
+    let gw = gateway_mac(&mut node, "bridge");
+    assert_ping(&a.name, &a.gateway, 1);
+    let m = |s: &str| format!("{}{s}", node.prefix);
+    let (ctl, doff2, doff15, ulen4, ulong) = (m("L4CTL"), m("DOFF2"), m("DOFF15"), m("ULEN4"), m("ULONG"));
+    let badsum = m("UBADSUM");
+    let so = sniffer(&node, &out, "4", &[&ctl, &doff2, &doff15, &ulen4, &ulong, &badsum]);
+    let mut wire = Capture::start(&node, &out, "eth0", "outside", "udp port 9999");
+    let s0 = node.stats();
+    let (a_ip, o) = (parse_ip(&a.ip), parse_ip(OUTSIDE_IP));
+    let frame = |proto: u8, l4: &[u8]| {
+        let ip = frames::Ipv4 { frag: frames::IP_DF, ..frames::Ipv4::new(a_ip, o, proto) };
+        frames::eth(parse_mac(&gw), parse_mac(&a.mac), frames::ETH_P_IPV4, &ip.packet(l4))
+    };
+    let syn = |sport: u16, doff: u8, marker: &str| {
+        let mut t = frames::Tcp::new(sport, 7777, frames::TCP_SYN).segment(a_ip, o, marker.as_bytes());
+        t[12] = doff << 4;
+        t
+    };
+    let udp = |sport: u16, len: u16, marker: &str| {
+        let mut u = frames::udp(a_ip, o, sport, 9999, marker.as_bytes());
+        u[4..6].copy_from_slice(&len.to_be_bytes());
+        u
+    };
+    const N: u16 = 3;
+    let mut f = Vec::new();
+    for i in 0..N {
+        f.push(frame(frames::IPPROTO_UDP, &frames::udp(a_ip, o, 41000 + i, 9999, ctl.as_bytes())));
+        f.push(frame(frames::IPPROTO_TCP, &syn(41010 + i, 2, &doff2)));
+        f.push(frame(frames::IPPROTO_TCP, &syn(41020 + i, 15, &doff15)));
+        f.push(frame(frames::IPPROTO_UDP, &udp(41030 + i, 4, &ulen4)));
+        f.push(frame(frames::IPPROTO_UDP, &udp(41040 + i, 200, &ulong)));
+        let mut u = frames::udp(a_ip, o, 41050 + i, 9999, badsum.as_bytes());
+        u[6] ^= 0x5a;
+        f.push(frame(frames::IPPROTO_UDP, &u));
+    }
+    send_frames(&node, &a.name, &f);
+    let co = sniffer_counts(so);
+    let text = wire.read("");
+    let s1 = node.stats();
+    let (bad, _) = delta(&s0, &s1, "drop-bad-l4-header");
+    let flows = node.conntrack(None);
+    let (wrong, right) = (bad_checksum_lines(&text).len(), verified_checksums(&text));
+    let summary = format!(
+        "the outside saw {co}; drop-bad-l4-header +{bad}; {} flows; {wrong} wrong and {right} correct UDP \
+         checksums on the wire:\n{text}",
+        flows.len()
+    );
+    let n = u64::from(N);
+    assert!(co[&ctl].as_u64().unwrap_or(0) >= n, "well-formed UDP from A did not leave: {summary}");
+    for k in [&doff2, &doff15, &ulen4, &ulong] {
+        assert_eq!(co[k], 0, "malformed L4 from A left the uplink ({k}): {summary}");
+    }
+    // Only the well-formed datagrams leave with a correct checksum.
+    assert_eq!(right, N as usize, "checksums verified on the wire: {summary}");
+    if dp == Datapath::Kernel {
+        assert_eq!(co[&badsum], 0, "kernel datapath: conntrack should drop a wrong UDP checksum: {summary}");
+        assert_eq!(bad, 0, "kernel datapath counted eBPF drops: {summary}");
+        return;
+    }
+    assert!(
+        co[&badsum].as_u64().unwrap_or(0) >= n && wrong >= N as usize,
+        "eBPF: the wrong-checksum datagrams should leave, still wrong: {summary}"
+    );
+    assert!(bad >= 4 * n, "drop-bad-l4-header grew by less than {}: {summary}", 4 * n);
+    for fl in &flows {
+        let sport = fl["original"]["sport"].as_u64().unwrap_or(0);
+        assert!(!(41010..41050).contains(&sport), "a flow was tracked for a malformed packet: {fl}\n{summary}");
+    }
 }
 }
