@@ -102,6 +102,50 @@ impl CtKey {
         CtKey::new(fwd.proto, fwd.daddr, nat_addr, sport, dport)
     }
 
+    /// A published-port flow: the reply tuple of the forward tuple `fwd`
+    /// (client -> node:host port) translated to the endpoint
+    /// `to_addr:to_port`, whose client is seen as `src_addr:src_port` (the
+    /// client itself, or the source translation): endpoint -> source.
+    #[inline(always)]
+    pub const fn dnat_reply_of(fwd: &CtKey, to_addr: u32, to_port: u16, src_addr: u32, src_port: u16) -> CtKey {
+        CtKey::new(fwd.proto, to_addr, src_addr, to_port, src_port)
+    }
+
+    /// A published-port flow: the forward tuple of the reply tuple `rev`,
+    /// whose client `client_addr:client_port` used `node_addr:host_port`.
+    #[inline(always)]
+    pub const fn dnat_forward_of(
+        rev: &CtKey,
+        node_addr: u32,
+        host_port: u16,
+        client_addr: u32,
+        client_port: u16,
+    ) -> CtKey {
+        CtKey::new(rev.proto, client_addr, node_addr, client_port, host_port)
+    }
+
+    /// The key of the other entry of the flow whose entry at `self` is `e`
+    /// (forward -> reverse, reverse -> forward), and the `addr`/`port` the
+    /// other entry holds when it still belongs to this flow (a tuple may
+    /// have been taken over by another flow meanwhile).
+    #[inline(always)]
+    pub const fn partner(&self, e: &CtEntry) -> (CtKey, u32, u16) {
+        let reverse = e.flags & CT_F_REVERSE != 0;
+        if e.flags & CT_F_DNAT == 0 {
+            if reverse {
+                (CtKey::forward_of(self, e.addr, e.port), self.daddr, self.dport)
+            } else {
+                (CtKey::reply_of(self, e.addr, e.port), self.saddr, self.sport)
+            }
+        } else if reverse {
+            let (caddr, cport) = if e.flags & CT_F_SNAT != 0 { e.dnat_peer() } else { (self.daddr, self.dport) };
+            (CtKey::dnat_forward_of(self, e.addr, e.port, caddr, cport), self.saddr, self.sport)
+        } else {
+            let (saddr, sport) = if e.flags & CT_F_SNAT != 0 { e.dnat_peer() } else { (self.saddr, self.sport) };
+            (CtKey::dnat_reply_of(self, e.addr, e.port, saddr, sport), self.daddr, self.dport)
+        }
+    }
+
     /// The original tuple (the key of the forward entry) of the reply tuple
     /// `reply`, whose endpoint's original address and port are
     /// `orig_addr:orig_port` (what its reverse entry holds): endpoint ->
@@ -135,6 +179,21 @@ pub const CT_F_LAST_FIN_RX: u8 = 1 << 5;
 /// flow before the entry expires (like netfilter's TIME_WAIT/CLOSE
 /// eviction), and a new SYN on its original tuple starts it afresh.
 pub const CT_F_DONE: u8 = 1 << 6;
+
+/// A published-port flow (destination-translated, see [`crate::ports`]).
+/// Forward entry: keyed by the tuple as it arrives (client -> node
+/// address:host port); `addr`/`port` are the endpoint's address and
+/// container port, `ifindex` the endpoint's host veth. Reverse entry
+/// (with [`CT_F_REVERSE`]): keyed by the endpoint's reply (endpoint:container
+/// port -> the client, or the source-translated address and port);
+/// `addr`/`port` are the node address and host port the client used,
+/// `ifindex` the client's host veth when the client is an endpoint (0 for
+/// one beyond the uplink). With [`CT_F_SNAT`] too (a client that is an
+/// endpoint of the node, hairpin included) the flow is also
+/// source-translated to the endpoint network's gateway: see
+/// [`CtEntry::dnat_peer`]. Both directions derive each other with
+/// [`CtKey::partner`].
+pub const CT_F_DNAT: u8 = 1 << 7;
 
 /// `CtEntry::state`.
 pub const CT_NEW: u8 = 0;
@@ -202,6 +261,26 @@ pub struct CtEntry {
     pub fib_dmac: [u8; 6],
     pub fib_smac: [u8; 6],
     pub _pad2: [u8; 4],
+}
+
+impl CtEntry {
+    /// A published-port flow that is also source-translated
+    /// (`CT_F_DNAT | CT_F_SNAT`: its client is an endpoint of the node) has
+    /// a second address and port, kept in `fib_ns` (address in the low 32
+    /// bits, port, wire order, in the next 16): such flows are delivered
+    /// with `bpf_redirect_peer` and never cache a next hop. Forward entry:
+    /// the translated source (the gateway of the endpoint's network and a
+    /// port); reverse entry: the client's own address and port.
+    #[inline(always)]
+    pub const fn dnat_peer(&self) -> (u32, u16) {
+        (self.fib_ns as u32, (self.fib_ns >> 32) as u16)
+    }
+
+    /// Sets what [`CtEntry::dnat_peer`] reads.
+    #[inline(always)]
+    pub fn set_dnat_peer(&mut self, addr: u32, port: u16) {
+        self.fib_ns = u64::from(addr) | (u64::from(port) << 32);
+    }
 }
 
 /// How long the next hop cached in a forward `CtEntry` is reused before
@@ -289,6 +368,39 @@ mod tests {
         // A reply key with a stray sport still maps back to dport 0.
         let odd = CtKey { sport: 7, ..rep };
         assert_eq!(CtKey::forward_of(&odd, EP, id), fwd);
+    }
+
+    #[test]
+    fn partners_find_each_other() {
+        const NODE: u32 = u32::from_ne_bytes([203, 0, 113, 2]);
+        const GW: u32 = u32::from_ne_bytes([10, 10, 0, 1]);
+        let (h, c, cl) = (8080u16.to_be(), 80u16.to_be(), 40000u16.to_be());
+        // Masquerade.
+        let fk = CtKey::new(IPPROTO_TCP, EP, REMOTE, cl, c);
+        let fe = CtEntry { addr: MASQ, port: 1024u16.to_be(), flags: CT_F_SNAT, ..Default::default() };
+        let (rk, a, p) = fk.partner(&fe);
+        assert_eq!(rk, CtKey::reply_of(&fk, MASQ, 1024u16.to_be()));
+        let re = CtEntry { addr: a, port: p, flags: CT_F_SNAT | CT_F_REVERSE, ..Default::default() };
+        assert_eq!(rk.partner(&re), (fk, MASQ, 1024u16.to_be()));
+        // A published port, client beyond the uplink.
+        let fk = CtKey::new(IPPROTO_TCP, REMOTE, NODE, cl, h);
+        let fe = CtEntry { addr: EP, port: c, flags: CT_F_DNAT, ..Default::default() };
+        let (rk, a, p) = fk.partner(&fe);
+        assert_eq!(rk, CtKey::new(IPPROTO_TCP, EP, REMOTE, c, cl));
+        assert_eq!((a, p), (NODE, h));
+        let re = CtEntry { addr: a, port: p, flags: CT_F_DNAT | CT_F_REVERSE, ..Default::default() };
+        assert_eq!(rk.partner(&re), (fk, EP, c));
+        // A published port, client an endpoint (source-translated).
+        let client = u32::from_ne_bytes([10, 20, 0, 7]);
+        let fk = CtKey::new(IPPROTO_UDP, client, NODE, cl, h);
+        let mut fe = CtEntry { addr: EP, port: c, flags: CT_F_DNAT | CT_F_SNAT, ..Default::default() };
+        fe.set_dnat_peer(GW, 1500u16.to_be());
+        assert_eq!(fe.dnat_peer(), (GW, 1500u16.to_be()));
+        let (rk, a, p) = fk.partner(&fe);
+        assert_eq!(rk, CtKey::new(IPPROTO_UDP, EP, GW, c, 1500u16.to_be()));
+        let mut re = CtEntry { addr: a, port: p, flags: CT_F_DNAT | CT_F_SNAT | CT_F_REVERSE, ..Default::default() };
+        re.set_dnat_peer(client, cl);
+        assert_eq!(rk.partner(&re), (fk, EP, c));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! * [`network`]: [`NetworkInfo`], `NET_F_*`;
 //! * [`ct`]: the connection tracker ([`CtKey`], [`CtEntry`], [`CtConfig`],
 //!   flags, states, lifetimes, and the reply/forward key derivation);
+//! * [`ports`]: published ports ([`PortKey`], [`PortTarget`]);
 //! * [`reason`]: reason codes and their names, [`Counter`].
 //!
 //! Conventions:
@@ -25,12 +26,14 @@ pub mod ct;
 pub mod endpoint;
 pub mod maps;
 pub mod network;
+pub mod ports;
 pub mod reason;
 
 pub use ct::*;
 pub use endpoint::*;
 pub use maps::*;
 pub use network::*;
+pub use ports::*;
 pub use reason::Counter;
 
 /// The key representation of an IPv4 address in the maps.
@@ -49,6 +52,8 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::CtConfig {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::PortTarget {}
 }
 
 #[cfg(test)]
@@ -63,6 +68,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 104);
         assert_eq!(core::mem::size_of::<CtConfig>(), 32);
+        assert_eq!(core::mem::size_of::<PortKey>(), 8);
+        assert_eq!(core::mem::size_of::<PortTarget>(), 12);
     }
 
     #[test]

@@ -41,9 +41,19 @@ pub const MAP_CT: &str = "CT";
 /// agent; zero fields mean the built-in defaults.
 pub const MAP_CT_CONFIG: &str = "CT_CONFIG";
 
+/// `PORTS: HashMap<PortKey, PortTarget>`: published ports (see
+/// [`crate::ports`]). A map added after layout version 1: a datapath
+/// pinned by an older build has none yet, and the load creates it (the pin
+/// reuse path treats a map without a pin as new, see
+/// `datapath-user/src/datapath/pins.rs`).
+pub const MAP_PORTS: &str = "PORTS";
+
 /// Capacity of the endpoint maps.
 pub const MAX_ENDPOINTS: u32 = 4096;
 /// Capacity of `NETWORKS` and `SUBNETS`.
 pub const MAX_NETWORKS: u32 = 256;
+/// Capacity of `PORTS` (one entry per protocol, node address and host
+/// port published).
+pub const MAX_PORTS: u32 = 65_536;
 /// Capacity of `CT` (entries; a masqueraded flow takes two).
 pub const CT_MAX_ENTRIES: u32 = 131_072;

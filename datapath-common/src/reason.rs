@@ -108,6 +108,25 @@ pub const EV_CT_CREATED: u32 = 11;
 /// `CT_F_DONE`), or a new SYN restarted a finished flow on its tuple.
 pub const EV_NAT_PORT_REUSED: u32 = 12;
 
+/// Published ports (`datapath_common::ports`). Numbers chosen clear of
+/// the codes other work adds next to the existing ones.
+/// A packet to a published port (node address:host port), or of a flow
+/// through one, destination-translated and delivered into the publishing
+/// endpoint with `bpf_redirect_peer`.
+pub const FWD_PORT: u32 = 20;
+/// A reply of the publishing endpoint translated back (source: the node
+/// address and host port) and sent to the client: out the uplink (next
+/// hop lookup and redirect) or into the client endpoint.
+pub const FWD_PORT_REPLY: u32 = 21;
+/// A packet to a published port (or a reply through one) whose TCP or UDP
+/// header is malformed (bad data offset, bad length, truncated), or a TCP
+/// segment without SYN that matches no flow: never translated.
+pub const DROP_PORT_MALFORMED: u32 = 58;
+/// A new flow to a published port whose reply tuple is taken by another
+/// flow (no free source port for a client endpoint), or that the
+/// connection tracker refused: not translated.
+pub const DROP_PORT_TUPLE_TAKEN: u32 = 59;
+
 /// Size of the `STATS` array: every code must be below this.
 pub const MAX: u32 = 64;
 
@@ -118,10 +137,12 @@ pub const fn is_event(code: u32) -> bool {
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 29] = [
+pub const ALL: [u32; 33] = [
     FWD_REDIRECT_PEER,
     FWD_NAT,
     FWD_REVNAT,
+    FWD_PORT,
+    FWD_PORT_REPLY,
     EV_CT_CREATED,
     EV_NAT_PORT_REUSED,
     PASS_BROADCAST,
@@ -148,6 +169,8 @@ pub const ALL: [u32; 29] = [
     DROP_VLAN_TAGGED,
     DROP_ETHERTYPE,
     DROP_BAD_L4_HEADER,
+    DROP_PORT_MALFORMED,
+    DROP_PORT_TUPLE_TAKEN,
 ];
 
 /// Length of the longest name (the trace column width).
@@ -202,6 +225,10 @@ pub const fn name(code: u32) -> &'static str {
         PASS_NAT_NOT_ROUTED => "pass-nat-not-routed",
         EV_CT_CREATED => "ct-created",
         EV_NAT_PORT_REUSED => "nat-port-reused",
+        FWD_PORT => "port-translated",
+        FWD_PORT_REPLY => "port-reply-translated",
+        DROP_PORT_MALFORMED => "drop-port-malformed",
+        DROP_PORT_TUPLE_TAKEN => "drop-port-tuple-taken",
         _ => "unknown",
     }
 }

@@ -20,8 +20,9 @@
 //! Modules, each using only modules below it (no cycles):
 //!
 //! ```text
-//! main ─────> policy, nat, trace, verdict
+//! main ─────> policy, nat, ports, trace, verdict
 //! policy ───> local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
+//! ports ────> conntrack, fib, csum, hdr, maps, verdict
 //! local ────> fib, csum, hdr, verdict
 //! nat ──────> conntrack, fib, csum, hdr, maps, verdict
 //! conntrack ─> hdr, maps, verdict
@@ -45,6 +46,7 @@ mod local;
 mod maps;
 mod nat;
 mod policy;
+mod ports;
 mod trace;
 mod verdict;
 
@@ -66,7 +68,24 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     variant_marker();
     let v = match policy::decide(&ctx, &src) {
         Next::Verdict(v) => v,
-        Next::Masquerade(req) => nat::egress(&ctx, &src, &req),
+        // A published port's flow first (a reply, or a connection to the
+        // node's address), else the masquerade.
+        Next::Masquerade(req) => {
+            let v = published(&ctx, &src, &req.ip);
+            if v.code != NOT_PUBLISHED {
+                v
+            } else {
+                nat::egress(&ctx, &src, &req)
+            }
+        }
+        Next::ToNode(ip) => {
+            let v = published(&ctx, &src, &ip);
+            if v.code != NOT_PUBLISHED {
+                v
+            } else {
+                verdict::pass(reason::PASS_TO_BRIDGE)
+            }
+        }
     };
     count(v.code, len);
     if (src.flags | v.dst_flags) & EP_F_TRACE != 0 {
@@ -75,12 +94,43 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     v.action
 }
 
+/// A packet from endpoint `src` beyond the node or to its gateway, if it
+/// belongs to a published port. Out of line (`dp_from_ep`'s own frame stays
+/// small for the NAT's chain); each step is out of line too, called from
+/// here so that their frames are not stacked.
+/// (A verdict rather than an `Option`: `dp_from_ep`'s frame then holds one
+/// verdict, not two; code [`NOT_PUBLISHED`]: not a published port's.)
+#[inline(never)]
+fn published(ctx: &TcContext, src: &EndpointInfo, ip: &hdr::Ip) -> verdict::Verdict {
+    let step = match ports::classify(ctx, ip) {
+        Some(s) => s,
+        None => return verdict::pass(NOT_PUBLISHED),
+    };
+    let v = match step {
+        ports::Step::Reply => ports::reply(ctx, ip),
+        ports::Step::Client => Some(ports::client(ctx, ip)),
+        ports::Step::Open(t) => Some(ports::open(ctx, src, ip, &t)),
+        ports::Step::Drop(code) => Some(verdict::drop(code)),
+    };
+    v.unwrap_or(verdict::pass(NOT_PUBLISHED))
+}
+
+/// What `published` answers for a packet that is not a published port's
+/// (never counted: no reason code is 0).
+const NOT_PUBLISHED: u32 = 0;
+
 #[classifier]
 pub fn dp_from_uplink(ctx: TcContext) -> i32 {
     let len = ctx.len();
     variant_marker();
     let mut ep = EndpointInfo::default();
-    let v = nat::from_uplink(&ctx, &mut ep);
+    let mut v = nat::from_uplink(&ctx, &mut ep);
+    // No NAT mapping: a connection to a published port, or the node's own.
+    if v.code == reason::PASS_UPLINK_HOST {
+        if let Some(p) = ports::from_uplink(&ctx, &mut ep) {
+            v = p;
+        }
+    }
     count(v.code, len);
     if ep.flags & EP_F_TRACE != 0 {
         trace::trace(ctx.skb.skb, ep.ifindex, v.code, v.out_if, v.was | DIR_FROM_UPLINK);

@@ -18,8 +18,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, CT_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS,
-    NET_F_PRESENT,
+    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, PortKey, PortTarget, CT_MAX_ENTRIES,
+    MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORTS, NET_F_PRESENT,
 };
 
 /// Endpoints keyed by the ifindex of their host-side veth.
@@ -52,6 +52,10 @@ static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTR
 /// Lifetimes, filled by the agent (index 0); zero fields mean the defaults.
 #[map]
 static CT_CONFIG: Array<CtConfig> = Array::with_max_entries(1, 0);
+
+/// Published ports (see `datapath_common::ports`), filled by the agent.
+#[map]
+static PORTS: HashMap<PortKey, PortTarget> = HashMap::with_max_entries(MAX_PORTS, 0);
 
 /// Per-CPU scratch space: the 512-byte stack is shared by the whole call
 /// chain, so the big structures live here.
@@ -92,6 +96,13 @@ pub fn endpoint_by_ifindex(ifindex: u32) -> Option<EndpointInfo> {
 pub fn endpoint_by_ip(addr: u32) -> Option<EndpointInfo> {
     // SAFETY: the value is copied out at once.
     unsafe { ENDPOINTS_BY_IP.get(addr) }.copied()
+}
+
+/// Where the published port `key` leads, if it is published.
+#[inline(always)]
+pub fn port_target(key: &PortKey) -> Option<PortTarget> {
+    // SAFETY: the value is copied out at once.
+    unsafe { PORTS.get(key) }.copied()
 }
 
 /// The network of id `id`, when its slot is in use.

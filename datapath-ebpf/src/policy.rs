@@ -25,8 +25,12 @@ pub enum Next {
     /// Decided (delivered to another endpoint, handed to the kernel,
     /// dropped): counted, traced and returned as is.
     Verdict(Verdict),
-    /// Beyond the node from a masquerading network: `nat::egress`.
+    /// Beyond the node from a masquerading network: a published port's
+    /// flow (`ports`), else `nat::egress`.
     Masquerade(NatRequest),
+    /// To the sender's gateway, or routed beyond the node without
+    /// masquerade: a published port's flow (`ports`), else the bridge.
+    ToNode(Ip),
 }
 
 impl From<Verdict> for Next {
@@ -138,6 +142,13 @@ fn ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Next {
         if let Some(next) = network_policy(ctx, src, &dst, &net, daddr, hlen, routed) {
             return next;
         }
+        // The gateway is the node: maybe a published port.
+        if dst.is_none() && daddr == net.gateway {
+            return match ip_of(ctx, daddr, hlen) {
+                Some(ip) => Next::ToNode(ip),
+                None => drop(reason::DROP_TRUNCATED).into(),
+            };
+        }
     }
 
     let Some(dst) = dst else {
@@ -147,6 +158,23 @@ fn ipv4(ctx: &TcContext, src: &EndpointInfo, eth_dst: &Mac) -> Next {
         return Verdict { dst_flags: dst.flags, ..pass(reason::PASS_TO_BRIDGE) }.into();
     }
     local::deliver(ctx, &Delivery { dst, routed }).into()
+}
+
+/// The IPv4 header fields of the packet (destination `daddr`, header
+/// length `hlen`) for the NAT and published ports.
+#[inline(always)]
+fn ip_of(ctx: &TcContext, daddr: u32, hlen: usize) -> Option<Ip> {
+    let ip = hdr::ipv4(ctx)?;
+    Some(Ip {
+        saddr: ip.saddr,
+        daddr,
+        tot_len: u16::from_be(ip.tot_len),
+        hlen: hlen as u8,
+        proto: ip.proto,
+        ttl: ip.ttl,
+        tos: ip.tos,
+        frag_off: u16::from_be(ip.frag_off),
+    })
 }
 
 /// The network's policy for a packet from `src` to `daddr` (`dst`: the
@@ -180,20 +208,13 @@ fn network_policy(
     }
     // Beyond the node from a masquerading network, routed through the
     // gateway: source NAT here, out the uplink directly.
-    if !local && net.flags & NET_F_MASQUERADE != 0 && net.masq_addr != 0 && routed {
-        let Some(ip) = hdr::ipv4(ctx) else {
+    if !local && routed {
+        let Some(ip) = ip_of(ctx, daddr, hlen) else {
             return Some(drop(reason::DROP_TRUNCATED).into());
         };
-        let ip = Ip {
-            saddr: ip.saddr,
-            daddr,
-            tot_len: u16::from_be(ip.tot_len),
-            hlen: hlen as u8,
-            proto: ip.proto,
-            ttl: ip.ttl,
-            tos: ip.tos,
-            frag_off: u16::from_be(ip.frag_off),
-        };
+        if net.flags & NET_F_MASQUERADE == 0 || net.masq_addr == 0 {
+            return Some(Next::ToNode(ip));
+        }
         let snat = Snat {
             addr: net.masq_addr,
             uplink_ifindex: net.uplink_ifindex,

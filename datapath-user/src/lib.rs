@@ -4,13 +4,15 @@
 //! * [`agent`]: the agent (serving, networks, endpoints, containers, upkeep).
 //! * [`datapath`]: the eBPF object, its loader and map access.
 //! * [`host`]: netlink, namespaces, netfilter and sysctls of the node.
-//! * [`state`]: the persisted desired state; [`ipam`]: address assignment.
+//! * [`state`]: the persisted desired state; [`ipam`]: address assignment;
+//!   [`ports`]: published ports (`-p`).
 
 pub mod agent;
 pub mod api;
 pub mod datapath;
 pub mod host;
 pub mod ipam;
+pub mod ports;
 pub mod reset;
 pub mod state;
 pub mod testbed;

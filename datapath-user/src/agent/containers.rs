@@ -146,6 +146,7 @@ impl Inner {
         name: &str,
         mode: &RunMode,
         ip: Option<std::net::Ipv4Addr>,
+        publish: Vec<crate::ports::Publish>,
     ) -> Result<(Option<String>, PathBuf), ApiError> {
         let network = match mode {
             RunMode::Network(net) => {
@@ -167,7 +168,7 @@ impl Inner {
                 return Ok((None, path));
             }
         };
-        let ep = EndpointCreate { name: name.to_string(), network: Some(network), ip, ..Default::default() };
+        let ep = EndpointCreate { name: name.to_string(), network: Some(network), ip, publish, ..Default::default() };
         let ep = self.endpoint_create(ep).await?;
         let path = self.state.endpoints.get(&ep).map(|e| e.netns_path.clone()).unwrap_or_default();
         Ok((Some(ep), path))
@@ -187,7 +188,10 @@ impl Inner {
         if req.ip.is_some() && !matches!(mode, RunMode::Network(_)) {
             return Err(ApiError::invalid(format!("--ip needs a network, not --network {mode}")));
         }
-        let (endpoint, netns_path) = self.container_netns(&name, &mode, req.ip).await?;
+        if !req.publish.is_empty() && !matches!(mode, RunMode::Network(_)) {
+            return Err(ApiError::invalid(format!("--publish needs a network, not --network {mode}")));
+        }
+        let (endpoint, netns_path) = self.container_netns(&name, &mode, req.ip, req.publish.clone()).await?;
         let mut spec = ContainerSpec {
             name: name.clone(),
             mode,

@@ -102,6 +102,7 @@ impl Inner {
             trace: req.trace,
             created: state::now_rfc3339(),
             creating: true,
+            ports: req.publish.clone(),
         })
     }
 
@@ -124,6 +125,8 @@ impl Inner {
             .get(&network)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
+        // Published ports are checked before anything is made.
+        self.check_publish(&req.name, &net, &req.publish).await?;
         let mut spec = self.endpoint_spec(&req, &net)?;
         // Write-ahead: the name and address are taken, and a crash from
         // here on is rolled back by the next agent.
@@ -161,6 +164,9 @@ impl Inner {
         if req.netns_path.is_some() {
             return Err(ApiError::invalid("the none network makes its own namespace"));
         }
+        if !req.publish.is_empty() {
+            return Err(ApiError::invalid("the none network cannot publish ports"));
+        }
         let spec = EndpointSpec {
             name: req.name.clone(),
             id: state::random_id(),
@@ -175,6 +181,7 @@ impl Inner {
             trace: false,
             created: state::now_rfc3339(),
             creating: false,
+            ports: Vec::new(),
         };
         let mut made = Made::default();
         let mut built = self.build_none(&spec, &mut made).await;

@@ -58,6 +58,7 @@ pub(super) fn flow_view(endpoint: Option<String>, f: Flow) -> FlowView {
             protocol: f.protocol,
             original: FlowTuple { src: o.src, sport: o.sport, dst: o.dst, dport: o.dport },
             translated: f.translated.map(|t| FlowSource { src: t.src, sport: t.sport }),
+            translated_dst: f.translated_dst.map(|t| FlowSource { src: t.src, sport: t.sport }),
             state: f.state,
             packets: f.packets,
             bytes: f.bytes,

@@ -70,6 +70,7 @@ impl Inner {
             net_info: BTreeMap::new(),
             uplinks: BTreeMap::new(),
             applied_nft: None,
+            ports_written: None,
             start: StartReport { pins: report, ..Default::default() },
         };
         let ct = inner.cfg.ct;

@@ -29,6 +29,7 @@ mod endpoints;
 mod error;
 mod lifecycle;
 mod networks;
+mod ports;
 mod serve;
 mod snapshot;
 mod trace;
@@ -106,6 +107,10 @@ pub(crate) struct Inner {
     applied_nft: Option<String>,
     /// What this agent's start found and did (shown by `stats`).
     start: StartReport,
+    /// What the `PORTS` map was last made to hold (`None` before the
+    /// first sync, which makes the map match whatever a previous agent
+    /// left).
+    ports_written: Option<BTreeMap<datapath_common::PortKey, datapath_common::PortTarget>>,
 }
 
 /// What the agent's start did with what the previous one left running.
@@ -224,6 +229,7 @@ impl Agent {
             Request::ContainerList => blocking(move || snap.containers()).await.and_then(to_value),
             Request::Stats => self.stats().await.and_then(to_value),
             Request::ConntrackList { endpoint } => self.conntrack_list(snap, endpoint).await.and_then(to_value),
+            Request::Port { name } => snap.ports(&name).and_then(to_value),
             other => return Err(other),
         })
     }

@@ -188,10 +188,20 @@ impl Inner {
         let script = netfilter::render(&self.state, |n| n.options.uplink.clone());
         if self.applied_nft.as_deref() != Some(script.as_str()) {
             let needed = netfilter::needs_rules(&self.state);
+            let localnet = netfilter::localnet_bridges(&self.state);
             let applied = script.clone();
-            blocking(move || netfilter::apply(&applied, needed)).await??;
+            blocking(move || {
+                // Before the rules: a DNAT of 127.0.0.1 to a bridge is
+                // only routed with route_localnet on.
+                for bridge in &localnet {
+                    sysctl::enable_route_localnet(bridge)?;
+                }
+                netfilter::apply(&applied, needed).map_err(ApiError::from)
+            })
+            .await??;
             self.applied_nft = Some(script);
         }
+        self.sync_ports().await?;
         let routes_out = self.state.networks.values().any(|n| !n.options.internal);
         match (self.state.node.ip_forward_was.clone(), routes_out) {
             (None, true) => {

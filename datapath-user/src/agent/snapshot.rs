@@ -83,6 +83,20 @@ impl Snapshot {
         c.map(|c| self.container_view(c)).ok_or_else(|| ApiError::not_found(format!("container {name:?} not found")))
     }
 
+    /// `datapath port NAME`: what the endpoint NAME, or the endpoint of the
+    /// command NAME, publishes.
+    pub fn ports(&self, name: &str) -> Result<Vec<crate::ports::Publish>, ApiError> {
+        let ep = match self.state.containers.get(name) {
+            Some(c) => c.endpoint.as_deref(),
+            None => Some(name),
+        };
+        match ep.and_then(|e| self.state.endpoints.get(e)) {
+            Some(e) => Ok(e.ports.clone()),
+            None if self.state.containers.contains_key(name) => Ok(Vec::new()),
+            None => Err(ApiError::not_found(format!("no endpoint or container named {name:?}"))),
+        }
+    }
+
     /// The endpoint (name, address) behind a host veth, for trace lines.
     pub fn endpoint_by_ifindex(&self, ifindex: u32) -> Option<&(String, Ipv4Addr)> {
         self.names.get(&ifindex)
@@ -146,6 +160,7 @@ impl Snapshot {
             trace: e.trace,
             container_id: e.container_id.clone(),
             created: e.created.clone(),
+            ports: e.ports.clone(),
         }
     }
 
@@ -174,6 +189,12 @@ impl Snapshot {
             rm: c.rm,
             log: c.log.clone(),
             created: c.created.clone(),
+            ports: c
+                .endpoint
+                .as_ref()
+                .and_then(|e| self.state.endpoints.get(e))
+                .map(|e| e.ports.clone())
+                .unwrap_or_default(),
         }
     }
 }

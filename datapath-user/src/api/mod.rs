@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ports::Publish;
 use crate::state::DatapathKind;
 
 mod client;
@@ -73,21 +74,46 @@ pub enum Request {
     Ping,
     NetworkCreate(NetworkCreate),
     NetworkList,
-    NetworkInspect { name: String },
-    NetworkRemove { name: String },
+    NetworkInspect {
+        name: String,
+    },
+    NetworkRemove {
+        name: String,
+    },
     EndpointCreate(EndpointCreate),
     EndpointList,
-    EndpointInspect { name: String },
-    EndpointRemove { name: String },
+    EndpointInspect {
+        name: String,
+    },
+    EndpointRemove {
+        name: String,
+    },
     Stats,
-    Trace { endpoint: Option<String> },
+    Trace {
+        endpoint: Option<String>,
+    },
     ContainerCreate(ContainerCreate),
-    ContainerStarted { name: String, pid: u32 },
-    ContainerExited { name: String, code: i32 },
+    ContainerStarted {
+        name: String,
+        pid: u32,
+    },
+    ContainerExited {
+        name: String,
+        code: i32,
+    },
     ContainerList,
-    ContainerStop { name: String },
-    ConntrackList { endpoint: Option<String> },
+    ContainerStop {
+        name: String,
+    },
+    ConntrackList {
+        endpoint: Option<String>,
+    },
     ConntrackFlush,
+    /// `datapath port NAME`: the ports an endpoint (or a command's
+    /// endpoint) publishes.
+    Port {
+        name: String,
+    },
 }
 
 /// `datapath run`: what to run and how it is networked.
@@ -111,6 +137,9 @@ pub struct ContainerCreate {
     /// Working directory for a detached command.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// Ports its endpoint publishes (`-p`; network mode only).
+    #[serde(default)]
+    pub publish: Vec<Publish>,
 }
 
 /// What `ps` shows of a command.
@@ -128,6 +157,9 @@ pub struct ContainerView {
     pub rm: bool,
     pub log: Option<PathBuf>,
     pub created: String,
+    /// What its endpoint publishes.
+    #[serde(default)]
+    pub ports: Vec<Publish>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +206,9 @@ pub struct EndpointCreate {
     /// Caller's id for the attachment (CNI_CONTAINERID).
     #[serde(default)]
     pub container_id: Option<String>,
+    /// Published ports (`-p`).
+    #[serde(default)]
+    pub publish: Vec<Publish>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

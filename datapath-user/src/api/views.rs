@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ports::Publish;
+
 /// What `network inspect` returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkView {
@@ -60,6 +62,9 @@ pub struct EndpointView {
     pub trace: bool,
     pub container_id: Option<String>,
     pub created: String,
+    /// Published ports (`-p`).
+    #[serde(default)]
+    pub ports: Vec<Publish>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +143,10 @@ pub struct ConntrackFlow {
     pub original: FlowTuple,
     /// `None` when the flow is not source-translated.
     pub translated: Option<FlowSource>,
+    /// A published port's flow: the endpoint address and container port the
+    /// destination is translated to (`src`/`sport` hold them).
+    #[serde(default)]
+    pub translated_dst: Option<FlowSource>,
     /// "syn-sent", "established", "closing", "closed" (TCP); "new" (no reply
     /// yet), "established" (UDP, ICMP).
     pub state: String,

@@ -19,6 +19,10 @@ pub enum EndpointCmd {
         /// Trace this endpoint's packets from the start.
         #[arg(long)]
         trace: bool,
+        /// Publish a port: [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]
+        /// (ranges: 8000-8010:8000-8010); repeatable.
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
     },
     /// List endpoints.
     #[command(alias = "list")]
@@ -40,9 +44,10 @@ pub enum EndpointCmd {
 
 pub async fn run(client: &Client, cmd: EndpointCmd) -> Result<()> {
     match cmd {
-        EndpointCmd::Create { name, network, ip, trace } => {
+        EndpointCmd::Create { name, network, ip, trace, publish } => {
             let ip = ip.as_deref().map(ipam::parse_addr).transpose()?;
-            let req = EndpointCreate { name, network, ip, trace, ..Default::default() };
+            let publish = datapath::ports::parse_all(&publish)?;
+            let req = EndpointCreate { name, network, ip, trace, publish, ..Default::default() };
             let e: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
             println!("{} {}", e.name, e.ip);
             Ok(())
@@ -70,13 +75,15 @@ const LIST_COLUMNS: &[Column] = &[
     left("MAC", 17),
     left("HOST-IF", 12),
     right("IFINDEX", 7),
+    left("PORTS", 0),
 ];
 
 fn list_table(eps: &[EndpointView]) -> String {
     let mut t = Table::new(LIST_COLUMNS);
     for e in eps {
         let address = format!("{}/{}", e.ip, e.prefix_len);
-        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex]);
+        let ports = datapath::ports::format(&e.ports);
+        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &ports]);
     }
     t.render()
 }

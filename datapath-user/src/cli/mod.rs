@@ -70,6 +70,12 @@ enum Command {
     },
     /// End a command started with `run` and remove its endpoint.
     Stop { name: String },
+    /// The ports an endpoint or command publishes (like `docker port`).
+    Port {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// The classic Docker bridge-networking walkthrough on the eBPF datapath.
     Walkthrough(walkthrough::WalkthroughArgs),
     /// Remove everything this datapath made on the node (stop the agent first;
@@ -129,6 +135,7 @@ impl Cli {
             Command::Conntrack(cmd) => conntrack::run(&client, cmd).await,
             Command::Ps { output } => run::ps(&client, output).await,
             Command::Stop { name } => run::stop(&client, name).await,
+            Command::Port { name, output } => run::port(&client, name, output).await,
             Command::Reset(args) => reset::run(self.socket, args).await,
         }
     }

@@ -24,6 +24,11 @@ pub struct RunArgs {
     /// Run in the background (the agent starts it); prints the name.
     #[arg(short, long)]
     detach: bool,
+    /// Publish a port of its endpoint:
+    /// [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp] (ranges:
+    /// 8000-8010:8000-8010); repeatable.
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -34,6 +39,7 @@ pub struct RunArgs {
 /// terminal, inside the endpoint's namespace. Returns the command's exit code.
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     let ip = args.ip.as_deref().map(ipam::parse_addr).transpose()?;
+    let publish = datapath::ports::parse_all(&args.publish)?;
     let cwd = std::env::current_dir().ok();
     let req = ContainerCreate {
         name: args.name,
@@ -43,6 +49,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         detach: args.detach,
         rm: args.rm,
         cwd,
+        publish,
     };
     let c: ContainerView = client.call_as(Request::ContainerCreate(req)).await?;
     if args.detach {
@@ -80,6 +87,15 @@ pub async fn ps(client: &Client, output: Output) -> Result<()> {
     output::print(output, &cs[..], ps_table)
 }
 
+/// `datapath port NAME`: like `docker port`, one line per published port
+/// (`80/tcp -> 0.0.0.0:8080`).
+pub async fn port(client: &Client, name: String, output: Output) -> Result<()> {
+    let ports: Vec<datapath::ports::Publish> = client.call_as(Request::Port { name }).await?;
+    output::print(output, &ports[..], |ports| {
+        ports.iter().map(|p| format!("{}/{} -> {}\n", p.container_port, p.proto, p.host())).collect()
+    })
+}
+
 /// `datapath stop NAME`.
 pub async fn stop(client: &Client, name: String) -> Result<()> {
     client.call(Request::ContainerStop { name: name.clone() }).await?;
@@ -87,15 +103,23 @@ pub async fn stop(client: &Client, name: String) -> Result<()> {
     Ok(())
 }
 
-const PS_COLUMNS: &[Column] =
-    &[left("NAME", 16), left("NETWORK", 18), left("IP", 15), right("PID", 7), left("STATUS", 12), left("COMMAND", 0)];
+const PS_COLUMNS: &[Column] = &[
+    left("NAME", 16),
+    left("NETWORK", 18),
+    left("IP", 15),
+    right("PID", 7),
+    left("STATUS", 12),
+    left("PORTS", 24),
+    left("COMMAND", 0),
+];
 
 fn ps_table(cs: &[ContainerView]) -> String {
     let mut t = Table::new(PS_COLUMNS);
     for c in cs {
         let ip = c.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
         let pid = c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        t.row([&c.name, &c.network, &ip, &pid, &c.status, &c.argv.join(" ")]);
+        let ports = datapath::ports::format(&c.ports);
+        t.row([&c.name, &c.network, &ip, &pid, &c.status, &ports, &c.argv.join(" ")]);
     }
     t.render()
 }

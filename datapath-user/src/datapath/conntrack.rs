@@ -26,8 +26,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 use datapath_common::{
-    ct_state_name, CtEntry, CtKey, CT_F_REVERSE, CT_F_SNAT, CT_ORPHAN_GRACE_NS, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    MAP_CT,
+    ct_state_name, CtEntry, CtKey, CT_F_DNAT, CT_F_REVERSE, CT_F_SNAT, CT_ORPHAN_GRACE_NS, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, MAP_CT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -143,6 +143,9 @@ pub struct Flow {
     pub original: Endpoint,
     /// `None` when the flow is not source-translated.
     pub translated: Option<Translated>,
+    /// A published port's flow (`CT_F_DNAT`): the endpoint address and
+    /// container port its destination is translated to.
+    pub translated_dst: Option<Translated>,
     /// "syn-sent", "established", "closing", "closed" (TCP); "new" (no reply
     /// yet), "established" (UDP, ICMP).
     pub state: String,
@@ -202,15 +205,23 @@ fn port(wire: u16) -> u16 {
     u16::from_be(wire)
 }
 
-/// The key of the reverse entry of a forward entry (`CtKey::reply_of`, as
-/// the datapath derives it).
+/// The key of the reverse entry of a forward entry (as the datapath
+/// derives it: masquerade or published port, see `CtKey::partner`).
 pub fn reverse_key(key: &CtKey, e: &CtEntry) -> CtKey {
-    CtKey::reply_of(key, e.addr, e.port)
+    key.partner(e).0
 }
 
 /// The key of the forward entry a reverse entry belongs to.
 pub fn forward_key(key: &CtKey, e: &CtEntry) -> CtKey {
-    CtKey::forward_of(key, e.addr, e.port)
+    key.partner(e).0
+}
+
+/// Whether `other`, found at the partner key of the entry `e` at `key`,
+/// is the other entry of the same flow (not a flow that took the tuple
+/// over).
+fn belongs(key: &CtKey, e: &CtEntry, other: &CtEntry) -> bool {
+    let (_, addr, port) = key.partner(e);
+    (other.flags & CT_F_REVERSE) != (e.flags & CT_F_REVERSE) && other.addr == addr && other.port == port
 }
 
 /// The flows of a snapshot of the map, sorted by protocol and original tuple.
@@ -221,7 +232,11 @@ pub fn flows(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<Flow> {
         .map(|(k, e)| Flow {
             protocol: protocol_name(k.proto),
             original: Endpoint { src: addr(k.saddr), sport: port(k.sport), dst: addr(k.daddr), dport: port(k.dport) },
-            translated: (e.flags & CT_F_SNAT != 0).then(|| Translated { src: addr(e.addr), sport: port(e.port) }),
+            translated: (e.flags & CT_F_SNAT != 0).then(|| {
+                let (a, p) = if e.flags & CT_F_DNAT != 0 { e.dnat_peer() } else { (e.addr, e.port) };
+                Translated { src: addr(a), sport: port(p) }
+            }),
+            translated_dst: (e.flags & CT_F_DNAT != 0).then(|| Translated { src: addr(e.addr), sport: port(e.port) }),
             state: ct_state_name(k.proto, e.state).to_string(),
             packets: e.tx_packets + e.rx_packets,
             bytes: e.tx_bytes + e.rx_bytes,
@@ -257,12 +272,9 @@ pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
         if e.flags & CT_F_REVERSE == 0 {
             if e.expires_ns <= now_ns {
                 out.push(*k);
-                if e.flags & CT_F_SNAT != 0 {
+                if e.flags & (CT_F_SNAT | CT_F_DNAT) != 0 {
                     let r = reverse_key(k, e);
-                    if index
-                        .get(&r)
-                        .is_some_and(|re| re.flags & CT_F_REVERSE != 0 && re.addr == k.saddr && re.port == k.sport)
-                    {
+                    if index.get(&r).is_some_and(|re| belongs(k, e, re)) {
                         out.push(r);
                     }
                 }
@@ -273,7 +285,7 @@ pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
             // being created right now (reverse first, forward next).
             let young = now_ns.saturating_sub(e.created_ns) < CT_ORPHAN_GRACE_NS;
             match index.get(&f) {
-                Some(fe) if fe.flags & CT_F_REVERSE == 0 && fe.addr == k.daddr && fe.port == k.dport => {}
+                Some(fe) if belongs(k, e, fe) => {}
                 _ if young => {}
                 _ => out.push(*k),
             }
@@ -404,6 +416,33 @@ mod tests {
         fe.port = 61001u16.to_be();
         let entries = vec![(fk, fe), (rk, re)];
         assert_eq!(expired(&entries, 60 * S), vec![rk]);
+    }
+
+    #[test]
+    fn published_port_flows_are_listed_and_collected() {
+        // 198.51.100.7:40000 -> 203.0.113.2:8080 published by 10.0.0.2:80.
+        let fk =
+            CtKey::new(IPPROTO_TCP, ip([198, 51, 100, 7]), ip([203, 0, 113, 2]), 40000u16.to_be(), 8080u16.to_be());
+        let fe = CtEntry {
+            created_ns: 10 * S,
+            expires_ns: 50 * S,
+            addr: ip([10, 0, 0, 2]),
+            port: 80u16.to_be(),
+            ifindex: 9,
+            flags: CT_F_DNAT,
+            ..Default::default()
+        };
+        let (rk, a, p) = fk.partner(&fe);
+        let re =
+            CtEntry { created_ns: 10 * S, addr: a, port: p, flags: CT_F_DNAT | CT_F_REVERSE, ..Default::default() };
+        let entries = vec![(fk, fe), (rk, re)];
+        let f = flows(&entries, 20 * S);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].translated, None);
+        assert_eq!(f[0].translated_dst, Some(Translated { src: Ipv4Addr::new(10, 0, 0, 2), sport: 80 }));
+        assert!(expired(&entries, 20 * S).is_empty(), "a live published flow is no orphan");
+        let gone = expired(&entries, 60 * S);
+        assert_eq!(gone.len(), 2, "both entries go: {gone:?}");
     }
 
     #[test]

@@ -7,8 +7,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use datapath_common::{
-    Counter, CtConfig, EndpointInfo, NetworkInfo, CT_MAX_ENTRIES, MAP_CT, MAP_CT_CONFIG, MAP_ENDPOINTS,
-    MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_STATS, MAP_SUBNETS, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
+    Counter, CtConfig, EndpointInfo, NetworkInfo, PortKey, PortTarget, CT_MAX_ENTRIES, MAP_CT, MAP_CT_CONFIG,
+    MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_PORTS, MAP_STATS, MAP_SUBNETS, PROG_FROM_ENDPOINT,
+    PROG_FROM_UPLINK,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -75,6 +76,7 @@ pub struct Bpf {
     pub(super) networks: Array<MapData, NetworkInfo>,
     pub(super) subnets: LpmTrie<MapData, u32, u32>,
     pub(super) ct_config: Array<MapData, CtConfig>,
+    pub(super) ports: HashMap<MapData, PortKey, PortTarget>,
     tables: Tables,
     /// Where maps and links are pinned (`None`: nothing is).
     pins: Option<Pins>,
@@ -243,6 +245,7 @@ impl Bpf {
         let networks = Array::try_from(take(&mut ebpf, MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
         let subnets = LpmTrie::try_from(take(&mut ebpf, MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?;
         let ct_config = Array::try_from(take(&mut ebpf, MAP_CT_CONFIG)?).map_err(map_err(MAP_CT_CONFIG))?;
+        let ports = HashMap::try_from(take(&mut ebpf, MAP_PORTS)?).map_err(map_err(MAP_PORTS))?;
         let bpf = Bpf {
             tcx: uses_tcx(opts.mode),
             pins: opts.pins.clone(),
@@ -253,6 +256,7 @@ impl Bpf {
             networks,
             subnets,
             ct_config,
+            ports,
             tables: Tables::new(Counters::new(stats), CtTable::new(ct, capacity)),
             tags,
             running: loaded_tags(),

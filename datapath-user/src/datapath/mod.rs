@@ -8,6 +8,7 @@ pub mod loader;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod ports;
 pub mod snat;
 pub mod tables;
 

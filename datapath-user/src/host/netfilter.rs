@@ -1,17 +1,23 @@
 //! Netfilter rules for kernel-datapath networks (the classic Docker setup:
-//! MASQUERADE, isolation, icc, internal).
+//! MASQUERADE, isolation, icc, internal), and the published ports' rules
+//! (Docker's `--userland-proxy=false` way: DNAT in prerouting and output,
+//! masquerade for hairpin and for the node's `127.0.0.1`).
 //!
 //! The ruleset is rendered from the desired state by a pure function and
 //! applied atomically with `nft -f -` (replace-whole-table in one batch).
-//! eBPF networks get no netfilter rule at all: their policy and NAT are in
-//! the eBPF programs.
+//! eBPF networks get no policy or masquerade rule: their policy and NAT are
+//! in the eBPF programs. Their published ports get only the rules for the
+//! node's own connections (nat output, and masquerade of `127.0.0.1`
+//! sources): connections from beyond the uplink and from endpoints are
+//! translated in eBPF.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use thiserror::Error;
 
-use crate::state::{DatapathKind, NetworkSpec, State};
+use crate::ports::Publish;
+use crate::state::{DatapathKind, EndpointSpec, NetworkSpec, State};
 
 pub const TABLE: &str = "datapath";
 
@@ -38,16 +44,61 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
         s += &format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n");
     }
     let nets: Vec<&NetworkSpec> = kernel_networks(state).collect();
-    if nets.is_empty() {
+    let published = published(state);
+    if nets.is_empty() && published.is_empty() {
         return s;
     }
     let all: Vec<String> = state.networks.values().map(|n| n.subnet.to_string()).collect();
     s += &format!("table ip {TABLE} {{\n");
-    s += &forward_chain(&nets, &all);
-    s += &input_chain(&nets, &all);
-    s += &postrouting_chain(&nets, uplink_of);
+    if !nets.is_empty() {
+        s += &forward_chain(&nets, &all);
+        s += &input_chain(&nets, &all);
+    }
+    s += &postrouting_chain(&nets, uplink_of, &published, &all);
+    s += &ports_chains(&published);
     s += "}\n";
     s + &icc_table(state, &nets)
+}
+
+/// Endpoints that publish ports, with their network.
+fn published(state: &State) -> Vec<(&EndpointSpec, &NetworkSpec)> {
+    state
+        .endpoints
+        .values()
+        .filter(|e| !e.ports.is_empty())
+        .filter_map(|e| state.networks.get(&e.network).map(|n| (e, n)))
+        .collect()
+}
+
+/// The destination match of a publication: every local address but
+/// loopback's from outside (`prerouting`: a packet to 127.0.0.1 from the
+/// network must never reach a container), every local address from the
+/// node (`output`), or the one address.
+fn port_match(p: &Publish, prerouting: bool) -> String {
+    let addr = match (p.host_ip, prerouting) {
+        (Some(a), _) => format!("ip daddr {a}"),
+        (None, true) => "fib daddr type local ip daddr != 127.0.0.0/8".to_string(),
+        (None, false) => "fib daddr type local".to_string(),
+    };
+    format!("{addr} {} dport {}", p.proto, p.host_port)
+}
+
+/// DNAT of published ports: in prerouting (from outside and from
+/// endpoints) for kernel-datapath endpoints only, and in output (the
+/// node's own connections) for every endpoint.
+fn ports_chains(published: &[(&EndpointSpec, &NetworkSpec)]) -> String {
+    let mut pre = String::from("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n");
+    let mut out = String::from("  chain output {\n    type nat hook output priority -100; policy accept;\n");
+    for (e, n) in published {
+        for p in &e.ports {
+            let to = format!("dnat to {}:{} comment \"publish {} {p}\"\n", e.ip, p.container_port, e.name);
+            if n.datapath == DatapathKind::Kernel && !p.is_loopback() {
+                pre += &format!("    {} {to}", port_match(p, true));
+            }
+            out += &format!("    {} {to}", port_match(p, false));
+        }
+    }
+    pre + "  }\n" + &out + "  }\n"
 }
 
 /// The subnets of the other networks than `n`, as the body of an nft set.
@@ -77,13 +128,20 @@ fn forward_chain(nets: &[&NetworkSpec], all: &[String]) -> String {
         // Packets conntrack cannot place (bad checksum, truncated, a stray
         // ACK) would leave unmasqueraded, with the private source address.
         s += &format!("    iifname \"{}\" ct state invalid drop comment \"invalid {}\"\n", n.bridge, n.name);
-        s += &isolation_rule(n, all);
         if n.options.internal {
+            s += &isolation_rule(n, all);
             s += &format!(
                 "    oifname \"{}\" ip saddr != {} drop comment \"internal {}\"\n",
                 n.bridge, n.subnet, n.name
             );
         }
+    }
+    // A connection to a published port crosses networks (a client
+    // endpoint of another network, and its replies): past the internal
+    // networks' rules, before the isolation ones.
+    s += "    ct status dnat accept comment \"published ports\"\n";
+    for n in nets.iter().filter(|n| !n.options.internal) {
+        s += &isolation_rule(n, all);
     }
     s + "  }\n"
 }
@@ -100,8 +158,35 @@ fn input_chain(nets: &[&NetworkSpec], all: &[String]) -> String {
 
 /// Masquerade of what leaves through the uplink (or anything but the
 /// network's own bridge when no uplink is set).
-fn postrouting_chain(nets: &[&NetworkSpec], uplink_of: impl Fn(&NetworkSpec) -> Option<String>) -> String {
+fn postrouting_chain(
+    nets: &[&NetworkSpec],
+    uplink_of: impl Fn(&NetworkSpec) -> Option<String>,
+    published: &[(&EndpointSpec, &NetworkSpec)],
+    all: &[String],
+) -> String {
     let mut s = String::from("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+    // Published ports: the node's connections from 127.0.0.1 (routed to the
+    // bridge thanks to route_localnet) leave as the gateway; on kernel
+    // networks, so do connections from endpoints of the node (hairpin, the
+    // same or another network), whose replies must come back through the
+    // node to be translated back.
+    let mut bridges: Vec<&NetworkSpec> = published.iter().map(|(_, n)| *n).collect();
+    bridges.sort_by(|a, b| a.name.cmp(&b.name));
+    bridges.dedup_by(|a, b| a.name == b.name);
+    for n in bridges {
+        s += &format!(
+            "    oifname \"{}\" ip saddr 127.0.0.0/8 masquerade comment \"publish localhost {}\"\n",
+            n.bridge, n.name
+        );
+        if n.datapath == DatapathKind::Kernel {
+            s += &format!(
+                "    oifname \"{}\" ct status dnat ip saddr {{ {} }} masquerade comment \"publish hairpin {}\"\n",
+                n.bridge,
+                all.join(", "),
+                n.name
+            );
+        }
+    }
     for n in nets.iter().filter(|n| n.options.masquerade && !n.options.internal) {
         let out = match uplink_of(n) {
             Some(up) => format!("oifname \"{up}\""),
@@ -161,7 +246,16 @@ pub fn apply(script: &str, needed: bool) -> Result<(), NetfilterError> {
 }
 
 pub fn needs_rules(state: &State) -> bool {
-    kernel_networks(state).next().is_some()
+    kernel_networks(state).next().is_some() || state.endpoints.values().any(|e| !e.ports.is_empty())
+}
+
+/// The bridges that must route `127.0.0.1` (`route_localnet`): those of
+/// networks with published ports.
+pub fn localnet_bridges(state: &State) -> Vec<String> {
+    let mut v: Vec<String> = published(state).into_iter().map(|(_, n)| n.bridge.clone()).collect();
+    v.sort();
+    v.dedup();
+    v
 }
 
 #[cfg(test)]
@@ -239,6 +333,7 @@ mod tests {
                 trace: false,
                 created: String::new(),
                 creating: false,
+                ports: Vec::new(),
             };
             e.ip = if ep == "a" { e.ip } else { std::net::Ipv4Addr::new(10, 2, 0, 3) };
             st.endpoints.insert(ep.into(), e);
@@ -246,5 +341,52 @@ mod tests {
         let s = render(&st, |_| None);
         assert!(s.contains("iifname { \"dpa\", \"dpb\" } oifname { \"dpa\", \"dpb\" } ether type ip drop"), "{s}");
         assert!(needs_rules(&st));
+        let fwd = &s[s.find("chain forward").unwrap()..s.find("chain input").unwrap()];
+        let (dnat, iso) = (fwd.find("ct status dnat accept").unwrap(), fwd.find("isolation k").unwrap());
+        assert!(fwd.find("internal i").unwrap() < dnat && dnat < iso, "{fwd}");
+    }
+
+    #[test]
+    fn published_ports_get_docker_dnat_rules() {
+        let mut st = State::new();
+        st.networks.insert("k".into(), net("k", "10.2.0.0/24", DatapathKind::Kernel, NetworkOptions::default()));
+        st.networks.insert("e".into(), net("e", "10.1.0.0/24", DatapathKind::Ebpf, NetworkOptions::default()));
+        let ep = |name: &str, network: &str, ip: [u8; 4], ports: &[&str]| crate::state::EndpointSpec {
+            name: name.into(),
+            id: random_id(),
+            network: network.into(),
+            ip: ip.into(),
+            mac: [2, 0, 0, 0, 0, 2],
+            netns_path: "/run/netns/x".into(),
+            owns_netns: true,
+            ifname: "eth0".into(),
+            host_ifname: format!("dp{name}"),
+            container_id: None,
+            trace: false,
+            created: String::new(),
+            creating: false,
+            ports: crate::ports::parse_all(ports).unwrap(),
+        };
+        st.endpoints.insert("a".into(), ep("a", "k", [10, 2, 0, 2], &["8080:80", "127.0.0.1:9090:90/udp"]));
+        st.endpoints.insert("b".into(), ep("b", "e", [10, 1, 0, 2], &["8081:81"]));
+        assert!(needs_rules(&st));
+        let s = render(&st, |_| None);
+        let pre = &s[s.find("chain prerouting").unwrap()..s.find("chain output").unwrap()];
+        let out = &s[s.find("chain output").unwrap()..];
+        assert!(pre.contains("fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 dnat to 10.2.0.2:80"), "{s}");
+        assert!(!pre.contains("9090"), "loopback only from the node: {s}");
+        assert!(!pre.contains("8081"), "eBPF endpoints are translated in eBPF: {s}");
+        assert!(out.contains("fib daddr type local tcp dport 8080 dnat to 10.2.0.2:80"), "{s}");
+        assert!(out.contains("ip daddr 127.0.0.1 udp dport 9090 dnat to 10.2.0.2:90"), "{s}");
+        assert!(out.contains("fib daddr type local tcp dport 8081 dnat to 10.1.0.2:81"), "{s}");
+        assert!(s.contains("oifname \"br-e\" ip saddr 127.0.0.0/8 masquerade"), "{s}");
+        assert!(s.contains("oifname \"br-k\" ct status dnat ip saddr { 10.1.0.0/24, 10.2.0.0/24 } masquerade"), "{s}");
+        assert!(!s.contains("oifname \"br-e\" ct status dnat"), "{s}");
+        assert_eq!(localnet_bridges(&st), vec!["br-e".to_string(), "br-k".to_string()]);
+        // Only eBPF networks: the node's rules still exist.
+        st.networks.remove("k");
+        st.endpoints.remove("a");
+        let s = render(&st, |_| None);
+        assert!(s.contains("dnat to 10.1.0.2:81") && !s.contains("chain forward"), "{s}");
     }
 }

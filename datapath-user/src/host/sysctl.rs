@@ -8,12 +8,21 @@ const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 #[derive(Debug, Error)]
 #[error("{path}: {source}")]
 pub struct SysctlError {
-    path: &'static str,
+    path: String,
     source: std::io::Error,
 }
 
-fn err(path: &'static str) -> impl FnOnce(std::io::Error) -> SysctlError {
-    move |source| SysctlError { path, source }
+fn err(path: &str) -> impl FnOnce(std::io::Error) -> SysctlError + '_ {
+    move |source| SysctlError { path: path.to_string(), source }
+}
+
+/// Lets `iface` route `127.0.0.0/8` (`net.ipv4.conf.IFACE.route_localnet`),
+/// so the node's connections to a port published on `127.0.0.1` can be
+/// DNATed to an endpoint behind it (Docker does the same). The setting goes
+/// with the interface.
+pub fn enable_route_localnet(iface: &str) -> Result<(), SysctlError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/route_localnet");
+    std::fs::write(&path, b"1").map_err(err(&path))
 }
 
 /// Turns IPv4 forwarding on; returns the previous value when it changed it.

@@ -13,6 +13,8 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::ports::Publish;
+
 mod container;
 mod journal;
 
@@ -133,6 +135,9 @@ pub struct EndpointSpec {
     /// half-made endpoint back. Its address stays reserved meanwhile.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creating: bool,
+    /// Published ports (`-p`), withdrawn with the endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Publish>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +235,13 @@ impl State {
                 return Err(format!("host interface {} is recorded for two endpoints", e.host_ifname));
             }
         }
+        let published: Vec<(&str, &Publish)> =
+            self.endpoints.values().flat_map(|e| e.ports.iter().map(move |p| (e.name.as_str(), p))).collect();
+        for (i, (a, p)) in published.iter().enumerate() {
+            if let Some((b, q)) = published[i + 1..].iter().find(|(_, q)| q.conflicts(p)) {
+                return Err(format!("endpoints {a:?} and {b:?} publish conflicting ports ({p} and {q})"));
+            }
+        }
         Ok(())
     }
 
@@ -317,6 +329,7 @@ mod tests {
             trace: false,
             created: now_rfc3339(),
             creating: false,
+            ports: Vec::new(),
         }
     }
 
@@ -340,6 +353,13 @@ mod tests {
         let mut overlap = s.clone();
         overlap.networks.insert("b".into(), net("b", "10.10.1.0/24", 2));
         assert!(overlap.check().unwrap_err().contains("overlap"));
+        let mut ports = s.clone();
+        let mut y = ep("y", "a", [10, 10, 0, 3]);
+        y.host_ifname = "dp1".into();
+        y.ports = crate::ports::parse("8080:80").unwrap();
+        ports.endpoints.get_mut("x").unwrap().ports = crate::ports::parse("127.0.0.1:8080:81").unwrap();
+        ports.endpoints.insert("y".into(), y);
+        assert!(ports.check().unwrap_err().contains("conflicting ports"));
         let dir = std::env::temp_dir().join(format!("dp-state-test-{}", random_id()));
         dup.save(&dir).unwrap();
         let err = State::load(&dir).unwrap_err().to_string();

@@ -1,0 +1,133 @@
+//! Published ports, the agent's side: what a new endpoint may publish
+//! (conflicts with other publications and with the node's listening
+//! sockets, internal networks refused: all checked before anything is
+//! made), the `PORTS` map the eBPF datapath translates with, and
+//! `route_localnet` on the bridges. The netfilter rules (the kernel
+//! datapath, and the node's own connections on both) are rendered with the
+//! rest of the node's rules by `host::netfilter`; all of it is brought in
+//! line by `sync_node` after every change, so a removed endpoint's ports
+//! are withdrawn with it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use datapath_common::{ipv4_key, PortKey, PortTarget};
+
+use super::{blocking, Inner};
+use crate::api::ApiError;
+use crate::ports::{self, Listener, Proto, Publish};
+use crate::state::{DatapathKind, NetworkSpec};
+
+/// The node's listening TCP and bound UDP IPv4 sockets (this thread's
+/// network namespace: the node's).
+fn node_listeners() -> Vec<Listener> {
+    let mut v = Vec::new();
+    for (proto, path) in [(Proto::Tcp, "/proc/net/tcp"), (Proto::Udp, "/proc/net/udp")] {
+        if let Ok(table) = std::fs::read_to_string(path) {
+            v.extend(ports::listening(proto, &table));
+        }
+    }
+    v
+}
+
+impl Inner {
+    /// Every IPv4 address of the node but loopback's: where a port
+    /// published without `HOST_IP` is reachable in eBPF.
+    pub(super) async fn node_addresses(&self) -> Result<Vec<Ipv4Addr>, ApiError> {
+        let mut out = Vec::new();
+        for (index, _) in self.nl.links().await? {
+            for (a, _) in self.nl.ipv4_addresses(index).await? {
+                if !a.is_loopback() && !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether endpoint `name` of `net` may publish `want`: refused with a
+    /// clear error (and nothing made) on an internal network, when a port
+    /// is published already (by another endpoint) or a socket of the node
+    /// listens on it, or when `HOST_IP` is not an address of the node.
+    pub(super) async fn check_publish(&self, name: &str, net: &NetworkSpec, want: &[Publish]) -> Result<(), ApiError> {
+        if want.is_empty() {
+            return Ok(());
+        }
+        if net.options.internal {
+            return Err(ApiError::invalid(format!(
+                "network {:?} is internal: its endpoints cannot publish ports",
+                net.name
+            )));
+        }
+        for (i, p) in want.iter().enumerate() {
+            if let Some(q) = want[..i].iter().find(|q| q.conflicts(p)) {
+                return Err(ApiError::invalid(format!("--publish {p} conflicts with {q}")));
+            }
+        }
+        for e in self.state.endpoints.values().filter(|e| e.name != name) {
+            if let Some((p, q)) = want.iter().find_map(|p| e.ports.iter().find(|q| q.conflicts(p)).map(|q| (p, q))) {
+                return Err(ApiError::conflict(format!(
+                    "port {}/{} is already published by endpoint {:?} ({q})",
+                    p.host(),
+                    p.proto,
+                    e.name
+                )));
+            }
+        }
+        let addrs = self.node_addresses().await?;
+        if let Some(p) = want.iter().find(|p| p.host_ip.is_some_and(|a| !a.is_loopback() && !addrs.contains(&a))) {
+            return Err(ApiError::invalid(format!("--publish {p}: {} is not an address of the node", p.host())));
+        }
+        let listeners = blocking(node_listeners).await?;
+        if let Some((p, l)) = want.iter().find_map(|p| ports::shadowed(p, &listeners).map(|l| (p, l))) {
+            return Err(ApiError::conflict(format!(
+                "port {}/{} is in use on the node (a socket listens on {l})",
+                p.host(),
+                p.proto
+            )));
+        }
+        Ok(())
+    }
+
+    /// The `PORTS` entries the state wants: one per eBPF endpoint's
+    /// publication and node address it covers (`addrs`: the node's
+    /// addresses; loopback publications have none).
+    fn wanted_ports(&self, addrs: &[Ipv4Addr]) -> BTreeMap<PortKey, PortTarget> {
+        let mut want = BTreeMap::new();
+        for e in self.state.endpoints.values().filter(|e| !e.ports.is_empty()) {
+            let ebpf = self.state.networks.get(&e.network).is_some_and(|n| n.datapath == DatapathKind::Ebpf);
+            let Some(&ifindex) = self.host_ifindex.get(&e.name) else { continue };
+            if !ebpf {
+                continue;
+            }
+            for p in e.ports.iter().filter(|p| !p.is_loopback()) {
+                let target =
+                    PortTarget { addr: ipv4_key(e.ip.octets()), ifindex, port: p.container_port.to_be(), _pad: [0; 2] };
+                let on: Vec<Ipv4Addr> = match p.host_ip {
+                    Some(a) => vec![a],
+                    None => addrs.to_vec(),
+                };
+                for a in on {
+                    want.insert(PortKey::new(p.proto.number(), ipv4_key(a.octets()), p.host_port.to_be()), target);
+                }
+            }
+        }
+        want
+    }
+
+    /// Brings the `PORTS` map in line with the state and the node's
+    /// addresses (called by `sync_node`, and by the upkeep to follow
+    /// address changes).
+    pub(super) async fn sync_ports(&mut self) -> Result<(), ApiError> {
+        let any = self.state.endpoints.values().any(|e| !e.ports.is_empty());
+        let addrs = if any { self.node_addresses().await? } else { Vec::new() };
+        let want = self.wanted_ports(&addrs);
+        if self.ports_written.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        tokio::task::block_in_place(|| self.bpf.sync_ports(&want))?;
+        self.ports_written = Some(want);
+        Ok(())
+    }
+}

@@ -1,0 +1,354 @@
+//! Published ports, the userspace concept: what `-p/--publish
+//! [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]` means ([`Publish`],
+//! [`parse`]), how `ps`, `endpoint ls` and `port` show it ([`format`]),
+//! when two publications collide ([`Publish::conflicts`]) and which
+//! sockets of the node a publication would shadow ([`listening`]).
+//!
+//! The agent's side (validation, the `PORTS` map, the netfilter rules) is
+//! in `agent/ports.rs`, `datapath/ports.rs` and `host/netfilter.rs`.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use datapath_common::{IPPROTO_TCP, IPPROTO_UDP};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Most ports one `-p` range may publish.
+pub const MAX_RANGE: usize = 4096;
+
+/// TCP or UDP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// One published port (a range is one `Publish` per port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Publish {
+    /// The node address it is published on; `None`: every address of the
+    /// node (Docker's `0.0.0.0`).
+    #[serde(default)]
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default)]
+    pub proto: Proto,
+}
+
+impl Publish {
+    /// Whether both cannot be published at once: same protocol and host
+    /// port, and addresses that overlap (one of them every address, or the
+    /// same).
+    pub fn conflicts(&self, other: &Publish) -> bool {
+        self.proto == other.proto
+            && self.host_port == other.host_port
+            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+    }
+
+    /// Only the node's own processes can reach it.
+    pub fn is_loopback(&self) -> bool {
+        self.host_ip.is_some_and(|a| a.is_loopback())
+    }
+
+    /// `0.0.0.0:8080`.
+    pub fn host(&self) -> String {
+        format!("{}:{}", self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), self.host_port)
+    }
+}
+
+impl fmt::Display for Publish {
+    /// Docker's form: `0.0.0.0:8080->80/tcp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}->{}/{}", self.host(), self.container_port, self.proto)
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PublishError {
+    #[error("invalid --publish {0:?}: expected [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]")]
+    Syntax(String),
+    #[error("invalid --publish {spec:?}: {why}")]
+    Invalid { spec: String, why: String },
+}
+
+fn invalid(spec: &str, why: impl Into<String>) -> PublishError {
+    PublishError::Invalid { spec: spec.to_string(), why: why.into() }
+}
+
+/// `N` or `N-M` (ports 1-65535), inclusive.
+fn port_range(spec: &str, s: &str) -> Result<(u16, u16), PublishError> {
+    let port = |p: &str| -> Result<u16, PublishError> {
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(invalid(spec, format!("{p:?} is not a port (1-65535)"))),
+            Ok(n) => Ok(n),
+        }
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(s)?, port(s)?),
+    };
+    if hi < lo {
+        return Err(invalid(spec, format!("the range {s} ends before it starts")));
+    }
+    Ok((lo, hi))
+}
+
+/// Parses one `-p` argument into the ports it publishes (a range gives
+/// one per port, host and container ranges of the same length).
+pub fn parse(spec: &str) -> Result<Vec<Publish>, PublishError> {
+    let (body, proto) = match spec.rsplit_once('/') {
+        Some((b, "tcp")) => (b, Proto::Tcp),
+        Some((b, "udp")) => (b, Proto::Udp),
+        Some((_, p)) => return Err(invalid(spec, format!("unknown protocol {p:?} (tcp or udp)"))),
+        None => (spec, Proto::Tcp),
+    };
+    let parts: Vec<&str> = body.split(':').collect();
+    let (ip, host, ctr) = match parts[..] {
+        [host, ctr] => (None, host, ctr),
+        [ip, host, ctr] => (Some(ip), host, ctr),
+        [_] => return Err(invalid(spec, "a host port is required (HOST_PORT:CONTAINER_PORT)")),
+        _ => return Err(PublishError::Syntax(spec.to_string())),
+    };
+    let host_ip = match ip {
+        None | Some("") => None,
+        Some(a) => {
+            let a: Ipv4Addr = a.parse().map_err(|_| invalid(spec, format!("{a:?} is not an IPv4 address")))?;
+            if a.is_unspecified() {
+                None
+            } else if a.is_multicast() || a.is_broadcast() {
+                return Err(invalid(spec, format!("{a} is not a unicast address")));
+            } else {
+                Some(a)
+            }
+        }
+    };
+    if host.is_empty() {
+        return Err(invalid(spec, "a host port is required (HOST_PORT:CONTAINER_PORT)"));
+    }
+    let (h0, h1) = port_range(spec, host)?;
+    let (c0, c1) = port_range(spec, ctr)?;
+    if h1 - h0 != c1 - c0 {
+        return Err(invalid(spec, "the host and container ranges differ in length"));
+    }
+    if usize::from(h1 - h0) >= MAX_RANGE {
+        return Err(invalid(spec, format!("a range publishes at most {MAX_RANGE} ports")));
+    }
+    Ok((0..=h1 - h0).map(|i| Publish { host_ip, host_port: h0 + i, container_port: c0 + i, proto }).collect())
+}
+
+/// Parses every `-p` argument; the same publication twice is one, two that
+/// conflict are an error.
+pub fn parse_all<S: AsRef<str>>(specs: &[S]) -> Result<Vec<Publish>, PublishError> {
+    let mut out: Vec<Publish> = Vec::new();
+    for spec in specs {
+        for p in parse(spec.as_ref())? {
+            if out.contains(&p) {
+                continue;
+            }
+            if let Some(o) = out.iter().find(|o| o.conflicts(&p)) {
+                return Err(invalid(spec.as_ref(), format!("{} conflicts with {o}", p.host())));
+            }
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Docker's `PORTS` column: `0.0.0.0:8080->80/tcp, 0.0.0.0:8000-8002->8000-8002/udp`
+/// (consecutive ports of the same address and protocol, mapped with the
+/// same offset, shown as one range).
+pub fn format(ports: &[Publish]) -> String {
+    let mut sorted = ports.to_vec();
+    sorted.sort_by_key(|p| (p.proto, p.host_ip, p.host_port));
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let first = sorted[i];
+        let mut j = i;
+        while j + 1 < sorted.len() {
+            let (a, b) = (sorted[j], sorted[j + 1]);
+            let next = a.proto == b.proto
+                && a.host_ip == b.host_ip
+                && b.host_port == a.host_port.wrapping_add(1)
+                && b.container_port == a.container_port.wrapping_add(1);
+            if !next {
+                break;
+            }
+            j += 1;
+        }
+        let last = sorted[j];
+        if i == j {
+            out.push(first.to_string());
+        } else {
+            out.push(format!(
+                "{}:{}-{}->{}-{}/{}",
+                first.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                first.host_port,
+                last.host_port,
+                first.container_port,
+                last.container_port,
+                first.proto
+            ));
+        }
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+/// A socket of the node bound to a port a publication would take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub proto: Proto,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// The listening TCP sockets (state LISTEN) or bound UDP sockets of a
+/// `/proc/net/{tcp,udp}` table (IPv4).
+pub fn listening(proto: Proto, table: &str) -> Vec<Listener> {
+    const TCP_LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, state) = (f.get(1)?, f.get(2)?, f.get(3)?);
+            let listening = match proto {
+                Proto::Tcp => *state == TCP_LISTEN,
+                // An unconnected UDP socket has no remote address.
+                Proto::Udp => remote.starts_with("00000000:"),
+            };
+            if !listening {
+                return None;
+            }
+            let (a, p) = local.split_once(':')?;
+            // The address is the kernel's u32 printed in hex: host order.
+            let addr = Ipv4Addr::from(u32::from_str_radix(a, 16).ok()?.to_ne_bytes());
+            let port = u16::from_str_radix(p, 16).ok()?;
+            Some(Listener { proto, addr, port })
+        })
+        .collect()
+}
+
+/// The node's sockets that `p` would shadow (`sockets`: the listeners of
+/// its protocol).
+pub fn shadowed<'a>(p: &Publish, sockets: &'a [Listener]) -> Option<&'a Listener> {
+    sockets.iter().find(|s| {
+        s.proto == p.proto
+            && s.port == p.host_port
+            && (p.host_ip.is_none() || s.addr.is_unspecified() || Some(s.addr) == p.host_ip)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(ip: Option<[u8; 4]>, h: u16, c: u16, proto: Proto) -> Publish {
+        Publish { host_ip: ip.map(Ipv4Addr::from), host_port: h, container_port: c, proto }
+    }
+
+    #[test]
+    fn parses_docker_forms() {
+        assert_eq!(parse("8080:80").unwrap(), vec![p(None, 8080, 80, Proto::Tcp)]);
+        assert_eq!(parse("8080:80/udp").unwrap(), vec![p(None, 8080, 80, Proto::Udp)]);
+        assert_eq!(parse("127.0.0.1:8080:80/tcp").unwrap(), vec![p(Some([127, 0, 0, 1]), 8080, 80, Proto::Tcp)]);
+        assert_eq!(parse("0.0.0.0:8080:80").unwrap(), vec![p(None, 8080, 80, Proto::Tcp)]);
+        assert_eq!(parse(":8080:80").unwrap(), vec![p(None, 8080, 80, Proto::Tcp)]);
+        let r = parse("8000-8002:9000-9002/udp").unwrap();
+        assert_eq!(
+            r,
+            vec![p(None, 8000, 9000, Proto::Udp), p(None, 8001, 9001, Proto::Udp), p(None, 8002, 9002, Proto::Udp)]
+        );
+        assert_eq!(parse("10.0.0.1:53:53/udp").unwrap()[0].host_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+    }
+
+    #[test]
+    fn refuses_what_docker_refuses_and_more() {
+        for bad in [
+            "80",
+            ":80",
+            "a:b",
+            "8080:0",
+            "0:80",
+            "70000:80",
+            "8080:80/sctp",
+            "1.2.3:8080:80",
+            "224.0.0.1:8080:80",
+            "8000-8010:8000-8005",
+            "8010-8000:8010-8000",
+            "1:2:3:4",
+            "1-5000:1-5000",
+            "",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(parse("80").unwrap_err().to_string().contains("host port is required"));
+    }
+
+    #[test]
+    fn parse_all_merges_duplicates_and_refuses_conflicts() {
+        assert_eq!(parse_all(&["8080:80", "8080:80"]).unwrap().len(), 1);
+        assert!(parse_all(&["8080:80", "8080:81"]).is_err());
+        assert!(parse_all(&["8080:80", "127.0.0.1:8080:81"]).is_err(), "any vs one address");
+        assert_eq!(parse_all(&["8080:80", "8080:80/udp"]).unwrap().len(), 2);
+        assert_eq!(parse_all(&["127.0.0.1:8080:80", "10.0.0.1:8080:80"]).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn formats_like_docker_ps() {
+        let mut v = parse("8000-8002:8000-8002/udp").unwrap();
+        v.extend(parse("127.0.0.1:8080:80").unwrap());
+        v.extend(parse("9000:90").unwrap());
+        assert_eq!(format(&v), "0.0.0.0:9000->90/tcp, 127.0.0.1:8080->80/tcp, 0.0.0.0:8000-8002->8000-8002/udp");
+        assert_eq!(format(&[]), "");
+        assert_eq!(p(None, 8080, 80, Proto::Tcp).to_string(), "0.0.0.0:8080->80/tcp");
+    }
+
+    #[test]
+    fn finds_listening_sockets() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue\n\
+   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n\
+   1: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2\n\
+   2: 0100007F:1F92 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3\n";
+        let l = listening(Proto::Tcp, tcp);
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0], Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED, port: 8080 });
+        assert_eq!(l[1].addr, Ipv4Addr::LOCALHOST);
+        assert!(shadowed(&p(None, 8080, 80, Proto::Tcp), &l).is_some());
+        assert!(shadowed(&p(Some([10, 0, 0, 1]), 8080, 80, Proto::Tcp), &l).is_some(), "0.0.0.0 covers it");
+        assert!(shadowed(&p(None, 8081, 80, Proto::Tcp), &l).is_some(), "any covers 127.0.0.1");
+        assert!(shadowed(&p(Some([10, 0, 0, 1]), 8081, 80, Proto::Tcp), &l).is_none());
+        assert!(shadowed(&p(None, 8082, 80, Proto::Tcp), &l).is_none(), "a connected socket does not listen");
+        assert!(shadowed(&p(None, 8080, 80, Proto::Udp), &l).is_none());
+    }
+}
