@@ -280,6 +280,10 @@ impl Inner {
         self.failpoint("addr")?;
         lap("addr");
         self.nl.enslave_up(host, bridge).await?;
+        if net.datapath == DatapathKind::Kernel && !spec.ports.is_empty() {
+            // Its own published ports come back out its port (hairpin).
+            self.nl.set_hairpin(host).await?;
+        }
         Ok(())
     }
 

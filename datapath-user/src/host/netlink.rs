@@ -181,6 +181,14 @@ impl Netlink {
         self.handle.link().set(msg).execute().await.map_err(req(format!("enslave link {index} to {bridge}")))
     }
 
+    /// Hairpin mode on a bridge port (`bridge link set dev X hairpin on`):
+    /// the bridge may send a frame back out the port it came in on (a
+    /// kernel-datapath endpoint reaching its own published port).
+    pub async fn set_hairpin(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = rtnetlink::LinkBridgePort::new(index).hairpin(true).build();
+        self.handle.link().set_port(msg).execute().await.map_err(req(format!("hairpin mode on link {index}")))
+    }
+
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.handle.link().set(msg).execute().await.map_err(req(format!("set link {index} up")))

@@ -14,6 +14,7 @@ mod masquerade;
 mod modes;
 mod network_options;
 mod policy;
+mod ports;
 mod rollback;
 mod security;
 mod survival;
