@@ -19,7 +19,7 @@ use datapath::testbed::agent::{Agent, AgentConfig};
 use datapath::testbed::client::SyncClient;
 use datapath::testbed::knobs;
 use datapath::testbed::names::{Claim, Family};
-use datapath::testbed::topology::{self, NodeNet, NodeSpec, VethEnd, OUTSIDE_IP, UPLINK_DEV};
+use datapath::testbed::topology::{self, NodeNet, NodeSpec, VethEnd, NODE_UPLINK_IP, OUTSIDE_IP, UPLINK_DEV};
 
 use crate::report::Topo;
 use crate::sys;
@@ -77,12 +77,23 @@ impl Lab {
         self.nodes.iter().find(|n| n.topo == t)
     }
 
-    /// (client ns, server ns, server address) of a workload on a topology.
-    pub fn ends(&self, t: Topo, north_south: bool) -> (String, String, String) {
+    /// (client ns, server ns, server address, address the client connects
+    /// to) of a workload on a topology. A published port: from the outside
+    /// namespace to the node's uplink address, translated to the server
+    /// endpoint (the ceiling: its direct pair).
+    pub fn ends(&self, t: Topo, north_south: bool, published: bool) -> (String, String, String, String) {
         match self.node(t) {
-            None => (self.ceiling.0.clone(), self.ceiling.1.clone(), CEILING_IPS[1].to_string()),
-            Some(n) if north_south => (n.client_ns.clone(), n.outside().to_string(), OUTSIDE_IP.to_string()),
-            Some(n) => (n.client_ns.clone(), n.server_ns.clone(), n.server_ip.clone()),
+            None => {
+                let ip = CEILING_IPS[1].to_string();
+                (self.ceiling.0.clone(), self.ceiling.1.clone(), ip.clone(), ip)
+            }
+            Some(n) if north_south => {
+                (n.client_ns.clone(), n.outside().to_string(), OUTSIDE_IP.to_string(), OUTSIDE_IP.to_string())
+            }
+            Some(n) if published => {
+                (n.outside().to_string(), n.server_ns.clone(), n.server_ip.clone(), NODE_UPLINK_IP.to_string())
+            }
+            Some(n) => (n.client_ns.clone(), n.server_ns.clone(), n.server_ip.clone(), n.server_ip.clone()),
         }
     }
 }
@@ -109,11 +120,18 @@ fn build_ceiling(claim: &Claim) -> Result<(String, String)> {
     Ok((a, b))
 }
 
-/// Docker's filter FORWARD chain layout and nat DOCKER jumps, in nftables.
-pub fn docker_ruleset(bridge: &str) -> String {
+/// The ports the server endpoint publishes (the workloads' port rotation).
+pub const PUBLISHED: &str = "7100-7900";
+
+/// Docker's filter FORWARD chain layout and nat DOCKER jumps, in nftables,
+/// with what Docker adds to its DOCKER chain for the ports `server`
+/// publishes.
+pub fn docker_ruleset(bridge: &str, server: &str) -> String {
     format!(
         r#"table ip dpbench-docker {{
   chain docker {{
+    ip daddr {server} iifname != "{bridge}" oifname "{bridge}" tcp dport {PUBLISHED} accept
+    ip daddr {server} iifname != "{bridge}" oifname "{bridge}" udp dport {PUBLISHED} accept
   }}
   chain docker-user {{
     return
@@ -170,11 +188,11 @@ fn set_br_netfilter(node_ns: &str, t: Topo) -> Result<()> {
     Ok(())
 }
 
-fn load_docker_ruleset(node_ns: &str, bridge: &str) -> Result<()> {
+fn load_docker_ruleset(node_ns: &str, bridge: &str, server: &str) -> Result<()> {
     let mut nft = sys::in_ns(node_ns, &["nft", "-f", "-"]);
     nft.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = nft.spawn().context("running nft")?;
-    child.stdin.take().context("nft stdin")?.write_all(docker_ruleset(bridge).as_bytes())?;
+    child.stdin.take().context("nft stdin")?.write_all(docker_ruleset(bridge, server).as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("nft rejected the Docker ruleset: {}", String::from_utf8_lossy(&out.stderr));
@@ -218,17 +236,28 @@ fn build_node(bin: &Path, claim: &Claim, t: Topo, idx: u8) -> Result<BenchNode> 
         ..Default::default()
     };
     let view: NetworkView = client.call_as(Request::NetworkCreate(create))?;
-    if t == Topo::Kernel {
-        load_docker_ruleset(&net.node, &view.bridge)?;
-    }
     let mut eps = Vec::new();
     for side in ["a", "b"] {
         let name = claim.name(&format!("{tag}{side}"));
-        let req = EndpointCreate { name: name.clone(), network: Some(network.clone()), ..Default::default() };
+        // The server publishes the workloads' ports (TCP and UDP).
+        let publish = if side == "b" {
+            datapath::ports::parse_all(&[
+                format!("{PUBLISHED}:{PUBLISHED}/tcp"),
+                format!("{PUBLISHED}:{PUBLISHED}/udp"),
+            ])?
+        } else {
+            Vec::new()
+        };
+        let req = EndpointCreate { name: name.clone(), network: Some(network.clone()), publish, ..Default::default() };
         let v: EndpointView = client.call_as(Request::EndpointCreate(req))?;
         eps.push((name, v.ip.to_string()));
     }
+    if t == Topo::Kernel {
+        load_docker_ruleset(&net.node, &view.bridge, &eps[1].1)?;
+    }
     client_sysctls(&eps[0].0)?;
+    // The published-port workloads' client is the outside namespace.
+    client_sysctls(net.outside.as_deref().context("bench nodes have an uplink")?)?;
     let [(client_ns, _), (server_ns, server_ip)] = <[(String, String); 2]>::try_from(eps).expect("two endpoints");
     Ok(BenchNode { topo: t, tag, client, agent, net, client_ns, server_ns, server_ip, network })
 }
@@ -239,7 +268,8 @@ mod tests {
 
     #[test]
     fn docker_rules_mention_the_bridge() {
-        let s = docker_ruleset("br-x");
+        let s = docker_ruleset("br-x", "10.0.0.2");
+        assert!(s.contains("ip daddr 10.0.0.2 iifname != \"br-x\" oifname \"br-x\" tcp dport 7100-7900 accept"));
         assert!(s.contains("policy drop"));
         assert!(s.contains("oifname \"br-x\" ct state related,established accept"));
         assert!(s.contains("iifname \"br-x\" oifname \"br-x\" accept"));

@@ -48,7 +48,11 @@ fn busy_between(cfg: &Cfg, before: &[(u64, u64)], after: &[(u64, u64)]) -> f64 {
 pub struct Ends<'a> {
     pub client_ns: &'a str,
     pub server_ns: &'a str,
+    /// What the server binds.
     pub server_ip: &'a str,
+    /// What the client connects to (the server's address, or the node's
+    /// address for a published port).
+    pub connect_ip: &'a str,
     pub port: u16,
 }
 
@@ -71,7 +75,7 @@ fn stream(cfg: &Cfg, streams: u32, e: &Ends) -> Result<Sample> {
     for attempt in 0..5 {
         sys::sleep(Duration::from_millis(if attempt == 0 { 150 } else { 300 }))?;
         let before = sys::cpu_times();
-        let argv: [&str; 10] = ["iperf3", "-c", e.server_ip, "-p", &port, "-t", &d, "-P", &n, "-J"];
+        let argv: [&str; 10] = ["iperf3", "-c", e.connect_ip, "-p", &port, "-t", &d, "-P", &n, "-J"];
         let client = spawn_in(e.client_ns, &pinned(ccpu, &argv));
         let (st, out, _) = sys::wait_output(client, "iperf3 client", Duration::from_secs_f64(cfg.duration + 30.0))?;
         let after = sys::cpu_times();
@@ -100,6 +104,7 @@ fn loadgen(cfg: &Cfg, kind: Kind, e: &Ends) -> Result<Sample> {
     };
     let d = cfg.duration;
     let addr = format!("{}:{}", e.server_ip, e.port);
+    let target = format!("{}:{}", e.connect_ip, e.port);
     let lg = cfg.loadgen.to_string_lossy().into_owned();
     let max = format!("{}", (d + cfg.warmup + 60.0).ceil() as u64);
     let size = if kind == Kind::Udp { "64" } else { "1" };
@@ -109,7 +114,7 @@ fn loadgen(cfg: &Cfg, kind: Kind, e: &Ends) -> Result<Sample> {
     let before = sys::cpu_times();
     let (dur, warm) = (format!("{d}"), format!("{}", cfg.warmup));
     let client_argv: [&str; 12] =
-        [&lg, "client", "--mode", mode, "--target", &addr, "--duration", &dur, "--warmup", &warm, "--size", size];
+        [&lg, "client", "--mode", mode, "--target", &target, "--duration", &dur, "--warmup", &warm, "--size", size];
     let client = spawn_in(e.client_ns, &pinned(ccpu, &client_argv));
     let (st, out, err) = sys::wait_output(client, "loadgen client", Duration::from_secs_f64(d + cfg.warmup + 30.0))?;
     let after = sys::cpu_times();

@@ -113,7 +113,7 @@ fn probe_all(cfg: &Cfg, lab: &Lab) -> Vec<(Topo, Option<String>)> {
         return ns_na;
     }
     for t in Topo::ALL {
-        let (c, s, ip) = lab.ends(t, true);
+        let (c, s, ip, _) = lab.ends(t, true, false);
         let na = match probe_north_south(cfg, &c, &s, &ip) {
             Ok(()) => None,
             Err(e) => {
@@ -148,8 +148,8 @@ fn rounds(cfg: &Cfg, lab: &Lab, ns_na: &[(Topo, Option<String>)], r: &mut Result
                     continue;
                 }
                 port = if port >= 7900 { 7100 } else { port + 1 };
-                let (c, s, ip) = lab.ends(t, w.north_south);
-                let ends = Ends { client_ns: &c, server_ns: &s, server_ip: &ip, port };
+                let (c, s, ip, to) = lab.ends(t, w.north_south, w.published);
+                let ends = Ends { client_ns: &c, server_ns: &s, server_ip: &ip, connect_ip: &to, port };
                 let res = measure_one(cfg, w, &ends);
                 sys::check_interrupted()?;
                 let eta = if done > 1 {

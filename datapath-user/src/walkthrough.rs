@@ -104,7 +104,7 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
     if let Err(e) = &result {
         println!("\nwalkthrough failed: {e:#}");
     }
-    step(10, "Clean up: remove the endpoints, stop the agent (it removes the default network)");
+    step(11, "Clean up: remove the endpoints, stop the agent (it removes the default network)");
     for ep in EPS {
         if client.call(Request::EndpointRemove { name: ep.into() }).await.is_ok() {
             println!("removed endpoint {ep}");
@@ -167,10 +167,19 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     check_outside_saw_the_uplink(&outside_log)?;
     show_conntrack(client, a).await?;
 
-    step(8, "Counters by reason: unicast between endpoints was redirected in-kernel, outside traffic translated");
+    step(
+        8,
+        &format!(
+            "Published port: {}'s HTTP server (-p {PUBLISHED}:8000), GET from the outside at {NODE_UPLINK_IP}:{PUBLISHED} and from the node at 127.0.0.1:{PUBLISHED}",
+            b.name
+        ),
+    );
+    published_http(args, b).await?;
+
+    step(9, "Counters by reason: unicast between endpoints was redirected in-kernel, outside traffic translated");
     show_stats(client).await?;
 
-    step(9, "Your turn");
+    step(10, "Your turn");
     your_turn(args, a, b);
     if args.no_wait {
         return Ok(());
@@ -192,12 +201,18 @@ async fn show_networks(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// The host port the walkthrough publishes the second endpoint's HTTP
+/// server (port 8000) on.
+const PUBLISHED: u16 = 8080;
+
 async fn create_endpoints(client: &Client) -> Result<Vec<EndpointView>> {
     let mut eps = Vec::new();
-    for ep in EPS {
-        show(&format!("datapath endpoint create {ep} --trace"));
+    for (i, ep) in EPS.iter().enumerate() {
+        let publish = if i == 1 { datapath::ports::parse(&format!("{PUBLISHED}:8000"))? } else { Vec::new() };
+        let p = if i == 1 { format!(" -p {PUBLISHED}:8000") } else { String::new() };
+        show(&format!("datapath endpoint create {ep} --trace{p}"));
         let t = Instant::now();
-        let req = EndpointCreate { name: ep.into(), trace: true, ..Default::default() };
+        let req = EndpointCreate { name: (*ep).into(), trace: true, publish, ..Default::default() };
         let v: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
         println!(
             "{} {}/{} mac {} host veth {} (ifindex {}), netns {} -- {:.1} ms",
@@ -305,19 +320,54 @@ fn your_turn(args: &WalkthroughArgs, a: &EndpointView, b: &EndpointView) {
     println!("The endpoints stay up. In another terminal, for example:");
     println!("  sudo ip netns exec {} ping {}", a.name, b.ip);
     println!("  sudo ip netns exec {} curl http://{OUTSIDE_IP}/   # through the eBPF masquerade", a.name);
+    println!(
+        "  sudo ip netns exec {OUTSIDE_NS} curl http://{NODE_UPLINK_IP}:{PUBLISHED}/   # {}'s published port",
+        b.name
+    );
     println!("  sudo datapath --socket {} conntrack ls", client_path(args).display());
     println!("  sudo datapath --socket {} trace", client_path(args).display());
     println!("  sudo bpftool prog show name dp_from_ep; sudo bpftool link show   # TCX links (bpftool < 7.3 prints them as `type 11`)");
 }
 
+/// The published port of `b` (its HTTP server of step 6, port 8000 inside):
+/// fetched from the outside namespace through the node's uplink address,
+/// and from the node itself at 127.0.0.1; the server sees the outside
+/// client's own address.
+async fn published_http(args: &WalkthroughArgs, b: &EndpointView) -> Result<()> {
+    let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let server_log = args.dir.join("http-server.log");
+    show(&format!("datapath port {}", b.name));
+    for p in &b.ports {
+        println!("{}/{} -> {}", p.container_port, p.proto, p.host());
+    }
+    let outside = datapath::host::netns::named_path(OUTSIDE_NS);
+    fetch_in(OUTSIDE_NS, &outside, &format!("http://{NODE_UPLINK_IP}:{PUBLISHED}/hello.bin"), &body, &server_log)?;
+    let node = datapath::host::netns::named_path(NODE_NS);
+    fetch_in(NODE_NS, &node, &format!("http://127.0.0.1:{PUBLISHED}/hello.bin"), &body, &server_log)?;
+    let log = std::fs::read_to_string(&server_log).unwrap_or_default();
+    if !log.lines().any(|l| l.starts_with(&OUTSIDE_IP.to_string())) {
+        bail!(
+            "the published server should have seen the outside client {OUTSIDE_IP}:
+{log}"
+        );
+    }
+    println!("the server saw the outside client's own address {OUTSIDE_IP} (no proxy in between)");
+    Ok(())
+}
+
 /// GETs `url` from inside an endpoint (retrying while the server starts)
 /// and checks the body.
 fn fetch(from: &EndpointView, url: &str, body: &[u8], server_log: &Path) -> Result<()> {
+    fetch_in(&from.name, &from.netns_path, url, body, server_log)
+}
+
+/// GETs `url` from the namespace `name` at `ns` and checks the body.
+fn fetch_in(name: &str, ns: &Path, url: &str, body: &[u8], server_log: &Path) -> Result<()> {
     let script = format!(
         "import sys,time,urllib.request,hashlib\nfor i in range(100):\n    try:\n        d=urllib.request.urlopen('{url}',timeout=2).read();break\n    except OSError:\n        time.sleep(0.1)\nelse:\n    sys.exit('server did not answer')\nprint(len(d), hashlib.sha256(d).hexdigest())"
     );
-    show(&format!("ip netns exec {} python3 -c 'urllib.request.urlopen(\"{url}\")'", from.name));
-    let out = output_in(&from.netns_path, &["python3", "-c", &script])?;
+    show(&format!("ip netns exec {name} python3 -c 'urllib.request.urlopen(\"{url}\")'"));
+    let out = output_in(ns, &["python3", "-c", &script])?;
     let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let want = format!("{} {}", body.len(), sha256_hex(body));
     println!("fetched: {got}");

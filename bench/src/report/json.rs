@@ -39,6 +39,7 @@ pub fn to_json(r: &Results) -> Value {
             "unit": w.unit(),
             "cpu_unit": w.cpu_unit(),
             "north_south": w.north_south,
+            "published": w.published,
             "topologies": topos,
         }));
     }

@@ -66,6 +66,9 @@ pub struct Workload {
     pub kind: Kind,
     /// North-south: endpoint to the outside namespace through masquerade.
     pub north_south: bool,
+    /// Published port: the outside namespace to the node's uplink address
+    /// and a published port, translated to the server endpoint.
+    pub published: bool,
 }
 
 impl Workload {
@@ -101,15 +104,55 @@ impl Workload {
 }
 
 pub const WORKLOADS: &[Workload] = &[
-    Workload { id: "ew-tcp-stream-1", label: "E-W TCP stream, 1 stream", kind: Kind::Stream(1), north_south: false },
-    Workload { id: "ew-tcp-stream-4", label: "E-W TCP stream, 4 streams", kind: Kind::Stream(4), north_south: false },
-    Workload { id: "ew-tcp-rr", label: "E-W TCP_RR", kind: Kind::Rr, north_south: false },
-    Workload { id: "ew-tcp-crr", label: "E-W TCP_CRR", kind: Kind::Crr, north_south: false },
-    Workload { id: "ew-udp-64", label: "E-W UDP 64 B", kind: Kind::Udp, north_south: false },
-    Workload { id: "ns-tcp-stream-1", label: "N-S TCP stream, 1 stream", kind: Kind::Stream(1), north_south: true },
-    Workload { id: "ns-tcp-rr", label: "N-S TCP_RR", kind: Kind::Rr, north_south: true },
-    Workload { id: "ns-tcp-crr", label: "N-S TCP_CRR", kind: Kind::Crr, north_south: true },
-    Workload { id: "ns-udp-64", label: "N-S UDP 64 B", kind: Kind::Udp, north_south: true },
+    Workload {
+        id: "ew-tcp-stream-1",
+        label: "E-W TCP stream, 1 stream",
+        kind: Kind::Stream(1),
+        north_south: false,
+        published: false,
+    },
+    Workload {
+        id: "ew-tcp-stream-4",
+        label: "E-W TCP stream, 4 streams",
+        kind: Kind::Stream(4),
+        north_south: false,
+        published: false,
+    },
+    Workload { id: "ew-tcp-rr", label: "E-W TCP_RR", kind: Kind::Rr, north_south: false, published: false },
+    Workload { id: "ew-tcp-crr", label: "E-W TCP_CRR", kind: Kind::Crr, north_south: false, published: false },
+    Workload { id: "ew-udp-64", label: "E-W UDP 64 B", kind: Kind::Udp, north_south: false, published: false },
+    Workload {
+        id: "ns-tcp-stream-1",
+        label: "N-S TCP stream, 1 stream",
+        kind: Kind::Stream(1),
+        north_south: true,
+        published: false,
+    },
+    Workload { id: "ns-tcp-rr", label: "N-S TCP_RR", kind: Kind::Rr, north_south: true, published: false },
+    Workload { id: "ns-tcp-crr", label: "N-S TCP_CRR", kind: Kind::Crr, north_south: true, published: false },
+    Workload { id: "ns-udp-64", label: "N-S UDP 64 B", kind: Kind::Udp, north_south: true, published: false },
+    Workload {
+        id: "pp-tcp-stream-1",
+        label: "Published port TCP stream",
+        kind: Kind::Stream(1),
+        north_south: false,
+        published: true,
+    },
+    Workload { id: "pp-tcp-rr", label: "Published port TCP_RR", kind: Kind::Rr, north_south: false, published: true },
+    Workload {
+        id: "pp-tcp-crr",
+        label: "Published port TCP_CRR",
+        kind: Kind::Crr,
+        north_south: false,
+        published: true,
+    },
+    Workload {
+        id: "pp-udp-64",
+        label: "Published port UDP 64 B",
+        kind: Kind::Udp,
+        north_south: false,
+        published: true,
+    },
 ];
 
 pub fn workload(id: &str) -> Option<&'static Workload> {
@@ -210,7 +253,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
             note,
         });
     };
-    for w in WORKLOADS.iter().filter(|w| !w.north_south) {
+    for w in WORKLOADS.iter().filter(|w| !w.north_south && !w.published) {
         ratio_target(w.id, Topo::Ceiling, 0.95);
     }
     ratio_target("ew-tcp-rr", Topo::Kernel, 1.2);
@@ -218,6 +261,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
     ratio_target("ns-tcp-rr", Topo::Kernel, 1.3);
     ratio_target("ns-udp-64", Topo::Kernel, 1.3);
     ratio_target("ns-tcp-crr", Topo::Kernel, 1.5);
+    ratio_target("pp-tcp-rr", Topo::Kernel, 1.3);
+    ratio_target("pp-udp-64", Topo::Kernel, 1.3);
+    ratio_target("pp-tcp-crr", Topo::Kernel, 1.5);
+    ratio_target("pp-tcp-rr", Topo::Ceiling, 0.85);
     let create = r.churn.iter().find(|c| c.datapath == "ebpf").and_then(|c| median(&c.create_ms));
     out.push(Target {
         what: "endpoint create (ebpf), median".into(),

@@ -1,5 +1,6 @@
 //! The agent's periodic work: following uplink address changes (every 2 s,
-//! under the writer lock: it may change the datapath's network entries)
+//! under the writer lock: it may change the datapath's network entries and
+//! the published ports' keys)
 //! and collecting expired conntrack flows (a walk of the table on a
 //! blocking thread, without the writer lock).
 
@@ -46,6 +47,10 @@ impl Inner {
         }
         if let Err(e) = self.sync_uplinks().await {
             tracing::warn!("attaching reverse NAT to uplinks: {e}");
+        }
+        // Published ports follow the node's addresses.
+        if let Err(e) = self.sync_ports().await {
+            tracing::warn!("updating published ports: {e}");
         }
     }
 }
