@@ -119,8 +119,8 @@ pub const FWD_PORT: u32 = 20;
 /// hop lookup and redirect) or into the client endpoint.
 pub const FWD_PORT_REPLY: u32 = 21;
 /// A packet to a published port (or a reply through one) whose TCP or UDP
-/// header is malformed (bad data offset, bad length, truncated), or a TCP
-/// segment without SYN that matches no flow: never translated.
+/// header is malformed (bad data offset, bad length beyond the packet):
+/// never translated.
 pub const DROP_PORT_MALFORMED: u32 = 58;
 /// A new flow to a published port whose reply tuple is taken by another
 /// flow (no free source port for a client endpoint), or that the

@@ -110,6 +110,7 @@ fn published(ctx: &TcContext, src: &EndpointInfo, ip: &hdr::Ip) -> verdict::Verd
         ports::Step::Reply => ports::reply(ctx, ip),
         ports::Step::Client => Some(ports::client(ctx, ip)),
         ports::Step::Open(t) => Some(ports::open(ctx, src, ip, &t)),
+        ports::Step::IcmpError => ports::icmp_error(ctx, ip),
         ports::Step::Drop(code) => Some(verdict::drop(code)),
     };
     v.unwrap_or(verdict::pass(NOT_PUBLISHED))

@@ -20,9 +20,11 @@
 //!   namespace in the hairpin case).
 //!
 //! The two `CT` entries of a flow are described in `datapath_common::ct`
-//! (`CT_F_DNAT`). Only TCP and UDP are published; a malformed L4 header or
-//! a TCP segment without SYN that matches no flow is dropped
-//! (`drop-port-malformed`), never translated.
+//! (`CT_F_DNAT`). Only TCP and UDP are published; a malformed L4 header is
+//! dropped (`drop-port-malformed`), never translated; a TCP segment without
+//! SYN that matches no flow is left to the kernel (it may be a reply to one
+//! of the node's own connections whose local port is a published one; a
+//! stray one is reset by the kernel).
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST},
@@ -31,7 +33,7 @@ use aya_ebpf::{
 };
 use datapath_common::{
     reason, CtEntry, CtKey, EndpointInfo, PortKey, PortTarget, CT_F_DNAT, CT_F_REVERSE, CT_F_SNAT, CT_NEW,
-    CT_TCP_CLOSING, CT_TCP_SYN_SENT, IPPROTO_TCP, IPPROTO_UDP,
+    CT_TCP_CLOSING, CT_TCP_SYN_SENT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
@@ -39,8 +41,8 @@ use crate::{
     csum::{self, Nat},
     fib,
     hdr::{
-        self, read_l4, Ip, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IPV4_MIN_HLEN, IP_MF_OFFSET, L4, PACKET_HOST, TCP_ACK, TCP_RST,
-        TCP_SYN,
+        self, read_l4, Ip, Ipv4Hdr, ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IPV4_MIN_HLEN,
+        IP_MF_OFFSET, L4, PACKET_HOST, TCP_ACK, TCP_RST, TCP_SYN,
     },
     maps,
     verdict::{count, drop, redirect, Verdict},
@@ -209,8 +211,14 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Option<Verdict> {
         }
         _ => {
             let t = maps::port_target(&PortKey::new(proto, daddr, key.dport))?;
-            if !l4.sane || !opens(proto, &l4) {
+            if !l4.sane {
                 return Some(Verdict { was: was(daddr, key.dport), ..drop(reason::DROP_PORT_MALFORMED) });
+            }
+            // A TCP segment of no flow: the kernel's (a node connection
+            // whose local port is a published one, or a stray segment the
+            // kernel resets).
+            if !opens(proto, &l4) {
+                return None;
             }
             if let Err(code) = open_from_uplink(&key, &t, now) {
                 return Some(Verdict { was: was(daddr, key.dport), ..drop(code) });
@@ -286,6 +294,9 @@ pub enum Step {
     Client,
     /// A new connection to a published port: `open`.
     Open(PortTarget),
+    /// An ICMP error of a publishing endpoint about a published flow:
+    /// `icmp_error`.
+    IcmpError,
     /// Dropped (malformed).
     Drop(u32),
 }
@@ -312,6 +323,11 @@ fn tuple(ctx: &TcContext, ip: &Ip) -> Option<(L4, CtKey)> {
 /// take it).
 #[inline(never)]
 pub fn classify(ctx: &TcContext, ip: &Ip) -> Option<Step> {
+    if ip.proto == IPPROTO_ICMP {
+        let (rkey, _) = icmp_quote(ctx, ip)?;
+        let e = conntrack::get(&rkey)?;
+        return (e.flags & (CT_F_DNAT | CT_F_REVERSE) == CT_F_DNAT | CT_F_REVERSE).then_some(Step::IcmpError);
+    }
     let (l4, key) = tuple(ctx, ip)?;
     let proto = key.proto;
     if let Some(e) = conntrack::get(&key) {
@@ -328,10 +344,106 @@ pub fn classify(ctx: &TcContext, ip: &Ip) -> Option<Step> {
         }
     }
     let t = maps::port_target(&PortKey::new(proto, ip.daddr, l4.dport))?;
-    if !l4.sane || !opens(proto, &l4) {
+    if !l4.sane {
         return Some(Step::Drop(reason::DROP_PORT_MALFORMED));
     }
+    // A TCP segment of no flow: not ours (see `from_uplink`).
+    if !opens(proto, &l4) {
+        return None;
+    }
     Some(Step::Open(t))
+}
+
+/// An ICMP destination unreachable or time exceeded from an endpoint (`ip`)
+/// quoting a TCP or UDP packet it received (option-less header): the key of
+/// the reverse entry its answer would have (the quoted tuple turned
+/// around), and the offset of the ICMP header.
+#[inline(always)]
+fn icmp_quote(ctx: &TcContext, ip: &Ip) -> Option<(CtKey, usize)> {
+    if ip.frag_off & IP_MF_OFFSET != 0 {
+        return None;
+    }
+    let off = ETH_HLEN + (usize::from(ip.hlen) & 0x3c);
+    let h: [u8; 28] = ctx.load(off).ok()?;
+    if h[0] != ICMP_DEST_UNREACH && h[0] != ICMP_TIME_EXCEEDED {
+        return None;
+    }
+    let iproto = h[8 + 9];
+    if h[8] != 0x45 || (iproto != IPPROTO_TCP && iproto != IPPROTO_UDP) {
+        return None;
+    }
+    let isaddr = u32::from_ne_bytes([h[20], h[21], h[22], h[23]]);
+    let idaddr = u32::from_ne_bytes([h[24], h[25], h[26], h[27]]);
+    // The quoted packet went to the sender.
+    if idaddr != ip.saddr {
+        return None;
+    }
+    let p: [u8; 4] = ctx.load(off + 28).ok()?;
+    let (isport, idport) = (u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]]));
+    Some((CtKey::new(iproto, idaddr, isaddr, idport, isport), off))
+}
+
+/// An ICMP error of a publishing endpoint about a published flow
+/// (`Step::IcmpError`, e.g. a UDP port unreachable): translated back like
+/// a reply, the quoted packet too (its destination: the node address and
+/// host port; for a client endpoint its source: the client's own), the
+/// quoted IPv4 and the ICMP checksums fixed. `None`: its flow is over.
+#[inline(never)]
+pub fn icmp_error(ctx: &TcContext, ip: &Ip) -> Option<Verdict> {
+    let (rkey, off) = icmp_quote(ctx, ip)?;
+    let now = conntrack::now();
+    let rev = conntrack::get(&rkey)?;
+    let (node_addr, host_port, client_if, flags) = (rev.addr, rev.port, rev.ifindex, rev.flags);
+    let (c_addr, c_port) = rev.dnat_peer();
+    forward_of(&rkey, rev, now)?;
+    let w = was(rkey.saddr, rkey.sport);
+    if ip.ttl <= 1 {
+        return Some(Verdict { was: w, ..drop(reason::DROP_TTL_EXCEEDED) });
+    }
+    let (icsum, inner) = (off + 2, off + 8);
+    let Ok(old_iphcsum) = ctx.load::<u16>(inner + 10) else {
+        return Some(drop(reason::DROP_TRUNCATED));
+    };
+    // The quoted destination: endpoint:container port -> node:host port.
+    let mut ok = quote_rewrite(ctx, (icsum, inner), (16, 22), (rkey.saddr, node_addr), (rkey.sport, host_port));
+    // The quoted source of a client endpoint's flow: gateway:port -> its own.
+    if flags & CT_F_SNAT != 0 {
+        ok = ok && quote_rewrite(ctx, (icsum, inner), (12, 20), (rkey.daddr, c_addr), (rkey.dport, c_port));
+    }
+    let new_iphcsum = ctx.load::<u16>(inner + 10).unwrap_or(old_iphcsum);
+    if !ok || ctx.l4_csum_replace(icsum, u64::from(old_iphcsum), u64::from(new_iphcsum), 2).is_err() {
+        return Some(drop(reason::DROP_TRUNCATED));
+    }
+    if flags & CT_F_SNAT != 0 {
+        let client = maps::endpoint_by_ifindex(client_if)?;
+        let iph = hdr::ipv4(ctx)?;
+        csum::forward_ipv4(iph, Nat::Src(node_addr));
+        set_daddr(iph, c_addr);
+        return Some(deliver(ctx, &client, reason::FWD_PORT_REPLY, w));
+    }
+    let l4 = L4 { sport: host_port, dport: rkey.dport, csum_off: 0, port_off: 0, tcp_flags: 0, sane: true };
+    Some(out_uplink(ctx, &rkey, &l4, node_addr, ip.ttl))
+}
+
+/// In the packet quoted by an ICMP error (`at`: the ICMP checksum's offset
+/// and the quoted IPv4 header's): the address at `offs.0` and the port at
+/// `offs.1` (relative to the quoted header) become `addr.1` and `port.1`;
+/// the quoted IPv4 checksum and the ICMP checksum follow (the caller adds
+/// the quoted checksum's own change to the ICMP checksum).
+#[inline(always)]
+fn quote_rewrite(
+    ctx: &TcContext,
+    at: (usize, usize),
+    offs: (usize, usize),
+    addr: (u32, u32),
+    port: (u16, u16),
+) -> bool {
+    let (icsum, inner) = at;
+    ctx.store(inner + offs.0, &addr.1, 0).is_ok()
+        && ctx.l3_csum_replace(inner + 10, u64::from(addr.0), u64::from(addr.1), 4).is_ok()
+        && ctx.l4_csum_replace(icsum, u64::from(addr.0), u64::from(addr.1), 4).is_ok()
+        && ctx.store(inner + offs.1, &port.1, 0).is_ok()
+        && ctx.l4_csum_replace(icsum, u64::from(port.0), u64::from(port.1), 2).is_ok()
 }
 
 /// The client side of a flow from an endpoint (`Step::Client`): translated
