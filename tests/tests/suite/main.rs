@@ -15,6 +15,7 @@ mod modes;
 mod network_options;
 mod policy;
 mod rollback;
+mod scale;
 mod security;
 mod survival;
 mod trace;
