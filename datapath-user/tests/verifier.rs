@@ -137,6 +137,8 @@ const BCAST: [u8; 6] = [0xff; 6];
 const A_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 2);
 const B_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 3);
 const C_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 1, 3);
+/// An address of A's and B's network that no endpoint has.
+const NOBODY_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 99);
 /// BPF_PROG_TEST_RUN runs TC programs with `lo` as the device.
 const A_IFINDEX: u32 = 1;
 /// Never looked up by the kernel: `bpf_redirect_peer` only records it.
@@ -309,7 +311,13 @@ fn dp_from_ep_decisions() {
     );
 
     // ARP.
-    h.check("ARP request", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)), TC_ACT_OK, reason::PASS_ARP);
+    h.check("ARP request", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, NOBODY_IP)), TC_ACT_OK, reason::PASS_ARP);
+    h.check(
+        "ARP request for B (proxy ARP)",
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        TC_ACT_REDIRECT,
+        reason::FWD_ARP_REPLY,
+    );
     h.check(
         "ARP probe",
         &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, Ipv4Addr::UNSPECIFIED, A_IP)),
@@ -447,11 +455,18 @@ fn dp_from_ep_decisions() {
     );
     let (_, lines) = h.check(
         "untraced sender, ARP",
-        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, NOBODY_IP)),
         TC_ACT_OK,
         reason::PASS_ARP,
     );
     assert!(lines.is_empty(), "ARP has no receiver endpoint: {lines:?}");
+    let (_, lines) = h.check(
+        "untraced sender, ARP for a traced endpoint",
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        TC_ACT_REDIRECT,
+        reason::FWD_ARP_REPLY,
+    );
+    assert!(lines.is_empty(), "B is not involved in the proxy's answer: {lines:?}");
     let (_, lines) = h.check(
         "traced receiver, spoofed MAC",
         &eth(B_MAC, other_mac, 0x0800, &ipv4_udp(A_IP, B_IP, 64, 1, 2)),
@@ -462,10 +477,21 @@ fn dp_from_ep_decisions() {
 
     h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, EP_F_TRACE));
     let (_, lines) =
-        h.check("traced ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)), TC_ACT_OK, reason::PASS_ARP);
+        h.check("traced ARP", &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, NOBODY_IP)), TC_ACT_OK, reason::PASS_ARP);
     assert_eq!(
         lines,
-        [line(reason::PASS_ARP, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff arp op=1 10.199.0.2 > 10.199.0.3")]
+        [line(reason::PASS_ARP, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff arp op=1 10.199.0.2 > 10.199.0.99")]
+    );
+    // An answered request is shown as the reply it became.
+    let (_, lines) = h.check(
+        "traced proxy ARP",
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        TC_ACT_REDIRECT,
+        reason::FWD_ARP_REPLY,
+    );
+    assert_eq!(
+        lines,
+        [line(reason::FWD_ARP_REPLY, "02:dd:00:00:00:0b > 02:dd:00:00:00:0a arp op=2 10.199.0.3 > 10.199.0.2")]
     );
     let (_, lines) = h.check(
         "traced spoof",
@@ -512,6 +538,76 @@ fn dp_from_ep_decisions() {
     assert_eq!(lines, [line(reason::DROP_TRUNCATED, "02:dd:00:00:00:0a > ff:ff:ff:ff:ff:ff ethertype=0x806")]);
 }
 
+/// Proxy ARP: a request from A for its gateway or for B (same network) is
+/// turned into the reply in place and sent back into A; probes,
+/// announcements, replies, requests for another network's endpoint, for A
+/// itself or for nobody go to the bridge; a spoofed sender is dropped first.
+#[test]
+fn dp_from_ep_proxy_arp() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let mut h = harness();
+    h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0));
+    h.set_endpoint(endpoint(B_IFINDEX, B_IP, B_MAC, 7, 0));
+    h.set_endpoint(endpoint(C_IFINDEX, C_IP, [0x02, 0xdd, 0, 0, 1, 0x0c], 8, 0));
+    h.set_network(7, Ipv4Addr::new(10, 199, 0, 0), 24, 0);
+    let gw_ip = Ipv4Addr::new(10, 199, 0, 1);
+    // The request with 18 bytes of padding (a 60-byte frame), which stays.
+    let request = |tpa: Ipv4Addr| {
+        let mut body = arp(1, A_MAC, A_IP, tpa);
+        body.extend_from_slice(&[0xab; 18]);
+        eth(BCAST, A_MAC, 0x0806, &body)
+    };
+    for (what, tpa, mac) in [("gateway", gw_ip, GW_MAC), ("B", B_IP, B_MAC)] {
+        let f = request(tpa);
+        let (out, _) = h.check(&format!("request for {what}"), &f, TC_ACT_REDIRECT, reason::FWD_ARP_REPLY);
+        let mut want = eth(A_MAC, mac, 0x0806, &frames::arp(2, mac, tpa, A_MAC, A_IP));
+        want.extend_from_slice(&[0xab; 18]);
+        assert_eq!(out, want, "the reply for {what}");
+    }
+    // A unicast request (a neighbour re-probe) is answered too.
+    let unicast = eth(GW_MAC, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, gw_ip));
+    let (out, _) = h.check("unicast request for the gateway", &unicast, TC_ACT_REDIRECT, reason::FWD_ARP_REPLY);
+    assert_eq!(&out[0..12], &[A_MAC, GW_MAC].concat()[..], "Ethernet addresses of the reply");
+    for (what, f) in [
+        ("request for another network's endpoint", request(C_IP)),
+        ("request for nobody", request(NOBODY_IP)),
+        ("request for itself", request(A_IP)),
+        ("probe", eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, Ipv4Addr::UNSPECIFIED, B_IP))),
+        ("announcement", eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, A_IP, A_IP))),
+        ("reply", eth(B_MAC, A_MAC, 0x0806, &frames::arp(2, A_MAC, A_IP, B_MAC, B_IP))),
+        ("gratuitous reply", eth(BCAST, A_MAC, 0x0806, &arp(2, A_MAC, A_IP, A_IP))),
+        ("not Ethernet/IPv4 ARP", {
+            let mut body = arp(1, A_MAC, A_IP, B_IP);
+            body[0..2].copy_from_slice(&6u16.to_be_bytes());
+            eth(BCAST, A_MAC, 0x0806, &body)
+        }),
+    ] {
+        let (out, _) = h.check(what, &f, TC_ACT_OK, reason::PASS_ARP);
+        assert_eq!(out, f, "{what}: the frame is left alone");
+    }
+    h.check(
+        "spoofed request for B",
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, A_MAC, NOBODY_IP, B_IP)),
+        TC_ACT_SHOT,
+        reason::DROP_SPOOFED_ARP,
+    );
+    h.check(
+        "request for B with a foreign sender MAC",
+        &eth(BCAST, A_MAC, 0x0806, &arp(1, [0x02, 0xee, 0, 0, 0, 1], A_IP, B_IP)),
+        TC_ACT_SHOT,
+        reason::DROP_SPOOFED_ARP,
+    );
+    h.check(
+        "request for B with a spoofed source MAC",
+        &eth(BCAST, [0x02, 0xee, 0, 0, 0, 1], 0x0806, &arp(1, A_MAC, A_IP, B_IP)),
+        TC_ACT_SHOT,
+        reason::DROP_SPOOFED_MAC,
+    );
+}
+
 /// Only untagged Ethernet II IPv4 and ARP leave an endpoint, and the shape
 /// is checked before anything else: a VLAN tag (802.1Q, QinQ 802.1ad or
 /// 0x9100, here in the frame; the tag the kernel moves to skb->vlan_tci is
@@ -536,7 +632,7 @@ fn dp_from_ep_frame_shape() {
     // Controls: the same frames untagged.
     h.check("untagged", &a_to_b, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
     h.check("untagged, spoofed", &spoofed, TC_ACT_SHOT, reason::DROP_SPOOFED_IP);
-    h.check("untagged ARP", &arp_req, TC_ACT_OK, reason::PASS_ARP);
+    h.check("untagged ARP (answered by the proxy)", &arp_req, TC_ACT_REDIRECT, reason::FWD_ARP_REPLY);
     h.check("untagged broadcast", &bcast, TC_ACT_OK, reason::PASS_BROADCAST);
     let mut igmp = ipv4_udp(A_IP, Ipv4Addr::new(224, 0, 0, 22), 1, 0, 0);
     igmp[9] = 2;

@@ -16,6 +16,7 @@ mod network_options;
 mod policy;
 mod ports;
 mod rollback;
+mod scale;
 mod security;
 mod survival;
 mod trace;
