@@ -263,7 +263,7 @@ both_datapaths! {
 /// succeed (ports reused per destination); likewise for UDP.
 fn exhausted_nat_ports_fail_at_once_and_are_reused_per_destination(dp) {
     let mut opts = AgentOpts::with_uplink(dp);
-    opts.extra_args = vec!["--nat-port-range".into(), "41000-41009".into()];
+    opts.extra_args = vec!["--nat-port-range".into(), "21000-21009".into()];
     let mut node = Node::with(opts);
     let out = node.outside().to_string();
     let a = node.create_endpoint(&node.ep("a"), &[]);
@@ -278,7 +278,7 @@ fn exhausted_nat_ports_fail_at_once_and_are_reused_per_destination(dp) {
     // The range is full for that destination.
     let (_b1, res) = open_flows(&node, &b.name, TCP_OPEN, 7101, 1, 6);
     let want = if dp.is_ebpf() { "error EHOSTUNREACH" } else { "error timeout" };
-    assert_eq!(res, vec![want.to_string()], "B's connection to the exhausted destination");
+    assert_eq!(res, vec![want.to_string()], "B's connection to the exhausted destination; the outside saw {:?}", tcp.lines());
 
     // Another destination: the same ports serve again.
     let (_held_b, res) = open_flows(&node, &b.name, TCP_OPEN, 7102, 10, 10);
@@ -293,7 +293,7 @@ fn exhausted_nat_ports_fail_at_once_and_are_reused_per_destination(dp) {
 
     let seen = tcp.lines().iter().filter(|l| l.starts_with("from ")).count();
     assert_eq!(seen, 20, "the outside should have accepted 20 connections: {:?}", tcp.lines());
-    let stats = node.json(&["stats"]);
+    let stats = node.json(&["stats", "-o", "json"]);
     let d = |r: &str| delta(&s0, &s1, r).0;
     match dp {
         Datapath::Ebpf => {
