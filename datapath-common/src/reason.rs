@@ -19,7 +19,9 @@ pub const FWD_REDIRECT_PEER: u32 = 1;
 /// Broadcast or multicast IPv4 (with the endpoint's own source), handed to
 /// the bridge.
 pub const PASS_BROADCAST: u32 = 2;
-/// ARP, handed to the bridge.
+/// ARP not answered in eBPF (probes, announcements, replies, requests for
+/// addresses that are not the network's gateway or endpoints), handed to
+/// the bridge.
 pub const PASS_ARP: u32 = 3;
 /// Unicast IPv4 not for a local endpoint of the same network (gateway,
 /// host, other networks, beyond the node): handed to the bridge.
@@ -40,7 +42,8 @@ pub const DROP_BAD_IPV4_HEADER: u32 = 33;
 pub const DROP_SPOOFED_MAC: u32 = 34;
 /// Source IPv4 is not the endpoint's own.
 pub const DROP_SPOOFED_IP: u32 = 35;
-/// ARP sender address is not the endpoint's own.
+/// ARP sender (protocol address, or hardware address) is not the
+/// endpoint's own.
 pub const DROP_SPOOFED_ARP: u32 = 36;
 /// `bpf_redirect_peer` refused the packet.
 pub const DROP_REDIRECT_FAILED: u32 = 37;
@@ -113,13 +116,17 @@ pub const EV_CT_CREATED: u32 = 11;
 /// Event: a new flow took over the SNAT port of a finished one (see
 /// `CT_F_DONE`), or a new SYN restarted a finished flow on its tuple.
 pub const EV_NAT_PORT_REUSED: u32 = 12;
+/// An ARP request from an endpoint for its gateway or for another endpoint
+/// of its network, answered in eBPF (proxy ARP): the reply is sent back
+/// into the requester with `bpf_redirect_peer`, nothing crosses the bridge.
+pub const FWD_ARP_REPLY: u32 = 13;
 /// Event: the masquerade found no free NAT port for a new flow (the packet
 /// is counted under [`DROP_NAT_NO_PORT`]) and answered the endpoint at once
 /// with an ICMP destination unreachable (code 13, communication
 /// administratively prohibited) from the network's gateway, so its
 /// `connect()` or connected UDP socket fails with EHOSTUNREACH instead of
 /// waiting for a timeout.
-pub const EV_NAT_REFUSED: u32 = 13;
+pub const EV_NAT_REFUSED: u32 = 14;
 
 /// Size of the `STATS` array: every code must be below this.
 pub const MAX: u32 = 64;
@@ -131,8 +138,9 @@ pub const fn is_event(code: u32) -> bool {
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 31] = [
+pub const ALL: [u32; 32] = [
     FWD_REDIRECT_PEER,
+    FWD_ARP_REPLY,
     FWD_NAT,
     FWD_REVNAT,
     EV_CT_CREATED,
@@ -219,6 +227,7 @@ pub const fn name(code: u32) -> &'static str {
         EV_NAT_PORT_REUSED => "nat-port-reused",
         EV_NAT_REFUSED => "nat-refused-icmp",
         DROP_FRAG_UNKNOWN => "drop-frag-unknown",
+        FWD_ARP_REPLY => "fwd-arp-reply",
         _ => "unknown",
     }
 }

@@ -152,6 +152,12 @@ pub fn arp<'a>(ctx: &TcContext) -> Option<&'a ArpHdr> {
     at::<ArpHdr>(ctx, ETH_HLEN).map(|a| &*a)
 }
 
+/// The ARP body, for rewriting it.
+#[inline(always)]
+pub fn arp_mut<'a>(ctx: &TcContext) -> Option<&'a mut ArpHdr> {
+    at(ctx, ETH_HLEN)
+}
+
 /// The fixed part of the IPv4 header.
 #[inline(always)]
 pub fn ipv4<'a>(ctx: &TcContext) -> Option<&'a mut Ipv4Hdr> {

@@ -7,7 +7,8 @@
 //! sender) and the network policy, delivers unicast IPv4 for another
 //! endpoint of the same network straight into that endpoint's namespace
 //! with `bpf_redirect_peer` (bypassing the bridge), and masquerades traffic
-//! leaving the node out the uplink. Everything else is handed to the bridge
+//! leaving the node out the uplink, answers ARP requests for the gateway and
+//! for other endpoints of the network itself (proxy ARP). Everything else is handed to the bridge
 //! (`TC_ACT_OK`). `dp_from_uplink`, on the uplink's ingress, translates the
 //! replies back and delivers them into their endpoint.
 //!
@@ -22,7 +23,8 @@
 //! ```text
 //! main ─────> policy, nat, icmp, trace, verdict
 //! icmp ─────> fib, hdr, maps, verdict
-//! policy ───> local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
+//! policy ───> arp, local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
+//! arp ──────> fib, hdr, maps, verdict
 //! local ────> fib, csum, hdr, verdict
 //! nat ──────> conntrack, fib, csum, hdr, maps, verdict
 //! conntrack ─> hdr, maps, verdict
@@ -38,6 +40,7 @@
 #![no_std]
 #![no_main]
 
+mod arp;
 mod conntrack;
 mod csum;
 mod fib;

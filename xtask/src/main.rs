@@ -67,8 +67,13 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Set up, build, then run every test of the workspace.
+    /// Set up, build, then run every test of the workspace (`--all`: the
+    /// ignored long ones too).
     Test {
+        /// Also run the tests marked `#[ignore]` (the long ones, e.g. the
+        /// 1,000-endpoint scale test): libtest's `--include-ignored`.
+        #[arg(long)]
+        all: bool,
         /// Passed to every test binary (e.g. a test name filter).
         #[arg(last = true)]
         extra: Vec<OsString>,
@@ -92,7 +97,7 @@ fn main() {
         }
         Cmd::Build { release } => build(release).map(|bin| println!("datapath binary: {}", bin.display())),
         Cmd::Run { release, args } => run(release, args),
-        Cmd::Test { extra } => test(extra),
+        Cmd::Test { all, extra } => test(all, extra),
         Cmd::Lint => lint::lint(),
         Cmd::Bench { args } => bench::run(args),
     };
@@ -201,7 +206,7 @@ fn run(release: bool, args: Vec<OsString>) -> Result<()> {
     std::process::exit(st.code().unwrap_or(1));
 }
 
-fn test(extra: Vec<OsString>) -> Result<()> {
+fn test(all: bool, extra: Vec<OsString>) -> Result<()> {
     setup(false)?;
     let bin = build(false)?;
     // The upgrade tests restart the agent on this object.
@@ -216,6 +221,7 @@ fn test(extra: Vec<OsString>) -> Result<()> {
             .args(pkg_args)
             .arg("--")
             .args(libtest)
+            .args(all.then_some("--include-ignored"))
             .args(&extra);
         println!("test: {}", describe(&cmd));
         let (st, counts) = status_counting_tests(&mut cmd)?;

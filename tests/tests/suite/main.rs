@@ -16,6 +16,7 @@ mod nat_limits;
 mod network_options;
 mod policy;
 mod rollback;
+mod scale;
 mod security;
 mod survival;
 mod trace;
