@@ -72,7 +72,9 @@ pub fn refuse(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     // IPv4: no options, tos 0xc0 (internetwork control, as the kernel's
     // ICMP errors), DF clear, TTL 64, ICMP, gateway -> endpoint.
     let (ttl, proto) = (64u8, 1u8);
-    let ip_sum = 0x45c0 + u32::from(ERR_IP_LEN) + u32::from(u16::from_be_bytes([ttl, proto]))
+    let ip_sum = 0x45c0
+        + u32::from(ERR_IP_LEN)
+        + u32::from(u16::from_be_bytes([ttl, proto]))
         + addr_words(net.gateway)
         + addr_words(src.ipv4);
     let ip = Ipv4Hdr {
