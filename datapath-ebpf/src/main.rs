@@ -21,7 +21,8 @@
 //! Modules, each using only modules below it (no cycles):
 //!
 //! ```text
-//! main ─────> policy, nat, ports, trace, verdict
+//! main ─────> policy, nat, icmp, ports, trace, verdict
+//! icmp ─────> fib, hdr, maps, verdict
 //! policy ───> arp, local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
 //! arp ──────> fib, hdr, maps, verdict
 //! ports ────> conntrack, fib, csum, hdr, maps, verdict
@@ -45,6 +46,7 @@ mod conntrack;
 mod csum;
 mod fib;
 mod hdr;
+mod icmp;
 mod local;
 mod maps;
 mod nat;
@@ -60,68 +62,74 @@ use crate::{policy::Next, trace::DIR_FROM_UPLINK, verdict::count};
 
 #[classifier]
 pub fn dp_from_ep(ctx: TcContext) -> i32 {
-    let ifindex = hdr::skb_ifindex(&ctx);
     let len = ctx.len();
-    let Some(src) = maps::endpoint_by_ifindex(ifindex) else {
+    let Some(src) = maps::endpoint_ref(hdr::skb_ifindex(&ctx)) else {
         count(reason::PASS_UNKNOWN_IFACE, len);
         return TC_ACT_OK;
     };
     // The NAT is called from here rather than from the decision, so the two
     // stack frames are not stacked (512 bytes for the whole chain).
     variant_marker();
-    let v = match policy::decide(&ctx, &src) {
-        Next::Verdict(v) => v,
+    // One verdict slot, written in place by every step: the frame of
+    // `dp_from_ep` bounds the NAT's call chain.
+    let mut v = verdict::pass(reason::PASS_TO_BRIDGE);
+    match policy::decide(&ctx, src) {
+        Next::Verdict(d) => v = d,
+        Next::Masquerade(req) if nat::is_later_fragment(&req) => v = nat::egress_fragment(&ctx, &req),
         // A published port's flow first (a reply, or a connection to the
         // node's address), else the masquerade.
         Next::Masquerade(req) => {
-            let v = published(&ctx, &src, &req.ip);
-            if v.code != NOT_PUBLISHED {
-                v
-            } else {
-                nat::egress(&ctx, &src, &req)
+            if !published(&ctx, src, &req.ip, &mut v) {
+                v = nat::egress(&ctx, src, &req);
+                // Out of NAT ports: counted per network, answered at once.
+                if v.code == reason::DROP_NAT_NO_PORT {
+                    if let Some(ns) = maps::net_stats(src.network_id) {
+                        ns.nat_no_port.packets += 1;
+                        ns.nat_no_port.bytes += u64::from(len);
+                    }
+                    v = icmp::refuse(&ctx, src);
+                }
             }
         }
+        // A published port's flow, else the bridge (`v` as it is).
         Next::ToNode(ip) => {
-            let v = published(&ctx, &src, &ip);
-            if v.code != NOT_PUBLISHED {
-                v
-            } else {
-                verdict::pass(reason::PASS_TO_BRIDGE)
-            }
+            published(&ctx, src, &ip, &mut v);
         }
-    };
+    }
     count(v.code, len);
     if (src.flags | v.dst_flags) & EP_F_TRACE != 0 {
-        trace::trace(ctx.skb.skb, ifindex, v.code, v.out_if, v.was);
+        // The interface it came in on (read again: not kept across the calls).
+        trace::trace(ctx.skb.skb, hdr::skb_ifindex(&ctx), v.code, v.out_if, v.was);
     }
     v.action
 }
 
-/// A packet from endpoint `src` beyond the node or to its gateway, if it
-/// belongs to a published port. Out of line (`dp_from_ep`'s own frame stays
-/// small for the NAT's chain); each step is out of line too, called from
-/// here so that their frames are not stacked.
-/// (A verdict rather than an `Option`: `dp_from_ep`'s frame then holds one
-/// verdict, not two; code [`NOT_PUBLISHED`]: not a published port's.)
+/// A packet from endpoint `src` beyond the node or to its gateway: when it
+/// belongs to a published port, its verdict goes to `v` and the answer is
+/// `true`. Out of line (`dp_from_ep`'s own frame stays small for the NAT's
+/// chain: the verdict is written in place rather than returned); each step
+/// is out of line too, called from here so that their frames are not
+/// stacked.
 #[inline(never)]
-fn published(ctx: &TcContext, src: &EndpointInfo, ip: &hdr::Ip) -> verdict::Verdict {
-    let step = match ports::classify(ctx, ip) {
-        Some(s) => s,
-        None => return verdict::pass(NOT_PUBLISHED),
+fn published(ctx: &TcContext, src: &EndpointInfo, ip: &hdr::Ip, v: &mut verdict::Verdict) -> bool {
+    let Some(step) = ports::classify(ctx, ip) else {
+        return false;
     };
-    let v = match step {
+    let got = match step {
         ports::Step::Reply => ports::reply(ctx, ip),
         ports::Step::Client => Some(ports::client(ctx, ip)),
         ports::Step::Open(t) => Some(ports::open(ctx, src, ip, &t)),
         ports::Step::IcmpError => ports::icmp_error(ctx, ip),
         ports::Step::Drop(code) => Some(verdict::drop(code)),
     };
-    v.unwrap_or(verdict::pass(NOT_PUBLISHED))
+    match got {
+        Some(x) => {
+            *v = x;
+            true
+        }
+        None => false,
+    }
 }
-
-/// What `published` answers for a packet that is not a published port's
-/// (never counted: no reason code is 0).
-const NOT_PUBLISHED: u32 = 0;
 
 #[classifier]
 pub fn dp_from_uplink(ctx: TcContext) -> i32 {

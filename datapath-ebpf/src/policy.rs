@@ -158,6 +158,7 @@ fn ip_of(ctx: &TcContext, daddr: u32, hlen: usize) -> Option<Ip> {
         ttl: ip.ttl,
         tos: ip.tos,
         frag_off: u16::from_be(ip.frag_off),
+        id: ip.id,
     })
 }
 
@@ -204,6 +205,7 @@ fn network_policy(
             uplink_ifindex: net.uplink_ifindex,
             port_min: net.nat_port_min,
             port_max: net.nat_port_max,
+            network_id: src.network_id,
         };
         return Some(Next::Masquerade(NatRequest { snat, ip }));
     }

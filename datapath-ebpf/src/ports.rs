@@ -196,7 +196,7 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Option<Verdict> {
     let len = ctx.len() as usize;
     let end = if tot_len == 0 || ETH_HLEN + tot_len > len { len } else { ETH_HLEN + tot_len };
     // Too short for its L4 header: the kernel's (it drops it).
-    let l4 = read_l4(ctx, proto, l4off, end)?;
+    let l4 = read_l4(ctx, proto, l4off, end, false)?;
     let key = CtKey::new(proto, saddr, daddr, l4.sport, l4.dport);
     let now = conntrack::now();
     let syn = proto == IPPROTO_TCP && opens(proto, &l4);
@@ -311,7 +311,7 @@ fn tuple(ctx: &TcContext, ip: &Ip) -> Option<(L4, CtKey)> {
         return None;
     }
     let end = if ip.tot_len == 0 { ctx.len() as usize } else { ETH_HLEN + usize::from(ip.tot_len) };
-    let l4 = read_l4(ctx, proto, ETH_HLEN + (usize::from(ip.hlen) & 0x3c), end)?;
+    let l4 = read_l4(ctx, proto, ETH_HLEN + (usize::from(ip.hlen) & 0x3c), end, false)?;
     let key = CtKey::new(proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
     Some((l4, key))
 }
@@ -636,6 +636,7 @@ fn out_uplink(ctx: &TcContext, key: &CtKey, l4: &L4, node_addr: u32, ttl: u8) ->
             proto: key.proto,
             ttl,
             tos: iph.tos,
+            id: iph.id,
         };
         let rc = fib::lookup(ctx, &ip, l4, fib);
         if !fib::routed(rc) {

@@ -37,7 +37,14 @@ fn kernel_networks(state: &State) -> impl Iterator<Item = &NetworkSpec> {
 
 /// The nft script for the current state: deletes our tables, then (if any
 /// kernel network exists) recreates them. One batch, so it is atomic.
-pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>) -> String {
+/// `nat_ports`: the agent's explicit `--nat-port-range`, which the kernel
+/// datapath's masquerade honours too (without it, netfilter keeps the
+/// endpoint's port where it can, as Docker does).
+pub fn render(
+    state: &State,
+    uplink_of: impl Fn(&NetworkSpec) -> Option<String>,
+    nat_ports: Option<(u16, u16)>,
+) -> String {
     let mut s = String::new();
     // "add" then "delete" never fails, whether or not the table existed.
     for family in ["ip", "bridge"] {
@@ -54,7 +61,7 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
         s += &forward_chain(&nets, &all);
         s += &input_chain(&nets, &all);
     }
-    s += &postrouting_chain(&nets, uplink_of, &published, &all);
+    s += &postrouting_chain(&nets, uplink_of, nat_ports, &published, &all);
     s += &ports_chains(&published);
     s += "}\n";
     s + &icc_table(state, &nets)
@@ -161,6 +168,7 @@ fn input_chain(nets: &[&NetworkSpec], all: &[String]) -> String {
 fn postrouting_chain(
     nets: &[&NetworkSpec],
     uplink_of: impl Fn(&NetworkSpec) -> Option<String>,
+    nat_ports: Option<(u16, u16)>,
     published: &[(&EndpointSpec, &NetworkSpec)],
     all: &[String],
 ) -> String {
@@ -192,6 +200,14 @@ fn postrouting_chain(
             Some(up) => format!("oifname \"{up}\""),
             None => format!("oifname != \"{}\"", n.bridge),
         };
+        // A port range needs a TCP/UDP match; everything else (ICMP) is
+        // masqueraded by the next rule.
+        if let Some((lo, hi)) = nat_ports {
+            s += &format!(
+                "    ip saddr {} {out} meta l4proto {{ tcp, udp }} masquerade to :{lo}-{hi} comment \"masquerade {}\"\n",
+                n.subnet, n.name
+            );
+        }
         s += &format!("    ip saddr {} {out} masquerade comment \"masquerade {}\"\n", n.subnet, n.name);
     }
     s + "  }\n"
@@ -282,7 +298,7 @@ mod tests {
     fn no_kernel_network_only_deletes_tables() {
         let mut st = State::new();
         st.networks.insert("e".into(), net("e", "10.1.0.0/24", DatapathKind::Ebpf, NetworkOptions::default()));
-        let s = render(&st, |_| None);
+        let s = render(&st, |_| None, None);
         assert!(!s.contains("masquerade"), "{s}");
         assert!(s.contains("delete table ip datapath"));
         assert!(!needs_rules(&st));
@@ -305,8 +321,15 @@ mod tests {
                 NetworkOptions { internal: true, masquerade: false, ..Default::default() },
             ),
         );
-        let s = render(&st, |n| (n.name == "k").then(|| "up0".to_string()));
-        assert!(s.contains("ip saddr 10.2.0.0/24 oifname \"up0\" masquerade"), "{s}");
+        let s = render(&st, |n| (n.name == "k").then(|| "up0".to_string()), None);
+        assert!(s.contains("ip saddr 10.2.0.0/24 oifname \"up0\" masquerade comment"), "{s}");
+        let ranged = render(&st, |n| (n.name == "k").then(|| "up0".to_string()), Some((20000, 20009)));
+        assert!(
+            ranged.contains(
+                "ip saddr 10.2.0.0/24 oifname \"up0\" meta l4proto { tcp, udp } masquerade to :20000-20009 comment"
+            ),
+            "{ranged}"
+        );
         assert!(!s.contains("ip saddr 10.1.0.0/24"), "eBPF network must get no netfilter rule: {s}");
         assert!(!s.contains("ip saddr 10.3.0.0/24 oifname"), "internal network must not masquerade: {s}");
         assert!(s.contains("iifname \"br-k\" ip daddr { 10.1.0.0/24, 10.3.0.0/24 } drop"), "{s}");
@@ -338,7 +361,7 @@ mod tests {
             e.ip = if ep == "a" { e.ip } else { std::net::Ipv4Addr::new(10, 2, 0, 3) };
             st.endpoints.insert(ep.into(), e);
         }
-        let s = render(&st, |_| None);
+        let s = render(&st, |_| None, None);
         assert!(s.contains("iifname { \"dpa\", \"dpb\" } oifname { \"dpa\", \"dpb\" } ether type ip drop"), "{s}");
         assert!(needs_rules(&st));
         let fwd = &s[s.find("chain forward").unwrap()..s.find("chain input").unwrap()];
@@ -370,7 +393,7 @@ mod tests {
         st.endpoints.insert("a".into(), ep("a", "k", [10, 2, 0, 2], &["8080:80", "127.0.0.1:9090:90/udp"]));
         st.endpoints.insert("b".into(), ep("b", "e", [10, 1, 0, 2], &["8081:81"]));
         assert!(needs_rules(&st));
-        let s = render(&st, |_| None);
+        let s = render(&st, |_| None, None);
         let pre = &s[s.find("chain prerouting").unwrap()..s.find("chain output").unwrap()];
         let out = &s[s.find("chain output").unwrap()..];
         assert!(pre.contains("fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080 dnat to 10.2.0.2:80"), "{s}");
@@ -386,7 +409,7 @@ mod tests {
         // Only eBPF networks: the node's rules still exist.
         st.networks.remove("k");
         st.endpoints.remove("a");
-        let s = render(&st, |_| None);
+        let s = render(&st, |_| None, None);
         assert!(s.contains("dnat to 10.1.0.2:81") && !s.contains("chain forward"), "{s}");
     }
 }

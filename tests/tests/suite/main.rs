@@ -12,6 +12,7 @@ mod connectivity;
 mod lifecycle;
 mod masquerade;
 mod modes;
+mod nat_limits;
 mod network_options;
 mod policy;
 mod ports;
