@@ -107,6 +107,11 @@ pub const EV_CT_CREATED: u32 = 11;
 /// Event: a new flow took over the SNAT port of a finished one (see
 /// `CT_F_DONE`), or a new SYN restarted a finished flow on its tuple.
 pub const EV_NAT_PORT_REUSED: u32 = 12;
+/// A TCP segment (not a SYN) of no eBPF flow from an endpoint with
+/// `EP_F_KERNEL_FLOWS` (ports published by a chained CNI `portmap`), to a
+/// destination beyond the node: handed to the kernel, whose conntrack
+/// translates the replies of the connections its DNAT made.
+pub const PASS_KERNEL_FLOW: u32 = 13;
 
 /// Size of the `STATS` array: every code must be below this.
 pub const MAX: u32 = 64;
@@ -118,7 +123,7 @@ pub const fn is_event(code: u32) -> bool {
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 29] = [
+pub const ALL: [u32; 30] = [
     FWD_REDIRECT_PEER,
     FWD_NAT,
     FWD_REVNAT,
@@ -130,6 +135,7 @@ pub const ALL: [u32; 29] = [
     PASS_UNKNOWN_IFACE,
     PASS_UPLINK_HOST,
     PASS_NAT_NOT_ROUTED,
+    PASS_KERNEL_FLOW,
     DROP_TRUNCATED,
     DROP_BAD_IPV4_HEADER,
     DROP_SPOOFED_MAC,
@@ -200,6 +206,7 @@ pub const fn name(code: u32) -> &'static str {
         FWD_NAT => "nat-translated",
         FWD_REVNAT => "nat-reverse-translated",
         PASS_NAT_NOT_ROUTED => "pass-nat-not-routed",
+        PASS_KERNEL_FLOW => "pass-kernel-flow",
         EV_CT_CREATED => "ct-created",
         EV_NAT_PORT_REUSED => "nat-port-reused",
         _ => "unknown",

@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
-    reason, CtEntry, CtKey, EndpointInfo, CT_F_REVERSE, CT_TCP_CLOSING, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    reason, CtEntry, CtKey, EndpointInfo, CT_F_REVERSE, EP_F_KERNEL_FLOWS, CT_TCP_CLOSING, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 pub use crate::conntrack::Snat;
@@ -123,6 +123,9 @@ pub fn egress(ctx: &TcContext, src: &EndpointInfo, req: &NatRequest) -> Verdict 
     }
     let (entry, nat_addr, nat_port) = match flow(&key, found, snat, src.ifindex, &seen) {
         Ok(f) => f,
+        // Not ours: the reply of a connection the kernel's DNAT made (a
+        // port published by a chained CNI `portmap`), for the kernel.
+        Err(reason::DROP_CT_INVALID) if src.flags & EP_F_KERNEL_FLOWS != 0 => return pass(reason::PASS_KERNEL_FLOW),
         Err(code) => return drop(code),
     };
     // Remember a fresh next hop for the next packets.

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::state::DatapathKind;
 
 mod client;
+mod cni;
 mod error;
 mod views;
 
 pub use client::{Client, ClientError};
+pub use cni::{CniAdd, CniAttachment, CniAttachmentKey, CniGc, CniGcReport, CniKey};
 pub use error::{ApiError, ErrorKind};
 pub use views::*;
 
@@ -73,21 +75,46 @@ pub enum Request {
     Ping,
     NetworkCreate(NetworkCreate),
     NetworkList,
-    NetworkInspect { name: String },
-    NetworkRemove { name: String },
+    NetworkInspect {
+        name: String,
+    },
+    NetworkRemove {
+        name: String,
+    },
     EndpointCreate(EndpointCreate),
     EndpointList,
-    EndpointInspect { name: String },
-    EndpointRemove { name: String },
+    EndpointInspect {
+        name: String,
+    },
+    EndpointRemove {
+        name: String,
+    },
     Stats,
-    Trace { endpoint: Option<String> },
+    Trace {
+        endpoint: Option<String>,
+    },
     ContainerCreate(ContainerCreate),
-    ContainerStarted { name: String, pid: u32 },
-    ContainerExited { name: String, code: i32 },
+    ContainerStarted {
+        name: String,
+        pid: u32,
+    },
+    ContainerExited {
+        name: String,
+        code: i32,
+    },
     ContainerList,
-    ContainerStop { name: String },
-    ConntrackList { endpoint: Option<String> },
+    ContainerStop {
+        name: String,
+    },
+    ConntrackList {
+        endpoint: Option<String>,
+    },
     ConntrackFlush,
+    /// The CNI plugin's verbs (`agent/cni.rs`); `STATUS` is `NetworkInspect`.
+    CniAdd(CniAdd),
+    CniDel(CniKey),
+    CniCheck(CniKey),
+    CniGc(CniGc),
 }
 
 /// `datapath run`: what to run and how it is networked.

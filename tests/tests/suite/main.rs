@@ -7,6 +7,7 @@
 
 mod api_limits;
 mod cli;
+mod cni;
 mod concurrency;
 mod connectivity;
 mod lifecycle;
