@@ -35,6 +35,7 @@ pub mod net;
 pub mod node;
 pub mod node_cli;
 pub mod outside;
+pub mod podman;
 pub mod py;
 pub mod traffic;
 

@@ -14,6 +14,7 @@ mod lifecycle;
 mod masquerade;
 mod modes;
 mod network_options;
+mod podman;
 mod policy;
 mod rollback;
 mod security;
