@@ -21,7 +21,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
-    reason, CtEntry, CtKey, EndpointInfo, CT_F_REVERSE, EP_F_KERNEL_FLOWS, CT_TCP_CLOSING, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    reason, CtEntry, CtKey, EndpointInfo, CT_F_REVERSE, CT_TCP_CLOSING, EP_F_KERNEL_FLOWS, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
 pub use crate::conntrack::Snat;
