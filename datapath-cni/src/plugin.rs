@@ -5,8 +5,8 @@
 //! | `ADD` | `cni_add` (after a delegated IPAM `ADD`, undone on failure) | the result, chained after `prevResult` |
 //! | `DEL` | `cni_del` (unknown attachment: fine), then IPAM `DEL` | nothing |
 //! | `CHECK` | `cni_check`, compared with `prevResult`, then IPAM `CHECK` | nothing, or code 3 / 101 |
-//! | `STATUS` | `network_inspect` (the agent serves and has the network) | nothing, or code 50 |
-//! | `GC` | `cni_gc` with `cni.dev/valid-attachments` | nothing |
+//! | `STATUS` | `network_inspect` (the agent serves and has the network), then IPAM `STATUS` | nothing, or code 50 |
+//! | `GC` | `cni_gc` with `cni.dev/valid-attachments`, then IPAM `GC` | nothing |
 //!
 //! `portMappings` (the runtime's `-p`) go to the agent with `ADD`: it
 //! records them on the endpoint and lets the kernel translate the replies
@@ -35,18 +35,18 @@ pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Runs one invocation: what to print on stdout on success (nothing for
 /// `DEL`, `CHECK`, `STATUS`, `GC`).
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
-    if env.command == Command::Version {
-        return Ok(Some(crate::spec::version_info(stdin)));
-    }
-    let conf = NetConf::parse(stdin, env.command)?;
+    let conf = match env.command {
+        Command::Version => return Ok(Some(crate::spec::version_info(stdin))),
+        command => NetConf::parse(stdin, command)?,
+    };
     let agent = Agent::new(conf.socket.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)))?;
     match env.command {
         Command::Add => add(&agent, env, &conf).map(Some),
         Command::Del => del(&agent, env, &conf).map(|()| None),
         Command::Check => check(&agent, env, &conf).map(|()| None),
-        Command::Status => status(&agent, &conf).map(|()| None),
-        Command::Gc => gc(&agent, &conf).map(|()| None),
-        Command::Version => unreachable!("answered above"),
+        Command::Status => status(&agent, env, &conf).map(|()| None),
+        Command::Gc => gc(&agent, env, &conf).map(|()| None),
+        Command::Version => Ok(Some(crate::spec::version_info(stdin))),
     }
 }
 
@@ -240,17 +240,28 @@ fn check(agent: &Agent, env: &Env, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-fn status(agent: &Agent, conf: &NetConf) -> Result<(), CniError> {
+fn status(agent: &Agent, env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let unavailable =
         |why: String| CniError::new(code::NOT_AVAILABLE, "the datapath cannot serve ADD").with_details(why);
     match agent.call::<NetworkView>(Request::NetworkInspect { name: conf.network.clone() }) {
-        Ok(_) => Ok(()),
-        Err(ClientError::Api(a)) if a.kind == ErrorKind::NotFound => Err(unavailable(a.message)),
-        Err(e) => Err(unavailable(e.to_string())),
+        Ok(_) => {}
+        Err(ClientError::Api(a)) if a.kind == ErrorKind::NotFound => return Err(unavailable(a.message)),
+        Err(e) => return Err(unavailable(e.to_string())),
+    }
+    delegate_newer_verb(env, conf, "STATUS")
+}
+
+/// `STATUS` and `GC` of a delegated IPAM plugin, as the spec asks; one too
+/// old to have the verb (code 1) has nothing to report or collect.
+fn delegate_newer_verb(env: &Env, conf: &NetConf, verb: &str) -> Result<(), CniError> {
+    let Some(plugin) = ipam(env, conf)? else { return Ok(()) };
+    match delegate::run(&plugin, verb, &conf.raw) {
+        Err(e) if e.code == code::INCOMPATIBLE_VERSION => Ok(()),
+        other => other.map(|_| ()),
     }
 }
 
-fn gc(agent: &Agent, conf: &NetConf) -> Result<(), CniError> {
+fn gc(agent: &Agent, env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let valid = conf
         .valid_attachments
         .iter()
@@ -261,5 +272,5 @@ fn gc(agent: &Agent, conf: &NetConf) -> Result<(), CniError> {
     for name in report.removed {
         eprintln!("datapath-cni: GC removed {name}");
     }
-    Ok(())
+    delegate_newer_verb(env, conf, "GC")
 }

@@ -28,18 +28,30 @@ pub fn attachment_name(container_id: &str, ifname: &str) -> String {
     } else {
         let digest = Sha256::digest(container_id.as_bytes());
         let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        format!("{}-{hex}", &container_id[..12])
+        let head: String = container_id.chars().take(12).collect();
+        format!("{head}-{hex}")
     };
     let ifname: String =
         ifname.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
     format!("cni-{id}-{ifname}")
 }
 
+/// A container id as CNI allows it (an alphanumeric, then alphanumerics,
+/// `_`, `.`, `-`), of a sane length.
+fn valid_container_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    id.len() <= 1024
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+}
+
 impl Inner {
     /// `ADD`: a new endpoint in the runtime's namespace. An attachment that
     /// exists already is refused (a runtime must `DEL` first).
     pub(super) async fn cni_add(&mut self, req: CniAdd) -> Result<String, ApiError> {
-        state::validate_name("container id", &req.container_id).map_err(ApiError::invalid)?;
+        if !valid_container_id(&req.container_id) {
+            return Err(ApiError::invalid(format!("invalid container id {:?}", req.container_id)));
+        }
         if let Some(e) = self.state.cni_endpoint(&req.network, &req.cni_network, &req.container_id, &req.ifname) {
             return Err(ApiError::conflict(format!(
                 "container {} already has interface {} on network {} (endpoint {})",
@@ -170,8 +182,12 @@ mod tests {
         let (a, b) = (attachment_name(&long, "eth0"), attachment_name(&other, "eth0"));
         assert_ne!(a, b);
         assert!(a.starts_with("cni-0123456789ab-"), "{a}");
-        for n in [&a, &b, &attachment_name(&"x".repeat(44), "abcdefghijklmno"), &attachment_name("c", "e:t h")] {
+        let longest = attachment_name(&"y".repeat(1024), "abcdefghijklmno");
+        for n in
+            [&a, &b, &attachment_name(&"x".repeat(44), "abcdefghijklmno"), &attachment_name("c", "e:t h"), &longest]
+        {
             assert!(crate::state::validate_name("endpoint", n).is_ok(), "{n}");
         }
+        assert!(super::valid_container_id(&long) && !super::valid_container_id("-a") && !super::valid_container_id(""));
     }
 }

@@ -350,6 +350,41 @@ fn cni_delegated_ipam() {
     assert_eq!(node.endpoints().len(), 1, "only {}", e.name);
 }
 
+/// Every verb of a 1.1.0 configuration reaches a delegated IPAM plugin (a
+/// script recording its calls): its address and DNS make the result, and
+/// CHECK, STATUS, GC and DEL are passed on.
+#[test]
+fn cni_delegated_ipam_gets_every_verb() {
+    kernel_test!();
+    let node = node_with_web(AgentOpts::on(Datapath::Ebpf));
+    let dir = node.dir.join("ipam");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("calls");
+    let script = format!(
+        "#!/bin/sh\necho \"$CNI_COMMAND $CNI_CONTAINERID\" >> {}\ncat > /dev/null\n\
+         if [ \"$CNI_COMMAND\" = ADD ]; then echo '{{\"cniVersion\":\"1.1.0\",\"ips\":[{{\"address\":\"10.77.0.150/24\",\
+         \"gateway\":\"10.77.0.1\"}}],\"dns\":{{\"nameservers\":[\"10.77.0.1\"]}}}}'; fi\n",
+        log.display()
+    );
+    let plugin = dir.join("recording-ipam");
+    std::fs::write(&plugin, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cni = CniNet::new(&node, "dpnet", "web", "1.1.0");
+    cni.path = format!("{}:{}", cni.path, dir.display());
+    cni.conf = cni.with(json!({"ipam": {"type": "recording-ipam"}}));
+    let n1 = runtime_netns(&node.ep("c1"));
+    let r = cni.add("c1", &n1, "eth0").result();
+    assert_eq!(check_result(&r, "1.1.0", &n1, "eth0"), "10.77.0.150");
+    assert_eq!(r["dns"], json!({"nameservers": ["10.77.0.1"]}), "the IPAM plugin's DNS: {r}");
+    cni.check("c1", &n1, "eth0", &r).silent();
+    cni.status().silent();
+    cni.gc(&[("c1", "eth0")]).silent();
+    cni.del("c1", &n1, "eth0").silent();
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls, "ADD c1\nCHECK c1\nSTATUS \nGC \nDEL c1\n", "the IPAM plugin's calls");
+}
+
 /// Attachments are ordinary endpoints of the agent's state: they survive
 /// an agent restart (same address, still forwarding, CHECK passes, DEL
 /// works after it), and one whose namespace vanished meanwhile is gone.
