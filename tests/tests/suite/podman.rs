@@ -95,8 +95,20 @@ fn podman_containers_on_the_datapath() {
         podman.ok(&["inspect", "--format", "{{(index .NetworkSettings.Networks \"dpnet\").IPAddress}}", "srv"]);
     assert_eq!(podman_ip, srv_ip);
 
+    let cli_name = cli["name"].as_str().unwrap().to_string();
     let before = node.stats();
+    // `trace` follows a container's endpoint like any other.
+    let mut trace = node.cli_bg(&["trace", "--endpoint", &cli_name]);
+    std::thread::sleep(Duration::from_millis(1500));
     podman.ok(&["exec", "cli", "ping", "-c", "2", "-W", "5", &srv_ip]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let (lines, err) = trace.stop();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{cli_name} ")) && l.contains("redirect-peer") && l.contains(&srv_ip)),
+        "trace --endpoint {cli_name}: {lines:?} {err}"
+    );
     podman.ok(&["exec", "srv", "ping", "-c", "2", "-W", "5", &cli_ip]);
     let got =
         podman.ok(&["exec", "cli", "sh", "-c", &format!("wget -q -O /tmp/b http://{srv_ip}/blob && sha256sum /tmp/b")]);
@@ -119,7 +131,6 @@ fn podman_containers_on_the_datapath() {
     ]);
     assert_eq!(sha_of(&got), out_sha);
     assert_eq!(http_clients(&server), vec![UPLINK_IP.to_string()], "the outside saw the node's address");
-    let cli_name = cli["name"].as_str().unwrap().to_string();
     let flows = node.conntrack(Some(&cli_name));
     assert!(
         flows.iter().any(|f| f["original"]["dst"] == OUTSIDE_IP
