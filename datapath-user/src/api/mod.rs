@@ -2,9 +2,9 @@
 //!
 //! A client connects, writes one [`Envelope`] line and reads one
 //! [`Response`] line. `trace` then keeps the connection open and streams
-//! [`TraceLine`]s until the client goes away. The request types already carry
-//! what a CNI plugin needs (an existing netns path, an interface name, a
-//! container id), so the plugin will be a thin client of this API.
+//! [`TraceLine`]s until the client goes away. The CNI plugin (`datapath-cni`)
+//! is a thin client of this API: its verbs are the `cni_*` requests
+//! ([`cni`]), `STATUS` is `network_inspect`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
