@@ -7,7 +7,8 @@
 //! sender) and the network policy, delivers unicast IPv4 for another
 //! endpoint of the same network straight into that endpoint's namespace
 //! with `bpf_redirect_peer` (bypassing the bridge), and masquerades traffic
-//! leaving the node out the uplink. Everything else is handed to the bridge
+//! leaving the node out the uplink, answers ARP requests for the gateway and
+//! for other endpoints of the network itself (proxy ARP). Everything else is handed to the bridge
 //! (`TC_ACT_OK`). `dp_from_uplink`, on the uplink's ingress, translates the
 //! replies back and delivers them into their endpoint.
 //!
@@ -20,8 +21,10 @@
 //! Modules, each using only modules below it (no cycles):
 //!
 //! ```text
-//! main ─────> policy, nat, trace, verdict
-//! policy ───> local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
+//! main ─────> policy, nat, icmp, trace, verdict
+//! icmp ─────> fib, hdr, maps, verdict
+//! policy ───> arp, local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
+//! arp ──────> fib, hdr, maps, verdict
 //! local ────> fib, csum, hdr, verdict
 //! nat ──────> conntrack, fib, csum, hdr, maps, verdict
 //! conntrack ─> hdr, maps, verdict
@@ -37,10 +40,12 @@
 #![no_std]
 #![no_main]
 
+mod arp;
 mod conntrack;
 mod csum;
 mod fib;
 mod hdr;
+mod icmp;
 mod local;
 mod maps;
 mod nat;
@@ -49,7 +54,7 @@ mod trace;
 mod verdict;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use datapath_common::{reason, EndpointInfo, EP_F_TRACE};
+use datapath_common::{reason, EndpointInfo, EP_F_KERNEL_FLOWS, EP_F_TRACE};
 
 use crate::{policy::Next, trace::DIR_FROM_UPLINK, verdict::count};
 
@@ -66,7 +71,24 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     variant_marker();
     let v = match policy::decide(&ctx, &src) {
         Next::Verdict(v) => v,
-        Next::Masquerade(req) => nat::egress(&ctx, &src, &req),
+        Next::Masquerade(req) if nat::is_later_fragment(&req) => nat::egress_fragment(&ctx, &req),
+        Next::Masquerade(req) => match nat::egress(&ctx, &src, &req) {
+            // Out of NAT ports: counted per network, answered at once.
+            v if v.code == reason::DROP_NAT_NO_PORT => {
+                if let Some(ns) = maps::net_stats(src.network_id) {
+                    ns.nat_no_port.packets += 1;
+                    ns.nat_no_port.bytes += u64::from(len);
+                }
+                icmp::refuse(&ctx, &src)
+            }
+            // Not a flow of ours, from an endpoint whose ports a chained CNI
+            // `portmap` publishes: the reply of a connection the kernel's
+            // DNAT made, for the kernel's conntrack.
+            v if v.code == reason::DROP_CT_INVALID && src.flags & EP_F_KERNEL_FLOWS != 0 => {
+                verdict::pass(reason::PASS_KERNEL_FLOW)
+            }
+            v => v,
+        },
     };
     count(v.code, len);
     if (src.flags | v.dst_flags) & EP_F_TRACE != 0 {

@@ -1,6 +1,6 @@
 //! The forwarding decision for a frame from an endpoint: only untagged
-//! Ethernet II IPv4 and ARP, identity checks (source MAC, source IPv4, ARP
-//! sender), IPv4 header sanity, network policy
+//! Ethernet II IPv4 and ARP, identity checks (source MAC, source IPv4; ARP
+//! is `arp`'s: sender check and proxy ARP), IPv4 header sanity, network policy
 //! (isolation between networks, icc=false, internal networks) and where the
 //! packet goes next: handed to the kernel, dropped, delivered to another
 //! endpoint (`local`, done here), or masqueraded out the uplink (handed to
@@ -10,8 +10,9 @@ use aya_ebpf::programs::TcContext;
 use datapath_common::{reason, EndpointInfo, NetworkInfo, NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC};
 
 use crate::{
+    arp,
     hdr::{
-        self, is_multicast, linear, mac, Ip, Mac, ARP_LEN, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
+        self, is_multicast, linear, mac, Ip, Mac, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
         ETH_P_QINQ1, IPV4_MIN_HLEN,
     },
     local::{self, Delivery},
@@ -65,26 +66,9 @@ pub fn decide(ctx: &TcContext, src: &EndpointInfo) -> Next {
         return drop(reason::DROP_SPOOFED_MAC).into();
     }
     if proto == ETH_P_ARP {
-        return arp(ctx, src).into();
+        return arp::from_endpoint(ctx, src).into();
     }
     ipv4(ctx, src, &eth_dst)
-}
-
-/// ARP: the sender address must be the endpoint's (or 0.0.0.0, an ARP probe,
-/// RFC 5227); handed to the bridge.
-#[inline(always)]
-fn arp(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
-    if !linear(ctx, ETH_HLEN + ARP_LEN) {
-        return drop(reason::DROP_TRUNCATED);
-    }
-    let Some(arp) = hdr::arp(ctx) else {
-        return drop(reason::DROP_TRUNCATED);
-    };
-    let spa = u32::from_ne_bytes(arp.spa);
-    if spa != src.ipv4 && spa != 0 {
-        return drop(reason::DROP_SPOOFED_ARP);
-    }
-    pass(reason::PASS_ARP)
 }
 
 /// Checks the IPv4 header (version, lengths, the whole header linear);
@@ -193,12 +177,14 @@ fn network_policy(
             ttl: ip.ttl,
             tos: ip.tos,
             frag_off: u16::from_be(ip.frag_off),
+            id: ip.id,
         };
         let snat = Snat {
             addr: net.masq_addr,
             uplink_ifindex: net.uplink_ifindex,
             port_min: net.nat_port_min,
             port_max: net.nat_port_max,
+            network_id: src.network_id,
         };
         return Some(Next::Masquerade(NatRequest { snat, ip }));
     }

@@ -28,6 +28,37 @@ while time.time() < end:
 print(json.dumps(counts), flush=True)
 "#;
 
+/// argv: TAG IFACE SECS MARKER...
+/// Like [`SNIFFER`], for ARP replies: prints "ready", then after SECS one
+/// JSON list with each incoming ARP reply as {eth_dst, eth_src, sha, spa,
+/// tha, tpa, marker} (`marker`: the first MARKER found in the frame, or
+/// null).
+pub const ARP_REPLIES: &str = r#"
+import json, socket, sys, time
+iface, dur = sys.argv[2], float(sys.argv[3])
+markers = sys.argv[4:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind((iface, 0))
+s.settimeout(0.1)
+mac = lambda b: ":".join("%02x" % x for x in b)
+ip = lambda b: ".".join(str(x) for x in b)
+out = []
+print("ready", flush=True)
+end = time.time() + dur
+while time.time() < end:
+    try:
+        data, addr = s.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if addr[2] == socket.PACKET_OUTGOING or len(data) < 42 or data[20:22] != b"\x00\x02":
+        continue
+    found = [m for m in markers if m.encode() in data]
+    out.append({"eth_dst": mac(data[0:6]), "eth_src": mac(data[6:12]), "sha": mac(data[22:28]),
+                "spa": ip(data[28:32]), "tha": mac(data[32:38]), "tpa": ip(data[38:42]),
+                "marker": found[0] if found else None})
+print(json.dumps(out), flush=True)
+"#;
+
 /// argv: TAG IFACE HEXFRAME...
 /// Sends each frame verbatim through an AF_PACKET socket bound to IFACE (so
 /// the kernel applies no check on its source addresses). Prints "sent N".

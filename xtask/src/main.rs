@@ -71,8 +71,13 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Set up, build, then run every test of the workspace.
+    /// Set up, build, then run every test of the workspace (`--all`: the
+    /// ignored long ones too).
     Test {
+        /// Also run the tests marked `#[ignore]` (the long ones, e.g. the
+        /// 1,000-endpoint scale test): libtest's `--include-ignored`.
+        #[arg(long)]
+        all: bool,
         /// Passed to every test binary (e.g. a test name filter).
         #[arg(last = true)]
         extra: Vec<OsString>,
@@ -99,7 +104,7 @@ fn main() {
             println!("CNI plugin: {}", bin.with_file_name(CNI_BINARY).display());
         }),
         Cmd::Run { release, args } => run(release, args),
-        Cmd::Test { extra } => test(extra),
+        Cmd::Test { all, extra } => test(all, extra),
         Cmd::Lint => lint::lint(),
         Cmd::Bench { args } => bench::run(args),
     };
@@ -219,7 +224,7 @@ fn run(release: bool, args: Vec<OsString>) -> Result<()> {
     std::process::exit(st.code().unwrap_or(1));
 }
 
-fn test(extra: Vec<OsString>) -> Result<()> {
+fn test(all: bool, extra: Vec<OsString>) -> Result<()> {
     setup(false)?;
     // What only the tests need (podman and its CNI plugins for the CNI tests).
     setup::setup_test_tools()?;
@@ -237,6 +242,7 @@ fn test(extra: Vec<OsString>) -> Result<()> {
             .args(pkg_args)
             .arg("--")
             .args(libtest)
+            .args(all.then_some("--include-ignored"))
             .args(&extra);
         println!("test: {}", describe(&cmd));
         let (st, counts) = status_counting_tests(&mut cmd)?;

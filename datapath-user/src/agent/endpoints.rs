@@ -11,7 +11,7 @@ use nix::errno::Errno;
 
 use super::{blocking, Inner, DEFAULT_NETWORK, NONE_NETWORK};
 use crate::api::{ApiError, EndpointCreate};
-use crate::host::netlink::Netlink;
+use crate::host::netlink::{Netlink, BRIDGE_MAX_PORTS};
 use crate::host::netns;
 use crate::ipam::{self, mac_for};
 use crate::state::{self, CniMark, DatapathKind, EndpointSpec, Journal, NetworkSpec, RunMode};
@@ -24,6 +24,8 @@ pub(super) struct Made {
     host_ifindex: Option<u32>,
     attached: Option<u32>,
     maps: Option<(u32, u32)>,
+    /// The bridge holding the endpoint's neighbour entry, and its address.
+    pinned: Option<(u32, Ipv4Addr)>,
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -143,6 +145,12 @@ impl Inner {
             .get(&network)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
+        // The bridge's port limit and the size of the endpoint maps, checked
+        // before anything is made (the bridge used to fail the 1024th port
+        // half-way with an internal "Exchange full").
+        self.state
+            .room_for_endpoint(&net, BRIDGE_MAX_PORTS, datapath_common::MAX_ENDPOINTS as usize)
+            .map_err(ApiError::conflict)?;
         let mut spec = self.endpoint_spec(&req, &net, cni)?;
         // Write-ahead: the name and address are taken, and a crash from
         // here on is rolled back by the next agent.
@@ -293,6 +301,13 @@ impl Inner {
         self.failpoint("addr")?;
         lap("addr");
         self.nl.enslave_up(host, bridge).await?;
+        if net.datapath == DatapathKind::Ebpf {
+            // Endpoints' ARP for the gateway is answered in eBPF, so the
+            // node never learns their addresses from it: pinned here, the
+            // node's own ARP requests (broadcast to every port) never start.
+            made.pinned = Some((bridge, spec.ip));
+            self.nl.pin_endpoint(bridge, host, spec.ip, spec.mac).await?;
+        }
         Ok(())
     }
 
@@ -307,6 +322,11 @@ impl Inner {
                 self.bpf.detach(ifindex);
             }
         });
+        if let Some((bridge, ip)) = made.pinned {
+            if let Err(e) = self.nl.unpin_endpoint(bridge, ip).await {
+                tracing::error!(endpoint = %spec.name, "rollback: deleting the neighbour entry of {ip}: {e}");
+            }
+        }
         if let Some(ifindex) = made.host_ifindex {
             if let Err(e) = self.nl.delete_link(ifindex).await {
                 tracing::error!(endpoint = %spec.name, "rollback: deleting veth {}: {e}", spec.host_ifname);
@@ -352,6 +372,10 @@ impl Inner {
             host_ifindex: ifindex,
             attached: ifindex,
             maps: ifindex.map(|i| (i, ipv4)),
+            pinned: match self.state.networks.get(&spec.network) {
+                Some(n) if n.datapath == DatapathKind::Ebpf => self.bridges.get(&n.name).map(|b| (*b, spec.ip)),
+                _ => None,
+            },
         };
         self.undo(&spec, made).await;
         self.trace_refs.remove(name);
@@ -422,6 +446,9 @@ impl Inner {
                 self.bpf.upsert_endpoint(info).map(|()| how)
             })?;
             self.start.count(how);
+            if let Some(bridge) = self.bridges.get(&net.name).copied() {
+                self.nl.pin_endpoint(bridge, host, spec.ip, spec.mac).await?;
+            }
             return Ok(());
         }
         tracing::warn!(endpoint = %spec.name, "endpoint links are gone, rebuilding it");

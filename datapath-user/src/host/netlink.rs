@@ -14,6 +14,10 @@ use thiserror::Error;
 
 use crate::host::netns::{self, NetnsError};
 
+/// Ports a Linux bridge holds (`BR_MAX_PORTS` is 1024, port 0 reserved):
+/// enslaving one more fails with EXFULL ("Exchange full").
+pub const BRIDGE_MAX_PORTS: usize = 1023;
+
 #[derive(Debug, Error)]
 pub enum NetlinkError {
     #[error("netlink {what}: {message}")]
@@ -50,6 +54,7 @@ fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError
     }
 }
 
+const ENOENT: i32 = 2;
 const ENODEV: i32 = 19;
 
 /// A route-netlink connection bound to one network namespace.
@@ -192,6 +197,50 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == ENODEV => Ok(()),
             Err(e) => Err(req(format!("delete link {index}"))(e)),
+        }
+    }
+
+    /// Pins an endpoint on its network's bridge: a permanent neighbour entry
+    /// `ip` -> `mac` on the bridge `bridge` (the node never ARPs for it,
+    /// which would flood every port) and a static FDB entry `mac` on the
+    /// bridge port `port` (frames for it are never flooded as unknown
+    /// unicast). Replaces whatever entries were there. The FDB entry goes
+    /// with the port; the neighbour entry is [`Netlink::unpin_endpoint`]'s.
+    pub async fn pin_endpoint(&self, bridge: u32, port: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
+        let neigh = self.handle.neighbours();
+        neigh
+            .add(bridge, IpAddr::V4(ip))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add neighbour {ip} on link {bridge}")))?;
+        // `bridge fdb replace MAC dev PORT master static`.
+        neigh
+            .add_bridge(port, &mac)
+            .flags(NeighbourFlags::Controller)
+            .state(NeighbourState::Noarp)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add fdb entry on link {port}")))
+    }
+
+    /// Removes the neighbour entry of `ip` on `bridge`; an absent one (or
+    /// bridge) is fine.
+    pub async fn unpin_endpoint(&self, bridge: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+        use rtnetlink::packet_route::AddressFamily;
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = bridge;
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(m)) if matches!(-m.raw_code(), ENOENT | ENODEV) => Ok(()),
+            Err(e) => Err(req(format!("delete neighbour {ip} on link {bridge}"))(e)),
         }
     }
 

@@ -170,6 +170,24 @@ impl State {
         self.endpoints.values().filter(|e| e.network == network).map(|e| e.ip).collect()
     }
 
+    /// Whether network `net` can take one more endpoint: at most
+    /// `per_network` on it (its bridge's ports), and for an eBPF network at
+    /// most `ebpf_total` on the node's eBPF networks (the datapath's endpoint
+    /// maps). The error is the one-line message for the client.
+    pub fn room_for_endpoint(&self, net: &NetworkSpec, per_network: usize, ebpf_total: usize) -> Result<(), String> {
+        if self.endpoints_of(&net.name).count() >= per_network {
+            return Err(format!("network {} is full: {per_network} endpoints", net.name));
+        }
+        let on_ebpf =
+            |e: &&EndpointSpec| self.networks.get(&e.network).is_some_and(|n| n.datapath == DatapathKind::Ebpf);
+        if net.datapath == DatapathKind::Ebpf && self.endpoints.values().filter(on_ebpf).count() >= ebpf_total {
+            return Err(format!(
+                "the node is full: {ebpf_total} endpoints on eBPF networks (the size of the datapath's endpoint maps)"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn endpoints_of<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a EndpointSpec> + 'a {
         self.endpoints.values().filter(move |e| e.network == network)
     }
@@ -370,6 +388,30 @@ mod tests {
         s.endpoints.insert("y".into(), ep("y", "b", [10, 20, 0, 2]));
         assert_eq!(s.used_addresses("a"), [Ipv4Addr::new(10, 10, 0, 2)].into());
         assert_eq!(s.endpoints_of("b").count(), 1);
+    }
+
+    #[test]
+    fn room_for_endpoints_per_network_and_per_node() {
+        let mut s = State::new();
+        let a = net("a", "10.10.0.0/16", 1);
+        let b = net("b", "10.20.0.0/16", 2);
+        let mut k = net("k", "10.30.0.0/16", 3);
+        k.datapath = DatapathKind::Kernel;
+        for n in [&a, &b, &k] {
+            s.networks.insert(n.name.clone(), n.clone());
+        }
+        for i in 0..3u8 {
+            s.endpoints.insert(format!("a{i}"), ep(&format!("a{i}"), "a", [10, 10, 0, 2 + i]));
+            s.endpoints.insert(format!("k{i}"), ep(&format!("k{i}"), "k", [10, 30, 0, 2 + i]));
+        }
+        assert_eq!(s.room_for_endpoint(&a, 4, 100), Ok(()));
+        assert_eq!(s.room_for_endpoint(&a, 3, 100), Err("network a is full: 3 endpoints".into()));
+        assert_eq!(s.room_for_endpoint(&k, 3, 100), Err("network k is full: 3 endpoints".into()));
+        // The node-wide bound counts eBPF networks only.
+        assert_eq!(s.room_for_endpoint(&b, 1023, 4), Ok(()));
+        let full = s.room_for_endpoint(&b, 1023, 3).unwrap_err();
+        assert!(full.starts_with("the node is full: 3 endpoints on eBPF networks"), "{full}");
+        assert_eq!(s.room_for_endpoint(&k, 1023, 3), Ok(()));
     }
 
     #[test]

@@ -151,9 +151,10 @@ fn spoofed_ip_and_mac_frames_are_dropped(dp) {
 }
 
 both_datapaths! {
-/// ARP poisoning from A (claiming B's IP, or with a foreign sender IP) is
+/// ARP poisoning from A (claiming B's IP, or with a foreign sender IP or
+/// sender MAC) is
 /// dropped as drop-spoofed-arp and never reaches B; A's honest ARP request
-/// does. Kernel datapath (documented difference: no ARP checks): the bridge
+/// (for an address nobody has) does. Kernel datapath (documented difference: no ARP checks): the bridge
 /// floods the poison to B.
 fn spoofed_arp_is_dropped(dp) {
     let mut node = Node::on(dp);
@@ -167,9 +168,10 @@ fn spoofed_arp_is_dropped(dp) {
     let sn = sniffer(&node, &b.name, "4", &[&ctrl, &poison]);
     let before = node.stats();
     let mut f = Vec::new();
-    // Honest request: who has B? tell A.
+    // Honest request for an address nobody has: to the bridge, flooded to B
+    // (a request for B itself is answered in eBPF on the eBPF datapath).
     f.push(arp(
-        &a.mac, BCAST, 1, &a.mac, &a.ip, ZERO, &b.ip, &ctrl,
+        &a.mac, BCAST, 1, &a.mac, &a.ip, ZERO, "10.10.0.250", &ctrl,
     ));
     for _ in 0..3 {
         // Gratuitous reply claiming B's IP is at A's MAC.
@@ -179,6 +181,10 @@ fn spoofed_arp_is_dropped(dp) {
         // Request with a foreign sender IP.
         f.push(arp(
             &a.mac, BCAST, 1, &a.mac, FOREIGN_IP, ZERO, &b.ip, &poison,
+        ));
+        // Request with A's IP but a foreign sender MAC in the ARP body.
+        f.push(arp(
+            &a.mac, BCAST, 1, FOREIGN_MAC, &a.ip, ZERO, &b.ip, &poison,
         ));
     }
     send_frames(&node, &a.name, &f);
@@ -192,8 +198,8 @@ fn spoofed_arp_is_dropped(dp) {
     );
     if dp == Datapath::Kernel {
         assert!(
-            counts[&poison].as_u64().unwrap_or(0) >= 6,
-            "kernel datapath (no ARP checks, documented): the bridge should flood all 6 \
+            counts[&poison].as_u64().unwrap_or(0) >= 9,
+            "kernel datapath (no ARP checks, documented): the bridge should flood all 9 \
              spoofed ARP frames to B: {summary}"
         );
         assert_eq!(drops, 0, "kernel datapath counted eBPF drops: {summary}");
@@ -201,8 +207,8 @@ fn spoofed_arp_is_dropped(dp) {
     }
     assert_eq!(counts[&poison], 0, "spoofed ARP reached B: {summary}");
     assert!(
-        drops >= 6,
-        "drop-spoofed-arp grew by less than 6: {summary}"
+        drops >= 9,
+        "drop-spoofed-arp grew by less than 9: {summary}"
     );
     // B's neighbour entry for its own IP can't exist; check B did not learn
     // the foreign IP.
@@ -292,6 +298,124 @@ fn same_node_traffic_bypasses_host_veth(dp) {
         "redirect-peer grew by less than {}: {summary}",
         2 * N
     );
+}
+}
+
+both_datapaths! {
+/// Proxy ARP: A's ARP requests for B and for the gateway are answered in
+/// eBPF (the request itself, rewritten into the reply "B / the gateway is
+/// at MAC", sent back into A: the reply A gets carries the request's
+/// marker) and never reach the bridge, so C (and B) never see them; counted
+/// as fwd-arp-reply. A probe (sender 0.0.0.0), an announcement (sender =
+/// target) and a request for an address nobody has still go to the bridge
+/// and reach C. The node has permanent neighbour entries for A, B and C on
+/// the bridge, so it never ARPs for them (that would flood every port).
+/// Kernel datapath (documented difference: Docker's bridge): every request
+/// floods to C, B and the bridge answer themselves, no neighbour entry is
+/// pinned.
+fn arp_requests_for_the_gateway_and_peers_are_answered_in_ebpf(dp) {
+    let mut node = Node::on(dp);
+    let a = node.create_endpoint(&node.ep("a"), &[]);
+    let b = node.create_endpoint(&node.ep("b"), &[]);
+    let c = node.create_endpoint(&node.ep("c"), &[]);
+    let gw_mac = gateway_mac(&mut node, "bridge");
+    const BCAST: &str = "ff:ff:ff:ff:ff:ff";
+    const ZERO: &str = "00:00:00:00:00:00";
+    const NOBODY: &str = "10.10.0.250";
+    let m = |s: &str| format!("{}{s}", node.prefix);
+    let (qb, qgw, qnobody, qprobe, qannounce) = (m("QB"), m("QGW"), m("QNOBODY"), m("QPROBE"), m("QANNOUNCE"));
+    let markers = [qb.as_str(), qgw.as_str(), qnobody.as_str(), qprobe.as_str(), qannounce.as_str()];
+    let mut args = vec![node.prefix.as_str(), "eth0", "4"];
+    args.extend_from_slice(&markers);
+    let replies = python_bg(&a.name, py::ARP_REPLIES, &args);
+    assert!(replies.wait_line(Duration::from_secs(10), |l| l == "ready").is_some(), "{}", replies.stderr());
+    let at_c = sniffer(&node, &c.name, "4", &markers);
+    let before = node.stats();
+    send_frames(
+        &node,
+        &a.name,
+        &[
+            arp(&a.mac, BCAST, 1, &a.mac, &a.ip, ZERO, &b.ip, &qb),
+            arp(&a.mac, BCAST, 1, &a.mac, &a.ip, ZERO, &a.gateway, &qgw),
+            arp(&a.mac, BCAST, 1, &a.mac, &a.ip, ZERO, NOBODY, &qnobody),
+            arp(&a.mac, BCAST, 1, &a.mac, "0.0.0.0", ZERO, NOBODY, &qprobe),
+            arp(&a.mac, BCAST, 1, &a.mac, &a.ip, ZERO, &a.ip, &qannounce),
+        ],
+    );
+    let at_c = sniffer_counts(at_c);
+    let mut replies = replies;
+    replies.wait(Duration::from_secs(20)).expect("ARP reply sniffer did not finish");
+    let got: Value = serde_json::from_str(&replies.lines().last().cloned().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("ARP reply sniffer: {e}: {:?} {}", replies.lines(), replies.stderr()));
+    let after = node.stats();
+    let (answered, _) = delta(&before, &after, "fwd-arp-reply");
+    let (passed, _) = delta(&before, &after, "pass-arp");
+    let summary = format!("A got the replies {got}; C saw {at_c}; fwd-arp-reply +{answered}, pass-arp +{passed}");
+    let reply_for = |ip: &str| {
+        got.as_array().into_iter().flatten().find(|r| r["spa"] == ip).cloned()
+    };
+    // Both datapaths: A learns the right MACs, and the requests nobody
+    // should answer reach the bridge (and so C).
+    for (ip, mac) in [(&b.ip, &b.mac), (&a.gateway, &gw_mac)] {
+        let r = reply_for(ip).unwrap_or_else(|| panic!("no ARP reply for {ip}: {summary}"));
+        assert_eq!(r["sha"].as_str(), Some(mac.to_lowercase().as_str()), "reply for {ip}: {summary}");
+        assert_eq!(
+            (r["tha"].as_str(), r["tpa"].as_str(), r["eth_dst"].as_str()),
+            (Some(a.mac.to_lowercase().as_str()), Some(a.ip.as_str()), Some(a.mac.to_lowercase().as_str())),
+            "reply for {ip} is not addressed to A: {summary}"
+        );
+    }
+    assert!(reply_for(NOBODY).is_none(), "someone answered for {NOBODY}: {summary}");
+    for q in [&qnobody, &qprobe, &qannounce] {
+        assert_eq!(at_c[q.as_str()], 1, "{q} did not reach C through the bridge: {summary}");
+    }
+    let bridge = node.inspect_network("bridge")["bridge"].as_str().expect("bridge").to_string();
+    let pinned: Vec<Value> = net::ip_json(&["-n", &node.name, "neigh", "show", "dev", &bridge, "nud", "permanent"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let pinned_to = |ep: &datapath_tests::Endpoint| {
+        pinned.iter().any(|n| n["dst"] == ep.ip.as_str() && n["lladdr"].as_str() == Some(ep.mac.to_lowercase().as_str()))
+    };
+    if dp == Datapath::Kernel {
+        for q in [&qb, &qgw] {
+            assert_eq!(at_c[q.as_str()], 1, "kernel datapath: {q} should flood to C: {summary}");
+        }
+        for r in [reply_for(&b.ip), reply_for(&a.gateway)].into_iter().flatten() {
+            assert!(r["marker"].is_null(), "kernel datapath: the reply was not made by B or the bridge: {summary}");
+        }
+        assert_eq!((answered, passed), (0, 0), "kernel datapath counted eBPF verdicts: {summary}");
+        assert!(!pinned_to(&a), "kernel datapath pinned a neighbour entry: {pinned:?}");
+        return;
+    }
+    for q in [&qb, &qgw] {
+        assert_eq!(at_c[q.as_str()], 0, "{q} crossed the bridge (flooded to C): {summary}");
+        let r = got.as_array().into_iter().flatten().find(|r| r["marker"] == q.as_str());
+        assert!(r.is_some(), "the reply to {q} was not made from the request in eBPF: {summary}");
+    }
+    assert_eq!(answered, 2, "fwd-arp-reply: {summary}");
+    assert_eq!(passed, 3, "pass-arp: {summary}");
+    for ep in [&a, &b, &c] {
+        assert!(pinned_to(ep), "no permanent neighbour entry for {} on {bridge}: {pinned:?}", ep.ip);
+    }
+    // The FDB knows each endpoint's MAC on its port for good (static).
+    let fdb = stdout_str(&datapath_tests::proc::run(std::process::Command::new("bridge").args([
+        "-n", &node.name, "fdb", "show", "br", &bridge,
+    ])));
+    for ep in [&a, &b, &c] {
+        let line = format!("{} dev {} master {bridge} static", ep.mac.to_lowercase(), ep.host_ifname);
+        assert!(fdb.contains(&line), "no static FDB entry {line:?}:\n{fdb}");
+    }
+    // Removing an endpoint removes its entry.
+    node.ok(&["endpoint", "rm", &c.name]);
+    let left = net::ip_json(&["-n", &node.name, "neigh", "show", "dev", &bridge, "nud", "permanent"]);
+    assert!(
+        !left.as_array().into_iter().flatten().any(|n| n["dst"] == c.ip.as_str()),
+        "the neighbour entry of a removed endpoint stayed: {left}"
+    );
+    // Real traffic resolves through the proxy: A pings B and the gateway.
+    assert_ping(&a.name, &b.ip, 1);
+    assert_ping(&a.name, &a.gateway, 1);
 }
 }
 
