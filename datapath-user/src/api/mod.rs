@@ -4,7 +4,7 @@
 //! [`Response`] line. `trace` then keeps the connection open and streams
 //! [`TraceLine`]s until the client goes away. The CNI plugin (`datapath-cni`)
 //! is a thin client of this API: its verbs are the `cni_*` requests
-//! ([`cni`]), `STATUS` is `network_inspect`.
+//! (`api/cni.rs`), `STATUS` is `network_inspect`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -75,42 +75,21 @@ pub enum Request {
     Ping,
     NetworkCreate(NetworkCreate),
     NetworkList,
-    NetworkInspect {
-        name: String,
-    },
-    NetworkRemove {
-        name: String,
-    },
+    NetworkInspect { name: String },
+    NetworkRemove { name: String },
     EndpointCreate(EndpointCreate),
     EndpointList,
-    EndpointInspect {
-        name: String,
-    },
-    EndpointRemove {
-        name: String,
-    },
+    EndpointInspect { name: String },
+    EndpointRemove { name: String },
     Stats,
-    Trace {
-        endpoint: Option<String>,
-    },
+    Trace { endpoint: Option<String> },
     ContainerCreate(ContainerCreate),
-    ContainerStarted {
-        name: String,
-        pid: u32,
-    },
-    ContainerExited {
-        name: String,
-        code: i32,
-    },
+    ContainerStarted { name: String, pid: u32 },
+    ContainerExited { name: String, code: i32 },
     ContainerList,
-    ContainerStop {
-        name: String,
-    },
-    ConntrackList {
-        endpoint: Option<String>,
-    },
+    ContainerStop { name: String },
+    ConntrackList { endpoint: Option<String> },
     ConntrackFlush,
-    /// The CNI plugin's verbs (`agent/cni.rs`); `STATUS` is `NetworkInspect`.
     CniAdd(CniAdd),
     CniDel(CniKey),
     CniCheck(CniKey),
