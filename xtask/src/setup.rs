@@ -22,6 +22,48 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "`ping`, used by tests and the walkthrough"),
 ];
 
+/// Debian packages only the tests need (`cargo xtask test`): a real
+/// container runtime for the CNI plugin's tests.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("podman", "a real container runtime for the CNI plugin's tests (its CNI network backend)"),
+    ("runc", "the OCI runtime podman uses in the CNI tests (crun fails on some cgroup layouts)"),
+    (
+        "containernetworking-plugins",
+        "the reference CNI plugins: `portmap` chained after `datapath-cni`, `bridge` to compare with",
+    ),
+    ("busybox-static", "the offline image of the CNI tests (a rootfs imported with `podman import`)"),
+    ("iptables", "what the reference `portmap` and `bridge` plugins program"),
+];
+
+/// Installs what only the tests need, when missing (root and Debian only;
+/// elsewhere the tests that need them say so and skip).
+pub fn setup_test_tools() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(p, _)| !deb_installed(p)).map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let apt = Path::new("/usr/bin/apt-get").is_file() && Path::new("/etc/debian_version").is_file();
+    if !is_root() || !apt {
+        eprintln!(
+            "setup: test tools missing ({}); the tests that need them skip. Install them with: apt-get install -y {}",
+            if apt { "not root" } else { "not Debian" },
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    println!("setup: installing test tools: {}", missing.join(" "));
+    for &(p, why) in TEST_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        println!("  - {p}: {why}");
+    }
+    run_ok(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run_ok(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
 /// The one tool checked on PATH rather than as a Debian package (it may come
 /// from pyenv or elsewhere); installed as Debian's `python3` when missing.
 const PYTHON: &str = "python3";

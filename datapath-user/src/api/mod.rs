@@ -2,9 +2,9 @@
 //!
 //! A client connects, writes one [`Envelope`] line and reads one
 //! [`Response`] line. `trace` then keeps the connection open and streams
-//! [`TraceLine`]s until the client goes away. The request types already carry
-//! what a CNI plugin needs (an existing netns path, an interface name, a
-//! container id), so the plugin will be a thin client of this API.
+//! [`TraceLine`]s until the client goes away. The CNI plugin (`datapath-cni`)
+//! is a thin client of this API: its verbs are the `cni_*` requests
+//! (`api/cni.rs`), `STATUS` is `network_inspect`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -15,10 +15,12 @@ use crate::ports::Publish;
 use crate::state::DatapathKind;
 
 mod client;
+mod cni;
 mod error;
 mod views;
 
 pub use client::{Client, ClientError};
+pub use cni::{CniAdd, CniAttachment, CniAttachmentKey, CniGc, CniGcReport, CniKey};
 pub use error::{ApiError, ErrorKind};
 pub use views::*;
 
@@ -109,6 +111,10 @@ pub enum Request {
         endpoint: Option<String>,
     },
     ConntrackFlush,
+    CniAdd(CniAdd),
+    CniDel(CniKey),
+    CniCheck(CniKey),
+    CniGc(CniGc),
     /// `datapath port NAME`: the ports an endpoint (or a command's
     /// endpoint) publishes.
     Port {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::ports::Publish;
+use crate::state::CniMark;
 
 /// What `network inspect` returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +62,9 @@ pub struct EndpointView {
     pub tc: Option<TcView>,
     pub trace: bool,
     pub container_id: Option<String>,
+    /// Made through CNI (keyed by `container_id` + `ifname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniMark>,
     pub created: String,
     /// Published ports (`-p`).
     #[serde(default)]

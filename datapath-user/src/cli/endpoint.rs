@@ -75,6 +75,7 @@ const LIST_COLUMNS: &[Column] = &[
     left("MAC", 17),
     left("HOST-IF", 12),
     right("IFINDEX", 7),
+    left("CONTAINER", 12),
     left("PORTS", 0),
 ];
 
@@ -82,8 +83,13 @@ fn list_table(eps: &[EndpointView]) -> String {
     let mut t = Table::new(LIST_COLUMNS);
     for e in eps {
         let address = format!("{}/{}", e.ip, e.prefix_len);
+        // A runtime's container (CNI): its id, shortened like `podman ps`.
+        let container = match (&e.cni, &e.container_id) {
+            (Some(_), Some(id)) => id.chars().take(12).collect(),
+            _ => "-".to_string(),
+        };
         let ports = datapath::ports::format(&e.ports);
-        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &ports]);
+        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &container, &ports]);
     }
     t.render()
 }

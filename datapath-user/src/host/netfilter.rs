@@ -353,6 +353,7 @@ mod tests {
                 ifname: "eth0".into(),
                 host_ifname: host.into(),
                 container_id: None,
+                cni: None,
                 trace: false,
                 created: String::new(),
                 creating: false,
@@ -388,6 +389,7 @@ mod tests {
             trace: false,
             created: String::new(),
             creating: false,
+            cni: None,
             ports: crate::ports::parse_all(ports).unwrap(),
         };
         st.endpoints.insert("a".into(), ep("a", "k", [10, 2, 0, 2], &["8080:80", "127.0.0.1:9090:90/udp"]));

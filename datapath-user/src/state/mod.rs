@@ -15,9 +15,11 @@ use thiserror::Error;
 
 use crate::ports::Publish;
 
+mod cni;
 mod container;
 mod journal;
 
+pub use cni::{CniMark, PortMapping};
 pub use container::{ContainerSpec, RunMode};
 pub use journal::Journal;
 
@@ -127,6 +129,9 @@ pub struct EndpointSpec {
     /// Optional caller-supplied id (CNI `CNI_CONTAINERID`).
     #[serde(default)]
     pub container_id: Option<String>,
+    /// Made through CNI: keyed by `container_id` + `ifname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniMark>,
     #[serde(default)]
     pub trace: bool,
     pub created: String,
@@ -344,6 +349,7 @@ mod tests {
             ifname: "eth0".into(),
             host_ifname: "dp0".into(),
             container_id: None,
+            cni: None,
             trace: false,
             created: now_rfc3339(),
             creating: false,

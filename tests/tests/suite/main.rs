@@ -7,6 +7,7 @@
 
 mod api_limits;
 mod cli;
+mod cni;
 mod concurrency;
 mod connectivity;
 mod lifecycle;
@@ -14,6 +15,7 @@ mod masquerade;
 mod modes;
 mod nat_limits;
 mod network_options;
+mod podman;
 mod policy;
 mod ports;
 mod rollback;
