@@ -76,50 +76,26 @@ pub enum Request {
     Ping,
     NetworkCreate(NetworkCreate),
     NetworkList,
-    NetworkInspect {
-        name: String,
-    },
-    NetworkRemove {
-        name: String,
-    },
+    NetworkInspect { name: String },
+    NetworkRemove { name: String },
     EndpointCreate(EndpointCreate),
     EndpointList,
-    EndpointInspect {
-        name: String,
-    },
-    EndpointRemove {
-        name: String,
-    },
+    EndpointInspect { name: String },
+    EndpointRemove { name: String },
     Stats,
-    Trace {
-        endpoint: Option<String>,
-    },
+    Trace { endpoint: Option<String> },
     ContainerCreate(ContainerCreate),
-    ContainerStarted {
-        name: String,
-        pid: u32,
-    },
-    ContainerExited {
-        name: String,
-        code: i32,
-    },
+    ContainerStarted { name: String, pid: u32 },
+    ContainerExited { name: String, code: i32 },
     ContainerList,
-    ContainerStop {
-        name: String,
-    },
-    ConntrackList {
-        endpoint: Option<String>,
-    },
+    ContainerStop { name: String },
+    ConntrackList { endpoint: Option<String> },
     ConntrackFlush,
     CniAdd(CniAdd),
     CniDel(CniKey),
     CniCheck(CniKey),
     CniGc(CniGc),
-    /// `datapath port NAME`: the ports an endpoint (or a command's
-    /// endpoint) publishes.
-    Port {
-        name: String,
-    },
+    Port { name: String },
 }
 
 /// `datapath run`: what to run and how it is networked.
