@@ -119,6 +119,7 @@ impl Snapshot {
                     mac: format_mac(&e.mac),
                 })
                 .collect(),
+            owner: n.owner.clone(),
         }
     }
 
@@ -146,6 +147,8 @@ impl Snapshot {
             trace: e.trace,
             container_id: e.container_id.clone(),
             created: e.created.clone(),
+            owner: e.owner.clone(),
+            detached: e.detached,
         }
     }
 

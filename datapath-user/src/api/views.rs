@@ -20,6 +20,9 @@ pub struct NetworkView {
     pub internal: bool,
     pub options: NetworkOptionsView,
     pub endpoints: Vec<NetworkEndpointView>,
+    /// `docker` for the networks of Docker's remote driver.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +63,12 @@ pub struct EndpointView {
     pub trace: bool,
     pub container_id: Option<String>,
     pub created: String,
+    /// `docker` for the endpoints of Docker's remote driver.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// The container end was left in the node namespace for its owner to move.
+    #[serde(default)]
+    pub detached: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,13 +70,15 @@ const LIST_COLUMNS: &[Column] = &[
     left("MAC", 17),
     left("HOST-IF", 12),
     right("IFINDEX", 7),
+    left("OWNER", 0),
 ];
 
 fn list_table(eps: &[EndpointView]) -> String {
     let mut t = Table::new(LIST_COLUMNS);
     for e in eps {
         let address = format!("{}/{}", e.ip, e.prefix_len);
-        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex]);
+        let owner = e.owner.as_deref().unwrap_or("-");
+        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &owner]);
     }
     t.render()
 }

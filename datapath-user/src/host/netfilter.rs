@@ -181,6 +181,7 @@ mod tests {
             datapath: dp,
             options: opts,
             created: String::new(),
+            owner: None,
         }
     }
 
@@ -239,6 +240,8 @@ mod tests {
                 trace: false,
                 created: String::new(),
                 creating: false,
+                detached: false,
+                owner: None,
             };
             e.ip = if ep == "a" { e.ip } else { std::net::Ipv4Addr::new(10, 2, 0, 3) };
             st.endpoints.insert(ep.into(), e);
