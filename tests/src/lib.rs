@@ -29,6 +29,7 @@
 //! redirect-peer bypass, traces, the eBPF conntrack table), the body
 //! asserts each datapath's own documented behaviour and says so.
 
+pub mod docker;
 pub mod env;
 pub mod net;
 pub mod node;
