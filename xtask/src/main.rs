@@ -208,6 +208,7 @@ fn run(release: bool, args: Vec<OsString>) -> Result<()> {
 
 fn test(all: bool, extra: Vec<OsString>) -> Result<()> {
     setup(false)?;
+    setup::setup_test_packages()?;
     let bin = build(false)?;
     // The upgrade tests restart the agent on this object.
     build_ebpf(false, ebpf::Object::Variant)?;

@@ -9,6 +9,7 @@ mod api_limits;
 mod cli;
 mod concurrency;
 mod connectivity;
+mod docker_engine;
 mod docker_plugin;
 mod lifecycle;
 mod masquerade;

@@ -1,0 +1,97 @@
+//! A real Docker engine (Debian's docker.io, installed by `cargo xtask
+//! test`) started by the test inside its node namespace, with the agent's
+//! plugin as the network driver `datapath`: `docker network create -d
+//! datapath`, containers talking by address and by name (Docker's embedded
+//! DNS), HTTP between them, the outside reached through the eBPF
+//! masquerade, isolation from a second network, and cleanup by `docker rm
+//! -f` and `docker network rm`.
+
+use std::time::Instant;
+
+use datapath_tests::docker::{plugin_node, Dockerd};
+use datapath_tests::node::{AgentOpts, OUTSIDE_IP};
+use datapath_tests::{kernel_test, Datapath};
+
+const IMAGE: &str = "dpt-busybox:1";
+
+#[test]
+fn docker_containers_on_a_datapath_network() {
+    kernel_test!();
+    let (mut node, plugin) =
+        plugin_node(AgentOpts { no_default_network: true, ..AgentOpts::with_uplink(Datapath::Ebpf) });
+    let docker = Dockerd::start(&node, &plugin);
+    docker.import_busybox(IMAGE);
+
+    docker.ok(&["network", "create", "-d", "datapath", "--subnet", "10.30.0.0/24", "web"]);
+    let inspect = docker.ok(&["network", "inspect", "-f", "{{.Driver}} {{.Scope}}", "web"]);
+    assert_eq!(inspect.trim(), "datapath local");
+    let nets = node.networks();
+    assert_eq!(nets.len(), 1, "{nets:?}");
+    assert_eq!((nets[0]["subnet"].as_str(), nets[0]["owner"].as_str()), (Some("10.30.0.0/24"), Some("docker")));
+
+    let mut start_ms = Vec::new();
+    for name in ["c1", "c2"] {
+        let t0 = Instant::now();
+        docker.ok(&["run", "-d", "--name", name, "--network", "web", IMAGE, "sleep", "3600"]);
+        start_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    println!("docker run -d on the datapath driver: {:.0} ms, {:.0} ms", start_ms[0], start_ms[1]);
+    let ip = |c: &str| {
+        docker.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", c]).trim().to_string()
+    };
+    let (ip1, ip2) = (ip("c1"), ip("c2"));
+    let eps = node.endpoints();
+    assert_eq!(eps.len(), 2, "{eps:?}");
+    for e in &eps {
+        assert_eq!(e["owner"], "docker", "{e}");
+        assert!(e["tc"].is_object(), "the eBPF program is on the host end: {e}");
+        assert!([ip1.as_str(), ip2.as_str()].contains(&e["ip"].as_str().unwrap_or("")), "{e} vs {ip1} {ip2}");
+    }
+
+    // By address, by name (Docker's embedded DNS), to the gateway.
+    docker.ok(&["exec", "c1", "ping", "-c", "2", "-W", "5", &ip2]);
+    docker.ok(&["exec", "c2", "ping", "-c", "2", "-W", "5", "c1"]);
+    docker.ok(&["exec", "c1", "ping", "-c", "1", "-W", "5", "10.30.0.1"]);
+    let before = node.stats();
+    docker.ok(&["exec", "c1", "ping", "-c", "3", "-W", "5", &ip2]);
+    let (redirected, _) = datapath_tests::delta(&before, &node.stats(), "redirect-peer");
+    assert!(redirected >= 6, "container to container goes through the eBPF redirect ({redirected} packets)");
+
+    // A file over HTTP from c2 to c1, content checked.
+    let content = "datapath says hello to docker\n";
+    docker.ok(&[
+        "exec",
+        "c2",
+        "sh",
+        "-c",
+        "printf 'datapath says hello to docker\\n' > /www/f.txt && httpd -p 8080 -h /www",
+    ]);
+    let got = docker.ok(&["exec", "c1", "wget", "-q", "-O", "-", "http://c2:8080/f.txt"]);
+    assert_eq!(got, content);
+
+    // The outside, through the eBPF masquerade (the outside has no route to 10.30.0.0/24).
+    docker.ok(&["exec", "c1", "ping", "-c", "2", "-W", "5", OUTSIDE_IP]);
+    let flows = node.conntrack(None);
+    assert!(flows.iter().any(|f| f.to_string().contains(&ip1)), "a masqueraded flow of c1: {flows:?}");
+
+    // A second datapath network: isolated from the first.
+    docker.ok(&["network", "create", "-d", "datapath", "--subnet", "10.31.0.0/24", "other"]);
+    docker.ok(&["run", "-d", "--name", "c3", "--network", "other", IMAGE, "sleep", "3600"]);
+    let ip3 = ip("c3");
+    docker.ok(&["exec", "c3", "ping", "-c", "1", "-W", "5", "10.31.0.1"]);
+    let before = node.stats();
+    let out = docker.docker(&["exec", "c1", "ping", "-c", "2", "-W", "2", &ip3]);
+    assert!(!out.status.success(), "web must not reach other: {}", datapath_tests::show(&out));
+    let (isolated, _) = datapath_tests::delta(&before, &node.stats(), "drop-policy-isolation");
+    assert_eq!(isolated, 2, "both pings dropped by the eBPF isolation");
+
+    // Cleanup leaves nothing of the containers behind.
+    docker.ok(&["rm", "-f", "c1", "c2", "c3"]);
+    assert!(node.endpoints().is_empty(), "{:?}", node.endpoints());
+    assert!(node.node_dp_veths().is_empty(), "{:?}", node.node_dp_veths());
+    docker.ok(&["network", "rm", "web", "other"]);
+    assert!(node.networks().is_empty(), "{:?}", node.networks());
+    let links = node.node_links();
+    assert!(links.iter().all(|l| l == "lo" || l == datapath_tests::node::UPLINK_DEV), "{links:?}");
+    drop(docker);
+}
