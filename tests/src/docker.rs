@@ -171,7 +171,7 @@ mount --bind "$D/etc" /etc/docker
 if [ -d /run/docker ]; then mount -t tmpfs dockerrun /run/docker; fi
 exec dockerd --host "unix://$D/docker.sock" --data-root "$D/data" --exec-root "$D/exec" \
   --pidfile "$D/dockerd.pid" --exec-opt native.cgroupdriver=cgroupfs \
-  --config-file "$D/etc/daemon.json" --bridge none --iptables=false --ip-forward=false "$@"
+  --config-file "$D/etc/daemon.json" --bridge none --iptables=false --ip-forward=false --shutdown-timeout 2 "$@"
 "#;
 
 /// A real dockerd in a node's namespace, its state in the node's directory;
@@ -179,6 +179,7 @@ exec dockerd --host "unix://$D/docker.sock" --data-root "$D/data" --exec-root "$
 pub struct Dockerd {
     pub dir: PathBuf,
     pub sock: PathBuf,
+    node: String,
     child: std::process::Child,
 }
 
@@ -195,24 +196,40 @@ impl Dockerd {
         std::fs::create_dir_all(dir.join("etc/plugins")).expect("docker dir");
         std::fs::write(dir.join("etc/daemon.json"), "{}\n").expect("daemon.json");
         std::fs::write(dir.join("etc/plugins/datapath.spec"), format!("unix://{}\n", plugin.display())).expect("spec");
-        let wrapper = dir.join("dockerd.sh");
-        std::fs::write(&wrapper, WRAPPER).expect("wrapper");
-        let log = std::fs::File::create(dir.join("dockerd.log")).expect("dockerd log");
+        std::fs::write(dir.join("dockerd.sh"), WRAPPER).expect("wrapper");
+        let child = Self::spawn(&node.name, &dir);
+        let d = Dockerd { sock: dir.join("docker.sock"), dir, node: node.name.clone(), child };
+        d.wait_ready();
+        d
+    }
+
+    fn spawn(node: &str, dir: &Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("dockerd.log")).expect("log");
         let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &node.name, "sh"])
-            .arg(&wrapper)
-            .arg(&dir)
+        cmd.args(["netns", "exec", node, "sh"])
+            .arg(dir.join("dockerd.sh"))
+            .arg(dir)
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
-        let child = cmd.spawn().expect("starting dockerd");
-        let d = Dockerd { sock: dir.join("docker.sock"), dir, child };
+        cmd.spawn().expect("starting dockerd")
+    }
+
+    fn wait_ready(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !(d.sock.exists() && d.docker(&["version"]).status.success()) {
-            assert!(std::time::Instant::now() < deadline, "dockerd did not answer within 60 s:\n{}", d.log());
+        while !(self.sock.exists() && self.docker(&["version"]).status.success()) {
+            assert!(std::time::Instant::now() < deadline, "dockerd did not answer within 60 s:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
-        d
+    }
+
+    /// Stops dockerd (SIGTERM: it stops its containers, which stay) and
+    /// starts it again on the same state.
+    pub fn restart(&mut self) {
+        self.stop_daemon();
+        let _ = std::fs::remove_file(&self.sock);
+        self.child = Self::spawn(&self.node, &self.dir);
+        self.wait_ready();
     }
 
     pub fn log(&self) -> String {
@@ -270,6 +287,19 @@ impl Dockerd {
     }
 }
 
+impl Dockerd {
+    /// Stops the daemon (SIGTERM: it stops its containers and containerd),
+    /// waiting up to 30 s, then SIGKILL.
+    fn stop_daemon(&mut self) {
+        // `ip netns exec` and the wrapper exec: the child is dockerd.
+        datapath::testbed::process::signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
+        if datapath::testbed::process::wait_timeout(&mut self.child, Duration::from_secs(30)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Drop for Dockerd {
     fn drop(&mut self) {
         // Containers first (their endpoints go through the plugin), then
@@ -278,11 +308,6 @@ impl Drop for Dockerd {
         for id in datapath::testbed::process::stdout_str(&ids).split_whitespace() {
             let _ = self.docker(&["rm", "-f", id]);
         }
-        // `ip netns exec` and the wrapper exec: the child is dockerd.
-        datapath::testbed::process::signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
-        if datapath::testbed::process::wait_timeout(&mut self.child, Duration::from_secs(30)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.stop_daemon();
     }
 }

@@ -95,3 +95,64 @@ fn docker_containers_on_a_datapath_network() {
     assert!(links.iter().all(|l| l == "lo" || l == datapath_tests::node::UPLINK_DEV), "{links:?}");
     drop(docker);
 }
+
+/// Docker's own features on a datapath network: `network connect` and
+/// `disconnect`, `restart`, `run --rm`; the agent restarting keeps Docker's
+/// containers connected and answers the next calls; dockerd restarting
+/// makes nothing twice.
+#[test]
+fn docker_features_and_restarts() {
+    kernel_test!();
+    let (mut node, plugin) =
+        plugin_node(AgentOpts { no_default_network: true, ..AgentOpts::with_uplink(Datapath::Ebpf) });
+    let mut docker = Dockerd::start(&node, &plugin);
+    docker.import_busybox(IMAGE);
+    docker.ok(&["network", "create", "-d", "datapath", "--subnet", "10.30.0.0/24", "web"]);
+    docker.ok(&["network", "create", "-d", "datapath", "--subnet", "10.31.0.0/24", "other"]);
+    docker.ok(&["run", "-d", "--name", "ca", "--network", "web", IMAGE, "sleep", "3600"]);
+    docker.ok(&["run", "-d", "--name", "cb", "--network", "other", IMAGE, "sleep", "3600"]);
+    let out = docker.docker(&["exec", "ca", "ping", "-c", "1", "-W", "2", "cb"]);
+    assert!(!out.status.success(), "a is not on other yet");
+
+    // connect: a second interface on other, b by name; disconnect: gone.
+    docker.ok(&["network", "connect", "other", "ca"]);
+    assert_eq!(node.endpoints().len(), 3);
+    docker.ok(&["exec", "ca", "ping", "-c", "2", "-W", "5", "cb"]);
+    docker.ok(&["network", "disconnect", "other", "ca"]);
+    assert_eq!(node.endpoints().len(), 2);
+    let out = docker.docker(&["exec", "ca", "ping", "-c", "1", "-W", "2", "cb"]);
+    assert!(!out.status.success(), "a left other");
+
+    // restart: a new sandbox, a new endpoint, still talking.
+    docker.ok(&["run", "-d", "--name", "cc", "--network", "web", IMAGE, "sleep", "3600"]);
+    docker.ok(&["restart", "-t", "0", "cc"]);
+    docker.ok(&["exec", "ca", "ping", "-c", "2", "-W", "5", "cc"]);
+    assert_eq!(node.endpoints().len(), 3, "{:?}", node.endpoints());
+
+    // run --rm: its endpoint goes with it.
+    let out = docker.ok(&["run", "--rm", "--network", "web", IMAGE, "ping", "-c", "1", "-W", "5", "ca"]);
+    assert!(out.contains("1 packets received"), "{out}");
+    assert_eq!(node.endpoints().len(), 3, "the --rm container's endpoint is gone");
+
+    // The agent restarts: Docker's endpoints stay and forward; the next
+    // container gets on the network through the restarted agent.
+    node.restart_agent();
+    docker.ok(&["exec", "ca", "ping", "-c", "2", "-W", "5", "cc"]);
+    docker.ok(&["run", "-d", "--name", "cd", "--network", "web", IMAGE, "sleep", "3600"]);
+    docker.ok(&["exec", "cd", "ping", "-c", "2", "-W", "5", "ca"]);
+
+    // dockerd restarts: its containers stopped (endpoints removed), the
+    // networks made once; started again, they talk.
+    let nets = node.networks().len();
+    docker.restart();
+    assert_eq!(node.networks().len(), nets, "networks made once: {:?}", node.networks());
+    assert!(node.endpoints().is_empty(), "stopped with dockerd: {:?}", node.endpoints());
+    docker.ok(&["start", "ca", "cc"]);
+    docker.ok(&["exec", "ca", "ping", "-c", "2", "-W", "5", "cc"]);
+    assert_eq!(node.endpoints().len(), 2, "{:?}", node.endpoints());
+
+    docker.ok(&["rm", "-f", "ca", "cb", "cc", "cd"]);
+    docker.ok(&["network", "rm", "web", "other"]);
+    assert!(node.endpoints().is_empty() && node.networks().is_empty());
+    drop(docker);
+}
