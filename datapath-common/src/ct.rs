@@ -204,6 +204,42 @@ pub struct CtEntry {
     pub _pad2: [u8; 4],
 }
 
+/// Key of the fragment map (`FRAGS`): an IPv4 datagram as its fragments
+/// carry it (addresses in wire order, the IP identification as on the
+/// wire). Only the first fragment holds the L4 header; the ports it had are
+/// remembered under this key so the later fragments of the datagram find
+/// their flow (as Cilium's `ipv4_frag_datagrams` map does). IPv6 gets its
+/// own key type and map (its identification is 32 bits, in an extension
+/// header).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    /// Always zero (part of the hashed key).
+    pub _pad: u8,
+}
+
+impl FragKey {
+    #[inline(always)]
+    pub const fn new(proto: u8, saddr: u32, daddr: u32, id: u16) -> Self {
+        FragKey { saddr, daddr, id, proto, _pad: 0 }
+    }
+}
+
+/// Value of the fragment map: the ports of the datagram's first fragment
+/// (wire order, `CtKey` convention: for ICMP echo the identifier as `sport`
+/// of a request, `dport` of a reply), so `CtKey::new(key.proto, key.saddr,
+/// key.daddr, sport, dport)` is the flow's key as the fragments travel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+}
+
 /// How long the next hop cached in a forward `CtEntry` is reused before
 /// the next packet of the flow looks the route up again.
 pub const CT_FIB_REFRESH_NS: u64 = 1_000_000_000;

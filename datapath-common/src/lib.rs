@@ -7,9 +7,10 @@
 //!
 //! * [`maps`]: program and map names, capacities, [`MAP_LAYOUT_VERSION`];
 //! * [`endpoint`]: [`EndpointInfo`], `EP_F_*`;
-//! * [`network`]: [`NetworkInfo`], `NET_F_*`;
+//! * [`network`]: [`NetworkInfo`], `NET_F_*`, per-network [`NetStats`];
 //! * [`ct`]: the connection tracker ([`CtKey`], [`CtEntry`], [`CtConfig`],
-//!   flags, states, lifetimes, and the reply/forward key derivation);
+//!   flags, states, lifetimes, the reply/forward key derivation, and the
+//!   fragment map's [`FragKey`]);
 //! * [`reason`]: reason codes and their names, [`Counter`].
 //!
 //! Conventions:
@@ -49,6 +50,9 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::CtConfig {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
+    unsafe impl aya::Pod for super::NetStats {}
 }
 
 #[cfg(test)]
@@ -63,6 +67,9 @@ mod tests {
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 104);
         assert_eq!(core::mem::size_of::<CtConfig>(), 32);
+        assert_eq!(core::mem::size_of::<FragKey>(), 12);
+        assert_eq!(core::mem::size_of::<FragPorts>(), 4);
+        assert_eq!(core::mem::size_of::<NetStats>(), 48);
     }
 
     #[test]

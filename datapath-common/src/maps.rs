@@ -37,6 +37,13 @@ pub const MAP_SUBNETS: &str = "SUBNETS";
 /// `CT: LruHashMap<CtKey, CtEntry>`: the connection tracker (two entries per
 /// masqueraded flow, see [`CtEntry`](crate::CtEntry)).
 pub const MAP_CT: &str = "CT";
+/// `FRAGS: LruHashMap<FragKey, FragPorts>`: the ports of the first
+/// fragment of a masqueraded IPv4 datagram, for its later fragments (both
+/// directions; see [`FragKey`](crate::FragKey)).
+pub const MAP_FRAGS: &str = "FRAGS";
+/// `NET_STATS: PerCpuArray<NetStats>` indexed by network id: per-network
+/// counters (see [`NetStats`](crate::NetStats)).
+pub const MAP_NET_STATS: &str = "NET_STATS";
 /// `CT_CONFIG: Array<CtConfig>` with one element (index 0), filled by the
 /// agent; zero fields mean the built-in defaults.
 pub const MAP_CT_CONFIG: &str = "CT_CONFIG";
@@ -47,3 +54,7 @@ pub const MAX_ENDPOINTS: u32 = 4096;
 pub const MAX_NETWORKS: u32 = 256;
 /// Capacity of `CT` (entries; a masqueraded flow takes two).
 pub const CT_MAX_ENTRIES: u32 = 131_072;
+/// Capacity of `FRAGS` (datagrams in flight in fragments; LRU: the oldest
+/// are forgotten first, and an entry is only needed while its datagram's
+/// fragments pass, microseconds apart).
+pub const FRAG_MAX_ENTRIES: u32 = 8192;

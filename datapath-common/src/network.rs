@@ -29,3 +29,16 @@ pub struct NetworkInfo {
     pub nat_port_min: u16,
     pub nat_port_max: u16,
 }
+
+/// Per-network counters (`NET_STATS`, one per-CPU slot per network id; the
+/// agent sums the CPUs and clears a slot when its network is created).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// Packets of the network's endpoints that the masquerade refused for
+    /// want of a free NAT port (each answered with an ICMP error).
+    pub nat_no_port: crate::Counter,
+    /// New masqueraded flows of the network's endpoints.
+    pub nat_flows: u64,
+    pub _reserved: [u64; 3],
+}

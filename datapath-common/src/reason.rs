@@ -65,9 +65,10 @@ pub const DROP_NAT_NO_PORT: u32 = 42;
 /// A packet that cannot start a tracked flow: TCP without SYN (or with
 /// SYN+ACK) for an unknown flow.
 pub const DROP_CT_INVALID: u32 = 43;
-/// An IPv4 fragment (first or not) of traffic that would be masqueraded,
-/// or a non-DF packet too big for the uplink: it cannot be translated
-/// without a fragment map, and passing it would leak the private source.
+/// A packet without DF, too big for the uplink, on its way through the
+/// masquerade: the kernel would fragment it and forward it untranslated
+/// (leaking the private source). (Fragments themselves are translated, see
+/// [`DROP_FRAG_UNKNOWN`].)
 pub const DROP_NAT_FRAGMENT: u32 = 44;
 /// A protocol the masquerade cannot translate (neither TCP, UDP nor ICMP
 /// echo request) on its way out of a masquerading network.
@@ -88,6 +89,11 @@ pub const DROP_ETHERTYPE: u32 = 48;
 /// with a length below 8 or beyond the IP payload, on its way through the
 /// masquerade (out, or a reply on the uplink): not translated.
 pub const DROP_BAD_L4_HEADER: u32 = 49;
+/// A later fragment (offset > 0) of a datagram from an endpoint through the
+/// masquerade whose first fragment was not seen, or whose flow is gone: its
+/// ports, hence its flow, are unknown (fragments must come in order, first
+/// one first, as every sender emits them).
+pub const DROP_FRAG_UNKNOWN: u32 = 50;
 
 /// Packet verdicts of the NAT paths.
 /// Uplink ingress without a NAT mapping (the node's own traffic): passed
@@ -114,6 +120,13 @@ pub const EV_NAT_PORT_REUSED: u32 = 12;
 /// of its network, answered in eBPF (proxy ARP): the reply is sent back
 /// into the requester with `bpf_redirect_peer`, nothing crosses the bridge.
 pub const FWD_ARP_REPLY: u32 = 13;
+/// Event: the masquerade found no free NAT port for a new flow (the packet
+/// is counted under [`DROP_NAT_NO_PORT`]) and answered the endpoint at once
+/// with an ICMP destination unreachable (code 13, communication
+/// administratively prohibited) from the network's gateway, so its
+/// `connect()` or connected UDP socket fails with EHOSTUNREACH instead of
+/// waiting for a timeout.
+pub const EV_NAT_REFUSED: u32 = 14;
 
 /// Size of the `STATS` array: every code must be below this.
 pub const MAX: u32 = 64;
@@ -121,17 +134,18 @@ pub const MAX: u32 = 64;
 /// Whether `code` counts events rather than packet verdicts (a packet is
 /// counted under exactly one verdict code, and maybe some event codes).
 pub const fn is_event(code: u32) -> bool {
-    code == EV_CT_CREATED || code == EV_NAT_PORT_REUSED
+    code == EV_CT_CREATED || code == EV_NAT_PORT_REUSED || code == EV_NAT_REFUSED
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 30] = [
+pub const ALL: [u32; 32] = [
     FWD_REDIRECT_PEER,
     FWD_ARP_REPLY,
     FWD_NAT,
     FWD_REVNAT,
     EV_CT_CREATED,
     EV_NAT_PORT_REUSED,
+    EV_NAT_REFUSED,
     PASS_BROADCAST,
     PASS_ARP,
     PASS_TO_BRIDGE,
@@ -156,6 +170,7 @@ pub const ALL: [u32; 30] = [
     DROP_VLAN_TAGGED,
     DROP_ETHERTYPE,
     DROP_BAD_L4_HEADER,
+    DROP_FRAG_UNKNOWN,
 ];
 
 /// Length of the longest name (the trace column width).
@@ -210,6 +225,8 @@ pub const fn name(code: u32) -> &'static str {
         PASS_NAT_NOT_ROUTED => "pass-nat-not-routed",
         EV_CT_CREATED => "ct-created",
         EV_NAT_PORT_REUSED => "nat-port-reused",
+        EV_NAT_REFUSED => "nat-refused-icmp",
+        DROP_FRAG_UNKNOWN => "drop-frag-unknown",
         FWD_ARP_REPLY => "fwd-arp-reply",
         _ => "unknown",
     }

@@ -31,6 +31,8 @@ pub struct Snat {
     /// The NAT port range, inclusive, host order.
     pub port_min: u16,
     pub port_max: u16,
+    /// The network's id (its `NET_STATS` slot).
+    pub network_id: u32,
 }
 
 const EEXIST: i32 = 17;
@@ -173,7 +175,9 @@ fn take_over(rkey: &CtKey, r: &CtEntry, now: u64) -> bool {
 /// Inserts the reverse entry `entry` of the forward tuple `key` at a free
 /// (or taken-over) NAT port of `[min, min + range)`, trying `start` first
 /// and walking up; returns the port (wire order, 0: none found) or the drop
-/// reason.
+/// reason. The reply tuple holds
+/// the remote address and port: a port is reused for every other
+/// destination, as the kernel's NAT does.
 #[inline(always)]
 fn reserve_port(
     key: &CtKey,

@@ -30,8 +30,10 @@ pub const IP_TTL_OFF: usize = ETH_HLEN + 8;
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 pub const IP_DADDR_OFF: usize = ETH_HLEN + 16;
-/// `frag_off` bits: more fragments, offset.
+/// `frag_off` bits: more fragments, offset (host order).
 pub const IP_MF_OFFSET: u16 = 0x3fff;
+/// `frag_off`: the fragment offset alone (non-zero: not the first fragment).
+pub const IP_OFFSET: u16 = 0x1fff;
 pub const IP_DF: u16 = 0x4000;
 /// `skb->pkt_type` for frames addressed to this host.
 pub const PACKET_HOST: u32 = 0;
@@ -208,6 +210,8 @@ pub struct Ip {
     pub tot_len: u16,
     /// Host order.
     pub frag_off: u16,
+    /// Identification, wire order (what fragments of a datagram share).
+    pub id: u16,
     /// Header length in bytes.
     pub hlen: u8,
     pub proto: u8,
@@ -233,12 +237,14 @@ pub struct L4 {
 }
 
 /// Reads the L4 header of a packet whose L4 starts at `l4` and whose IP
-/// payload ends at `end` (offset in the frame). `None`: too
+/// payload ends at `end` (offset in the frame); `first_frag`: the packet is
+/// the first fragment of a datagram, whose UDP length covers the whole
+/// datagram, beyond `end`. `None`: too
 /// short (the caller drops or passes). For ICMP, `sport`/`dport` follow the
 /// `CtKey` convention (request: id as sport, reply: id as dport) and
 /// `tcp_flags` carries the ICMP type.
 #[inline(always)]
-pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize, end: usize) -> Option<L4> {
+pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize, end: usize, first_frag: bool) -> Option<L4> {
     match proto {
         IPPROTO_TCP => {
             let h: [u8; 20] = ctx.load(l4).ok()?;
@@ -261,7 +267,7 @@ pub fn read_l4(ctx: &TcContext, proto: u8, l4: usize, end: usize) -> Option<L4> 
                 tcp_flags: 0,
                 sane: {
                     let len = usize::from(u16::from_be_bytes([h[4], h[5]]));
-                    len >= 8 && l4 + len <= end
+                    len >= 8 && (first_frag || l4 + len <= end)
                 },
             })
         }

@@ -21,7 +21,8 @@
 //! Modules, each using only modules below it (no cycles):
 //!
 //! ```text
-//! main ─────> policy, nat, trace, verdict
+//! main ─────> policy, nat, icmp, trace, verdict
+//! icmp ─────> fib, hdr, maps, verdict
 //! policy ───> arp, local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
 //! arp ──────> fib, hdr, maps, verdict
 //! local ────> fib, csum, hdr, verdict
@@ -44,6 +45,7 @@ mod conntrack;
 mod csum;
 mod fib;
 mod hdr;
+mod icmp;
 mod local;
 mod maps;
 mod nat;
@@ -69,7 +71,18 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     variant_marker();
     let v = match policy::decide(&ctx, &src) {
         Next::Verdict(v) => v,
-        Next::Masquerade(req) => nat::egress(&ctx, &src, &req),
+        Next::Masquerade(req) if nat::is_later_fragment(&req) => nat::egress_fragment(&ctx, &req),
+        Next::Masquerade(req) => match nat::egress(&ctx, &src, &req) {
+            // Out of NAT ports: counted per network, answered at once.
+            v if v.code == reason::DROP_NAT_NO_PORT => {
+                if let Some(ns) = maps::net_stats(src.network_id) {
+                    ns.nat_no_port.packets += 1;
+                    ns.nat_no_port.bytes += u64::from(len);
+                }
+                icmp::refuse(&ctx, &src)
+            }
+            v => v,
+        },
     };
     count(v.code, len);
     if (src.flags | v.dst_flags) & EP_F_TRACE != 0 {

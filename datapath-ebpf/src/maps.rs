@@ -18,8 +18,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, NetworkInfo, CT_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS,
-    NET_F_PRESENT,
+    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, NetStats, NetworkInfo, CT_MAX_ENTRIES,
+    FRAG_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS, NET_F_PRESENT,
 };
 
 /// Endpoints keyed by the ifindex of their host-side veth.
@@ -48,6 +48,15 @@ static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(reason::MAX, 
 /// The connection tracker (see `datapath_common::ct`).
 #[map]
 static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// The ports of the first fragment of masqueraded datagrams, for their
+/// later fragments (see `datapath_common::FragKey`).
+#[map]
+static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);
+
+/// Per-CPU per-network counters indexed by network id.
+#[map]
+static NET_STATS: PerCpuArray<NetStats> = PerCpuArray::with_max_entries(MAX_NETWORKS, 0);
 
 /// Lifetimes, filled by the agent (index 0); zero fields mean the defaults.
 #[map]
@@ -123,6 +132,28 @@ pub fn stats_add(code: u32, len: u32) {
             (*c).bytes += u64::from(len);
         }
     }
+}
+
+/// This CPU's counters of network `id` (`None`: out of range).
+#[inline(always)]
+pub fn net_stats<'a>(id: u32) -> Option<&'a mut NetStats> {
+    // SAFETY: this CPU's slot, valid for the program run; nothing else runs
+    // on this CPU meanwhile.
+    NET_STATS.get_ptr_mut(id).map(|s| unsafe { &mut *s })
+}
+
+/// Remembers the ports of a datagram's first fragment (best effort: a
+/// failed insert only loses its later fragments, which are then counted).
+#[inline(always)]
+pub fn frag_insert(key: &FragKey, ports: &FragPorts) {
+    let _ = FRAGS.insert(key, ports, 0);
+}
+
+/// The ports of the first fragment of the datagram `key`.
+#[inline(always)]
+pub fn frag_get(key: &FragKey) -> Option<FragPorts> {
+    // SAFETY: the value is copied out at once.
+    unsafe { FRAGS.get(key) }.copied()
 }
 
 /// The `CT` entry at `key`, in place.

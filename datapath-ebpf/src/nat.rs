@@ -11,6 +11,12 @@
 //!   and ICMP errors up by their reply tuple, restores the endpoint's address
 //!   and port and delivers them into the endpoint with `bpf_redirect_peer`.
 //!   Anything without a mapping passes untouched: the node's own traffic.
+//! * IPv4 fragments: the first fragment of a datagram is translated like any
+//!   packet and its ports remembered in `FRAGS` under the datagram's
+//!   (addresses, protocol, IP id); the later fragments, which carry no L4
+//!   header, take their flow from there and only have their IPv4 header
+//!   rewritten (`egress_fragment`, `reply_fragment`). The L4 checksum, in
+//!   the first fragment, is fixed incrementally as for whole packets.
 //!
 //! A masqueraded flow has two `CT` entries (see `datapath_common::ct`); the
 //! reverse entry is inserted first with `BPF_NOEXIST`, which is what
@@ -21,7 +27,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use datapath_common::{
-    reason, CtEntry, CtKey, EndpointInfo, CT_F_REVERSE, CT_TCP_CLOSING, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    reason, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, CT_F_REVERSE, CT_TCP_CLOSING, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
 pub use crate::conntrack::Snat;
@@ -31,7 +38,7 @@ use crate::{
     fib,
     hdr::{
         self, read_l4, Ip, ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST,
-        ICMP_TIME_EXCEEDED, IPV4_MIN_HLEN, IP_DF, IP_MF_OFFSET, L4, PACKET_HOST, TCP_ACK, TCP_RST, TCP_SYN,
+        ICMP_TIME_EXCEEDED, IPV4_MIN_HLEN, IP_DF, IP_MF_OFFSET, IP_OFFSET, L4, PACKET_HOST, TCP_ACK, TCP_RST, TCP_SYN,
     },
     maps,
     verdict::{count, drop, pass, redirect, Verdict},
@@ -56,9 +63,17 @@ struct Seen {
     now: u64,
 }
 
+/// Whether `req` is a later fragment (offset > 0) of a datagram, for
+/// [`egress_fragment`] rather than [`egress`].
+#[inline(always)]
+pub fn is_later_fragment(req: &NatRequest) -> bool {
+    req.ip.frag_off & IP_OFFSET != 0
+}
+
 /// Masquerade of a packet from endpoint `src` to a destination beyond the
-/// node. On success the packet is translated and redirected to the uplink;
-/// `was` of the verdict holds the original source.
+/// node (a whole datagram or its first fragment). On success the packet is
+/// translated and redirected to the uplink; `was` of the verdict holds the
+/// original source.
 #[inline(never)]
 pub fn egress(ctx: &TcContext, src: &EndpointInfo, req: &NatRequest) -> Verdict {
     let Some(fib) = maps::scratch_fib() else {
@@ -66,16 +81,17 @@ pub fn egress(ctx: &TcContext, src: &EndpointInfo, req: &NatRequest) -> Verdict 
     };
     let (snat, ip) = (&req.snat, &req.ip);
     let proto = ip.proto;
-    if ip.frag_off & IP_MF_OFFSET != 0 {
-        return drop(reason::DROP_NAT_FRAGMENT);
+    if ip.frag_off & IP_OFFSET != 0 {
+        return drop(reason::DROP_FRAG_UNKNOWN);
     }
+    let first_frag = ip.frag_off & IP_MF_OFFSET != 0;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return drop(reason::DROP_NAT_PROTO);
     }
     // The decision checked tot_len against the frame (0: a GSO packet
     // beyond 64 KiB, as long as the skb).
     let end = if ip.tot_len == 0 { ctx.len() as usize } else { ETH_HLEN + usize::from(ip.tot_len) };
-    let Some(l4) = read_l4(ctx, proto, ETH_HLEN + (usize::from(ip.hlen) & 0x3c), end) else {
+    let Some(l4) = read_l4(ctx, proto, ETH_HLEN + (usize::from(ip.hlen) & 0x3c), end, first_frag) else {
         return drop(reason::DROP_TRUNCATED);
     };
     if !l4.sane {
@@ -93,6 +109,10 @@ pub fn egress(ctx: &TcContext, src: &EndpointInfo, req: &NatRequest) -> Verdict 
     let syn = proto == IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN;
     let seen = Seen { proto, tcp_flags, syn, len: ctx.len(), now: conntrack::now() };
     let key = CtKey::new(proto, ip.saddr, ip.daddr, l4.sport, l4.dport);
+    if first_frag {
+        // The later fragments of the datagram find their flow by this.
+        remember_fragment(&key, ip.id);
+    }
     let mut found = conntrack::get(&key);
 
     // Fast path: a live flow whose next hop is cached in its entry (see
@@ -186,12 +206,24 @@ fn flow<'a>(
     let packed = u64::from(ifindex) | (u64::from(hint) << 32);
     let port = conntrack::create(key, packed, snat, s.now)?;
     count(reason::EV_CT_CREATED, s.len);
+    if let Some(ns) = maps::net_stats(snat.network_id) {
+        ns.nat_flows += 1;
+    }
     let e = conntrack::get(key);
     if let Some(e) = e {
         conntrack::update(e, s.proto, false, s.tcp_flags, s.len, s.now);
         return Ok((Some(e), snat.addr, port));
     }
     Ok((None, snat.addr, port))
+}
+
+/// Remembers the ports of `key`, the tuple of the first fragment of the
+/// datagram `id`, for its later fragments. Out of line: the key is built in
+/// this frame, not in the callers' (their stack is the longest chain's).
+#[inline(never)]
+fn remember_fragment(key: &CtKey, id: u16) {
+    let fk = FragKey::new(key.proto, key.saddr, key.daddr, id);
+    maps::frag_insert(&fk, &FragPorts { sport: key.sport, dport: key.dport });
 }
 
 /// Translation of the packet to `nat_addr:nat_port` and redirect to the
@@ -211,6 +243,60 @@ fn send(ctx: &TcContext, ip: &Ip, l4: &L4, nat_addr: u32, nat_port: u16, rc: u32
     };
     csum::forward_ipv4(iph, Nat::Src(nat_addr));
     let was = u64::from(ip.saddr) | (u64::from(u16::from_be(l4.sport)) << 32);
+    match fib::redirect(ctx, rc, fib) {
+        Ok(out_if) => Verdict { was, ..redirect(reason::FWD_NAT, out_if) },
+        Err(reason::DROP_TRUNCATED) => drop(reason::DROP_TRUNCATED),
+        Err(code) => Verdict { was, ..drop(code) },
+    }
+}
+
+/// A later fragment (offset > 0) of a datagram from an endpoint to a
+/// destination beyond the node: it has no L4 header; its flow is the one
+/// its first fragment's ports (in `FRAGS`) name, which must be live and
+/// translated to this network's address. Only its IPv4 header changes
+/// (source, TTL, checksum); it takes the flow's cached next hop.
+#[inline(never)]
+pub fn egress_fragment(ctx: &TcContext, req: &NatRequest) -> Verdict {
+    let (snat, ip) = (&req.snat, &req.ip);
+    let Some(p) = maps::frag_get(&FragKey::new(ip.proto, ip.saddr, ip.daddr, ip.id)) else {
+        return drop(reason::DROP_FRAG_UNKNOWN);
+    };
+    let key = CtKey::new(ip.proto, ip.saddr, ip.daddr, p.sport, p.dport);
+    let now = conntrack::now();
+    let Some(e) = conntrack::get(&key) else {
+        return drop(reason::DROP_FRAG_UNKNOWN);
+    };
+    if e.flags & CT_F_REVERSE != 0 || e.expires_ns <= now || e.addr != snat.addr {
+        return drop(reason::DROP_FRAG_UNKNOWN);
+    }
+    if ip.ttl <= 1 {
+        return pass(reason::PASS_NAT_NOT_ROUTED);
+    }
+    let Some(fib) = maps::scratch_fib() else {
+        return drop(reason::DROP_FRAG_UNKNOWN);
+    };
+    let len = ctx.len();
+    let rc = if fib::cached_hop(ctx, e, snat.uplink_ifindex, len, now, fib) {
+        BPF_FIB_LKUP_RET_SUCCESS
+    } else {
+        let l4 = L4 { sport: p.sport, dport: p.dport, csum_off: 0, port_off: 0, tcp_flags: 0, sane: true };
+        let rc = fib::lookup(ctx, ip, &l4, fib);
+        if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED {
+            return drop(reason::DROP_NAT_FRAGMENT);
+        }
+        if !fib::routed(rc) || (snat.uplink_ifindex != 0 && fib.ifindex != snat.uplink_ifindex) {
+            return pass(reason::PASS_NAT_NOT_ROUTED);
+        }
+        rc
+    };
+    e.tx_packets += 1;
+    e.tx_bytes += u64::from(len);
+    e.last_seen_ns = now;
+    let Some(iph) = hdr::ipv4(ctx) else {
+        return drop(reason::DROP_TRUNCATED);
+    };
+    csum::forward_ipv4(iph, Nat::Src(snat.addr));
+    let was = u64::from(ip.saddr) | (u64::from(u16::from_be(p.sport)) << 32);
     match fib::redirect(ctx, rc, fib) {
         Ok(out_if) => Verdict { was, ..redirect(reason::FWD_NAT, out_if) },
         Err(reason::DROP_TRUNCATED) => drop(reason::DROP_TRUNCATED),
@@ -239,26 +325,30 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
         return pass(reason::PASS_UPLINK_HOST);
     };
     let eth_proto = u16::from_be(eth.proto);
-    let (version_ihl, frag_off, ttl, proto) = (iph.version_ihl, u16::from_be(iph.frag_off), iph.ttl, iph.proto);
+    let (version_ihl, frag_off, ttl, proto, id) =
+        (iph.version_ihl, u16::from_be(iph.frag_off), iph.ttl, iph.proto, iph.id);
     let tot_len = usize::from(u16::from_be(iph.tot_len));
     let (saddr, daddr) = (iph.saddr, iph.daddr);
     let hlen = usize::from(version_ihl & 0x0f) * 4;
-    // Not IPv4, a fragment (even of a translated flow: it cannot be matched
-    // without a fragment map) or a protocol we never translate: the node's.
+    // Not IPv4 or a protocol we never translate: the node's.
     if eth_proto != ETH_P_IP
         || version_ihl >> 4 != 4
         || hlen < IPV4_MIN_HLEN
-        || frag_off & IP_MF_OFFSET != 0
         || (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP)
     {
         return pass(reason::PASS_UPLINK_HOST);
     }
+    // A later fragment: its flow is its first fragment's.
+    if frag_off & IP_OFFSET != 0 {
+        return reply_fragment(ctx, ep, &FragKey::new(proto, saddr, daddr, id), ttl);
+    }
+    let first_frag = frag_off & IP_MF_OFFSET != 0;
     let l4off = ETH_HLEN + hlen;
     // Where the IP payload ends, within the frame (tot_len 0: a GRO packet
     // beyond 64 KiB).
     let len = ctx.len() as usize;
     let end = if tot_len == 0 || ETH_HLEN + tot_len > len { len } else { ETH_HLEN + tot_len };
-    let Some(l4) = read_l4(ctx, proto, l4off, end) else {
+    let Some(l4) = read_l4(ctx, proto, l4off, end, first_frag) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
     if proto == IPPROTO_ICMP && l4.tcp_flags != ICMP_ECHO_REPLY {
@@ -268,33 +358,70 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
         }
         return pass(reason::PASS_UPLINK_HOST);
     }
-    reply(ctx, ep, CtKey::new(proto, saddr, daddr, l4.sport, l4.dport), ttl, &l4)
+    // The id of a first fragment, flagged above the 16 bits (0: whole).
+    let frag_id = if first_frag { 0x1_0000 | u32::from(id) } else { 0 };
+    reply(ctx, ep, CtKey::new(proto, saddr, daddr, l4.sport, l4.dport), (ttl, frag_id), &l4)
+}
+
+/// The forward entry of the flow whose reply tuple is `key`, when the flow
+/// is live and still translated to `key`'s destination address and port (a
+/// reverse entry left behind by a reused tuple must not deliver), with the
+/// endpoint's original address and port.
+#[inline(always)]
+fn flow_of_reply<'a>(key: &CtKey, now: u64) -> Option<(&'a mut CtEntry, u32, u16)> {
+    let rev = conntrack::get(key)?;
+    let (rflags, raddr, rport) = (rev.flags, rev.addr, rev.port);
+    if rflags & CT_F_REVERSE == 0 {
+        return None;
+    }
+    let fwd = conntrack::get(&CtKey::forward_of(key, raddr, rport))?;
+    if fwd.expires_ns <= now || fwd.flags & CT_F_REVERSE != 0 || fwd.addr != key.daddr || fwd.port != key.dport {
+        return None;
+    }
+    Some((fwd, raddr, rport))
+}
+
+/// A later fragment (offset > 0) of a reply on the uplink: its flow is the
+/// one its first fragment matched (in `FRAGS`); only its IPv4 header
+/// changes (destination, TTL, checksum). A fragment of no known datagram is
+/// the node's own traffic.
+#[inline(never)]
+fn reply_fragment(ctx: &TcContext, ep: &mut EndpointInfo, fk: &FragKey, ttl: u8) -> Verdict {
+    let Some(p) = maps::frag_get(fk) else {
+        return pass(reason::PASS_UPLINK_HOST);
+    };
+    let key = CtKey::new(fk.proto, fk.saddr, fk.daddr, p.sport, p.dport);
+    let now = conntrack::now();
+    let Some((fwd, raddr, _)) = flow_of_reply(&key, now) else {
+        return pass(reason::PASS_UPLINK_HOST);
+    };
+    let Some(e) = maps::endpoint_by_ip(raddr) else {
+        return pass(reason::PASS_UPLINK_HOST);
+    };
+    *ep = e;
+    let was = u64::from(key.daddr) | (u64::from(u16::from_be(key.dport)) << 32);
+    if ttl <= 1 {
+        return Verdict { was, ..drop(reason::DROP_TTL_EXCEEDED) };
+    }
+    fwd.rx_packets += 1;
+    fwd.rx_bytes += u64::from(ctx.len());
+    fwd.last_seen_ns = now;
+    deliver(ctx, ep, raddr, was)
 }
 
 /// A reply (`key`: its tuple as it arrived) of a translated flow: restores
 /// the endpoint's address and port and delivers it. A reply of a flow whose
 /// L4 header is not [`L4::sane`] is dropped, not translated (the node's own
-/// traffic is left to the kernel).
+/// traffic is left to the kernel). `(ttl, frag_id)`: the TTL, and for the
+/// first fragment of a datagram its IP id with bit 16 set (0 otherwise),
+/// under which its ports are remembered for the later fragments.
 #[inline(always)]
-fn reply(ctx: &TcContext, ep: &mut EndpointInfo, key: CtKey, ttl: u8, l4: &L4) -> Verdict {
+fn reply(ctx: &TcContext, ep: &mut EndpointInfo, key: CtKey, (ttl, frag_id): (u8, u32), l4: &L4) -> Verdict {
     let (proto, daddr) = (key.proto, key.daddr);
-    let Some(rev) = conntrack::get(&key) else {
-        return pass(reason::PASS_UPLINK_HOST);
-    };
-    let (rflags, raddr, rport) = (rev.flags, rev.addr, rev.port);
-    if rflags & CT_F_REVERSE == 0 {
-        return pass(reason::PASS_UPLINK_HOST);
-    }
     let now = conntrack::now();
-    let Some(fwd) = conntrack::get(&CtKey::forward_of(&key, raddr, rport)) else {
+    let Some((fwd, raddr, rport)) = flow_of_reply(&key, now) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
-    // The forward entry must be live and still translate to this address
-    // and port (a reverse entry left behind by a reused tuple must not
-    // deliver).
-    if fwd.expires_ns <= now || fwd.flags & CT_F_REVERSE != 0 || fwd.addr != daddr || fwd.port != key.dport {
-        return pass(reason::PASS_UPLINK_HOST);
-    }
     let Some(e) = maps::endpoint_by_ip(raddr) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
@@ -309,6 +436,9 @@ fn reply(ctx: &TcContext, ep: &mut EndpointInfo, key: CtKey, ttl: u8, l4: &L4) -
     let tcp_flags = if proto == IPPROTO_TCP { l4.tcp_flags } else { 0 };
     let len = ctx.len();
     conntrack::update(fwd, proto, true, tcp_flags, len, now);
+    if frag_id != 0 {
+        remember_fragment(&key, frag_id as u16);
+    }
 
     let port_off = if proto == IPPROTO_ICMP { l4.port_off } else { l4.port_off + 2 };
     let l4w = L4 { port_off, ..*l4 };

@@ -177,12 +177,14 @@ fn network_policy(
             ttl: ip.ttl,
             tos: ip.tos,
             frag_off: u16::from_be(ip.frag_off),
+            id: ip.id,
         };
         let snat = Snat {
             addr: net.masq_addr,
             uplink_ifindex: net.uplink_ifindex,
             port_min: net.nat_port_min,
             port_max: net.nat_port_max,
+            network_id: src.network_id,
         };
         return Some(Next::Masquerade(NatRequest { snat, ip }));
     }

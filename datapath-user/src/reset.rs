@@ -69,7 +69,7 @@ pub async fn reset(paths: &ResetPaths) -> ResetReport {
         Ok(()) => report.pins = true,
         Err(e) => report.problems.push(format!("removing {}: {e}", paths.bpffs.display())),
     }
-    match netfilter::apply(&netfilter::render(&State::new(), |_| None), false) {
+    match netfilter::apply(&netfilter::render(&State::new(), |_| None, None), false) {
         Ok(()) => report.nft_tables = true,
         Err(e) => report.problems.push(format!("removing the nftables tables: {e}")),
     }

@@ -1002,19 +1002,33 @@ fn malformed_cases(up: u32) {
     assert_eq!(l4_sum(&out[14..34], &out[34..]), sum_in, "still as wrong");
     assert_eq!(ct_len(&h), 4);
 
-    // Fragments cannot be translated: dropped, counted, nothing tracked.
-    let mut frag = syn(40002);
+    // Fragments (to another destination port, so the exhaustion below
+    // still has its two flows): the first is translated and tracked like a
+    // whole packet; a later one of the same datagram (same IP id) takes its
+    // flow: same translated source, only the IPv4 header rewritten; a later
+    // one of an unknown datagram is dropped, counted.
+    let ip_csum = |f: &mut Vec<u8>| {
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = frames::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    };
+    let mut frag = eth(GW_MAC, A_MAC, 0x0800, &ipv4_tcp(A_IP, remote, 40002, 443, 0x02));
+    frag[14 + 4..14 + 6].copy_from_slice(&0x4242u16.to_be_bytes());
     frag[14 + 6] = 0x20; // MF
-    frag[24..26].copy_from_slice(&[0, 0]);
-    let c = frames::checksum(&frag[14..34]);
-    frag[24..26].copy_from_slice(&c.to_be_bytes());
-    h.check("first fragment", &frag, TC_ACT_SHOT, reason::DROP_NAT_FRAGMENT);
+    ip_csum(&mut frag);
+    let (first, _) = h.check("first fragment", &frag, TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(ct_len(&h), 6);
     frag[14 + 6] = 0x00;
-    frag[14 + 7] = 0x10; // offset 128
-    frag[24..26].copy_from_slice(&[0, 0]);
-    let c = frames::checksum(&frag[14..34]);
-    frag[24..26].copy_from_slice(&c.to_be_bytes());
-    h.check("later fragment", &frag, TC_ACT_SHOT, reason::DROP_NAT_FRAGMENT);
+    frag[14 + 7] = 0x10; // offset 128, last
+    ip_csum(&mut frag);
+    let (later, _) = h.check("later fragment", &frag, TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(&later[26..30], &first[26..30], "a later fragment's source is its first fragment's");
+    assert_eq!(&later[34..], &frag[34..], "a later fragment's payload is untouched");
+    assert_eq!(frames::checksum(&later[14..34]), 0, "IPv4 checksum of the later fragment");
+    assert_eq!(ct_len(&h), 6);
+    frag[14 + 4..14 + 6].copy_from_slice(&0x4343u16.to_be_bytes());
+    ip_csum(&mut frag);
+    h.check("later fragment of an unknown datagram", &frag, TC_ACT_SHOT, reason::DROP_FRAG_UNKNOWN);
 
     // Truncated L4 header.
     let mut short = syn(40003);
@@ -1049,15 +1063,28 @@ fn malformed_cases(up: u32) {
         TC_ACT_OK,
         reason::PASS_NAT_NOT_ROUTED,
     );
-    assert_eq!(ct_len(&h), 4, "no entry for the drops");
+    assert_eq!(ct_len(&h), 6, "no entry for the drops");
 
     // Port exhaustion: 10 ports for one destination; the two flows above
     // hold two of them. A counted drop, not a hang.
     for sport in 41000..41008 {
         h.check("fill the range", &syn(sport), TC_ACT_REDIRECT, reason::FWD_NAT);
     }
-    h.check("range exhausted", &syn(42000), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
-    assert_eq!(ct_len(&h), 20);
+    // Exhausted: counted, and answered at once with an ICMP destination
+    // unreachable (code 13) from the gateway, quoting the SYN, sent back
+    // into A.
+    let refused = syn(42000);
+    let (icmp, _) = h.check("range exhausted", &refused, TC_ACT_REDIRECT, reason::DROP_NAT_NO_PORT);
+    assert_eq!(icmp.len(), 14 + 20 + 8 + 28, "ICMP error frame: {icmp:02x?}");
+    assert_eq!((&icmp[0..6], &icmp[6..12], &icmp[12..14]), (&A_MAC[..], &GW_MAC[..], &[8u8, 0][..]));
+    assert_eq!(icmp[14 + 9], 1, "IPv4 protocol ICMP");
+    assert_eq!(&icmp[26..30], &[10, 199, 0, 1], "from the gateway");
+    assert_eq!(&icmp[30..34], &A_IP.octets(), "to A");
+    assert_eq!(frames::checksum(&icmp[14..34]), 0, "IPv4 checksum");
+    assert_eq!((icmp[34], icmp[35]), (3, 13), "destination unreachable, administratively prohibited");
+    assert_eq!(frames::checksum(&icmp[34..]), 0, "ICMP checksum");
+    assert_eq!(&icmp[42..], &refused[14..42], "the quote is the SYN's IPv4 header and ports");
+    assert_eq!(ct_len(&h), 22);
     // The existing flows still work.
     h.check("existing flow", &syn(40000), TC_ACT_REDIRECT, reason::FWD_NAT);
     port_takeover(&mut h, remote);
@@ -1267,18 +1294,21 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
         }
         p
     };
-    assert_eq!(h.ct().len(), 20);
+    // The flows of the caller (its 10-port range to `remote:80` full, and a
+    // fragmented flow to port 443).
+    let base = h.ct().len();
+    assert_eq!(base, 22);
 
     // Half-closed and closed-but-unacknowledged flows keep their port.
     let p0 = nport(h, 41000);
     h.check_prog(UPLINK, "SYN-ACK", &reply(p0, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
     h.check("FIN from the endpoint", &from_ep(41000, FIN | ACK), TC_ACT_REDIRECT, reason::FWD_NAT);
     assert_eq!(fwd(h, 41000).unwrap().state, CT_TCP_CLOSING);
-    h.check("one FIN: port kept", &syn_a(remote, 42001), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
+    h.check("one FIN: port kept", &syn_a(remote, 42001), TC_ACT_REDIRECT, reason::DROP_NAT_NO_PORT);
     h.check_prog(UPLINK, "FIN from the remote", &reply(p0, FIN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
     let e = fwd(h, 41000).unwrap();
     assert_eq!((e.state, e.flags & CT_F_DONE), (CT_TCP_CLOSED, 0));
-    h.check("last FIN unacknowledged: port kept", &syn_a(remote, 42001), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
+    h.check("last FIN unacknowledged: port kept", &syn_a(remote, 42001), TC_ACT_REDIRECT, reason::DROP_NAT_NO_PORT);
     h.check("last ACK", &from_ep(41000, ACK), TC_ACT_REDIRECT, reason::FWD_NAT);
     assert_ne!(fwd(h, 41000).unwrap().flags & CT_F_DONE, 0);
 
@@ -1290,7 +1320,7 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
     assert_eq!(out_sport(&out), p0);
     assert_eq!(reused(h), r + 1);
     assert!(fwd(h, 41000).is_none(), "the finished flow is gone");
-    assert_eq!(h.ct().len(), 20);
+    assert_eq!(h.ct().len(), base);
     let (out, _) =
         h.check_prog(UPLINK, "reply to the new flow", &reply(p0, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
     assert_eq!(out_dport(&out), 42001);
@@ -1298,8 +1328,8 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
     h.check("late ACK of the finished flow", &from_ep(41000, ACK), TC_ACT_SHOT, reason::DROP_CT_INVALID);
 
     // Live flows are never stolen.
-    h.check("every port live", &syn_a(remote, 42002), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
-    assert_eq!(h.ct().len(), 20);
+    h.check("every port live", &syn_a(remote, 42002), TC_ACT_REDIRECT, reason::DROP_NAT_NO_PORT);
+    assert_eq!(h.ct().len(), base);
 
     // A reset flow's port is free at once.
     let p1 = nport(h, 41001);
@@ -1320,7 +1350,7 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
     assert_eq!(e.flags & (CT_F_DONE | CT_F_TX_FIN | CT_F_RX_FIN), 0);
     assert_eq!((e.tx_packets, e.rx_packets), (1, 0), "counters restart");
     assert_eq!((created(h), reused(h)), (c, r + 1));
-    assert_eq!(h.ct().len(), 20);
+    assert_eq!(h.ct().len(), base);
     let (out, _) =
         h.check_prog(UPLINK, "reply to the restarted flow", &reply(p2, SYN | ACK), TC_ACT_REDIRECT, reason::FWD_REVNAT);
     assert_eq!(out_dport(&out), 41002);
@@ -1332,7 +1362,7 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
         cfg.set(0, CtConfig { tcp_closing: 1, ..Default::default() }, 0).unwrap();
     }
     let p3 = close(h, 41003, false);
-    h.check("expiring: port kept", &syn_a(remote, 42003), TC_ACT_SHOT, reason::DROP_NAT_NO_PORT);
+    h.check("expiring: port kept", &syn_a(remote, 42003), TC_ACT_REDIRECT, reason::DROP_NAT_NO_PORT);
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let (out, _) =
         h.check("takes over an expired flow's port", &syn_a(remote, 42003), TC_ACT_REDIRECT, reason::FWD_NAT);
@@ -1343,7 +1373,7 @@ fn port_takeover(h: &mut Harness, remote: Ipv4Addr) {
             Array::try_from(h.ebpf.map_mut(datapath_common::MAP_CT_CONFIG).unwrap()).unwrap();
         cfg.set(0, CtConfig::default(), 0).unwrap();
     }
-    assert_eq!(h.ct().len(), 20);
+    assert_eq!(h.ct().len(), base);
 }
 
 fn syn_a(remote: Ipv4Addr, sport: u16) -> Vec<u8> {

@@ -186,7 +186,7 @@ impl Inner {
     /// while any network routes beyond itself (restored to what it was when
     /// the last one goes).
     pub(super) async fn sync_node(&mut self) -> Result<(), ApiError> {
-        let script = netfilter::render(&self.state, |n| n.options.uplink.clone());
+        let script = netfilter::render(&self.state, |n| n.options.uplink.clone(), self.cfg.nat_ports);
         if self.applied_nft.as_deref() != Some(script.as_str()) {
             let needed = netfilter::needs_rules(&self.state);
             let applied = script.clone();

@@ -10,12 +10,12 @@ use datapath_common::reason;
 
 use super::{blocking, Agent, Inner};
 use crate::api::{
-    ApiError, ContainerView, CounterView, EndpointView, FlowView, NetworkEndpointView, NetworkOptionsView, NetworkView,
-    StartView, StatsView, TcView,
+    ApiError, ContainerView, CounterView, EndpointView, FlowView, NetworkEndpointView, NetworkOptionsView,
+    NetworkStatsView, NetworkView, StartView, StatsView, TcView,
 };
 use crate::datapath::Attachment;
 use crate::ipam::format_mac;
-use crate::state::{ContainerSpec, EndpointSpec, NetworkSpec, RunMode, State};
+use crate::state::{ContainerSpec, DatapathKind, EndpointSpec, NetworkSpec, RunMode, State};
 
 /// What readers see of the agent at one moment.
 pub struct Snapshot {
@@ -199,7 +199,29 @@ impl Agent {
             })
             .collect();
         let conntrack = self.gc_report.lock().ok().and_then(|r| r.clone()).map(Into::into);
-        Ok(StatsView { counters, conntrack, start: Some(self.snapshot().start.clone()) })
+        let snap = self.snapshot();
+        let ids: Vec<(String, u32)> = snap
+            .state
+            .networks
+            .values()
+            .filter(|n| n.datapath == DatapathKind::Ebpf)
+            .map(|n| (n.name.clone(), n.num_id))
+            .collect();
+        let counters_of = self.tables.counters.clone();
+        let per_net = blocking(move || {
+            ids.into_iter()
+                .map(|(network, id)| {
+                    counters_of.network(id).map(|c| NetworkStatsView {
+                        network,
+                        nat_flows: c.nat_flows,
+                        nat_no_port_packets: c.nat_no_port.packets,
+                        nat_no_port_bytes: c.nat_no_port.bytes,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await??;
+        Ok(StatsView { counters, conntrack, start: Some(snap.start.clone()), networks: per_net })
     }
 
     /// Tracked flows, attributed to their endpoints (the table is walked on

@@ -88,6 +88,21 @@ pub struct StatsView {
     /// What the agent's start found of the datapath that ran before it.
     #[serde(default)]
     pub start: Option<StartView>,
+    /// Per-network counters of the eBPF networks.
+    #[serde(default)]
+    pub networks: Vec<NetworkStatsView>,
+}
+
+/// One eBPF network's counters (since the network was created).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkStatsView {
+    pub network: String,
+    /// Masqueraded flows its endpoints started.
+    pub nat_flows: u64,
+    /// Packets of new flows refused for want of a free NAT port (SNAT
+    /// exhaustion), each answered with an ICMP error.
+    pub nat_no_port_packets: u64,
+    pub nat_no_port_bytes: u64,
 }
 
 /// What a starting agent did with the pinned datapath a previous agent left

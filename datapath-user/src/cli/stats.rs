@@ -25,6 +25,8 @@ pub async fn trace(client: &Client, endpoint: Option<String>) -> Result<()> {
 
 const COLUMNS: &[Column] = &[left("REASON", 24), right("KIND", 6), right("PACKETS", 12), right("BYTES", 14)];
 
+const NETWORK_COLUMNS: &[Column] = &[left("NETWORK", 24), right("NAT-FLOWS", 12), right("NAT-NO-PORT", 12)];
+
 fn kind(c: &CounterView) -> &'static str {
     if c.event {
         "event"
@@ -41,6 +43,13 @@ fn table(stats: &StatsView) -> String {
         t.row([&c.reason, &kind(c), &c.packets, &c.bytes]);
     }
     let mut text = t.render();
+    if !stats.networks.is_empty() {
+        let mut n = Table::new(NETWORK_COLUMNS);
+        for s in &stats.networks {
+            n.row([&s.network, &s.nat_flows, &s.nat_no_port_packets]);
+        }
+        text += &n.render();
+    }
     if let Some(ct) = &stats.conntrack {
         let pct = if ct.capacity > 0 { ct.live as f64 * 100.0 / f64::from(ct.capacity) } else { 0.0 };
         text += &format!(
@@ -87,6 +96,7 @@ mod tests {
             ],
             conntrack: None,
             start: None,
+            networks: vec![],
         };
         let mut want = format!("{:<24} {:>6} {:>12} {:>14}\n", "REASON", "KIND", "PACKETS", "BYTES");
         for (r, k, p, b) in

@@ -8,7 +8,7 @@ use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use datapath_common::{
     Counter, CtConfig, EndpointInfo, NetworkInfo, CT_MAX_ENTRIES, MAP_CT, MAP_CT_CONFIG, MAP_ENDPOINTS,
-    MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_STATS, MAP_SUBNETS, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
+    MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_NET_STATS, MAP_STATS, MAP_SUBNETS, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -38,6 +38,8 @@ pub enum BpfError {
     Poisoned(&'static str),
     #[error("pinned datapath: {0}")]
     Pin(String),
+    #[error("per-CPU map {map}: {reason}")]
+    PerCpu { map: &'static str, reason: String },
     #[error("eBPF map {map}: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
 }
@@ -230,6 +232,7 @@ impl Bpf {
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+        let net_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_NET_STATS)?).map_err(map_err(MAP_NET_STATS))?;
         let mut ct = HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?;
         let ct_entries = match (plan.fates.get(MAP_CT), &opts.pins) {
             (Some(Fate::Migrated(_)), Some(pins)) => match pins.pending_map(MAP_CT) {
@@ -253,7 +256,7 @@ impl Bpf {
             networks,
             subnets,
             ct_config,
-            tables: Tables::new(Counters::new(stats), CtTable::new(ct, capacity)),
+            tables: Tables::new(Counters::new(stats, net_stats), CtTable::new(ct, capacity)),
             tags,
             running: loaded_tags(),
             links: Attachments::default(),

@@ -54,6 +54,9 @@ impl Bpf {
     pub fn remove_network(&mut self, id: u32, subnet: u32, prefix_len: u32) {
         if id < MAX_NETWORKS {
             let _ = self.networks.set(id, NetworkInfo::default(), 0);
+            if let Err(e) = self.tables().counters.clear_network(id) {
+                tracing::warn!("clearing the counters of network slot {id}: {e}");
+            }
         }
         let _ = self.subnets.remove(&LpmKey::new(prefix_len, subnet));
     }

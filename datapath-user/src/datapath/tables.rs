@@ -6,20 +6,47 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use aya::maps::{MapData, PerCpuArray};
-use datapath_common::{reason, Counter, MAP_CT, MAP_STATS};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
+use datapath_common::{reason, Counter, NetStats, MAP_CT, MAP_NET_STATS, MAP_STATS};
 
 use crate::datapath::conntrack::CtTable;
 use crate::datapath::loader::{map_err, BpfError};
 
-/// The per-CPU counter array (`STATS`), read only.
+/// The per-CPU counter arrays: per reason (`STATS`) and per network
+/// (`NET_STATS`).
 pub struct Counters {
     map: PerCpuArray<MapData, Counter>,
+    /// Written only to clear a freed network's slot.
+    net: Mutex<PerCpuArray<MapData, NetStats>>,
 }
 
 impl Counters {
-    pub(crate) fn new(map: PerCpuArray<MapData, Counter>) -> Self {
-        Counters { map }
+    pub(crate) fn new(map: PerCpuArray<MapData, Counter>, net: PerCpuArray<MapData, NetStats>) -> Self {
+        Counters { map, net: Mutex::new(net) }
+    }
+
+    /// The counters of network `id`, summed over CPUs.
+    pub fn network(&self, id: u32) -> Result<NetStats, BpfError> {
+        let map = self.net.lock().map_err(|_| BpfError::Poisoned(MAP_NET_STATS))?;
+        let per_cpu = map.get(&id, 0).map_err(map_err(MAP_NET_STATS))?;
+        Ok(per_cpu.iter().fold(NetStats::default(), |a, c| NetStats {
+            nat_no_port: Counter {
+                packets: a.nat_no_port.packets + c.nat_no_port.packets,
+                bytes: a.nat_no_port.bytes + c.nat_no_port.bytes,
+            },
+            nat_flows: a.nat_flows + c.nat_flows,
+            ..a
+        }))
+    }
+
+    /// Zeroes the counters of network `id` (its slot was freed: the next
+    /// network given this id starts from zero).
+    pub fn clear_network(&self, id: u32) -> Result<(), BpfError> {
+        let mut map = self.net.lock().map_err(|_| BpfError::Poisoned(MAP_NET_STATS))?;
+        let per_cpu = |reason: String| BpfError::PerCpu { map: MAP_NET_STATS, reason };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| per_cpu(format!("counting the CPUs: {e}")))?;
+        let zero = PerCpuValues::try_from(vec![NetStats::default(); cpus]).map_err(|e| per_cpu(e.to_string()))?;
+        map.set(id, zero, 0).map_err(map_err(MAP_NET_STATS))
     }
 
     /// Counters summed over CPUs, for every known reason code.

@@ -31,7 +31,14 @@ fn kernel_networks(state: &State) -> impl Iterator<Item = &NetworkSpec> {
 
 /// The nft script for the current state: deletes our tables, then (if any
 /// kernel network exists) recreates them. One batch, so it is atomic.
-pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>) -> String {
+/// `nat_ports`: the agent's explicit `--nat-port-range`, which the kernel
+/// datapath's masquerade honours too (without it, netfilter keeps the
+/// endpoint's port where it can, as Docker does).
+pub fn render(
+    state: &State,
+    uplink_of: impl Fn(&NetworkSpec) -> Option<String>,
+    nat_ports: Option<(u16, u16)>,
+) -> String {
     let mut s = String::new();
     // "add" then "delete" never fails, whether or not the table existed.
     for family in ["ip", "bridge"] {
@@ -45,7 +52,7 @@ pub fn render(state: &State, uplink_of: impl Fn(&NetworkSpec) -> Option<String>)
     s += &format!("table ip {TABLE} {{\n");
     s += &forward_chain(&nets, &all);
     s += &input_chain(&nets, &all);
-    s += &postrouting_chain(&nets, uplink_of);
+    s += &postrouting_chain(&nets, uplink_of, nat_ports);
     s += "}\n";
     s + &icc_table(state, &nets)
 }
@@ -100,13 +107,25 @@ fn input_chain(nets: &[&NetworkSpec], all: &[String]) -> String {
 
 /// Masquerade of what leaves through the uplink (or anything but the
 /// network's own bridge when no uplink is set).
-fn postrouting_chain(nets: &[&NetworkSpec], uplink_of: impl Fn(&NetworkSpec) -> Option<String>) -> String {
+fn postrouting_chain(
+    nets: &[&NetworkSpec],
+    uplink_of: impl Fn(&NetworkSpec) -> Option<String>,
+    nat_ports: Option<(u16, u16)>,
+) -> String {
     let mut s = String::from("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
     for n in nets.iter().filter(|n| n.options.masquerade && !n.options.internal) {
         let out = match uplink_of(n) {
             Some(up) => format!("oifname \"{up}\""),
             None => format!("oifname != \"{}\"", n.bridge),
         };
+        // A port range needs a TCP/UDP match; everything else (ICMP) is
+        // masqueraded by the next rule.
+        if let Some((lo, hi)) = nat_ports {
+            s += &format!(
+                "    ip saddr {} {out} meta l4proto {{ tcp, udp }} masquerade to :{lo}-{hi} comment \"masquerade {}\"\n",
+                n.subnet, n.name
+            );
+        }
         s += &format!("    ip saddr {} {out} masquerade comment \"masquerade {}\"\n", n.subnet, n.name);
     }
     s + "  }\n"
@@ -189,7 +208,7 @@ mod tests {
     fn no_kernel_network_only_deletes_tables() {
         let mut st = State::new();
         st.networks.insert("e".into(), net("e", "10.1.0.0/24", DatapathKind::Ebpf, NetworkOptions::default()));
-        let s = render(&st, |_| None);
+        let s = render(&st, |_| None, None);
         assert!(!s.contains("masquerade"), "{s}");
         assert!(s.contains("delete table ip datapath"));
         assert!(!needs_rules(&st));
@@ -212,8 +231,15 @@ mod tests {
                 NetworkOptions { internal: true, masquerade: false, ..Default::default() },
             ),
         );
-        let s = render(&st, |n| (n.name == "k").then(|| "up0".to_string()));
-        assert!(s.contains("ip saddr 10.2.0.0/24 oifname \"up0\" masquerade"), "{s}");
+        let s = render(&st, |n| (n.name == "k").then(|| "up0".to_string()), None);
+        assert!(s.contains("ip saddr 10.2.0.0/24 oifname \"up0\" masquerade comment"), "{s}");
+        let ranged = render(&st, |n| (n.name == "k").then(|| "up0".to_string()), Some((20000, 20009)));
+        assert!(
+            ranged.contains(
+                "ip saddr 10.2.0.0/24 oifname \"up0\" meta l4proto { tcp, udp } masquerade to :20000-20009 comment"
+            ),
+            "{ranged}"
+        );
         assert!(!s.contains("ip saddr 10.1.0.0/24"), "eBPF network must get no netfilter rule: {s}");
         assert!(!s.contains("ip saddr 10.3.0.0/24 oifname"), "internal network must not masquerade: {s}");
         assert!(s.contains("iifname \"br-k\" ip daddr { 10.1.0.0/24, 10.3.0.0/24 } drop"), "{s}");
@@ -246,7 +272,7 @@ mod tests {
             e.ip = if ep == "a" { e.ip } else { std::net::Ipv4Addr::new(10, 2, 0, 3) };
             st.endpoints.insert(ep.into(), e);
         }
-        let s = render(&st, |_| None);
+        let s = render(&st, |_| None, None);
         assert!(s.contains("iifname { \"dpa\", \"dpb\" } oifname { \"dpa\", \"dpb\" } ether type ip drop"), "{s}");
         assert!(needs_rules(&st));
     }

@@ -14,6 +14,7 @@ mod docker_plugin;
 mod lifecycle;
 mod masquerade;
 mod modes;
+mod nat_limits;
 mod network_options;
 mod policy;
 mod rollback;
