@@ -20,8 +20,8 @@ pub struct NetworkView {
     pub internal: bool,
     pub options: NetworkOptionsView,
     pub endpoints: Vec<NetworkEndpointView>,
-    /// `docker` for the networks of Docker's remote driver.
-    #[serde(default)]
+    /// `docker` for the networks of Docker's remote driver (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
 }
 
@@ -63,11 +63,12 @@ pub struct EndpointView {
     pub trace: bool,
     pub container_id: Option<String>,
     pub created: String,
-    /// `docker` for the endpoints of Docker's remote driver.
-    #[serde(default)]
+    /// `docker` for the endpoints of Docker's remote driver (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// The container end was left in the node namespace for its owner to move.
-    #[serde(default)]
+    /// The container end was left in the node namespace for its owner to
+    /// move (absent when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detached: bool,
 }
 

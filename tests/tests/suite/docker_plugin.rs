@@ -259,6 +259,9 @@ fn docker_network_options() {
     let src = j["InterfaceName"]["SrcName"].as_str().unwrap();
     let link = datapath_tests::net::link(&node.name, src).expect("container end");
     assert_eq!(link["mtu"].as_u64(), Some(1400), "{link}");
+    // Its namespace is Docker's, not one `datapath run` may enter.
+    let e = node.err(&["run", "--network", &format!("container:docker-{}", &eid[..12]), "--", "true"]);
+    assert!(e.contains("no namespace"), "{e}");
 }
 
 /// The agent restarting keeps Docker's endpoints (persisted, still
