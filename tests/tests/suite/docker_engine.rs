@@ -12,6 +12,8 @@ use datapath_tests::docker::{plugin_node, Dockerd};
 use datapath_tests::node::{AgentOpts, OUTSIDE_IP};
 use datapath_tests::{kernel_test, Datapath};
 
+use crate::survival::{pinned_map_len, MAPS_DIR};
+
 const IMAGE: &str = "dpt-busybox:1";
 
 #[test]
@@ -57,6 +59,9 @@ fn docker_containers_on_a_datapath_network() {
     let (ip1, ip2) = (ip("c1"), ip("c2"));
     let eps = node.endpoints();
     assert_eq!(eps.len(), 2, "{eps:?}");
+    let maps = node.bpffs.join(MAPS_DIR);
+    let map_entries = || (pinned_map_len(&maps.join("ENDPOINTS")), pinned_map_len(&maps.join("ENDPOINTS_BY_IP")));
+    assert_eq!(map_entries(), (2, 2), "both containers in the endpoint maps");
     for e in &eps {
         assert_eq!(e["owner"], "docker", "{e}");
         assert!(e["tc"].is_object(), "the eBPF program is on the host end: {e}");
@@ -103,6 +108,7 @@ fn docker_containers_on_a_datapath_network() {
     // Cleanup leaves nothing of the containers behind.
     docker.ok(&["rm", "-f", "c1", "c2", "c3"]);
     assert!(node.endpoints().is_empty(), "{:?}", node.endpoints());
+    assert_eq!(map_entries(), (0, 0), "no endpoint left in the maps");
     assert!(node.node_dp_veths().is_empty(), "{:?}", node.node_dp_veths());
     docker.ok(&["network", "rm", "web", "other"]);
     assert!(node.networks().is_empty(), "{:?}", node.networks());
