@@ -3,6 +3,12 @@
 /// `EndpointInfo::flags`: emit an aya-log trace line for every packet from or
 /// to this endpoint. When clear, no log call is made at all.
 pub const EP_F_TRACE: u32 = 1 << 0;
+/// `EndpointInfo::flags`: TCP segments this endpoint sends to a destination
+/// beyond the node that belong to no eBPF flow (not a SYN, no conntrack
+/// entry) go to the kernel instead of being dropped: they are the replies of
+/// connections the kernel's netfilter DNATed to it (ports published by a
+/// chained CNI `portmap` plugin), which the kernel's conntrack translates back.
+pub const EP_F_KERNEL_FLOWS: u32 = 1 << 1;
 
 /// One local endpoint, as the datapath needs it.
 ///

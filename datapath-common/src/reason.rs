@@ -127,6 +127,11 @@ pub const FWD_ARP_REPLY: u32 = 13;
 /// `connect()` or connected UDP socket fails with EHOSTUNREACH instead of
 /// waiting for a timeout.
 pub const EV_NAT_REFUSED: u32 = 14;
+/// A TCP segment (not a SYN) of no eBPF flow from an endpoint with
+/// `EP_F_KERNEL_FLOWS` (ports published by a chained CNI `portmap`), to a
+/// destination beyond the node: handed to the kernel, whose conntrack
+/// translates the replies of the connections its DNAT made.
+pub const PASS_KERNEL_FLOW: u32 = 15;
 
 /// Size of the `STATS` array: every code must be below this.
 pub const MAX: u32 = 64;
@@ -138,7 +143,7 @@ pub const fn is_event(code: u32) -> bool {
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 32] = [
+pub const ALL: [u32; 33] = [
     FWD_REDIRECT_PEER,
     FWD_ARP_REPLY,
     FWD_NAT,
@@ -152,6 +157,7 @@ pub const ALL: [u32; 32] = [
     PASS_UNKNOWN_IFACE,
     PASS_UPLINK_HOST,
     PASS_NAT_NOT_ROUTED,
+    PASS_KERNEL_FLOW,
     DROP_TRUNCATED,
     DROP_BAD_IPV4_HEADER,
     DROP_SPOOFED_MAC,
@@ -223,6 +229,7 @@ pub const fn name(code: u32) -> &'static str {
         FWD_NAT => "nat-translated",
         FWD_REVNAT => "nat-reverse-translated",
         PASS_NAT_NOT_ROUTED => "pass-nat-not-routed",
+        PASS_KERNEL_FLOW => "pass-kernel-flow",
         EV_CT_CREATED => "ct-created",
         EV_NAT_PORT_REUSED => "nat-port-reused",
         EV_NAT_REFUSED => "nat-refused-icmp",

@@ -54,7 +54,7 @@ mod trace;
 mod verdict;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use datapath_common::{reason, EndpointInfo, EP_F_TRACE};
+use datapath_common::{reason, EndpointInfo, EP_F_KERNEL_FLOWS, EP_F_TRACE};
 
 use crate::{policy::Next, trace::DIR_FROM_UPLINK, verdict::count};
 
@@ -80,6 +80,12 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
                     ns.nat_no_port.bytes += u64::from(len);
                 }
                 icmp::refuse(&ctx, &src)
+            }
+            // Not a flow of ours, from an endpoint whose ports a chained CNI
+            // `portmap` publishes: the reply of a connection the kernel's
+            // DNAT made, for the kernel's conntrack.
+            v if v.code == reason::DROP_CT_INVALID && src.flags & EP_F_KERNEL_FLOWS != 0 => {
+                verdict::pass(reason::PASS_KERNEL_FLOW)
             }
             v => v,
         },

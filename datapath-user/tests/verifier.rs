@@ -1042,6 +1042,14 @@ fn malformed_cases(up: u32) {
     // Not a SYN for an unknown flow.
     let ack = eth(GW_MAC, A_MAC, 0x0800, &ipv4_tcp(A_IP, remote, 40004, 80, 0x10));
     h.check("ACK of an unknown flow", &ack, TC_ACT_SHOT, reason::DROP_CT_INVALID);
+    // ... unless the endpoint publishes ports through the kernel (a
+    // chained CNI portmap): then it is the reply of a connection the
+    // kernel's DNAT made, for the kernel's conntrack. A SYN still starts
+    // an eBPF flow, and the flag changes nothing for other endpoints.
+    h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, datapath_common::EP_F_KERNEL_FLOWS));
+    h.check("ACK of a kernel flow", &ack, TC_ACT_OK, reason::PASS_KERNEL_FLOW);
+    h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0));
+    h.check("ACK of an unknown flow, flag cleared", &ack, TC_ACT_SHOT, reason::DROP_CT_INVALID);
     // Unsupported protocol (GRE).
     let mut gre = ipv4_udp(A_IP, remote, 64, 1, 2);
     gre[9] = 47;

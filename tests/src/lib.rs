@@ -29,12 +29,14 @@
 //! redirect-peer bypass, traces, the eBPF conntrack table), the body
 //! asserts each datapath's own documented behaviour and says so.
 
+pub mod cni;
 pub mod docker;
 pub mod env;
 pub mod net;
 pub mod node;
 pub mod node_cli;
 pub mod outside;
+pub mod podman;
 pub mod py;
 pub mod traffic;
 

@@ -32,6 +32,9 @@ const INTEGRATION_TEST_PACKAGE: &str = "datapath-tests";
 
 const USER_PACKAGE: &str = "datapath-user";
 const USER_BINARY: &str = "datapath";
+/// The CNI plugin (README: CNI), built beside the agent.
+const CNI_PACKAGE: &str = "datapath-cni";
+const CNI_BINARY: &str = "datapath-cni";
 
 #[derive(Parser)]
 #[command(about = "Build, run and test the datapath")]
@@ -54,7 +57,8 @@ enum Cmd {
         #[arg(long)]
         variant: bool,
     },
-    /// Build the eBPF object, then the `datapath` binary embedding it.
+    /// Build the eBPF object, then the `datapath` binary embedding it and
+    /// the CNI plugin `datapath-cni`.
     Build {
         /// Build the agent with the release profile (default: dev).
         #[arg(long)]
@@ -95,7 +99,10 @@ fn main() {
         Cmd::BuildEbpf { debug, variant } => {
             build_ebpf(debug, if variant { ebpf::Object::Variant } else { ebpf::Object::Real })
         }
-        Cmd::Build { release } => build(release).map(|bin| println!("datapath binary: {}", bin.display())),
+        Cmd::Build { release } => build(release).map(|bin| {
+            println!("datapath binary: {}", bin.display());
+            println!("CNI plugin: {}", bin.with_file_name(CNI_BINARY).display());
+        }),
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { all, extra } => test(all, extra),
         Cmd::Lint => lint::lint(),
@@ -168,12 +175,23 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
 // ---------------------------------------------------------------------------
 // host build, run, test
 
-/// Builds everything; returns the absolute path of the `datapath` binary.
+/// Builds everything; returns the absolute path of the `datapath` binary
+/// (the CNI plugin `datapath-cni` is beside it).
 fn build(release: bool) -> Result<PathBuf> {
     build_ebpf(false, ebpf::Object::Real)?;
     let root = workspace_root();
     let mut cmd = Command::new(outer_cargo());
-    cmd.current_dir(&root).args(["build", "-p", USER_PACKAGE, "--bin", USER_BINARY]);
+    cmd.current_dir(&root).args([
+        "build",
+        "-p",
+        USER_PACKAGE,
+        "-p",
+        CNI_PACKAGE,
+        "--bin",
+        USER_BINARY,
+        "--bin",
+        CNI_BINARY,
+    ]);
     if release {
         cmd.arg("--release");
     }
@@ -208,7 +226,8 @@ fn run(release: bool, args: Vec<OsString>) -> Result<()> {
 
 fn test(all: bool, extra: Vec<OsString>) -> Result<()> {
     setup(false)?;
-    setup::setup_test_packages()?;
+    // What only the tests need (podman and its CNI plugins for the CNI tests).
+    setup::setup_test_tools()?;
     let bin = build(false)?;
     // The upgrade tests restart the agent on this object.
     build_ebpf(false, ebpf::Object::Variant)?;
@@ -218,6 +237,7 @@ fn test(all: bool, extra: Vec<OsString>) -> Result<()> {
         let mut cmd = Command::new(outer_cargo());
         cmd.current_dir(&root)
             .env("DATAPATH_BIN", &bin)
+            .env("DATAPATH_CNI_BIN", bin.with_file_name(CNI_BINARY))
             .args(["test", "--no-fail-fast"])
             .args(pkg_args)
             .arg("--")

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use datapath_common::{EndpointInfo, EP_F_TRACE};
+use datapath_common::{EndpointInfo, EP_F_KERNEL_FLOWS, EP_F_TRACE};
 use nix::errno::Errno;
 
 use super::{blocking, Inner, DEFAULT_NETWORK, NONE_NETWORK};
@@ -14,7 +14,7 @@ use crate::api::{ApiError, EndpointCreate};
 use crate::host::netlink::{Netlink, BRIDGE_MAX_PORTS};
 use crate::host::netns;
 use crate::ipam::{self, mac_for};
-use crate::state::{self, DatapathKind, EndpointSpec, Journal, NetworkSpec, RunMode};
+use crate::state::{self, CniMark, DatapathKind, EndpointSpec, Journal, NetworkSpec, RunMode};
 
 /// What was made so far while creating an endpoint, undone in reverse on
 /// failure.
@@ -60,18 +60,26 @@ impl Inner {
     pub(super) fn endpoint_info(&self, spec: &EndpointSpec, ifindex: u32) -> EndpointInfo {
         let net = self.state.networks.get(&spec.network);
         let traced = spec.trace || self.trace_all > 0 || self.trace_refs.get(&spec.name).copied().unwrap_or(0) > 0;
+        // Ports a chained CNI `portmap` publishes with netfilter DNAT: the
+        // replies of those flows belong to the kernel's conntrack.
+        let kernel_flows = spec.cni.as_ref().is_some_and(|c| !c.port_mappings.is_empty());
         EndpointInfo {
             ifindex,
             ipv4: datapath_common::ipv4_key(spec.ip.octets()),
             mac: spec.mac,
             gw_mac: net.map(|n| mac_for(n.gateway)).unwrap_or_default(),
             network_id: net.map(|n| n.num_id).unwrap_or(0),
-            flags: if traced { EP_F_TRACE } else { 0 },
+            flags: if traced { EP_F_TRACE } else { 0 } | if kernel_flows { EP_F_KERNEL_FLOWS } else { 0 },
         }
     }
 
     /// Validates a create request into the spec of a new endpoint of `net`.
-    fn endpoint_spec(&self, req: &EndpointCreate, net: &NetworkSpec) -> Result<EndpointSpec, ApiError> {
+    fn endpoint_spec(
+        &self,
+        req: &EndpointCreate,
+        net: &NetworkSpec,
+        cni: Option<CniMark>,
+    ) -> Result<EndpointSpec, ApiError> {
         if let Some(path) = &req.netns_path {
             if crate::host::process::in_netns(std::process::id(), path) == Some(true) {
                 return Err(ApiError::invalid(format!(
@@ -111,6 +119,7 @@ impl Inner {
             host_ifname: format!("dp{}", &id[..8]),
             id,
             container_id: req.container_id.clone(),
+            cni,
             trace: req.trace,
             created: state::now_rfc3339(),
             creating: true,
@@ -121,6 +130,16 @@ impl Inner {
 
     /// Creates an endpoint; returns its name.
     pub(super) async fn endpoint_create(&mut self, req: EndpointCreate) -> Result<String, ApiError> {
+        self.endpoint_create_as(req, None).await
+    }
+
+    /// Creates an endpoint, marked as CNI's attachment when `cni` is set
+    /// (`agent/cni.rs`); returns its name.
+    pub(super) async fn endpoint_create_as(
+        &mut self,
+        req: EndpointCreate,
+        cni: Option<CniMark>,
+    ) -> Result<String, ApiError> {
         state::validate_name("endpoint", &req.name).map_err(ApiError::invalid)?;
         if self.state.endpoints.contains_key(&req.name) {
             return Err(ApiError::conflict(format!("endpoint {:?} already exists", req.name)));
@@ -144,7 +163,7 @@ impl Inner {
         self.state
             .room_for_endpoint(&net, BRIDGE_MAX_PORTS, datapath_common::MAX_ENDPOINTS as usize)
             .map_err(ApiError::conflict)?;
-        let mut spec = self.endpoint_spec(&req, &net)?;
+        let mut spec = self.endpoint_spec(&req, &net, cni)?;
         // Write-ahead: the name and address are taken, and a crash from
         // here on is rolled back by the next agent.
         self.state.endpoints.insert(spec.name.clone(), spec.clone());
@@ -192,6 +211,7 @@ impl Inner {
             ifname: String::new(),
             host_ifname: String::new(),
             container_id: req.container_id.clone(),
+            cni: None,
             trace: false,
             created: state::now_rfc3339(),
             creating: false,

@@ -24,6 +24,7 @@
 //! (the reader side) -> `host` (netlink, namespaces, netfilter) and
 //! `datapath` (maps, programs).
 
+mod cni;
 mod containers;
 mod endpoints;
 mod error;
@@ -207,6 +208,7 @@ impl Agent {
                     Written::Value(v) => Ok(v),
                     Written::Network(name) => snap.network(&name).and_then(to_value),
                     Written::Endpoint(name) => snap.endpoint(&name).and_then(to_value),
+                    Written::Cni(name, problems) => snap.cni_attachment(&name, problems).and_then(to_value),
                 }
             }
         }
@@ -236,6 +238,8 @@ enum Written {
     Value(Value),
     Network(String),
     Endpoint(String),
+    /// A CNI attachment (endpoint name) and what `CHECK` found wrong.
+    Cni(String, Vec<String>),
 }
 
 impl Inner {
@@ -249,6 +253,13 @@ impl Inner {
             Request::EndpointRemove { name } => self.endpoint_remove(&name).await.map(|_| done),
             Request::ContainerStarted { name, pid } => self.container_started(&name, pid).await.map(|_| done),
             Request::ContainerExited { name, code } => self.container_exited(&name, code).await.map(|_| done),
+            Request::CniAdd(r) => self.cni_add(r).await.map(|name| Written::Cni(name, Vec::new())),
+            Request::CniDel(key) => self.cni_del(key).await.map(|_| done),
+            Request::CniCheck(key) => self.cni_check(key).await.map(|(name, problems)| Written::Cni(name, problems)),
+            Request::CniGc(r) => {
+                let removed = self.cni_gc(r).await?;
+                Ok(Written::Value(to_value(crate::api::CniGcReport { removed })?))
+            }
             Request::ConntrackFlush => {
                 let tables = self.bpf.tables();
                 let removed = blocking(move || tables.ct()?.flush()).await??;

@@ -10,8 +10,8 @@ use datapath_common::reason;
 
 use super::{blocking, Agent, Inner};
 use crate::api::{
-    ApiError, ContainerView, CounterView, EndpointView, FlowView, NetworkEndpointView, NetworkOptionsView,
-    NetworkStatsView, NetworkView, StartView, StatsView, TcView,
+    ApiError, CniAttachment, ContainerView, CounterView, EndpointView, FlowView, NetworkEndpointView,
+    NetworkOptionsView, NetworkStatsView, NetworkView, StartView, StatsView, TcView,
 };
 use crate::datapath::Attachment;
 use crate::ipam::format_mac;
@@ -71,6 +71,14 @@ impl Snapshot {
 
     pub fn endpoint(&self, name: &str) -> Result<EndpointView, ApiError> {
         self.state.endpoints.get(name).map(|e| self.endpoint_view(e)).ok_or_else(|| endpoint_not_found(name))
+    }
+
+    /// A CNI attachment: its endpoint and what the CNI result needs of its
+    /// network; `problems` from `CHECK`.
+    pub fn cni_attachment(&self, name: &str, problems: Vec<String>) -> Result<CniAttachment, ApiError> {
+        let endpoint = self.endpoint(name)?;
+        let net = self.network(&endpoint.network)?;
+        Ok(CniAttachment { mtu: net.options.mtu, internal: net.internal, endpoint, problems })
     }
 
     /// What `ps` shows (reads /proc: call it on a blocking thread).
@@ -146,6 +154,7 @@ impl Snapshot {
             }),
             trace: e.trace,
             container_id: e.container_id.clone(),
+            cni: e.cni.clone(),
             created: e.created.clone(),
             owner: e.owner.clone(),
             detached: e.detached,

@@ -2,9 +2,9 @@
 //!
 //! A client connects, writes one [`Envelope`] line and reads one
 //! [`Response`] line. `trace` then keeps the connection open and streams
-//! [`TraceLine`]s until the client goes away. The request types already carry
-//! what a CNI plugin needs (an existing netns path, an interface name, a
-//! container id), so the plugin will be a thin client of this API.
+//! [`TraceLine`]s until the client goes away. The CNI plugin (`datapath-cni`)
+//! is a thin client of this API: its verbs are the `cni_*` requests
+//! (`api/cni.rs`), `STATUS` is `network_inspect`.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::state::DatapathKind;
 
 mod client;
+mod cni;
 mod error;
 mod views;
 
 pub use client::{Client, ClientError};
+pub use cni::{CniAdd, CniAttachment, CniAttachmentKey, CniGc, CniGcReport, CniKey};
 pub use error::{ApiError, ErrorKind};
 pub use views::*;
 
@@ -88,6 +90,10 @@ pub enum Request {
     ContainerStop { name: String },
     ConntrackList { endpoint: Option<String> },
     ConntrackFlush,
+    CniAdd(CniAdd),
+    CniDel(CniKey),
+    CniCheck(CniKey),
+    CniGc(CniGc),
 }
 
 /// `datapath run`: what to run and how it is networked.

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::state::CniMark;
+
 /// What `network inspect` returns.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkView {
@@ -62,6 +64,9 @@ pub struct EndpointView {
     pub tc: Option<TcView>,
     pub trace: bool,
     pub container_id: Option<String>,
+    /// Made through CNI (keyed by `container_id` + `ifname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniMark>,
     pub created: String,
     /// `docker` for the endpoints of Docker's remote driver (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -70,6 +70,7 @@ const LIST_COLUMNS: &[Column] = &[
     left("MAC", 17),
     left("HOST-IF", 12),
     right("IFINDEX", 7),
+    left("CONTAINER", 12),
     left("OWNER", 0),
 ];
 
@@ -77,8 +78,14 @@ fn list_table(eps: &[EndpointView]) -> String {
     let mut t = Table::new(LIST_COLUMNS);
     for e in eps {
         let address = format!("{}/{}", e.ip, e.prefix_len);
-        let owner = e.owner.as_deref().unwrap_or("-");
-        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &owner]);
+        // A runtime's container (CNI): its id, shortened like `podman ps`.
+        let container = match (&e.cni, &e.container_id) {
+            (Some(_), Some(id)) => id.chars().take(12).collect(),
+            _ => "-".to_string(),
+        };
+        // Who made it when not a user of the API: Docker's driver, a CNI runtime.
+        let owner = e.owner.as_deref().unwrap_or(if e.cni.is_some() { "cni" } else { "-" });
+        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &container, &owner]);
     }
     t.render()
 }

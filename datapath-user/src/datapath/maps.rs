@@ -22,6 +22,11 @@ impl Bpf {
         Ok(())
     }
 
+    /// Whether `ENDPOINTS` has an entry for the host veth `ifindex`.
+    pub fn has_endpoint(&self, ifindex: u32) -> bool {
+        self.endpoints.get(&ifindex, 0).is_ok()
+    }
+
     /// Removes an endpoint from both maps; absent entries are fine.
     pub fn remove_endpoint(&mut self, ifindex: u32, ipv4: u32) {
         let _ = self.by_ip.remove(&ipv4);

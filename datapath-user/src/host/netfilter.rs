@@ -263,6 +263,7 @@ mod tests {
                 ifname: "eth0".into(),
                 host_ifname: host.into(),
                 container_id: None,
+                cni: None,
                 trace: false,
                 created: String::new(),
                 creating: false,

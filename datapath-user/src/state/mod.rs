@@ -13,9 +13,11 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod cni;
 mod container;
 mod journal;
 
+pub use cni::{CniMark, PortMapping};
 pub use container::{ContainerSpec, RunMode};
 pub use journal::Journal;
 
@@ -129,6 +131,9 @@ pub struct EndpointSpec {
     /// Optional caller-supplied id (CNI `CNI_CONTAINERID`).
     #[serde(default)]
     pub container_id: Option<String>,
+    /// Made through CNI: keyed by `container_id` + `ifname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniMark>,
     #[serde(default)]
     pub trace: bool,
     pub created: String,
@@ -346,6 +351,7 @@ mod tests {
             ifname: "eth0".into(),
             host_ifname: "dp0".into(),
             container_id: None,
+            cni: None,
             trace: false,
             created: now_rfc3339(),
             creating: false,

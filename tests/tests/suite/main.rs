@@ -7,6 +7,7 @@
 
 mod api_limits;
 mod cli;
+mod cni;
 mod concurrency;
 mod connectivity;
 mod docker_engine;
@@ -16,6 +17,7 @@ mod masquerade;
 mod modes;
 mod nat_limits;
 mod network_options;
+mod podman;
 mod policy;
 mod rollback;
 mod scale;
