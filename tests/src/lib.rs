@@ -30,6 +30,7 @@
 //! asserts each datapath's own documented behaviour and says so.
 
 pub mod cni;
+pub mod docker;
 pub mod env;
 pub mod net;
 pub mod node;

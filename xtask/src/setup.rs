@@ -22,8 +22,11 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "`ping`, used by tests and the walkthrough"),
 ];
 
-/// Debian packages only the tests need (`cargo xtask test`): a real
-/// container runtime for the CNI plugin's tests.
+/// Debian packages only the tests need (`cargo xtask test`, never `run`):
+/// real container runtimes for the CNI plugin's and the Docker driver's
+/// tests, which start them themselves (dockerd inside a node namespace of
+/// its own). Installed with service starts denied ([`POLICY_RC_D`]), so no
+/// Docker daemon ever runs in the host's namespace.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("podman", "a real container runtime for the CNI plugin's tests (its CNI network backend)"),
     ("runc", "the OCI runtime podman uses in the CNI tests (crun fails on some cgroup layouts)"),
@@ -31,12 +34,21 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
         "containernetworking-plugins",
         "the reference CNI plugins: `portmap` chained after `datapath-cni`, `bridge` to compare with",
     ),
-    ("busybox-static", "the offline image of the CNI tests (a rootfs imported with `podman import`)"),
+    ("busybox-static", "the offline image of the CNI and Docker tests (a rootfs imported with `podman/docker import`)"),
     ("iptables", "what the reference `portmap` and `bridge` plugins program"),
+    ("docker.io", "a real dockerd for the Docker driver's tests (started by those tests only, in a node namespace)"),
 ];
 
+/// Debian's hook that `invoke-rc.d` asks before starting a service; exit
+/// 101 means "denied".
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+const DENY_ALL: &str =
+    "#!/bin/sh\n# cargo xtask test: no service may start while test packages are installed\nexit 101\n";
+
 /// Installs what only the tests need, when missing (root and Debian only;
-/// elsewhere the tests that need them say so and skip).
+/// elsewhere the tests that need them say so and skip), with every service
+/// start denied while apt runs (a `policy-rc.d` that exits 101; one already
+/// there is put back afterwards).
 pub fn setup_test_tools() -> Result<()> {
     let missing: Vec<&str> = TEST_PACKAGES.iter().filter(|(p, _)| !deb_installed(p)).map(|(p, _)| *p).collect();
     if missing.is_empty() {
@@ -45,23 +57,40 @@ pub fn setup_test_tools() -> Result<()> {
     let apt = Path::new("/usr/bin/apt-get").is_file() && Path::new("/etc/debian_version").is_file();
     if !is_root() || !apt {
         eprintln!(
-            "setup: test tools missing ({}); the tests that need them skip. Install them with: apt-get install -y {}",
+            "setup: test tools missing ({}); the tests that need them skip. Install them with service starts denied: \
+             printf '#!/bin/sh\\nexit 101\\n' > {POLICY_RC_D}; chmod +x {POLICY_RC_D}; apt-get install -y {}",
             if apt { "not root" } else { "not Debian" },
             missing.join(" ")
         );
         return Ok(());
     }
-    println!("setup: installing test tools: {}", missing.join(" "));
+    println!("setup: installing test tools (service starts denied by {POLICY_RC_D}): {}", missing.join(" "));
     for &(p, why) in TEST_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
         println!("  - {p}: {why}");
     }
-    run_ok(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
-    run_ok(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    use std::os::unix::fs::PermissionsExt;
+    let previous = std::fs::read(POLICY_RC_D).ok();
+    let previous_mode = std::fs::metadata(POLICY_RC_D).ok().map(|m| m.permissions());
+    std::fs::write(POLICY_RC_D, DENY_ALL)?;
+    std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+    let installed =
+        run_ok(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive")).and_then(|()| {
+            run_ok(
+                Command::new("apt-get")
+                    .args(["install", "-y", "--no-install-recommends"])
+                    .args(&missing)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )
+        });
+    let restored = match (previous, previous_mode) {
+        (Some(bytes), Some(mode)) => {
+            std::fs::write(POLICY_RC_D, bytes).and_then(|()| std::fs::set_permissions(POLICY_RC_D, mode))
+        }
+        _ => std::fs::remove_file(POLICY_RC_D),
+    };
+    installed?;
+    restored?;
+    Ok(())
 }
 
 /// The one tool checked on PATH rather than as a Debian package (it may come

@@ -70,9 +70,7 @@ impl Inner {
             netns_path: Some(req.netns_path),
             ifname: Some(req.ifname),
             container_id: Some(req.container_id),
-            // A runtime's ports come as CNI port mappings (for the chained
-            // `portmap` plugin), not as `-p`.
-            publish: Vec::new(),
+            ..Default::default()
         };
         self.endpoint_create_as(create, Some(CniMark { name: req.cni_network, port_mappings: req.port_mappings })).await
     }

@@ -159,6 +159,11 @@ impl Inner {
             RunMode::Host => return Ok((None, PathBuf::from(format!("/proc/{}/ns/net", std::process::id())))),
             RunMode::Container(other) => {
                 let path = match self.state.endpoints.get(other) {
+                    Some(e) if e.detached => {
+                        return Err(ApiError::invalid(format!(
+                            "endpoint {other:?} has no namespace of the datapath's (its owner moved it into its own)"
+                        )))
+                    }
                     Some(e) => e.netns_path.clone(),
                     None => match self.state.containers.get(other) {
                         Some(c) if c.mode != RunMode::Host => c.netns_path.clone(),

@@ -88,13 +88,23 @@ impl Inner {
                 )));
             }
         }
-        let ifname = req.ifname.clone().unwrap_or_else(|| "eth0".to_string());
+        if req.detached && (req.netns_path.is_some() || req.ifname.is_some()) {
+            return Err(ApiError::invalid("a detached endpoint has no namespace and names its container end itself"));
+        }
+        let id = state::random_id();
+        let ifname = match &req.ifname {
+            // Unique in the node namespace while it waits there to be moved.
+            None if req.detached => format!("dpc{}", &id[..8]),
+            None => "eth0".to_string(),
+            Some(name) => name.clone(),
+        };
         if !valid_ifname(&ifname) {
             return Err(ApiError::invalid(format!("invalid interface name {ifname:?}")));
         }
+        let mac = req.mac.as_deref().map(parse_mac).transpose()?;
         let ip = ipam::assign(&net.subnet, net.gateway, &self.state.used_addresses(&net.name), req.ip)?;
-        let id = state::random_id();
         let (netns_path, owns_netns) = match &req.netns_path {
+            _ if req.detached => (PathBuf::new(), false),
             Some(p) => (p.clone(), false),
             None => (netns::named_path(&req.name), true),
         };
@@ -102,7 +112,7 @@ impl Inner {
             name: req.name.clone(),
             network: net.name.clone(),
             ip,
-            mac: mac_for(ip),
+            mac: mac.unwrap_or_else(|| mac_for(ip)),
             netns_path,
             owns_netns,
             ifname,
@@ -114,6 +124,8 @@ impl Inner {
             created: state::now_rfc3339(),
             creating: true,
             ports: req.publish.clone(),
+            detached: req.detached,
+            owner: req.owner.clone(),
         })
     }
 
@@ -188,7 +200,7 @@ impl Inner {
         if req.ip.is_some() {
             return Err(ApiError::invalid("--ip makes no sense with the none network"));
         }
-        if req.netns_path.is_some() {
+        if req.netns_path.is_some() || req.detached {
             return Err(ApiError::invalid("the none network makes its own namespace"));
         }
         if !req.publish.is_empty() {
@@ -210,6 +222,8 @@ impl Inner {
             created: state::now_rfc3339(),
             creating: false,
             ports: Vec::new(),
+            detached: false,
+            owner: req.owner.clone(),
         };
         let mut made = Made::default();
         let mut built = self.build_none(&spec, &mut made).await;
@@ -250,7 +264,7 @@ impl Inner {
         if spec.owns_netns {
             create_netns(self.journal(), &spec.name).await?;
             made.netns = Some(spec.netns_path.clone());
-        } else {
+        } else if !spec.detached {
             let path = spec.netns_path.clone();
             blocking(move || netns::open(&path)).await??;
         }
@@ -263,16 +277,19 @@ impl Inner {
         };
         // The host end stays down and out of the bridge until the program
         // is attached: no interface ever passes traffic around the datapath.
-        let host = self
-            .nl
-            .create_veth_down(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, net.options.mtu)
-            .await
-            .map_err(|e| match e.errno() {
-                Some(errno) if errno == Errno::EEXIST as i32 => {
-                    ApiError::conflict(format!("interface {} already exists in the endpoint's namespace", spec.ifname))
-                }
-                _ => e.into(),
-            })?;
+        let veth = if spec.detached {
+            // Both ends in the node namespace: the owner moves the
+            // container end into its sandbox (it stays down until then).
+            self.nl.create_veth_pair_down(&spec.host_ifname, &spec.ifname, spec.mac, net.options.mtu).await
+        } else {
+            self.nl.create_veth_down(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, net.options.mtu).await
+        };
+        let host = veth.map_err(|e| match e.errno() {
+            Some(errno) if errno == Errno::EEXIST as i32 => {
+                ApiError::conflict(format!("interface {} already exists in the endpoint's namespace", spec.ifname))
+            }
+            _ => e.into(),
+        })?;
         made.host_ifindex = Some(host);
         self.host_ifindex.insert(spec.name.clone(), host);
         self.failpoint("veth")?;
@@ -290,6 +307,11 @@ impl Inner {
             made.maps = Some((host, info.ipv4));
         }
         self.failpoint("maps")?;
+        if spec.detached {
+            // Addresses and routes inside are the owner's (Docker sets
+            // them when it moves the interface).
+            return self.plug(spec, net, host, bridge, made).await;
+        }
 
         let inside = Netlink::in_netns(&spec.netns_path).await?;
         if let Some(lo) = inside.link_index("lo").await? {
@@ -307,6 +329,19 @@ impl Inner {
         }
         self.failpoint("addr")?;
         lap("addr");
+        self.plug(spec, net, host, bridge, made).await
+    }
+
+    /// The last step of a build: the host end into the bridge and up, the
+    /// endpoint pinned on the bridge.
+    async fn plug(
+        &mut self,
+        spec: &EndpointSpec,
+        net: &NetworkSpec,
+        host: u32,
+        bridge: u32,
+        made: &mut Made,
+    ) -> Result<(), ApiError> {
         self.nl.enslave_up(host, bridge).await?;
         if net.datapath == DatapathKind::Kernel && !spec.ports.is_empty() {
             // Its own published ports come back out its port (hairpin).
@@ -437,7 +472,7 @@ impl Inner {
             .get(&spec.network)
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", spec.network)))?;
-        if !spec.owns_netns && !spec.netns_path.exists() {
+        if !spec.owns_netns && !spec.detached && !spec.netns_path.exists() {
             // A namespace someone else made (a container's) is gone: so is
             // the container; its endpoint goes too.
             tracing::warn!(endpoint = %spec.name, netns = %spec.netns_path.display(), "namespace gone, removing the endpoint");
@@ -446,7 +481,7 @@ impl Inner {
             return self.save().await;
         }
         let host = self.nl.link_index(&spec.host_ifname).await?;
-        if let (Some(host), true) = (host, spec.netns_path.exists()) {
+        if let (Some(host), true) = (host, spec.detached || spec.netns_path.exists()) {
             self.host_ifindex.insert(spec.name.clone(), host);
             if net.datapath == DatapathKind::Kernel {
                 return Ok(());
@@ -475,5 +510,45 @@ impl Inner {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff` into bytes: a unicast address, not all zeros.
+pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6], ApiError> {
+    let bad = || ApiError::invalid(format!("invalid MAC address {s:?}"));
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 == 1 || mac == [0; 6] {
+        return Err(ApiError::invalid(format!("{s} is not a unicast MAC address")));
+    }
+    Ok(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_mac;
+
+    #[test]
+    fn macs_are_parsed_strictly() {
+        assert_eq!(parse_mac("02:42:0a:1e:00:02").ok(), Some([2, 0x42, 10, 30, 0, 2]));
+        for bad in [
+            "",
+            "02:42:0a:1e:00",
+            "02:42:0a:1e:00:02:03",
+            "02-42-0a-1e-00-02",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "2:42:a:1e:0:2",
+            "zz:42:0a:1e:00:02",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
     }
 }

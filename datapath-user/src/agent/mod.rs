@@ -81,6 +81,8 @@ pub struct AgentConfig {
     pub ct_gc_interval: u64,
     /// Capacity of the conntrack table (entries).
     pub ct_max_entries: u32,
+    /// Serve Docker's remote network driver on this socket ([`crate::docker`]).
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// The writer side: everything a change needs, behind [`Agent::inner`].

@@ -74,6 +74,7 @@ impl Inner {
                 mtu: req.mtu,
             },
             created: state::now_rfc3339(),
+            owner: req.owner.clone(),
         })
     }
 

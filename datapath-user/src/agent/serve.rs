@@ -163,6 +163,17 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let plugin = match &cfg.docker_plugin {
+        Some(path) => match crate::docker::start(agent.clone(), path).await {
+            Ok(task) => Some(task),
+            Err(e) => {
+                agent.release().await;
+                let _ = std::fs::remove_file(&cfg.socket);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     tracing::info!(socket = %cfg.socket.display(), state = %cfg.state_dir.display(), "agent ready");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -182,6 +193,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    if let (Some(task), Some(path)) = (plugin, &cfg.docker_plugin) {
+        task.abort();
+        let _ = std::fs::remove_file(path);
+    }
     if cfg.cleanup_on_exit {
         agent.teardown().await;
     } else {

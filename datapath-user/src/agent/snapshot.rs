@@ -141,6 +141,7 @@ impl Snapshot {
                     mac: format_mac(&e.mac),
                 })
                 .collect(),
+            owner: n.owner.clone(),
         }
     }
 
@@ -170,6 +171,8 @@ impl Snapshot {
             cni: e.cni.clone(),
             created: e.created.clone(),
             ports: e.ports.clone(),
+            owner: e.owner.clone(),
+            detached: e.detached,
         }
     }
 

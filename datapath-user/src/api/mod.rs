@@ -165,6 +165,9 @@ pub struct NetworkCreate {
     pub uplink: Option<String>,
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// Who asks, when not a user (`docker`: Docker's remote driver); shown by `ls`.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +191,18 @@ pub struct EndpointCreate {
     /// Caller's id for the attachment (CNI_CONTAINERID).
     #[serde(default)]
     pub container_id: Option<String>,
+    /// MAC address of the container end (`aa:bb:cc:dd:ee:ff`); derived from
+    /// the address when absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Leave the container end of the veth in the node namespace for the
+    /// caller to move (Docker's remote driver); no namespace is made or
+    /// entered, no address is set inside.
+    #[serde(default)]
+    pub detached: bool,
+    /// Who asks, when not a user (`docker`); shown by `ls`.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Published ports (`-p`).
     #[serde(default)]
     pub publish: Vec<Publish>,

@@ -23,6 +23,9 @@ pub struct NetworkView {
     pub internal: bool,
     pub options: NetworkOptionsView,
     pub endpoints: Vec<NetworkEndpointView>,
+    /// `docker` for the networks of Docker's remote driver (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +69,13 @@ pub struct EndpointView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cni: Option<CniMark>,
     pub created: String,
+    /// `docker` for the endpoints of Docker's remote driver (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The container end was left in the node namespace for its owner to
+    /// move (absent when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
     /// Published ports (`-p`).
     #[serde(default)]
     pub ports: Vec<Publish>,

@@ -80,6 +80,13 @@ pub struct AgentArgs {
     /// two). Changing it on a running node migrates the table's entries.
     #[arg(long, default_value_t = datapath_common::CT_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
     ct_max_entries: u32,
+    /// Serve Docker's remote network driver as plugin NAME (`docker network
+    /// create -d NAME`), on DIR/NAME.sock (see --docker-plugin-dir).
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = datapath::docker::DEFAULT_PLUGIN_NAME)]
+    docker_plugin: Option<String>,
+    /// Directory of the plugin socket: where dockerd looks for plugins.
+    #[arg(long, value_name = "DIR", default_value = datapath::docker::DEFAULT_PLUGIN_DIR)]
+    docker_plugin_dir: PathBuf,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -108,6 +115,13 @@ impl AgentArgs {
             },
             ct_gc_interval: self.ct_gc_interval,
             ct_max_entries: self.ct_max_entries,
+            docker_plugin: match self.docker_plugin {
+                Some(name) => {
+                    datapath::state::validate_name("plugin", &name).map_err(anyhow::Error::msg)?;
+                    Some(datapath::docker::socket_path(&self.docker_plugin_dir, &name))
+                }
+                None => None,
+            },
         })
     }
 }
@@ -169,5 +183,9 @@ mod tests {
         assert_eq!(c.nat_ports, Some((2000, 2999)));
         assert_eq!(c.ct.udp, 5);
         assert!(!c.default_network);
+        assert_eq!(c.docker_plugin, None);
+        assert_eq!(config(&["--docker-plugin"]).docker_plugin, Some("/run/docker/plugins/datapath.sock".into()));
+        let c = config(&["--docker-plugin", "dp2", "--docker-plugin-dir", "/tmp/p"]);
+        assert_eq!(c.docker_plugin, Some("/tmp/p/dp2.sock".into()));
     }
 }

@@ -76,6 +76,7 @@ const LIST_COLUMNS: &[Column] = &[
     left("HOST-IF", 12),
     right("IFINDEX", 7),
     left("CONTAINER", 12),
+    left("OWNER", 6),
     left("PORTS", 0),
 ];
 
@@ -88,8 +89,10 @@ fn list_table(eps: &[EndpointView]) -> String {
             (Some(_), Some(id)) => id.chars().take(12).collect(),
             _ => "-".to_string(),
         };
+        // Who made it when not a user of the API: Docker's driver, a CNI runtime.
+        let owner = e.owner.as_deref().unwrap_or(if e.cni.is_some() { "cni" } else { "-" });
         let ports = datapath::ports::format(&e.ports);
-        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &container, &ports]);
+        t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &container, &owner, &ports]);
     }
     t.render()
 }

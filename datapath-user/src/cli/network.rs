@@ -65,6 +65,7 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 masquerade: no_masquerade.then_some(false),
                 uplink,
                 mtu,
+                owner: None,
             };
             let n: NetworkView = client.call_as(Request::NetworkCreate(req)).await?;
             println!("{}", n.id);
@@ -94,12 +95,14 @@ const LIST_COLUMNS: &[Column] = &[
     left("BRIDGE", 12),
     left("DATAPATH", 8),
     right("ENDPOINTS", 9),
+    left("OWNER", 0),
 ];
 
 fn list_table(nets: &[NetworkView]) -> String {
     let mut t = Table::new(LIST_COLUMNS);
     for n in nets {
-        t.row([&n.name, &n.id, &n.subnet, &n.gateway, &n.bridge, &n.datapath, &n.endpoints.len()]);
+        let owner = n.owner.as_deref().unwrap_or("-");
+        t.row([&n.name, &n.id, &n.subnet, &n.gateway, &n.bridge, &n.datapath, &n.endpoints.len(), &owner]);
     }
     t.render()
 }

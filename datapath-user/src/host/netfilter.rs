@@ -291,6 +291,7 @@ mod tests {
             datapath: dp,
             options: opts,
             created: String::new(),
+            owner: None,
         }
     }
 
@@ -357,6 +358,8 @@ mod tests {
                 trace: false,
                 created: String::new(),
                 creating: false,
+                detached: false,
+                owner: None,
                 ports: Vec::new(),
             };
             e.ip = if ep == "a" { e.ip } else { std::net::Ipv4Addr::new(10, 2, 0, 3) };
@@ -390,6 +393,8 @@ mod tests {
             created: String::new(),
             creating: false,
             cni: None,
+            detached: false,
+            owner: None,
             ports: crate::ports::parse_all(ports).unwrap(),
         };
         st.endpoints.insert("a".into(), ep("a", "k", [10, 2, 0, 2], &["8080:80", "127.0.0.1:9090:90/udp"]));

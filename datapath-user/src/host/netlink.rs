@@ -148,6 +148,27 @@ impl Netlink {
         self.veth(host, peer, peer_netns, peer_mac, mtu, None).await
     }
 
+    /// A veth with both ends down in this namespace; returns the host end's
+    /// index. The peer is for someone else to move (Docker's sandbox).
+    pub async fn create_veth_pair_down(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_mac: [u8; 6],
+        mtu: Option<u32>,
+    ) -> Result<u32, NetlinkError> {
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).address(peer_mac.to_vec());
+        if let Some(mtu) = mtu {
+            peer_msg = peer_msg.mtu(mtu);
+        }
+        let mut b = LinkVeth::new(host, peer).set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())));
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        self.handle.link().add(b.build()).execute().await.map_err(req(format!("create veth {host}")))?;
+        self.require_index(host).await
+    }
+
     /// `up`: `Some(controller)` brings the host end up (in that bridge when
     /// given); `None` leaves it down and alone.
     async fn veth(

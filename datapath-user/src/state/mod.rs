@@ -109,6 +109,10 @@ pub struct NetworkSpec {
     pub options: NetworkOptions,
     /// RFC 3339 creation time.
     pub created: String,
+    /// Who asked for it when not a user of the API: `docker` for the
+    /// networks of Docker's remote driver (`datapath agent --docker-plugin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +144,15 @@ pub struct EndpointSpec {
     /// half-made endpoint back. Its address stays reserved meanwhile.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub creating: bool,
+    /// The container end of the veth stays in the node namespace, named
+    /// `ifname`, for the caller to move into its sandbox (Docker's remote
+    /// driver: Docker moves, renames and addresses it). `netns_path` is
+    /// empty: the namespace is never the agent's business.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
+    /// Who asked for it when not a user of the API (`docker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Published ports (`-p`), withdrawn with the endpoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Publish>,
@@ -334,6 +347,7 @@ mod tests {
             datapath: DatapathKind::Ebpf,
             options: NetworkOptions::default(),
             created: now_rfc3339(),
+            owner: None,
         }
     }
 
@@ -353,6 +367,8 @@ mod tests {
             trace: false,
             created: now_rfc3339(),
             creating: false,
+            detached: false,
+            owner: None,
             ports: Vec::new(),
         }
     }

@@ -10,6 +10,8 @@ mod cli;
 mod cni;
 mod concurrency;
 mod connectivity;
+mod docker_engine;
+mod docker_plugin;
 mod lifecycle;
 mod masquerade;
 mod modes;
