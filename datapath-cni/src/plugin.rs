@@ -8,12 +8,13 @@
 //! | `STATUS` | `network_inspect` (the agent serves and has the network), then IPAM `STATUS` | nothing, or code 50 |
 //! | `GC` | `cni_gc` with `cni.dev/valid-attachments`, then IPAM `GC` | nothing |
 //!
-//! `portMappings` (the runtime's `-p`) go to the agent with `ADD`: it
-//! records them on the endpoint and lets the kernel translate the replies
-//! of those flows, which a chained `portmap` plugin publishes with netfilter
-//! DNAT. When the datapath publishes ports itself (eBPF, the published-ports
-//! work) the agent will publish them from this same field and the chained
-//! `portmap` goes away: the configuration keeps the capability.
+//! `portMappings` (the runtime's `-p`) go to the agent with `ADD`. By
+//! default the agent publishes them as the endpoint's published ports (the
+//! datapath's eBPF port publishing, validated like `run -p`: a conflict is
+//! refused before anything is made). With `"portMappings": "portmap"` in
+//! the configuration a chained `portmap` plugin publishes them with
+//! netfilter DNAT instead: the agent only records them and lets the kernel
+//! translate the replies of those flows.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -153,6 +154,7 @@ fn add(agent: &Agent, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         netns_path: netns.clone(),
         ip,
         port_mappings: conf.port_mappings.clone(),
+        port_publishing: conf.port_publishing,
     };
     let att: CniAttachment = match agent.call(Request::CniAdd(req)) {
         Ok(a) => a,

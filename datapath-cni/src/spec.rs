@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use datapath::state::PortMapping;
+use datapath::state::{PortMapping, PortPublishing};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use thiserror::Error;
@@ -207,6 +207,11 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// `runtimeConfig.portMappings` (the capability).
     pub port_mappings: Vec<PortMapping>,
+    /// Who publishes them (`portMappings`): `"datapath"` (the default), the
+    /// datapath's own eBPF port publishing; `"portmap"`, the reference
+    /// `portmap` plugin chained after this one (the agent records them and
+    /// hands the replies of those flows to the kernel).
+    pub port_publishing: PortPublishing,
     /// `cni.dev/valid-attachments` (`GC`).
     pub valid_attachments: Vec<(String, String)>,
     /// The raw document, handed to a delegated plugin unchanged.
@@ -225,6 +230,8 @@ struct RawConf {
     ipam: Option<Value>,
     dns: Option<Dns>,
     prev_result: Option<Value>,
+    #[serde(rename = "portMappings")]
+    port_publishing: Option<String>,
     #[serde(default)]
     runtime_config: RuntimeConfig,
     #[serde(rename = "cni.dev/valid-attachments")]
@@ -307,6 +314,16 @@ impl NetConf {
                 return Err(CniError::new(code::INVALID_CONFIG, "\"ipam\" needs a \"type\" (a plugin name)"));
             }
         }
+        let port_publishing = match raw.port_publishing.as_deref() {
+            None | Some("datapath") => PortPublishing::Datapath,
+            Some("portmap") => PortPublishing::Portmap,
+            Some(other) => {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("\"portMappings\": {other:?} is neither \"datapath\" nor \"portmap\""),
+                ))
+            }
+        };
         Ok(NetConf {
             cni_version,
             name,
@@ -317,6 +334,7 @@ impl NetConf {
             dns: raw.dns,
             prev_result: raw.prev_result,
             port_mappings: raw.runtime_config.port_mappings,
+            port_publishing,
             valid_attachments: raw
                 .valid_attachments
                 .unwrap_or_default()
@@ -537,10 +555,16 @@ mod tests {
         assert_eq!((c.name.as_str(), c.network.as_str()), ("dpnet", "web"));
         assert_eq!(c.socket, Some(PathBuf::from("/run/x.sock")));
         assert_eq!(c.port_mappings[0].host_port, 8080);
+        // The datapath publishes them unless the configuration says portmap.
+        assert_eq!(c.port_publishing, PortPublishing::Datapath);
         assert_eq!(c.valid_attachments, vec![("c1".to_string(), "eth0".to_string())]);
         // The network defaults to the CNI name.
         let c = NetConf::parse(br#"{"cniVersion":"0.4.0","name":"web","type":"datapath-cni"}"#, Command::Add).unwrap();
         assert_eq!(c.network, "web");
+        for (v, want) in [("datapath", PortPublishing::Datapath), ("portmap", PortPublishing::Portmap)] {
+            let conf = format!(r#"{{"cniVersion":"1.0.0","name":"web","type":"datapath-cni","portMappings":"{v}"}}"#);
+            assert_eq!(NetConf::parse(conf.as_bytes(), Command::Add).unwrap().port_publishing, want);
+        }
         for (bad, want, cmd) in [
             (&b"{not json"[..], code::DECODE, Command::Add),
             (b"[1,2]", code::DECODE, Command::Add),
@@ -554,6 +578,12 @@ mod tests {
                 code::INVALID_CONFIG,
                 Command::Add,
             ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","type":"t","portMappings":"iptables"}"#,
+                code::INVALID_CONFIG,
+                Command::Add,
+            ),
+            (br#"{"cniVersion":"1.0.0","name":"n","type":"t","portMappings":true}"#, code::DECODE, Command::Add),
             (br#"{"cniVersion":"0.3.1","name":"n","type":"t"}"#, code::INCOMPATIBLE_VERSION, Command::Add),
             (br#"{"cniVersion":"2.0.0","name":"n","type":"t"}"#, code::INCOMPATIBLE_VERSION, Command::Add),
             (br#"{"cniVersion":"1.0.0","name":"n","type":"t"}"#, code::INCOMPATIBLE_VERSION, Command::Status),

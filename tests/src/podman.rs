@@ -170,15 +170,28 @@ impl Drop for Podman {
 }
 
 /// The conflist of a datapath network for podman: `datapath-cni` on the
-/// agent's `network` (over `socket`), with the `portMappings` capability,
-/// and the reference `portmap` chained after it to publish them (until the
-/// datapath publishes ports itself).
+/// agent's `network` (over `socket`), with the `portMappings` capability:
+/// the datapath publishes a runtime's `-p` itself (no `portmap` chained).
 pub fn datapath_conflist(name: &str, network: &str, socket: &Path) -> serde_json::Value {
     json!({
         "cniVersion": "1.0.0",
         "name": name,
         "plugins": [
-            {"type": "datapath-cni", "network": network, "socket": socket, "capabilities": {"portMappings": true}},
+            {"type": "datapath-cni", "network": network, "socket": socket, "capabilities": {"portMappings": true}}
+        ]
+    })
+}
+
+/// The opt-in to the reference `portmap`: `datapath-cni` with
+/// `"portMappings": "portmap"` and `portmap` chained after it to publish
+/// the runtime's `-p` with netfilter DNAT.
+pub fn portmap_conflist(name: &str, network: &str, socket: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {"type": "datapath-cni", "network": network, "socket": socket, "portMappings": "portmap",
+             "capabilities": {"portMappings": true}},
             {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
         ]
     })

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::Inner;
 use crate::api::{ApiError, CniAdd, CniAttachmentKey, CniGc, CniKey, EndpointCreate};
 use crate::host::netlink::Netlink;
-use crate::state::{self, CniMark, DatapathKind, EndpointSpec};
+use crate::state::{self, CniMark, DatapathKind, EndpointSpec, PortMapping, PortPublishing};
 
 /// The name of the endpoint of an attachment: `cni-CONTAINERID-IFNAME`,
 /// a long container id (a 64-digit one) shortened to 12 characters and a
@@ -62,6 +62,17 @@ impl Inner {
             return Err(ApiError::not_found(format!("network {:?} not found", req.network)));
         }
         state::validate_name("CNI network", &req.cni_network).map_err(ApiError::invalid)?;
+        // The runtime's `-p`: the endpoint's published ports, checked with
+        // the endpoint (conflicts, the node's sockets, internal networks)
+        // before anything is made; or recorded for a chained `portmap`.
+        let (publish, port_mappings) = match req.port_publishing {
+            PortPublishing::Datapath => {
+                let publish = PortMapping::publish_all(&req.port_mappings)
+                    .map_err(|e| ApiError::invalid(format!("portMappings: {e}")))?;
+                (publish, Vec::new())
+            }
+            PortPublishing::Portmap => (Vec::new(), req.port_mappings),
+        };
         let create = EndpointCreate {
             name: attachment_name(&req.container_id, &req.ifname),
             network: Some(req.network),
@@ -70,9 +81,10 @@ impl Inner {
             netns_path: Some(req.netns_path),
             ifname: Some(req.ifname),
             container_id: Some(req.container_id),
+            publish,
             ..Default::default()
         };
-        self.endpoint_create_as(create, Some(CniMark { name: req.cni_network, port_mappings: req.port_mappings })).await
+        self.endpoint_create_as(create, Some(CniMark { name: req.cni_network, port_mappings })).await
     }
 
     /// `DEL`: removes the attachment; an unknown one (never added, already

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::EndpointView;
-use crate::state::PortMapping;
+use crate::state::{PortMapping, PortPublishing};
 
 /// CNI `ADD`: plug the runtime's namespace into `network`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,9 +27,13 @@ pub struct CniAdd {
     /// the agent's IPAM chooses when absent.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
-    /// The runtime's `portMappings` (published by a chained `portmap`).
+    /// The runtime's `portMappings`.
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// Who publishes them: the datapath (its published ports) or a chained
+    /// `portmap` plugin.
+    #[serde(default)]
+    pub port_publishing: PortPublishing,
 }
 
 /// CNI `DEL` and `CHECK`: one attachment.

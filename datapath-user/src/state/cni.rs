@@ -1,10 +1,11 @@
 //! What the state records of an endpoint made through CNI (`datapath-cni`):
 //! the mark that makes it CNI's (keyed by its container id and interface
-//! name) and the ports its runtime published.
+//! name), the runtime's port mappings and who publishes them.
 
 use serde::{Deserialize, Serialize};
 
 use super::{EndpointSpec, State};
+use crate::ports::{Publish, PublishError};
 
 /// The CNI attachment an endpoint is: `EndpointSpec::container_id` +
 /// `EndpointSpec::ifname` are its key within its network.
@@ -13,11 +14,14 @@ pub struct CniMark {
     /// The CNI network's name (the configuration's `name`), part of the key:
     /// two CNI configurations on one datapath network keep their own.
     pub name: String,
-    /// The runtime's `portMappings` (CNI capability), published by a
-    /// chained `portmap` plugin (netfilter DNAT in the node) until the
-    /// datapath publishes ports itself: the endpoint's TCP segments of
-    /// flows the eBPF conntrack does not know (the replies of those DNATed
-    /// connections) are handed to the kernel (`EP_F_KERNEL_FLOWS`).
+    /// The runtime's `portMappings` (CNI capability) when a chained
+    /// `portmap` plugin publishes them (netfilter DNAT in the node; the
+    /// configuration's `"portMappings": "portmap"`): the endpoint's TCP
+    /// segments of flows the eBPF conntrack does not know (the replies of
+    /// those DNATed connections) are handed to the kernel
+    /// (`EP_F_KERNEL_FLOWS`). Empty when the datapath publishes them (the
+    /// default): they are then the endpoint's published ports
+    /// (`EndpointSpec::ports`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_mappings: Vec<PortMapping>,
 }
@@ -37,6 +41,48 @@ pub struct PortMapping {
 
 fn tcp() -> String {
     "tcp".into()
+}
+
+/// Who publishes an attachment's `portMappings`: the datapath's own port
+/// publishing (eBPF, the default) or a `portmap` plugin chained after
+/// `datapath-cni` (the network configuration's `"portMappings": "portmap"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortPublishing {
+    #[default]
+    Datapath,
+    Portmap,
+}
+
+impl PortMapping {
+    /// The port the datapath publishes for this mapping: `hostIP` empty or
+    /// absent is every address of the node; `tcp` or `udp`.
+    pub fn to_publish(&self) -> Result<Vec<Publish>, PublishError> {
+        let ip = self.host_ip.as_deref().unwrap_or("");
+        let ip = if ip == "0.0.0.0" { "" } else { ip };
+        let proto = self.protocol.to_ascii_lowercase();
+        crate::ports::parse(&format!("{ip}:{}:{}/{proto}", self.host_port, self.container_port))
+    }
+
+    /// Every mapping's port (duplicates once; two that conflict refused).
+    pub fn publish_all(mappings: &[PortMapping]) -> Result<Vec<Publish>, PublishError> {
+        let mut out: Vec<Publish> = Vec::new();
+        for m in mappings {
+            for p in m.to_publish()? {
+                if out.contains(&p) {
+                    continue;
+                }
+                if let Some(o) = out.iter().find(|o| o.conflicts(&p)) {
+                    return Err(PublishError::Invalid {
+                        spec: m.to_string(),
+                        why: format!("{} conflicts with {o}", p.host()),
+                    });
+                }
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl std::fmt::Display for PortMapping {
@@ -86,5 +132,51 @@ mod tests {
         let m: PortMapping = serde_json::from_str(r#"{"hostPort":53,"containerPort":5353}"#).unwrap();
         assert_eq!(m.protocol, "tcp");
         assert!(serde_json::from_str::<PortMapping>(r#"{"hostPort":70000,"containerPort":1}"#).is_err());
+    }
+
+    fn mapping(json: &str) -> PortMapping {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn port_mappings_become_published_ports() {
+        use crate::ports::Proto;
+        // hostIP empty, absent or 0.0.0.0: every address of the node.
+        for m in [
+            r#"{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""}"#,
+            r#"{"hostPort":8080,"containerPort":80}"#,
+            r#"{"hostPort":8080,"containerPort":80,"hostIP":"0.0.0.0"}"#,
+        ] {
+            let p = mapping(m).to_publish().unwrap();
+            assert_eq!(p, vec![Publish { host_ip: None, host_port: 8080, container_port: 80, proto: Proto::Tcp }]);
+        }
+        let p = mapping(r#"{"hostPort":53,"containerPort":5353,"protocol":"UDP","hostIP":"203.0.113.2"}"#)
+            .to_publish()
+            .unwrap();
+        assert_eq!(
+            p,
+            vec![Publish {
+                host_ip: Some(std::net::Ipv4Addr::new(203, 0, 113, 2)),
+                host_port: 53,
+                container_port: 5353,
+                proto: Proto::Udp
+            }]
+        );
+        for bad in [
+            r#"{"hostPort":80,"containerPort":80,"protocol":"sctp"}"#,
+            r#"{"hostPort":80,"containerPort":80,"hostIP":"::"}"#,
+            r#"{"hostPort":80,"containerPort":80,"hostIP":"nope"}"#,
+            r#"{"hostPort":0,"containerPort":80}"#,
+        ] {
+            assert!(mapping(bad).to_publish().is_err(), "{bad}");
+        }
+        // The same twice is one port; one host port twice is refused.
+        let a = mapping(r#"{"hostPort":8080,"containerPort":80}"#);
+        let b = mapping(r#"{"hostPort":8080,"containerPort":81,"hostIP":"203.0.113.2"}"#);
+        assert_eq!(PortMapping::publish_all(&[a.clone(), a.clone()]).unwrap().len(), 1);
+        let e = PortMapping::publish_all(&[a, b]).unwrap_err().to_string();
+        assert!(e.contains("conflicts"), "{e}");
+        assert_eq!(serde_json::to_string(&PortPublishing::Portmap).unwrap(), r#""portmap""#);
+        assert_eq!(serde_json::from_str::<PortPublishing>(r#""datapath""#).unwrap(), PortPublishing::Datapath);
     }
 }

@@ -19,7 +19,7 @@ mod cni;
 mod container;
 mod journal;
 
-pub use cni::{CniMark, PortMapping};
+pub use cni::{CniMark, PortMapping, PortPublishing};
 pub use container::{ContainerSpec, RunMode};
 pub use journal::Journal;
 

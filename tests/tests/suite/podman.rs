@@ -1,6 +1,7 @@
 //! A real runtime on the datapath: podman + runc with the CNI backend, the
-//! network `dpnet` being `datapath-cni` (with the reference `portmap`
-//! chained after it for `-p`), everything inside the test's node namespace.
+//! network `dpnet` being `datapath-cni` (which publishes `-p` through the
+//! datapath; `dppm` opts in to the reference `portmap` chained after it),
+//! everything inside the test's node namespace.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,11 +11,12 @@ use datapath_tests::cni::{reference_plugins, runtime_netns, CniNet};
 use datapath_tests::net::python_in;
 use datapath_tests::node::{AgentOpts, Datapath, Node, OUTSIDE_IP, UPLINK_IP};
 use datapath_tests::outside::{http_clients, http_server};
-use datapath_tests::podman::{datapath_conflist, Podman, IMAGE};
+use datapath_tests::podman::{datapath_conflist, portmap_conflist, Podman, IMAGE};
 use datapath_tests::py::HTTP_FETCH;
 use datapath_tests::{kernel_test, show};
 use serde_json::{json, Value};
 
+use super::modes::map_entries;
 use super::survival::{pinned_map_len, MAPS_DIR};
 
 const SUBNET: &str = "10.78.0.0/24";
@@ -46,18 +48,43 @@ fn sha_of(out: &str) -> String {
     out.split_whitespace().next().unwrap_or_default().to_string()
 }
 
+/// The outside fetches `/blob` from the node's uplink address, port `port`;
+/// its content is checked against `sha`.
+fn fetch_published(node: &Node, port: u16, sha: &str) {
+    let url = format!("http://{UPLINK_IP}:{port}/blob");
+    let o = python_in(node.outside(), HTTP_FETCH, &[&node.prefix, &url], Duration::from_secs(30));
+    assert!(o.status.success(), "fetching {url} from the outside:\n{}", show(&o));
+    let line = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(line.split_whitespace().nth(1), Some(sha), "published port {port} content: {line}");
+}
+
+/// Packets of flows the eBPF conntrack does not know handed to the kernel.
+fn kernel_flows(node: &mut Node) -> u64 {
+    node.stats().get("pass-kernel-flow").map(|c| c.0).unwrap_or(0)
+}
+
 /// Two containers on the datapath network ping each other and transfer a
 /// file over HTTP (content checked); a container reaches the outside through
 /// the eBPF masquerade (the outside sees the node's address, `conntrack ls`
-/// the flow); `podman run -p` publishes a port the outside reaches (the
-/// chained `portmap`); `endpoint ls`/`inspect` show the containers;
-/// `podman rm -f` removes the endpoints and their map entries.
+/// the flow); `podman run -p` publishes a port the outside reaches through
+/// the datapath's own port publishing (no `portmap` chained; `port` and
+/// `endpoint ls` show it, a second container asking for the same host port
+/// is refused with nothing made), and through the chained `portmap` when the
+/// configuration opts in; `endpoint ls`/`inspect` show the containers;
+/// `podman rm -f` removes the endpoints and their map entries (`PORTS`
+/// included).
 #[test]
 fn podman_containers_on_the_datapath() {
     kernel_test!();
     let mut node = Node::with(AgentOpts { no_default_network: true, ..AgentOpts::with_uplink(Datapath::Ebpf) });
     node.ok(&["network", "create", "web", "--subnet", SUBNET]);
-    let podman = Podman::new(&node, &[("dpnet", datapath_conflist("dpnet", "web", &node.socket))]);
+    let podman = Podman::new(
+        &node,
+        &[
+            ("dpnet", datapath_conflist("dpnet", "web", &node.socket)),
+            ("dppm", portmap_conflist("dppm", "web", &node.socket)),
+        ],
+    );
     let www = node.dir.join("www");
     let sha = blob(&www, 300_000);
     let vol = format!("{}:/www:ro", www.display());
@@ -139,44 +166,46 @@ fn podman_containers_on_the_datapath() {
         "conntrack ls --endpoint {cli_name}: {flows:?}"
     );
 
-    // `-p`: the chained portmap publishes, the outside fetches.
-    podman.run(&[
-        "-d",
-        "--name",
-        "pub",
-        "--network",
-        "dpnet",
-        "-p",
-        "8080:80",
-        "-v",
-        &vol,
-        IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    // `-p`: the datapath publishes (no portmap chained), the outside fetches.
+    let httpd = ["-v", &vol, IMAGE, "httpd", "-f", "-p", "80", "-h", "/www"];
+    let kernel_before = kernel_flows(&mut node);
+    podman.run(&[&["-d", "--name", "pub", "--network", "dpnet", "-p", "8080:80"][..], &httpd].concat());
     let pub_ep = endpoint_of(&mut node, &podman.id("pub"));
-    assert_eq!(pub_ep["cni"]["port_mappings"][0]["hostPort"], 8080, "{pub_ep}");
-    let url = format!("http://{UPLINK_IP}:8080/blob");
-    let o = python_in(node.outside(), HTTP_FETCH, &[&node.prefix, &url], Duration::from_secs(30));
-    assert!(o.status.success(), "fetching {url} from the outside:\n{}", show(&o));
-    let line = String::from_utf8_lossy(&o.stdout).to_string();
-    assert_eq!(line.split_whitespace().nth(1), Some(sha.as_str()), "published port content: {line}");
-    let kernel_flows = node.stats().get("pass-kernel-flow").map(|c| c.0).unwrap_or(0);
-    assert!(kernel_flows > 0, "the replies went to the kernel's conntrack (pass-kernel-flow)");
+    let pub_name = pub_ep["name"].as_str().unwrap().to_string();
+    assert_eq!(pub_ep["ports"][0]["host_port"], 8080, "{pub_ep}");
+    assert!(pub_ep["cni"]["port_mappings"].is_null(), "not recorded for a portmap: {pub_ep}");
+    let port = node.ok(&["port", &pub_name]);
+    assert!(port.contains("80/tcp -> 0.0.0.0:8080"), "`port {pub_name}`: {port}");
+    let ls = node.ok(&["endpoint", "ls"]);
+    assert!(ls.contains("0.0.0.0:8080->80/tcp"), "{ls}");
+    assert!(map_entries(&node, "PORTS") > 0, "the port is in the PORTS map");
+    fetch_published(&node, 8080, &sha);
+    assert_eq!(kernel_flows(&mut node), kernel_before, "eBPF translated it: nothing handed to the kernel");
+    // The same host port again: a CNI error, nothing made.
+    let o = podman.exec(&[&["run", "-d", "--name", "dup", "--network", "dpnet", "-p", "8080:81"][..], &httpd].concat());
+    assert!(!o.status.success(), "a second -p 8080 was accepted");
+    assert!(show(&o).contains("already published"), "{}", show(&o));
+    assert_eq!(node.endpoints().len(), 3, "nothing half-made: {:?}", node.endpoints());
+    let _ = podman.exec(&["rm", "-f", "dup"]);
+
+    // The opt-in: `"portMappings": "portmap"` with portmap chained.
+    podman.run(&[&["-d", "--name", "pm", "--network", "dppm", "-p", "8081:80"][..], &httpd].concat());
+    let pm_ep = endpoint_of(&mut node, &podman.id("pm"));
+    assert_eq!(pm_ep["cni"]["port_mappings"][0]["hostPort"], 8081, "{pm_ep}");
+    assert_eq!(pm_ep["ports"].as_array().map(Vec::len).unwrap_or(0), 0, "{pm_ep}");
+    fetch_published(&node, 8081, &sha);
+    assert!(kernel_flows(&mut node) > kernel_before, "the replies went to the kernel's conntrack (pass-kernel-flow)");
 
     // `podman rm -f`: the endpoints and their map entries go.
-    assert_eq!(node.endpoints().len(), 3);
-    podman.ok(&["rm", "-f", "-t", "0", "srv", "cli", "pub"]);
+    assert_eq!(node.endpoints().len(), 4);
+    podman.ok(&["rm", "-f", "-t", "0", "srv", "cli", "pub", "pm"]);
     assert!(node.endpoints().is_empty(), "{:?}", node.endpoints());
     assert!(node.node_dp_veths().is_empty(), "host veths left: {:?}", node.node_dp_veths());
     let maps = node.bpffs.join(MAPS_DIR);
     for map in ["ENDPOINTS", "ENDPOINTS_BY_IP"] {
         assert_eq!(pinned_map_len(&maps.join(map)), 0, "{map} entries left");
     }
+    assert_eq!(map_entries(&node, "PORTS"), 0, "PORTS entries left");
 }
 
 fn median(v: &mut [f64]) -> f64 {
