@@ -32,7 +32,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("runc", "the OCI runtime podman uses in the CNI tests (crun fails on some cgroup layouts)"),
     (
         "containernetworking-plugins",
-        "the reference CNI plugins: `portmap` chained after `datapath-cni`, `bridge` to compare with",
+        "the reference CNI plugins: `portmap` chained after `datapath-cni` (its opt-in), `bridge` to compare with",
     ),
     ("busybox-static", "the offline image of the CNI and Docker tests (a rootfs imported with `podman/docker import`)"),
     ("iptables", "what the reference `portmap` and `bridge` plugins program"),
