@@ -257,6 +257,9 @@ impl Inner {
             Request::NetworkRemove { name } => self.network_remove(&name, false).await.map(|_| done),
             Request::EndpointCreate(r) => self.endpoint_create(r).await.map(Written::Endpoint),
             Request::EndpointRemove { name } => self.endpoint_remove(&name).await.map(|_| done),
+            Request::EndpointPublish { name, publish } => {
+                self.endpoint_publish(&name, publish).await.map(Written::Endpoint)
+            }
             Request::ContainerStarted { name, pid } => self.container_started(&name, pid).await.map(|_| done),
             Request::ContainerExited { name, code } => self.container_exited(&name, code).await.map(|_| done),
             Request::CniAdd(r) => self.cni_add(r).await.map(|name| Written::Cni(name, Vec::new())),

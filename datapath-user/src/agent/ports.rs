@@ -6,14 +6,16 @@
 //! datapath, and the node's own connections on both) are rendered with the
 //! rest of the node's rules by `host::netfilter`; all of it is brought in
 //! line by `sync_node` after every change, so a removed endpoint's ports
-//! are withdrawn with it.
+//! are withdrawn with it. An existing endpoint's ports can be changed
+//! too ([`Inner::endpoint_publish`], Docker's `ProgramExternalConnectivity`
+//! and `RevokeExternalConnectivity`), validated the same way.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use datapath_common::{ipv4_key, PortKey, PortTarget};
 
-use super::{blocking, Inner};
+use super::{blocking, Inner, NONE_NETWORK};
 use crate::api::ApiError;
 use crate::ports::{self, Listener, Proto, Publish};
 use crate::state::{DatapathKind, NetworkSpec};
@@ -88,6 +90,55 @@ impl Inner {
             )));
         }
         Ok(())
+    }
+
+    /// Sets the ports endpoint `name` publishes to exactly `publish` (empty:
+    /// all withdrawn). Checked like a create's (nothing changes when
+    /// refused), persisted, then brought into the `PORTS` map and the
+    /// netfilter rules; a failure there restores the old ports.
+    pub(super) async fn endpoint_publish(&mut self, name: &str, publish: Vec<Publish>) -> Result<String, ApiError> {
+        let ep = self
+            .state
+            .endpoints
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("endpoint {name:?} not found")))?;
+        if ep.creating {
+            return Err(ApiError::conflict(format!("endpoint {name:?} is being created")));
+        }
+        if ep.ports == publish {
+            return Ok(ep.name);
+        }
+        if ep.network == NONE_NETWORK && !publish.is_empty() {
+            return Err(ApiError::invalid("the none network cannot publish ports"));
+        }
+        if !publish.is_empty() {
+            let net = self
+                .state
+                .networks
+                .get(&ep.network)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", ep.network)))?;
+            self.check_publish(name, &net, &publish).await?;
+        }
+        let set = |inner: &mut Inner, ports: Vec<Publish>| {
+            if let Some(e) = inner.state.endpoints.get_mut(name) {
+                e.ports = ports;
+            }
+        };
+        set(self, publish.clone());
+        let done = match self.save().await {
+            Ok(()) => self.sync_node().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            set(self, ep.ports.clone());
+            let _ = self.sync_node().await;
+            let _ = self.save().await;
+            return Err(e);
+        }
+        tracing::info!(endpoint = %name, ports = publish.len(), "published ports set");
+        Ok(ep.name)
     }
 
     /// The `PORTS` entries the state wants: one per eBPF endpoint's

@@ -76,26 +76,54 @@ pub enum Request {
     Ping,
     NetworkCreate(NetworkCreate),
     NetworkList,
-    NetworkInspect { name: String },
-    NetworkRemove { name: String },
+    NetworkInspect {
+        name: String,
+    },
+    NetworkRemove {
+        name: String,
+    },
     EndpointCreate(EndpointCreate),
     EndpointList,
-    EndpointInspect { name: String },
-    EndpointRemove { name: String },
+    EndpointInspect {
+        name: String,
+    },
+    EndpointRemove {
+        name: String,
+    },
     Stats,
-    Trace { endpoint: Option<String> },
+    Trace {
+        endpoint: Option<String>,
+    },
     ContainerCreate(ContainerCreate),
-    ContainerStarted { name: String, pid: u32 },
-    ContainerExited { name: String, code: i32 },
+    ContainerStarted {
+        name: String,
+        pid: u32,
+    },
+    ContainerExited {
+        name: String,
+        code: i32,
+    },
     ContainerList,
-    ContainerStop { name: String },
-    ConntrackList { endpoint: Option<String> },
+    ContainerStop {
+        name: String,
+    },
+    ConntrackList {
+        endpoint: Option<String>,
+    },
     ConntrackFlush,
     CniAdd(CniAdd),
     CniDel(CniKey),
     CniCheck(CniKey),
     CniGc(CniGc),
-    Port { name: String },
+    Port {
+        name: String,
+    },
+    /// Sets the ports an existing endpoint publishes (all of them: an
+    /// empty list withdraws every one); validated like a create's.
+    EndpointPublish {
+        name: String,
+        publish: Vec<Publish>,
+    },
 }
 
 /// `datapath run`: what to run and how it is networked.

@@ -4,8 +4,10 @@
 //! `N` is the datapath network `docker-N[..12]`, its endpoint `E` the
 //! endpoint `docker-E[..12]`, both persisted by the agent and marked
 //! `owner: docker`, so an agent restart answers Docker's next calls as
-//! before. Published ports are only recorded (in memory) until the
-//! datapath has port publishing.
+//! before. Docker's published ports (`-p`) become the endpoint's published
+//! ports (the datapath's eBPF port publishing, persisted by the agent);
+//! Docker's portmap and exposed ports are also kept in memory for
+//! `EndpointOperInfo`.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -15,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use thiserror::Error;
 
+use super::portmap;
 use super::wire::*;
 use crate::agent::Agent;
 use crate::api::{ApiError, EndpointCreate, EndpointView, ErrorKind, NetworkCreate, NetworkView, Request};
@@ -195,18 +198,12 @@ impl Driver {
             "NetworkDriver.DeleteEndpoint" => self.delete_endpoint(parse(method, body)?).await?,
             "NetworkDriver.EndpointOperInfo" => self.endpoint_info(parse(method, body)?)?,
             "NetworkDriver.Join" => self.join(parse(method, body)?)?,
-            "NetworkDriver.Leave" => {
-                let req: EndpointRequest = parse(method, body)?;
-                endpoint_name(&req.endpoint_id)?;
-                json!({})
+            // Leaving withdraws the published ports too (Docker revokes
+            // first, but a Leave alone must not leave them behind).
+            "NetworkDriver.Leave" | "NetworkDriver.RevokeExternalConnectivity" => {
+                self.revoke_external(parse(method, body)?).await?
             }
-            "NetworkDriver.ProgramExternalConnectivity" => self.program_external(parse(method, body)?)?,
-            "NetworkDriver.RevokeExternalConnectivity" => {
-                let req: EndpointRequest = parse(method, body)?;
-                let name = endpoint_name(&req.endpoint_id)?;
-                self.lock_external().remove(&name);
-                json!({})
-            }
+            "NetworkDriver.ProgramExternalConnectivity" => self.program_external(parse(method, body)?).await?,
             "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => json!({}),
             // AllocateNetwork/FreeNetwork are for global-scope drivers (swarm).
             other => return Err(DriverError::NotFound(format!("the datapath driver has no method {other:?}"))),
@@ -374,14 +371,35 @@ impl Driver {
         }))
     }
 
-    fn program_external(&self, req: ExternalConnectivityRequest) -> Result<Value> {
+    /// Docker's `-p`: the portmap becomes the endpoint's published ports
+    /// (validated by the agent like `run -p`: a conflict or an internal
+    /// network is an `Err` and nothing changes).
+    async fn program_external(&self, req: ExternalConnectivityRequest) -> Result<Value> {
         let (_, e) = self.endpoint(&req.network_id, &req.endpoint_id)?;
         let options = req.options.unwrap_or_default();
-        let ports = options.get(OPT_PORTMAP).and_then(Value::as_array).map(Vec::len).unwrap_or(0);
-        if ports > 0 {
-            tracing::warn!(endpoint = %e.name, ports, "docker: published ports recorded, not programmed (the datapath has no port publishing yet)");
+        let publish =
+            portmap::publications(options.get(OPT_PORTMAP)).map_err(|e| DriverError::BadRequest(e.to_string()))?;
+        let n = publish.len();
+        self.agent.handle(Request::EndpointPublish { name: e.name.clone(), publish }).await?;
+        if n > 0 {
+            tracing::info!(endpoint = %e.name, ports = n, "docker: ports published");
         }
         self.lock_external().insert(e.name, options);
+        Ok(json!({}))
+    }
+
+    /// `RevokeExternalConnectivity` and `Leave`: the endpoint's published
+    /// ports withdrawn (an endpoint already gone is fine: Docker retries).
+    async fn revoke_external(&self, req: EndpointRequest) -> Result<Value> {
+        let name = endpoint_name(&req.endpoint_id)?;
+        self.lock_external().remove(&name);
+        match self.agent.snapshot().endpoint(&name) {
+            Ok(e) if e.owner.as_deref() == Some(OWNER) && !e.ports.is_empty() => {
+                self.agent.handle(Request::EndpointPublish { name: name.clone(), publish: Vec::new() }).await?;
+                tracing::info!(endpoint = %name, "docker: published ports withdrawn");
+            }
+            _ => {}
+        }
         Ok(json!({}))
     }
 }

@@ -10,9 +10,11 @@
 //!   endpoints are *detached*: the container end of the veth waits in the
 //!   node namespace for Docker to move it into the sandbox, the eBPF program
 //!   already on the host end).
+//! * [`portmap`]: Docker's published ports (`-p`) as the datapath's.
 //! * [`server`]: HTTP/1.1 over the unix socket.
 
 pub mod driver;
+pub mod portmap;
 pub mod server;
 pub mod wire;
 

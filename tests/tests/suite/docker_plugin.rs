@@ -7,8 +7,12 @@ use serde_json::json;
 
 use datapath_tests::docker::{call, docker_id, docker_moves_in, fails, ok, plugin_node, PluginConn};
 use datapath_tests::net::{link_names, ping};
-use datapath_tests::node::AgentOpts;
+use datapath_tests::node::{AgentOpts, Node, UPLINK_IP};
+use datapath_tests::outside::{http_clients, http_server};
 use datapath_tests::{assert_ping, both_datapaths, kernel_test, Datapath};
+
+use crate::modes::map_entries;
+use crate::ports::{blob, connect, fetch};
 
 fn v4(pool: &str, gw: &str) -> serde_json::Value {
     json!([{"AddressSpace": "LocalDefault", "Pool": pool, "Gateway": gw, "AuxAddresses": {}}])
@@ -101,7 +105,7 @@ fn docker_network_lifecycle(dp) {
     assert_ping(&s2, "10.30.0.2", 2);
     assert_ping(&s1, "10.30.0.1", 1);
 
-    // Published ports are recorded and shown (not programmed yet).
+    // Published ports are programmed and shown (reachability: docker_published_ports).
     let portmap = json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080}]);
     ok(&sock, "NetworkDriver.ProgramExternalConnectivity", json!({"NetworkID": nid, "EndpointID": e1,
         "Options": {"com.docker.network.portmap": portmap, "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}]}}));
@@ -300,4 +304,102 @@ fn docker_endpoints_survive_an_agent_restart() {
     }
     ok(&sock, "NetworkDriver.DeleteNetwork", json!({"NetworkID": nid}));
     assert!(node.networks().is_empty() && node.endpoints().is_empty());
+}
+
+/// The `ports` an endpoint of the driver shows (`endpoint ls`), as
+/// `HOST_PORT->CONTAINER_PORT/PROTO`.
+fn shown_ports(node: &mut Node, eid: &str) -> Vec<String> {
+    let name = format!("docker-{}", &eid[..12]);
+    let eps = node.endpoints();
+    let e = eps.iter().find(|e| e["name"] == name.as_str()).unwrap_or_else(|| panic!("{name} in {eps:?}"));
+    e["ports"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|p| format!("{}->{}/{}", p["host_port"], p["container_port"], p["proto"].as_str().unwrap_or("?")))
+        .collect()
+}
+
+both_datapaths! {
+/// Docker's `-p 8080:80`: `ProgramExternalConnectivity` with a portmap
+/// publishes the port on the endpoint (shown by `endpoint ls`, in `PORTS`
+/// on eBPF) and an HTTP fetch from the outside namespace through the
+/// node's uplink address reaches the sandbox (content checked, the server
+/// sees the outside client). The same port asked by a second endpoint, a
+/// port Docker left for the driver to choose (HostPort 0) and SCTP get an
+/// `Err` and change nothing; `RevokeExternalConnectivity` withdraws the
+/// port (the outside is refused), programming again and `Leave` withdraw
+/// it as well.
+fn docker_published_ports(dp) {
+    let (mut node, sock) = plugin_node(AgentOpts { no_default_network: true, ..AgentOpts::with_uplink(dp) });
+    let out = node.outside().to_string();
+    let nid = docker_id("net1");
+    ok(&sock, "NetworkDriver.CreateNetwork", json!({"NetworkID": nid,
+        "Options": {"com.docker.network.generic": {"datapath": dp.as_str()}},
+        "IPv4Data": v4("10.30.0.0/24", "10.30.0.1/24")}));
+    let (e1, e2) = (docker_id("ep1"), docker_id("ep2"));
+    let mut sandboxes = Vec::new();
+    for (i, eid) in [&e1, &e2].into_iter().enumerate() {
+        let addr = format!("10.30.0.{}/24", i + 2);
+        ok(&sock, "NetworkDriver.CreateEndpoint", json!({"NetworkID": nid, "EndpointID": eid, "Interface": {"Address": addr}}));
+        let j = ok(&sock, "NetworkDriver.Join", json!({"NetworkID": nid, "EndpointID": eid, "SandboxKey": "/x"}));
+        let sb = node.ep(&format!("s{i}"));
+        docker_moves_in(&node.name, j["InterfaceName"]["SrcName"].as_str().unwrap(), &sb, &addr, Some("10.30.0.1"));
+        sandboxes.push(sb);
+    }
+    const LEN: usize = 64 * 1024;
+    let sha = blob(&node, "blob.bin", LEN);
+    let server = http_server(&sandboxes[0], 80, &node.dir.join("www"));
+    let url = format!("http://{UPLINK_IP}:8080/blob.bin");
+    let program = |eid: &str, portmap: serde_json::Value| {
+        call(&sock, "NetworkDriver.ProgramExternalConnectivity", json!({"NetworkID": nid, "EndpointID": eid,
+            "Options": {"com.docker.network.portmap": portmap, "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}]}}))
+    };
+    let web = json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+                     {"Proto": 6, "IP": "", "Port": 80, "HostIP": "::", "HostPort": 8080, "HostPortEnd": 8080}]);
+    assert_eq!(connect(&node, &out, UPLINK_IP, 8080), "refused", "nothing published yet");
+
+    let r = program(&e1, web.clone());
+    assert_eq!((r.status, &r.body), (200, &json!({})), "{r:?}");
+    assert_eq!(shown_ports(&mut node, &e1), vec!["8080->80/tcp"]);
+    let info = ok(&sock, "NetworkDriver.EndpointOperInfo", json!({"NetworkID": nid, "EndpointID": e1}));
+    assert_eq!(info["Value"]["com.docker.network.portmap"], web, "{info}");
+    fetch(&node, &out, &url, LEN, &sha);
+    assert_eq!(http_clients(&server), vec![datapath_tests::node::OUTSIDE_IP.to_string()]);
+    if dp.is_ebpf() {
+        assert_eq!(map_entries(&node, "PORTS"), 2, "PORTS: 8080 on the node's 2 addresses (uplink, gateway)");
+    }
+    // Programming again (Docker replaying) changes nothing.
+    assert_eq!(program(&e1, web.clone()).status, 200);
+    assert_eq!(shown_ports(&mut node, &e1), vec!["8080->80/tcp"]);
+
+    // Refused with the reason, nothing changed.
+    let r = program(&e2, web.clone());
+    assert!(r.status == 409 && r.err().contains("8080") && r.err().contains("already published"), "{r:?}");
+    let r = program(&e2, json!([{"Proto": 6, "Port": 80, "HostPort": 0}]));
+    assert!(r.status == 400 && r.err().contains("exact host ports"), "{r:?}");
+    let r = program(&e2, json!([{"Proto": 132, "Port": 80, "HostPort": 9000}]));
+    assert!(r.status == 400 && r.err().contains("protocol 132"), "{r:?}");
+    assert!(shown_ports(&mut node, &e2).is_empty());
+    assert_eq!(shown_ports(&mut node, &e1), vec!["8080->80/tcp"]);
+    fetch(&node, &out, &url, LEN, &sha);
+
+    // Revoke: withdrawn, the outside refused, the port free for e2.
+    ok(&sock, "NetworkDriver.RevokeExternalConnectivity", json!({"NetworkID": nid, "EndpointID": e1}));
+    assert!(shown_ports(&mut node, &e1).is_empty());
+    if dp.is_ebpf() {
+        assert_eq!(map_entries(&node, "PORTS"), 0);
+    }
+    assert_eq!(connect(&node, &out, UPLINK_IP, 8080), "refused", "revoked");
+    assert_eq!(program(&e2, web.clone()).status, 200);
+    assert_eq!(shown_ports(&mut node, &e2), vec!["8080->80/tcp"]);
+    // Leave withdraws too.
+    ok(&sock, "NetworkDriver.Leave", json!({"NetworkID": nid, "EndpointID": e2}));
+    assert!(shown_ports(&mut node, &e2).is_empty());
+    assert_eq!(connect(&node, &out, UPLINK_IP, 8080), "refused", "left");
+    for eid in [&e1, &e2] {
+        ok(&sock, "NetworkDriver.DeleteEndpoint", json!({"NetworkID": nid, "EndpointID": eid}));
+    }
+    ok(&sock, "NetworkDriver.DeleteNetwork", json!({"NetworkID": nid}));
+}
 }

@@ -40,7 +40,7 @@ except OSError as e:
 "#;
 
 /// Writes `len` random bytes to `<node dir>/www/NAME`; returns their sha256.
-fn blob(node: &Node, name: &str, len: usize) -> String {
+pub(crate) fn blob(node: &Node, name: &str, len: usize) -> String {
     let www = node.dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     let mut data = vec![0u8; len];
@@ -52,14 +52,14 @@ fn blob(node: &Node, name: &str, len: usize) -> String {
 
 /// Fetches `url` from `ns`; asserts length and sha256.
 #[track_caller]
-fn fetch(node: &Node, ns: &str, url: &str, len: usize, sha: &str) {
+pub(crate) fn fetch(node: &Node, ns: &str, url: &str, len: usize, sha: &str) {
     let out = python_in(ns, py::HTTP_FETCH, &[&node.prefix, url], Duration::from_secs(40));
     assert!(out.status.success(), "fetch {url} from {ns}:\n{}\nagent log:\n{}", show(&out), node.agent_log_tail(30));
     assert_eq!(stdout_str(&out).trim(), format!("{len} {sha}"), "content of {url} fetched by {ns} differs");
 }
 
 /// One TCP connect attempt from `ns` to IP:PORT ("ok", "refused", "timeout ...").
-fn connect(node: &Node, ns: &str, ip: &str, port: u16) -> String {
+pub(crate) fn connect(node: &Node, ns: &str, ip: &str, port: u16) -> String {
     let out = python_in(ns, CONNECT, &[&node.prefix, ip, &port.to_string()], Duration::from_secs(20));
     stdout_str(&out).trim().to_string()
 }
