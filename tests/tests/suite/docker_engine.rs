@@ -3,15 +3,17 @@
 //! plugin as the network driver `datapath`: `docker network create -d
 //! datapath`, containers talking by address and by name (Docker's embedded
 //! DNS), HTTP between them, the outside reached through the eBPF
-//! masquerade, isolation from a second network, and cleanup by `docker rm
-//! -f` and `docker network rm`.
+//! masquerade, isolation from a second network, `-p` from the outside, and
+//! cleanup by `docker rm -f` and `docker network rm`.
 
 use std::time::Instant;
 
 use datapath_tests::docker::{plugin_node, Dockerd};
-use datapath_tests::node::{AgentOpts, OUTSIDE_IP};
+use datapath_tests::node::{AgentOpts, OUTSIDE_IP, UPLINK_IP};
 use datapath_tests::{kernel_test, Datapath};
 
+use crate::modes::map_entries;
+use crate::ports::{blob, connect, fetch};
 use crate::survival::{pinned_map_len, MAPS_DIR};
 
 const IMAGE: &str = "dpt-busybox:1";
@@ -175,5 +177,79 @@ fn docker_features_and_restarts() {
     docker.ok(&["rm", "-f", "ca", "cb", "cc", "cd"]);
     docker.ok(&["network", "rm", "web", "other"]);
     assert!(node.endpoints().is_empty() && node.networks().is_empty());
+    drop(docker);
+}
+
+/// Docker's `-p 8080:80` on a datapath network: the container's HTTP
+/// server (a file bind-mounted from the node) is fetched from the outside
+/// namespace through the node's uplink address, content checked, through
+/// the eBPF port publishing (`PORTS`); a second container asking for the
+/// same port is refused by the driver with the reason and not started on
+/// the network; `docker rm -f` withdraws the port.
+#[test]
+fn docker_published_port_reaches_a_container() {
+    kernel_test!();
+    let (mut node, plugin) =
+        plugin_node(AgentOpts { no_default_network: true, ..AgentOpts::with_uplink(Datapath::Ebpf) });
+    let out_ns = node.outside().to_string();
+    let docker = Dockerd::start(&node, &plugin);
+    docker.import_busybox(IMAGE);
+    docker.ok(&["network", "create", "-d", "datapath", "--subnet", "10.30.0.0/24", "web"]);
+    const LEN: usize = 128 * 1024;
+    let sha = blob(&node, "blob.bin", LEN);
+    let www = format!("{}:/www:ro", node.dir.join("www").display());
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "w1",
+        "--network",
+        "web",
+        "-p",
+        "8080:80",
+        "-v",
+        &www,
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    // Ready when it answers itself.
+    docker.ok(&[
+        "exec",
+        "w1",
+        "sh",
+        "-c",
+        "for i in $(seq 200); do wget -q -O /dev/null http://127.0.0.1/blob.bin && exit 0; sleep 0.1; done; exit 1",
+    ]);
+    let eps = node.endpoints();
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    let ports = &eps[0]["ports"];
+    assert!(
+        ports.as_array().is_some_and(|a| a.len() == 1 && a[0]["host_port"] == 8080 && a[0]["container_port"] == 80),
+        "{}",
+        eps[0]
+    );
+    assert_eq!(map_entries(&node, "PORTS"), 2, "8080 on the uplink and gateway addresses");
+    let before = node.stats();
+    fetch(&node, &out_ns, &format!("http://{UPLINK_IP}:8080/blob.bin"), LEN, &sha);
+    let (translated, _) = datapath_tests::delta(&before, &node.stats(), "port-translated");
+    assert!(translated >= 5, "through the eBPF port translation (+{translated})");
+
+    // The same port again: Docker reports the driver's reason.
+    let r = docker.docker(&["run", "-d", "--name", "w2", "--network", "web", "-p", "8080:80", IMAGE, "sleep", "3600"]);
+    let err = datapath_tests::show(&r);
+    assert!(!r.status.success() && err.contains("already published"), "{err}");
+    assert_eq!(node.endpoints().len(), 1, "{:?}", node.endpoints());
+    fetch(&node, &out_ns, &format!("http://{UPLINK_IP}:8080/blob.bin"), LEN, &sha);
+
+    docker.ok(&["rm", "-f", "w1", "w2"]);
+    assert!(node.endpoints().is_empty(), "{:?}", node.endpoints());
+    assert_eq!(map_entries(&node, "PORTS"), 0);
+    assert_eq!(connect(&node, &out_ns, UPLINK_IP, 8080), "refused");
+    docker.ok(&["network", "rm", "web"]);
     drop(docker);
 }
