@@ -269,9 +269,34 @@ pub fn shadowed<'a>(p: &Publish, sockets: &'a [Listener]) -> Option<&'a Listener
     })
 }
 
+/// Where a host port is chosen for a publication that leaves it to the
+/// datapath (`host_port` 0, Docker's `-p 80` and `-P`): Docker's own
+/// default range for them.
+pub const CHOSEN_PORTS: std::ops::RangeInclusive<u16> = 49153..=65535;
+
+/// The first port of [`CHOSEN_PORTS`] `p` may take: in conflict with none
+/// of `taken` and shadowing none of `sockets`.
+pub fn choose_host_port(p: &Publish, taken: &[Publish], sockets: &[Listener]) -> Option<u16> {
+    CHOSEN_PORTS.into_iter().find(|&port| {
+        let q = Publish { host_port: port, ..*p };
+        !taken.iter().any(|t| t.conflicts(&q)) && shadowed(&q, sockets).is_none()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_free_port_is_chosen() {
+        let want = Publish { host_ip: None, host_port: 0, container_port: 80, proto: Proto::Tcp };
+        assert_eq!(choose_host_port(&want, &[], &[]), Some(49153));
+        let taken = [Publish { host_port: 49153, ..want }, Publish { host_port: 49155, ..want }];
+        let sockets = [Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED, port: 49154 }];
+        assert_eq!(choose_host_port(&want, &taken, &sockets), Some(49156));
+        let udp = Publish { proto: Proto::Udp, ..want };
+        assert_eq!(choose_host_port(&udp, &taken, &sockets), Some(49153));
+    }
 
     fn p(ip: Option<[u8; 4]>, h: u16, c: u16, proto: Proto) -> Publish {
         Publish { host_ip: ip.map(Ipv4Addr::from), host_port: h, container_port: c, proto }

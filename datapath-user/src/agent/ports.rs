@@ -56,6 +56,9 @@ impl Inner {
         if want.is_empty() {
             return Ok(());
         }
+        if let Some(p) = want.iter().find(|p| p.host_port == 0 || p.container_port == 0) {
+            return Err(ApiError::invalid(format!("--publish {p}: port 0 is not a port")));
+        }
         if net.options.internal {
             return Err(ApiError::invalid(format!(
                 "network {:?} is internal: its endpoints cannot publish ports",
@@ -92,11 +95,50 @@ impl Inner {
         Ok(())
     }
 
+    /// A host port for each publication of `want` that leaves it to the
+    /// datapath (`host_port` 0): the one it has already (`had`: the
+    /// endpoint's current ports, so a repeated request keeps its ports),
+    /// else the first free one of [`ports::CHOSEN_PORTS`].
+    async fn choose_host_ports(&self, had: &[Publish], name: &str, want: &mut [Publish]) -> Result<(), ApiError> {
+        if want.iter().all(|p| p.host_port != 0) {
+            return Ok(());
+        }
+        let listeners = blocking(node_listeners).await?;
+        let mut taken: Vec<Publish> = self
+            .state
+            .endpoints
+            .values()
+            .filter(|e| e.name != name)
+            .flat_map(|e| e.ports.iter().copied())
+            .chain(want.iter().filter(|p| p.host_port != 0).copied())
+            .collect();
+        for p in want.iter_mut().filter(|p| p.host_port == 0) {
+            let again = had.iter().find(|h| {
+                (h.host_ip, h.container_port, h.proto) == (p.host_ip, p.container_port, p.proto)
+                    && !taken.iter().any(|t| t.conflicts(h))
+            });
+            p.host_port = match again {
+                Some(h) => h.host_port,
+                None => ports::choose_host_port(p, &taken, &listeners).ok_or_else(|| {
+                    ApiError::conflict(format!(
+                        "no free host port in {}-{} for {}/{}",
+                        ports::CHOSEN_PORTS.start(),
+                        ports::CHOSEN_PORTS.end(),
+                        p.container_port,
+                        p.proto
+                    ))
+                })?,
+            };
+            taken.push(*p);
+        }
+        Ok(())
+    }
+
     /// Sets the ports endpoint `name` publishes to exactly `publish` (empty:
-    /// all withdrawn). Checked like a create's (nothing changes when
+    /// all withdrawn); a host port 0 is chosen by the agent. Checked like a create's (nothing changes when
     /// refused), persisted, then brought into the `PORTS` map and the
     /// netfilter rules; a failure there restores the old ports.
-    pub(super) async fn endpoint_publish(&mut self, name: &str, publish: Vec<Publish>) -> Result<String, ApiError> {
+    pub(super) async fn endpoint_publish(&mut self, name: &str, mut publish: Vec<Publish>) -> Result<String, ApiError> {
         let ep = self
             .state
             .endpoints
@@ -119,7 +161,9 @@ impl Inner {
                 .get(&ep.network)
                 .cloned()
                 .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", ep.network)))?;
-            self.check_publish(name, &net, &publish).await?;
+            let publish = &mut publish;
+            self.choose_host_ports(&ep.ports, name, publish).await?;
+            self.check_publish(name, &net, publish).await?;
         }
         let set = |inner: &mut Inner, ports: Vec<Publish>| {
             if let Some(e) = inner.state.endpoints.get_mut(name) {

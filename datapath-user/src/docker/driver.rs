@@ -352,11 +352,14 @@ impl Driver {
         value.insert("datapath.address".into(), json!(format!("{}/{}", e.ip, e.prefix_len)));
         value.insert("datapath.mac".into(), json!(e.mac));
         if let Some(ext) = self.lock_external().get(&e.name) {
-            for key in [OPT_PORTMAP, OPT_EXPOSED] {
-                if let Some(v) = ext.get(key) {
-                    value.insert(key.into(), v.clone());
-                }
+            if let Some(v) = ext.get(OPT_EXPOSED) {
+                value.insert(OPT_EXPOSED.into(), v.clone());
             }
+        }
+        // The ports actually published (a host port Docker left to the
+        // driver is the one chosen): what `docker port` shows.
+        if !e.ports.is_empty() {
+            value.insert(OPT_PORTMAP.into(), portmap::bindings(&e.ports));
         }
         Ok(to(EndpointInfoResponse { value }))
     }

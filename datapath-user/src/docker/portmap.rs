@@ -4,12 +4,14 @@
 //!
 //! Docker gives a remote driver the bindings as the user wrote them: it is
 //! the driver that allocates a host port (libnetwork's bridge driver does
-//! it with its port allocator). This driver publishes exact ports only:
-//! `HostPort` 0 (`-p 80`, `-P`) and a host port range for one container
-//! port (`-p 8000-8010:80`, "any free one of these") are refused with a
-//! clear error, so that `docker run` fails instead of publishing something
-//! else than asked. IPv6 bindings (`HostIP` `::`, added by dockerd beside
-//! `0.0.0.0`) are skipped: the datapath is IPv4-only.
+//! it with its port allocator). `HostPort` 0 (`-p 80`, `-P`) is kept as 0:
+//! the agent chooses the port (the first free one of
+//! [`crate::ports::CHOSEN_PORTS`], Docker's own default range), and
+//! [`bindings`] gives Docker the ports actually published (through
+//! `EndpointOperInfo`, which `docker port` and `docker ps` read). A host
+//! port range for one container port (`-p 8000-8010:80`, "any free one of
+//! these") is refused with a clear error. IPv6 bindings (`HostIP` `::`) are
+//! skipped: the datapath is IPv4-only.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -43,8 +45,6 @@ pub enum PortmapError {
     Proto(u16, u8),
     #[error("published port {0}: container port 0 is not a port")]
     NoPort(u16),
-    #[error("published port {0}: the datapath driver publishes exact host ports only: give one (-p HOST_PORT:{0})")]
-    NoHostPort(u16),
     #[error("published port {port}: a host port range ({lo}-{hi}) for one container port is not supported: give one host port")]
     HostRange { port: u16, lo: u16, hi: u16 },
     #[error("published port {0}: host IP {1:?} is not an IPv4 address")]
@@ -66,10 +66,7 @@ pub fn publications(portmap: Option<&Value>) -> Result<Vec<Publish>, PortmapErro
         if b.port == 0 {
             return Err(PortmapError::NoPort(b.port));
         }
-        if b.host_port == 0 {
-            return Err(PortmapError::NoHostPort(b.port));
-        }
-        if b.host_port_end != 0 && b.host_port_end != b.host_port {
+        if b.host_port != 0 && b.host_port_end != 0 && b.host_port_end != b.host_port {
             return Err(PortmapError::HostRange { port: b.port, lo: b.host_port, hi: b.host_port_end });
         }
         let host_ip = match b.host_ip.as_deref().unwrap_or("") {
@@ -87,6 +84,25 @@ pub fn publications(portmap: Option<&Value>) -> Result<Vec<Publish>, PortmapErro
         }
     }
     Ok(out)
+}
+
+/// `ports` (an endpoint's published ports) as Docker's portmap.
+pub fn bindings(ports: &[Publish]) -> Value {
+    Value::Array(
+        ports
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "Proto": p.proto.number(),
+                    "IP": "",
+                    "Port": p.container_port,
+                    "HostIP": p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string(),
+                    "HostPort": p.host_port,
+                    "HostPortEnd": p.host_port,
+                })
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -112,6 +128,14 @@ mod tests {
                 Publish { host_ip: None, host_port: 8081, container_port: 81, proto: Proto::Tcp },
             ]
         );
+        let back = bindings(&p);
+        assert_eq!(
+            back[1],
+            json!({"Proto": 17, "IP": "", "Port": 53, "HostIP": "127.0.0.1", "HostPort": 5353, "HostPortEnd": 5353})
+        );
+        assert_eq!(publications(Some(&back)).unwrap(), p);
+        let chosen = publications(Some(&json!([{"Proto": 6, "Port": 80, "HostPort": 0, "HostPortEnd": 0}]))).unwrap();
+        assert_eq!(chosen, vec![Publish { host_ip: None, host_port: 0, container_port: 80, proto: Proto::Tcp }]);
         assert_eq!(publications(None).unwrap(), vec![]);
         assert_eq!(publications(Some(&json!(null))).unwrap(), vec![]);
     }
@@ -120,7 +144,6 @@ mod tests {
     fn unsupported_bindings_are_refused() {
         for (b, why) in [
             (json!({"Proto": 132, "Port": 80, "HostPort": 80}), "protocol 132"),
-            (json!({"Proto": 6, "Port": 80, "HostPort": 0}), "exact host ports"),
             (json!({"Proto": 6, "Port": 80, "HostPort": 8000, "HostPortEnd": 8010}), "8000-8010"),
             (json!({"Proto": 6, "Port": 80, "HostIP": "x", "HostPort": 80}), "\"x\""),
         ] {

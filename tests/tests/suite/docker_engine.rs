@@ -185,7 +185,8 @@ fn docker_features_and_restarts() {
 /// namespace through the node's uplink address, content checked, through
 /// the eBPF port publishing (`PORTS`); a second container asking for the
 /// same port is refused by the driver with the reason and not started on
-/// the network; `docker rm -f` withdraws the port.
+/// the network; `-p 80` gets a port chosen by the agent (49153, shown by
+/// `endpoint ls`, reachable); `docker rm -f` withdraws the ports.
 #[test]
 fn docker_published_port_reaches_a_container() {
     kernel_test!();
@@ -246,7 +247,44 @@ fn docker_published_port_reaches_a_container() {
     assert_eq!(node.endpoints().len(), 1, "{:?}", node.endpoints());
     fetch(&node, &out_ns, &format!("http://{UPLINK_IP}:8080/blob.bin"), LEN, &sha);
 
-    docker.ok(&["rm", "-f", "w1", "w2"]);
+    // `-p 80`: Docker leaves the host port to the driver; the agent
+    // chooses the first free one of Docker's range, which Docker shows.
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "w3",
+        "--network",
+        "web",
+        "-p",
+        "80",
+        "-v",
+        &www,
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    docker.ok(&[
+        "exec",
+        "w3",
+        "sh",
+        "-c",
+        "for i in $(seq 200); do wget -q -O /dev/null http://127.0.0.1/blob.bin && exit 0; sleep 0.1; done; exit 1",
+    ]);
+    let eps = node.endpoints();
+    let chosen: Vec<_> = eps
+        .iter()
+        .flat_map(|e| e["ports"].as_array().cloned().unwrap_or_default())
+        .map(|p| p["host_port"].clone())
+        .collect();
+    assert!(chosen.contains(&serde_json::json!(49153)), "{eps:?}");
+    fetch(&node, &out_ns, &format!("http://{UPLINK_IP}:49153/blob.bin"), LEN, &sha);
+
+    docker.ok(&["rm", "-f", "w1", "w2", "w3"]);
     assert!(node.endpoints().is_empty(), "{:?}", node.endpoints());
     assert_eq!(map_entries(&node, "PORTS"), 0);
     assert_eq!(connect(&node, &out_ns, UPLINK_IP, 8080), "refused");

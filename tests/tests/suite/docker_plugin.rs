@@ -111,7 +111,8 @@ fn docker_network_lifecycle(dp) {
         "Options": {"com.docker.network.portmap": portmap, "com.docker.network.endpoint.exposedports": [{"Proto": 6, "Port": 80}]}}));
     let info = ok(&sock, "NetworkDriver.EndpointOperInfo", json!({"NetworkID": nid, "EndpointID": e1}));
     assert_eq!(info["Value"]["datapath.address"], "10.30.0.2/24", "{info}");
-    assert_eq!(info["Value"]["com.docker.network.portmap"], portmap, "{info}");
+    let shown = json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "0.0.0.0", "HostPort": 8080, "HostPortEnd": 8080}]);
+    assert_eq!(info["Value"]["com.docker.network.portmap"], shown, "{info}");
     ok(&sock, "NetworkDriver.RevokeExternalConnectivity", json!({"NetworkID": nid, "EndpointID": e1}));
     let info = ok(&sock, "NetworkDriver.EndpointOperInfo", json!({"NetworkID": nid, "EndpointID": e1}));
     assert!(info["Value"].get("com.docker.network.portmap").is_none(), "{info}");
@@ -326,8 +327,9 @@ both_datapaths! {
 /// on eBPF) and an HTTP fetch from the outside namespace through the
 /// node's uplink address reaches the sandbox (content checked, the server
 /// sees the outside client). The same port asked by a second endpoint, a
-/// port Docker left for the driver to choose (HostPort 0) and SCTP get an
-/// `Err` and change nothing; `RevokeExternalConnectivity` withdraws the
+/// host port range and SCTP get an `Err` and change nothing; a host port
+/// left to the driver (HostPort 0) is chosen (49153, Docker's range) and
+/// shown to Docker; `RevokeExternalConnectivity` withdraws the
 /// port (the outside is refused), programming again and `Leave` withdraw
 /// it as well.
 fn docker_published_ports(dp) {
@@ -363,7 +365,8 @@ fn docker_published_ports(dp) {
     assert_eq!((r.status, &r.body), (200, &json!({})), "{r:?}");
     assert_eq!(shown_ports(&mut node, &e1), vec!["8080->80/tcp"]);
     let info = ok(&sock, "NetworkDriver.EndpointOperInfo", json!({"NetworkID": nid, "EndpointID": e1}));
-    assert_eq!(info["Value"]["com.docker.network.portmap"], web, "{info}");
+    let shown = json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "0.0.0.0", "HostPort": 8080, "HostPortEnd": 8080}]);
+    assert_eq!(info["Value"]["com.docker.network.portmap"], shown, "{info}");
     fetch(&node, &out, &url, LEN, &sha);
     assert_eq!(http_clients(&server), vec![datapath_tests::node::OUTSIDE_IP.to_string()]);
     if dp.is_ebpf() {
@@ -376,19 +379,31 @@ fn docker_published_ports(dp) {
     // Refused with the reason, nothing changed.
     let r = program(&e2, web.clone());
     assert!(r.status == 409 && r.err().contains("8080") && r.err().contains("already published"), "{r:?}");
-    let r = program(&e2, json!([{"Proto": 6, "Port": 80, "HostPort": 0}]));
-    assert!(r.status == 400 && r.err().contains("exact host ports"), "{r:?}");
+    let r = program(&e2, json!([{"Proto": 6, "Port": 80, "HostPort": 8000, "HostPortEnd": 8010}]));
+    assert!(r.status == 400 && r.err().contains("8000-8010"), "{r:?}");
     let r = program(&e2, json!([{"Proto": 132, "Port": 80, "HostPort": 9000}]));
     assert!(r.status == 400 && r.err().contains("protocol 132"), "{r:?}");
     assert!(shown_ports(&mut node, &e2).is_empty());
     assert_eq!(shown_ports(&mut node, &e1), vec!["8080->80/tcp"]);
     fetch(&node, &out, &url, LEN, &sha);
 
+    // HostPort 0 (`-p 80`, `-P`): the agent chooses the first free port
+    // of Docker's range, shown to Docker by EndpointOperInfo, kept when
+    // Docker programs again; reachable from the outside.
+    let _server2 = http_server(&sandboxes[1], 80, &node.dir.join("www"));
+    let any = json!([{"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 0, "HostPortEnd": 0}]);
+    assert_eq!(program(&e2, any.clone()).status, 200);
+    assert_eq!(program(&e2, any).status, 200);
+    assert_eq!(shown_ports(&mut node, &e2), vec!["49153->80/tcp"]);
+    let info = ok(&sock, "NetworkDriver.EndpointOperInfo", json!({"NetworkID": nid, "EndpointID": e2}));
+    assert_eq!(info["Value"]["com.docker.network.portmap"][0]["HostPort"], 49153, "{info}");
+    fetch(&node, &out, &format!("http://{UPLINK_IP}:49153/blob.bin"), LEN, &sha);
+
     // Revoke: withdrawn, the outside refused, the port free for e2.
     ok(&sock, "NetworkDriver.RevokeExternalConnectivity", json!({"NetworkID": nid, "EndpointID": e1}));
     assert!(shown_ports(&mut node, &e1).is_empty());
     if dp.is_ebpf() {
-        assert_eq!(map_entries(&node, "PORTS"), 0);
+        assert_eq!(map_entries(&node, "PORTS"), 2, "only e2's 49153 left");
     }
     assert_eq!(connect(&node, &out, UPLINK_IP, 8080), "refused", "revoked");
     assert_eq!(program(&e2, web.clone()).status, 200);
@@ -396,6 +411,9 @@ fn docker_published_ports(dp) {
     // Leave withdraws too.
     ok(&sock, "NetworkDriver.Leave", json!({"NetworkID": nid, "EndpointID": e2}));
     assert!(shown_ports(&mut node, &e2).is_empty());
+    if dp.is_ebpf() {
+        assert_eq!(map_entries(&node, "PORTS"), 0);
+    }
     assert_eq!(connect(&node, &out, UPLINK_IP, 8080), "refused", "left");
     for eid in [&e1, &e2] {
         ok(&sock, "NetworkDriver.DeleteEndpoint", json!({"NetworkID": nid, "EndpointID": eid}));
