@@ -91,9 +91,10 @@ print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 "#;
 
 /// argv: TAG IP PORT
-/// UDP server: answers every datagram with b"echo:" + datagram and prints
-/// "from PEER_IP PEER_PORT" for each. Prints "ready" once bound; exits after
-/// 30 s without traffic.
+/// UDP server: answers every datagram with b"echo:" + datagram, except
+/// b"big N", answered with N bytes (b"x" * N: a reply that must be
+/// fragmented), and prints "from PEER_IP PEER_PORT" for each. Prints
+/// "ready" once bound; exits after 30 s without traffic.
 pub const UDP_ECHO_SERVER: &str = r#"
 import socket, sys
 ip, port = sys.argv[2], int(sys.argv[3])
@@ -103,11 +104,14 @@ s.settimeout(30)
 print("ready", flush=True)
 while True:
     try:
-        data, addr = s.recvfrom(4096)
+        data, addr = s.recvfrom(65535)
     except socket.timeout:
         break
     print("from", addr[0], addr[1], flush=True)
-    s.sendto(b"echo:" + data, addr)
+    if data.startswith(b"big ") and data[4:].isdigit():
+        s.sendto(b"x" * min(int(data[4:]), 65000), addr)
+    else:
+        s.sendto(b"echo:" + data, addr)
 "#;
 
 /// argv: TAG IP PORT MSG...

@@ -2,7 +2,8 @@
 //! `masquerade.rs`: endpoints behind the node, an outside namespace behind
 //! its uplink):
 //!
-//! * IPv4 fragments both ways: an echo request of 3000 bytes (three
+//! * IPv4 fragments both ways (the outside's UDP echo server answers
+//!   b"big N" with N bytes): an echo request of 3000 bytes (three
 //!   fragments out, three back), UDP datagrams of 4000 bytes echoed, and
 //!   small UDP requests answered with 6000 bytes (fragments only on the way
 //!   back). The kernel datapath reassembles them in netfilter; the eBPF one
@@ -20,34 +21,12 @@ use std::time::Duration;
 
 use datapath_tests::net::{python_bg, python_in};
 use datapath_tests::node::{delta, AgentOpts, Datapath, Node, OUTSIDE_IP, UPLINK_IP};
-use datapath_tests::outside::{recording_server, Capture};
+use datapath_tests::outside::{recording_server, udp_echo_server, Capture};
 use datapath_tests::proc::{show, stdout_str};
 use datapath_tests::{both_datapaths, BgProcess};
 use serde_json::Value;
 
 const UDP_PORT: u16 = 9998;
-
-/// argv: TAG IP PORT
-/// UDP server: a datagram b"big N" is answered with N bytes (b"x" * N);
-/// any other with b"echo:" + datagram. Prints "ready" once bound.
-const BIG_UDP_SERVER: &str = r#"
-import socket, sys
-ip, port = sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind((ip, port))
-s.settimeout(60)
-print("ready", flush=True)
-while True:
-    try:
-        data, addr = s.recvfrom(65535)
-    except socket.timeout:
-        break
-    print("from", addr[0], addr[1], len(data), flush=True)
-    if data.startswith(b"big "):
-        s.sendto(b"x" * int(data[4:]), addr)
-    else:
-        s.sendto(b"echo:" + data, addr)
-"#;
 
 /// argv: TAG IP UDP_PORT
 /// Three echo requests of 3000 bytes of payload (raw ICMP socket: the
@@ -112,7 +91,7 @@ fn fragmented_datagrams_cross_the_masquerade_both_ways(dp) {
     let mut node = Node::with(AgentOpts::with_uplink(dp));
     let out = node.outside().to_string();
     let a = node.create_endpoint(&node.ep("a"), &[]);
-    let server = recording_server(&node, &out, BIG_UDP_SERVER, &[OUTSIDE_IP, &UDP_PORT.to_string()]);
+    let server = udp_echo_server(&node, &out, OUTSIDE_IP, UDP_PORT);
     let mut wire = Capture::start(&node, &out, "eth0", "outside", "ip[6:2] & 0x3fff != 0");
 
     let s0 = node.stats();
@@ -269,7 +248,7 @@ fn exhausted_nat_ports_fail_at_once_and_are_reused_per_destination(dp) {
     let a = node.create_endpoint(&node.ep("a"), &[]);
     let b = node.create_endpoint(&node.ep("b"), &[]);
     let tcp = recording_server(&node, &out, HOLD_SERVER, &["7101", "7102"]);
-    let udp = recording_server(&node, &out, BIG_UDP_SERVER, &[OUTSIDE_IP, &UDP_PORT.to_string()]);
+    let udp = udp_echo_server(&node, &out, OUTSIDE_IP, UDP_PORT);
 
     let s0 = node.stats();
     let (_held_a, res) = open_flows(&node, &a.name, TCP_OPEN, 7101, 10, 10);
