@@ -161,20 +161,28 @@ while True:
         print("from", a[0], a[1], flush=True)
 "#;
 
-/// argv: TAG IP PORT N TIMEOUT HOLD
-/// Opens N TCP connections to IP:PORT one after the other (connect timeout
-/// TIMEOUT seconds), printing "ok" or "error ERRNO_NAME" for each, then
-/// "done", and keeps the open ones for HOLD seconds.
-const TCP_OPEN: &str = r#"
+/// argv: TAG PROTO IP PORT N TIMEOUT HOLD
+/// Opens N flows to IP:PORT one after the other: PROTO "tcp" connects
+/// (connect timeout TIMEOUT seconds); "udp" connects a UDP socket, sends
+/// one datagram and waits TIMEOUT seconds for any answer. Prints "ok",
+/// "error timeout" or "error ERRNO_NAME" (for UDP, an ICMP error reported
+/// on the socket) per flow, then "done", and keeps the sockets HOLD
+/// seconds.
+const OPEN_FLOWS: &str = r#"
 import errno, socket, sys, time
-ip, port, n, timeout, hold = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+proto, ip, port = sys.argv[2], sys.argv[3], int(sys.argv[4])
+n, timeout, hold = int(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
 keep = []
 for i in range(n):
-    c = socket.socket()
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    c = socket.socket(socket.AF_INET, kind)
     c.settimeout(timeout)
     try:
         c.connect((ip, port))
         keep.append(c)
+        if proto == "udp":
+            c.send(b"hello %d" % i)
+            c.recv(4096)
         print("ok", flush=True)
     except socket.timeout:
         print("error timeout", flush=True)
@@ -184,39 +192,13 @@ print("done", flush=True)
 time.sleep(hold)
 "#;
 
-/// argv: TAG IP PORT N TIMEOUT HOLD
-/// N connected UDP sockets each send one datagram to IP:PORT and wait
-/// TIMEOUT seconds for any answer: "ok" (an answer), "error timeout", or
-/// "error ERRNO_NAME" (an ICMP error reported on the socket); then "done";
-/// the sockets are kept HOLD seconds.
-const UDP_OPEN: &str = r#"
-import errno, socket, sys, time
-ip, port, n, timeout, hold = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
-keep = []
-for i in range(n):
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.settimeout(timeout)
-    u.connect((ip, port))
-    keep.append(u)
-    try:
-        u.send(b"hello %d" % i)
-        u.recv(4096)
-        print("ok", flush=True)
-    except socket.timeout:
-        print("error timeout", flush=True)
-    except OSError as e:
-        print("error", errno.errorcode.get(e.errno, str(e.errno)), flush=True)
-print("done", flush=True)
-time.sleep(hold)
-"#;
-
-/// Runs an opener script in `ns` in the background and returns it with the
-/// results it printed once "done".
-fn open_flows(node: &Node, ns: &str, script: &str, port: u16, n: usize, timeout_s: u32) -> (BgProcess, Vec<String>) {
+/// Runs [`OPEN_FLOWS`] for `proto` in `ns` in the background and returns it
+/// with the results it printed once "done".
+fn open_flows(node: &Node, ns: &str, proto: &str, port: u16, n: usize, timeout_s: u32) -> (BgProcess, Vec<String>) {
     let p = python_bg(
         ns,
-        script,
-        &[&node.prefix, OUTSIDE_IP, &port.to_string(), &n.to_string(), &timeout_s.to_string(), "120"],
+        OPEN_FLOWS,
+        &[&node.prefix, proto, OUTSIDE_IP, &port.to_string(), &n.to_string(), &timeout_s.to_string(), "120"],
     );
     let wait = Duration::from_secs(u64::from(timeout_s) * n as u64 + 30);
     assert!(
@@ -251,22 +233,22 @@ fn exhausted_nat_ports_fail_at_once_and_are_reused_per_destination(dp) {
     let udp = udp_echo_server(&node, &out, OUTSIDE_IP, UDP_PORT);
 
     let s0 = node.stats();
-    let (_held_a, res) = open_flows(&node, &a.name, TCP_OPEN, 7101, 10, 10);
+    let (_held_a, res) = open_flows(&node, &a.name, "tcp", 7101, 10, 10);
     assert!(all_ok(&res, 10), "A's 10 connections to one destination (10 ports): {res:?}");
 
     // The range is full for that destination.
-    let (_b1, res) = open_flows(&node, &b.name, TCP_OPEN, 7101, 1, 6);
+    let (_b1, res) = open_flows(&node, &b.name, "tcp", 7101, 1, 6);
     let want = if dp.is_ebpf() { "error EHOSTUNREACH" } else { "error timeout" };
     assert_eq!(res, vec![want.to_string()], "B's connection to the exhausted destination; the outside saw {:?}", tcp.lines());
 
     // Another destination: the same ports serve again.
-    let (_held_b, res) = open_flows(&node, &b.name, TCP_OPEN, 7102, 10, 10);
+    let (_held_b, res) = open_flows(&node, &b.name, "tcp", 7102, 10, 10);
     assert!(all_ok(&res, 10), "B's 10 connections to another destination port: {res:?}");
 
     // UDP: A's 10 flows to the echo server fill the range for it.
-    let (_ua, res) = open_flows(&node, &a.name, UDP_OPEN, UDP_PORT, 10, 5);
+    let (_ua, res) = open_flows(&node, &a.name, "udp", UDP_PORT, 10, 5);
     assert!(all_ok(&res, 10), "A's 10 UDP flows: {res:?}");
-    let (_ub, res) = open_flows(&node, &b.name, UDP_OPEN, UDP_PORT, 1, 4);
+    let (_ub, res) = open_flows(&node, &b.name, "udp", UDP_PORT, 1, 4);
     assert_eq!(res, vec![want.to_string()], "B's UDP flow to the exhausted destination");
     let s1 = node.stats();
 
