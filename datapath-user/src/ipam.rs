@@ -1,4 +1,5 @@
-//! Address management: subnet/gateway validation and lowest-free allocation.
+//! Address management: subnet/gateway validation and lowest-free allocation
+//! (IPv4 here, IPv6 in [`v6`]).
 //!
 //! Pure functions over the set of addresses in use, so the allocator state is
 //! derived from the endpoints themselves and can never drift from them.
@@ -8,6 +9,8 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use thiserror::Error;
+
+pub mod v6;
 
 /// Smallest usable network: gateway plus at least one endpoint.
 pub const MAX_PREFIX_LEN: u8 = 30;

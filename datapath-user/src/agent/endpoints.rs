@@ -103,6 +103,18 @@ impl Inner {
         }
         let mac = req.mac.as_deref().map(parse_mac).transpose()?;
         let ip = ipam::assign(&net.subnet, net.gateway, &self.state.used_addresses(&net.name), req.ip)?;
+        let ip6 = match (net.ipv6, req.ip6) {
+            (Some(v6), requested) => {
+                Some(ipam::v6::assign(&v6.subnet, v6.gateway, &self.state.used_addresses6(&net.name), requested)?)
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(format!(
+                    "network {:?} has no IPv6 subnet: --ip6 needs a network created with --ipv6",
+                    net.name
+                )))
+            }
+            (None, None) => None,
+        };
         let (netns_path, owns_netns) = match &req.netns_path {
             _ if req.detached => (PathBuf::new(), false),
             Some(p) => (p.clone(), false),
@@ -126,6 +138,7 @@ impl Inner {
             ports: req.publish.clone(),
             detached: req.detached,
             owner: req.owner.clone(),
+            ip6,
         })
     }
 
@@ -197,7 +210,7 @@ impl Inner {
 
     /// An endpoint of the `none` network: its own namespace with only `lo` up.
     async fn endpoint_create_none(&mut self, req: EndpointCreate) -> Result<String, ApiError> {
-        if req.ip.is_some() {
+        if req.ip.is_some() || req.ip6.is_some() {
             return Err(ApiError::invalid("--ip makes no sense with the none network"));
         }
         if req.netns_path.is_some() || req.detached {
@@ -224,6 +237,7 @@ impl Inner {
             ports: Vec::new(),
             detached: false,
             owner: req.owner.clone(),
+            ip6: None,
         };
         let mut made = Made::default();
         let mut built = self.build_none(&spec, &mut made).await;

@@ -9,6 +9,7 @@ use crate::host::netfilter::NetfilterError;
 use crate::host::netlink::NetlinkError;
 use crate::host::netns::NetnsError;
 use crate::host::sysctl::SysctlError;
+use crate::ipam::v6::Ipam6Error;
 use crate::ipam::IpamError;
 use crate::state::StateError;
 
@@ -28,6 +29,15 @@ impl From<IpamError> for ApiError {
     fn from(e: IpamError) -> Self {
         match e {
             IpamError::AddressInUse(_) | IpamError::Exhausted(_) => ApiError::conflict(e.to_string()),
+            _ => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
+impl From<Ipam6Error> for ApiError {
+    fn from(e: Ipam6Error) -> Self {
+        match e {
+            Ipam6Error::AddressInUse(_) | Ipam6Error::Exhausted(_) => ApiError::conflict(e.to_string()),
             _ => ApiError::invalid(e.to_string()),
         }
     }

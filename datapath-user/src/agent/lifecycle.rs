@@ -78,7 +78,13 @@ impl Inner {
         inner.restore().await?;
         if inner.cfg.default_network && !inner.state.networks.contains_key(DEFAULT_NETWORK) {
             let subnet = inner.cfg.default_subnet.to_string();
-            let req = NetworkCreate { name: DEFAULT_NETWORK.into(), subnet, ..Default::default() };
+            let req = NetworkCreate {
+                name: DEFAULT_NETWORK.into(),
+                subnet,
+                ipv6: inner.cfg.default_ipv6,
+                subnet_v6: inner.cfg.default_subnet_v6.map(|s| s.to_string()),
+                ..Default::default()
+            };
             inner.network_create(req).await.map_err(|e| anyhow::anyhow!("creating the default network: {e}"))?;
         }
         Ok(inner)

@@ -68,6 +68,10 @@ pub struct AgentConfig {
     pub bpffs: PathBuf,
     pub default_network: bool,
     pub default_subnet: Ipv4Net,
+    /// The default network is dual stack (`--default-ipv6`), on this IPv6
+    /// subnet when given (a random unique-local /64 otherwise).
+    pub default_ipv6: bool,
+    pub default_subnet_v6: Option<ipnet::Ipv6Net>,
     /// Remove every endpoint and network (and the state) on shutdown.
     pub cleanup_on_exit: bool,
     pub attach_mode: AttachMode,

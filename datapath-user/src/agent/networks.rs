@@ -42,6 +42,7 @@ impl Inner {
                 )));
             }
         }
+        let ipv6 = self.network_spec6(req)?;
         let internal = req.internal;
         let masquerade = req.masquerade.unwrap_or(!internal);
         if internal && masquerade {
@@ -75,7 +76,45 @@ impl Inner {
             },
             created: state::now_rfc3339(),
             owner: req.owner.clone(),
+            ipv6,
         })
+    }
+
+    /// The IPv6 half of a create request: the given subnet (validated, not
+    /// overlapping another network's) or a random unique-local /64, and
+    /// its gateway; `None` for an IPv4-only network.
+    fn network_spec6(&self, req: &NetworkCreate) -> Result<Option<state::Ipv6Config>, ApiError> {
+        if !req.ipv6 {
+            if req.subnet_v6.is_some() || req.gateway_v6.is_some() {
+                return Err(ApiError::invalid("--subnet-v6 and --gateway-v6 need --ipv6"));
+            }
+            return Ok(None);
+        }
+        let subnet = match &req.subnet_v6 {
+            Some(s) => {
+                let subnet = ipam::v6::parse_subnet(s)?;
+                if let Some(other) = self.state.overlapping6(&subnet) {
+                    let theirs = other.ipv6.map(|v6| v6.subnet.to_string()).unwrap_or_default();
+                    return Err(ApiError::conflict(format!(
+                        "IPv6 subnet {subnet} overlaps network {:?} ({theirs})",
+                        other.name
+                    )));
+                }
+                subnet
+            }
+            None => {
+                let mut rng = rand::rng();
+                // 40 random bits: a collision with another network of the
+                // node is all but impossible, and retried when it happens.
+                std::iter::repeat_with(|| ipam::v6::random_ula(&mut rng))
+                    .take(16)
+                    .find(|s| self.state.overlapping6(s).is_none())
+                    .ok_or_else(|| ApiError::internal("no free unique-local IPv6 subnet found"))?
+            }
+        };
+        let gw = req.gateway_v6.as_deref().map(ipam::v6::parse_addr).transpose()?;
+        let gateway = ipam::v6::gateway_for(&subnet, gw)?;
+        Ok(Some(state::Ipv6Config { subnet, gateway }))
     }
 
     /// An uplink must be a real device of the node: not loopback, not one of

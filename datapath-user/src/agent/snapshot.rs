@@ -139,9 +139,13 @@ impl Snapshot {
                     id: e.id.clone(),
                     ip: e.ip,
                     mac: format_mac(&e.mac),
+                    ip6: e.ip6,
                 })
                 .collect(),
             owner: n.owner.clone(),
+            enable_ipv6: n.ipv6.is_some(),
+            subnet_v6: n.ipv6.map(|v6| v6.subnet.to_string()),
+            gateway_v6: n.ipv6.map(|v6| v6.gateway),
         }
     }
 
@@ -173,6 +177,9 @@ impl Snapshot {
             ports: e.ports.clone(),
             owner: e.owner.clone(),
             detached: e.detached,
+            ip6: e.ip6,
+            prefix_len6: e.ip6.and(net.and_then(|n| n.ipv6)).map(|v6| v6.subnet.prefix_len()),
+            gateway6: e.ip6.and(net.and_then(|n| n.ipv6)).map(|v6| v6.gateway),
         }
     }
 

@@ -6,7 +6,7 @@
 //! is a thin client of this API: its verbs are the `cni_*` requests
 //! (`api/cni.rs`), `STATUS` is `network_inspect`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -196,6 +196,14 @@ pub struct NetworkCreate {
     /// Who asks, when not a user (`docker`: Docker's remote driver); shown by `ls`.
     #[serde(default)]
     pub owner: Option<String>,
+    /// Dual stack: an IPv6 subnet too (`subnet_v6`, or a random
+    /// unique-local /64).
+    #[serde(default)]
+    pub ipv6: bool,
+    #[serde(default)]
+    pub subnet_v6: Option<String>,
+    #[serde(default)]
+    pub gateway_v6: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +242,9 @@ pub struct EndpointCreate {
     /// Published ports (`-p`).
     #[serde(default)]
     pub publish: Vec<Publish>,
+    /// Its IPv6 address on a dual-stack network (the lowest free one when absent).
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! counters, flows and traces. Wire types only: the agent converts its
 //! internal types into these.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,14 @@ pub struct NetworkView {
     /// `docker` for the networks of Docker's remote driver (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Dual stack (Docker's `EnableIPv6`).
+    #[serde(default)]
+    pub enable_ipv6: bool,
+    /// The IPv6 subnet and gateway of a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_v6: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_v6: Option<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +50,8 @@ pub struct NetworkEndpointView {
     pub id: String,
     pub ip: Ipv4Addr,
     pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 /// What `endpoint inspect` returns.
@@ -79,6 +89,13 @@ pub struct EndpointView {
     /// Published ports (`-p`).
     #[serde(default)]
     pub ports: Vec<Publish>,
+    /// Its IPv6 address, prefix length and gateway on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_len6: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,6 +46,12 @@ pub struct AgentArgs {
     /// Subnet of the default network.
     #[arg(long, default_value = DEFAULT_SUBNET)]
     default_subnet: String,
+    /// Make the default network dual stack (IPv6 too).
+    #[arg(long)]
+    default_ipv6: bool,
+    /// IPv6 subnet of the default network (with --default-ipv6; a random unique-local /64 otherwise).
+    #[arg(long, value_name = "PREFIX", requires = "default_ipv6")]
+    default_subnet_v6: Option<String>,
     /// Remove every endpoint and network this agent manages when it stops.
     #[arg(long)]
     cleanup_on_exit: bool,
@@ -101,6 +107,8 @@ impl AgentArgs {
             bpffs: self.node.bpffs,
             default_network: !self.no_default_network,
             default_subnet: ipam::parse_subnet(&self.default_subnet)?,
+            default_ipv6: self.default_ipv6,
+            default_subnet_v6: self.default_subnet_v6.as_deref().map(ipam::v6::parse_subnet).transpose()?,
             cleanup_on_exit: self.cleanup_on_exit,
             attach_mode: self.tc_attach.into(),
             default_datapath: self.default_datapath.into(),
@@ -184,6 +192,13 @@ mod tests {
         assert_eq!(c.ct.udp, 5);
         assert!(!c.default_network);
         assert_eq!(c.docker_plugin, None);
+        assert!(!c.default_ipv6);
+        let c = config(&["--default-ipv6", "--default-subnet-v6", "fd00:5::/64"]);
+        assert!(c.default_ipv6);
+        assert_eq!(c.default_subnet_v6, Some("fd00:5::/64".parse().unwrap()));
+        let bad = Wrap::try_parse_from(["agent", "--default-ipv6", "--default-subnet-v6", "fe80::/64"]).unwrap();
+        assert!(bad.args.into_config("/x".into()).is_err());
+        assert!(Wrap::try_parse_from(["agent", "--default-subnet-v6", "fd00:5::/64"]).is_err(), "needs --default-ipv6");
         assert_eq!(config(&["--docker-plugin"]).docker_plugin, Some("/run/docker/plugins/datapath.sock".into()));
         let c = config(&["--docker-plugin", "dp2", "--docker-plugin-dir", "/tmp/p"]);
         assert_eq!(c.docker_plugin, Some("/tmp/p/dp2.sock".into()));

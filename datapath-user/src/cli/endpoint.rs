@@ -16,6 +16,9 @@ pub enum EndpointCmd {
         network: Option<String>,
         #[arg(long)]
         ip: Option<String>,
+        /// IPv6 address on a dual-stack network (default: the lowest free one).
+        #[arg(long)]
+        ip6: Option<String>,
         /// Trace this endpoint's packets from the start.
         #[arg(long)]
         trace: bool,
@@ -44,12 +47,16 @@ pub enum EndpointCmd {
 
 pub async fn run(client: &Client, cmd: EndpointCmd) -> Result<()> {
     match cmd {
-        EndpointCmd::Create { name, network, ip, trace, publish } => {
+        EndpointCmd::Create { name, network, ip, ip6, trace, publish } => {
             let ip = ip.as_deref().map(ipam::parse_addr).transpose()?;
+            let ip6 = ip6.as_deref().map(ipam::v6::parse_addr).transpose()?;
             let publish = datapath::ports::parse_all(&publish)?;
-            let req = EndpointCreate { name, network, ip, trace, publish, ..Default::default() };
+            let req = EndpointCreate { name, network, ip, ip6, trace, publish, ..Default::default() };
             let e: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
-            println!("{} {}", e.name, e.ip);
+            match e.ip6 {
+                Some(ip6) => println!("{} {} {ip6}", e.name, e.ip),
+                None => println!("{} {}", e.name, e.ip),
+            }
             Ok(())
         }
         EndpointCmd::Ls { output } => {
@@ -83,7 +90,10 @@ const LIST_COLUMNS: &[Column] = &[
 fn list_table(eps: &[EndpointView]) -> String {
     let mut t = Table::new(LIST_COLUMNS);
     for e in eps {
-        let address = format!("{}/{}", e.ip, e.prefix_len);
+        let mut address = format!("{}/{}", e.ip, e.prefix_len);
+        if let (Some(ip6), Some(len)) = (e.ip6, e.prefix_len6) {
+            address += &format!(",{ip6}/{len}");
+        }
         // A runtime's container (CNI): its id, shortened like `podman ps`.
         let container = match (&e.cni, &e.container_id) {
             (Some(_), Some(id)) => id.chars().take(12).collect(),

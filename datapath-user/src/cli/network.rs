@@ -34,6 +34,15 @@ pub enum NetworkCmd {
         /// MTU of the bridge and every veth of the network.
         #[arg(long)]
         mtu: Option<u32>,
+        /// Dual stack: IPv6 too (a random unique-local /64 without --subnet-v6).
+        #[arg(long)]
+        ipv6: bool,
+        /// IPv6 subnet of a dual-stack network (e.g. fd00:1:2:3::/64).
+        #[arg(long, value_name = "PREFIX")]
+        subnet_v6: Option<String>,
+        /// IPv6 gateway (default: the subnet's ::1).
+        #[arg(long, value_name = "ADDR")]
+        gateway_v6: Option<String>,
     },
     /// List networks.
     #[command(alias = "list")]
@@ -54,7 +63,20 @@ pub enum NetworkCmd {
 
 pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
     match cmd {
-        NetworkCmd::Create { name, subnet, gateway, datapath, internal, icc, no_masquerade, uplink, mtu } => {
+        NetworkCmd::Create {
+            name,
+            subnet,
+            gateway,
+            datapath,
+            internal,
+            icc,
+            no_masquerade,
+            uplink,
+            mtu,
+            ipv6,
+            subnet_v6,
+            gateway_v6,
+        } => {
             let req = NetworkCreate {
                 name,
                 subnet,
@@ -66,6 +88,9 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
                 uplink,
                 mtu,
                 owner: None,
+                ipv6,
+                subnet_v6,
+                gateway_v6,
             };
             let n: NetworkView = client.call_as(Request::NetworkCreate(req)).await?;
             println!("{}", n.id);
@@ -95,24 +120,40 @@ const LIST_COLUMNS: &[Column] = &[
     left("BRIDGE", 12),
     left("DATAPATH", 8),
     right("ENDPOINTS", 9),
-    left("OWNER", 0),
+    left("OWNER", 6),
+    left("SUBNET-V6", 0),
 ];
 
 fn list_table(nets: &[NetworkView]) -> String {
     let mut t = Table::new(LIST_COLUMNS);
     for n in nets {
         let owner = n.owner.as_deref().unwrap_or("-");
-        t.row([&n.name, &n.id, &n.subnet, &n.gateway, &n.bridge, &n.datapath, &n.endpoints.len(), &owner]);
+        let v6 = n.subnet_v6.as_deref().unwrap_or("-");
+        t.row([&n.name, &n.id, &n.subnet, &n.gateway, &n.bridge, &n.datapath, &n.endpoints.len(), &owner, &v6]);
     }
     t.render()
 }
 
 /// `network inspect -o table`: a summary line, then one line per endpoint.
 fn inspect_table(n: &NetworkView) -> String {
-    const ENDPOINT_COLUMNS: &[Column] = &[left("NAME", 18), left("IP", 15), left("MAC", 0)];
+    const ENDPOINT_COLUMNS: &[Column] = &[left("NAME", 18), left("IP", 15), left("MAC", 17), left("IPV6", 0)];
     let mut t = Table::without_header(ENDPOINT_COLUMNS, "  ");
     for e in &n.endpoints {
-        t.row([&e.name, &e.ip, &e.mac]);
+        let ip6 = e.ip6.map(|a| a.to_string()).unwrap_or_default();
+        t.row([&e.name, &e.ip, &e.mac, &ip6]);
     }
-    format!("{} {} {} gw {} bridge {} ({})\n{}", n.name, n.id, n.subnet, n.gateway, n.bridge, n.datapath, t.render())
+    let v6 = match (&n.subnet_v6, n.gateway_v6) {
+        (Some(s), Some(g)) => format!(" {s} gw {g}"),
+        _ => String::new(),
+    };
+    format!(
+        "{} {} {} gw {}{v6} bridge {} ({})\n{}",
+        n.name,
+        n.id,
+        n.subnet,
+        n.gateway,
+        n.bridge,
+        n.datapath,
+        t.render()
+    )
 }

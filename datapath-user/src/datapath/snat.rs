@@ -119,6 +119,7 @@ mod tests {
             options: NetworkOptions::default(),
             created: String::new(),
             owner: None,
+            ipv6: None,
         };
         let up = Some((Ipv4Addr::new(203, 0, 113, 2), 7));
         let i = network_info(&n, up, (61000, 65535));

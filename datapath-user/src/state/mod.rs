@@ -6,10 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -113,6 +113,17 @@ pub struct NetworkSpec {
     /// networks of Docker's remote driver (`datapath agent --docker-plugin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The IPv6 half of a dual-stack network (`--ipv6`); absent on an
+    /// IPv4-only network (and in state files of builds before IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Config>,
+}
+
+/// A dual-stack network's IPv6 subnet and gateway (the bridge's address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Config {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +167,9 @@ pub struct EndpointSpec {
     /// Published ports (`-p`), withdrawn with the endpoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Publish>,
+    /// Its IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +190,10 @@ pub struct NodeChanges {
     /// `net.ipv4.ip_forward` before the agent turned it on.
     #[serde(default)]
     pub ip_forward_was: Option<String>,
+    /// `net.ipv6.conf.all.forwarding` before the agent turned it on (while
+    /// a dual-stack network routes beyond itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6_forward_was: Option<String>,
 }
 
 impl State {
@@ -186,6 +204,16 @@ impl State {
     /// Addresses in use on a network (derived from its endpoints).
     pub fn used_addresses(&self, network: &str) -> BTreeSet<Ipv4Addr> {
         self.endpoints.values().filter(|e| e.network == network).map(|e| e.ip).collect()
+    }
+
+    /// IPv6 addresses in use on a network (derived from its endpoints).
+    pub fn used_addresses6(&self, network: &str) -> BTreeSet<Ipv6Addr> {
+        self.endpoints.values().filter(|e| e.network == network).filter_map(|e| e.ip6).collect()
+    }
+
+    /// The network, if any, whose IPv6 subnet overlaps `subnet`.
+    pub fn overlapping6(&self, subnet: &Ipv6Net) -> Option<&NetworkSpec> {
+        self.networks.values().find(|n| n.ipv6.is_some_and(|v6| crate::ipam::v6::nets_overlap(&v6.subnet, subnet)))
     }
 
     /// Whether network `net` can take one more endpoint: at most
@@ -249,7 +277,13 @@ impl State {
             if let Some(o) = self.networks.values().find(|o| o.name != n.name && nets_overlap(&o.subnet, &n.subnet)) {
                 return Err(format!("networks {:?} and {:?} overlap", n.name, o.name));
             }
+            if let Some(v6) = n.ipv6 {
+                if let Some(o) = self.overlapping6(&v6.subnet).filter(|o| o.name != n.name) {
+                    return Err(format!("networks {:?} and {:?} overlap (IPv6)", n.name, o.name));
+                }
+            }
         }
+        let mut addrs6 = BTreeSet::new();
         let (mut addrs, mut hosts) = (BTreeSet::new(), BTreeSet::new());
         for (key, e) in &self.endpoints {
             if key != &e.name {
@@ -266,6 +300,20 @@ impl State {
             }
             if !addrs.insert(e.ip) {
                 return Err(format!("address {} is recorded for two endpoints", e.ip));
+            }
+            if let Some(ip6) = e.ip6 {
+                let usable = n
+                    .ipv6
+                    .is_some_and(|v6| v6.subnet.contains(&ip6) && ip6 != v6.gateway && ip6 != v6.subnet.network());
+                if !usable {
+                    return Err(format!(
+                        "endpoint {:?} has IPv6 address {ip6}, not usable on network {:?}",
+                        e.name, n.name
+                    ));
+                }
+                if !addrs6.insert(ip6) {
+                    return Err(format!("address {ip6} is recorded for two endpoints"));
+                }
             }
             if !hosts.insert(e.host_ifname.clone()) {
                 return Err(format!("host interface {} is recorded for two endpoints", e.host_ifname));
@@ -348,6 +396,7 @@ mod tests {
             options: NetworkOptions::default(),
             created: now_rfc3339(),
             owner: None,
+            ipv6: None,
         }
     }
 
@@ -370,6 +419,7 @@ mod tests {
             detached: false,
             owner: None,
             ports: Vec::new(),
+            ip6: None,
         }
     }
 
@@ -473,6 +523,56 @@ mod tests {
         assert_eq!(n.datapath, DatapathKind::Ebpf);
         assert_eq!(n.options, NetworkOptions::default());
         assert!(n.options.icc && n.options.masquerade && !n.options.internal);
+    }
+
+    #[test]
+    fn dual_stack_states_are_checked_and_old_files_load() {
+        let mut s = State::new();
+        let mut a = net("a", "10.10.0.0/16", 1);
+        a.ipv6 = Some(Ipv6Config { subnet: "fd00:1::/64".parse().unwrap(), gateway: "fd00:1::1".parse().unwrap() });
+        s.networks.insert("a".into(), a.clone());
+        let mut x = ep("x", "a", [10, 10, 0, 2]);
+        x.ip6 = Some("fd00:1::2".parse().unwrap());
+        s.endpoints.insert("x".into(), x.clone());
+        assert_eq!(s.check(), Ok(()));
+        assert_eq!(s.used_addresses6("a"), ["fd00:1::2".parse().unwrap()].into());
+        assert!(s.overlapping6(&"fd00:1::/48".parse().unwrap()).is_some());
+        assert!(s.overlapping6(&"fd00:2::/64".parse().unwrap()).is_none());
+        let mut dup = s.clone();
+        let mut y = ep("y", "a", [10, 10, 0, 3]);
+        (y.host_ifname, y.ip6) = ("dp1".into(), x.ip6);
+        dup.endpoints.insert("y".into(), y);
+        assert!(dup.check().unwrap_err().contains("two endpoints"));
+        for bad in ["fd00:2::5", "fd00:1::1", "fd00:1::"] {
+            let mut st = s.clone();
+            st.endpoints.get_mut("x").unwrap().ip6 = Some(bad.parse().unwrap());
+            assert!(st.check().unwrap_err().contains("not usable"), "{bad}");
+        }
+        let mut v4only = s.clone();
+        v4only.networks.get_mut("a").unwrap().ipv6 = None;
+        assert!(v4only.check().unwrap_err().contains("not usable"));
+        let mut overlap = s.clone();
+        let mut b = net("b", "10.20.0.0/16", 2);
+        b.ipv6 = Some(Ipv6Config { subnet: "fd00:1::/56".parse().unwrap(), gateway: "fd00:1::1".parse().unwrap() });
+        overlap.networks.insert("b".into(), b);
+        assert!(overlap.check().unwrap_err().contains("overlap"));
+        // The new fields round-trip; without them (an older build's file)
+        // everything is IPv4-only.
+        let dir = std::env::temp_dir().join(format!("dp-state-test-{}", random_id()));
+        s.save(&dir).unwrap();
+        assert_eq!(State::load(&dir).unwrap(), Some(s.clone()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let old = r#"{"version":1,"networks":{"a":{"name":"a","id":"1","num_id":1,"subnet":"10.1.0.0/24","gateway":"10.1.0.1","bridge":"b","created":"x"}},
+            "endpoints":{"x":{"name":"x","id":"2","network":"a","ip":"10.1.0.2","mac":[2,0,0,0,0,1],"netns_path":"/run/netns/x",
+            "owns_netns":true,"ifname":"eth0","host_ifname":"dp0","created":"x"}},"node":{"ip_forward_was":"0"}}"#;
+        let old: State = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (old.networks["a"].ipv6, old.endpoints["x"].ip6, old.node.ip6_forward_was.clone()),
+            (None, None, None)
+        );
+        assert_eq!(old.check(), Ok(()));
+        let text = String::from_utf8(old.to_json().unwrap()).unwrap();
+        assert!(!text.contains("ipv6") && !text.contains("ip6"), "an IPv4-only state is written as before: {text}");
     }
 
     #[test]
