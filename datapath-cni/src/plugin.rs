@@ -169,6 +169,19 @@ fn add(agent: &Agent, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     };
     let ep = &att.endpoint;
     let gateway = ep.gateway.to_string();
+    let mut ips = vec![IpConfig {
+        address: format!("{}/{}", ep.ip, ep.prefix_len),
+        gateway: Some(gateway.clone()),
+        interface: Some(0),
+    }];
+    let mut routes = if att.internal { vec![] } else { vec![Route { dst: "0.0.0.0/0".into(), gw: Some(gateway) }] };
+    // A dual-stack network: the IPv6 address and default route too.
+    if let (Some(ip6), Some(len), Some(gw6)) = (ep.ip6, ep.prefix_len6, ep.gateway6) {
+        ips.push(IpConfig { address: format!("{ip6}/{len}"), gateway: Some(gw6.to_string()), interface: Some(0) });
+        if !att.internal {
+            routes.push(Route { dst: "::/0".into(), gw: Some(gw6.to_string()) });
+        }
+    }
     let ours = CniResult {
         interfaces: vec![Interface {
             name: ifname,
@@ -176,12 +189,8 @@ fn add(agent: &Agent, env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             mtu: Some(att.mtu),
             sandbox: Some(netns.display().to_string()),
         }],
-        ips: vec![IpConfig {
-            address: format!("{}/{}", ep.ip, ep.prefix_len),
-            gateway: Some(gateway.clone()),
-            interface: Some(0),
-        }],
-        routes: if att.internal { vec![] } else { vec![Route { dst: "0.0.0.0/0".into(), gw: Some(gateway) }] },
+        ips,
+        routes,
         dns,
     };
     let result = match prev {

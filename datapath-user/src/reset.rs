@@ -31,6 +31,7 @@ pub struct ResetReport {
     pub pins: bool,
     pub nft_tables: bool,
     pub forwarding_restored: Option<String>,
+    pub forwarding6_restored: Option<String>,
     pub problems: Vec<String>,
 }
 
@@ -77,6 +78,13 @@ pub async fn reset(paths: &ResetPaths) -> ResetReport {
     if let Some(old) = was {
         match sysctl::restore_forwarding(&old) {
             Ok(()) => report.forwarding_restored = Some(old),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    let was6 = journal.forwarding6_was().or_else(|| state.as_ref().and_then(|s| s.node.ip6_forward_was.clone()));
+    if let Some(old) = was6 {
+        match sysctl::restore_forwarding6(&old) {
+            Ok(()) => report.forwarding6_restored = Some(old),
             Err(e) => report.problems.push(e.to_string()),
         }
     }

@@ -13,6 +13,22 @@ use crate::host::{netfilter, sysctl};
 use crate::ipam::{self, mac_for};
 use crate::state::{self, DatapathKind, NetworkSpec};
 
+/// An address family, for what the node does per family.
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
 /// Masquerade address and uplink ifindex per uplink (`None`: the default
 /// route's device), for one pass over the networks.
 pub(super) type UplinkCache = HashMap<Option<String>, Option<(Ipv4Addr, u32)>>;
@@ -159,6 +175,7 @@ impl Inner {
     /// and the node are as before (the caller removes the bridge).
     async fn network_finish(&mut self, spec: &NetworkSpec, bridge: u32) -> Result<(), ApiError> {
         self.nl.add_address(bridge, spec.gateway, spec.subnet.prefix_len()).await?;
+        self.bridge_ipv6(spec, bridge).await?;
         self.sync_datapath_network(spec, &mut UplinkCache::new()).await?;
         self.state.networks.insert(spec.name.clone(), spec.clone());
         let persisted = match self.sync_node().await {
@@ -215,9 +232,21 @@ impl Inner {
             }
         };
         self.nl.add_address(index, spec.gateway, spec.subnet.prefix_len()).await?;
+        self.bridge_ipv6(spec, index).await?;
         self.nl.set_up(index).await?;
         self.bridges.insert(spec.name.clone(), index);
         Ok(index)
+    }
+
+    /// A dual-stack network's bridge: IPv6 on (without autoconfiguration),
+    /// the IPv6 gateway address usable at once (no duplicate address
+    /// detection: the subnet is the network's own).
+    async fn bridge_ipv6(&self, spec: &NetworkSpec, bridge: u32) -> Result<(), ApiError> {
+        let Some(v6) = spec.ipv6 else { return Ok(()) };
+        let name = spec.bridge.clone();
+        blocking(move || sysctl::enable_ipv6(&name)).await??;
+        self.nl.add_address6(bridge, v6.gateway, v6.subnet.prefix_len()).await?;
+        Ok(())
     }
 
     /// Brings the node's netfilter rules and forwarding switch in line with
@@ -243,37 +272,69 @@ impl Inner {
         }
         self.sync_ports().await?;
         let routes_out = self.state.networks.values().any(|n| !n.options.internal);
-        match (self.state.node.ip_forward_was.clone(), routes_out) {
+        let was = self.state.node.ip_forward_was.clone();
+        self.state.node.ip_forward_was = self.sync_forwarding(Family::V4, was, routes_out).await?;
+        let routes_out6 = self.state.networks.values().any(|n| n.ipv6.is_some() && !n.options.internal);
+        let was6 = self.state.node.ip6_forward_was.clone();
+        self.state.node.ip6_forward_was = self.sync_forwarding(Family::V6, was6, routes_out6).await?;
+        Ok(())
+    }
+
+    /// Turns one family's forwarding on when `wanted` and it is not yet the
+    /// agent's doing (`was` is `None`), or puts the old value back when no
+    /// longer wanted; returns the value to remember.
+    async fn sync_forwarding(
+        &self,
+        family: Family,
+        was: Option<String>,
+        wanted: bool,
+    ) -> Result<Option<String>, ApiError> {
+        match (was, wanted) {
             (None, true) => {
                 let journal = self.journal();
                 let enabled = blocking(move || {
-                    let old = sysctl::enable_forwarding()?;
+                    let old = match family {
+                        Family::V4 => sysctl::enable_forwarding()?,
+                        Family::V6 => sysctl::enable_forwarding6()?,
+                    };
                     if let Some(old) = &old {
-                        if let Err(e) = journal.set_forwarding_was(old) {
-                            tracing::warn!("recording the old IPv4 forwarding value: {e}");
+                        let recorded = match family {
+                            Family::V4 => journal.set_forwarding_was(old),
+                            Family::V6 => journal.set_forwarding6_was(old),
+                        };
+                        if let Err(e) = recorded {
+                            tracing::warn!("recording the old {family} forwarding value: {e}");
                         }
                     }
                     Ok::<_, sysctl::SysctlError>(old)
                 });
-                if let Some(old) = enabled.await?? {
-                    tracing::info!("enabled IPv4 forwarding on the node (was {old})");
-                    self.state.node.ip_forward_was = Some(old);
+                let old = enabled.await??;
+                if let Some(old) = &old {
+                    tracing::info!("enabled {family} forwarding on the node (was {old})");
                 }
+                Ok(old)
             }
             (Some(old), false) => {
                 let (value, journal) = (old.clone(), self.journal());
                 blocking(move || {
-                    sysctl::restore_forwarding(&value)?;
-                    journal.clear_forwarding_was();
+                    match family {
+                        Family::V4 => {
+                            sysctl::restore_forwarding(&value)?;
+                            journal.clear_forwarding_was();
+                        }
+                        Family::V6 => {
+                            sysctl::restore_forwarding6(&value)?;
+                            journal.clear_forwarding6_was();
+                        }
+                    }
                     Ok::<_, sysctl::SysctlError>(())
                 })
                 .await??;
-                tracing::info!("restored IPv4 forwarding to {old}");
-                self.state.node.ip_forward_was = None;
+                tracing::info!("restored {family} forwarding to {old}");
+                Ok(None)
             }
-            _ => {}
+            (was, _) => Ok(was),
         }
-        Ok(())
     }
 
     /// The masquerade address and uplink ifindex of a network, followed live:

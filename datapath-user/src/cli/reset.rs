@@ -32,6 +32,9 @@ pub async fn run(socket: PathBuf, args: ResetArgs) -> Result<()> {
     if let Some(v) = &r.forwarding_restored {
         println!("restored net.ipv4.ip_forward to {v}");
     }
+    if let Some(v) = &r.forwarding6_restored {
+        println!("restored net.ipv6.conf.all.forwarding to {v}");
+    }
     for p in &r.problems {
         eprintln!("warning: {p}");
     }

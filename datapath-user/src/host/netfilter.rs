@@ -47,13 +47,17 @@ pub fn render(
 ) -> String {
     let mut s = String::new();
     // "add" then "delete" never fails, whether or not the table existed.
-    for family in ["ip", "bridge"] {
+    for family in ["ip", "ip6", "bridge"] {
         s += &format!("add table {family} {TABLE}\ndelete table {family} {TABLE}\n");
     }
     let nets: Vec<&NetworkSpec> = kernel_networks(state).collect();
     let published = published(state);
+    let v6: Vec<&NetworkSpec> = v6_networks(state).collect();
+    if !v6.is_empty() {
+        s += &ip6_table(&v6, &uplink_of);
+    }
     if nets.is_empty() && published.is_empty() {
-        return s;
+        return s + &icc_table(state, &nets, &v6);
     }
     let all: Vec<String> = state.networks.values().map(|n| n.subnet.to_string()).collect();
     s += &format!("table ip {TABLE} {{\n");
@@ -64,7 +68,66 @@ pub fn render(
     s += &postrouting_chain(&nets, uplink_of, nat_ports, &published, &all);
     s += &ports_chains(&published);
     s += "}\n";
-    s + &icc_table(state, &nets)
+    s + &icc_table(state, &nets, &v6)
+}
+
+/// Dual-stack networks, on either datapath: their IPv6 is forwarded,
+/// isolated and masqueraded by the kernel (on eBPF networks too, for now:
+/// `dp_from_ep` checks an endpoint's IPv6 and hands it to the bridge).
+fn v6_networks(state: &State) -> impl Iterator<Item = &NetworkSpec> {
+    state.networks.values().filter(|n| n.ipv6.is_some())
+}
+
+/// Docker's `--ipv6` rules in table `ip6 datapath`: what conntrack cannot
+/// place, internal networks, isolation between networks (gateways
+/// included), masquerade of what leaves the node.
+fn ip6_table(nets: &[&NetworkSpec], uplink_of: &impl Fn(&NetworkSpec) -> Option<String>) -> String {
+    let subnet6 = |n: &NetworkSpec| n.ipv6.map(|v6| v6.subnet.to_string()).unwrap_or_default();
+    let isolation = |n: &NetworkSpec| -> String {
+        if n.options.internal {
+            return format!(
+                "    iifname \"{}\" ip6 daddr != {} drop comment \"internal {}\"\n",
+                n.bridge,
+                subnet6(n),
+                n.name
+            );
+        }
+        let others: Vec<String> = nets.iter().filter(|o| o.name != n.name).map(|o| subnet6(o)).collect();
+        if others.is_empty() {
+            return String::new();
+        }
+        format!(
+            "    iifname \"{}\" ip6 daddr {{ {} }} drop comment \"isolation {}\"\n",
+            n.bridge,
+            others.join(", "),
+            n.name
+        )
+    };
+    let mut fwd = String::from("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    let mut input = String::from("  chain input {\n    type filter hook input priority filter; policy accept;\n");
+    let mut post =
+        String::from("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+    for n in nets {
+        fwd += &format!("    iifname \"{}\" ct state invalid drop comment \"invalid {}\"\n", n.bridge, n.name);
+        fwd += &isolation(n);
+        if n.options.internal {
+            fwd += &format!(
+                "    oifname \"{}\" ip6 saddr != {} drop comment \"internal {}\"\n",
+                n.bridge,
+                subnet6(n),
+                n.name
+            );
+        }
+        input += &isolation(n);
+        if n.options.masquerade && !n.options.internal {
+            let out = match uplink_of(n) {
+                Some(up) => format!("oifname \"{up}\""),
+                None => format!("oifname != \"{}\"", n.bridge),
+            };
+            post += &format!("    ip6 saddr {} {out} masquerade comment \"masquerade {}\"\n", subnet6(n), n.name);
+        }
+    }
+    format!("table ip6 {TABLE} {{\n{fwd}  }}\n{input}  }}\n{post}  }}\n}}\n")
 }
 
 /// Endpoints that publish ports, with their network.
@@ -217,14 +280,25 @@ fn postrouting_chain(
 /// the port names (bridge-family iifname/oifname) since kernels without
 /// CONFIG_NFT_BRIDGE_META cannot match the bridge name, and without
 /// br_netfilter, which would slow every bridge down.
-fn icc_table(state: &State, nets: &[&NetworkSpec]) -> String {
+fn icc_table(state: &State, nets: &[&NetworkSpec], v6: &[&NetworkSpec]) -> String {
     let mut icc = String::new();
-    for n in nets.iter().filter(|n| !n.options.icc) {
+    let ports = |n: &NetworkSpec| -> Option<String> {
         let ports: Vec<String> = state.endpoints_of(&n.name).map(|e| format!("\"{}\"", e.host_ifname)).collect();
-        if ports.len() >= 2 {
-            let set = ports.join(", ");
+        (ports.len() >= 2).then(|| ports.join(", "))
+    };
+    for n in nets.iter().filter(|n| !n.options.icc) {
+        if let Some(set) = ports(n) {
             icc += &format!(
                 "    iifname {{ {set} }} oifname {{ {set} }} ether type ip drop comment \"icc=false {}\"\n",
+                n.name
+            );
+        }
+    }
+    // IPv6 crosses the bridge on both datapaths for now.
+    for n in v6.iter().filter(|n| !n.options.icc) {
+        if let Some(set) = ports(n) {
+            icc += &format!(
+                "    iifname {{ {set} }} oifname {{ {set} }} ether type ip6 drop comment \"icc=false ipv6 {}\"\n",
                 n.name
             );
         }
@@ -262,7 +336,9 @@ pub fn apply(script: &str, needed: bool) -> Result<(), NetfilterError> {
 }
 
 pub fn needs_rules(state: &State) -> bool {
-    kernel_networks(state).next().is_some() || state.endpoints.values().any(|e| !e.ports.is_empty())
+    kernel_networks(state).next().is_some()
+        || v6_networks(state).next().is_some()
+        || state.endpoints.values().any(|e| !e.ports.is_empty())
 }
 
 /// The bridges that must route `127.0.0.1` (`route_localnet`): those of
@@ -373,6 +449,78 @@ mod tests {
         let fwd = &s[s.find("chain forward").unwrap()..s.find("chain input").unwrap()];
         let (dnat, iso) = (fwd.find("ct status dnat accept").unwrap(), fwd.find("isolation k").unwrap());
         assert!(fwd.find("internal i").unwrap() < dnat && dnat < iso, "{fwd}");
+    }
+
+    #[test]
+    fn dual_stack_networks_get_ip6_rules_on_both_datapaths() {
+        let v6 = |s: &str| {
+            let subnet: ipnet::Ipv6Net = s.parse().unwrap();
+            Some(crate::state::Ipv6Config { subnet, gateway: "fd00::1".parse().unwrap() })
+        };
+        let mut st = State::new();
+        let mut e = net("e", "10.1.0.0/24", DatapathKind::Ebpf, NetworkOptions { icc: false, ..Default::default() });
+        e.ipv6 = v6("fd00:1::/64");
+        let mut k = net("k", "10.2.0.0/24", DatapathKind::Kernel, NetworkOptions::default());
+        k.ipv6 = v6("fd00:2::/64");
+        let mut i = net(
+            "i",
+            "10.3.0.0/24",
+            DatapathKind::Kernel,
+            NetworkOptions { internal: true, masquerade: false, ..Default::default() },
+        );
+        i.ipv6 = v6("fd00:3::/64");
+        let plain = net("p", "10.4.0.0/24", DatapathKind::Kernel, NetworkOptions::default());
+        for n in [e, k, i, plain] {
+            st.networks.insert(n.name.clone(), n);
+        }
+        let s = render(&st, |n| (n.name == "k").then(|| "up0".to_string()), None);
+        let t = &s[s.find("table ip6 datapath {").unwrap_or_else(|| panic!("{s}"))..];
+        let t = &t[..t.find("\n}\n").expect("end of the table")];
+        assert!(t.contains("ip6 saddr fd00:1::/64 oifname != \"br-e\" masquerade comment \"masquerade e\""), "{t}");
+        assert!(t.contains("ip6 saddr fd00:2::/64 oifname \"up0\" masquerade"), "{t}");
+        assert!(!t.contains("ip6 saddr fd00:3::/64 oifname"), "internal: no masquerade: {t}");
+        assert!(
+            t.contains("iifname \"br-e\" ip6 daddr { fd00:3::/64, fd00:2::/64 } drop comment \"isolation e\""),
+            "{t}"
+        );
+        assert!(t.contains("iifname \"br-i\" ip6 daddr != fd00:3::/64 drop"), "{t}");
+        assert!(t.contains("oifname \"br-i\" ip6 saddr != fd00:3::/64 drop"), "{t}");
+        assert!(!t.contains("br-p"), "an IPv4-only network gets no IPv6 rule: {t}");
+        let input = &t[t.find("chain input").unwrap()..t.find("chain postrouting").unwrap()];
+        assert!(input.contains("isolation k"), "{t}");
+        assert!(needs_rules(&st));
+        // icc=false on a dual-stack eBPF network: IPv6 between its ports.
+        for (ep, ip) in [("a", [10, 1, 0, 2]), ("b", [10, 1, 0, 3])] {
+            let e = crate::state::EndpointSpec {
+                name: ep.into(),
+                id: random_id(),
+                network: "e".into(),
+                ip: ip.into(),
+                mac: [2, 0, 0, 0, 0, 2],
+                netns_path: "/run/netns/x".into(),
+                owns_netns: true,
+                ifname: "eth0".into(),
+                host_ifname: format!("dp{ep}"),
+                container_id: None,
+                cni: None,
+                trace: false,
+                created: String::new(),
+                creating: false,
+                detached: false,
+                owner: None,
+                ports: Vec::new(),
+                ip6: None,
+            };
+            st.endpoints.insert(ep.into(), e);
+        }
+        let s = render(&st, |_| None, None);
+        assert!(s.contains("iifname { \"dpa\", \"dpb\" } oifname { \"dpa\", \"dpb\" } ether type ip6 drop"), "{s}");
+        assert!(!s.contains("ether type ip drop"), "IPv4 icc of an eBPF network stays in eBPF: {s}");
+        // Only a dual-stack eBPF network: the ip6 table alone.
+        st.networks.retain(|n, _| n == "e");
+        st.endpoints.clear();
+        let s = render(&st, |_| None, None);
+        assert!(s.contains("table ip6 datapath {") && !s.contains("table ip datapath {"), "{s}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Topology over rtnetlink: bridges, veth pairs, addresses and routes.
 //! Nothing here shells out to `ip`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -281,6 +281,34 @@ impl Netlink {
             .execute()
             .await
             .map_err(req(format!("add address {ip}/{prefix_len}")))
+    }
+
+    /// Adds an IPv6 address usable at once: `IFA_F_NODAD` (no tentative
+    /// state; the agent's IPAM already made it unique on its network).
+    pub async fn add_address6(&self, index: u32, ip: Ipv6Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+        let mut add = self.handle.address().add(index, IpAddr::V6(ip), prefix_len).replace();
+        let msg = add.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        add.execute().await.map_err(req(format!("add address {ip}/{prefix_len}")))
+    }
+
+    pub async fn add_default_route6(&self, gateway: Ipv6Addr) -> Result<(), NetlinkError> {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gateway).build();
+        self.handle.route().add(msg).replace().execute().await.map_err(req(format!("add default route via {gateway}")))
+    }
+
+    /// Whether the namespace has an IPv6 default route (main table).
+    pub async fn has_default_route6(&self) -> Result<bool, NetlinkError> {
+        let query = RouteMessageBuilder::<Ipv6Addr>::new().build();
+        let routes: Vec<RouteMessage> =
+            self.handle.route().get(query).execute().try_collect().await.map_err(req("list IPv6 routes"))?;
+        Ok(routes.iter().any(|r| {
+            r.header.destination_prefix_length == 0
+                && r.header.kind == RouteType::Unicast
+                && (r.header.table == 254 || r.attributes.iter().any(|a| matches!(a, RouteAttribute::Table(254))))
+        }))
     }
 
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {

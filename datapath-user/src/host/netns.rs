@@ -85,6 +85,22 @@ pub fn create_named(name: &str) -> Result<PathBuf, NetnsError> {
     Ok(path)
 }
 
+/// Turns IPv6 on for `ifname` (and `lo`) inside the namespace at `path`,
+/// without autoconfiguration (see [`crate::host::sysctl::enable_ipv6`]):
+/// for an endpoint of a dual-stack network. Namespaces of IPv4-only
+/// networks keep IPv6 off.
+pub fn enable_ipv6(path: &Path, ifname: &str) -> Result<(), NetnsError> {
+    let ifname = ifname.to_string();
+    run_in(path, move || -> Result<(), crate::host::sysctl::SysctlError> {
+        crate::host::sysctl::enable_ipv6("lo")?;
+        crate::host::sysctl::enable_ipv6(&ifname)
+    })?
+    .map_err(|e| NetnsError::Sys {
+        what: "enabling IPv6 in the endpoint's namespace".into(),
+        source: std::io::Error::other(e),
+    })
+}
+
 /// Removes a namespace made by [`create_named`] (the namespace itself goes
 /// away once no process and no interface holds it). Missing is fine.
 pub fn delete_path(path: &Path) -> Result<(), NetnsError> {

@@ -60,6 +60,25 @@ impl Journal {
         let _ = std::fs::remove_file(self.forward_file());
     }
 
+    fn forward6_file(&self) -> PathBuf {
+        self.dir.join("ip6_forward")
+    }
+
+    /// Records the IPv6 forwarding value the agent replaced.
+    pub fn set_forwarding6_was(&self, old: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        std::fs::write(self.forward6_file(), old)
+    }
+
+    /// The IPv6 forwarding value to restore, if the agent changed it.
+    pub fn forwarding6_was(&self) -> Option<String> {
+        std::fs::read_to_string(self.forward6_file()).ok().map(|s| s.trim().to_string())
+    }
+
+    pub fn clear_forwarding6_was(&self) {
+        let _ = std::fs::remove_file(self.forward6_file());
+    }
+
     /// Removes the journal itself.
     pub fn remove_all(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -85,6 +104,10 @@ mod tests {
         assert_eq!(j.forwarding_was().as_deref(), Some("0"));
         j.clear_forwarding_was();
         assert_eq!(j.forwarding_was(), None);
+        j.set_forwarding6_was("0").unwrap();
+        assert_eq!((j.forwarding_was(), j.forwarding6_was().as_deref()), (None, Some("0")));
+        j.clear_forwarding6_was();
+        assert_eq!(j.forwarding6_was(), None);
         j.remove_all();
         let _ = std::fs::remove_dir_all(&dir);
     }
