@@ -1,4 +1,4 @@
-//! Local endpoints (`ENDPOINTS`, `ENDPOINTS_BY_IP`).
+//! Local endpoints (`ENDPOINTS`, `ENDPOINTS_BY_IP`, `ENDPOINTS6`).
 
 /// `EndpointInfo::flags`: emit an aya-log trace line for every packet from or
 /// to this endpoint. When clear, no log call is made at all.
@@ -31,4 +31,15 @@ pub struct EndpointInfo {
     pub network_id: u32,
     /// `EP_F_*` bits.
     pub flags: u32,
+}
+
+/// The IPv6 half of an endpoint of a dual-stack network, in `ENDPOINTS6`
+/// keyed by the ifindex of its host-side veth (a map of its own, so the
+/// layout of `ENDPOINTS` stays as it is). An endpoint without an entry
+/// sends no IPv6 (`drop-ethertype`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint6 {
+    /// Its IPv6 address, in wire order (the bytes as on the wire).
+    pub ip6: [u8; 16],
 }

@@ -48,6 +48,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays, no padding
     // holes that matter and every bit pattern valid.
     unsafe impl aya::Pod for super::EndpointInfo {}
+    unsafe impl aya::Pod for super::Endpoint6 {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NetworkInfo {}
     unsafe impl aya::Pod for super::CtKey {}

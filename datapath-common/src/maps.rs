@@ -55,6 +55,12 @@ pub const MAP_CT_CONFIG: &str = "CT_CONFIG";
 /// `datapath-user/src/datapath/pins.rs`).
 pub const MAP_PORTS: &str = "PORTS";
 
+/// `ENDPOINTS6: HashMap<u32 ifindex, Endpoint6>`: the IPv6 address of each
+/// endpoint of a dual-stack network (see [`Endpoint6`](crate::Endpoint6)).
+/// Added after layout version 1 like `PORTS`: created at the next start of
+/// a datapath pinned by an older build.
+pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
+
 /// Capacity of the endpoint maps.
 pub const MAX_ENDPOINTS: u32 = 4096;
 /// Capacity of `NETWORKS` and `SUBNETS`.

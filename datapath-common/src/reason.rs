@@ -152,6 +152,27 @@ pub const DROP_PORT_MALFORMED: u32 = 58;
 /// connection tracker refused: not translated.
 pub const DROP_PORT_TUPLE_TAKEN: u32 = 59;
 
+/// IPv6 of a dual-stack network (interim: checked in eBPF, forwarded by
+/// the kernel). Added at the end of each range.
+/// An IPv6 frame from an endpoint of a dual-stack network that passed the
+/// checks below: handed to the bridge (the kernel forwards and masquerades
+/// IPv6 for now).
+pub const PASS_IPV6: u32 = 22;
+/// An IPv6 packet whose chain of extension headers is longer than the
+/// datapath follows (`ipv6::MAX_EXT_HEADERS`).
+pub const DROP_IPV6_EXT_CHAIN: u32 = 60;
+/// An IPv6 header that is not one: version not 6, a payload length beyond
+/// the frame, an extension header running past the payload.
+pub const DROP_BAD_IPV6_HEADER: u32 = 61;
+/// An IPv6 source address not the endpoint's own (nor its link-local
+/// address, nor `::` for duplicate address detection).
+pub const DROP_SPOOFED_IP6: u32 = 62;
+/// Neighbour discovery claiming another address or MAC than the
+/// endpoint's (a solicitation or advertisement's target, source or target
+/// link-layer address option), or a router advertisement or redirect (an
+/// endpoint is no router).
+pub const DROP_SPOOFED_NDP: u32 = 63;
+
 /// Size of the `STATS` array: every code must be below this.
 pub const MAX: u32 = 64;
 
@@ -162,7 +183,7 @@ pub const fn is_event(code: u32) -> bool {
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 37] = [
+pub const ALL: [u32; 42] = [
     FWD_REDIRECT_PEER,
     FWD_ARP_REPLY,
     FWD_NAT,
@@ -179,6 +200,7 @@ pub const ALL: [u32; 37] = [
     PASS_UPLINK_HOST,
     PASS_NAT_NOT_ROUTED,
     PASS_KERNEL_FLOW,
+    PASS_IPV6,
     DROP_TRUNCATED,
     DROP_BAD_IPV4_HEADER,
     DROP_SPOOFED_MAC,
@@ -198,6 +220,10 @@ pub const ALL: [u32; 37] = [
     DROP_ETHERTYPE,
     DROP_BAD_L4_HEADER,
     DROP_FRAG_UNKNOWN,
+    DROP_IPV6_EXT_CHAIN,
+    DROP_BAD_IPV6_HEADER,
+    DROP_SPOOFED_IP6,
+    DROP_SPOOFED_NDP,
     DROP_PORT_MALFORMED,
     DROP_PORT_TUPLE_TAKEN,
 ];
@@ -262,6 +288,11 @@ pub const fn name(code: u32) -> &'static str {
         DROP_PORT_MALFORMED => "drop-port-malformed",
         DROP_PORT_TUPLE_TAKEN => "drop-port-tuple-taken",
         FWD_ARP_REPLY => "fwd-arp-reply",
+        PASS_IPV6 => "pass-ipv6",
+        DROP_IPV6_EXT_CHAIN => "drop-ipv6-ext-chain",
+        DROP_BAD_IPV6_HEADER => "drop-bad-ipv6-header",
+        DROP_SPOOFED_IP6 => "drop-spoofed-ip6",
+        DROP_SPOOFED_NDP => "drop-spoofed-ndp",
         _ => "unknown",
     }
 }

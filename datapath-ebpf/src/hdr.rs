@@ -15,6 +15,7 @@ use datapath_common::{CtKey, IPPROTO_TCP, IPPROTO_UDP};
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 /// VLAN tag protocols: 802.1Q, 802.1ad (QinQ) and the old QinQ 0x9100.
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;

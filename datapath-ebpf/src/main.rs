@@ -21,9 +21,10 @@
 //! Modules, each using only modules below it (no cycles):
 //!
 //! ```text
-//! main ─────> policy, nat, icmp, ports, trace, verdict
+//! main ─────> policy, ipv6, nat, icmp, ports, trace, verdict
 //! icmp ─────> fib, hdr, maps, verdict
 //! policy ───> arp, local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
+//! ipv6 ─────> hdr, maps, verdict
 //! arp ──────> fib, hdr, maps, verdict
 //! ports ────> conntrack, fib, csum, hdr, maps, verdict
 //! local ────> fib, csum, hdr, verdict
@@ -47,6 +48,7 @@ mod csum;
 mod fib;
 mod hdr;
 mod icmp;
+mod ipv6;
 mod local;
 mod maps;
 mod nat;
@@ -75,6 +77,7 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     let mut v = verdict::pass(reason::PASS_TO_BRIDGE);
     match policy::decide(&ctx, src) {
         Next::Verdict(d) => v = d,
+        Next::Ipv6 => v = ipv6::from_endpoint(&ctx, src),
         Next::Masquerade(req) if nat::is_later_fragment(&req) => v = nat::egress_fragment(&ctx, &req),
         // A published port's flow first (a reply, or a connection to the
         // node's address), else the masquerade.

@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtKey, EndpointInfo, FragKey, FragPorts, NetStats, NetworkInfo, PortKey,
+    reason, Counter, CtConfig, CtEntry, CtKey, Endpoint6, EndpointInfo, FragKey, FragPorts, NetStats, NetworkInfo, PortKey,
     PortTarget, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORTS, NET_F_PRESENT,
 };
 
@@ -30,6 +30,11 @@ static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_END
 /// `datapath_common::ipv4_key`).
 #[map]
 static ENDPOINTS_BY_IP: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// The IPv6 address of each endpoint of a dual-stack network, keyed by the
+/// ifindex of its host-side veth (see `datapath_common::Endpoint6`).
+#[map]
+static ENDPOINTS6: HashMap<u32, Endpoint6> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
 /// Local networks indexed by their numeric id (an array: the lookup is
 /// inlined by the verifier, no hashing on the per-packet path); slots
@@ -108,6 +113,13 @@ pub fn endpoint_ref<'a>(ifindex: u32) -> Option<&'a EndpointInfo> {
     // freed after an RCU grace period, see the module documentation); only
     // read.
     unsafe { ENDPOINTS.get(ifindex) }
+}
+
+/// The IPv6 half of the endpoint whose host-side veth is `ifindex`.
+#[inline(always)]
+pub fn endpoint6(ifindex: u32) -> Option<Endpoint6> {
+    // SAFETY: the value is copied out at once.
+    unsafe { ENDPOINTS6.get(ifindex) }.copied()
 }
 
 /// The endpoint whose address is `addr` (wire order).

@@ -1,5 +1,6 @@
 //! The forwarding decision for a frame from an endpoint: only untagged
-//! Ethernet II IPv4 and ARP, identity checks (source MAC, source IPv4; ARP
+//! Ethernet II IPv4 and ARP (and IPv6 on dual-stack networks, `ipv6`'s),
+//! identity checks (source MAC, source IPv4; ARP
 //! is `arp`'s: sender check and proxy ARP), IPv4 header sanity, network policy
 //! (isolation between networks, icc=false, internal networks) and where the
 //! packet goes next: handed to the kernel, dropped, delivered to another
@@ -13,7 +14,7 @@ use crate::{
     arp,
     hdr::{
         self, is_multicast, linear, mac, Ip, Mac, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
-        ETH_P_QINQ1, IPV4_MIN_HLEN,
+        ETH_P_IPV6, ETH_P_QINQ1, IPV4_MIN_HLEN,
     },
     local::{self, Delivery},
     maps,
@@ -32,6 +33,9 @@ pub enum Next {
     /// To the sender's gateway, or routed beyond the node without
     /// masquerade: a published port's flow (`ports`), else the bridge.
     ToNode(Ip),
+    /// IPv6: `ipv6::from_endpoint`, called by the
+    /// caller so that its frame is not stacked on this one.
+    Ipv6,
 }
 
 impl From<Verdict> for Next {
@@ -60,11 +64,16 @@ pub fn decide(ctx: &TcContext, src: &EndpointInfo) -> Next {
         return drop(reason::DROP_TRUNCATED).into();
     };
     let (eth_dst, eth_src, proto) = (eth.dst, eth.src, u16::from_be(eth.proto));
-    if proto != ETH_P_IP && proto != ETH_P_ARP {
+    if proto != ETH_P_IP && proto != ETH_P_ARP && proto != ETH_P_IPV6 {
         return match proto {
             ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ1 => drop(reason::DROP_VLAN_TAGGED).into(),
             _ => drop(reason::DROP_ETHERTYPE).into(),
         };
+    }
+    if proto == ETH_P_IPV6 {
+        // Its own checks (the source MAC among them), or drop-ethertype
+        // on an IPv4-only network as before.
+        return Next::Ipv6;
     }
     if eth_src != mac(src.mac) {
         return drop(reason::DROP_SPOOFED_MAC).into();
@@ -72,6 +81,7 @@ pub fn decide(ctx: &TcContext, src: &EndpointInfo) -> Next {
     if proto == ETH_P_ARP {
         return arp::from_endpoint(ctx, src).into();
     }
+
     ipv4(ctx, src, &eth_dst)
 }
 

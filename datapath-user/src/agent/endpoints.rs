@@ -317,7 +317,11 @@ impl Inner {
         lap("attach");
         if net.datapath == DatapathKind::Ebpf {
             let info = self.endpoint_info(spec, host);
-            tokio::task::block_in_place(|| self.bpf.upsert_endpoint(info))?;
+            tokio::task::block_in_place(|| {
+                self.bpf.upsert_endpoint(info)?;
+                self.bpf.set_endpoint6(host, spec.ip6)
+            })
+            .inspect_err(|_| tokio::task::block_in_place(|| self.bpf.remove_endpoint(host, info.ipv4)))?;
             made.maps = Some((host, info.ipv4));
         }
         self.failpoint("maps")?;
@@ -340,6 +344,14 @@ impl Inner {
         // none, and what it adds goes with its veth.
         if !net.options.internal && (spec.owns_netns || !inside.has_default_route().await?) {
             inside.add_default_route(net.gateway).await?;
+        }
+        if let (Some(v6), Some(ip6)) = (net.ipv6, spec.ip6) {
+            let (path, ifname) = (spec.netns_path.clone(), spec.ifname.clone());
+            blocking(move || netns::enable_ipv6(&path, &ifname)).await??;
+            inside.add_address6(eth, ip6, v6.subnet.prefix_len()).await?;
+            if !net.options.internal && (spec.owns_netns || !inside.has_default_route6().await?) {
+                inside.add_default_route6(v6.gateway).await?;
+            }
         }
         self.failpoint("addr")?;
         lap("addr");
@@ -503,7 +515,8 @@ impl Inner {
             let info = self.endpoint_info(spec, host);
             let how = tokio::task::block_in_place(|| {
                 let how = self.bpf.attach(&spec.host_ifname, host)?;
-                self.bpf.upsert_endpoint(info).map(|()| how)
+                self.bpf.upsert_endpoint(info)?;
+                self.bpf.set_endpoint6(host, spec.ip6).map(|()| how)
             })?;
             self.start.count(how);
             if let Some(bridge) = self.bridges.get(&net.name).copied() {

@@ -7,9 +7,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use datapath_common::{
-    Counter, CtConfig, EndpointInfo, NetworkInfo, PortKey, PortTarget, CT_MAX_ENTRIES, MAP_CT, MAP_CT_CONFIG,
-    MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_NET_STATS, MAP_PORTS, MAP_STATS, MAP_SUBNETS,
-    PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
+    Counter, CtConfig, Endpoint6, EndpointInfo, NetworkInfo, PortKey, PortTarget, CT_MAX_ENTRIES, MAP_CT,
+    MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_NET_STATS, MAP_PORTS,
+    MAP_STATS, MAP_SUBNETS, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -75,6 +75,7 @@ pub struct Bpf {
     ebpf: Ebpf,
     pub(super) endpoints: HashMap<MapData, u32, EndpointInfo>,
     pub(super) by_ip: HashMap<MapData, u32, EndpointInfo>,
+    pub(super) endpoints6: HashMap<MapData, u32, Endpoint6>,
     pub(super) networks: Array<MapData, NetworkInfo>,
     pub(super) subnets: LpmTrie<MapData, u32, u32>,
     pub(super) ct_config: Array<MapData, CtConfig>,
@@ -233,6 +234,7 @@ impl Bpf {
         let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::NoMap(name));
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
+        let endpoints6 = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS6)?).map_err(map_err(MAP_ENDPOINTS6))?;
         let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
         let net_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_NET_STATS)?).map_err(map_err(MAP_NET_STATS))?;
         let mut ct = HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?;
@@ -256,6 +258,7 @@ impl Bpf {
             ebpf,
             endpoints,
             by_ip,
+            endpoints6,
             networks,
             subnets,
             ct_config,

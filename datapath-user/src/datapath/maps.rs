@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use datapath_common::{
-    CtConfig, EndpointInfo, NetworkInfo, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_SUBNETS,
-    MAX_NETWORKS, NET_F_PRESENT,
+    CtConfig, Endpoint6, EndpointInfo, NetworkInfo, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINTS_BY_IP,
+    MAP_NETWORKS, MAP_SUBNETS, MAX_NETWORKS, NET_F_PRESENT,
 };
 
 use crate::datapath::loader::{map_err, Bpf, BpfError};
@@ -22,6 +22,20 @@ impl Bpf {
         Ok(())
     }
 
+    /// The IPv6 address of the endpoint behind host veth `ifindex` (a
+    /// dual-stack network's), or none: its IPv6 is dropped.
+    pub fn set_endpoint6(&mut self, ifindex: u32, ip6: Option<std::net::Ipv6Addr>) -> Result<(), BpfError> {
+        match ip6 {
+            Some(ip) => {
+                self.endpoints6.insert(ifindex, Endpoint6 { ip6: ip.octets() }, 0).map_err(map_err(MAP_ENDPOINTS6))
+            }
+            None => {
+                let _ = self.endpoints6.remove(&ifindex);
+                Ok(())
+            }
+        }
+    }
+
     /// Whether `ENDPOINTS` has an entry for the host veth `ifindex`.
     pub fn has_endpoint(&self, ifindex: u32) -> bool {
         self.endpoints.get(&ifindex, 0).is_ok()
@@ -30,6 +44,7 @@ impl Bpf {
     /// Removes an endpoint from both maps; absent entries are fine.
     pub fn remove_endpoint(&mut self, ifindex: u32, ipv4: u32) {
         let _ = self.by_ip.remove(&ipv4);
+        let _ = self.endpoints6.remove(&ifindex);
         let _ = self.endpoints.remove(&ifindex);
     }
 
@@ -90,6 +105,11 @@ impl Bpf {
         let stale: Vec<u32> = self.endpoints.keys().filter_map(Result::ok).filter(|i| !ifindexes.contains(i)).collect();
         for k in stale {
             removed += usize::from(self.endpoints.remove(&k).is_ok());
+        }
+        let stale: Vec<u32> =
+            self.endpoints6.keys().filter_map(Result::ok).filter(|i| !ifindexes.contains(i)).collect();
+        for k in stale {
+            removed += usize::from(self.endpoints6.remove(&k).is_ok());
         }
         let stale: Vec<u32> = self.by_ip.keys().filter_map(Result::ok).filter(|a| !addresses.contains(a)).collect();
         for k in stale {
