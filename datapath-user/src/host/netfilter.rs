@@ -85,8 +85,11 @@ fn ip6_table(nets: &[&NetworkSpec], uplink_of: &impl Fn(&NetworkSpec) -> Option<
     let subnet6 = |n: &NetworkSpec| n.ipv6.map(|v6| v6.subnet.to_string()).unwrap_or_default();
     let isolation = |n: &NetworkSpec| -> String {
         if n.options.internal {
+            // Neighbour discovery and MLD (link-local and multicast) stay
+            // on the link (with br_netfilter, bridged IPv6 crosses these
+            // hooks too).
             return format!(
-                "    iifname \"{}\" ip6 daddr != {} drop comment \"internal {}\"\n",
+                "    iifname \"{}\" ip6 daddr != {{ {}, fe80::/10, ff00::/8 }} drop comment \"internal {}\"\n",
                 n.bridge,
                 subnet6(n),
                 n.name
@@ -112,7 +115,7 @@ fn ip6_table(nets: &[&NetworkSpec], uplink_of: &impl Fn(&NetworkSpec) -> Option<
         fwd += &isolation(n);
         if n.options.internal {
             fwd += &format!(
-                "    oifname \"{}\" ip6 saddr != {} drop comment \"internal {}\"\n",
+                "    oifname \"{}\" ip6 saddr != {{ {}, fe80::/10, ::/128 }} drop comment \"internal {}\"\n",
                 n.bridge,
                 subnet6(n),
                 n.name
@@ -483,8 +486,8 @@ mod tests {
             t.contains("iifname \"br-e\" ip6 daddr { fd00:3::/64, fd00:2::/64 } drop comment \"isolation e\""),
             "{t}"
         );
-        assert!(t.contains("iifname \"br-i\" ip6 daddr != fd00:3::/64 drop"), "{t}");
-        assert!(t.contains("oifname \"br-i\" ip6 saddr != fd00:3::/64 drop"), "{t}");
+        assert!(t.contains("iifname \"br-i\" ip6 daddr != { fd00:3::/64, fe80::/10, ff00::/8 } drop"), "{t}");
+        assert!(t.contains("oifname \"br-i\" ip6 saddr != { fd00:3::/64, fe80::/10, ::/128 } drop"), "{t}");
         assert!(!t.contains("br-p"), "an IPv4-only network gets no IPv6 rule: {t}");
         let input = &t[t.find("chain input").unwrap()..t.find("chain postrouting").unwrap()];
         assert!(input.contains("isolation k"), "{t}");

@@ -30,6 +30,13 @@ pub const NODE_UPLINK_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 /// The outside namespace's address, the node's default gateway.
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const UPLINK_PREFIX_LEN: u8 = 24;
+/// IPv6 on the uplink, for the tests of dual-stack networks ([`uplink_ipv6`]):
+/// the node's address (the masquerade address the outside sees) and the
+/// outside's (the node's IPv6 default gateway), in the documentation prefix
+/// 2001:db8:203::/64, only ever used inside these namespaces.
+pub const NODE_UPLINK_IP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 2);
+pub const OUTSIDE_IP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 1);
+pub const UPLINK_PREFIX_LEN6: u8 = 64;
 
 #[derive(Debug, Error)]
 pub enum TopologyError {
@@ -184,6 +191,32 @@ pub async fn build(spec: &NodeSpec) -> Result<NodeNet, TopologyError> {
         knobs::tx_checksum_off(&netns::named_path(outside), OUTSIDE_DEV)?;
     }
     Ok(made)
+}
+
+/// IPv6 on a built uplink (namespaces are made with IPv6 off): both ends
+/// get it (no autoconfiguration), [`NODE_UPLINK_IP6`] and [`OUTSIDE_IP6`]
+/// usable at once, and the node an IPv6 default route via the outside.
+/// The outside has no route back to any endpoint subnet.
+pub async fn uplink_ipv6(node: &str, outside: &str, uplink_dev: &str) -> Result<(), TopologyError> {
+    for (ns, dev, ip) in [(node, uplink_dev, NODE_UPLINK_IP6), (outside, OUTSIDE_DEV, OUTSIDE_IP6)] {
+        let path = netns::named_path(ns);
+        let d = dev.to_string();
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || netns::enable_ipv6(&p, &d))
+            .await
+            .map_err(|e| TopologyError::Io { what: "enabling IPv6".into(), source: std::io::Error::other(e) })??;
+        let nl = Netlink::in_netns(&path).await?;
+        let i = nl.require_index(dev).await?;
+        nl.add_address6(i, ip, UPLINK_PREFIX_LEN6).await?;
+    }
+    Netlink::in_netns(&netns::named_path(node)).await?.add_default_route6(OUTSIDE_IP6).await?;
+    Ok(())
+}
+
+/// [`uplink_ipv6`] from synchronous code.
+pub fn uplink_ipv6_blocking(node: &str, outside: &str, uplink_dev: &str) -> Result<(), TopologyError> {
+    let (node, outside, dev) = (node.to_string(), outside.to_string(), uplink_dev.to_string());
+    crate::testbed::blocking(move || async move { uplink_ipv6(&node, &outside, &dev).await })
 }
 
 /// [`build`] from synchronous code (see [`crate::testbed::blocking`]).

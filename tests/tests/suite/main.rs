@@ -12,6 +12,7 @@ mod concurrency;
 mod connectivity;
 mod docker_engine;
 mod docker_plugin;
+mod ipv6;
 mod lifecycle;
 mod masquerade;
 mod modes;
