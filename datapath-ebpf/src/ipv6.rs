@@ -192,7 +192,12 @@ fn neighbour(
             return drop(reason::DROP_BAD_L4_HEADER);
         }
         if (opt[0] == ND_OPT_SOURCE_LL || opt[0] == ND_OPT_TARGET_LL)
-            && (opt[2] != m[0] || opt[3] != m[1] || opt[4] != m[2] || opt[5] != m[3] || opt[6] != m[4] || opt[7] != m[5])
+            && (opt[2] != m[0]
+                || opt[3] != m[1]
+                || opt[4] != m[2]
+                || opt[5] != m[3]
+                || opt[6] != m[4]
+                || opt[7] != m[5])
         {
             return drop(reason::DROP_SPOOFED_NDP);
         }

@@ -18,8 +18,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtKey, Endpoint6, EndpointInfo, FragKey, FragPorts, NetStats, NetworkInfo, PortKey,
-    PortTarget, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORTS, NET_F_PRESENT,
+    reason, Counter, CtConfig, CtEntry, CtKey, Endpoint6, EndpointInfo, FragKey, FragPorts, NetStats, NetworkInfo,
+    PortKey, PortTarget, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORTS, NET_F_PRESENT,
 };
 
 /// Endpoints keyed by the ifindex of their host-side veth.

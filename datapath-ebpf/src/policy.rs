@@ -13,8 +13,8 @@ use datapath_common::{reason, EndpointInfo, NetworkInfo, NET_F_INTERNAL, NET_F_M
 use crate::{
     arp,
     hdr::{
-        self, is_multicast, linear, mac, Ip, Mac, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP,
-        ETH_P_IPV6, ETH_P_QINQ1, IPV4_MIN_HLEN,
+        self, is_multicast, linear, mac, Ip, Mac, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6,
+        ETH_P_QINQ1, IPV4_MIN_HLEN,
     },
     local::{self, Delivery},
     maps,
