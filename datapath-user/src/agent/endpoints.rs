@@ -136,6 +136,8 @@ impl Inner {
             created: state::now_rfc3339(),
             creating: true,
             ports: req.publish.clone(),
+            aliases: Vec::new(),
+            attachments: Vec::new(),
             detached: req.detached,
             owner: req.owner.clone(),
             ip6,
@@ -238,6 +240,8 @@ impl Inner {
             detached: false,
             owner: req.owner.clone(),
             ip6: None,
+            aliases: Vec::new(),
+            attachments: Vec::new(),
         };
         let mut made = Made::default();
         let mut built = self.build_none(&spec, &mut made).await;
