@@ -515,6 +515,8 @@ mod tests {
                 owner: None,
                 ports: Vec::new(),
                 ip6: None,
+                aliases: Vec::new(),
+                attachments: Vec::new(),
             };
             st.endpoints.insert(ep.into(), e);
         }
