@@ -26,8 +26,9 @@ pub struct NetworkView {
     /// `docker` for the networks of Docker's remote driver (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    /// Dual stack (Docker's `EnableIPv6`).
-    #[serde(default)]
+    /// Dual stack (Docker's `EnableIPv6`); left out when false, so an
+    /// IPv4-only network's view is as it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enable_ipv6: bool,
     /// The IPv6 subnet and gateway of a dual-stack network.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -120,8 +120,8 @@ const LIST_COLUMNS: &[Column] = &[
     left("BRIDGE", 12),
     left("DATAPATH", 8),
     right("ENDPOINTS", 9),
-    left("OWNER", 6),
-    left("SUBNET-V6", 0),
+    left("SUBNET-V6", 22),
+    left("OWNER", 0),
 ];
 
 fn list_table(nets: &[NetworkView]) -> String {
@@ -129,7 +129,7 @@ fn list_table(nets: &[NetworkView]) -> String {
     for n in nets {
         let owner = n.owner.as_deref().unwrap_or("-");
         let v6 = n.subnet_v6.as_deref().unwrap_or("-");
-        t.row([&n.name, &n.id, &n.subnet, &n.gateway, &n.bridge, &n.datapath, &n.endpoints.len(), &owner, &v6]);
+        t.row([&n.name, &n.id, &n.subnet, &n.gateway, &n.bridge, &n.datapath, &n.endpoints.len(), &v6, &owner]);
     }
     t.render()
 }
