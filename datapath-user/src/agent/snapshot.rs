@@ -251,7 +251,8 @@ impl Agent {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await??;
-        Ok(StatsView { counters, conntrack, start: Some(snap.start.clone()), networks: per_net })
+        let dns = self.dns.stats();
+        Ok(StatsView { counters, conntrack, start: Some(snap.start.clone()), networks: per_net, dns })
     }
 
     /// Tracked flows, attributed to their endpoints (the table is walked on

@@ -150,6 +150,12 @@ pub struct ContainerCreate {
     /// Ports its endpoint publishes (`-p`; network mode only).
     #[serde(default)]
     pub publish: Vec<Publish>,
+    /// Its endpoint's aliases (`--alias`; network mode only).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Its endpoint's DNS servers (`--dns`; network mode only).
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// What `ps` shows of a command.
@@ -234,6 +240,13 @@ pub struct EndpointCreate {
     /// Published ports (`-p`).
     #[serde(default)]
     pub publish: Vec<Publish>,
+    /// More names on its network for the embedded DNS (`--alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// DNS servers its embedded DNS forwards to (`--dns`), instead of the
+    /// node's.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -101,6 +101,9 @@ pub struct StatsView {
     /// Per-network counters of the eBPF networks.
     #[serde(default)]
     pub networks: Vec<NetworkStatsView>,
+    /// The embedded DNS's counters (since the agent started).
+    #[serde(default)]
+    pub dns: crate::dns::DnsStats,
 }
 
 /// One eBPF network's counters (since the network was created).
