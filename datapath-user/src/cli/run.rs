@@ -68,7 +68,14 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     let argv = args.command;
-    let spawned = netns::run_in(&c.netns_path, move || std::process::Command::new(&argv[0]).args(&argv[1..]).spawn());
+    let path = c.netns_path.clone();
+    let spawned = netns::run_in(&c.netns_path, move || {
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        // Its resolver configuration, as `ip netns exec` would give it.
+        netns::etc_overrides(&mut cmd, &path);
+        cmd.spawn()
+    });
     let mut child = match spawned.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)) {
         Ok(child) => child,
         Err(e) => {

@@ -167,16 +167,94 @@ pub fn query_id(bytes: &[u8]) -> Option<u16> {
     Header::read(&mut BinDecoder::new(bytes)).ok().map(|h| h.id())
 }
 
+/// A standard query (test clients and the corpus).
+fn query(id: u16, name: &str, t: RecordType) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(id).set_recursion_desired(true).add_query(Query::query(Name::from_ascii(name).unwrap_or_default(), t));
+    m.to_vec().unwrap_or_default()
+}
+
+/// Malformed and hostile queries: every one gets an error answer or a
+/// counted drop. Also thrown at a live server by the integration test.
+pub fn hostile_corpus() -> Vec<(&'static str, Vec<u8>)> {
+    let good = query(0x1234, "front.", RecordType::A);
+    let mut c: Vec<(&'static str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("one byte", vec![0]),
+        ("eleven bytes", good[..11].to_vec()),
+        ("header only, no question", {
+            let mut h = good[..12].to_vec();
+            h[5] = 0;
+            h
+        }),
+        ("truncated question", good[..good.len() - 3].to_vec()),
+        ("qdcount 65535", {
+            let mut b = good.clone();
+            b[4] = 0xff;
+            b[5] = 0xff;
+            b
+        }),
+        ("ancount 65535", {
+            let mut b = good.clone();
+            b[6] = 0xff;
+            b[7] = 0xff;
+            b
+        }),
+        ("compression loop", {
+            // Question name is a pointer to itself (offset 12).
+            let mut b = good[..12].to_vec();
+            b.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+            b
+        }),
+        ("forward pointer", {
+            let mut b = good[..12].to_vec();
+            b.extend_from_slice(&[0xc0, 40, 0, 1, 0, 1]);
+            b
+        }),
+        ("label longer than the message", {
+            let mut b = good[..12].to_vec();
+            b.extend_from_slice(&[63, b'a', b'b']);
+            b
+        }),
+        ("response sent as a query", {
+            let mut b = good.clone();
+            b[2] |= 0x80;
+            b
+        }),
+        ("opcode NOTIFY", {
+            let mut b = good.clone();
+            b[2] = (b[2] & 0x87) | (4 << 3);
+            b
+        }),
+        ("opcode UPDATE", {
+            let mut b = good.clone();
+            b[2] = (b[2] & 0x87) | (5 << 3);
+            b
+        }),
+        ("two questions", {
+            let mut m = Message::new();
+            m.set_id(7);
+            m.add_query(Query::query(Name::from_ascii("front.").unwrap_or_default(), RecordType::A));
+            m.add_query(Query::query(Name::from_ascii("proxy.").unwrap_or_default(), RecordType::A));
+            m.to_vec().unwrap_or_default()
+        }),
+        ("garbage", (0..200u32).map(|i| (i * 37 % 251) as u8).collect()),
+        ("all ones", vec![0xff; 512]),
+        ("trailing garbage", {
+            let mut b = good.clone();
+            b.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+            b
+        }),
+    ];
+    c.push(("axfr of a local name", query(9, "front.", RecordType::AXFR)));
+    c
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::query;
     use super::*;
     use crate::dns::table::tests::state;
-
-    pub(crate) fn query(id: u16, name: &str, t: RecordType) -> Vec<u8> {
-        let mut m = Message::new();
-        m.set_id(id).set_recursion_desired(true).add_query(Query::query(Name::from_ascii(name).unwrap(), t));
-        m.to_vec().unwrap()
-    }
 
     fn parsed(o: &Outcome) -> Message {
         match o {
@@ -187,82 +265,6 @@ pub(crate) mod tests {
 
     fn addrs(m: &Message) -> Vec<String> {
         m.answers().iter().map(|r| r.data().to_string()).collect()
-    }
-
-    /// Malformed and hostile queries: every one gets an error answer or a
-    /// counted drop. Also thrown at a live server by the integration test.
-    pub fn corpus() -> Vec<(&'static str, Vec<u8>)> {
-        let good = query(0x1234, "front.", RecordType::A);
-        let mut c: Vec<(&'static str, Vec<u8>)> = vec![
-            ("empty", vec![]),
-            ("one byte", vec![0]),
-            ("eleven bytes", good[..11].to_vec()),
-            ("header only, no question", {
-                let mut h = good[..12].to_vec();
-                h[5] = 0;
-                h
-            }),
-            ("truncated question", good[..good.len() - 3].to_vec()),
-            ("qdcount 65535", {
-                let mut b = good.clone();
-                b[4] = 0xff;
-                b[5] = 0xff;
-                b
-            }),
-            ("ancount 65535", {
-                let mut b = good.clone();
-                b[6] = 0xff;
-                b[7] = 0xff;
-                b
-            }),
-            ("compression loop", {
-                // Question name is a pointer to itself (offset 12).
-                let mut b = good[..12].to_vec();
-                b.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
-                b
-            }),
-            ("forward pointer", {
-                let mut b = good[..12].to_vec();
-                b.extend_from_slice(&[0xc0, 40, 0, 1, 0, 1]);
-                b
-            }),
-            ("label longer than the message", {
-                let mut b = good[..12].to_vec();
-                b.extend_from_slice(&[63, b'a', b'b']);
-                b
-            }),
-            ("response sent as a query", {
-                let mut b = good.clone();
-                b[2] |= 0x80;
-                b
-            }),
-            ("opcode NOTIFY", {
-                let mut b = good.clone();
-                b[2] = (b[2] & 0x87) | (4 << 3);
-                b
-            }),
-            ("opcode UPDATE", {
-                let mut b = good.clone();
-                b[2] = (b[2] & 0x87) | (5 << 3);
-                b
-            }),
-            ("two questions", {
-                let mut m = Message::new();
-                m.set_id(7);
-                m.add_query(Query::query(Name::from_ascii("front.").unwrap(), RecordType::A));
-                m.add_query(Query::query(Name::from_ascii("proxy.").unwrap(), RecordType::A));
-                m.to_vec().unwrap()
-            }),
-            ("garbage", (0..200u32).map(|i| (i * 37 % 251) as u8).collect()),
-            ("all ones", vec![0xff; 512]),
-            ("trailing garbage", {
-                let mut b = good.clone();
-                b.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
-                b
-            }),
-        ];
-        c.push(("axfr of a local name", query(9, "front.", RecordType::AXFR)));
-        c
     }
 
     #[test]
@@ -309,7 +311,7 @@ pub(crate) mod tests {
     #[test]
     fn hostile_corpus_gets_errors_or_drops() {
         let t = crate::dns::table::Table::new(&state());
-        for (what, bytes) in corpus() {
+        for (what, bytes) in hostile_corpus() {
             let o = answer(&t, "front", &bytes);
             let expected = match what {
                 "empty" | "one byte" | "eleven bytes" | "response sent as a query" | "all ones" => {
