@@ -206,7 +206,8 @@ impl Inner {
         if !req.publish.is_empty() && !matches!(mode, RunMode::Network(_)) {
             return Err(ApiError::invalid(format!("--publish needs a network, not --network {mode}")));
         }
-        if !(req.aliases.is_empty() && req.dns.is_empty()) && !matches!(mode, RunMode::Network(_)) {
+        let extras = !req.aliases.is_empty() || !req.dns.is_empty();
+        if extras && !matches!(mode, RunMode::Network(_)) {
             return Err(ApiError::invalid(format!("--alias and --dns need a network, not --network {mode}")));
         }
         let (endpoint, netns_path) = self.container_netns(&name, &mode, &req).await?;
