@@ -173,6 +173,8 @@ impl Snapshot {
             ports: e.ports.clone(),
             owner: e.owner.clone(),
             detached: e.detached,
+            aliases: e.aliases.clone(),
+            dns: e.dns.clone(),
         }
     }
 

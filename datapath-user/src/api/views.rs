@@ -79,6 +79,12 @@ pub struct EndpointView {
     /// Published ports (`-p`).
     #[serde(default)]
     pub ports: Vec<Publish>,
+    /// More names on its first network (`--alias`, embedded DNS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Its embedded DNS's upstreams (`--dns`), instead of the node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -70,6 +70,8 @@ fn dns_names_forwarding_and_isolation(dp) {
     let _d = node.create_endpoint(&dn, &[]);
     let _e = node.create_endpoint(&en, &["--network", "back", "--dns", "203.0.113.3"]);
     let v = node.create_endpoint(&vn, &["--network", "vault", "--alias", "safe"]);
+    assert_eq!(b.json["aliases"], serde_json::json!(["beta", "Bravo"]), "inspect shows the aliases");
+    assert_eq!(node.inspect_endpoint(&en).json["dns"], serde_json::json!(["203.0.113.3"]));
 
     // The resolver configuration `ip netns exec` binds.
     let conf = std::fs::read_to_string(format!("/etc/netns/{an}/resolv.conf")).unwrap_or_default();
