@@ -253,6 +253,13 @@ fn dns_survives_agent_restart_and_serves_run() {
         let out = node.cli(&["run", "--network", "front", "--rm", "--", "ping", "-c", "1", "-W", "5", "web"]);
         assert!(out.status.success(), "{}", show(&out));
     }
+    // A detached command's endpoint answers to its `--alias`; gone with `stop`.
+    let sn = node.ep("s");
+    node.ok(&["run", "-d", "--network", "front", "--name", &sn, "--alias", "svc", "--", "sleep", "600"]);
+    let s_ip = node.inspect_endpoint(&sn).ip;
+    assert_eq!(getent(&bn, "svc").as_deref(), Some(s_ip.as_str()));
+    node.ok(&["stop", &sn]);
+    assert_eq!(getent(&bn, "svc"), None, "a stopped command's alias is gone");
     // The node's own /etc/resolv.conf was not touched by the bind mount.
     let node_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     assert!(!node_conf.contains("127.0.0.11"), "{node_conf}");
