@@ -106,6 +106,7 @@ pub fn build(bin: &Path, claim: &Claim, published: (u16, u16)) -> Result<DockerN
     let mut cfg = DockerdConfig::new(&net.node, claim.dir.join("docker"));
     cfg.plugins.push(("datapath".into(), plugin));
     cfg.iptables = true;
+    cfg.own_process_group = true;
     progress("starting dockerd (bridge driver with its iptables rules, and the datapath driver)");
     let dockerd = Dockerd::start(cfg)?;
     dockerd.import_busybox(IMAGE)?;

@@ -213,7 +213,7 @@ fn rounds(cfg: &Cfg, lab: &Lab, ns_na: &[(Topo, Option<String>)], r: &mut Result
                     String::new()
                 };
                 let at =
-                    format!("[{done:>3}/{total}] round {}/{} {:<16} {:<11}", round + 1, cfg.rounds, w.id, t.name());
+                    format!("[{done:>3}/{total}] round {}/{} {:<16} {:<15}", round + 1, cfg.rounds, w.id, t.name());
                 record(r, w, t, res, &at, &eta);
             }
         }

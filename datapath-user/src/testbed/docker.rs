@@ -81,11 +81,21 @@ pub struct DockerdConfig {
     /// process per published port). Off: `--iptables=false
     /// --ip-forward=false`, the namespace's netfilter stays as it is.
     pub iptables: bool,
+    /// dockerd in a process group of its own: a terminal's Ctrl-C reaches
+    /// the caller only, which then removes the containers and stops dockerd
+    /// in order (the benchmark does).
+    pub own_process_group: bool,
 }
 
 impl DockerdConfig {
     pub fn new(node_ns: impl Into<String>, dir: impl Into<PathBuf>) -> DockerdConfig {
-        DockerdConfig { node_ns: node_ns.into(), dir: dir.into(), plugins: Vec::new(), iptables: false }
+        DockerdConfig {
+            node_ns: node_ns.into(),
+            dir: dir.into(),
+            plugins: Vec::new(),
+            iptables: false,
+            own_process_group: false,
+        }
     }
 
     /// dockerd's flags after the wrapper's fixed ones.
@@ -138,8 +148,11 @@ impl Dockerd {
             .open(cfg.dir.join("dockerd.log"))
             .map_err(io("opening dockerd.log"))?;
         let log2 = log.try_clone().map_err(io("opening dockerd.log"))?;
-        Command::new("ip")
-            .args(["netns", "exec", &cfg.node_ns, "sh"])
+        let mut cmd = Command::new("ip");
+        if cfg.own_process_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
+        cmd.args(["netns", "exec", &cfg.node_ns, "sh"])
             .arg(cfg.dir.join("dockerd.sh"))
             .arg(&cfg.dir)
             .args(cfg.flags())
