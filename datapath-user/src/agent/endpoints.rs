@@ -124,6 +124,8 @@ impl Inner {
             created: state::now_rfc3339(),
             creating: true,
             ports: req.publish.clone(),
+            aliases: Vec::new(),
+            attachments: Vec::new(),
             detached: req.detached,
             owner: req.owner.clone(),
         })
@@ -224,6 +226,8 @@ impl Inner {
             ports: Vec::new(),
             detached: false,
             owner: req.owner.clone(),
+            aliases: Vec::new(),
+            attachments: Vec::new(),
         };
         let mut made = Made::default();
         let mut built = self.build_none(&spec, &mut made).await;

@@ -156,6 +156,73 @@ pub struct EndpointSpec {
     /// Published ports (`-p`), withdrawn with the endpoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<Publish>,
+    /// More names the endpoint answers to on its first network (`--alias`),
+    /// for the embedded DNS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// The networks it is on besides the first (`network connect`, or
+    /// `--network` given more than once): `eth1`, `eth2`, ... in its
+    /// namespace. The default route stays on the first network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// One more network an endpoint is on: its own veth, address and aliases.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub network: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    /// Interface name inside the endpoint's namespace (`eth1`, ...).
+    pub ifname: String,
+    /// Host-side veth name in the node namespace.
+    pub host_ifname: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// An endpoint's presence on one network, its first or an attachment: what
+/// addressing, isolation and DNS look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link<'a> {
+    pub network: &'a str,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub ifname: &'a str,
+    pub host_ifname: &'a str,
+    pub aliases: &'a [String],
+    /// The endpoint's first network (default route, `EndpointSpec::network`).
+    pub primary: bool,
+}
+
+impl EndpointSpec {
+    /// Every network the endpoint is on, its first one first.
+    pub fn links(&self) -> impl Iterator<Item = Link<'_>> + '_ {
+        let first = Link {
+            network: &self.network,
+            ip: self.ip,
+            mac: self.mac,
+            ifname: &self.ifname,
+            host_ifname: &self.host_ifname,
+            aliases: &self.aliases,
+            primary: true,
+        };
+        let more = self.attachments.iter().map(|a| Link {
+            network: &a.network,
+            ip: a.ip,
+            mac: a.mac,
+            ifname: &a.ifname,
+            host_ifname: &a.host_ifname,
+            aliases: &a.aliases,
+            primary: false,
+        });
+        std::iter::once(first).chain(more)
+    }
+
+    /// Its presence on `network`, if it is on it.
+    pub fn link_on(&self, network: &str) -> Option<Link<'_>> {
+        self.links().find(|l| l.network == network)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,9 +250,16 @@ impl State {
         State { version: STATE_VERSION, ..Default::default() }
     }
 
-    /// Addresses in use on a network (derived from its endpoints).
+    /// Addresses in use on a network (derived from its endpoints, first
+    /// networks and attachments alike).
     pub fn used_addresses(&self, network: &str) -> BTreeSet<Ipv4Addr> {
-        self.endpoints.values().filter(|e| e.network == network).map(|e| e.ip).collect()
+        self.links_on(network).map(|(_, l)| l.ip).collect()
+    }
+
+    /// Every endpoint on `network`, by its first network or an attachment,
+    /// with its link there.
+    pub fn links_on<'a>(&'a self, network: &'a str) -> impl Iterator<Item = (&'a EndpointSpec, Link<'a>)> + 'a {
+        self.endpoints.values().filter_map(move |e| e.link_on(network).map(|l| (e, l)))
     }
 
     /// Whether network `net` can take one more endpoint: at most
@@ -193,12 +267,13 @@ impl State {
     /// most `ebpf_total` on the node's eBPF networks (the datapath's endpoint
     /// maps). The error is the one-line message for the client.
     pub fn room_for_endpoint(&self, net: &NetworkSpec, per_network: usize, ebpf_total: usize) -> Result<(), String> {
-        if self.endpoints_of(&net.name).count() >= per_network {
+        if self.links_on(&net.name).count() >= per_network {
             return Err(format!("network {} is full: {per_network} endpoints", net.name));
         }
-        let on_ebpf =
-            |e: &&EndpointSpec| self.networks.get(&e.network).is_some_and(|n| n.datapath == DatapathKind::Ebpf);
-        if net.datapath == DatapathKind::Ebpf && self.endpoints.values().filter(on_ebpf).count() >= ebpf_total {
+        // Every link on an eBPF network is one entry in the endpoint maps.
+        let on_ebpf = |l: &Link| self.networks.get(l.network).is_some_and(|n| n.datapath == DatapathKind::Ebpf);
+        let ebpf_links = self.endpoints.values().flat_map(|e| e.links()).filter(on_ebpf).count();
+        if net.datapath == DatapathKind::Ebpf && ebpf_links >= ebpf_total {
             return Err(format!(
                 "the node is full: {ebpf_total} endpoints on eBPF networks (the size of the datapath's endpoint maps)"
             ));
@@ -206,6 +281,8 @@ impl State {
         Ok(())
     }
 
+    /// Endpoints whose first network is `network` (see [`State::links_on`]
+    /// for every endpoint on it).
     pub fn endpoints_of<'a>(&'a self, network: &'a str) -> impl Iterator<Item = &'a EndpointSpec> + 'a {
         self.endpoints.values().filter(move |e| e.network == network)
     }
@@ -258,17 +335,23 @@ impl State {
             if e.network == "none" {
                 continue;
             }
-            let Some(n) = self.networks.get(&e.network) else {
-                return Err(format!("endpoint {:?} is on network {:?}, which does not exist", e.name, e.network));
-            };
-            if !n.subnet.contains(&e.ip) || e.ip == n.gateway || e.ip == n.subnet.network() {
-                return Err(format!("endpoint {:?} has address {}, not usable in {}", e.name, e.ip, n.subnet));
-            }
-            if !addrs.insert(e.ip) {
-                return Err(format!("address {} is recorded for two endpoints", e.ip));
-            }
-            if !hosts.insert(e.host_ifname.clone()) {
-                return Err(format!("host interface {} is recorded for two endpoints", e.host_ifname));
+            let mut nets = BTreeSet::new();
+            for l in e.links() {
+                let Some(n) = self.networks.get(l.network) else {
+                    return Err(format!("endpoint {:?} is on network {:?}, which does not exist", e.name, l.network));
+                };
+                if !nets.insert(l.network) {
+                    return Err(format!("endpoint {:?} is on network {:?} twice", e.name, l.network));
+                }
+                if !n.subnet.contains(&l.ip) || l.ip == n.gateway || l.ip == n.subnet.network() {
+                    return Err(format!("endpoint {:?} has address {}, not usable in {}", e.name, l.ip, n.subnet));
+                }
+                if !addrs.insert(l.ip) {
+                    return Err(format!("address {} is recorded for two endpoints", l.ip));
+                }
+                if !hosts.insert(l.host_ifname.to_string()) {
+                    return Err(format!("host interface {} is recorded for two endpoints", l.host_ifname));
+                }
             }
         }
         let published: Vec<(&str, &Publish)> =
@@ -370,6 +453,8 @@ mod tests {
             detached: false,
             owner: None,
             ports: Vec::new(),
+            aliases: Vec::new(),
+            attachments: Vec::new(),
         }
     }
 
@@ -405,6 +490,41 @@ mod tests {
         let err = State::load(&dir).unwrap_err().to_string();
         assert!(err.contains("state.json") && err.contains("inconsistent"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn attachments_are_links_for_addresses_and_checks() {
+        let mut s = State::new();
+        s.networks.insert("a".into(), net("a", "10.10.0.0/16", 1));
+        s.networks.insert("b".into(), net("b", "10.20.0.0/16", 2));
+        let mut x = ep("x", "a", [10, 10, 0, 2]);
+        x.attachments.push(Attachment {
+            network: "b".into(),
+            ip: Ipv4Addr::new(10, 20, 0, 2),
+            mac: [2, 0, 0, 0, 0, 9],
+            ifname: "eth1".into(),
+            host_ifname: "dp9".into(),
+            aliases: vec!["db".into()],
+        });
+        s.endpoints.insert("x".into(), x.clone());
+        assert_eq!(s.check(), Ok(()));
+        assert_eq!(s.used_addresses("b"), [Ipv4Addr::new(10, 20, 0, 2)].into());
+        assert_eq!(s.links_on("b").map(|(e, l)| (e.name.as_str(), l.ifname)).collect::<Vec<_>>(), [("x", "eth1")]);
+        assert_eq!(s.endpoints_of("b").count(), 0, "endpoints_of is the first network only");
+        assert_eq!(x.links().map(|l| l.primary).collect::<Vec<_>>(), [true, false]);
+        let mut twice = s.clone();
+        twice.endpoints.get_mut("x").unwrap().attachments[0].network = "a".into();
+        twice.endpoints.get_mut("x").unwrap().attachments[0].ip = Ipv4Addr::new(10, 10, 0, 3);
+        assert!(twice.check().unwrap_err().contains("twice"));
+        let mut shared = s.clone();
+        shared.endpoints.get_mut("x").unwrap().attachments[0].host_ifname = "dp0".into();
+        assert!(shared.check().unwrap_err().contains("host interface dp0"));
+        let mut gone = s.clone();
+        gone.endpoints.get_mut("x").unwrap().attachments[0].network = "c".into();
+        assert!(gone.check().unwrap_err().contains("does not exist"));
+        // Old state files have neither field.
+        let text = serde_json::to_string(&ep("y", "a", [10, 10, 0, 3])).unwrap();
+        assert!(!text.contains("attachments") && !text.contains("aliases"), "{text}");
     }
 
     #[test]
