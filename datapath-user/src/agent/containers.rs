@@ -25,6 +25,7 @@ impl Agent {
             let (spec, child) = created?;
             (spec, child, snap)
         };
+        self.dns.settle().await;
         if let Some(child) = child {
             self.reap(spec.name.clone(), child);
         }
@@ -73,6 +74,8 @@ impl Agent {
             false => Ok(()),
         };
         self.publish(&inner);
+        drop(inner);
+        self.dns.settle().await;
         removed
     }
 }
@@ -145,8 +148,7 @@ impl Inner {
         &mut self,
         name: &str,
         mode: &RunMode,
-        ip: Option<std::net::Ipv4Addr>,
-        publish: Vec<crate::ports::Publish>,
+        req: &ContainerCreate,
     ) -> Result<(Option<String>, PathBuf), ApiError> {
         let network = match mode {
             RunMode::Network(net) => {
@@ -173,7 +175,15 @@ impl Inner {
                 return Ok((None, path));
             }
         };
-        let ep = EndpointCreate { name: name.to_string(), network: Some(network), ip, publish, ..Default::default() };
+        let ep = EndpointCreate {
+            name: name.to_string(),
+            network: Some(network),
+            ip: req.ip,
+            publish: req.publish.clone(),
+            aliases: req.aliases.clone(),
+            dns: req.dns.clone(),
+            ..Default::default()
+        };
         let ep = self.endpoint_create(ep).await?;
         let path = self.state.endpoints.get(&ep).map(|e| e.netns_path.clone()).unwrap_or_default();
         Ok((Some(ep), path))
@@ -196,7 +206,11 @@ impl Inner {
         if !req.publish.is_empty() && !matches!(mode, RunMode::Network(_)) {
             return Err(ApiError::invalid(format!("--publish needs a network, not --network {mode}")));
         }
-        let (endpoint, netns_path) = self.container_netns(&name, &mode, req.ip, req.publish.clone()).await?;
+        let extras = !req.aliases.is_empty() || !req.dns.is_empty();
+        if extras && !matches!(mode, RunMode::Network(_)) {
+            return Err(ApiError::invalid(format!("--alias and --dns need a network, not --network {mode}")));
+        }
+        let (endpoint, netns_path) = self.container_netns(&name, &mode, &req).await?;
         let mut spec = ContainerSpec {
             name: name.clone(),
             mode,

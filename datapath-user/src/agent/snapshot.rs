@@ -180,6 +180,8 @@ impl Snapshot {
             ip6: e.ip6,
             prefix_len6: e.ip6.and(net.and_then(|n| n.ipv6)).map(|v6| v6.subnet.prefix_len()),
             gateway6: e.ip6.and(net.and_then(|n| n.ipv6)).map(|v6| v6.gateway),
+            aliases: e.aliases.clone(),
+            dns: e.dns.clone(),
         }
     }
 
@@ -258,7 +260,8 @@ impl Agent {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await??;
-        Ok(StatsView { counters, conntrack, start: Some(snap.start.clone()), networks: per_net })
+        let dns = self.dns.stats();
+        Ok(StatsView { counters, conntrack, start: Some(snap.start.clone()), networks: per_net, dns })
     }
 
     /// Tracked flows, attributed to their endpoints (the table is walked on

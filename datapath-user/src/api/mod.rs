@@ -150,6 +150,12 @@ pub struct ContainerCreate {
     /// Ports its endpoint publishes (`-p`; network mode only).
     #[serde(default)]
     pub publish: Vec<Publish>,
+    /// Its endpoint's aliases (`--alias`; network mode only).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Its endpoint's DNS servers (`--dns`; network mode only).
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// What `ps` shows of a command.
@@ -245,6 +251,13 @@ pub struct EndpointCreate {
     /// Its IPv6 address on a dual-stack network (the lowest free one when absent).
     #[serde(default)]
     pub ip6: Option<Ipv6Addr>,
+    /// More names on its network for the embedded DNS (`--alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// DNS servers its embedded DNS forwards to (`--dns`), instead of the
+    /// node's.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

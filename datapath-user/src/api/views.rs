@@ -97,6 +97,12 @@ pub struct EndpointView {
     pub prefix_len6: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway6: Option<Ipv6Addr>,
+    /// More names on its first network (`--alias`, embedded DNS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// Its embedded DNS's upstreams (`--dns`), instead of the node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +125,9 @@ pub struct StatsView {
     /// Per-network counters of the eBPF networks.
     #[serde(default)]
     pub networks: Vec<NetworkStatsView>,
+    /// The embedded DNS's counters (since the agent started).
+    #[serde(default)]
+    pub dns: crate::dns::DnsStats,
 }
 
 /// One eBPF network's counters (since the network was created).

@@ -26,6 +26,13 @@ pub enum EndpointCmd {
         /// (ranges: 8000-8010:8000-8010); repeatable.
         #[arg(short = 'p', long = "publish")]
         publish: Vec<String>,
+        /// Another name on its network for the embedded DNS; repeatable.
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// A DNS server the embedded DNS forwards to instead of the node's
+        /// (queried from the endpoint's namespace); repeatable, at most 3.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
     },
     /// List endpoints.
     #[command(alias = "list")]
@@ -47,11 +54,12 @@ pub enum EndpointCmd {
 
 pub async fn run(client: &Client, cmd: EndpointCmd) -> Result<()> {
     match cmd {
-        EndpointCmd::Create { name, network, ip, ip6, trace, publish } => {
+        EndpointCmd::Create { name, network, ip, ip6, trace, publish, aliases, dns } => {
             let ip = ip.as_deref().map(ipam::parse_addr).transpose()?;
             let ip6 = ip6.as_deref().map(ipam::v6::parse_addr).transpose()?;
             let publish = datapath::ports::parse_all(&publish)?;
-            let req = EndpointCreate { name, network, ip, ip6, trace, publish, ..Default::default() };
+            let dns = dns.iter().map(|d| ipam::parse_addr(d)).collect::<Result<_, _>>()?;
+            let req = EndpointCreate { name, network, ip, ip6, trace, publish, aliases, dns, ..Default::default() };
             let e: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
             match e.ip6 {
                 Some(ip6) => println!("{} {} {ip6}", e.name, e.ip),

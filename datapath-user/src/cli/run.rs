@@ -29,6 +29,14 @@ pub struct RunArgs {
     /// 8000-8010:8000-8010); repeatable.
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// Another name of its endpoint on its network for the embedded DNS;
+    /// repeatable.
+    #[arg(long = "alias")]
+    aliases: Vec<String>,
+    /// A DNS server its embedded DNS forwards to instead of the node's;
+    /// repeatable, at most 3.
+    #[arg(long = "dns")]
+    dns: Vec<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -40,6 +48,7 @@ pub struct RunArgs {
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     let ip = args.ip.as_deref().map(ipam::parse_addr).transpose()?;
     let publish = datapath::ports::parse_all(&args.publish)?;
+    let dns = args.dns.iter().map(|d| ipam::parse_addr(d)).collect::<Result<_, _>>()?;
     let cwd = std::env::current_dir().ok();
     let req = ContainerCreate {
         name: args.name,
@@ -50,6 +59,8 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         rm: args.rm,
         cwd,
         publish,
+        aliases: args.aliases,
+        dns,
     };
     let c: ContainerView = client.call_as(Request::ContainerCreate(req)).await?;
     if args.detach {
@@ -57,7 +68,14 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     let argv = args.command;
-    let spawned = netns::run_in(&c.netns_path, move || std::process::Command::new(&argv[0]).args(&argv[1..]).spawn());
+    let path = c.netns_path.clone();
+    let spawned = netns::run_in(&c.netns_path, move || {
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        // Its resolver configuration, as `ip netns exec` would give it.
+        netns::etc_overrides(&mut cmd, &path);
+        cmd.spawn()
+    });
     let mut child = match spawned.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)) {
         Ok(child) => child,
         Err(e) => {

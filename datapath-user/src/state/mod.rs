@@ -179,6 +179,10 @@ pub struct EndpointSpec {
     /// namespace. The default route stays on the first network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// DNS servers its embedded DNS forwards to instead of the node's
+    /// (`--dns`), queried from its namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// One more network an endpoint is on: its own veth, address and aliases.
@@ -507,6 +511,7 @@ mod tests {
             ip6: None,
             aliases: Vec::new(),
             attachments: Vec::new(),
+            dns: Vec::new(),
         }
     }
 
