@@ -145,8 +145,7 @@ impl Inner {
         &mut self,
         name: &str,
         mode: &RunMode,
-        ip: Option<std::net::Ipv4Addr>,
-        publish: Vec<crate::ports::Publish>,
+        req: &ContainerCreate,
     ) -> Result<(Option<String>, PathBuf), ApiError> {
         let network = match mode {
             RunMode::Network(net) => {
@@ -173,7 +172,15 @@ impl Inner {
                 return Ok((None, path));
             }
         };
-        let ep = EndpointCreate { name: name.to_string(), network: Some(network), ip, publish, ..Default::default() };
+        let ep = EndpointCreate {
+            name: name.to_string(),
+            network: Some(network),
+            ip: req.ip,
+            publish: req.publish.clone(),
+            more_networks: req.more_networks.clone(),
+            aliases: req.aliases.clone(),
+            ..Default::default()
+        };
         let ep = self.endpoint_create(ep).await?;
         let path = self.state.endpoints.get(&ep).map(|e| e.netns_path.clone()).unwrap_or_default();
         Ok((Some(ep), path))
@@ -196,7 +203,10 @@ impl Inner {
         if !req.publish.is_empty() && !matches!(mode, RunMode::Network(_)) {
             return Err(ApiError::invalid(format!("--publish needs a network, not --network {mode}")));
         }
-        let (endpoint, netns_path) = self.container_netns(&name, &mode, req.ip, req.publish.clone()).await?;
+        if (!req.more_networks.is_empty() || !req.aliases.is_empty()) && !matches!(mode, RunMode::Network(_)) {
+            return Err(ApiError::invalid(format!("more networks and aliases need a network, not --network {mode}")));
+        }
+        let (endpoint, netns_path) = self.container_netns(&name, &mode, &req).await?;
         let mut spec = ContainerSpec {
             name: name.clone(),
             mode,

@@ -124,6 +124,26 @@ pub enum Request {
         name: String,
         publish: Vec<Publish>,
     },
+    /// Puts an existing endpoint on one more network (`network connect`).
+    NetworkConnect(NetworkConnect),
+    /// Takes an endpoint off a network it was connected to.
+    NetworkDisconnect {
+        network: String,
+        endpoint: String,
+    },
+}
+
+/// `datapath network connect NET NAME [--ip IP] [--alias A]...`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConnect {
+    pub network: String,
+    pub endpoint: String,
+    /// Its address on `network`; the lowest free one when absent.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// More names it answers to on `network` (for the embedded DNS).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// `datapath run`: what to run and how it is networked.
@@ -150,6 +170,13 @@ pub struct ContainerCreate {
     /// Ports its endpoint publishes (`-p`; network mode only).
     #[serde(default)]
     pub publish: Vec<Publish>,
+    /// Networks its endpoint is connected to besides `network`, in order
+    /// (`--network` given more than once; network mode only).
+    #[serde(default)]
+    pub more_networks: Vec<String>,
+    /// Aliases of its endpoint on `network` (`--alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// What `ps` shows of a command.
@@ -234,6 +261,14 @@ pub struct EndpointCreate {
     /// Published ports (`-p`).
     #[serde(default)]
     pub publish: Vec<Publish>,
+    /// Networks it is connected to besides `network`, in order, each with
+    /// the lowest free address (`--network` given more than once); the
+    /// create is all-or-nothing.
+    #[serde(default)]
+    pub more_networks: Vec<String>,
+    /// More names it answers to on its first network (`--alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -42,6 +42,26 @@ pub struct NetworkEndpointView {
     pub id: String,
     pub ip: Ipv4Addr,
     pub mac: String,
+    /// Its interface in its namespace on this network (`eth0`, `eth1`, ...).
+    #[serde(default)]
+    pub ifname: String,
+    /// Its names on this network besides its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// One network an endpoint is on besides its first (`network connect`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    pub network: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: String,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// What `endpoint inspect` returns.
@@ -79,6 +99,12 @@ pub struct EndpointView {
     /// Published ports (`-p`).
     #[serde(default)]
     pub ports: Vec<Publish>,
+    /// Its names on its first network besides its own (`--alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The networks it is on besides its first, in the order connected.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentView>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

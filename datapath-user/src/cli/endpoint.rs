@@ -12,10 +12,16 @@ pub enum EndpointCmd {
     /// Create an endpoint: netns NAME, veth with eth0 inside, address, route, TC program.
     Create {
         name: String,
+        /// Its network (default: bridge); repeatable: the first is the
+        /// default route's, it is connected to the others in order (eth1, ...).
         #[arg(long)]
-        network: Option<String>,
+        network: Vec<String>,
+        /// Its address on its first network.
         #[arg(long)]
         ip: Option<String>,
+        /// More names it answers to on its first network; repeatable.
+        #[arg(long, alias = "network-alias")]
+        alias: Vec<String>,
         /// Trace this endpoint's packets from the start.
         #[arg(long)]
         trace: bool,
@@ -44,10 +50,20 @@ pub enum EndpointCmd {
 
 pub async fn run(client: &Client, cmd: EndpointCmd) -> Result<()> {
     match cmd {
-        EndpointCmd::Create { name, network, ip, trace, publish } => {
+        EndpointCmd::Create { name, network, ip, alias, trace, publish } => {
             let ip = ip.as_deref().map(ipam::parse_addr).transpose()?;
             let publish = datapath::ports::parse_all(&publish)?;
-            let req = EndpointCreate { name, network, ip, trace, publish, ..Default::default() };
+            let mut networks = network.into_iter();
+            let req = EndpointCreate {
+                name,
+                network: networks.next(),
+                more_networks: networks.collect(),
+                aliases: alias,
+                ip,
+                trace,
+                publish,
+                ..Default::default()
+            };
             let e: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
             println!("{} {}", e.name, e.ip);
             Ok(())
@@ -93,6 +109,12 @@ fn list_table(eps: &[EndpointView]) -> String {
         let owner = e.owner.as_deref().unwrap_or(if e.cni.is_some() { "cni" } else { "-" });
         let ports = datapath::ports::format(&e.ports);
         t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &container, &owner, &ports]);
+        // Its other networks, one line each under it.
+        for a in &e.attachments {
+            let address = format!("{}/{}", a.ip, a.prefix_len);
+            let name = format!("  {}", a.ifname);
+            t.row([&name, &a.network, &address, &a.mac, &a.host_ifname, &a.host_ifindex, &"", &"", &""]);
+        }
     }
     t.render()
 }

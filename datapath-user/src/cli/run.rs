@@ -11,9 +11,15 @@ use super::output::{self, left, right, Column, Output, Table};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// bridge (default), a network name, host, none or container:NAME.
-    #[arg(long, alias = "net", default_value = "bridge")]
-    network: String,
+    /// bridge (default), a network name, host, none or container:NAME;
+    /// repeatable with network names: the first is the default route's,
+    /// the endpoint is connected to the others in order (eth1, eth2, ...).
+    #[arg(long, alias = "net")]
+    network: Vec<String>,
+    /// More names the endpoint answers to on its first network (Docker's
+    /// --network-alias); repeatable.
+    #[arg(long, alias = "network-alias")]
+    alias: Vec<String>,
     #[arg(long)]
     name: Option<String>,
     #[arg(long)]
@@ -41,9 +47,12 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     let ip = args.ip.as_deref().map(ipam::parse_addr).transpose()?;
     let publish = datapath::ports::parse_all(&args.publish)?;
     let cwd = std::env::current_dir().ok();
+    let mut networks = args.network.into_iter();
     let req = ContainerCreate {
         name: args.name,
-        network: Some(args.network),
+        network: Some(networks.next().unwrap_or_else(|| "bridge".to_string())),
+        more_networks: networks.collect(),
+        aliases: args.alias,
         ip,
         argv: args.command.clone(),
         detach: args.detach,

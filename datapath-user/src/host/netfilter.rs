@@ -220,7 +220,7 @@ fn postrouting_chain(
 fn icc_table(state: &State, nets: &[&NetworkSpec]) -> String {
     let mut icc = String::new();
     for n in nets.iter().filter(|n| !n.options.icc) {
-        let ports: Vec<String> = state.endpoints_of(&n.name).map(|e| format!("\"{}\"", e.host_ifname)).collect();
+        let ports: Vec<String> = state.links_on(&n.name).map(|(_, l)| format!("\"{}\"", l.host_ifname)).collect();
         if ports.len() >= 2 {
             let set = ports.join(", ");
             icc += &format!(

@@ -40,3 +40,9 @@ pub fn enable_forwarding() -> Result<Option<String>, SysctlError> {
 pub fn restore_forwarding(old: &str) -> Result<(), SysctlError> {
     std::fs::write(IP_FORWARD, old.as_bytes()).map_err(err(IP_FORWARD))
 }
+
+/// Turns IPv4 forwarding off in the calling thread's namespace (an
+/// endpoint's: it must never route between the networks it is on).
+pub fn disable_forwarding() -> Result<(), SysctlError> {
+    std::fs::write(IP_FORWARD, b"0").map_err(err(IP_FORWARD))
+}
