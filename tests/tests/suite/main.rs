@@ -15,6 +15,7 @@ mod docker_plugin;
 mod lifecycle;
 mod masquerade;
 mod modes;
+mod multinet;
 mod nat_limits;
 mod network_options;
 mod podman;
