@@ -300,3 +300,64 @@ fn attachment_survives_agent_restart(dp) {
     assert_eq!(node.node_dp_veths().len(), veths.len() - 2, "both veths of {} removed", x.name);
 }
 }
+
+/// A connect a crash interrupted (the attachment written ahead, still
+/// marked `connecting`, its veth and map entry made) is rolled back by the
+/// next agent: the veth, eth1, the map entry and the record go, the address
+/// is free. The crash is simulated by killing the agent and marking the
+/// finished attachment in the state file as the write-ahead left it.
+#[test]
+fn interrupted_connect_is_rolled_back_by_the_next_agent() {
+    datapath_tests::kernel_test!();
+    let mut node = Node::on(Datapath::Ebpf);
+    let b_net = node.ep("nb");
+    node.ok(&["network", "create", &b_net, "--subnet", "10.66.0.0/24"]);
+    let x = node.create_endpoint(&node.ep("x"), &[]);
+    let (veths, maps) = (node.node_dp_veths(), endpoint_maps(&node));
+    node.ok(&["network", "connect", &b_net, &x.name, "--ip", "10.66.0.7"]);
+    let ifindex = attachment(&mut node, &x.name, &b_net).expect("attachment")["host_ifindex"].as_u64().unwrap();
+    node.kill_agent();
+    let path = node.state_dir.join(datapath::state::STATE_FILE);
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["endpoints"][&x.name]["attachments"][0]["connecting"] = Value::Bool(true);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    node.start_agent();
+    assert!(attachment(&mut node, &x.name, &b_net).is_none(), "half-made attachment kept");
+    assert_eq!(node.node_dp_veths(), veths, "the attachment's veth was not removed");
+    assert!(!link_names(&x.name).contains(&"eth1".to_string()), "eth1 left in {}", x.name);
+    let (keys, by_ip) = endpoint_maps(&node);
+    assert!(!keys.contains(&ifindex), "ENDPOINTS still holds {ifindex}: {keys:?}");
+    assert_eq!((keys, by_ip), maps, "endpoint maps after the rollback");
+    assert_ping(&node.name, &x.ip, 1);
+    node.ok(&["network", "connect", &b_net, &x.name, "--ip", "10.66.0.7"]);
+}
+
+/// `trace --endpoint NAME` covers all the endpoint's interfaces: packets
+/// its eth1 sends on the second network are traced under its name (eBPF:
+/// the kernel datapath has no traces).
+#[test]
+fn trace_by_name_covers_attachments() {
+    datapath_tests::kernel_test!();
+    let mut node = Node::on(Datapath::Ebpf);
+    let b_net = node.ep("nb");
+    node.ok(&["network", "create", &b_net, "--subnet", "10.67.0.0/24"]);
+    let b = node.create_endpoint(&node.ep("b"), &["--network", &b_net]);
+    let x = node.create_endpoint(&node.ep("x"), &[]);
+    node.ok(&["network", "connect", &b_net, &x.name]);
+    assert_ping(&x.name, &b.ip, 1);
+    let mut trace = node.cli_bg(&["trace", "--endpoint", &x.name]);
+    // Let the subscription start (as the trace tests do).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(trace.try_status().is_none(), "trace exited early");
+    assert_ping(&x.name, &b.ip, 3);
+    std::thread::sleep(Duration::from_millis(1000));
+    let (lines, err) = trace.stop();
+    let prefix = format!("{} ", x.name);
+    assert!(
+        lines.iter().any(|l| l.starts_with(&prefix) && l.contains("redirect-peer") && l.contains(&b.ip)),
+        "no trace line of {} via eth1 to {}:\n{}\nstderr: {err}",
+        x.name,
+        b.ip,
+        lines.join("\n")
+    );
+}
