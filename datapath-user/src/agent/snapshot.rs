@@ -195,21 +195,25 @@ impl Snapshot {
             owner: e.owner.clone(),
             detached: e.detached,
             aliases: e.aliases.clone(),
-            attachments: e
-                .attachments
-                .iter()
-                .map(|a| AttachmentView {
-                    network: a.network.clone(),
-                    ifname: a.ifname.clone(),
-                    ip: a.ip,
-                    prefix_len: self.state.networks.get(&a.network).map(|n| n.subnet.prefix_len()).unwrap_or(32),
-                    mac: format_mac(&a.mac),
-                    host_ifname: a.host_ifname.clone(),
-                    host_ifindex: self.attach_ifindex.get(&a.host_ifname).copied().unwrap_or(0),
-                    aliases: a.aliases.clone(),
-                })
-                .collect(),
+            attachments: self.attachment_views(e),
         }
+    }
+
+    /// An endpoint's networks besides its first.
+    fn attachment_views(&self, e: &EndpointSpec) -> Vec<AttachmentView> {
+        e.attachments
+            .iter()
+            .map(|a| AttachmentView {
+                network: a.network.clone(),
+                ifname: a.ifname.clone(),
+                ip: a.ip,
+                prefix_len: self.state.networks.get(&a.network).map(|n| n.subnet.prefix_len()).unwrap_or(32),
+                mac: format_mac(&a.mac),
+                host_ifname: a.host_ifname.clone(),
+                host_ifindex: self.attach_ifindex.get(&a.host_ifname).copied().unwrap_or(0),
+                aliases: a.aliases.clone(),
+            })
+            .collect()
     }
 
     fn container_view(&self, c: &ContainerSpec) -> ContainerView {
@@ -242,6 +246,12 @@ impl Snapshot {
                 .as_ref()
                 .and_then(|e| self.state.endpoints.get(e))
                 .map(|e| e.ports.clone())
+                .unwrap_or_default(),
+            attachments: c
+                .endpoint
+                .as_ref()
+                .and_then(|e| self.state.endpoints.get(e))
+                .map(|e| self.attachment_views(e))
                 .unwrap_or_default(),
         }
     }

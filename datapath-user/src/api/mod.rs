@@ -197,6 +197,10 @@ pub struct ContainerView {
     /// What its endpoint publishes.
     #[serde(default)]
     pub ports: Vec<Publish>,
+    /// Its endpoint's other networks (`--network` given more than once,
+    /// `network connect`).
+    #[serde(default)]
+    pub attachments: Vec<AttachmentView>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -129,6 +129,10 @@ fn ps_table(cs: &[ContainerView]) -> String {
         let pid = c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let ports = datapath::ports::format(&c.ports);
         t.row([&c.name, &c.network, &ip, &pid, &c.status, &ports, &c.argv.join(" ")]);
+        // Its endpoint's other networks, one line each under it.
+        for a in &c.attachments {
+            t.row([&"", &a.network, &a.ip, &"", &"", &"", &""]);
+        }
     }
     t.render()
 }

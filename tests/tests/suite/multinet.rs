@@ -175,6 +175,9 @@ fn run_with_two_networks(dp) {
     for (dev, ip) in [("eth0", ip0), ("eth1", ip1)] {
         assert!(out.lines().any(|l| l.contains(dev) && l.contains(&format!("{ip}/"))), "{dev} {ip} in:\n{out}");
     }
+    let ps = node.json(&["ps", "-o", "json"]);
+    let row = ps.as_array().and_then(|a| a.iter().find(|c| c["name"] == name.as_str()).cloned()).expect("ps row");
+    assert_eq!((&row["attachments"][0]["network"], &row["attachments"][0]["ip"]), (&b_net.clone().into(), &ip1.into()), "ps: {row}");
     assert_ping(&name, &b.ip, 1);
     assert_ping(&b.name, ip1, 1);
     node.ok(&["endpoint", "rm", &name]);
