@@ -318,6 +318,23 @@ mod tests {
     }
 
     #[test]
+    fn connect_requests_default_and_refuse_unknown_fields() {
+        let line = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x"}"#;
+        let env = Envelope::parse(line).unwrap();
+        let want = NetworkConnect { network: "b".into(), endpoint: "x".into(), ip: None, aliases: Vec::new() };
+        assert_eq!(env.request, Request::NetworkConnect(want));
+        let bad = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x","alias":["a"]}"#;
+        assert_eq!(Envelope::parse(bad), Err(ParseError::UnknownField("alias".into())));
+        let off = r#"{"api_version":1,"op":"network_disconnect","network":"b","endpoint":"x"}"#;
+        let env = Envelope::parse(off).unwrap();
+        assert_eq!(env.request, Request::NetworkDisconnect { network: "b".into(), endpoint: "x".into() });
+        // Old clients' creates still parse: the new fields default.
+        let old = r#"{"api_version":1,"op":"endpoint_create","name":"a"}"#;
+        let Request::EndpointCreate(c) = Envelope::parse(old).unwrap().request else { panic!("not a create") };
+        assert!(c.more_networks.is_empty() && c.aliases.is_empty());
+    }
+
+    #[test]
     fn unknown_fields_and_versions_are_refused() {
         let ok = r#"{"api_version":1,"op":"network_create","name":"n","subnet":"10.1.0.0/24"}"#;
         assert!(Envelope::parse(ok).is_ok());
