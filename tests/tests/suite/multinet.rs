@@ -132,6 +132,17 @@ fn connect_reaches_both_networks_and_keeps_them_isolated(dp) {
         Datapath::Kernel => assert_eq!(iso, 0, "kernel datapath counted eBPF drops"),
     }
 
+    // Traffic sent out eth1 towards the A-only endpoint (a host route
+    // forces it there) does not cross into A either.
+    let host_route = format!("{}/32", a.ip);
+    let add = exec_in(&x.name, &["ip", "route", "add", &host_route, "dev", "eth1"]);
+    assert!(add.status.success(), "{}", show(&add));
+    let out = ping(&x.name, &a.ip, 2);
+    assert!(!out.status.success(), "{dp}: eth1 reached {} on the other network:\n{}", a.ip, show(&out));
+    let del = exec_in(&x.name, &["ip", "route", "del", &host_route, "dev", "eth1"]);
+    assert!(del.status.success(), "{}", show(&del));
+    assert_ping(&x.name, &a.ip, 1);
+
     // The network cannot go while it has a connected endpoint.
     let e = node.err(&["network", "rm", &b_net]);
     assert!(e.contains(&x.name), "network rm lists the connected endpoint: {e}");
