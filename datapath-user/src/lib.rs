@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod api;
 pub mod datapath;
+pub mod dns;
 pub mod docker;
 pub mod host;
 pub mod ipam;

@@ -60,6 +60,9 @@ pub async fn reset(paths: &ResetPaths) -> ResetReport {
     namespaces.dedup();
     remove_links(&mut report).await;
     for path in namespaces.iter().filter(|p| p.exists()) {
+        if let Some(name) = path.strip_prefix(netns::NETNS_RUN_DIR).ok().and_then(|n| n.to_str()) {
+            crate::dns::resolv::remove(name);
+        }
         match netns::delete_path(path) {
             Ok(()) => report.namespaces.push(path.display().to_string()),
             Err(e) => report.problems.push(format!("deleting {}: {e}", path.display())),

@@ -25,6 +25,10 @@ pub struct WalkthroughArgs {
 }
 
 const EPS: [&str; 2] = ["alpine1", "alpine2"];
+/// The user-defined network of the names step, and its endpoints.
+const DNS_NET: &str = "walknet";
+const DNS_SUBNET: &str = "10.77.0.0/24";
+const DNS_EPS: [&str; 2] = ["web", "shell"];
 /// The walkthrough's "node": the agent runs in this namespace, so nothing it
 /// does (bridges, forwarding, NAT) touches the host's own networking.
 const NODE_NS: &str = "dpwalk-node";
@@ -48,6 +52,12 @@ fn agent_config(args: &WalkthroughArgs) -> Result<AgentConfig> {
     c.socket = client_path(args);
     c.cleanup_on_exit = true;
     c.own_process_group = true;
+    // The embedded DNS forwards to no one: the walkthrough's world is
+    // its namespaces.
+    std::fs::create_dir_all(&args.dir)?;
+    let upstreams = args.dir.join("upstream-resolv.conf");
+    std::fs::write(&upstreams, "# no upstream resolvers\n")?;
+    c.upstream_resolv_conf = Some(upstreams);
     Ok(c)
 }
 
@@ -125,9 +135,10 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
 async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     // Leftovers of a walkthrough that was killed are restored by the agent
     // from its state: start from a clean slate.
-    for ep in EPS {
-        let _ = client.call(Request::EndpointRemove { name: ep.into() }).await;
+    for ep in EPS.iter().chain(DNS_EPS.iter()) {
+        let _ = client.call(Request::EndpointRemove { name: (*ep).into() }).await;
     }
+    let _ = client.call(Request::NetworkRemove { name: DNS_NET.into() }).await;
     step(2, "The networks: the default bridge network is there");
     show_networks(client).await?;
 
@@ -179,7 +190,13 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     step(9, "Counters by reason: unicast between endpoints was redirected in-kernel, outside traffic translated");
     show_stats(client).await?;
 
-    step(10, "Your turn");
+    step(
+        10,
+        &format!("Names: on a user-defined network ({DNS_NET}) endpoints find each other through the embedded DNS"),
+    );
+    ping_by_name(client).await?;
+
+    step(11, "Your turn");
     your_turn(args, a, b);
     if args.no_wait {
         return Ok(());
@@ -399,6 +416,39 @@ async fn ping(from: &EndpointView, to: Ipv4Addr) -> Result<()> {
     }
     if !out.status.success() {
         bail!("ping from {} to {to} failed", from.name);
+    }
+    Ok(())
+}
+
+/// A user-defined network, `web` (alias `www`) and `shell` on it, and a
+/// ping by name from `shell` (its resolver asks 127.0.0.11 in its
+/// namespace, answered by the agent).
+async fn ping_by_name(client: &Client) -> Result<()> {
+    show(&format!("datapath network create {DNS_NET} --subnet {DNS_SUBNET}"));
+    let req = datapath::api::NetworkCreate { name: DNS_NET.into(), subnet: DNS_SUBNET.into(), ..Default::default() };
+    client.call(Request::NetworkCreate(req)).await?;
+    for (ep, aliases) in DNS_EPS.iter().zip([vec!["www".to_string()], vec![]]) {
+        let alias = aliases.iter().map(|a| format!(" --alias {a}")).collect::<String>();
+        show(&format!("datapath endpoint create {ep} --network {DNS_NET}{alias}"));
+        let req = EndpointCreate { name: (*ep).into(), network: Some(DNS_NET.into()), aliases, ..Default::default() };
+        let v: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
+        println!("{} {}", v.name, v.ip);
+    }
+    let (shell, web) = (DNS_EPS[1], DNS_EPS[0]);
+    show(&format!("cat /etc/netns/{shell}/resolv.conf"));
+    print!("{}", std::fs::read_to_string(format!("/etc/netns/{shell}/resolv.conf")).unwrap_or_default());
+    for argv in [vec!["getent", "hosts", "www"], vec!["ping", "-c", "2", "-i", "0.2", "-W", "1", web]] {
+        show(&format!("ip netns exec {shell} {}", argv.join(" ")));
+        let mut full = vec!["netns", "exec", shell];
+        full.extend(argv.iter().copied());
+        let out = tokio::task::spawn_blocking(move || Command::new("ip").args(&full).output()).await??;
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines().filter(|l| !l.starts_with("---") && !l.is_empty() && !l.starts_with("rtt")) {
+            println!("{line}");
+        }
+        if !out.status.success() {
+            bail!("{} from {shell} failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
     }
     Ok(())
 }

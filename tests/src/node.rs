@@ -79,6 +79,10 @@ pub struct AgentOpts {
     pub extra_args: Vec<String>,
     /// Further environment of the agent (e.g. `DATAPATH_BPF_OBJECT`).
     pub env: Vec<(String, String)>,
+    /// The embedded DNS's node upstreams (`nameserver` addresses of the
+    /// `--upstream-resolv-conf` file the node writes); none by default:
+    /// a test never sends DNS to the machine's real resolvers.
+    pub upstream_dns: Vec<String>,
 }
 
 impl AgentOpts {
@@ -198,6 +202,10 @@ impl Node {
         c.state_dir = self.state_dir.clone();
         c.log = Some(self.log_path(self.starts));
         c.no_default_network = self.opts.no_default_network;
+        let upstreams = self.dir.join("upstream-resolv.conf");
+        let text: String = self.opts.upstream_dns.iter().map(|ip| format!("nameserver {ip}\n")).collect();
+        std::fs::write(&upstreams, text).unwrap_or_else(|e| panic!("writing {}: {e}", upstreams.display()));
+        c.upstream_resolv_conf = Some(upstreams);
         c.extra_args = self.opts.extra_args.clone();
         // Extra agent flags, for checking that the suite notices a broken or
         // different datapath (e.g. "--default-datapath kernel" must fail the

@@ -269,3 +269,164 @@ try:
 except Exception as e:
     print("error", repr(e), flush=True)
 "#;
+
+/// argv: TAG PROTO(udp|tcp) SERVER NAME QTYPE(A|AAAA|PTR|TXT) [COUNT]
+/// One DNS query (a test client: the server under test parses with a real
+/// DNS library). Prints `rcode N`, then one line per answer (`A IP TTL`,
+/// `PTR NAME`); `refused` when nothing listens (ICMP port unreachable).
+/// With COUNT > 1: COUNT queries one after the other, then one JSON line
+/// {"n", "median_us", "p99_us", "failed"} of the answer times.
+pub const DNS_CLIENT: &str = r#"
+import json, socket, struct, sys, time
+proto, server, name, qtype = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+count = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+T = {"A": 1, "PTR": 12, "AAAA": 28, "TXT": 16}
+def query(i):
+    qn = b"".join(bytes([len(l)]) + l.encode() for l in name.rstrip(".").split(".") if l) + b"\0"
+    return struct.pack(">HHHHHH", i, 0x0100, 1, 0, 0, 0) + qn + struct.pack(">HH", T[qtype], 1)
+def recvn(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError("closed")
+        b += c
+    return b
+def name_at(m, o, hops=0):
+    labels = []
+    while hops < 20:
+        l = m[o]
+        if l & 0xc0 == 0xc0:
+            o = ((l & 0x3f) << 8) | m[o + 1]; hops += 1; continue
+        if l == 0:
+            break
+        labels.append(m[o + 1:o + 1 + l].decode()); o += 1 + l
+    return ".".join(labels) + "."
+def skip(m, o):
+    while True:
+        l = m[o]
+        if l & 0xc0 == 0xc0:
+            return o + 2
+        if l == 0:
+            return o + 1
+        o += 1 + l
+def parse(m):
+    i, fl, qd, an, ns, ar = struct.unpack(">HHHHHH", m[:12])
+    o = 12
+    for _ in range(qd):
+        o = skip(m, o) + 4
+    out = []
+    for _ in range(an):
+        o = skip(m, o)
+        t, c, ttl, rl = struct.unpack(">HHIH", m[o:o + 10]); o += 10
+        if t == 1:
+            out.append("A %s %d" % (socket.inet_ntoa(m[o:o + rl]), ttl))
+        elif t == 12:
+            out.append("PTR %s" % name_at(m, o))
+        o += rl
+    return i, fl & 0xf, out
+udp = None
+def ask(i):
+    global udp
+    q = query(i)
+    if proto == "udp":
+        if udp is None:
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.settimeout(15)
+            udp.connect((server, 53))
+        udp.send(q)
+        while True:
+            m = udp.recv(65535)
+            if m[:2] == q[:2]:
+                return m
+    s = socket.create_connection((server, 53), timeout=15)
+    s.sendall(struct.pack(">H", len(q)) + q)
+    n = struct.unpack(">H", recvn(s, 2))[0]
+    m = recvn(s, n)
+    s.close()
+    return m
+try:
+    if count == 1:
+        i, rcode, out = parse(ask(4242))
+        print("rcode %d" % rcode)
+        for line in out:
+            print(line)
+    else:
+        times, failed = [], 0
+        for k in range(count):
+            t = time.perf_counter()
+            i, rcode, out = parse(ask(k))
+            times.append((time.perf_counter() - t) * 1e6)
+            failed += rcode != 0 or not out
+        times.sort()
+        print(json.dumps({"n": count, "median_us": times[len(times) // 2],
+                          "p99_us": times[min(len(times) - 1, int(len(times) * 0.99))], "failed": failed}))
+except ConnectionRefusedError:
+    print("refused")
+"#;
+
+/// argv: TAG PROTO(udp|tcp) SERVER HEX...
+/// Sends each HEX payload as one DNS message (TCP: one connection each,
+/// length-prefixed) and prints `reply N` (N bytes back) or `none` per
+/// payload (1 s without an answer, or the connection closed).
+pub const DNS_RAW: &str = r#"
+import socket, struct, sys
+proto, server = sys.argv[2], sys.argv[3]
+for h in sys.argv[4:]:
+    p = bytes.fromhex(h)
+    try:
+        if proto == "udp":
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(1)
+            s.sendto(p, (server, 53))
+            m = s.recv(65535)
+        else:
+            s = socket.create_connection((server, 53), timeout=1)
+            s.sendall(struct.pack(">H", len(p)) + p)
+            m = s.recv(65535)
+            if not m:
+                raise socket.timeout()
+        print("reply %d" % len(m), flush=True)
+    except (socket.timeout, ConnectionResetError):
+        print("none", flush=True)
+    s.close()
+"#;
+
+/// argv: TAG IP NAME ANSWER
+/// A DNS server on IP:53 (UDP and TCP) answering A queries for NAME with
+/// ANSWER (TTL 60) and NXDOMAIN for everything else; prints "ready", then
+/// "query QNAME PROTO" per query.
+pub const DNS_UPSTREAM: &str = r#"
+import socket, struct, sys, threading
+ip, known, answer = sys.argv[2], sys.argv[3].lower().rstrip("."), sys.argv[4]
+def qname(m):
+    o, labels = 12, []
+    while m[o]:
+        labels.append(m[o + 1:o + 1 + m[o]].decode()); o += 1 + m[o]
+    return ".".join(labels), o + 5
+def respond(m, proto):
+    name, end = qname(m)
+    print("query %s %s" % (name, proto), flush=True)
+    hit = name.lower() == known
+    flags = 0x8180 | (0 if hit else 3)
+    head = m[:2] + struct.pack(">HHHHH", flags, 1, 1 if hit else 0, 0, 0)
+    rr = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(answer) if hit else b""
+    return head + m[12:end] + rr
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind((ip, 53)); l.listen(16)
+def tcp():
+    while True:
+        c, _ = l.accept()
+        n = struct.unpack(">H", c.recv(2))[0]
+        m = b""
+        while len(m) < n:
+            m += c.recv(n - len(m))
+        r = respond(m, "tcp")
+        c.sendall(struct.pack(">H", len(r)) + r); c.close()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, 53))
+threading.Thread(target=tcp, daemon=True).start()
+print("ready", flush=True)
+while True:
+    m, peer = u.recvfrom(65535)
+    u.sendto(respond(m, "udp"), peer)
+"#;

@@ -64,7 +64,11 @@ impl Inner {
         self.state
             .room_for_endpoint(&net, BRIDGE_MAX_PORTS, datapath_common::MAX_ENDPOINTS as usize)
             .map_err(ApiError::conflict)?;
-        self.state.check_aliases(network, &spec.name, &aliases).map_err(ApiError::invalid)?;
+        for alias in &aliases {
+            state::validate_name("alias", alias).map_err(ApiError::invalid)?;
+        }
+        // Its name and aliases must be unambiguous on that network.
+        crate::dns::check_names(&self.state, network, &spec.name, &aliases).map_err(ApiError::conflict)?;
         let ip = ipam::assign(&net.subnet, net.gateway, &self.state.used_addresses(network), ip)?;
         let id = state::random_id();
         let attachment = Attachment {

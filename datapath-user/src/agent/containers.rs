@@ -25,6 +25,7 @@ impl Agent {
             let (spec, child) = created?;
             (spec, child, snap)
         };
+        self.dns.settle().await;
         if let Some(child) = child {
             self.reap(spec.name.clone(), child);
         }
@@ -73,6 +74,8 @@ impl Agent {
             false => Ok(()),
         };
         self.publish(&inner);
+        drop(inner);
+        self.dns.settle().await;
         removed
     }
 }
@@ -179,6 +182,7 @@ impl Inner {
             publish: req.publish.clone(),
             more_networks: req.more_networks.clone(),
             aliases: req.aliases.clone(),
+            dns: req.dns.clone(),
             ..Default::default()
         };
         let ep = self.endpoint_create(ep).await?;
@@ -203,8 +207,11 @@ impl Inner {
         if !req.publish.is_empty() && !matches!(mode, RunMode::Network(_)) {
             return Err(ApiError::invalid(format!("--publish needs a network, not --network {mode}")));
         }
-        if (!req.more_networks.is_empty() || !req.aliases.is_empty()) && !matches!(mode, RunMode::Network(_)) {
-            return Err(ApiError::invalid(format!("more networks and aliases need a network, not --network {mode}")));
+        let extras = !req.more_networks.is_empty() || !req.aliases.is_empty() || !req.dns.is_empty();
+        if extras && !matches!(mode, RunMode::Network(_)) {
+            return Err(ApiError::invalid(format!(
+                "more networks, --alias and --dns need a network, not --network {mode}"
+            )));
         }
         let (endpoint, netns_path) = self.container_netns(&name, &mode, &req).await?;
         let mut spec = ContainerSpec {

@@ -143,8 +143,9 @@ impl Inner {
             created: state::now_rfc3339(),
             creating: true,
             ports: req.publish.clone(),
-            aliases: Vec::new(),
+            aliases: req.aliases.clone(),
             attachments: Vec::new(),
+            dns: req.dns.clone(),
             detached: req.detached,
             owner: req.owner.clone(),
         })
@@ -187,9 +188,14 @@ impl Inner {
             .map_err(ApiError::conflict)?;
         // Published ports too.
         self.check_publish(&req.name, &net, &req.publish).await?;
+        for alias in &req.aliases {
+            state::validate_name("alias", alias).map_err(ApiError::invalid)?;
+        }
+        crate::dns::check_names(&self.state, &net.name, &req.name, &req.aliases).map_err(ApiError::conflict)?;
+        if req.dns.len() > crate::dns::MAX_UPSTREAMS {
+            return Err(ApiError::invalid(format!("at most {} --dns servers", crate::dns::MAX_UPSTREAMS)));
+        }
         let mut spec = self.endpoint_spec(&req, &net, cni)?;
-        spec.aliases = req.aliases.clone();
-        self.state.check_aliases(&net.name, &spec.name, &spec.aliases).map_err(ApiError::invalid)?;
         // More networks (`--network` given more than once): planned now,
         // made after the first link, all or nothing.
         let mut more_nets = Vec::new();
@@ -268,6 +274,7 @@ impl Inner {
             owner: req.owner.clone(),
             aliases: Vec::new(),
             attachments: Vec::new(),
+            dns: Vec::new(),
         };
         let mut made = Made::default();
         let mut built = self.build_none(&spec, &mut made).await;

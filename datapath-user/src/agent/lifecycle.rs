@@ -226,6 +226,7 @@ impl Agent {
             }
         }
         self.publish(&inner);
+        self.dns.settle().await;
         let (file, pins, journal) =
             (inner.cfg.state_dir.join(state::STATE_FILE), Pins::new(&inner.cfg.bpffs), inner.journal());
         let _ = blocking(move || {

@@ -85,6 +85,9 @@ pub struct AgentConfig {
     pub ct_max_entries: u32,
     /// Serve Docker's remote network driver on this socket ([`crate::docker`]).
     pub docker_plugin: Option<PathBuf>,
+    /// Where the embedded DNS reads the node's upstream resolvers
+    /// (`/etc/resolv.conf`).
+    pub upstream_resolv_conf: PathBuf,
 }
 
 /// The writer side: everything a change needs, behind [`Agent::inner`].
@@ -152,6 +155,8 @@ pub struct Agent {
     /// The last conntrack GC's report (table pressure for `stats`).
     gc_report: std::sync::Mutex<Option<GcReport>>,
     trace_tx: broadcast::Sender<String>,
+    /// The embedded DNS: told every state change by [`Agent::publish`].
+    dns: Arc<crate::dns::Dns>,
 }
 
 /// Runs blocking work (namespace threads, `nft`, fsync, map walks) off the
@@ -171,7 +176,12 @@ impl Agent {
         let (trace_tx, _) = broadcast::channel(4096);
         let inner = Inner::start(cfg.clone(), trace_tx.clone()).await?;
         let tables = inner.bpf.tables();
+        let dns = crate::dns::Dns::new(&cfg.upstream_resolv_conf);
+        dns.publish(&inner.state);
+        // Every served endpoint's listeners, before the agent says it is ready.
+        dns.settle().await;
         let agent = Arc::new(Agent {
+            dns,
             cfg,
             view: RwLock::new(Arc::new(inner.snapshot())),
             inner: Mutex::new(inner),
@@ -191,6 +201,7 @@ impl Agent {
     /// Publishes what `inner` holds now to the readers; returns it.
     fn publish(&self, inner: &Inner) -> Arc<Snapshot> {
         let snap = Arc::new(inner.snapshot());
+        self.dns.publish(&inner.state);
         match self.view.write() {
             Ok(mut v) => *v = snap.clone(),
             Err(p) => *p.into_inner() = snap.clone(),
@@ -213,6 +224,8 @@ impl Agent {
                 let result = inner.write(write).await;
                 let snap = self.publish(&inner);
                 drop(inner);
+                // A new endpoint's DNS listens before its create returns.
+                self.dns.settle().await;
                 match result? {
                     Written::Value(v) => Ok(v),
                     Written::Network(name) => snap.network(&name).and_then(to_value),

@@ -196,6 +196,7 @@ impl Snapshot {
             detached: e.detached,
             aliases: e.aliases.clone(),
             attachments: self.attachment_views(e),
+            dns: e.dns.clone(),
         }
     }
 
@@ -297,7 +298,8 @@ impl Agent {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await??;
-        Ok(StatsView { counters, conntrack, start: Some(snap.start.clone()), networks: per_net })
+        let dns = self.dns.stats();
+        Ok(StatsView { counters, conntrack, start: Some(snap.start.clone()), networks: per_net, dns })
     }
 
     /// Tracked flows, attributed to their endpoints (the table is walked on

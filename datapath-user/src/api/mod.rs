@@ -174,9 +174,12 @@ pub struct ContainerCreate {
     /// (`--network` given more than once; network mode only).
     #[serde(default)]
     pub more_networks: Vec<String>,
-    /// Aliases of its endpoint on `network` (`--alias`).
+    /// Its endpoint's aliases (`--alias`; network mode only).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// Its endpoint's DNS servers (`--dns`; network mode only).
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// What `ps` shows of a command.
@@ -270,9 +273,13 @@ pub struct EndpointCreate {
     /// create is all-or-nothing.
     #[serde(default)]
     pub more_networks: Vec<String>,
-    /// More names it answers to on its first network (`--alias`).
+    /// More names on its network for the embedded DNS (`--alias`).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// DNS servers its embedded DNS forwards to (`--dns`), instead of the
+    /// node's.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

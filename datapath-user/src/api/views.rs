@@ -99,9 +99,12 @@ pub struct EndpointView {
     /// Published ports (`-p`).
     #[serde(default)]
     pub ports: Vec<Publish>,
-    /// Its names on its first network besides its own (`--alias`).
-    #[serde(default)]
+    /// More names on its first network (`--alias`, embedded DNS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Its embedded DNS's upstreams (`--dns`), instead of the node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
     /// The networks it is on besides its first, in the order connected.
     #[serde(default)]
     pub attachments: Vec<AttachmentView>,
@@ -127,6 +130,9 @@ pub struct StatsView {
     /// Per-network counters of the eBPF networks.
     #[serde(default)]
     pub networks: Vec<NetworkStatsView>,
+    /// The embedded DNS's counters (since the agent started).
+    #[serde(default)]
+    pub dns: crate::dns::DnsStats,
 }
 
 /// One eBPF network's counters (since the network was created).

@@ -87,6 +87,10 @@ pub struct AgentArgs {
     /// Directory of the plugin socket: where dockerd looks for plugins.
     #[arg(long, value_name = "DIR", default_value = datapath::docker::DEFAULT_PLUGIN_DIR)]
     docker_plugin_dir: PathBuf,
+    /// Where the embedded DNS finds the node's upstream resolvers (its
+    /// `nameserver` lines; queried from the agent's namespace).
+    #[arg(long, value_name = "PATH", default_value = datapath::dns::resolv::NODE_RESOLV_CONF)]
+    upstream_resolv_conf: PathBuf,
 }
 
 fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
@@ -122,6 +126,7 @@ impl AgentArgs {
                 }
                 None => None,
             },
+            upstream_resolv_conf: self.upstream_resolv_conf,
         })
     }
 }

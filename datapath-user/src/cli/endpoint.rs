@@ -19,9 +19,6 @@ pub enum EndpointCmd {
         /// Its address on its first network.
         #[arg(long)]
         ip: Option<String>,
-        /// More names it answers to on its first network; repeatable.
-        #[arg(long, alias = "network-alias")]
-        alias: Vec<String>,
         /// Trace this endpoint's packets from the start.
         #[arg(long)]
         trace: bool,
@@ -29,6 +26,14 @@ pub enum EndpointCmd {
         /// (ranges: 8000-8010:8000-8010); repeatable.
         #[arg(short = 'p', long = "publish")]
         publish: Vec<String>,
+        /// Another name on its first network for the embedded DNS
+        /// (Docker's --network-alias); repeatable.
+        #[arg(long = "alias", alias = "network-alias")]
+        aliases: Vec<String>,
+        /// A DNS server the embedded DNS forwards to instead of the node's
+        /// (queried from the endpoint's namespace); repeatable, at most 3.
+        #[arg(long = "dns")]
+        dns: Vec<String>,
     },
     /// List endpoints.
     #[command(alias = "list")]
@@ -50,18 +55,20 @@ pub enum EndpointCmd {
 
 pub async fn run(client: &Client, cmd: EndpointCmd) -> Result<()> {
     match cmd {
-        EndpointCmd::Create { name, network, ip, alias, trace, publish } => {
+        EndpointCmd::Create { name, network, ip, trace, publish, aliases, dns } => {
             let ip = ip.as_deref().map(ipam::parse_addr).transpose()?;
             let publish = datapath::ports::parse_all(&publish)?;
+            let dns = dns.iter().map(|d| ipam::parse_addr(d)).collect::<Result<_, _>>()?;
             let mut networks = network.into_iter();
             let req = EndpointCreate {
                 name,
                 network: networks.next(),
                 more_networks: networks.collect(),
-                aliases: alias,
                 ip,
                 trace,
                 publish,
+                aliases,
+                dns,
                 ..Default::default()
             };
             let e: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;

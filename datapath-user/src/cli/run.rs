@@ -16,10 +16,6 @@ pub struct RunArgs {
     /// the endpoint is connected to the others in order (eth1, eth2, ...).
     #[arg(long, alias = "net")]
     network: Vec<String>,
-    /// More names the endpoint answers to on its first network (Docker's
-    /// --network-alias); repeatable.
-    #[arg(long, alias = "network-alias")]
-    alias: Vec<String>,
     #[arg(long)]
     name: Option<String>,
     #[arg(long)]
@@ -35,6 +31,14 @@ pub struct RunArgs {
     /// 8000-8010:8000-8010); repeatable.
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// Another name of its endpoint on its first network for the embedded
+    /// DNS (Docker's --network-alias); repeatable.
+    #[arg(long = "alias", alias = "network-alias")]
+    aliases: Vec<String>,
+    /// A DNS server its embedded DNS forwards to instead of the node's;
+    /// repeatable, at most 3.
+    #[arg(long = "dns")]
+    dns: Vec<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -46,19 +50,21 @@ pub struct RunArgs {
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     let ip = args.ip.as_deref().map(ipam::parse_addr).transpose()?;
     let publish = datapath::ports::parse_all(&args.publish)?;
+    let dns = args.dns.iter().map(|d| ipam::parse_addr(d)).collect::<Result<_, _>>()?;
     let cwd = std::env::current_dir().ok();
     let mut networks = args.network.into_iter();
     let req = ContainerCreate {
         name: args.name,
         network: Some(networks.next().unwrap_or_else(|| "bridge".to_string())),
         more_networks: networks.collect(),
-        aliases: args.alias,
         ip,
         argv: args.command.clone(),
         detach: args.detach,
         rm: args.rm,
         cwd,
         publish,
+        aliases: args.aliases,
+        dns,
     };
     let c: ContainerView = client.call_as(Request::ContainerCreate(req)).await?;
     if args.detach {
@@ -66,7 +72,14 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     let argv = args.command;
-    let spawned = netns::run_in(&c.netns_path, move || std::process::Command::new(&argv[0]).args(&argv[1..]).spawn());
+    let path = c.netns_path.clone();
+    let spawned = netns::run_in(&c.netns_path, move || {
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        // Its resolver configuration, as `ip netns exec` would give it.
+        netns::etc_overrides(&mut cmd, &path);
+        cmd.spawn()
+    });
     let mut child = match spawned.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)) {
         Ok(child) => child,
         Err(e) => {

@@ -57,6 +57,24 @@ fn table(stats: &StatsView) -> String {
             ct.live, ct.capacity, ct.removed
         );
     }
+    let d = &stats.dns;
+    if d.endpoints_served > 0 {
+        text += &format!(
+            "dns: {} endpoints served; {} local answers, {} empty, {} forwarded ({} failed), {} refused, {} formerr, \
+             {} notimp, {} dropped, {} over the in-flight bound, {} TCP connections closed\n",
+            d.endpoints_served,
+            d.local,
+            d.nodata,
+            d.forwarded,
+            d.forward_failed,
+            d.refused,
+            d.formerr,
+            d.notimp,
+            d.dropped,
+            d.overloaded,
+            d.tcp_closed
+        );
+    }
     if let Some(s) = &stats.start {
         text += &format!(
             "agent start: maps reused {}, created {}, migrated {}; {} conntrack entries kept; attachments kept {}, \
@@ -97,6 +115,7 @@ mod tests {
             conntrack: None,
             start: None,
             networks: vec![],
+            dns: Default::default(),
         };
         let mut want = format!("{:<24} {:>6} {:>12} {:>14}\n", "REASON", "KIND", "PACKETS", "BYTES");
         for (r, k, p, b) in

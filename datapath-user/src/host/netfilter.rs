@@ -363,6 +363,7 @@ mod tests {
                 ports: Vec::new(),
                 aliases: Vec::new(),
                 attachments: Vec::new(),
+                dns: Vec::new(),
             };
             e.ip = if ep == "a" { e.ip } else { std::net::Ipv4Addr::new(10, 2, 0, 3) };
             st.endpoints.insert(ep.into(), e);
@@ -400,6 +401,7 @@ mod tests {
             ports: crate::ports::parse_all(ports).unwrap(),
             aliases: Vec::new(),
             attachments: Vec::new(),
+            dns: Vec::new(),
         };
         st.endpoints.insert("a".into(), ep("a", "k", [10, 2, 0, 2], &["8080:80", "127.0.0.1:9090:90/udp"]));
         st.endpoints.insert("b".into(), ep("b", "e", [10, 1, 0, 2], &["8081:81"]));

@@ -126,3 +126,62 @@ pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'st
         Err(NetnsError::Sys { what: "netns thread panicked".into(), source: std::io::Error::other("panic") })
     })
 }
+
+/// Gives a command what `ip netns exec NAME` gives it: each file of
+/// `/etc/netns/NAME/` bind-mounted over the same name in `/etc`, in a
+/// mount namespace of the child's own (so `resolv.conf` names the
+/// endpoint's embedded DNS). Nothing when `netns_path` is not a
+/// `/run/netns` name or there are no such files.
+pub fn etc_overrides(cmd: &mut std::process::Command, netns_path: &Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let Some(name) = netns_path.strip_prefix(NETNS_RUN_DIR).ok().filter(|n| n.components().count() == 1) else {
+        return;
+    };
+    let dir = Path::new("/etc/netns").join(name);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return };
+    // Made before the fork: nothing allocates in the child.
+    let binds: Vec<(CString, CString)> = entries
+        .flatten()
+        .filter(|e| !e.file_name().as_bytes().starts_with(b"."))
+        .filter_map(|e| {
+            let target = Path::new("/etc").join(e.file_name());
+            target.exists().then_some(())?;
+            Some((
+                CString::new(e.path().as_os_str().as_bytes()).ok()?,
+                CString::new(target.as_os_str().as_bytes()).ok()?,
+            ))
+        })
+        .collect();
+    if binds.is_empty() {
+        return;
+    }
+    let root = c"/";
+    let hook = move || -> std::io::Result<()> {
+        unshare(CloneFlags::CLONE_NEWNS)?;
+        // Our mounts stay ours; the node's still reach us.
+        mount(
+            None::<&std::ffi::CStr>,
+            root,
+            None::<&std::ffi::CStr>,
+            MsFlags::MS_SLAVE | MsFlags::MS_REC,
+            None::<&std::ffi::CStr>,
+        )?;
+        for (src, dst) in &binds {
+            mount(
+                Some(src.as_c_str()),
+                dst.as_c_str(),
+                None::<&std::ffi::CStr>,
+                MsFlags::MS_BIND,
+                None::<&std::ffi::CStr>,
+            )?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes system calls (unshare, mount) on data
+    // prepared before the fork; it neither allocates nor takes locks.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}

@@ -57,10 +57,12 @@ pub fn spawn_in(
 ) -> Result<std::io::Result<Child>, NetnsError> {
     let argv = argv.to_vec();
     let cwd = cwd.map(Path::to_path_buf);
+    let path = netns_path.to_path_buf();
     netns::run_in(netns_path, move || {
         let (program, args) = argv.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null());
+        netns::etc_overrides(&mut cmd, &path);
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }

@@ -165,6 +165,10 @@ pub struct EndpointSpec {
     /// namespace. The default route stays on the first network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// DNS servers its embedded DNS forwards to instead of the node's
+    /// (`--dns`), queried from its namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<Ipv4Addr>,
 }
 
 /// One more network an endpoint is on: its own veth, address and aliases.
@@ -282,30 +286,6 @@ impl State {
             return Err(format!(
                 "the node is full: {ebpf_total} endpoints on eBPF networks (the size of the datapath's endpoint maps)"
             ));
-        }
-        Ok(())
-    }
-
-    /// Whether endpoint `endpoint` may be on `network` under its own name
-    /// and `aliases` there: every alias follows the name rules, and no
-    /// name or alias of another endpoint on `network` equals its name or
-    /// one of its aliases (what the embedded DNS answers must be
-    /// unambiguous). The error is the one-line message for the client.
-    pub fn check_aliases(&self, network: &str, endpoint: &str, aliases: &[String]) -> Result<(), String> {
-        for (i, a) in aliases.iter().enumerate() {
-            validate_name("alias", a)?;
-            if aliases[..i].contains(a) {
-                return Err(format!("alias {a:?} is given twice"));
-            }
-        }
-        let mine = |n: &String| n == endpoint || aliases.contains(n);
-        for (e, l) in self.links_on(network).filter(|(e, _)| e.name != endpoint) {
-            if mine(&e.name) {
-                return Err(format!("alias {:?} is the name of endpoint {:?} on network {network:?}", e.name, e.name));
-            }
-            if let Some(a) = l.aliases.iter().find(|a| mine(a)) {
-                return Err(format!("{a:?} is already an alias of endpoint {:?} on network {network:?}", e.name));
-            }
         }
         Ok(())
     }
@@ -484,6 +464,7 @@ mod tests {
             ports: Vec::new(),
             aliases: Vec::new(),
             attachments: Vec::new(),
+            dns: Vec::new(),
         }
     }
 
@@ -555,30 +536,6 @@ mod tests {
         // Old state files have neither field.
         let text = serde_json::to_string(&ep("y", "a", [10, 10, 0, 3])).unwrap();
         assert!(!text.contains("attachments") && !text.contains("aliases"), "{text}");
-    }
-
-    #[test]
-    fn aliases_are_names_unique_per_network() {
-        let mut s = State::new();
-        s.networks.insert("a".into(), net("a", "10.10.0.0/16", 1));
-        s.networks.insert("b".into(), net("b", "10.20.0.0/16", 2));
-        let mut x = ep("x", "a", [10, 10, 0, 2]);
-        x.aliases = vec!["web".into()];
-        s.endpoints.insert("x".into(), x);
-        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(s.check_aliases("a", "y", &v(&["db", "cache"])), Ok(()));
-        // On another network the same names are free.
-        assert_eq!(s.check_aliases("b", "y", &v(&["web", "x"])), Ok(()));
-        // Its own name and aliases are its own.
-        assert_eq!(s.check_aliases("a", "x", &v(&["web", "x"])), Ok(()));
-        assert!(s.check_aliases("a", "y", &v(&["web"])).unwrap_err().contains("already an alias of endpoint \"x\""));
-        assert!(s.check_aliases("a", "y", &v(&["x"])).unwrap_err().contains("name of endpoint \"x\""));
-        // A new endpoint named like another's alias collides too.
-        assert!(s.check_aliases("a", "web", &[]).unwrap_err().contains("already an alias"));
-        assert!(s.check_aliases("a", "y", &v(&["db", "db"])).unwrap_err().contains("twice"));
-        for bad in ["", "-x", "a b", "a/b"] {
-            assert!(s.check_aliases("a", "y", &v(&[bad])).unwrap_err().contains("invalid alias name"), "{bad}");
-        }
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub struct AgentConfig {
     /// `--default-datapath` (not passed when `None`).
     pub default_datapath: Option<DatapathKind>,
     pub cleanup_on_exit: bool,
+    /// `--upstream-resolv-conf`: the embedded DNS's upstreams. Tests and
+    /// the walkthrough give one inside their own world, never the node's
+    /// real `/etc/resolv.conf`.
+    pub upstream_resolv_conf: Option<PathBuf>,
     /// Further flags, after the ones above.
     pub extra_args: Vec<String>,
     /// Environment for the agent (`DATAPATH_SOCKET` and `DATAPATH_FAILPOINT`
@@ -66,6 +70,7 @@ impl AgentConfig {
             no_default_network: false,
             default_datapath: None,
             cleanup_on_exit: false,
+            upstream_resolv_conf: None,
             extra_args: Vec::new(),
             env: Vec::new(),
             own_process_group: false,
@@ -91,6 +96,10 @@ impl AgentConfig {
         }
         if self.cleanup_on_exit {
             a.push("--cleanup-on-exit".into());
+        }
+        if let Some(path) = &self.upstream_resolv_conf {
+            a.push("--upstream-resolv-conf".into());
+            a.push(path.to_string_lossy().into_owned());
         }
         a.extend(self.extra_args.iter().cloned());
         a

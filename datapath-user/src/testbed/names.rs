@@ -127,7 +127,7 @@ impl Family {
         for ns in list_netns() {
             consider(&ns);
         }
-        for dir in [Path::new(BPFFS), self.base.as_path()] {
+        for dir in [Path::new(BPFFS), self.base.as_path(), Path::new(crate::dns::resolv::ETC_NETNS)] {
             for name in dir_names(dir) {
                 consider(&name);
             }
@@ -144,7 +144,8 @@ impl Family {
     }
 
     /// Removes everything carrying `prefix`: processes (by argv and by
-    /// namespace), named netns, the bpffs dir, and last the prefix dir (it
+    /// namespace), named netns, the bpffs dir, `/etc/netns` resolver
+    /// files, and last the prefix dir (it
     /// holds the owner marker).
     pub fn remove(&self, prefix: &str) {
         let namespaces: Vec<String> = list_netns().into_iter().filter(|n| n.starts_with(prefix)).collect();
@@ -157,6 +158,10 @@ impl Family {
             let _ = netns::delete_path(&netns::named_path(ns));
         }
         let _ = fs::remove_dir_all(Path::new(BPFFS).join(prefix));
+        // Resolver files of the embedded DNS an agent left for its endpoints.
+        for name in dir_names(Path::new(crate::dns::resolv::ETC_NETNS)).iter().filter(|n| n.starts_with(prefix)) {
+            crate::dns::resolv::remove(name);
+        }
         let _ = fs::remove_dir_all(self.base.join(prefix));
     }
 

@@ -10,6 +10,7 @@ mod cli;
 mod cni;
 mod concurrency;
 mod connectivity;
+mod dns;
 mod docker_engine;
 mod docker_plugin;
 mod lifecycle;

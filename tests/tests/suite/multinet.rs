@@ -229,8 +229,8 @@ fn connect_refuses_bad_input() {
         (vec!["network", "connect", &b_net, &x.name, "--ip", "10.64.0.5"], "10.64.0.5"),
         (vec!["network", "connect", &b_net, &x.name, "--ip", &y.ip], "in use"),
         (vec!["network", "connect", &b_net, &x.name, "--alias=-bad"], "invalid alias name"),
-        (vec!["network", "connect", &b_net, &x.name, "--alias", "db"], "already an alias"),
-        (vec!["network", "connect", &b_net, &x.name, "--alias", &y.name], "is the name of endpoint"),
+        (vec!["network", "connect", &b_net, &x.name, "--alias", "db"], "is taken on network"),
+        (vec!["network", "connect", &b_net, &x.name, "--alias", &y.name], "is taken on network"),
         (vec!["network", "connect", &b_net, &none], "none network"),
         (vec!["network", "connect", "none", &x.name], "none network"),
         (vec!["network", "disconnect", "bridge", &x.name], "first network"),
@@ -374,4 +374,33 @@ fn trace_by_name_covers_attachments() {
         b.ip,
         lines.join("\n")
     );
+}
+
+/// The embedded DNS follows connect/disconnect: a connected endpoint's name
+/// and its aliases on the second network resolve there to its address on
+/// that network, and it resolves that network's endpoints; after the
+/// disconnect neither does.
+#[test]
+fn dns_follows_connect_and_disconnect() {
+    datapath_tests::kernel_test!();
+    let mut node = Node::on(Datapath::Ebpf);
+    let (front, back) = (node.ep("nf"), node.ep("nb"));
+    node.ok(&["network", "create", &front, "--subnet", "10.68.0.0/24"]);
+    node.ok(&["network", "create", &back, "--subnet", "10.69.0.0/24"]);
+    let x = node.create_endpoint(&node.ep("x"), &["--network", &front]);
+    let y = node.create_endpoint(&node.ep("y"), &["--network", &back]);
+    let getent = |ns: &str, name: &str| {
+        let out = exec_in(ns, &["getent", "hosts", name]);
+        out.status.success().then(|| stdout_str(&out).split_whitespace().next().unwrap_or_default().to_string())
+    };
+    assert_eq!(getent(&y.name, &x.name), None, "{} resolved before the connect", x.name);
+    node.ok(&["network", "connect", &back, &x.name, "--alias", "proxy"]);
+    let xb = attachment(&mut node, &x.name, &back).expect("attachment")["ip"].as_str().unwrap().to_string();
+    assert_eq!(getent(&y.name, &x.name).as_deref(), Some(xb.as_str()), "name on the second network");
+    assert_eq!(getent(&y.name, "proxy").as_deref(), Some(xb.as_str()), "alias on the second network");
+    assert_eq!(getent(&x.name, &y.name).as_deref(), Some(y.ip.as_str()), "x resolves the second network's endpoint");
+    node.ok(&["network", "disconnect", &back, &x.name]);
+    assert_eq!(getent(&y.name, &x.name), None, "{} still resolves after the disconnect", x.name);
+    assert_eq!(getent(&y.name, "proxy"), None, "the alias still resolves after the disconnect");
+    assert_eq!(getent(&x.name, &y.name), None, "x still resolves {} after the disconnect", y.name);
 }
