@@ -1,7 +1,8 @@
 //! The measured topologies, built with the test bed
 //! ([`datapath::testbed`]): the ceiling veth pair, and the kernel,
 //! kernel-bare and ebpf nodes, each a node namespace with an uplink to its
-//! own outside namespace and an agent with one network of two endpoints.
+//! own outside namespace and an agent with one network of two endpoints, and
+//! the Docker node ([`crate::docker`]) for the two docker topologies.
 //!
 //! Everything is named with the run's prefix (`dpm` + 5 hex digits, claimed
 //! with an owner marker under `/run/datapath-bench`), so a later run sweeps
@@ -21,6 +22,7 @@ use datapath::testbed::knobs;
 use datapath::testbed::names::{Claim, Family};
 use datapath::testbed::topology::{self, NodeNet, NodeSpec, VethEnd, NODE_UPLINK_IP, OUTSIDE_IP, UPLINK_DEV};
 
+use crate::docker::DockerNode;
 use crate::report::Topo;
 use crate::sys;
 
@@ -54,53 +56,94 @@ impl BenchNode {
     }
 }
 
+/// Where a workload runs on a topology.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub client_ns: String,
+    pub server_ns: String,
+    /// What the server binds.
+    pub server_ip: String,
+    /// What the client connects to.
+    pub connect_ip: String,
+    /// The client connects to the server's port plus this (a published
+    /// port the node maps to another container port).
+    pub port_offset: u16,
+}
+
 pub struct Lab {
+    /// The measured topologies, in report order.
+    pub topos: Vec<Topo>,
     pub nodes: Vec<BenchNode>,
-    pub ceiling: (String, String),
+    pub docker: Option<DockerNode>,
+    pub ceiling: Option<(String, String)>,
     /// Last: removes everything of the run after the agents stopped.
     pub claim: Claim,
 }
 
 impl Lab {
-    /// Builds the ceiling pair and the kernel, kernel-bare and ebpf nodes.
-    pub fn build(datapath_bin: &Path) -> Result<Lab> {
+    /// Builds the selected ones of: the ceiling pair, the kernel,
+    /// kernel-bare and ebpf nodes, the Docker node.
+    pub fn build(datapath_bin: &Path, topos: &[Topo]) -> Result<Lab> {
         let claim = family().claim().context("claiming a name prefix for the run")?;
-        let ceiling = build_ceiling(&claim)?;
+        let ceiling = if topos.contains(&Topo::Ceiling) { Some(build_ceiling(&claim)?) } else { None };
         let mut nodes = Vec::new();
         for (t, idx) in [(Topo::Kernel, 1), (Topo::KernelBare, 2), (Topo::Ebpf, 3)] {
-            nodes.push(build_node(datapath_bin, &claim, t, idx)?);
+            if topos.contains(&t) {
+                nodes.push(build_node(datapath_bin, &claim, t, idx)?);
+            }
         }
-        Ok(Lab { nodes, ceiling, claim })
+        let docker = if topos.iter().any(|t| t.is_docker()) {
+            Some(crate::docker::build(datapath_bin, &claim, PORTS).context("building the docker node")?)
+        } else {
+            None
+        };
+        Ok(Lab { topos: topos.to_vec(), nodes, docker, ceiling, claim })
     }
 
     pub fn node(&self, t: Topo) -> Option<&BenchNode> {
         self.nodes.iter().find(|n| n.topo == t)
     }
 
-    /// (client ns, server ns, server address, address the client connects
-    /// to) of a workload on a topology. A published port: from the outside
+    /// Where a workload runs on topology `t`. North-south: from the client
+    /// endpoint to the outside namespace. A published port: from the outside
     /// namespace to the node's uplink address, translated to the server
-    /// endpoint (the ceiling: its direct pair).
-    pub fn ends(&self, t: Topo, north_south: bool, published: bool) -> (String, String, String, String) {
-        match self.node(t) {
-            None => {
-                let ip = CEILING_IPS[1].to_string();
-                (self.ceiling.0.clone(), self.ceiling.1.clone(), ip.clone(), ip)
-            }
-            Some(n) if north_south => {
-                (n.client_ns.clone(), n.outside().to_string(), OUTSIDE_IP.to_string(), OUTSIDE_IP.to_string())
-            }
-            Some(n) if published => {
-                (n.outside().to_string(), n.server_ns.clone(), n.server_ip.clone(), NODE_UPLINK_IP.to_string())
-            }
-            Some(n) => (n.client_ns.clone(), n.server_ns.clone(), n.server_ip.clone(), n.server_ip.clone()),
+    /// endpoint. The ceiling: always its direct pair.
+    pub fn place(&self, t: Topo, north_south: bool, published: bool) -> Place {
+        let (client, server, server_ip, outside, offset) = if let Some(n) = self.node(t) {
+            (&n.client_ns, &n.server_ns, &n.server_ip, n.outside(), 0)
+        } else if let Some((d, p)) = self.docker.as_ref().and_then(|d| Some((d, d.pair(t)?))) {
+            (&p.client_ns, &p.server_ns, &p.server_ip, d.outside(), p.port_offset)
+        } else {
+            let (a, b) = self.ceiling.as_ref().expect("the ceiling is built when measured");
+            let ip = CEILING_IPS[1].to_string();
+            return Place {
+                client_ns: a.clone(),
+                server_ns: b.clone(),
+                server_ip: ip.clone(),
+                connect_ip: ip,
+                port_offset: 0,
+            };
+        };
+        let p = |c: &str, s: &str, ip: String, to: String, port_offset| Place {
+            client_ns: c.to_string(),
+            server_ns: s.to_string(),
+            server_ip: ip,
+            connect_ip: to,
+            port_offset,
+        };
+        if north_south {
+            p(client, outside, OUTSIDE_IP.to_string(), OUTSIDE_IP.to_string(), 0)
+        } else if published {
+            p(outside, server, server_ip.clone(), NODE_UPLINK_IP.to_string(), offset)
+        } else {
+            p(client, server, server_ip.clone(), server_ip.clone(), 0)
         }
     }
 }
 
 /// Client-side settings for many short connections (TCP_CRR): a wide port
 /// range and TIME_WAIT reuse, per namespace.
-fn client_sysctls(ns: &str) -> Result<()> {
+pub fn client_sysctls(ns: &str) -> Result<()> {
     let path = netns::named_path(ns);
     knobs::sysctl_write(&path, "net.ipv4.ip_local_port_range", "1024 65535")?;
     knobs::sysctl_write(&path, "net.ipv4.tcp_tw_reuse", "1")?;
@@ -120,8 +163,12 @@ fn build_ceiling(claim: &Claim) -> Result<(String, String)> {
     Ok((a, b))
 }
 
-/// The ports the server endpoint publishes (the workloads' port rotation).
-pub const PUBLISHED: &str = "7100-7900";
+/// The workloads' server ports (each measurement takes the next one), all
+/// published by the server endpoints. 200 ports: Docker's bridge driver
+/// programs iptables rules port by port.
+pub const PORTS: (u16, u16) = (7100, 7299);
+/// [`PORTS`] as a range for `nft` and `--publish`.
+pub const PUBLISHED: &str = "7100-7299";
 
 /// Docker's filter FORWARD chain layout and nat DOCKER jumps, in nftables,
 /// with what Docker adds to its DOCKER chain for the ports `server`
@@ -201,12 +248,25 @@ fn load_docker_ruleset(node_ns: &str, bridge: &str, server: &str) -> Result<()> 
 }
 
 fn start_agent(bin: &Path, claim: &Claim, node_ns: &str, tag: &str, kind: DatapathKind) -> Result<Agent> {
+    start_agent_with(bin, claim, node_ns, tag, kind, &[])
+}
+
+/// An agent in `node_ns` with no default network, `extra` arguments added.
+pub fn start_agent_with(
+    bin: &Path,
+    claim: &Claim,
+    node_ns: &str,
+    tag: &str,
+    kind: DatapathKind,
+    extra: &[String],
+) -> Result<Agent> {
     let dir: PathBuf = claim.dir.join(tag);
     let mut c = AgentConfig::new(bin, node_ns, &dir, claim.bpffs().join(tag));
     c.log = Some(claim.dir.join(format!("{tag}-agent.log")));
     c.no_default_network = true;
     c.default_datapath = Some(kind);
     c.cleanup_on_exit = true;
+    c.extra_args.extend(extra.iter().cloned());
     c.env.push(("RUST_LOG".into(), "warn".into()));
     // Own process group: Ctrl-C reaches the bench only, which stops the agent in order.
     c.own_process_group = true;
@@ -219,7 +279,7 @@ fn build_node(bin: &Path, claim: &Claim, t: Topo, idx: u8) -> Result<BenchNode> 
         Topo::Ebpf => "e",
         Topo::Kernel => "k",
         Topo::KernelBare => "b",
-        Topo::Ceiling => unreachable!("the ceiling has no node"),
+        Topo::Ceiling | Topo::DockerBridge | Topo::DockerDatapath => bail!("{} is not an agent node", t.name()),
     };
     let spec = NodeSpec::new(claim.name(&format!("{tag}n"))).with_outside(claim.name(&format!("{tag}o")));
     let net = topology::build_blocking(&spec)?;
@@ -269,7 +329,7 @@ mod tests {
     #[test]
     fn docker_rules_mention_the_bridge() {
         let s = docker_ruleset("br-x", "10.0.0.2");
-        assert!(s.contains("ip daddr 10.0.0.2 iifname != \"br-x\" oifname \"br-x\" tcp dport 7100-7900 accept"));
+        assert!(s.contains("ip daddr 10.0.0.2 iifname != \"br-x\" oifname \"br-x\" tcp dport 7100-7299 accept"));
         assert!(s.contains("policy drop"));
         assert!(s.contains("oifname \"br-x\" ct state related,established accept"));
         assert!(s.contains("iifname \"br-x\" oifname \"br-x\" accept"));

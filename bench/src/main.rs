@@ -2,25 +2,30 @@
 //! release binaries and runs it, as root).
 //!
 //! In namespaces of its own (the test bed's, prefix `dpm` + 5 hex digits) it
-//! measures four topologies side by side, interleaved round by round so that
-//! machine noise hits all of them alike:
+//! measures up to six topologies side by side, interleaved round by round so
+//! that machine noise hits all of them alike:
 //!
 //! * `ceiling`: a direct veth pair between two namespaces;
 //! * `kernel`: the agent with a `--datapath kernel` network (bridge + nft
 //!   MASQUERADE) on a node configured like a Docker host: br_netfilter with
 //!   `bridge-nf-call-iptables=1` and Docker's FORWARD/nat chains (nftables);
 //! * `kernel-bare`: the same without br_netfilter (`bridge-nf-call-iptables=0`);
-//! * `ebpf`: the agent with a `--datapath ebpf` network.
+//! * `ebpf`: the agent with a `--datapath ebpf` network;
+//! * `docker-bridge` and `docker-datapath` (when Docker is installed): one
+//!   real dockerd with a network of its own bridge driver and one of the
+//!   `datapath` driver (the agent's plugin), see [`docker`].
 //!
 //! Every node namespace has an uplink veth to an "outside" namespace
 //! (203.0.113.0/24); north-south workloads go from an endpoint to the outside
 //! through the network's masquerade. See README.md, section Benchmark.
 
 mod churn;
+mod docker;
 mod lab;
 mod measure;
 mod report;
 mod rounds;
+mod select;
 mod stats;
 mod sys;
 
@@ -57,6 +62,13 @@ struct BenchArgs {
     /// Endpoints created and removed per datapath (default 100; 20 with --quick).
     #[arg(long)]
     endpoints: Option<usize>,
+    /// Containers started and removed per Docker driver (default 20; 5 with --quick).
+    #[arg(long)]
+    containers: Option<usize>,
+    /// Only these topologies (comma-separated: ceiling, kernel, kernel-bare,
+    /// ebpf, docker-bridge, docker-datapath; `docker` = both Docker ones).
+    #[arg(long)]
+    topologies: Option<String>,
     /// CPU placement of client and server.
     #[arg(long, value_enum, default_value_t = Pin::Same)]
     pin: Pin,
@@ -82,6 +94,8 @@ pub struct Cfg {
     pin: Pin,
     quick: bool,
     workloads: Vec<&'static Workload>,
+    topos: Vec<report::Topo>,
+    containers: usize,
     datapath: PathBuf,
     loadgen: PathBuf,
     ncpu: usize,
@@ -134,6 +148,10 @@ fn config(args: &BenchArgs) -> Result<Cfg> {
             .map(|id| report::workload(id.trim()).with_context(|| format!("unknown workload {id:?}")))
             .collect::<Result<_>>()?,
     };
+    let (topos, note) = select::topologies(args.topologies.as_deref(), docker::available())?;
+    if let Some(note) = note {
+        progress(&note);
+    }
     Ok(Cfg {
         rounds: args.rounds.unwrap_or(if args.quick { 2 } else { 5 }).max(1),
         duration: args.duration.unwrap_or(if args.quick { 2.0 } else { 5.0 }).clamp(0.5, 120.0),
@@ -142,6 +160,8 @@ fn config(args: &BenchArgs) -> Result<Cfg> {
         pin: args.pin,
         quick: args.quick,
         workloads,
+        topos,
+        containers: args.containers.unwrap_or(if args.quick { 5 } else { 20 }).min(200),
         datapath,
         loadgen,
         ncpu: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

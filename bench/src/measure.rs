@@ -53,7 +53,11 @@ pub struct Ends<'a> {
     /// What the client connects to (the server's address, or the node's
     /// address for a published port).
     pub connect_ip: &'a str,
+    /// The server's port.
     pub port: u16,
+    /// The port the client connects to (the server's, or the published
+    /// one mapped to it).
+    pub connect_port: u16,
 }
 
 /// One measurement of `w` between the two ends.
@@ -68,14 +72,14 @@ pub fn measure_one(cfg: &Cfg, w: &Workload, ends: &Ends) -> Result<Sample> {
 /// not connect (the server not listening yet).
 fn stream(cfg: &Cfg, streams: u32, e: &Ends) -> Result<Sample> {
     let (ccpu, scpu, _) = cfg.cpus();
-    let port = e.port.to_string();
+    let (port, cport) = (e.port.to_string(), e.connect_port.to_string());
     let server = spawn_in(e.server_ns, &pinned(scpu, &["iperf3", "-s", "-1", "-B", e.server_ip, "-p", &port]));
     let (d, n) = (format!("{}", cfg.duration), streams.to_string());
     let mut last = String::new();
     for attempt in 0..5 {
         sys::sleep(Duration::from_millis(if attempt == 0 { 150 } else { 300 }))?;
         let before = sys::cpu_times();
-        let argv: [&str; 10] = ["iperf3", "-c", e.connect_ip, "-p", &port, "-t", &d, "-P", &n, "-J"];
+        let argv: [&str; 10] = ["iperf3", "-c", e.connect_ip, "-p", &cport, "-t", &d, "-P", &n, "-J"];
         let client = spawn_in(e.client_ns, &pinned(ccpu, &argv));
         let (st, out, _) = sys::wait_output(client, "iperf3 client", Duration::from_secs_f64(cfg.duration + 30.0))?;
         let after = sys::cpu_times();
@@ -104,7 +108,7 @@ fn loadgen(cfg: &Cfg, kind: Kind, e: &Ends) -> Result<Sample> {
     };
     let d = cfg.duration;
     let addr = format!("{}:{}", e.server_ip, e.port);
-    let target = format!("{}:{}", e.connect_ip, e.port);
+    let target = format!("{}:{}", e.connect_ip, e.connect_port);
     let lg = cfg.loadgen.to_string_lossy().into_owned();
     let max = format!("{}", (d + cfg.warmup + 60.0).ceil() as u64);
     let size = if kind == Kind::Udp { "64" } else { "1" };

@@ -17,13 +17,15 @@ use crate::{churn, progress, sys, Cfg};
 /// Builds the lab, measures everything, tears the lab down.
 pub fn measure(cfg: &Cfg) -> Result<Results> {
     let started = Instant::now();
-    progress("building the topologies (ceiling veth pair; kernel, kernel-bare and ebpf nodes with an agent each)");
-    let lab = Lab::build(&cfg.datapath)?;
+    let names: Vec<&str> = cfg.topos.iter().map(|t| t.name()).collect();
+    progress(&format!("building the topologies: {}", names.join(", ")));
+    let lab = Lab::build(&cfg.datapath, &cfg.topos)?;
     progress(&format!(
-        "run {} — {} rounds × {} workloads × 4 topologies, {} s each, pin={:?}, {} endpoints per datapath",
+        "run {} — {} rounds × {} workloads × {} topologies, {} s each, pin={:?}, {} endpoints per datapath",
         lab.claim.prefix,
         cfg.rounds,
         cfg.workloads.len(),
+        lab.topos.len(),
         cfg.duration,
         cfg.pin,
         cfg.endpoints
@@ -39,11 +41,21 @@ pub fn measure(cfg: &Cfg) -> Result<Results> {
             after_churn_rss_kib: None,
         });
     }
-    if cfg.endpoints > 0 {
+    if let Some(d) = &lab.docker {
+        r.memory.push(AgentMem {
+            node: "docker (agent with the plugin)".into(),
+            idle_rss_kib: d.agent.rss_kib().unwrap_or(0),
+            after_churn_rss_kib: None,
+        });
+    }
+    if cfg.endpoints > 0 && !lab.nodes.is_empty() {
         r.churn = churn::churn(cfg, &lab)?;
         for (m, n) in r.memory.iter_mut().zip(&lab.nodes) {
             m.after_churn_rss_kib = n.agent.rss_kib();
         }
+    }
+    if let Some(d) = lab.docker.as_ref().filter(|_| cfg.containers > 0) {
+        r.containers = crate::docker::container_starts(cfg.containers, d)?;
     }
     let ns_na = probe_all(cfg, &lab);
     rounds(cfg, &lab, &ns_na, &mut r)?;
@@ -74,12 +86,14 @@ fn meta(cfg: &Cfg, lab: &Lab) -> Vec<(String, String)> {
     let git =
         sys::sh(Command::new("git").current_dir(crate::workspace_root()).args(["describe", "--always", "--dirty"]))
             .unwrap_or_default();
-    let ebpf_node = lab.node(Topo::Ebpf).expect("ebpf node").net.node_path();
-    let ebpf_brnf = knobs::sysctl_read(&ebpf_node, "net.bridge.bridge-nf-call-iptables").ok();
+    let brnf = |p: std::path::PathBuf| knobs::sysctl_read(&p, "net.bridge.bridge-nf-call-iptables").ok();
+    let ebpf_brnf = lab.node(Topo::Ebpf).and_then(|n| brnf(n.net.node_path()));
+    let docker_brnf = lab.docker.as_ref().and_then(|d| brnf(d.net.node_path()));
     let (ccpu, scpu, _) = cfg.cpus();
     let cpu = |c: Option<usize>| c.map(|c| c.to_string()).unwrap_or("any".into());
     vec![
         ("date (UTC)".into(), sys::utc_stamp(SystemTime::now())),
+        ("topologies".into(), lab.topos.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")),
         ("kernel".into(), uname.trim().into()),
         ("cpu".into(), format!("{} × {cpu_model}", cfg.ncpu)),
         ("commit".into(), git.trim().into()),
@@ -95,14 +109,45 @@ fn meta(cfg: &Cfg, lab: &Lab) -> Vec<(String, String)> {
             ),
         ),
         ("tools".into(), "iperf3 (stream), loadgen (TCP_RR 1 B, TCP_CRR 1 B, UDP 64 B payload)".into()),
+        ("br_netfilter".into(), br_netfilter_note(lab, ebpf_brnf, docker_brnf.clone())),
         (
-            "br_netfilter".into(),
-            format!(
-                "kernel: bridge-nf-call-iptables=1; kernel-bare: 0; ebpf node: {} (namespace default)",
-                ebpf_brnf.unwrap_or("n/a".into())
-            ),
+            "docker".into(),
+            match &lab.docker {
+                None => "not measured".into(),
+                Some(_) => format!(
+                    "{}; one dockerd (--iptables --ip-forward --userland-proxy=false, iptables: {}), its node's \
+                     bridge-nf-call-iptables={}; networks: bridge driver and datapath driver (eBPF); \
+                     the bridge network's server publishes the workloads' ports at +{}",
+                    sys::sh(Command::new(datapath::testbed::docker::DOCKERD).arg("--version"))
+                        .unwrap_or_default()
+                        .trim(),
+                    sys::sh(Command::new("iptables").arg("--version")).unwrap_or_default().trim(),
+                    docker_brnf.unwrap_or("n/a".into()),
+                    crate::docker::BRIDGE_PORT_OFFSET
+                ),
+            },
         ),
     ]
+}
+
+/// bridge-nf-call-iptables of each measured node.
+fn br_netfilter_note(lab: &Lab, ebpf: Option<String>, docker: Option<String>) -> String {
+    let na = |v: Option<String>| v.unwrap_or("n/a".into());
+    let mut parts = Vec::new();
+    for t in &lab.topos {
+        match t {
+            Topo::Kernel => parts.push("kernel: bridge-nf-call-iptables=1".to_string()),
+            Topo::KernelBare => parts.push("kernel-bare: 0".into()),
+            Topo::Ebpf => parts.push(format!("ebpf node: {} (namespace default)", na(ebpf.clone()))),
+            Topo::DockerDatapath => parts.push(format!("docker node: {} (as dockerd set it)", na(docker.clone()))),
+            Topo::Ceiling | Topo::DockerBridge => {}
+        }
+    }
+    if parts.is_empty() {
+        "no bridge measured".into()
+    } else {
+        parts.join("; ")
+    }
 }
 
 /// North-south reachability per topology (the eBPF SNAT may not exist
@@ -112,9 +157,9 @@ fn probe_all(cfg: &Cfg, lab: &Lab) -> Vec<(Topo, Option<String>)> {
     if !cfg.workloads.iter().any(|w| w.north_south) {
         return ns_na;
     }
-    for t in Topo::ALL {
-        let (c, s, ip, _) = lab.ends(t, true, false);
-        let na = match probe_north_south(cfg, &c, &s, &ip) {
+    for &t in &lab.topos {
+        let p = lab.place(t, true, false);
+        let na = match probe_north_south(cfg, &p.client_ns, &p.server_ns, &p.server_ip) {
             Ok(()) => None,
             Err(e) => {
                 progress(&format!("north-south probe on {}: {e:#}", t.name()));
@@ -133,23 +178,32 @@ fn probe_all(cfg: &Cfg, lab: &Lab) -> Vec<(Topo, Option<String>)> {
 /// The rounds: every workload on every topology, the order of the
 /// topologies rotating from round to round.
 fn rounds(cfg: &Cfg, lab: &Lab, ns_na: &[(Topo, Option<String>)], r: &mut Results) -> Result<()> {
-    let total = cfg.rounds * cfg.workloads.len() * Topo::ALL.len();
+    let topos = &lab.topos;
+    let total = cfg.rounds * cfg.workloads.len() * topos.len();
     let mut done = 0usize;
     let t_traffic = Instant::now();
-    let mut port: u16 = 7100;
+    let (lo, hi) = crate::lab::PORTS;
+    let mut port: u16 = lo;
     for round in 0..cfg.rounds {
         for w in &cfg.workloads {
-            for k in 0..Topo::ALL.len() {
-                let t = Topo::ALL[(k + round) % Topo::ALL.len()];
+            for k in 0..topos.len() {
+                let t = topos[(k + round) % topos.len()];
                 done += 1;
                 let na = ns_na.iter().find(|(x, _)| *x == t).and_then(|(_, na)| na.clone());
                 if let Some(na) = na.filter(|_| w.north_south) {
                     r.cell_mut(w.id, t).na = Some(na);
                     continue;
                 }
-                port = if port >= 7900 { 7100 } else { port + 1 };
-                let (c, s, ip, to) = lab.ends(t, w.north_south, w.published);
-                let ends = Ends { client_ns: &c, server_ns: &s, server_ip: &ip, connect_ip: &to, port };
+                port = if port >= hi { lo } else { port + 1 };
+                let p = lab.place(t, w.north_south, w.published);
+                let ends = Ends {
+                    client_ns: &p.client_ns,
+                    server_ns: &p.server_ns,
+                    server_ip: &p.server_ip,
+                    connect_ip: &p.connect_ip,
+                    port,
+                    connect_port: port + p.port_offset,
+                };
                 let res = measure_one(cfg, w, &ends);
                 sys::check_interrupted()?;
                 let eta = if done > 1 {
@@ -159,7 +213,7 @@ fn rounds(cfg: &Cfg, lab: &Lab, ns_na: &[(Topo, Option<String>)], r: &mut Result
                     String::new()
                 };
                 let at =
-                    format!("[{done:>3}/{total}] round {}/{} {:<16} {:<11}", round + 1, cfg.rounds, w.id, t.name());
+                    format!("[{done:>3}/{total}] round {}/{} {:<16} {:<15}", round + 1, cfg.rounds, w.id, t.name());
                 record(r, w, t, res, &at, &eta);
             }
         }
@@ -197,6 +251,14 @@ fn diagnostics(lab: &Lab, r: &Results) -> Value {
         if let Ok(s) = n.client.call(Request::Stats) {
             diag.insert("ebpf_stats".into(), s);
         }
+    }
+    if let Some(d) = &lab.docker {
+        if let Ok(s) = d.client.call(Request::Stats) {
+            diag.insert("docker_datapath_stats".into(), s);
+        }
+        let containers = r.containers.iter().filter(|c| !c.errors.is_empty());
+        let errors: Vec<Value> = containers.map(|c| json!({"driver": c.datapath, "errors": c.errors})).collect();
+        diag.insert("container_errors".into(), Value::from(errors));
     }
     let errors: Vec<Value> = r
         .cells

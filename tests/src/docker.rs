@@ -145,169 +145,47 @@ pub fn docker_id(tag: &str) -> String {
     format!("{hex:0<64}")
 }
 
-/// Where the distribution's Docker engine is (package `docker.io`, a test
-/// package of `cargo xtask test`).
-pub const DOCKERD: &str = "/usr/sbin/dockerd";
-pub const DOCKER: &str = "/usr/bin/docker";
+pub use datapath::testbed::docker::{DOCKER, DOCKERD};
 
-/// Runs inside `ip netns exec NODE` (which gives a mount namespace of its
-/// own with a fresh /sys): puts back the cgroup hierarchies dockerd needs,
-/// shows dockerd only the test's plugin specs (its own /etc/docker, and no
-/// plugin socket of the host's /run/docker), then execs dockerd with every
-/// path in the test's directory. $1: that directory.
-const WRAPPER: &str = r#"#!/bin/sh
-set -e
-D="$1"; shift
-mount -t tmpfs cgroup /sys/fs/cgroup
-for c in cpu cpuacct cpuset memory devices freezer blkio pids; do
-  mkdir -p /sys/fs/cgroup/$c
-  mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c
-done
-mkdir -p /sys/fs/cgroup/systemd /sys/fs/cgroup/unified
-mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
-mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified
-mkdir -p /etc/docker
-mount --bind "$D/etc" /etc/docker
-if [ -d /run/docker ]; then mount -t tmpfs dockerrun /run/docker; fi
-exec dockerd --host "unix://$D/docker.sock" --data-root "$D/data" --exec-root "$D/exec" \
-  --pidfile "$D/dockerd.pid" --exec-opt native.cgroupdriver=cgroupfs \
-  --config-file "$D/etc/daemon.json" --bridge none --iptables=false --ip-forward=false --shutdown-timeout 2 "$@"
-"#;
+/// The test bed's dockerd ([`datapath::testbed::docker::Dockerd`]) for
+/// tests: in the node's namespace and directory, without Docker's iptables
+/// work, the datapath plugin as the spec `datapath.spec`; every failure
+/// panics with the dockerd log tail. Drop it before the node.
+pub struct Dockerd(datapath::testbed::docker::Dockerd);
 
-/// A real dockerd in a node's namespace, its state in the node's directory;
-/// stopped (containers removed first) on drop. Drop it before the node.
-pub struct Dockerd {
-    pub dir: PathBuf,
-    pub sock: PathBuf,
-    node: String,
-    child: std::process::Child,
+impl std::ops::Deref for Dockerd {
+    type Target = datapath::testbed::docker::Dockerd;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Dockerd {
     /// Starts dockerd in `node`'s namespace with the datapath plugin at
-    /// `plugin` (as the spec file `datapath.spec`) and waits until it
-    /// answers (at most 60 s).
+    /// `plugin` and waits until it answers (at most 60 s).
     pub fn start(node: &Node, plugin: &Path) -> Dockerd {
         assert!(
-            Path::new(DOCKERD).exists() && Path::new(DOCKER).exists(),
+            datapath::testbed::docker::installed(),
             "{DOCKERD} is not installed: `cargo xtask test` installs Debian's docker.io for these tests"
         );
-        let dir = node.dir.join("docker");
-        std::fs::create_dir_all(dir.join("etc/plugins")).expect("docker dir");
-        std::fs::write(dir.join("etc/daemon.json"), "{}\n").expect("daemon.json");
-        std::fs::write(dir.join("etc/plugins/datapath.spec"), format!("unix://{}\n", plugin.display())).expect("spec");
-        std::fs::write(dir.join("dockerd.sh"), WRAPPER).expect("wrapper");
-        let child = Self::spawn(&node.name, &dir);
-        let d = Dockerd { sock: dir.join("docker.sock"), dir, node: node.name.clone(), child };
-        d.wait_ready();
-        d
+        let mut cfg = datapath::testbed::docker::DockerdConfig::new(&node.name, node.dir.join("docker"));
+        cfg.plugins.push(("datapath".into(), plugin.to_path_buf()));
+        Dockerd(datapath::testbed::docker::Dockerd::start(cfg).unwrap_or_else(|e| panic!("{e}")))
     }
 
-    fn spawn(node: &str, dir: &Path) -> std::process::Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("dockerd.log")).expect("log");
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", node, "sh"])
-            .arg(dir.join("dockerd.sh"))
-            .arg(dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        cmd.spawn().expect("starting dockerd")
-    }
-
-    fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !(self.sock.exists() && self.docker(&["version"]).status.success()) {
-            assert!(std::time::Instant::now() < deadline, "dockerd did not answer within 60 s:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops dockerd (SIGTERM: it stops its containers, which stay) and
-    /// starts it again on the same state.
+    /// Stops dockerd (its containers stay) and starts it again on the same state.
     pub fn restart(&mut self) {
-        self.stop_daemon();
-        let _ = std::fs::remove_file(&self.sock);
-        self.child = Self::spawn(&self.node, &self.dir);
-        self.wait_ready();
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
-    }
-
-    /// `docker ARGS` against this daemon.
-    pub fn docker(&self, args: &[&str]) -> std::process::Output {
-        let mut c = std::process::Command::new(DOCKER);
-        c.env("DOCKER_HOST", format!("unix://{}", self.sock.display())).env("DOCKER_CONFIG", self.dir.join("cli"));
-        datapath::testbed::process::run_timeout(c.args(args), Duration::from_secs(120))
+        self.0.restart().unwrap_or_else(|e| panic!("restarting dockerd: {e}"));
     }
 
     /// `docker ARGS`, which must succeed; its stdout.
     #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.status.success(),
-            "docker {}: {}\ndockerd log tail:\n{}",
-            args.join(" "),
-            show(&out),
-            self.log_tail(30)
-        );
-        datapath::testbed::process::stdout_str(&out)
-    }
-
-    pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.0.run(args).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Imports a rootfs of busybox-static (no registry) as image `name`.
     pub fn import_busybox(&self, name: &str) {
-        let busybox = Path::new("/bin/busybox");
-        assert!(busybox.exists(), "/bin/busybox missing: `cargo xtask test` installs busybox-static");
-        let root = self.dir.join("rootfs");
-        for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "www"] {
-            std::fs::create_dir_all(root.join(d)).expect("rootfs");
-        }
-        std::fs::copy(busybox, root.join("bin/busybox")).expect("copy busybox");
-        for app in ["sh", "ping", "wget", "nslookup", "httpd", "sleep", "cat", "ip", "hostname"] {
-            let link = root.join("bin").join(app);
-            if !link.exists() {
-                std::os::unix::fs::symlink("busybox", link).expect("applet link");
-            }
-        }
-        let tar = self.dir.join("rootfs.tar");
-        let out = datapath::testbed::process::run(
-            std::process::Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg("."),
-        );
-        assert!(out.status.success(), "tar: {}", show(&out));
-        self.ok(&["import", "-c", "CMD [\"/bin/sh\"]", &tar.display().to_string(), name]);
-    }
-}
-
-impl Dockerd {
-    /// Stops the daemon (SIGTERM: it stops its containers and containerd),
-    /// waiting up to 30 s, then SIGKILL.
-    fn stop_daemon(&mut self) {
-        // `ip netns exec` and the wrapper exec: the child is dockerd.
-        datapath::testbed::process::signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
-        if datapath::testbed::process::wait_timeout(&mut self.child, Duration::from_secs(30)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        // Containers first (their endpoints go through the plugin), then
-        // the daemon (which stops its containerd).
-        let ids = self.docker(&["ps", "-aq"]);
-        for id in datapath::testbed::process::stdout_str(&ids).split_whitespace() {
-            let _ = self.docker(&["rm", "-f", id]);
-        }
-        self.stop_daemon();
+        self.0.import_busybox(name).unwrap_or_else(|e| panic!("importing busybox: {e}"));
     }
 }

@@ -30,6 +30,7 @@ pub fn to_json(r: &Results) -> Value {
                     "cpu_cost_median": num(median(&c.cpu)),
                     "ratio_to_ceiling": num(r.ratio_to(w.id, t, Topo::Ceiling)),
                     "ratio_to_kernel": num(r.ratio_to(w.id, t, Topo::Kernel)),
+                    "ratio_to_docker_bridge": num(r.ratio_to(w.id, t, Topo::DockerBridge)),
                 }),
             );
         }
@@ -43,19 +44,17 @@ pub fn to_json(r: &Results) -> Value {
             "topologies": topos,
         }));
     }
-    let churn: Vec<Value> = r
-        .churn
-        .iter()
-        .map(|c| {
-            json!({
-                "datapath": c.datapath,
-                "count": c.create_ms.len(),
-                "create_ms": {"median": num(median(&c.create_ms)), "p99": num(percentile(&c.create_ms, 99.0)), "min": num(min(&c.create_ms)), "max": num(max(&c.create_ms)), "samples": c.create_ms},
-                "remove_ms": {"median": num(median(&c.remove_ms)), "p99": num(percentile(&c.remove_ms, 99.0)), "min": num(min(&c.remove_ms)), "max": num(max(&c.remove_ms)), "samples": c.remove_ms},
-                "errors": c.errors,
-            })
+    let churn_json = |c: &super::Churn| {
+        json!({
+            "datapath": c.datapath,
+            "count": c.create_ms.len(),
+            "create_ms": {"median": num(median(&c.create_ms)), "p99": num(percentile(&c.create_ms, 99.0)), "min": num(min(&c.create_ms)), "max": num(max(&c.create_ms)), "samples": c.create_ms},
+            "remove_ms": {"median": num(median(&c.remove_ms)), "p99": num(percentile(&c.remove_ms, 99.0)), "min": num(min(&c.remove_ms)), "max": num(max(&c.remove_ms)), "samples": c.remove_ms},
+            "errors": c.errors,
         })
-        .collect();
+    };
+    let churn: Vec<Value> = r.churn.iter().map(churn_json).collect();
+    let containers: Vec<Value> = r.containers.iter().map(churn_json).collect();
     let memory: Vec<Value> = r
         .memory
         .iter()
@@ -69,6 +68,7 @@ pub fn to_json(r: &Results) -> Value {
         "meta": meta,
         "workloads": workloads,
         "endpoint_churn": churn,
+        "container_start": containers,
         "agent_memory": memory,
         "targets": targets,
         "diagnostics": r.diagnostics,

@@ -1,5 +1,7 @@
 //! The Markdown report: per-workload table, control plane, targets.
 
+#[cfg(test)]
+use super::Churn;
 use super::{human, opt, ratio_s, targets, Results, Topo, WORKLOADS};
 use crate::stats::{max, median, min, percentile};
 
@@ -34,6 +36,7 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
+    s += &docker_section(r);
     if !r.churn.is_empty() {
         s += "\n### Endpoint create / remove (API round trip)\n\n";
         s += "| datapath | endpoints | create median | create p99 | remove median | remove p99 | errors |\n";
@@ -65,6 +68,9 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
+    if !r.cells.iter().any(|(_, t, _)| *t == Topo::Ebpf) {
+        return s;
+    }
     s += "\n### Targets (eBPF datapath)\n\n| target | goal | measured | verdict |\n| --- | --- | ---: | --- |\n";
     for t in targets(r) {
         let measured = match (&t.note, t.measured) {
@@ -78,6 +84,47 @@ pub fn markdown(r: &Results) -> String {
             None => "not measured",
         };
         s += &format!("| {} | {} | {} | {} |\n", t.what, t.goal, measured, verdict);
+    }
+    s
+}
+
+/// Docker's bridge driver beside the datapath driver on the same dockerd,
+/// and the container start times; empty when Docker was not measured.
+fn docker_section(r: &Results) -> String {
+    let (b, d) = (Topo::DockerBridge, Topo::DockerDatapath);
+    let mut s = String::new();
+    let rows: Vec<_> = WORKLOADS.iter().filter(|w| r.cell(w.id, b).is_some() || r.cell(w.id, d).is_some()).collect();
+    if !rows.is_empty() {
+        s += "\n### Docker: bridge driver vs datapath driver (same dockerd)\n\n";
+        s += "| workload | docker-bridge | docker-datapath | datapath × bridge |\n| --- | ---: | ---: | ---: |\n";
+        for w in rows {
+            let fig = |t: Topo| match r.cell(w.id, t) {
+                None => "–".to_string(),
+                Some(c) => match &c.na {
+                    Some(na) => na.clone(),
+                    None => opt(c.median(), |v| format!("{} {}", human(v), w.unit())),
+                },
+            };
+            s += &format!("| {} | {} | {} | {} |\n", w.label, fig(b), fig(d), ratio_s(r.ratio_to(w.id, d, b)));
+        }
+    }
+    if !r.containers.is_empty() {
+        s += "\n### Container start / remove (`docker run -d` / `docker rm -f` round trip)\n\n";
+        s += "| driver | containers | start median | start p99 | remove median | remove p99 | errors |\n";
+        s += "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        for c in &r.containers {
+            let ms = |x: Option<f64>| opt(x, |v| format!("{v:.0} ms"));
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                c.datapath,
+                c.create_ms.len(),
+                ms(median(&c.create_ms)),
+                ms(percentile(&c.create_ms, 99.0)),
+                ms(median(&c.remove_ms)),
+                ms(percentile(&c.remove_ms, 99.0)),
+                c.errors.len()
+            );
+        }
     }
     s
 }
@@ -98,5 +145,27 @@ mod tests {
         assert!(md.contains("| ebpf | 3 | 6.0 ms | 7.0 ms | 3.0 ms | 3.0 ms | 0 |"), "{md}");
         assert!(md.contains("| ebpf | 10.0 MiB | – |"), "{md}");
         assert!(md.contains("| E-W TCP_RR: ebpf / kernel | ≥ 1.20× | 1.92× | met |"), "{md}");
+        assert!(!md.contains("### Docker"), "no Docker section without Docker figures: {md}");
+    }
+
+    #[test]
+    fn docker_section_compares_the_drivers() {
+        let mut r = Results::default();
+        r.cell_mut("ew-udp-64", Topo::DockerBridge).values = vec![90.0, 100.0, 110.0];
+        r.cell_mut("ew-udp-64", Topo::DockerDatapath).values = vec![130.0, 133.0, 140.0];
+        r.cell_mut("ns-tcp-rr", Topo::DockerBridge).na = Some("n/a (no north-south connectivity: x)".into());
+        r.cell_mut("ns-tcp-rr", Topo::DockerDatapath).values = vec![5.0];
+        r.containers.push(Churn {
+            datapath: "docker-bridge".into(),
+            create_ms: vec![300.0, 320.0, 900.0],
+            remove_ms: vec![100.0],
+            errors: vec![],
+        });
+        let md = markdown(&r);
+        assert!(md.contains("| E-W UDP 64 B | 100 pkt/s | 133 pkt/s | 1.33× |"), "{md}");
+        assert!(md.contains("| N-S TCP_RR | n/a (no north-south connectivity: x) | 5.00 trans/s | – |"), "{md}");
+        assert!(md.contains("| docker-bridge | 3 | 320 ms | 900 ms | 100 ms | 100 ms | 0 |"), "{md}");
+        assert!(md.contains("| E-W UDP 64 B | docker-datapath | 133 pkt/s |"), "{md}");
+        assert!(!md.contains("### Targets"), "no eBPF node, no targets: {md}");
     }
 }

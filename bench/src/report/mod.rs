@@ -25,17 +25,27 @@ pub enum Topo {
     KernelBare,
     /// The eBPF datapath (agent, `--datapath ebpf`).
     Ebpf,
+    /// A real dockerd's own bridge driver (its iptables rules, br_netfilter).
+    DockerBridge,
+    /// The same dockerd with the `datapath` network driver (the agent's plugin).
+    DockerDatapath,
 }
 
 impl Topo {
-    pub const ALL: [Topo; 4] = [Topo::Ceiling, Topo::Kernel, Topo::KernelBare, Topo::Ebpf];
+    pub const ALL: [Topo; 6] =
+        [Topo::Ceiling, Topo::Kernel, Topo::KernelBare, Topo::Ebpf, Topo::DockerBridge, Topo::DockerDatapath];
     pub fn name(self) -> &'static str {
         match self {
             Topo::Ceiling => "ceiling",
             Topo::Kernel => "kernel",
             Topo::KernelBare => "kernel-bare",
             Topo::Ebpf => "ebpf",
+            Topo::DockerBridge => "docker-bridge",
+            Topo::DockerDatapath => "docker-datapath",
         }
+    }
+    pub fn is_docker(self) -> bool {
+        matches!(self, Topo::DockerBridge | Topo::DockerDatapath)
     }
     pub(crate) fn color(self) -> &'static str {
         match self {
@@ -43,6 +53,8 @@ impl Topo {
             Topo::Kernel => "#e07b39",
             Topo::KernelBare => "#f2c14e",
             Topo::Ebpf => "#2f7ed8",
+            Topo::DockerBridge => "#8e5ea2",
+            Topo::DockerDatapath => "#3cba9f",
         }
     }
 }
@@ -204,6 +216,9 @@ pub struct Results {
     /// (workload id, topology) -> cell.
     pub cells: Vec<(&'static str, Topo, Cell)>,
     pub churn: Vec<Churn>,
+    /// Container start/remove (`docker run -d` / `docker rm -f`) per Docker
+    /// driver, in the same shape as the endpoint churn.
+    pub containers: Vec<Churn>,
     pub memory: Vec<AgentMem>,
     /// Extra diagnostics (e.g. eBPF drop counters), stored in the JSON.
     pub diagnostics: Value,

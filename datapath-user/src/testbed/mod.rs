@@ -9,6 +9,8 @@
 //! * [`knobs`]: sysctls and TX checksum offload inside a namespace.
 //! * [`agent`]: the `datapath agent --netns NODE ...` launcher and its guard.
 //! * [`client`]: the typed API client ([`crate::api::Client`]) for blocking code.
+//! * [`docker`]: a real dockerd in a node namespace (the Docker tests, the
+//!   benchmark's `docker` topology).
 //! * [`process`]: commands with deadlines, background processes reaped on drop.
 //! * [`frames`]: Ethernet/ARP/IPv4/TCP/UDP/ICMP frame builders with checksums.
 //!
@@ -17,6 +19,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod docker;
 pub mod frames;
 pub mod knobs;
 pub mod names;
