@@ -202,6 +202,9 @@ pub struct Link<'a> {
     pub aliases: &'a [String],
     /// The endpoint's first network (default route, `EndpointSpec::network`).
     pub primary: bool,
+    /// An attachment whose connect has not finished (see
+    /// [`Attachment::connecting`]).
+    pub connecting: bool,
 }
 
 impl EndpointSpec {
@@ -215,6 +218,7 @@ impl EndpointSpec {
             host_ifname: &self.host_ifname,
             aliases: &self.aliases,
             primary: true,
+            connecting: false,
         };
         let more = self.attachments.iter().map(|a| Link {
             network: &a.network,
@@ -224,6 +228,7 @@ impl EndpointSpec {
             host_ifname: &a.host_ifname,
             aliases: &a.aliases,
             primary: false,
+            connecting: a.connecting,
         });
         std::iter::once(first).chain(more)
     }
