@@ -180,6 +180,7 @@ impl Inner {
             network: Some(network),
             ip: req.ip,
             publish: req.publish.clone(),
+            more_networks: req.more_networks.clone(),
             aliases: req.aliases.clone(),
             dns: req.dns.clone(),
             ..Default::default()
@@ -206,9 +207,11 @@ impl Inner {
         if !req.publish.is_empty() && !matches!(mode, RunMode::Network(_)) {
             return Err(ApiError::invalid(format!("--publish needs a network, not --network {mode}")));
         }
-        let extras = !req.aliases.is_empty() || !req.dns.is_empty();
+        let extras = !req.more_networks.is_empty() || !req.aliases.is_empty() || !req.dns.is_empty();
         if extras && !matches!(mode, RunMode::Network(_)) {
-            return Err(ApiError::invalid(format!("--alias and --dns need a network, not --network {mode}")));
+            return Err(ApiError::invalid(format!(
+                "more networks, --alias and --dns need a network, not --network {mode}"
+            )));
         }
         let (endpoint, netns_path) = self.container_netns(&name, &mode, &req).await?;
         let mut spec = ContainerSpec {

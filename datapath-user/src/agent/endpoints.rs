@@ -14,7 +14,7 @@ use crate::api::{ApiError, EndpointCreate};
 use crate::host::netlink::{Netlink, BRIDGE_MAX_PORTS};
 use crate::host::netns;
 use crate::ipam::{self, mac_for};
-use crate::state::{self, CniMark, DatapathKind, EndpointSpec, Journal, NetworkSpec, RunMode};
+use crate::state::{self, CniMark, DatapathKind, EndpointSpec, Journal, Link, NetworkSpec, RunMode};
 
 /// What was made so far while creating an endpoint, undone in reverse on
 /// failure.
@@ -26,6 +26,23 @@ pub(super) struct Made {
     maps: Option<(u32, u32)>,
     /// The bridge holding the endpoint's neighbour entry, and its address.
     pinned: Option<(u32, Ipv4Addr)>,
+    /// Links on more networks made for the create (`--network` given more
+    /// than once), by host interface name: undone before the first one.
+    pub(super) more: Vec<(String, Made)>,
+}
+
+impl Made {
+    /// What an existing link of the endpoint is made of, to remove it.
+    pub(super) fn existing(host_ifindex: Option<u32>, ip: Ipv4Addr, pinned_on: Option<u32>) -> Made {
+        let ipv4 = datapath_common::ipv4_key(ip.octets());
+        Made {
+            host_ifindex,
+            attached: host_ifindex,
+            maps: host_ifindex.map(|i| (i, ipv4)),
+            pinned: pinned_on.map(|b| (b, ip)),
+            ..Made::default()
+        }
+    }
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -56,17 +73,19 @@ async fn delete_netns(journal: Journal, path: PathBuf) -> Result<(), ApiError> {
 }
 
 impl Inner {
-    /// What the datapath's maps hold for an endpoint.
-    pub(super) fn endpoint_info(&self, spec: &EndpointSpec, ifindex: u32) -> EndpointInfo {
-        let net = self.state.networks.get(&spec.network);
+    /// What the datapath's maps hold for one link of an endpoint (its first
+    /// network's or an attachment's: each is its own entry, with its own
+    /// network id, so policy, counters and tracing work per interface).
+    pub(super) fn endpoint_info(&self, spec: &EndpointSpec, link: &Link<'_>, ifindex: u32) -> EndpointInfo {
+        let net = self.state.networks.get(link.network);
         let traced = spec.trace || self.trace_all > 0 || self.trace_refs.get(&spec.name).copied().unwrap_or(0) > 0;
         // Ports a chained CNI `portmap` publishes with netfilter DNAT: the
         // replies of those flows belong to the kernel's conntrack.
         let kernel_flows = spec.cni.as_ref().is_some_and(|c| !c.port_mappings.is_empty());
         EndpointInfo {
             ifindex,
-            ipv4: datapath_common::ipv4_key(spec.ip.octets()),
-            mac: spec.mac,
+            ipv4: datapath_common::ipv4_key(link.ip.octets()),
+            mac: link.mac,
             gw_mac: net.map(|n| mac_for(n.gateway)).unwrap_or_default(),
             network_id: net.map(|n| n.num_id).unwrap_or(0),
             flags: if traced { EP_F_TRACE } else { 0 } | if kernel_flows { EP_F_KERNEL_FLOWS } else { 0 },
@@ -190,6 +209,14 @@ impl Inner {
             return Err(ApiError::invalid(format!("at most {} --dns servers", crate::dns::MAX_UPSTREAMS)));
         }
         let mut spec = self.endpoint_spec(&req, &net, cni)?;
+        // More networks (`--network` given more than once): planned now,
+        // made after the first link, all or nothing.
+        let mut more_nets = Vec::new();
+        for name in &req.more_networks {
+            let (attachment, anet) = self.plan_attachment(&spec, name, None, Vec::new())?;
+            spec.attachments.push(attachment);
+            more_nets.push(anet);
+        }
         // Write-ahead: the name and address are taken, and a crash from
         // here on is rolled back by the next agent.
         self.state.endpoints.insert(spec.name.clone(), spec.clone());
@@ -199,6 +226,14 @@ impl Inner {
         }
         let mut made = Made::default();
         let mut done = self.build_endpoint(&spec, &net, &mut made).await;
+        for (link, anet) in spec.links().skip(1).zip(&more_nets) {
+            if done.is_err() {
+                break;
+            }
+            let mut sub = Made::default();
+            done = self.build_link(&spec, link, anet, &mut sub).await;
+            made.more.push((link.host_ifname.to_string(), sub));
+        }
         if done.is_ok() {
             spec.creating = false;
             self.state.endpoints.insert(spec.name.clone(), spec.clone());
@@ -214,7 +249,7 @@ impl Inner {
             let _ = self.save().await;
             return Err(e);
         }
-        tracing::info!(endpoint = %spec.name, ip = %spec.ip, network = %spec.network, "endpoint created");
+        tracing::info!(endpoint = %spec.name, ip = %spec.ip, network = %spec.network, more = spec.attachments.len(), "endpoint created");
         Ok(spec.name)
     }
 
@@ -228,6 +263,9 @@ impl Inner {
         }
         if !req.publish.is_empty() {
             return Err(ApiError::invalid("the none network cannot publish ports"));
+        }
+        if !req.more_networks.is_empty() || !req.aliases.is_empty() {
+            return Err(ApiError::invalid("an endpoint of the none network is on no other network and has no aliases"));
         }
         let spec = EndpointSpec {
             name: req.name.clone(),
@@ -278,16 +316,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Makes the namespace, veth, addressing, program and map entries of an
-    /// endpoint, recording each step in `made` for the rollback.
+    /// Makes the namespace and the endpoint's first link, recording each
+    /// step in `made` for the rollback.
     async fn build_endpoint(
         &mut self,
         spec: &EndpointSpec,
         net: &NetworkSpec,
         made: &mut Made,
     ) -> Result<(), ApiError> {
-        let t0 = std::time::Instant::now();
-        let lap = |what: &str| tracing::debug!(endpoint = %spec.name, "{what} after {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
         if spec.owns_netns {
             create_netns(self.journal(), &spec.name).await?;
             made.netns = Some(spec.netns_path.clone());
@@ -296,8 +332,26 @@ impl Inner {
             blocking(move || netns::open(&path)).await??;
         }
         self.failpoint("netns")?;
-        lap("netns");
+        if let Some(first) = spec.links().next() {
+            self.build_link(spec, first, net, made).await?;
+        }
+        Ok(())
+    }
 
+    /// Makes one link of an endpoint whose namespace exists: the veth on
+    /// the network's bridge, the program and map entries on its host end,
+    /// its address inside, and for the first link the default route. Used
+    /// for the first network and for every attachment alike; each step is
+    /// recorded in `made` for the rollback.
+    pub(super) async fn build_link(
+        &mut self,
+        spec: &EndpointSpec,
+        link: Link<'_>,
+        net: &NetworkSpec,
+        made: &mut Made,
+    ) -> Result<(), ApiError> {
+        let t0 = std::time::Instant::now();
+        let lap = |what: &str| tracing::debug!(endpoint = %spec.name, ifname = %link.ifname, "{what} after {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
         let bridge = match self.bridges.get(&net.name) {
             Some(i) => *i,
             None => self.ensure_bridge(net).await?,
@@ -307,68 +361,99 @@ impl Inner {
         let veth = if spec.detached {
             // Both ends in the node namespace: the owner moves the
             // container end into its sandbox (it stays down until then).
-            self.nl.create_veth_pair_down(&spec.host_ifname, &spec.ifname, spec.mac, net.options.mtu).await
+            self.nl.create_veth_pair_down(link.host_ifname, link.ifname, link.mac, net.options.mtu).await
         } else {
-            self.nl.create_veth_down(&spec.host_ifname, &spec.ifname, &spec.netns_path, spec.mac, net.options.mtu).await
+            self.nl.create_veth_down(link.host_ifname, link.ifname, &spec.netns_path, link.mac, net.options.mtu).await
         };
         let host = veth.map_err(|e| match e.errno() {
             Some(errno) if errno == Errno::EEXIST as i32 => {
-                ApiError::conflict(format!("interface {} already exists in the endpoint's namespace", spec.ifname))
+                ApiError::conflict(format!("interface {} already exists in the endpoint's namespace", link.ifname))
             }
             _ => e.into(),
         })?;
         made.host_ifindex = Some(host);
-        self.host_ifindex.insert(spec.name.clone(), host);
-        self.failpoint("veth")?;
+        self.remember_link(spec, &link, host);
+        self.link_failpoint(&link, "veth")?;
         lap("veth");
 
         if net.datapath == DatapathKind::Ebpf {
-            tokio::task::block_in_place(|| self.bpf.attach(&spec.host_ifname, host))?;
+            tokio::task::block_in_place(|| self.bpf.attach(link.host_ifname, host))?;
             made.attached = Some(host);
         }
-        self.failpoint("attach")?;
+        self.link_failpoint(&link, "attach")?;
         lap("attach");
         if net.datapath == DatapathKind::Ebpf {
-            let info = self.endpoint_info(spec, host);
+            let info = self.endpoint_info(spec, &link, host);
             tokio::task::block_in_place(|| {
                 self.bpf.upsert_endpoint(info)?;
-                self.bpf.set_endpoint6(host, spec.ip6)
+                // The IPv6 address is the first network's.
+                self.bpf.set_endpoint6(host, if link.primary { spec.ip6 } else { None })
             })
             .inspect_err(|_| tokio::task::block_in_place(|| self.bpf.remove_endpoint(host, info.ipv4)))?;
             made.maps = Some((host, info.ipv4));
         }
-        self.failpoint("maps")?;
+        self.link_failpoint(&link, "maps")?;
         if spec.detached {
             // Addresses and routes inside are the owner's (Docker sets
             // them when it moves the interface).
-            return self.plug(spec, net, host, bridge, made).await;
+            return self.plug(spec, &link, net, host, bridge, made).await;
         }
 
         let inside = Netlink::in_netns(&spec.netns_path).await?;
-        if let Some(lo) = inside.link_index("lo").await? {
-            inside.set_up(lo).await?;
+        if link.primary {
+            if let Some(lo) = inside.link_index("lo").await? {
+                inside.set_up(lo).await?;
+            }
+        } else {
+            // An endpoint on two networks never routes between them: the
+            // isolation of networks relies on it (a namespace may have
+            // inherited forwarding from the node's initial namespace).
+            let path = spec.netns_path.clone();
+            blocking(move || netns::run_in(&path, crate::host::sysctl::disable_forwarding)).await???;
         }
-        let eth = inside.require_index(&spec.ifname).await?;
-        inside.add_address(eth, spec.ip, net.subnet.prefix_len()).await?;
+        let eth = inside.require_index(link.ifname).await?;
+        inside.add_address(eth, link.ip, net.subnet.prefix_len()).await?;
         inside.set_up(eth).await?;
         // Internal networks have no route beyond their subnet. A namespace
         // that has a default route keeps it (a container's own, or another
         // network's endpoint's): the datapath adds one only where there is
-        // none, and what it adds goes with its veth.
-        if !net.options.internal && (spec.owns_netns || !inside.has_default_route().await?) {
+        // none, and what it adds goes with its veth. Attachments get their
+        // subnet's connected route only: the default route stays on the
+        // first network (Docker's rule).
+        if link.primary && !net.options.internal && (spec.owns_netns || !inside.has_default_route().await?) {
             inside.add_default_route(net.gateway).await?;
         }
-        if let (Some(v6), Some(ip6)) = (net.ipv6, spec.ip6) {
-            let (path, ifname) = (spec.netns_path.clone(), spec.ifname.clone());
+        if let (true, Some(v6), Some(ip6)) = (link.primary, net.ipv6, spec.ip6) {
+            let (path, ifname) = (spec.netns_path.clone(), link.ifname.to_string());
             blocking(move || netns::enable_ipv6(&path, &ifname)).await??;
             inside.add_address6(eth, ip6, v6.subnet.prefix_len()).await?;
             if !net.options.internal && (spec.owns_netns || !inside.has_default_route6().await?) {
                 inside.add_default_route6(v6.gateway).await?;
             }
         }
-        self.failpoint("addr")?;
+        self.link_failpoint(&link, "addr")?;
         lap("addr");
-        self.plug(spec, net, host, bridge, made).await
+        self.plug(spec, &link, net, host, bridge, made).await
+    }
+
+    /// The failpoints of a link's steps: `endpoint:STEP` for the first
+    /// link, `connect:STEP` for an attachment.
+    fn link_failpoint(&self, link: &Link<'_>, step: &str) -> Result<(), ApiError> {
+        if link.primary {
+            self.failpoint(step)
+        } else {
+            self.failpoint_at("connect", step)
+        }
+    }
+
+    /// Records the host ifindex of a link: by endpoint name for the first
+    /// one, by host interface name for an attachment.
+    pub(super) fn remember_link(&mut self, spec: &EndpointSpec, link: &Link<'_>, host: u32) {
+        if link.primary {
+            self.host_ifindex.insert(spec.name.clone(), host);
+        } else {
+            self.attach_ifindex.insert(link.host_ifname.to_string(), host);
+        }
     }
 
     /// The last step of a build: the host end into the bridge and up, the
@@ -376,13 +461,14 @@ impl Inner {
     async fn plug(
         &mut self,
         spec: &EndpointSpec,
+        link: &Link<'_>,
         net: &NetworkSpec,
         host: u32,
         bridge: u32,
         made: &mut Made,
     ) -> Result<(), ApiError> {
         self.nl.enslave_up(host, bridge).await?;
-        if net.datapath == DatapathKind::Kernel && !spec.ports.is_empty() {
+        if net.datapath == DatapathKind::Kernel && link.primary && !spec.ports.is_empty() {
             // Its own published ports come back out its port (hairpin).
             self.nl.set_hairpin(host).await?;
         }
@@ -390,15 +476,32 @@ impl Inner {
             // Endpoints' ARP for the gateway is answered in eBPF, so the
             // node never learns their addresses from it: pinned here, the
             // node's own ARP requests (broadcast to every port) never start.
-            made.pinned = Some((bridge, spec.ip));
-            self.nl.pin_endpoint(bridge, host, spec.ip, spec.mac).await?;
+            made.pinned = Some((bridge, link.ip));
+            self.nl.pin_endpoint(bridge, host, link.ip, link.mac).await?;
         }
         Ok(())
     }
 
-    /// Undoes what `made` records, in reverse; errors are logged, not
-    /// returned (a rollback goes as far as it can).
-    async fn undo(&mut self, spec: &EndpointSpec, made: Made) {
+    /// Undoes what `made` records, in reverse (the links on more networks
+    /// first, then the first one, then the namespace); errors are logged,
+    /// not returned (a rollback goes as far as it can).
+    pub(super) async fn undo(&mut self, spec: &EndpointSpec, mut made: Made) {
+        while let Some((host_ifname, more)) = made.more.pop() {
+            self.undo_link(&spec.name, &host_ifname, more).await;
+            self.attach_ifindex.remove(&host_ifname);
+        }
+        let netns = made.netns.take();
+        self.undo_link(&spec.name, &spec.host_ifname, made).await;
+        self.host_ifindex.remove(&spec.name);
+        if let Some(path) = netns {
+            if let Err(e) = delete_netns(self.journal(), path).await {
+                tracing::error!(endpoint = %spec.name, "rollback: deleting netns: {e}");
+            }
+        }
+    }
+
+    /// Undoes one link's map entries, program, neighbour entry and veth.
+    pub(super) async fn undo_link(&mut self, endpoint: &str, host_ifname: &str, made: Made) {
         tokio::task::block_in_place(|| {
             if let Some((ifindex, ip)) = made.maps {
                 self.bpf.remove_endpoint(ifindex, ip);
@@ -409,19 +512,22 @@ impl Inner {
         });
         if let Some((bridge, ip)) = made.pinned {
             if let Err(e) = self.nl.unpin_endpoint(bridge, ip).await {
-                tracing::error!(endpoint = %spec.name, "rollback: deleting the neighbour entry of {ip}: {e}");
+                tracing::error!(endpoint = %endpoint, "rollback: deleting the neighbour entry of {ip}: {e}");
             }
         }
         if let Some(ifindex) = made.host_ifindex {
             if let Err(e) = self.nl.delete_link(ifindex).await {
-                tracing::error!(endpoint = %spec.name, "rollback: deleting veth {}: {e}", spec.host_ifname);
+                tracing::error!(endpoint = %endpoint, "rollback: deleting veth {host_ifname}: {e}");
             }
         }
-        self.host_ifindex.remove(&spec.name);
-        if let Some(path) = made.netns {
-            if let Err(e) = delete_netns(self.journal(), path).await {
-                tracing::error!(endpoint = %spec.name, "rollback: deleting netns: {e}");
-            }
+    }
+
+    /// The bridge an endpoint's link on `network` is pinned on (eBPF
+    /// networks only).
+    pub(super) fn pinned_on(&self, network: &str) -> Option<u32> {
+        match self.state.networks.get(network) {
+            Some(n) if n.datapath == DatapathKind::Ebpf => self.bridges.get(&n.name).copied(),
+            _ => None,
         }
     }
 
@@ -451,17 +557,16 @@ impl Inner {
             None if spec.host_ifname.is_empty() => None,
             None => self.nl.link_index(&spec.host_ifname).await?,
         };
-        let ipv4 = datapath_common::ipv4_key(spec.ip.octets());
-        let made = Made {
-            netns: spec.owns_netns.then(|| spec.netns_path.clone()),
-            host_ifindex: ifindex,
-            attached: ifindex,
-            maps: ifindex.map(|i| (i, ipv4)),
-            pinned: match self.state.networks.get(&spec.network) {
-                Some(n) if n.datapath == DatapathKind::Ebpf => self.bridges.get(&n.name).map(|b| (*b, spec.ip)),
-                _ => None,
-            },
-        };
+        let mut made = Made::existing(ifindex, spec.ip, self.pinned_on(&spec.network));
+        made.netns = spec.owns_netns.then(|| spec.netns_path.clone());
+        // Every link goes: the attachments' first.
+        for a in &spec.attachments {
+            let ifindex = match self.attach_ifindex.get(&a.host_ifname) {
+                Some(i) => Some(*i),
+                None => self.nl.link_index(&a.host_ifname).await?,
+            };
+            made.more.push((a.host_ifname.clone(), Made::existing(ifindex, a.ip, self.pinned_on(&a.network))));
+        }
         self.undo(&spec, made).await;
         self.trace_refs.remove(name);
         self.state.endpoints.remove(name);
@@ -474,14 +579,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Removes what a half-made endpoint may have left (its veth, its
+    /// Removes what a half-made endpoint may have left (its veths, its
     /// namespace when the agent made it); absent pieces are fine.
     pub(super) async fn remove_leftovers(&mut self, spec: &EndpointSpec) -> Result<(), ApiError> {
-        if !spec.host_ifname.is_empty() {
-            if let Some(host) = self.nl.link_index(&spec.host_ifname).await? {
-                tokio::task::block_in_place(|| self.bpf.detach(host));
-                self.nl.delete_link(host).await?;
-            }
+        for l in spec.links() {
+            self.remove_host_link(l.host_ifname).await?;
         }
         if spec.owns_netns && spec.netns_path.exists() {
             delete_netns(self.journal(), spec.netns_path.clone()).await?;
@@ -491,10 +593,30 @@ impl Inner {
         Ok(())
     }
 
-    /// Brings an endpoint from the state back into the datapath after an agent
-    /// restart: re-attach and re-fill the maps when its links survived,
-    /// rebuild it from scratch otherwise.
+    /// Deletes a host veth (and so its peer) by name, if it exists.
+    pub(super) async fn remove_host_link(&mut self, host_ifname: &str) -> Result<(), ApiError> {
+        if !host_ifname.is_empty() {
+            if let Some(host) = self.nl.link_index(host_ifname).await? {
+                tokio::task::block_in_place(|| self.bpf.detach(host));
+                self.nl.delete_link(host).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings an endpoint from the state back into the datapath after an
+    /// agent restart: its first link, then its attachments.
     pub(super) async fn restore_endpoint(&mut self, spec: &EndpointSpec) -> Result<(), ApiError> {
+        self.restore_first_link(spec).await?;
+        if self.state.endpoints.contains_key(&spec.name) {
+            self.restore_attachments(spec).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-attaches and re-fills the maps of an endpoint's first link when it
+    /// survived, rebuilds the endpoint from scratch otherwise.
+    async fn restore_first_link(&mut self, spec: &EndpointSpec) -> Result<(), ApiError> {
         if spec.network == NONE_NETWORK {
             if !spec.netns_path.exists() {
                 let mut made = Made::default();
@@ -525,7 +647,8 @@ impl Inner {
             if net.datapath == DatapathKind::Kernel {
                 return Ok(());
             }
-            let info = self.endpoint_info(spec, host);
+            let Some(first) = spec.links().next() else { return Ok(()) };
+            let info = self.endpoint_info(spec, &first, host);
             let how = tokio::task::block_in_place(|| {
                 let how = self.bpf.attach(&spec.host_ifname, host)?;
                 self.bpf.upsert_endpoint(info)?;

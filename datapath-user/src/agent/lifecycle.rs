@@ -63,6 +63,7 @@ impl Inner {
             bpf,
             bridges: BTreeMap::new(),
             host_ifindex: BTreeMap::new(),
+            attach_ifindex: BTreeMap::new(),
             trace_refs: HashMap::new(),
             trace_all: 0,
             failpoint,
@@ -142,7 +143,8 @@ impl Inner {
             self.state.endpoints.remove(&spec.name);
         }
         self.start.endpoints_rolled_back = half.len();
-        if !half.is_empty() {
+        let connects = self.roll_back_half_connected().await;
+        if !half.is_empty() || connects > 0 {
             if let Err(e) = self.save().await {
                 tracing::error!("saving the state after the rollback: {e}");
             }
@@ -157,7 +159,7 @@ impl Inner {
             .networks
             .values()
             .map(|n| n.bridge.as_str())
-            .chain(self.state.endpoints.values().map(|e| e.host_ifname.as_str()))
+            .chain(self.state.endpoints.values().flat_map(|e| e.links().map(|l| l.host_ifname)))
             .collect();
         let links = match self.nl.links().await {
             Ok(l) => l,
@@ -176,13 +178,22 @@ impl Inner {
 
     /// Removes the map entries of endpoints and networks not in the state.
     fn remove_stale_entries(&mut self) -> usize {
-        let ifindexes: BTreeSet<u32> = self.host_ifindex.values().copied().collect();
+        let ifindexes: BTreeSet<u32> =
+            self.host_ifindex.values().chain(self.attach_ifindex.values()).copied().collect();
         let addresses: BTreeSet<u32> = self
             .state
             .endpoints
             .values()
-            .filter(|e| self.host_ifindex.contains_key(&e.name))
-            .map(|e| datapath_common::ipv4_key(e.ip.octets()))
+            .flat_map(|e| {
+                e.links().filter(|l| {
+                    if l.primary {
+                        self.host_ifindex.contains_key(&e.name)
+                    } else {
+                        self.attach_ifindex.contains_key(l.host_ifname)
+                    }
+                })
+            })
+            .map(|l| datapath_common::ipv4_key(l.ip.octets()))
             .collect();
         let ebpf = self.state.networks.values().filter(|n| n.datapath == DatapathKind::Ebpf);
         let (ids, subnets): (BTreeSet<u32>, BTreeSet<(u32, u32)>) = ebpf

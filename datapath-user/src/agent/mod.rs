@@ -24,6 +24,7 @@
 //! (the reader side) -> `host` (netlink, namespaces, netfilter) and
 //! `datapath` (maps, programs).
 
+mod attach;
 mod cni;
 mod containers;
 mod endpoints;
@@ -58,7 +59,8 @@ pub const DEFAULT_SUBNET: &str = "10.10.0.0/16";
 /// Pseudo-network of endpoints that are a namespace with only `lo`.
 pub const NONE_NETWORK: &str = "none";
 /// Test-only fault injection: `endpoint:<step>` fails every endpoint create
-/// right after that step, to prove the rollback.
+/// right after that step, `connect:<step>` every link on a further network
+/// (`network connect`, `--network` repeated), to prove the rollback.
 pub const FAILPOINT_ENV: &str = "DATAPATH_FAILPOINT";
 
 #[derive(Clone, Debug)]
@@ -100,8 +102,10 @@ pub(crate) struct Inner {
     bpf: Bpf,
     /// ifindex of each network's bridge.
     bridges: BTreeMap<String, u32>,
-    /// ifindex of each endpoint's host veth.
+    /// ifindex of each endpoint's host veth (its first network's).
     host_ifindex: BTreeMap<String, u32>,
+    /// ifindex of each attachment's host veth, by its name.
+    attach_ifindex: BTreeMap<String, u32>,
     /// Trace subscribers per endpoint, and for "all".
     trace_refs: HashMap<String, usize>,
     trace_all: usize,
@@ -277,6 +281,10 @@ impl Inner {
             Request::EndpointPublish { name, publish } => {
                 self.endpoint_publish(&name, publish).await.map(Written::Endpoint)
             }
+            Request::NetworkConnect(r) => self.network_connect(r).await.map(Written::Endpoint),
+            Request::NetworkDisconnect { network, endpoint } => {
+                self.network_disconnect(&network, &endpoint).await.map(|_| Written::Endpoint(endpoint))
+            }
             Request::ContainerStarted { name, pid } => self.container_started(&name, pid).await.map(|_| done),
             Request::ContainerExited { name, code } => self.container_exited(&name, code).await.map(|_| done),
             Request::CniAdd(r) => self.cni_add(r).await.map(|name| Written::Cni(name, Vec::new())),
@@ -310,8 +318,13 @@ impl Inner {
     }
 
     fn failpoint(&self, step: &str) -> Result<(), ApiError> {
+        self.failpoint_at("endpoint", step)
+    }
+
+    /// `WHAT:STEP` (`connect:STEP` for the links of `network connect`).
+    fn failpoint_at(&self, what: &str, step: &str) -> Result<(), ApiError> {
         match &self.failpoint {
-            Some(f) if f == &format!("endpoint:{step}") => {
+            Some(f) if f == &format!("{what}:{step}") => {
                 Err(ApiError::internal(format!("injected failure after step {step:?} ({FAILPOINT_ENV})")))
             }
             _ => Ok(()),

@@ -200,9 +200,14 @@ impl Inner {
         if name == DEFAULT_NETWORK && !force_default {
             return Err(ApiError::invalid(format!("{name} is the default network and cannot be removed")));
         }
-        let eps: Vec<String> = self.state.endpoints_of(name).map(|e| e.name.clone()).collect();
+        // Endpoints connected to it count as much as those it is the first
+        // network of.
+        let eps: Vec<String> = self.state.links_on(name).map(|(e, _)| e.name.clone()).collect();
         if !eps.is_empty() {
-            return Err(ApiError::conflict(format!("network {name:?} still has endpoints: {}", eps.join(", "))));
+            return Err(ApiError::conflict(format!(
+                "network {name:?} still has endpoints: {} (`network disconnect` connected ones, `endpoint rm` the others)",
+                eps.join(", ")
+            )));
         }
         if let Some(index) = self.nl.link_index(&spec.bridge).await? {
             self.nl.delete_link(index).await?;

@@ -10,7 +10,7 @@ use datapath_common::reason;
 
 use super::{blocking, Agent, Inner};
 use crate::api::{
-    ApiError, CniAttachment, ContainerView, CounterView, EndpointView, FlowView, NetworkEndpointView,
+    ApiError, AttachmentView, CniAttachment, ContainerView, CounterView, EndpointView, FlowView, NetworkEndpointView,
     NetworkOptionsView, NetworkStatsView, NetworkView, StartView, StatsView, TcView,
 };
 use crate::datapath::Attachment;
@@ -22,6 +22,8 @@ pub struct Snapshot {
     state: State,
     /// ifindex of each endpoint's host veth.
     host_ifindex: BTreeMap<String, u32>,
+    /// ifindex of each attachment's host veth, by its name.
+    attach_ifindex: BTreeMap<String, u32>,
     /// The endpoint program's attachment, per host veth that has it.
     attached: BTreeMap<u32, Attachment>,
     /// host ifindex -> (endpoint name, address), to attribute trace lines.
@@ -32,15 +34,32 @@ pub struct Snapshot {
 
 impl Inner {
     pub(super) fn snapshot(&self) -> Snapshot {
-        let attached = self.host_ifindex.values().filter_map(|i| self.bpf.attachment(*i).map(|a| (*i, a))).collect();
+        let attached = self
+            .host_ifindex
+            .values()
+            .chain(self.attach_ifindex.values())
+            .filter_map(|i| self.bpf.attachment(*i).map(|a| (*i, a)))
+            .collect();
+        // Every link's host ifindex names its endpoint (traces, flows).
         let names = self
             .state
             .endpoints
             .values()
-            .filter_map(|e| self.host_ifindex.get(&e.name).map(|i| (*i, (e.name.clone(), e.ip))))
+            .flat_map(|e| e.links().map(move |l| (e, l)))
+            .filter_map(|(e, l)| {
+                let i = if l.primary { self.host_ifindex.get(&e.name) } else { self.attach_ifindex.get(l.host_ifname) };
+                i.map(|i| (*i, (e.name.clone(), l.ip)))
+            })
             .collect();
         let start = StartView::from(&self.start);
-        Snapshot { state: self.state.clone(), host_ifindex: self.host_ifindex.clone(), attached, names, start }
+        Snapshot {
+            state: self.state.clone(),
+            host_ifindex: self.host_ifindex.clone(),
+            attach_ifindex: self.attach_ifindex.clone(),
+            attached,
+            names,
+            start,
+        }
     }
 }
 
@@ -110,9 +129,9 @@ impl Snapshot {
         self.names.get(&ifindex)
     }
 
-    /// The address of an endpoint that has a host veth.
-    pub fn endpoint_ip(&self, name: &str) -> Option<Ipv4Addr> {
-        self.names.values().find(|(n, _)| n == name).map(|(_, ip)| *ip)
+    /// The addresses of an endpoint's links that have a host veth.
+    pub fn endpoint_ips(&self, name: &str) -> Vec<Ipv4Addr> {
+        self.names.values().filter(|(n, _)| n == name).map(|(_, ip)| *ip).collect()
     }
 
     fn network_view(&self, n: &NetworkSpec) -> NetworkView {
@@ -133,13 +152,15 @@ impl Snapshot {
             },
             endpoints: self
                 .state
-                .endpoints_of(&n.name)
-                .map(|e| NetworkEndpointView {
+                .links_on(&n.name)
+                .map(|(e, l)| NetworkEndpointView {
                     name: e.name.clone(),
                     id: e.id.clone(),
-                    ip: e.ip,
-                    mac: format_mac(&e.mac),
-                    ip6: e.ip6,
+                    ip: l.ip,
+                    mac: format_mac(&l.mac),
+                    ifname: l.ifname.to_string(),
+                    aliases: l.aliases.to_vec(),
+                    ip6: if l.primary { e.ip6 } else { None },
                 })
                 .collect(),
             owner: n.owner.clone(),
@@ -181,8 +202,26 @@ impl Snapshot {
             prefix_len6: e.ip6.and(net.and_then(|n| n.ipv6)).map(|v6| v6.subnet.prefix_len()),
             gateway6: e.ip6.and(net.and_then(|n| n.ipv6)).map(|v6| v6.gateway),
             aliases: e.aliases.clone(),
+            attachments: self.attachment_views(e),
             dns: e.dns.clone(),
         }
+    }
+
+    /// An endpoint's networks besides its first.
+    fn attachment_views(&self, e: &EndpointSpec) -> Vec<AttachmentView> {
+        e.attachments
+            .iter()
+            .map(|a| AttachmentView {
+                network: a.network.clone(),
+                ifname: a.ifname.clone(),
+                ip: a.ip,
+                prefix_len: self.state.networks.get(&a.network).map(|n| n.subnet.prefix_len()).unwrap_or(32),
+                mac: format_mac(&a.mac),
+                host_ifname: a.host_ifname.clone(),
+                host_ifindex: self.attach_ifindex.get(&a.host_ifname).copied().unwrap_or(0),
+                aliases: a.aliases.clone(),
+            })
+            .collect()
     }
 
     fn container_view(&self, c: &ContainerSpec) -> ContainerView {
@@ -215,6 +254,12 @@ impl Snapshot {
                 .as_ref()
                 .and_then(|e| self.state.endpoints.get(e))
                 .map(|e| e.ports.clone())
+                .unwrap_or_default(),
+            attachments: c
+                .endpoint
+                .as_ref()
+                .and_then(|e| self.state.endpoints.get(e))
+                .map(|e| self.attachment_views(e))
                 .unwrap_or_default(),
         }
     }

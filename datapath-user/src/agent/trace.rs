@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use super::serve::write_line;
 use super::{Agent, Inner};
 use crate::api::{ApiError, Response, TraceLine};
-use crate::state::EndpointSpec;
+use crate::state::{DatapathKind, EndpointSpec};
 
 impl Inner {
     /// Writes every endpoint's trace flag (as subscriptions and `--trace`
@@ -17,10 +17,20 @@ impl Inner {
     fn refresh_trace_flags(&mut self) {
         let specs: Vec<EndpointSpec> = self.state.endpoints.values().cloned().collect();
         for spec in specs {
-            if let Some(ifindex) = self.host_ifindex.get(&spec.name).copied() {
-                let info = self.endpoint_info(&spec, ifindex);
-                if let Err(e) = tokio::task::block_in_place(|| self.bpf.upsert_endpoint(info)) {
-                    tracing::warn!(endpoint = %spec.name, "updating trace flag: {e}");
+            // Every link of the endpoint: tracing it by name covers all its
+            // interfaces.
+            for link in spec.links() {
+                let ifindex = if link.primary {
+                    self.host_ifindex.get(&spec.name)
+                } else {
+                    self.attach_ifindex.get(link.host_ifname)
+                };
+                let on_ebpf = self.state.networks.get(link.network).is_some_and(|n| n.datapath == DatapathKind::Ebpf);
+                if let (Some(ifindex), true) = (ifindex.copied(), on_ebpf) {
+                    let info = self.endpoint_info(&spec, &link, ifindex);
+                    if let Err(e) = tokio::task::block_in_place(|| self.bpf.upsert_endpoint(info)) {
+                        tracing::warn!(endpoint = %spec.name, "updating trace flag: {e}");
+                    }
                 }
             }
         }
@@ -53,9 +63,10 @@ impl Agent {
         if let Some(want) = want {
             if want != name {
                 // Also show packets *to* the wanted endpoint.
-                let ip = snap.endpoint_ip(want)?.to_string();
-                let mentions =
-                    line.split_whitespace().any(|w| w == ip || w.strip_prefix(&ip).is_some_and(|r| r.starts_with(':')));
+                let ips: Vec<String> = snap.endpoint_ips(want).iter().map(|ip| ip.to_string()).collect();
+                let mentions = line.split_whitespace().any(|w| {
+                    ips.iter().any(|ip| w == ip || w.strip_prefix(ip.as_str()).is_some_and(|r| r.starts_with(':')))
+                });
                 if !mentions {
                     return None;
                 }

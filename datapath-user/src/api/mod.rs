@@ -124,6 +124,26 @@ pub enum Request {
         name: String,
         publish: Vec<Publish>,
     },
+    /// Puts an existing endpoint on one more network (`network connect`).
+    NetworkConnect(NetworkConnect),
+    /// Takes an endpoint off a network it was connected to.
+    NetworkDisconnect {
+        network: String,
+        endpoint: String,
+    },
+}
+
+/// `datapath network connect NET NAME [--ip IP] [--alias A]...`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConnect {
+    pub network: String,
+    pub endpoint: String,
+    /// Its address on `network`; the lowest free one when absent.
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// More names it answers to on `network` (for the embedded DNS).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// `datapath run`: what to run and how it is networked.
@@ -150,6 +170,10 @@ pub struct ContainerCreate {
     /// Ports its endpoint publishes (`-p`; network mode only).
     #[serde(default)]
     pub publish: Vec<Publish>,
+    /// Networks its endpoint is connected to besides `network`, in order
+    /// (`--network` given more than once; network mode only).
+    #[serde(default)]
+    pub more_networks: Vec<String>,
     /// Its endpoint's aliases (`--alias`; network mode only).
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -176,6 +200,10 @@ pub struct ContainerView {
     /// What its endpoint publishes.
     #[serde(default)]
     pub ports: Vec<Publish>,
+    /// Its endpoint's other networks (`--network` given more than once,
+    /// `network connect`).
+    #[serde(default)]
+    pub attachments: Vec<AttachmentView>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +279,11 @@ pub struct EndpointCreate {
     /// Its IPv6 address on a dual-stack network (the lowest free one when absent).
     #[serde(default)]
     pub ip6: Option<Ipv6Addr>,
+    /// Networks it is connected to besides `network`, in order, each with
+    /// the lowest free address (`--network` given more than once); the
+    /// create is all-or-nothing.
+    #[serde(default)]
+    pub more_networks: Vec<String>,
     /// More names on its network for the embedded DNS (`--alias`).
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -300,6 +333,23 @@ mod tests {
         assert_eq!(rm.request, Request::NetworkRemove { name: "n".into() });
         let ping: Envelope = serde_json::from_str(r#"{"api_version":1,"op":"ping"}"#).unwrap();
         assert_eq!(ping.request, Request::Ping);
+    }
+
+    #[test]
+    fn connect_requests_default_and_refuse_unknown_fields() {
+        let line = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x"}"#;
+        let env = Envelope::parse(line).unwrap();
+        let want = NetworkConnect { network: "b".into(), endpoint: "x".into(), ip: None, aliases: Vec::new() };
+        assert_eq!(env.request, Request::NetworkConnect(want));
+        let bad = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x","alias":["a"]}"#;
+        assert_eq!(Envelope::parse(bad), Err(ParseError::UnknownField("alias".into())));
+        let off = r#"{"api_version":1,"op":"network_disconnect","network":"b","endpoint":"x"}"#;
+        let env = Envelope::parse(off).unwrap();
+        assert_eq!(env.request, Request::NetworkDisconnect { network: "b".into(), endpoint: "x".into() });
+        // Old clients' creates still parse: the new fields default.
+        let old = r#"{"api_version":1,"op":"endpoint_create","name":"a"}"#;
+        let Request::EndpointCreate(c) = Envelope::parse(old).unwrap().request else { panic!("not a create") };
+        assert!(c.more_networks.is_empty() && c.aliases.is_empty());
     }
 
     #[test]

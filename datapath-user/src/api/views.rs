@@ -53,6 +53,26 @@ pub struct NetworkEndpointView {
     pub mac: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip6: Option<Ipv6Addr>,
+    /// Its interface in its namespace on this network (`eth0`, `eth1`, ...).
+    #[serde(default)]
+    pub ifname: String,
+    /// Its names on this network besides its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// One network an endpoint is on besides its first (`network connect`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    pub network: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub mac: String,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// What `endpoint inspect` returns.
@@ -103,6 +123,9 @@ pub struct EndpointView {
     /// Its embedded DNS's upstreams (`--dns`), instead of the node's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<Ipv4Addr>,
+    /// The networks it is on besides its first, in the order connected.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentView>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

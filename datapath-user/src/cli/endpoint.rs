@@ -12,8 +12,11 @@ pub enum EndpointCmd {
     /// Create an endpoint: netns NAME, veth with eth0 inside, address, route, TC program.
     Create {
         name: String,
+        /// Its network (default: bridge); repeatable: the first is the
+        /// default route's, it is connected to the others in order (eth1, ...).
         #[arg(long)]
-        network: Option<String>,
+        network: Vec<String>,
+        /// Its address on its first network.
         #[arg(long)]
         ip: Option<String>,
         /// IPv6 address on a dual-stack network (default: the lowest free one).
@@ -26,8 +29,9 @@ pub enum EndpointCmd {
         /// (ranges: 8000-8010:8000-8010); repeatable.
         #[arg(short = 'p', long = "publish")]
         publish: Vec<String>,
-        /// Another name on its network for the embedded DNS; repeatable.
-        #[arg(long = "alias")]
+        /// Another name on its first network for the embedded DNS
+        /// (Docker's --network-alias); repeatable.
+        #[arg(long = "alias", alias = "network-alias")]
         aliases: Vec<String>,
         /// A DNS server the embedded DNS forwards to instead of the node's
         /// (queried from the endpoint's namespace); repeatable, at most 3.
@@ -59,7 +63,19 @@ pub async fn run(client: &Client, cmd: EndpointCmd) -> Result<()> {
             let ip6 = ip6.as_deref().map(ipam::v6::parse_addr).transpose()?;
             let publish = datapath::ports::parse_all(&publish)?;
             let dns = dns.iter().map(|d| ipam::parse_addr(d)).collect::<Result<_, _>>()?;
-            let req = EndpointCreate { name, network, ip, ip6, trace, publish, aliases, dns, ..Default::default() };
+            let mut networks = network.into_iter();
+            let req = EndpointCreate {
+                name,
+                network: networks.next(),
+                more_networks: networks.collect(),
+                ip,
+                ip6,
+                trace,
+                publish,
+                aliases,
+                dns,
+                ..Default::default()
+            };
             let e: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
             match e.ip6 {
                 Some(ip6) => println!("{} {} {ip6}", e.name, e.ip),
@@ -111,6 +127,12 @@ fn list_table(eps: &[EndpointView]) -> String {
         let owner = e.owner.as_deref().unwrap_or(if e.cni.is_some() { "cni" } else { "-" });
         let ports = datapath::ports::format(&e.ports);
         t.row([&e.name, &e.network, &address, &e.mac, &e.host_ifname, &e.host_ifindex, &container, &owner, &ports]);
+        // Its other networks, one line each under it.
+        for a in &e.attachments {
+            let address = format!("{}/{}", a.ip, a.prefix_len);
+            let name = format!("  {}", a.ifname);
+            t.row([&name, &a.network, &address, &a.mac, &a.host_ifname, &a.host_ifindex, &"", &"", &""]);
+        }
     }
     t.render()
 }

@@ -1,8 +1,9 @@
-//! `datapath network create|ls|inspect|rm`.
+//! `datapath network create|ls|inspect|rm|connect|disconnect`.
 
 use anyhow::Result;
 use clap::Subcommand;
-use datapath::api::{Client, NetworkCreate, NetworkView, Request};
+use datapath::api::{Client, EndpointView, NetworkConnect, NetworkCreate, NetworkView, Request};
+use datapath::ipam;
 
 use super::output::{self, left, right, Column, Output, Table};
 use super::Datapath;
@@ -59,6 +60,21 @@ pub enum NetworkCmd {
     /// Remove a network that has no endpoints.
     #[command(alias = "remove")]
     Rm { name: String },
+    /// Put an endpoint on one more network: eth1, eth2, ... in its namespace,
+    /// its address and the subnet's route there (the default route stays on
+    /// its first network).
+    Connect {
+        network: String,
+        endpoint: String,
+        /// Its address on this network (default: the lowest free one).
+        #[arg(long)]
+        ip: Option<String>,
+        /// More names it answers to on this network; repeatable.
+        #[arg(long)]
+        alias: Vec<String>,
+    },
+    /// Take an endpoint off a network it was connected to (not its first).
+    Disconnect { network: String, endpoint: String },
 }
 
 pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
@@ -107,6 +123,21 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
         NetworkCmd::Rm { name } => {
             client.call(Request::NetworkRemove { name: name.clone() }).await?;
             println!("{name}");
+            Ok(())
+        }
+        NetworkCmd::Connect { network, endpoint, ip, alias } => {
+            let ip = ip.as_deref().map(ipam::parse_addr).transpose()?;
+            let req = NetworkConnect { network: network.clone(), endpoint, ip, aliases: alias };
+            let e: EndpointView = client.call_as(Request::NetworkConnect(req)).await?;
+            match e.attachments.iter().find(|a| a.network == network) {
+                Some(a) => println!("{} {} {}", e.name, a.ifname, a.ip),
+                None => println!("{}", e.name),
+            }
+            Ok(())
+        }
+        NetworkCmd::Disconnect { network, endpoint } => {
+            client.call(Request::NetworkDisconnect { network, endpoint: endpoint.clone() }).await?;
+            println!("{endpoint}");
             Ok(())
         }
     }

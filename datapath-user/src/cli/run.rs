@@ -11,9 +11,11 @@ use super::output::{self, left, right, Column, Output, Table};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// bridge (default), a network name, host, none or container:NAME.
-    #[arg(long, alias = "net", default_value = "bridge")]
-    network: String,
+    /// bridge (default), a network name, host, none or container:NAME;
+    /// repeatable with network names: the first is the default route's,
+    /// the endpoint is connected to the others in order (eth1, eth2, ...).
+    #[arg(long, alias = "net")]
+    network: Vec<String>,
     #[arg(long)]
     name: Option<String>,
     #[arg(long)]
@@ -29,9 +31,9 @@ pub struct RunArgs {
     /// 8000-8010:8000-8010); repeatable.
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
-    /// Another name of its endpoint on its network for the embedded DNS;
-    /// repeatable.
-    #[arg(long = "alias")]
+    /// Another name of its endpoint on its first network for the embedded
+    /// DNS (Docker's --network-alias); repeatable.
+    #[arg(long = "alias", alias = "network-alias")]
     aliases: Vec<String>,
     /// A DNS server its embedded DNS forwards to instead of the node's;
     /// repeatable, at most 3.
@@ -50,9 +52,11 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     let publish = datapath::ports::parse_all(&args.publish)?;
     let dns = args.dns.iter().map(|d| ipam::parse_addr(d)).collect::<Result<_, _>>()?;
     let cwd = std::env::current_dir().ok();
+    let mut networks = args.network.into_iter();
     let req = ContainerCreate {
         name: args.name,
-        network: Some(args.network),
+        network: Some(networks.next().unwrap_or_else(|| "bridge".to_string())),
+        more_networks: networks.collect(),
         ip,
         argv: args.command.clone(),
         detach: args.detach,
@@ -138,6 +142,10 @@ fn ps_table(cs: &[ContainerView]) -> String {
         let pid = c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let ports = datapath::ports::format(&c.ports);
         t.row([&c.name, &c.network, &ip, &pid, &c.status, &ports, &c.argv.join(" ")]);
+        // Its endpoint's other networks, one line each under it.
+        for a in &c.attachments {
+            t.row([&"", &a.network, &a.ip, &"", &"", &"", &""]);
+        }
     }
     t.render()
 }

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use crate::agent::{DEFAULT_NETWORK, NONE_NETWORK};
-use crate::state::{EndpointSpec, State};
+use crate::state::{EndpointSpec, Link, State};
 
 /// Where an asker's other questions go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,7 +76,9 @@ impl Table {
     pub fn new(state: &State) -> Table {
         let mut zones: HashMap<String, Zone> = HashMap::new();
         for e in state.endpoints.values().filter(|e| !e.creating) {
-            for l in e.links().filter(|l| user_defined(l.network) && state.networks.contains_key(l.network)) {
+            // A half-made attachment's names appear once its connect is done.
+            let served = |l: &Link| !l.connecting && user_defined(l.network) && state.networks.contains_key(l.network);
+            for l in e.links().filter(served) {
                 let zone = zones.entry(l.network.to_string()).or_default();
                 for name in std::iter::once(&e.name).chain(l.aliases.iter()) {
                     let ips = zone.names.entry(name.to_ascii_lowercase()).or_default();
@@ -244,6 +246,7 @@ pub(crate) mod tests {
             ifname: format!("eth{n}"),
             host_ifname: format!("dp-{}{n}", e.name),
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            connecting: false,
         });
     }
 
@@ -365,6 +368,13 @@ pub(crate) mod tests {
         let t = Table::new(&s);
         assert!(t.asker("db").is_none());
         assert_eq!(ips(&t, "proxy", "db"), None);
+        // An attachment still being connected is not served either.
+        let mut s = state();
+        let db_on_b = ips(&Table::new(&s), "db", "proxy");
+        assert!(db_on_b.is_some(), "the proxy is on b");
+        let proxy = s.endpoints.get_mut("proxy").unwrap();
+        proxy.attachments.iter_mut().for_each(|a| a.connecting = true);
+        assert_eq!(ips(&Table::new(&s), "db", "proxy"), None);
     }
 
     #[test]

@@ -286,7 +286,7 @@ fn postrouting_chain(
 fn icc_table(state: &State, nets: &[&NetworkSpec], v6: &[&NetworkSpec]) -> String {
     let mut icc = String::new();
     let ports = |n: &NetworkSpec| -> Option<String> {
-        let ports: Vec<String> = state.endpoints_of(&n.name).map(|e| format!("\"{}\"", e.host_ifname)).collect();
+        let ports: Vec<String> = state.links_on(&n.name).map(|(_, l)| format!("\"{}\"", l.host_ifname)).collect();
         (ports.len() >= 2).then(|| ports.join(", "))
     };
     for n in nets.iter().filter(|n| !n.options.icc) {

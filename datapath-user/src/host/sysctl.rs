@@ -74,3 +74,9 @@ pub fn enable_ipv6(iface: &str) -> Result<(), SysctlError> {
     write_conf6(iface, "router_solicitations", b"0")?;
     write_conf6(iface, "disable_ipv6", b"0")
 }
+
+/// Turns IPv4 forwarding off in the calling thread's namespace (an
+/// endpoint's: it must never route between the networks it is on).
+pub fn disable_forwarding() -> Result<(), SysctlError> {
+    std::fs::write(IP_FORWARD, b"0").map_err(err(IP_FORWARD))
+}

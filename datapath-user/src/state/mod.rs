@@ -197,6 +197,11 @@ pub struct Attachment {
     pub host_ifname: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Recorded before the connect makes anything (write-ahead), cleared
+    /// when it is done: an agent that finds it set after a crash removes
+    /// the half-made link. Its address stays reserved meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub connecting: bool,
 }
 
 /// An endpoint's presence on one network, its first or an attachment: what
@@ -211,6 +216,9 @@ pub struct Link<'a> {
     pub aliases: &'a [String],
     /// The endpoint's first network (default route, `EndpointSpec::network`).
     pub primary: bool,
+    /// An attachment whose connect has not finished (see
+    /// [`Attachment::connecting`]).
+    pub connecting: bool,
 }
 
 impl EndpointSpec {
@@ -224,6 +232,7 @@ impl EndpointSpec {
             host_ifname: &self.host_ifname,
             aliases: &self.aliases,
             primary: true,
+            connecting: false,
         };
         let more = self.attachments.iter().map(|a| Link {
             network: &a.network,
@@ -233,6 +242,7 @@ impl EndpointSpec {
             host_ifname: &a.host_ifname,
             aliases: &a.aliases,
             primary: false,
+            connecting: a.connecting,
         });
         std::iter::once(first).chain(more)
     }
@@ -562,6 +572,7 @@ mod tests {
             ifname: "eth1".into(),
             host_ifname: "dp9".into(),
             aliases: vec!["db".into()],
+            connecting: false,
         });
         s.endpoints.insert("x".into(), x.clone());
         assert_eq!(s.check(), Ok(()));

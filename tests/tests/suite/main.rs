@@ -17,6 +17,7 @@ mod ipv6;
 mod lifecycle;
 mod masquerade;
 mod modes;
+mod multinet;
 mod nat_limits;
 mod network_options;
 mod podman;

@@ -14,7 +14,7 @@ use datapath_tests::assert_ping;
 use datapath_tests::node::{Datapath, Node};
 use serde_json::Value;
 
-use super::{pinned_map_len, start_count, start_report, MAPS_DIR};
+use super::{pinned_map_len, pinned_u32_keys, start_count, start_report, MAPS_DIR};
 
 const CREATES: usize = 20;
 
@@ -60,28 +60,6 @@ fn fire_and_kill(node: &mut Node, names: &[String], kill_after: usize, into: f64
         let _ = tokio::time::timeout(Duration::from_secs(10), async { while rx.recv().await.is_some() {} }).await;
         ok
     })
-}
-
-/// The keys of a pinned map keyed by a `u32` (bpftool prints them as a
-/// number with BTF, as little-endian hex bytes without).
-fn pinned_u32_keys(path: &std::path::Path) -> BTreeSet<u64> {
-    let o = std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(path).output().unwrap();
-    assert!(o.status.success(), "bpftool map dump pinned {}:\n{}", path.display(), datapath_tests::show(&o));
-    let v: Value = serde_json::from_slice(&o.stdout).expect("bpftool JSON");
-    let key = |k: &Value| -> u64 {
-        if let Some(n) = k.as_u64() {
-            return n;
-        }
-        let bytes: Vec<u64> = k
-            .as_array()
-            .unwrap_or_else(|| panic!("bpftool key {k}"))
-            .iter()
-            .map(|b| u64::from_str_radix(b.as_str().unwrap_or("").trim_start_matches("0x"), 16).unwrap())
-            .collect();
-        bytes.iter().rev().fold(0, |acc, b| acc << 8 | b)
-    };
-    let entries = v.as_array().cloned().unwrap_or_default();
-    entries.iter().map(|e| key(if e["formatted"].is_object() { &e["formatted"]["key"] } else { &e["key"] })).collect()
 }
 
 fn crash_during_creates(kill_after: usize, into: f64) {

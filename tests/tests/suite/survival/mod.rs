@@ -104,3 +104,25 @@ pub fn pinned_map_len(path: &Path) -> usize {
     let v: Value = serde_json::from_slice(&o.stdout).expect("bpftool JSON");
     v.as_array().map(Vec::len).unwrap_or_else(|| panic!("bpftool map dump is not a list: {v}"))
 }
+
+/// The keys of a pinned map keyed by a `u32` (bpftool prints them as a
+/// number with BTF, as little-endian hex bytes without).
+pub fn pinned_u32_keys(path: &std::path::Path) -> BTreeSet<u64> {
+    let o = std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(path).output().unwrap();
+    assert!(o.status.success(), "bpftool map dump pinned {}:\n{}", path.display(), datapath_tests::show(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("bpftool JSON");
+    let key = |k: &Value| -> u64 {
+        if let Some(n) = k.as_u64() {
+            return n;
+        }
+        let bytes: Vec<u64> = k
+            .as_array()
+            .unwrap_or_else(|| panic!("bpftool key {k}"))
+            .iter()
+            .map(|b| u64::from_str_radix(b.as_str().unwrap_or("").trim_start_matches("0x"), 16).unwrap())
+            .collect();
+        bytes.iter().rev().fold(0, |acc, b| acc << 8 | b)
+    };
+    let entries = v.as_array().cloned().unwrap_or_default();
+    entries.iter().map(|e| key(if e["formatted"].is_object() { &e["formatted"]["key"] } else { &e["key"] })).collect()
+}
