@@ -1,8 +1,6 @@
 //! The Markdown report: per-workload table, control plane, targets.
 
-#[cfg(test)]
-use super::Churn;
-use super::{human, opt, ratio_s, targets, Results, Topo, WORKLOADS};
+use super::{human, opt, ratio_s, targets, Churn, Results, Topo, WORKLOADS};
 use crate::stats::{max, median, min, percentile};
 
 /// The Markdown report: per-workload table, control plane, targets.
@@ -39,21 +37,7 @@ pub fn markdown(r: &Results) -> String {
     s += &docker_section(r);
     if !r.churn.is_empty() {
         s += "\n### Endpoint create / remove (API round trip)\n\n";
-        s += "| datapath | endpoints | create median | create p99 | remove median | remove p99 | errors |\n";
-        s += "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
-        for c in &r.churn {
-            let ms = |x: Option<f64>| opt(x, |v| format!("{v:.1} ms"));
-            s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
-                c.datapath,
-                c.create_ms.len(),
-                ms(median(&c.create_ms)),
-                ms(percentile(&c.create_ms, 99.0)),
-                ms(median(&c.remove_ms)),
-                ms(percentile(&c.remove_ms, 99.0)),
-                c.errors.len()
-            );
-        }
+        s += &round_trips(["datapath", "endpoints", "create"], &r.churn, 1);
     }
     if !r.memory.is_empty() {
         s +=
@@ -110,21 +94,29 @@ fn docker_section(r: &Results) -> String {
     }
     if !r.containers.is_empty() {
         s += "\n### Container start / remove (`docker run -d` / `docker rm -f` round trip)\n\n";
-        s += "| driver | containers | start median | start p99 | remove median | remove p99 | errors |\n";
-        s += "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
-        for c in &r.containers {
-            let ms = |x: Option<f64>| opt(x, |v| format!("{v:.0} ms"));
-            s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
-                c.datapath,
-                c.create_ms.len(),
-                ms(median(&c.create_ms)),
-                ms(percentile(&c.create_ms, 99.0)),
-                ms(median(&c.remove_ms)),
-                ms(percentile(&c.remove_ms, 99.0)),
-                c.errors.len()
-            );
-        }
+        s += &round_trips(["driver", "containers", "start"], &r.containers, 0);
+    }
+    s
+}
+
+/// A table of create/remove round trips (endpoints or containers), one row
+/// per datapath or driver: `[who, what, create verb]` name the columns.
+fn round_trips(cols: [&str; 3], rows: &[Churn], decimals: usize) -> String {
+    let [who, what, verb] = cols;
+    let mut s = format!("| {who} | {what} | {verb} median | {verb} p99 | remove median | remove p99 | errors |\n");
+    s += "| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    let ms = |x: Option<f64>| opt(x, |v| format!("{v:.decimals$} ms"));
+    for c in rows {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            c.datapath,
+            c.create_ms.len(),
+            ms(median(&c.create_ms)),
+            ms(percentile(&c.create_ms, 99.0)),
+            ms(median(&c.remove_ms)),
+            ms(percentile(&c.remove_ms, 99.0)),
+            c.errors.len()
+        );
     }
     s
 }

@@ -52,12 +52,7 @@ impl Inner {
         if network == NONE_NETWORK {
             return Err(ApiError::invalid("the none network cannot be connected to"));
         }
-        let net = self
-            .state
-            .networks
-            .get(network)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
+        let net = self.known_network(network)?;
         if spec.link_on(network).is_some() {
             return Err(ApiError::conflict(format!("endpoint {:?} is already on network {network:?}", spec.name)));
         }
@@ -138,14 +133,9 @@ impl Inner {
 
     /// `network disconnect`: removes the endpoint's link on `network`.
     pub(super) async fn network_disconnect(&mut self, network: &str, name: &str) -> Result<(), ApiError> {
-        let spec = self
-            .state
-            .endpoints
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("endpoint {name:?} not found")))?;
+        let spec = self.known_endpoint(name)?;
         if !self.state.networks.contains_key(network) {
-            return Err(ApiError::not_found(format!("network {network:?} not found")));
+            return Err(super::error::network_not_found(network));
         }
         if spec.network == network {
             return Err(ApiError::invalid(format!(
@@ -209,12 +199,7 @@ impl Inner {
             return Ok(());
         }
         for link in spec.links().skip(1) {
-            let net = self
-                .state
-                .networks
-                .get(link.network)
-                .cloned()
-                .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", link.network)))?;
+            let net = self.known_network(link.network)?;
             if let Some(host) = self.nl.link_index(link.host_ifname).await? {
                 self.remember_link(spec, &link, host);
                 if net.datapath == DatapathKind::Kernel {

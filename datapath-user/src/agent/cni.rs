@@ -59,7 +59,7 @@ impl Inner {
             )));
         }
         if !self.state.networks.contains_key(&req.network) {
-            return Err(ApiError::not_found(format!("network {:?} not found", req.network)));
+            return Err(super::error::network_not_found(&req.network));
         }
         state::validate_name("CNI network", &req.cni_network).map_err(ApiError::invalid)?;
         // The runtime's `-p`: the endpoint's published ports, checked with

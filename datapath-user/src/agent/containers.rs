@@ -153,7 +153,7 @@ impl Inner {
         let network = match mode {
             RunMode::Network(net) => {
                 if !self.state.networks.contains_key(net) {
-                    return Err(ApiError::not_found(format!("network {net:?} not found")));
+                    return Err(super::error::network_not_found(net));
                 }
                 net.clone()
             }

@@ -187,12 +187,7 @@ impl Inner {
         if self.state.containers.contains_key(&req.name) {
             return Err(ApiError::conflict(format!("name {:?} is taken by a container", req.name)));
         }
-        let net = self
-            .state
-            .networks
-            .get(&network)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("network {network:?} not found")))?;
+        let net = self.known_network(&network)?;
         // The bridge's port limit and the size of the endpoint maps, checked
         // before anything is made (the bridge used to fail the 1024th port
         // half-way with an internal "Exchange full").
@@ -532,12 +527,7 @@ impl Inner {
     }
 
     pub(super) async fn endpoint_remove(&mut self, name: &str) -> Result<(), ApiError> {
-        let spec = self
-            .state
-            .endpoints
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("endpoint {name:?} not found")))?;
+        let spec = self.known_endpoint(name)?;
         let users: Vec<&str> = self
             .state
             .containers
@@ -627,12 +617,7 @@ impl Inner {
             }
             return Ok(());
         }
-        let net = self
-            .state
-            .networks
-            .get(&spec.network)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", spec.network)))?;
+        let net = self.known_network(&spec.network)?;
         if !spec.owns_netns && !spec.detached && !spec.netns_path.exists() {
             // A namespace someone else made (a container's) is gone: so is
             // the container; its endpoint goes too.

@@ -25,6 +25,16 @@ macro_rules! internal {
 
 internal!(NetlinkError, BpfError, StateError, NetfilterError, SysctlError);
 
+/// The one "not found" answer for a network name.
+pub(super) fn network_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("network {name:?} not found"))
+}
+
+/// The one "not found" answer for an endpoint name.
+pub(super) fn endpoint_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("endpoint {name:?} not found"))
+}
+
 impl From<IpamError> for ApiError {
     fn from(e: IpamError) -> Self {
         match e {

@@ -48,7 +48,7 @@ use tokio::sync::{broadcast, Mutex};
 use crate::api::{ApiError, Request, API_VERSION};
 use crate::datapath::{AttachMode, Attached, Bpf, GcReport, PinReport, Tables};
 use crate::host::netlink::Netlink;
-use crate::state::{DatapathKind, State};
+use crate::state::{DatapathKind, EndpointSpec, NetworkSpec, State};
 
 pub use serve::{bind_socket, run};
 pub use snapshot::Snapshot;
@@ -270,6 +270,16 @@ enum Written {
 }
 
 impl Inner {
+    /// A copy of network `name`'s spec, or the API's "not found".
+    pub(super) fn known_network(&self, name: &str) -> Result<NetworkSpec, ApiError> {
+        self.state.networks.get(name).cloned().ok_or_else(|| error::network_not_found(name))
+    }
+
+    /// A copy of endpoint `name`'s spec, or the API's "not found".
+    pub(super) fn known_endpoint(&self, name: &str) -> Result<EndpointSpec, ApiError> {
+        self.state.endpoints.get(name).cloned().ok_or_else(|| error::endpoint_not_found(name))
+    }
+
     /// A change to the state (the requests [`Agent::handle`] sends here).
     async fn write(&mut self, request: Request) -> Result<Written, ApiError> {
         let done = Written::Value(Value::Null);

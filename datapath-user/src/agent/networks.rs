@@ -191,12 +191,7 @@ impl Inner {
     }
 
     pub(super) async fn network_remove(&mut self, name: &str, force_default: bool) -> Result<(), ApiError> {
-        let spec = self
-            .state
-            .networks
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("network {name:?} not found")))?;
+        let spec = self.known_network(name)?;
         if name == DEFAULT_NETWORK && !force_default {
             return Err(ApiError::invalid(format!("{name} is the default network and cannot be removed")));
         }

@@ -139,12 +139,7 @@ impl Inner {
     /// refused), persisted, then brought into the `PORTS` map and the
     /// netfilter rules; a failure there restores the old ports.
     pub(super) async fn endpoint_publish(&mut self, name: &str, mut publish: Vec<Publish>) -> Result<String, ApiError> {
-        let ep = self
-            .state
-            .endpoints
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("endpoint {name:?} not found")))?;
+        let ep = self.known_endpoint(name)?;
         if ep.creating {
             return Err(ApiError::conflict(format!("endpoint {name:?} is being created")));
         }
@@ -155,12 +150,7 @@ impl Inner {
             return Err(ApiError::invalid("the none network cannot publish ports"));
         }
         if !publish.is_empty() {
-            let net = self
-                .state
-                .networks
-                .get(&ep.network)
-                .cloned()
-                .ok_or_else(|| ApiError::not_found(format!("network {:?} not found", ep.network)))?;
+            let net = self.known_network(&ep.network)?;
             let publish = &mut publish;
             self.choose_host_ports(&ep.ports, name, publish).await?;
             self.check_publish(name, &net, publish).await?;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use datapath_common::reason;
 
+use super::error::{endpoint_not_found, network_not_found};
 use super::{blocking, Agent, Inner};
 use crate::api::{
     ApiError, AttachmentView, CniAttachment, ContainerView, CounterView, EndpointView, FlowView, NetworkEndpointView,
@@ -61,14 +62,6 @@ impl Inner {
             start,
         }
     }
-}
-
-fn network_not_found(name: &str) -> ApiError {
-    ApiError::not_found(format!("network {name:?} not found"))
-}
-
-fn endpoint_not_found(name: &str) -> ApiError {
-    ApiError::not_found(format!("endpoint {name:?} not found"))
 }
 
 impl Snapshot {

@@ -43,7 +43,7 @@ impl Agent {
         match endpoint {
             Some(name) => {
                 if !inner.state.endpoints.contains_key(name) {
-                    return Err(ApiError::not_found(format!("endpoint {name:?} not found")));
+                    return Err(super::error::endpoint_not_found(name));
                 }
                 let r = inner.trace_refs.entry(name.clone()).or_insert(0);
                 *r = r.saturating_add_signed(delta);
