@@ -213,27 +213,8 @@ pub(crate) mod tests {
 
     pub(crate) fn ep(name: &str, network: &str, ip: [u8; 4], aliases: &[&str]) -> EndpointSpec {
         EndpointSpec {
-            name: name.into(),
-            id: name.into(),
-            network: network.into(),
-            ip: Ipv4Addr::from(ip),
-            mac: [2, 0, 0, 0, 0, 1],
-            netns_path: PathBuf::from(format!("/run/netns/{name}")),
-            owns_netns: true,
-            ifname: "eth0".into(),
-            host_ifname: format!("dp-{name}"),
-            container_id: None,
-            cni: None,
-            trace: false,
-            created: String::new(),
-            creating: false,
-            detached: false,
-            owner: None,
-            ports: Vec::new(),
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
-            attachments: Vec::new(),
-            dns: Vec::new(),
-            ip6: None,
+            ..EndpointSpec::sample(name, network, ip)
         }
     }
 

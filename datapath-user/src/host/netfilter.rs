@@ -424,27 +424,10 @@ mod tests {
         assert!(!s.contains("table bridge datapath {"), "no icc rule without two ports: {s}");
         for (ep, host) in [("a", "dpa"), ("b", "dpb")] {
             let mut e = crate::state::EndpointSpec {
-                name: ep.into(),
-                id: random_id(),
-                network: "k".into(),
-                ip: std::net::Ipv4Addr::new(10, 2, 0, 2),
                 mac: [2, 0, 0, 0, 0, 2],
                 netns_path: "/run/netns/x".into(),
-                owns_netns: true,
-                ifname: "eth0".into(),
                 host_ifname: host.into(),
-                container_id: None,
-                cni: None,
-                trace: false,
-                created: String::new(),
-                creating: false,
-                detached: false,
-                owner: None,
-                ports: Vec::new(),
-                ip6: None,
-                aliases: Vec::new(),
-                attachments: Vec::new(),
-                dns: Vec::new(),
+                ..crate::state::EndpointSpec::sample(ep, "k", [10, 2, 0, 2])
             };
             e.ip = if ep == "a" { e.ip } else { std::net::Ipv4Addr::new(10, 2, 0, 3) };
             st.endpoints.insert(ep.into(), e);
@@ -498,27 +481,10 @@ mod tests {
         // icc=false on a dual-stack eBPF network: IPv6 between its ports.
         for (ep, ip) in [("a", [10, 1, 0, 2]), ("b", [10, 1, 0, 3])] {
             let e = crate::state::EndpointSpec {
-                name: ep.into(),
-                id: random_id(),
-                network: "e".into(),
-                ip: ip.into(),
                 mac: [2, 0, 0, 0, 0, 2],
                 netns_path: "/run/netns/x".into(),
-                owns_netns: true,
-                ifname: "eth0".into(),
                 host_ifname: format!("dp{ep}"),
-                container_id: None,
-                cni: None,
-                trace: false,
-                created: String::new(),
-                creating: false,
-                detached: false,
-                owner: None,
-                ports: Vec::new(),
-                ip6: None,
-                aliases: Vec::new(),
-                attachments: Vec::new(),
-                dns: Vec::new(),
+                ..crate::state::EndpointSpec::sample(ep, "e", ip)
             };
             st.endpoints.insert(ep.into(), e);
         }
@@ -538,27 +504,11 @@ mod tests {
         st.networks.insert("k".into(), net("k", "10.2.0.0/24", DatapathKind::Kernel, NetworkOptions::default()));
         st.networks.insert("e".into(), net("e", "10.1.0.0/24", DatapathKind::Ebpf, NetworkOptions::default()));
         let ep = |name: &str, network: &str, ip: [u8; 4], ports: &[&str]| crate::state::EndpointSpec {
-            name: name.into(),
-            id: random_id(),
-            network: network.into(),
-            ip: ip.into(),
             mac: [2, 0, 0, 0, 0, 2],
             netns_path: "/run/netns/x".into(),
-            owns_netns: true,
-            ifname: "eth0".into(),
             host_ifname: format!("dp{name}"),
-            container_id: None,
-            trace: false,
-            created: String::new(),
-            creating: false,
-            cni: None,
-            detached: false,
-            owner: None,
             ports: crate::ports::parse_all(ports).unwrap(),
-            ip6: None,
-            aliases: Vec::new(),
-            attachments: Vec::new(),
-            dns: Vec::new(),
+            ..crate::state::EndpointSpec::sample(name, network, ip)
         };
         st.endpoints.insert("a".into(), ep("a", "k", [10, 2, 0, 2], &["8080:80", "127.0.0.1:9090:90/udp"]));
         st.endpoints.insert("b".into(), ep("b", "e", [10, 1, 0, 2], &["8081:81"]));

@@ -253,6 +253,37 @@ impl EndpointSpec {
     }
 }
 
+#[cfg(test)]
+impl EndpointSpec {
+    /// An endpoint for unit tests: `eth0` in `/run/netns/NAME`, host veth
+    /// `dp-NAME`, on its first network only.
+    pub(crate) fn sample(name: &str, network: &str, ip: [u8; 4]) -> EndpointSpec {
+        EndpointSpec {
+            name: name.into(),
+            id: random_id(),
+            network: network.into(),
+            ip: Ipv4Addr::from(ip),
+            mac: [2, 0, 0, 0, 0, 1],
+            netns_path: PathBuf::from(format!("/run/netns/{name}")),
+            owns_netns: true,
+            ifname: "eth0".into(),
+            host_ifname: format!("dp-{name}"),
+            container_id: None,
+            cni: None,
+            trace: false,
+            created: now_rfc3339(),
+            creating: false,
+            detached: false,
+            owner: None,
+            ports: Vec::new(),
+            ip6: None,
+            aliases: Vec::new(),
+            attachments: Vec::new(),
+            dns: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub version: u32,
@@ -500,29 +531,7 @@ mod tests {
     }
 
     fn ep(name: &str, network: &str, ip: [u8; 4]) -> EndpointSpec {
-        EndpointSpec {
-            name: name.into(),
-            id: random_id(),
-            network: network.into(),
-            ip: Ipv4Addr::from(ip),
-            mac: [2, 0, 0, 0, 0, 1],
-            netns_path: PathBuf::from(format!("/run/netns/{name}")),
-            owns_netns: true,
-            ifname: "eth0".into(),
-            host_ifname: "dp0".into(),
-            container_id: None,
-            cni: None,
-            trace: false,
-            created: now_rfc3339(),
-            creating: false,
-            detached: false,
-            owner: None,
-            ports: Vec::new(),
-            ip6: None,
-            aliases: Vec::new(),
-            attachments: Vec::new(),
-            dns: Vec::new(),
-        }
+        EndpointSpec { host_ifname: "dp0".into(), ..EndpointSpec::sample(name, network, ip) }
     }
 
     #[test]

@@ -10,10 +10,9 @@
 //! kernel datapath does not: its spoofed packets get through (asserted as
 //! the documented difference).
 
-use std::io::Read;
-use std::process::Command;
 use std::time::Duration;
 
+use crate::ports::blob;
 use datapath::testbed::topology::{self, NODE_UPLINK_IP6, OUTSIDE_IP6};
 use datapath_tests::env::python;
 use datapath_tests::frames::hex;
@@ -21,7 +20,7 @@ use datapath_tests::net::{exec_in, ping, python_bg, python_in};
 use datapath_tests::net::{ns_cmd, wait_tcp_listen};
 use datapath_tests::node::{delta, AgentOpts, Datapath, Node, UPLINK_DEV};
 use datapath_tests::outside::http_clients;
-use datapath_tests::proc::{run, show, stdout_str, BgProcess};
+use datapath_tests::proc::{show, stdout_str, BgProcess};
 use datapath_tests::{assert_ping, both_datapaths, kernel_test, py};
 use serde_json::Value;
 
@@ -54,18 +53,6 @@ fn endpoint6(node: &mut Node, suffix: &str, net: &str, extra: &[&str]) -> (Strin
 fn reaches(ns: &str, ip: &str) -> bool {
     let out = ping(ns, ip, 2);
     out.status.success() && stdout_str(&out).contains("2 received")
-}
-
-/// `len` random bytes in `<node dir>/www/NAME`; returns their sha256.
-fn blob(node: &Node, name: &str, len: usize) -> String {
-    let www = node.dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let mut data = vec![0u8; len];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut data).unwrap();
-    std::fs::write(www.join(name), &data).unwrap();
-    let out = run(Command::new("sha256sum").arg(www.join(name)));
-    assert!(out.status.success(), "{}", show(&out));
-    stdout_str(&out).split_whitespace().next().unwrap().to_string()
 }
 
 /// Fetches http://[IP]:HTTP_PORT/NAME from `ns`; asserts length and sha256.

@@ -17,10 +17,10 @@
 //! checksums as computed (after an incremental NAT update).
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::ports::blob;
 use datapath_tests::frames::{self, hex, Ipv4, Tcp};
 use datapath_tests::net::{self, exec_in, link, python_bg, python_in};
 use datapath_tests::node::{delta, AgentOpts, Datapath, Node, Stats, OUTSIDE_IP, UPLINK_IP};
@@ -28,7 +28,7 @@ use datapath_tests::outside::{
     bad_checksum_lines, count_by_ip, http_clients, http_server, peers, tcp_server, udp_echo_server, verified_checksums,
     Capture,
 };
-use datapath_tests::proc::{run, show, stdout_str};
+use datapath_tests::proc::{show, stdout_str};
 use datapath_tests::{assert_ping, both_datapaths, py};
 use serde_json::Value;
 
@@ -38,19 +38,6 @@ const TCP_PORT: u16 = 7777;
 
 /// The counters that only the eBPF masquerade moves.
 const NAT_COUNTERS: [&str; 4] = ["nat-translated", "nat-reverse-translated", "ct-created", "pass-uplink-host"];
-
-/// Writes `len` random bytes to `<node dir>/www/NAME`; returns their sha256.
-fn blob(node: &Node, name: &str, len: usize) -> String {
-    let www = node.dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let mut data = vec![0u8; len];
-    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut data).unwrap();
-    let file = www.join(name);
-    std::fs::write(&file, &data).unwrap();
-    let out = run(Command::new("sha256sum").arg(&file));
-    assert!(out.status.success(), "{}", show(&out));
-    stdout_str(&out).split_whitespace().next().unwrap().to_string()
-}
 
 /// Fetches http://OUTSIDE_IP:HTTP_PORT/NAME from `ns`; asserts length and
 /// sha256.

@@ -47,6 +47,7 @@ pub(crate) fn blob(node: &Node, name: &str, len: usize) -> String {
     std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut data).unwrap();
     std::fs::write(www.join(name), &data).unwrap();
     let out = run(Command::new("sha256sum").arg(www.join(name)));
+    assert!(out.status.success(), "{}", show(&out));
     stdout_str(&out).split_whitespace().next().unwrap().to_string()
 }
 
