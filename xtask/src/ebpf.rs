@@ -100,6 +100,12 @@ impl Object {
 /// bpfel-unknown-none with `-Z build-std=core` and the eBPF rustflags. Used by
 /// `build-ebpf` ("build") and `lint` ("clippy"); the caller adds the rest.
 pub fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
+    ebpf_cargo_in(toolchain, subcommand, &workspace_root().join(EBPF_CRATE))
+}
+
+/// [`ebpf_cargo`] for the eBPF crate at `crate_dir` (another checkout's, e.g.
+/// the baseline's: `build-baseline`).
+pub fn ebpf_cargo_in(toolchain: &Toolchain, subcommand: &str, crate_dir: &Path) -> Command {
     let mut cmd = match toolchain {
         Toolchain::RustupNightly => Command::new("rustup"),
         Toolchain::Debian => Command::new(DEBIAN_CARGO),
@@ -121,7 +127,7 @@ pub fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
             path = env::join_paths(std::iter::once(debian_bin).chain(env::split_paths(&path))).unwrap_or(path);
         }
     }
-    cmd.current_dir(workspace_root().join(EBPF_CRATE))
+    cmd.current_dir(crate_dir)
         .env("PATH", path)
         .env("CARGO_ENCODED_RUSTFLAGS", ["-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f"))
         .args([subcommand, "--locked", "-Z", "build-std=core", "--target", BPF_TARGET]);
@@ -129,39 +135,65 @@ pub fn ebpf_cargo(toolchain: &Toolchain, subcommand: &str) -> Command {
 }
 
 pub fn build_ebpf(debug: bool, object: Object) -> Result<()> {
-    let root = workspace_root();
-    let target_dir = object.target_dir();
-    if find_on_path("bpf-linker", &path_with_cargo_bin()).is_none() {
-        bail!("bpf-linker is not installed (not on PATH nor in ~/.cargo/bin). Run `cargo xtask setup`.");
-    }
-    let toolchain = ebpf_toolchain()?;
-    let mut cmd = ebpf_cargo(&toolchain, "build");
-    cmd.arg("--target-dir").arg(&target_dir);
-    if object == Object::Variant {
-        cmd.env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            ["-Cdebuginfo=2", "-Clink-arg=--btf", "--cfg", "datapath_variant"].join("\x1f"),
-        );
-    }
-    if !debug {
-        cmd.arg("--release");
-    }
-    let which = match toolchain {
-        Toolchain::RustupNightly => "rustup nightly",
-        Toolchain::Debian => "Debian rustc with RUSTC_BOOTSTRAP=1",
+    let out = workspace_root().join("target").join("bpf").join(object.file_name());
+    let build = EbpfBuild {
+        crate_dir: workspace_root().join(EBPF_CRATE),
+        target_dir: object.target_dir(),
+        out,
+        debug,
+        variant: object == Object::Variant,
     };
-    println!("build-ebpf: building {EBPF_CRATE} with {which}");
-    let started = Instant::now();
-    run_ok(&mut cmd)?;
+    build.run()
+}
 
-    let built = target_dir.join(BPF_TARGET).join(if debug { "debug" } else { "release" }).join(EBPF_CRATE);
-    let out = root.join("target").join("bpf").join(object.file_name());
-    let new = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
-    // Only touch the object when it changed: datapath-user rebuilds on its mtime.
-    if fs::read(&out).ok().as_deref() != Some(&new[..]) {
-        fs::create_dir_all(out.parent().expect("has a parent"))?;
-        fs::write(&out, &new).with_context(|| format!("writing {}", out.display()))?;
+/// One build of an eBPF crate into an object file.
+pub struct EbpfBuild {
+    /// The eBPF crate (`datapath-ebpf/` of this or another checkout).
+    pub crate_dir: PathBuf,
+    /// Its cargo target directory.
+    pub target_dir: PathBuf,
+    /// Where the object goes (rewritten only when it changed).
+    pub out: PathBuf,
+    /// The crate's dev profile instead of release.
+    pub debug: bool,
+    /// `--cfg datapath_variant` (the test-only variant).
+    pub variant: bool,
+}
+
+impl EbpfBuild {
+    pub fn run(&self) -> Result<()> {
+        if find_on_path("bpf-linker", &path_with_cargo_bin()).is_none() {
+            bail!("bpf-linker is not installed (not on PATH nor in ~/.cargo/bin). Run `cargo xtask setup`.");
+        }
+        let toolchain = ebpf_toolchain()?;
+        let mut cmd = ebpf_cargo_in(&toolchain, "build", &self.crate_dir);
+        cmd.arg("--target-dir").arg(&self.target_dir);
+        if self.variant {
+            cmd.env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                ["-Cdebuginfo=2", "-Clink-arg=--btf", "--cfg", "datapath_variant"].join("\x1f"),
+            );
+        }
+        if !self.debug {
+            cmd.arg("--release");
+        }
+        let which = match toolchain {
+            Toolchain::RustupNightly => "rustup nightly",
+            Toolchain::Debian => "Debian rustc with RUSTC_BOOTSTRAP=1",
+        };
+        println!("build-ebpf: building {} with {which}", self.crate_dir.display());
+        let started = Instant::now();
+        run_ok(&mut cmd)?;
+
+        let profile = if self.debug { "debug" } else { "release" };
+        let built = self.target_dir.join(BPF_TARGET).join(profile).join(EBPF_CRATE);
+        let new = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
+        // Only touch the object when it changed: datapath-user rebuilds on its mtime.
+        if fs::read(&self.out).ok().as_deref() != Some(&new[..]) {
+            fs::create_dir_all(self.out.parent().expect("has a parent"))?;
+            fs::write(&self.out, &new).with_context(|| format!("writing {}", self.out.display()))?;
+        }
+        println!("build-ebpf: {} ({} bytes, {:.1}s)", self.out.display(), new.len(), started.elapsed().as_secs_f64());
+        Ok(())
     }
-    println!("build-ebpf: {} ({} bytes, {:.1}s)", out.display(), new.len(), started.elapsed().as_secs_f64());
-    Ok(())
 }

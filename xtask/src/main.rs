@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | build | run | test | lint | bench`.
+//! Project tasks: `cargo xtask setup | build-ebpf | build | build-baseline | run | test | lint | bench`.
 //!
 //! Everything the project needs on a Debian 12 machine is installed by
 //! `setup`; the other commands run it first where it matters, so a fresh clone
@@ -14,6 +14,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod baseline;
 mod bench;
 mod ebpf;
 mod lint;
@@ -64,6 +65,9 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Build the agent of the last IPv4-only commit (with its eBPF object)
+    /// into target/baseline/datapath: where the upgrade test starts from.
+    BuildBaseline,
     /// Set up, build, then run `datapath ARGS` as root (default: `walkthrough`).
     Run {
         #[arg(long)]
@@ -103,6 +107,7 @@ fn main() {
             println!("datapath binary: {}", bin.display());
             println!("CNI plugin: {}", bin.with_file_name(CNI_BINARY).display());
         }),
+        Cmd::BuildBaseline => baseline::build_baseline().map(|bin| println!("baseline agent: {}", bin.display())),
         Cmd::Run { release, args } => run(release, args),
         Cmd::Test { all, extra } => test(all, extra),
         Cmd::Lint => lint::lint(),
@@ -231,6 +236,8 @@ fn test(all: bool, extra: Vec<OsString>) -> Result<()> {
     let bin = build(false)?;
     // The upgrade tests restart the agent on this object.
     build_ebpf(false, ebpf::Object::Variant)?;
+    // The upgrade from the IPv4-only build starts its agent.
+    let baseline = baseline::build_baseline()?;
     let root = workspace_root();
     let mut totals = (0u64, 0u64, 0u64);
     let mut cargo_test = |pkg_args: &[&str], libtest: &[&str]| -> Result<ExitStatus> {
@@ -238,6 +245,7 @@ fn test(all: bool, extra: Vec<OsString>) -> Result<()> {
         cmd.current_dir(&root)
             .env("DATAPATH_BIN", &bin)
             .env("DATAPATH_CNI_BIN", bin.with_file_name(CNI_BINARY))
+            .env("DATAPATH_BASELINE_BIN", &baseline)
             .args(["test", "--no-fail-fast"])
             .args(pkg_args)
             .arg("--")
