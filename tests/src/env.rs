@@ -58,6 +58,22 @@ pub fn bin() -> PathBuf {
     datapath_bin().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The agent of the last IPv4-only build (commit 1698390, built by `cargo
+/// xtask build-baseline`), where the upgrade test starts:
+/// `$DATAPATH_BASELINE_BIN`, else `target/baseline/datapath`.
+pub fn baseline_bin() -> PathBuf {
+    let p = std::env::var_os("DATAPATH_BASELINE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target").join("baseline").join("datapath"));
+    assert!(
+        p.is_file(),
+        "the IPv4-only baseline agent {} is missing: build it with `cargo xtask build-baseline` \
+         (`cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
 pub fn is_root() -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

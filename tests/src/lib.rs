@@ -45,7 +45,7 @@ pub use datapath::testbed::{frames, process as proc};
 
 pub use env::{kernel_prelude, netns_exists};
 pub use net::{assert_ping, exec_in, link_stats, ping};
-pub use node::{delta, AgentOpts, Datapath, Endpoint, Node, Stats};
+pub use node::{delta, AgentBin, AgentOpts, Datapath, Endpoint, Node, Stats};
 pub use proc::{show, stderr_str, stdout_str, BgProcess};
 
 /// Put at the top of every kernel test: returns from the test (skip, with

@@ -62,6 +62,27 @@ impl std::fmt::Display for Datapath {
     }
 }
 
+/// Which build the node's agent (and the CLI the node runs against it) is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgentBin {
+    /// The binary under test ([`env::bin`]).
+    #[default]
+    Current,
+    /// The last IPv4-only build ([`env::baseline_bin`]): the upgrade test's
+    /// starting point. It predates the embedded DNS, so it is started
+    /// without `--upstream-resolv-conf` (it sends no DNS anywhere).
+    Baseline,
+}
+
+impl AgentBin {
+    pub fn path(self) -> PathBuf {
+        match self {
+            AgentBin::Current => bin(),
+            AgentBin::Baseline => env::baseline_bin(),
+        }
+    }
+}
+
 /// Options for the agent of a node.
 #[derive(Clone, Debug, Default)]
 pub struct AgentOpts {
@@ -83,6 +104,8 @@ pub struct AgentOpts {
     /// `--upstream-resolv-conf` file the node writes); none by default:
     /// a test never sends DNS to the machine's real resolvers.
     pub upstream_dns: Vec<String>,
+    /// The build the agent runs (and the node's CLI commands use).
+    pub bin: AgentBin,
 }
 
 impl AgentOpts {
@@ -197,7 +220,7 @@ impl Node {
     }
 
     fn agent_config(&self) -> AgentConfig {
-        let mut c = AgentConfig::new(bin(), &self.name, &self.dir, &self.bpffs);
+        let mut c = AgentConfig::new(self.opts.bin.path(), &self.name, &self.dir, &self.bpffs);
         c.socket = self.socket.clone();
         c.state_dir = self.state_dir.clone();
         c.log = Some(self.log_path(self.starts));
@@ -205,7 +228,9 @@ impl Node {
         let upstreams = self.dir.join("upstream-resolv.conf");
         let text: String = self.opts.upstream_dns.iter().map(|ip| format!("nameserver {ip}\n")).collect();
         std::fs::write(&upstreams, text).unwrap_or_else(|e| panic!("writing {}: {e}", upstreams.display()));
-        c.upstream_resolv_conf = Some(upstreams);
+        if self.opts.bin != AgentBin::Baseline {
+            c.upstream_resolv_conf = Some(upstreams);
+        }
         c.extra_args = self.opts.extra_args.clone();
         // Extra agent flags, for checking that the suite notices a broken or
         // different datapath (e.g. "--default-datapath kernel" must fail the
@@ -239,7 +264,7 @@ impl Node {
                 "the datapath binary {} was built without the eBPF object, so no kernel \
                  test can run; build it with `cargo xtask build` (or set DATAPATH_BIN).\n\
                  agent output:\n{log}",
-                bin().display()
+                self.opts.bin.path().display()
             ),
             Err(e @ AgentError::Exited { .. }) => {
                 panic!("agent {e} on node {}:\n{}", self.name, e.log().unwrap_or_default())

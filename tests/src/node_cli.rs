@@ -8,7 +8,7 @@ use std::time::Duration;
 use datapath::testbed::process::{run_timeout, show, stderr_str, stdout_str, BgProcess};
 use serde_json::Value;
 
-use crate::env::{bin, netns_exists};
+use crate::env::netns_exists;
 use crate::net;
 use crate::node::Node;
 
@@ -50,9 +50,10 @@ impl Endpoint {
 pub type Stats = BTreeMap<String, (u64, u64)>;
 
 impl Node {
-    /// A `datapath --socket S ARGS` command (not yet run).
+    /// A `datapath --socket S ARGS` command (not yet run), of the agent's
+    /// build ([`crate::node::AgentOpts::bin`]).
     pub fn cli_cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = Command::new(self.opts.bin.path());
         c.arg("--socket").arg(&self.socket).args(args);
         c.env_remove("DATAPATH_SOCKET").env_remove("DATAPATH_FAILPOINT").env_remove("RUST_LOG");
         c

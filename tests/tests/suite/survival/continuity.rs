@@ -44,15 +44,16 @@ fn variant_object() -> String {
     p.display().to_string()
 }
 
-/// Traffic from A while the scenario runs.
-struct Traffic {
+/// Traffic from A while the scenario runs (also the upgrade from the
+/// IPv4-only build's, `upgrade_v4`).
+pub(super) struct Traffic {
     pinger: Pinger,
     stream: EchoStream,
     _server: BgProcess,
 }
 
 impl Traffic {
-    fn start(node: &Node, a: &Endpoint, b: &Endpoint) -> Traffic {
+    pub(super) fn start(node: &Node, a: &Endpoint, b: &Endpoint) -> Traffic {
         // Warm the neighbour caches and the paths, so the count starts clean.
         assert_ping(&a.name, &b.ip, 1);
         assert_ping(&a.name, OUTSIDE_IP, 1);
@@ -62,20 +63,20 @@ impl Traffic {
         Traffic { pinger, stream, _server: server }
     }
 
-    fn finish(self) -> (Vec<(String, PingReport)>, StreamReport) {
+    pub(super) fn finish(self) -> (Vec<(String, PingReport)>, StreamReport) {
         let stream = self.stream.finish();
         (self.pinger.finish(), stream)
     }
 }
 
 /// What the eBPF datapath shows of A before and after.
-struct Snapshot {
+pub(super) struct Snapshot {
     flows: Vec<Value>,
-    prog_tag: Option<String>,
+    pub(super) prog_tag: Option<String>,
 }
 
 impl Snapshot {
-    fn take(node: &mut Node, a: &Endpoint) -> Snapshot {
+    pub(super) fn take(node: &mut Node, a: &Endpoint) -> Snapshot {
         let flows = node.conntrack(Some(&a.name));
         let prog_tag = node.inspect_endpoint(&a.name).json["tc"]["prog_tag"].as_str().map(String::from);
         Snapshot { flows, prog_tag }
@@ -120,9 +121,20 @@ fn continuity(dp: Datapath, how: Restart) {
     std::thread::sleep(Duration::from_secs(2));
     let after = dp.is_ebpf().then(|| Snapshot::take(&mut node, &a));
     let (pings, stream) = traffic.finish();
+    print_traffic(&format!("{how:?} on {dp}"), &pings, &stream, answered);
+    check_traffic(&mut node, &pings, &stream);
+    // On the kernel datapath only the continuity applies: it has no eBPF
+    // conntrack, programs or pins (bridge + nftables survive on their own).
+    if let (Some(before), Some(after)) = (before, after) {
+        check_datapath(&mut node, how, stream.sport, &before, &after);
+    }
+}
+
+/// One line of what the traffic saw across the restart.
+pub(super) fn print_traffic(what: &str, pings: &[(String, PingReport)], stream: &StreamReport, answered: Duration) {
     let lost: Vec<String> = pings.iter().map(|(d, r)| format!("{d} {}/{}", r.lost, r.sent)).collect();
     println!(
-        "survival {how:?} on {dp}: pings lost {}; max rtt {:?} ms; TCP resets {}, echoes {}/{} (max {} ms); \
+        "survival {what}: pings lost {}; max rtt {:?} ms; TCP resets {}, echoes {}/{} (max {} ms); \
          agent answered {} ms after its start",
         lost.join(", "),
         pings.iter().map(|(_, r)| r.max_rtt_ms).collect::<Vec<_>>(),
@@ -132,17 +144,11 @@ fn continuity(dp: Datapath, how: Restart) {
         stream.max_ms,
         answered.as_millis()
     );
-    check_traffic(&mut node, &pings, &stream);
-    // On the kernel datapath only the continuity applies: it has no eBPF
-    // conntrack, programs or pins (bridge + nftables survive on their own).
-    if let (Some(before), Some(after)) = (before, after) {
-        check_datapath(&mut node, how, stream.sport, &before, &after);
-    }
 }
 
 /// Zero pings lost to either destination; the stream never reset and every
 /// line came back.
-fn check_traffic(node: &mut Node, pings: &[(String, PingReport)], stream: &StreamReport) {
+pub(super) fn check_traffic(node: &mut Node, pings: &[(String, PingReport)], stream: &StreamReport) {
     for (dst, r) in pings {
         if r.lost > 0 || r.sent < 600 {
             node.fail(format!("pings to {dst}: {} of {} lost (first seqs {:?})", r.lost, r.sent, r.lost_seqs));
@@ -156,25 +162,32 @@ fn check_traffic(node: &mut Node, pings: &[(String, PingReport)], stream: &Strea
     }
 }
 
-/// The flows survived (same tuples and translated ports, still counting)
-/// and the start report says why.
-fn check_datapath(node: &mut Node, how: Restart, sport: u16, before: &Snapshot, after: &Snapshot) {
+/// The flows survived (same tuples and translated ports, the TCP flow from
+/// `sport` still counting) and the start report kept conntrack entries;
+/// returns the start report.
+pub(super) fn check_flows_kept(node: &mut Node, what: &str, sport: u16, before: &Snapshot, after: &Snapshot) -> Value {
     let (k0, k1) = (flow_keys(&before.flows), flow_keys(&after.flows));
     if k0 != k1 || !k0.iter().any(|k| k.starts_with("tcp ")) || !k0.iter().any(|k| k.starts_with("icmp ")) {
         node.fail(format!(
-            "conntrack of A changed across {how:?} (or lacks the TCP/ICMP flow):\nbefore {k0:#?}\nafter {k1:#?}"
+            "conntrack of A changed across {what} (or lacks the TCP/ICMP flow):\nbefore {k0:#?}\nafter {k1:#?}"
         ));
     }
     let (p0, p1) = (before.tcp_packets(sport), after.tcp_packets(sport));
     if !matches!((p0, p1), (Some(x), Some(y)) if y > x) {
-        node.fail(format!("the TCP flow stopped counting across {how:?}: packets {p0:?} -> {p1:?}"));
+        node.fail(format!("the TCP flow stopped counting across {what}: packets {p0:?} -> {p1:?}"));
     }
     let start = start_report(node);
-    println!("survival {how:?}: start report {start}");
+    println!("survival {what}: start report {start}");
     let kept = start_count(&start, "conntrack_entries_kept");
     if kept == 0 {
-        node.fail(format!("start.conntrack_entries_kept is 0 after {how:?}: {start}"));
+        node.fail(format!("start.conntrack_entries_kept is 0 after {what}: {start}"));
     }
+    start
+}
+
+/// The flows survived and the start report says why.
+fn check_datapath(node: &mut Node, how: Restart, sport: u16, before: &Snapshot, after: &Snapshot) {
+    let start = check_flows_kept(node, &format!("{how:?}"), sport, before, after);
     match how {
         Restart::Sigterm | Restart::Kill9 => {
             let (replaced, created) =

@@ -17,6 +17,7 @@ mod crash_creates;
 mod lost_pins;
 mod reset;
 mod state_file;
+mod upgrade_v4;
 
 use std::collections::BTreeSet;
 use std::path::Path;
