@@ -20,7 +20,9 @@ use datapath::testbed::agent::{Agent, AgentConfig};
 use datapath::testbed::client::SyncClient;
 use datapath::testbed::knobs;
 use datapath::testbed::names::{Claim, Family};
-use datapath::testbed::topology::{self, NodeNet, NodeSpec, VethEnd, NODE_UPLINK_IP, OUTSIDE_IP, UPLINK_DEV};
+use datapath::testbed::topology::{
+    self, NodeNet, NodeSpec, VethEnd, NODE_UPLINK_IP, OUTSIDE_IP, OUTSIDE_IP6, UPLINK_DEV,
+};
 
 use crate::docker::DockerNode;
 use crate::report::Topo;
@@ -34,6 +36,11 @@ pub fn family() -> Family {
 /// The ceiling's addresses (a direct veth pair, 10.200.0.0/24).
 pub const CEILING_IPS: [std::net::Ipv4Addr; 2] =
     [std::net::Ipv4Addr::new(10, 200, 0, 1), std::net::Ipv4Addr::new(10, 200, 0, 2)];
+/// The ceiling's IPv6 addresses (fd00:200::/64 on the same pair).
+pub const CEILING_IPS6: [std::net::Ipv6Addr; 2] = [
+    std::net::Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 1),
+    std::net::Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 2),
+];
 const CEILING_DEV: &str = "ceil0";
 
 /// One node of the three agent topologies; field order = drop order (the
@@ -47,6 +54,8 @@ pub struct BenchNode {
     pub client_ns: String,
     pub server_ns: String,
     pub server_ip: String,
+    /// The server endpoint's IPv6 address (the network is dual stack).
+    pub server_ip6: String,
     pub network: String,
 }
 
@@ -104,25 +113,30 @@ impl Lab {
         self.nodes.iter().find(|n| n.topo == t)
     }
 
-    /// Where a workload runs on topology `t`. North-south: from the client
-    /// endpoint to the outside namespace. A published port: from the outside
-    /// namespace to the node's uplink address, translated to the server
-    /// endpoint. The ceiling: always its direct pair.
-    pub fn place(&self, t: Topo, north_south: bool, published: bool) -> Place {
+    /// Where a workload runs on topology `t`, over IPv4 or IPv6. North-south:
+    /// from the client endpoint to the outside namespace. A published port:
+    /// from the outside namespace to the node's uplink address, translated to
+    /// the server endpoint. The ceiling: always its direct pair. None: the
+    /// topology is not measured over IPv6 (the Docker ones).
+    pub fn place(&self, t: Topo, north_south: bool, published: bool, ipv6: bool) -> Option<Place> {
         let (client, server, server_ip, outside, offset) = if let Some(n) = self.node(t) {
-            (&n.client_ns, &n.server_ns, &n.server_ip, n.outside(), 0)
+            let ip = if ipv6 { &n.server_ip6 } else { &n.server_ip };
+            (&n.client_ns, &n.server_ns, ip, n.outside(), 0)
         } else if let Some((d, p)) = self.docker.as_ref().and_then(|d| Some((d, d.pair(t)?))) {
+            if ipv6 {
+                return None;
+            }
             (&p.client_ns, &p.server_ns, &p.server_ip, d.outside(), p.port_offset)
         } else {
             let (a, b) = self.ceiling.as_ref().expect("the ceiling is built when measured");
-            let ip = CEILING_IPS[1].to_string();
-            return Place {
+            let ip = if ipv6 { CEILING_IPS6[1].to_string() } else { CEILING_IPS[1].to_string() };
+            return Some(Place {
                 client_ns: a.clone(),
                 server_ns: b.clone(),
                 server_ip: ip.clone(),
                 connect_ip: ip,
                 port_offset: 0,
-            };
+            });
         };
         let p = |c: &str, s: &str, ip: String, to: String, port_offset| Place {
             client_ns: c.to_string(),
@@ -131,13 +145,14 @@ impl Lab {
             connect_ip: to,
             port_offset,
         };
-        if north_south {
-            p(client, outside, OUTSIDE_IP.to_string(), OUTSIDE_IP.to_string(), 0)
+        let outside_ip = if ipv6 { OUTSIDE_IP6.to_string() } else { OUTSIDE_IP.to_string() };
+        Some(if north_south {
+            p(client, outside, outside_ip.clone(), outside_ip, 0)
         } else if published {
             p(outside, server, server_ip.clone(), NODE_UPLINK_IP.to_string(), offset)
         } else {
             p(client, server, server_ip.clone(), server_ip.clone(), 0)
-        }
+        })
     }
 }
 
@@ -159,6 +174,9 @@ fn build_ceiling(claim: &Claim) -> Result<(String, String)> {
         VethEnd { netns: &a, dev: CEILING_DEV, addr: Some((CEILING_IPS[0], 24)) },
         VethEnd { netns: &b, dev: CEILING_DEV, addr: Some((CEILING_IPS[1], 24)) },
     )?;
+    for (ns, ip) in [(&a, CEILING_IPS6[0]), (&b, CEILING_IPS6[1])] {
+        topology::add_ipv6_blocking(ns, CEILING_DEV, ip, 64)?;
+    }
     client_sysctls(&a)?;
     Ok((a, b))
 }
@@ -172,13 +190,15 @@ pub const PUBLISHED: &str = "7100-7299";
 
 /// Docker's filter FORWARD chain layout and nat DOCKER jumps, in nftables,
 /// with what Docker adds to its DOCKER chain for the ports `server`
-/// publishes.
-pub fn docker_ruleset(bridge: &str, server: &str) -> String {
+/// publishes; `family` "ip" (iptables) or "ip6" (ip6tables: Docker with
+/// `--ipv6` lays out the same chains there).
+pub fn docker_ruleset(family: &str, bridge: &str, server: &str) -> String {
+    let loopback = if family == "ip6" { "::1" } else { "127.0.0.0/8" };
     format!(
-        r#"table ip dpbench-docker {{
+        r#"table {family} dpbench-docker {{
   chain docker {{
-    ip daddr {server} iifname != "{bridge}" oifname "{bridge}" tcp dport {PUBLISHED} accept
-    ip daddr {server} iifname != "{bridge}" oifname "{bridge}" udp dport {PUBLISHED} accept
+    {family} daddr {server} iifname != "{bridge}" oifname "{bridge}" tcp dport {PUBLISHED} accept
+    {family} daddr {server} iifname != "{bridge}" oifname "{bridge}" udp dport {PUBLISHED} accept
   }}
   chain docker-user {{
     return
@@ -209,7 +229,7 @@ pub fn docker_ruleset(bridge: &str, server: &str) -> String {
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
-    ip daddr != 127.0.0.0/8 fib daddr type local jump docker-nat
+    {family} daddr != {loopback} fib daddr type local jump docker-nat
   }}
 }}
 "#
@@ -235,11 +255,11 @@ fn set_br_netfilter(node_ns: &str, t: Topo) -> Result<()> {
     Ok(())
 }
 
-fn load_docker_ruleset(node_ns: &str, bridge: &str, server: &str) -> Result<()> {
+fn load_docker_ruleset(node_ns: &str, family: &str, bridge: &str, server: &str) -> Result<()> {
     let mut nft = sys::in_ns(node_ns, &["nft", "-f", "-"]);
     nft.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = nft.spawn().context("running nft")?;
-    child.stdin.take().context("nft stdin")?.write_all(docker_ruleset(bridge, server).as_bytes())?;
+    child.stdin.take().context("nft stdin")?.write_all(docker_ruleset(family, bridge, server).as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("nft rejected the Docker ruleset: {}", String::from_utf8_lossy(&out.stderr));
@@ -283,6 +303,8 @@ fn build_node(bin: &Path, claim: &Claim, t: Topo, idx: u8) -> Result<BenchNode> 
     };
     let spec = NodeSpec::new(claim.name(&format!("{tag}n"))).with_outside(claim.name(&format!("{tag}o")));
     let net = topology::build_blocking(&spec)?;
+    let outside = net.outside.clone().context("bench nodes have an uplink")?;
+    topology::uplink_ipv6_blocking(&net.node, &outside, UPLINK_DEV)?;
     set_br_netfilter(&net.node, t)?;
     let kind = if t == Topo::Ebpf { DatapathKind::Ebpf } else { DatapathKind::Kernel };
     let agent = start_agent(bin, claim, &net.node, tag, kind)?;
@@ -293,6 +315,8 @@ fn build_node(bin: &Path, claim: &Claim, t: Topo, idx: u8) -> Result<BenchNode> 
         subnet: format!("10.201.{idx}.0/24"),
         datapath: Some(kind),
         uplink: Some(UPLINK_DEV.into()),
+        ipv6: true,
+        subnet_v6: Some(format!("fd00:201:{idx}::/64")),
         ..Default::default()
     };
     let view: NetworkView = client.call_as(Request::NetworkCreate(create))?;
@@ -310,16 +334,19 @@ fn build_node(bin: &Path, claim: &Claim, t: Topo, idx: u8) -> Result<BenchNode> 
         };
         let req = EndpointCreate { name: name.clone(), network: Some(network.clone()), publish, ..Default::default() };
         let v: EndpointView = client.call_as(Request::EndpointCreate(req))?;
-        eps.push((name, v.ip.to_string()));
+        let ip6 = v.ip6.with_context(|| format!("endpoint {name} of the dual-stack network has no IPv6 address"))?;
+        eps.push((name, v.ip.to_string(), ip6.to_string()));
     }
     if t == Topo::Kernel {
-        load_docker_ruleset(&net.node, &view.bridge, &eps[1].1)?;
+        load_docker_ruleset(&net.node, "ip", &view.bridge, &eps[1].1)?;
+        load_docker_ruleset(&net.node, "ip6", &view.bridge, &eps[1].2)?;
     }
     client_sysctls(&eps[0].0)?;
     // The published-port workloads' client is the outside namespace.
-    client_sysctls(net.outside.as_deref().context("bench nodes have an uplink")?)?;
-    let [(client_ns, _), (server_ns, server_ip)] = <[(String, String); 2]>::try_from(eps).expect("two endpoints");
-    Ok(BenchNode { topo: t, tag, client, agent, net, client_ns, server_ns, server_ip, network })
+    client_sysctls(&outside)?;
+    let [(client_ns, _, _), (server_ns, server_ip, server_ip6)] =
+        <[(String, String, String); 2]>::try_from(eps).expect("two endpoints");
+    Ok(BenchNode { topo: t, tag, client, agent, net, client_ns, server_ns, server_ip, server_ip6, network })
 }
 
 #[cfg(test)]
@@ -328,10 +355,15 @@ mod tests {
 
     #[test]
     fn docker_rules_mention_the_bridge() {
-        let s = docker_ruleset("br-x", "10.0.0.2");
+        let s = docker_ruleset("ip", "br-x", "10.0.0.2");
         assert!(s.contains("ip daddr 10.0.0.2 iifname != \"br-x\" oifname \"br-x\" tcp dport 7100-7299 accept"));
         assert!(s.contains("policy drop"));
         assert!(s.contains("oifname \"br-x\" ct state related,established accept"));
         assert!(s.contains("iifname \"br-x\" oifname \"br-x\" accept"));
+        assert!(s.contains("ip daddr != 127.0.0.0/8 fib daddr type local jump docker-nat"));
+        let s6 = docker_ruleset("ip6", "br-x", "fd00::2");
+        assert!(s6.starts_with("table ip6 dpbench-docker"));
+        assert!(s6.contains("ip6 daddr fd00::2 iifname != \"br-x\" oifname \"br-x\" udp dport 7100-7299 accept"));
+        assert!(s6.contains("ip6 daddr != ::1 fib daddr type local jump docker-nat"));
     }
 }

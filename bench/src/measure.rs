@@ -107,8 +107,8 @@ fn loadgen(cfg: &Cfg, kind: Kind, e: &Ends) -> Result<Sample> {
         _ => ("udp", "udp"),
     };
     let d = cfg.duration;
-    let addr = format!("{}:{}", e.server_ip, e.port);
-    let target = format!("{}:{}", e.connect_ip, e.connect_port);
+    let addr = host_port(e.server_ip, e.port);
+    let target = host_port(e.connect_ip, e.connect_port);
     let lg = cfg.loadgen.to_string_lossy().into_owned();
     let max = format!("{}", (d + cfg.warmup + 60.0).ceil() as u64);
     let size = if kind == Kind::Udp { "64" } else { "1" };
@@ -130,10 +130,20 @@ fn loadgen(cfg: &Cfg, kind: Kind, e: &Ends) -> Result<Sample> {
     Ok(Sample { rate, busy: busy_between(cfg, &before, &after) })
 }
 
+/// `IP:PORT`, `[IP]:PORT` for IPv6 (what loadgen's `--listen`/`--target`
+/// parse as a socket address).
+pub fn host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
 /// Can an endpoint reach the outside namespace (through the masquerade)?
 pub fn probe_north_south(cfg: &Cfg, client_ns: &str, outside_ns: &str, outside_ip: &str) -> Result<()> {
     let lg = cfg.loadgen.to_string_lossy().into_owned();
-    let addr = format!("{outside_ip}:6999");
+    let addr = host_port(outside_ip, 6999);
     let server_argv: [&str; 6] = [&lg, "server", "--listen", &addr, "--max-secs", "20"];
     let _server = spawn_in(outside_ns, &pinned(None, &server_argv));
     let argv: [&str; 10] = [&lg, "client", "--mode", "rr", "--target", &addr, "--duration", "0.2", "--warmup", "0"];
@@ -143,4 +153,15 @@ pub fn probe_north_south(cfg: &Cfg, client_ns: &str, outside_ns: &str, outside_i
         bail!("{}", err.trim());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn socket_addresses_for_loadgen() {
+        assert_eq!(super::host_port("10.0.0.2", 7100), "10.0.0.2:7100");
+        assert_eq!(super::host_port("2001:db8:203::1", 7100), "[2001:db8:203::1]:7100");
+        let parsed: std::net::SocketAddr = super::host_port("fd00:201:3::3", 9).parse().unwrap();
+        assert!(parsed.is_ipv6());
+    }
 }

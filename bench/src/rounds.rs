@@ -150,34 +150,43 @@ fn br_netfilter_note(lab: &Lab, ebpf: Option<String>, docker: Option<String>) ->
     }
 }
 
-/// North-south reachability per topology (the eBPF SNAT may not exist
-/// yet): why its north-south rows have no figure, if they have none.
-fn probe_all(cfg: &Cfg, lab: &Lab) -> Vec<(Topo, Option<String>)> {
+/// Why a topology has no IPv6 figures.
+const NO_IPV6: &str = "n/a (IPv6 not measured on the Docker topologies)";
+
+/// North-south reachability per topology and family (IPv6: false/true; the
+/// eBPF SNAT may not exist yet): why its north-south rows have no figure,
+/// if they have none.
+type NsNa = Vec<((Topo, bool), Option<String>)>;
+
+fn probe_all(cfg: &Cfg, lab: &Lab) -> NsNa {
     let mut ns_na = Vec::new();
-    if !cfg.workloads.iter().any(|w| w.north_south) {
-        return ns_na;
-    }
-    for &t in &lab.topos {
-        let p = lab.place(t, true, false);
-        let na = match probe_north_south(cfg, &p.client_ns, &p.server_ns, &p.server_ip) {
-            Ok(()) => None,
-            Err(e) => {
-                progress(&format!("north-south probe on {}: {e:#}", t.name()));
-                Some(if t == Topo::Ebpf {
-                    "n/a (eBPF SNAT not available)".to_string()
-                } else {
-                    format!("n/a (no north-south connectivity: {e})")
-                })
-            }
-        };
-        ns_na.push((t, na));
+    for ipv6 in [false, true] {
+        if !cfg.workloads.iter().any(|w| w.north_south && w.ipv6 == ipv6) {
+            continue;
+        }
+        for &t in &lab.topos {
+            let Some(p) = lab.place(t, true, false, ipv6) else { continue };
+            let family = if ipv6 { "IPv6" } else { "IPv4" };
+            let na = match probe_north_south(cfg, &p.client_ns, &p.server_ns, &p.server_ip) {
+                Ok(()) => None,
+                Err(e) => {
+                    progress(&format!("north-south probe ({family}) on {}: {e:#}", t.name()));
+                    Some(if t == Topo::Ebpf {
+                        format!("n/a (eBPF SNAT not available for {family})")
+                    } else {
+                        format!("n/a (no north-south connectivity over {family}: {e})")
+                    })
+                }
+            };
+            ns_na.push(((t, ipv6), na));
+        }
     }
     ns_na
 }
 
 /// The rounds: every workload on every topology, the order of the
 /// topologies rotating from round to round.
-fn rounds(cfg: &Cfg, lab: &Lab, ns_na: &[(Topo, Option<String>)], r: &mut Results) -> Result<()> {
+fn rounds(cfg: &Cfg, lab: &Lab, ns_na: &NsNa, r: &mut Results) -> Result<()> {
     let topos = &lab.topos;
     let total = cfg.rounds * cfg.workloads.len() * topos.len();
     let mut done = 0usize;
@@ -189,13 +198,16 @@ fn rounds(cfg: &Cfg, lab: &Lab, ns_na: &[(Topo, Option<String>)], r: &mut Result
             for k in 0..topos.len() {
                 let t = topos[(k + round) % topos.len()];
                 done += 1;
-                let na = ns_na.iter().find(|(x, _)| *x == t).and_then(|(_, na)| na.clone());
+                let na = ns_na.iter().find(|(x, _)| *x == (t, w.ipv6)).and_then(|(_, na)| na.clone());
                 if let Some(na) = na.filter(|_| w.north_south) {
                     r.cell_mut(w.id, t).na = Some(na);
                     continue;
                 }
+                let Some(p) = lab.place(t, w.north_south, w.published, w.ipv6) else {
+                    r.cell_mut(w.id, t).na = Some(NO_IPV6.into());
+                    continue;
+                };
                 port = if port >= hi { lo } else { port + 1 };
-                let p = lab.place(t, w.north_south, w.published);
                 let ends = Ends {
                     client_ns: &p.client_ns,
                     server_ns: &p.server_ns,

@@ -31,6 +31,7 @@ pub fn to_json(r: &Results) -> Value {
                     "ratio_to_ceiling": num(r.ratio_to(w.id, t, Topo::Ceiling)),
                     "ratio_to_kernel": num(r.ratio_to(w.id, t, Topo::Kernel)),
                     "ratio_to_docker_bridge": num(r.ratio_to(w.id, t, Topo::DockerBridge)),
+                    "ratio_to_ipv4": num(r.ratio_to_v4(w, t)),
                 }),
             );
         }
@@ -41,6 +42,8 @@ pub fn to_json(r: &Results) -> Value {
             "cpu_unit": w.cpu_unit(),
             "north_south": w.north_south,
             "published": w.published,
+            "ipv6": w.ipv6,
+            "ipv4_twin": w.v4_peer().map(|p| p.id),
             "topologies": topos,
         }));
     }

@@ -34,6 +34,7 @@ pub fn markdown(r: &Results) -> String {
             );
         }
     }
+    s += &ipv6_section(r);
     s += &docker_section(r);
     if !r.churn.is_empty() {
         s += "\n### Endpoint create / remove (API round trip)\n\n";
@@ -68,6 +69,38 @@ pub fn markdown(r: &Results) -> String {
             None => "not measured",
         };
         s += &format!("| {} | {} | {} | {} |\n", t.what, t.goal, measured, verdict);
+    }
+    s
+}
+
+/// Each IPv6 row beside its IPv4 twin on every topology measured; empty
+/// when no IPv6 row was.
+fn ipv6_section(r: &Results) -> String {
+    let mut s = String::new();
+    for w in WORKLOADS.iter().filter(|w| w.ipv6) {
+        let Some(v4) = w.v4_peer() else { continue };
+        for t in Topo::ALL {
+            let Some(c6) = r.cell(w.id, t) else { continue };
+            if s.is_empty() {
+                s += "\n### IPv6 beside IPv4\n\n| workload | topology | IPv4 | IPv6 | IPv6 × IPv4 |\n";
+                s += "| --- | --- | ---: | ---: | ---: |\n";
+            }
+            let fig = |c: Option<&super::Cell>| match c {
+                None => "–".to_string(),
+                Some(c) => match &c.na {
+                    Some(na) => na.clone(),
+                    None => opt(c.median(), |v| format!("{} {}", human(v), w.unit())),
+                },
+            };
+            s += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                v4.label,
+                t.name(),
+                fig(r.cell(v4.id, t)),
+                fig(Some(c6)),
+                ratio_s(r.ratio_to_v4(w, t))
+            );
+        }
     }
     s
 }
@@ -138,6 +171,25 @@ mod tests {
         assert!(md.contains("| ebpf | 10.0 MiB | – |"), "{md}");
         assert!(md.contains("| E-W TCP_RR: ebpf / kernel | ≥ 1.20× | 1.92× | met |"), "{md}");
         assert!(!md.contains("### Docker"), "no Docker section without Docker figures: {md}");
+        assert!(!md.contains("### IPv6"), "no IPv6 section without IPv6 figures: {md}");
+    }
+
+    #[test]
+    fn ipv6_rows_beside_ipv4() {
+        let mut r = sample();
+        r.cell_mut("ew6-tcp-rr", Topo::Ebpf).values = vec![48.0];
+        r.cell_mut("ns6-tcp-rr", Topo::DockerBridge).na =
+            Some("n/a (IPv6 not measured on the Docker topologies)".into());
+        let md = markdown(&r);
+        assert!(md.contains("### IPv6 beside IPv4"), "{md}");
+        assert!(md.contains("| E-W TCP_RR | ebpf | 96.0 trans/s | 48.0 trans/s | 0.50× |"), "{md}");
+        assert!(
+            md.contains("| N-S TCP_RR | docker-bridge | – | n/a (IPv6 not measured on the Docker topologies) | – |"),
+            "{md}"
+        );
+        // The main table lists the IPv6 row right after the IPv4 one.
+        let (v4, v6) = (md.find("| E-W TCP_RR | ebpf |").unwrap(), md.find("| E-W TCP_RR (IPv6) | ebpf |").unwrap());
+        assert!(v4 < v6 && !md[v4..v6].contains("TCP_CRR"), "{md}");
     }
 
     #[test]

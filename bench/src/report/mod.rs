@@ -81,9 +81,21 @@ pub struct Workload {
     /// Published port: the outside namespace to the node's uplink address
     /// and a published port, translated to the server endpoint.
     pub published: bool,
+    /// Over IPv6 (the networks are dual stack; the outside has an IPv6
+    /// address on the uplink): the twin of the IPv4 row [`Workload::v4_peer`].
+    pub ipv6: bool,
 }
 
 impl Workload {
+    /// The IPv4 workload an IPv6 one mirrors (`ew6-tcp-rr` -> `ew-tcp-rr`).
+    pub fn v4_peer(&self) -> Option<&'static Workload> {
+        if !self.ipv6 {
+            return None;
+        }
+        let (scope, rest) = self.id.split_once('-')?;
+        let v4 = format!("{}-{rest}", scope.strip_suffix('6')?);
+        workload(&v4)
+    }
     pub fn unit(&self) -> &'static str {
         match self.kind {
             Kind::Stream(_) => "Gbit/s",
@@ -122,6 +134,7 @@ pub const WORKLOADS: &[Workload] = &[
         kind: Kind::Stream(1),
         north_south: false,
         published: false,
+        ipv6: false,
     },
     Workload {
         id: "ew-tcp-stream-4",
@@ -129,34 +142,128 @@ pub const WORKLOADS: &[Workload] = &[
         kind: Kind::Stream(4),
         north_south: false,
         published: false,
+        ipv6: false,
     },
-    Workload { id: "ew-tcp-rr", label: "E-W TCP_RR", kind: Kind::Rr, north_south: false, published: false },
-    Workload { id: "ew-tcp-crr", label: "E-W TCP_CRR", kind: Kind::Crr, north_south: false, published: false },
-    Workload { id: "ew-udp-64", label: "E-W UDP 64 B", kind: Kind::Udp, north_south: false, published: false },
+    Workload {
+        id: "ew-tcp-rr",
+        label: "E-W TCP_RR",
+        kind: Kind::Rr,
+        north_south: false,
+        published: false,
+        ipv6: false,
+    },
+    Workload {
+        id: "ew6-tcp-rr",
+        label: "E-W TCP_RR (IPv6)",
+        kind: Kind::Rr,
+        north_south: false,
+        published: false,
+        ipv6: true,
+    },
+    Workload {
+        id: "ew-tcp-crr",
+        label: "E-W TCP_CRR",
+        kind: Kind::Crr,
+        north_south: false,
+        published: false,
+        ipv6: false,
+    },
+    Workload {
+        id: "ew6-tcp-crr",
+        label: "E-W TCP_CRR (IPv6)",
+        kind: Kind::Crr,
+        north_south: false,
+        published: false,
+        ipv6: true,
+    },
+    Workload {
+        id: "ew-udp-64",
+        label: "E-W UDP 64 B",
+        kind: Kind::Udp,
+        north_south: false,
+        published: false,
+        ipv6: false,
+    },
+    Workload {
+        id: "ew6-udp-64",
+        label: "E-W UDP 64 B (IPv6)",
+        kind: Kind::Udp,
+        north_south: false,
+        published: false,
+        ipv6: true,
+    },
     Workload {
         id: "ns-tcp-stream-1",
         label: "N-S TCP stream, 1 stream",
         kind: Kind::Stream(1),
         north_south: true,
         published: false,
+        ipv6: false,
     },
-    Workload { id: "ns-tcp-rr", label: "N-S TCP_RR", kind: Kind::Rr, north_south: true, published: false },
-    Workload { id: "ns-tcp-crr", label: "N-S TCP_CRR", kind: Kind::Crr, north_south: true, published: false },
-    Workload { id: "ns-udp-64", label: "N-S UDP 64 B", kind: Kind::Udp, north_south: true, published: false },
+    Workload { id: "ns-tcp-rr", label: "N-S TCP_RR", kind: Kind::Rr, north_south: true, published: false, ipv6: false },
+    Workload {
+        id: "ns6-tcp-rr",
+        label: "N-S TCP_RR (IPv6)",
+        kind: Kind::Rr,
+        north_south: true,
+        published: false,
+        ipv6: true,
+    },
+    Workload {
+        id: "ns-tcp-crr",
+        label: "N-S TCP_CRR",
+        kind: Kind::Crr,
+        north_south: true,
+        published: false,
+        ipv6: false,
+    },
+    Workload {
+        id: "ns6-tcp-crr",
+        label: "N-S TCP_CRR (IPv6)",
+        kind: Kind::Crr,
+        north_south: true,
+        published: false,
+        ipv6: true,
+    },
+    Workload {
+        id: "ns-udp-64",
+        label: "N-S UDP 64 B",
+        kind: Kind::Udp,
+        north_south: true,
+        published: false,
+        ipv6: false,
+    },
+    Workload {
+        id: "ns6-udp-64",
+        label: "N-S UDP 64 B (IPv6)",
+        kind: Kind::Udp,
+        north_south: true,
+        published: false,
+        ipv6: true,
+    },
     Workload {
         id: "pp-tcp-stream-1",
         label: "Published port TCP stream",
         kind: Kind::Stream(1),
         north_south: false,
         published: true,
+        ipv6: false,
     },
-    Workload { id: "pp-tcp-rr", label: "Published port TCP_RR", kind: Kind::Rr, north_south: false, published: true },
+    Workload {
+        id: "pp-tcp-rr",
+        label: "Published port TCP_RR",
+        kind: Kind::Rr,
+        north_south: false,
+        published: true,
+        ipv6: false,
+    },
     Workload {
         id: "pp-tcp-crr",
         label: "Published port TCP_CRR",
         kind: Kind::Crr,
         north_south: false,
         published: true,
+        ipv6: false,
     },
     Workload {
         id: "pp-udp-64",
@@ -164,6 +271,7 @@ pub const WORKLOADS: &[Workload] = &[
         kind: Kind::Udp,
         north_south: false,
         published: true,
+        ipv6: false,
     },
 ];
 
@@ -241,6 +349,10 @@ impl Results {
     pub fn ratio_to(&self, w: &str, t: Topo, base: Topo) -> Option<f64> {
         ratio(self.med(w, t), self.med(w, base))
     }
+    /// An IPv6 row's median over its IPv4 twin's on the same topology.
+    pub fn ratio_to_v4(&self, w: &Workload, t: Topo) -> Option<f64> {
+        ratio(self.med(w.id, t), self.med(w.v4_peer()?.id, t))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -252,6 +364,20 @@ pub struct Target {
     pub pass: Option<bool>,
     pub note: Option<String>,
 }
+
+/// The issues' ratio goals for the eBPF datapath beyond "E-W ≥ 0.95×
+/// ceiling": (workload, base topology, ebpf / base at least).
+const RATIO_TARGETS: &[(&str, Topo, f64)] = &[
+    ("ew-tcp-rr", Topo::Kernel, 1.2),
+    ("ew-udp-64", Topo::Kernel, 1.4),
+    ("ns-tcp-rr", Topo::Kernel, 1.3),
+    ("ns-udp-64", Topo::Kernel, 1.3),
+    ("ns-tcp-crr", Topo::Kernel, 1.5),
+    ("pp-tcp-rr", Topo::Kernel, 1.3),
+    ("pp-udp-64", Topo::Kernel, 1.3),
+    ("pp-tcp-crr", Topo::Kernel, 1.5),
+    ("pp-tcp-rr", Topo::Ceiling, 0.85),
+];
 
 /// The issue's targets for the eBPF datapath, checked against the medians.
 pub fn targets(r: &Results) -> Vec<Target> {
@@ -268,18 +394,22 @@ pub fn targets(r: &Results) -> Vec<Target> {
             note,
         });
     };
-    for w in WORKLOADS.iter().filter(|w| !w.north_south && !w.published) {
+    for w in WORKLOADS.iter().filter(|w| !w.north_south && !w.published && !w.ipv6) {
         ratio_target(w.id, Topo::Ceiling, 0.95);
     }
-    ratio_target("ew-tcp-rr", Topo::Kernel, 1.2);
-    ratio_target("ew-udp-64", Topo::Kernel, 1.4);
-    ratio_target("ns-tcp-rr", Topo::Kernel, 1.3);
-    ratio_target("ns-udp-64", Topo::Kernel, 1.3);
-    ratio_target("ns-tcp-crr", Topo::Kernel, 1.5);
-    ratio_target("pp-tcp-rr", Topo::Kernel, 1.3);
-    ratio_target("pp-udp-64", Topo::Kernel, 1.3);
-    ratio_target("pp-tcp-crr", Topo::Kernel, 1.5);
-    ratio_target("pp-tcp-rr", Topo::Ceiling, 0.85);
+    for (w, base, goal) in RATIO_TARGETS {
+        ratio_target(w, *base, *goal);
+    }
+    // The IPv6 rows: the same goals as their IPv4 twins.
+    for w6 in WORKLOADS.iter().filter(|w| w.ipv6) {
+        let Some(v4) = w6.v4_peer() else { continue };
+        if !v4.north_south && !v4.published {
+            ratio_target(w6.id, Topo::Ceiling, 0.95);
+        }
+        for (_, base, goal) in RATIO_TARGETS.iter().filter(|(w, _, _)| *w == v4.id) {
+            ratio_target(w6.id, *base, *goal);
+        }
+    }
     let create = r.churn.iter().find(|c| c.datapath == "ebpf").and_then(|c| median(&c.create_ms));
     out.push(Target {
         what: "endpoint create (ebpf), median".into(),
@@ -363,6 +493,35 @@ pub(crate) mod tests {
         assert_eq!(crr.note.as_deref(), Some("n/a (eBPF SNAT not available)"));
         let create = t.iter().find(|t| t.what.starts_with("endpoint create")).unwrap();
         assert_eq!((create.measured, create.pass), (Some(6.0), Some(true)));
+    }
+
+    #[test]
+    fn ipv6_rows_mirror_ipv4_rows() {
+        let six: Vec<&str> = WORKLOADS.iter().filter(|w| w.ipv6).map(|w| w.id).collect();
+        assert_eq!(six, ["ew6-tcp-rr", "ew6-tcp-crr", "ew6-udp-64", "ns6-tcp-rr", "ns6-tcp-crr", "ns6-udp-64"]);
+        for w in WORKLOADS.iter().filter(|w| w.ipv6) {
+            let v4 = w.v4_peer().unwrap_or_else(|| panic!("{} has no IPv4 twin", w.id));
+            assert_eq!((v4.kind, v4.north_south, v4.published, v4.ipv6), (w.kind, w.north_south, w.published, false));
+            // Listed right after its twin, so the tables show them side by side.
+            let i = WORKLOADS.iter().position(|x| x.id == w.id).unwrap();
+            assert_eq!(WORKLOADS[i - 1].id, v4.id);
+        }
+        assert!(workload("ew-tcp-rr").unwrap().v4_peer().is_none());
+        let mut r = sample();
+        for (t, v) in [(Topo::Ebpf, 48.0), (Topo::Kernel, 20.0), (Topo::Ceiling, 50.0)] {
+            r.cell_mut("ew6-tcp-rr", t).values = vec![v];
+        }
+        assert_eq!(r.ratio_to_v4(workload("ew6-tcp-rr").unwrap(), Topo::Ebpf), Some(0.5));
+        let t = targets(&r);
+        let goal = |what: &str| t.iter().find(|x| x.what == what).unwrap_or_else(|| panic!("no target {what}"));
+        assert_eq!(goal("E-W TCP_RR (IPv6): ebpf / ceiling").pass, Some(true));
+        assert_eq!(
+            (goal("E-W TCP_RR (IPv6): ebpf / kernel").measured, goal("E-W TCP_RR (IPv6): ebpf / kernel").goal.as_str()),
+            (Some(2.4), "≥ 1.20×")
+        );
+        assert_eq!(goal("N-S TCP_CRR (IPv6): ebpf / kernel").goal, "≥ 1.50×");
+        assert_eq!(goal("E-W UDP 64 B (IPv6): ebpf / kernel").goal, "≥ 1.40×");
+        assert!(!t.iter().any(|x| x.what.starts_with("N-S TCP_RR (IPv6): ebpf / ceiling")));
     }
 
     #[test]

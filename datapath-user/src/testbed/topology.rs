@@ -199,18 +199,32 @@ pub async fn build(spec: &NodeSpec) -> Result<NodeNet, TopologyError> {
 /// The outside has no route back to any endpoint subnet.
 pub async fn uplink_ipv6(node: &str, outside: &str, uplink_dev: &str) -> Result<(), TopologyError> {
     for (ns, dev, ip) in [(node, uplink_dev, NODE_UPLINK_IP6), (outside, OUTSIDE_DEV, OUTSIDE_IP6)] {
-        let path = netns::named_path(ns);
-        let d = dev.to_string();
-        let p = path.clone();
-        tokio::task::spawn_blocking(move || netns::enable_ipv6(&p, &d))
-            .await
-            .map_err(|e| TopologyError::Io { what: "enabling IPv6".into(), source: std::io::Error::other(e) })??;
-        let nl = Netlink::in_netns(&path).await?;
-        let i = nl.require_index(dev).await?;
-        nl.add_address6(i, ip, UPLINK_PREFIX_LEN6).await?;
+        add_ipv6(ns, dev, ip, UPLINK_PREFIX_LEN6).await?;
     }
     Netlink::in_netns(&netns::named_path(node)).await?.add_default_route6(OUTSIDE_IP6).await?;
     Ok(())
+}
+
+/// IPv6 on `dev` in namespace `ns` (namespaces are made with IPv6 off: it
+/// is enabled there, without autoconfiguration) with `ip/prefix_len`,
+/// usable at once (no DAD).
+pub async fn add_ipv6(ns: &str, dev: &str, ip: std::net::Ipv6Addr, prefix_len: u8) -> Result<(), TopologyError> {
+    let path = netns::named_path(ns);
+    let d = dev.to_string();
+    let p = path.clone();
+    tokio::task::spawn_blocking(move || netns::enable_ipv6(&p, &d))
+        .await
+        .map_err(|e| TopologyError::Io { what: "enabling IPv6".into(), source: std::io::Error::other(e) })??;
+    let nl = Netlink::in_netns(&path).await?;
+    let i = nl.require_index(dev).await?;
+    nl.add_address6(i, ip, prefix_len).await?;
+    Ok(())
+}
+
+/// [`add_ipv6`] from synchronous code.
+pub fn add_ipv6_blocking(ns: &str, dev: &str, ip: std::net::Ipv6Addr, prefix_len: u8) -> Result<(), TopologyError> {
+    let (ns, dev) = (ns.to_string(), dev.to_string());
+    crate::testbed::blocking(move || async move { add_ipv6(&ns, &dev, ip, prefix_len).await })
 }
 
 /// [`uplink_ipv6`] from synchronous code.
