@@ -1,9 +1,9 @@
 //! Masquerade configuration: which uplink a network leaves through, its
 //! address, the SNAT port range, and the datapath's view of a network.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use datapath_common::{ipv4_key, NetworkInfo, NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC};
+use datapath_common::{ipv4_key, Network6Info, NetworkInfo, NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC};
 use thiserror::Error;
 
 use crate::state::NetworkSpec;
@@ -83,6 +83,37 @@ pub fn network_info(net: &NetworkSpec, masq: Option<(Ipv4Addr, u32)>, ports: (u1
         nat_port_min: ports.0,
         nat_port_max: ports.1,
     }
+}
+
+/// The datapath's view of the IPv6 half of a dual-stack network (`None`:
+/// IPv4 only): its subnet, gateway, policy, and the masquerade address
+/// `masq` (the uplink's first global IPv6 address and ifindex) when the
+/// network masquerades.
+pub fn network6_info(net: &NetworkSpec, masq: Option<(Ipv6Addr, u32)>) -> Option<Network6Info> {
+    let v6 = net.ipv6?;
+    let mut flags = 0;
+    if net.options.internal {
+        flags |= NET_F_INTERNAL;
+    }
+    if !net.options.icc {
+        flags |= NET_F_NO_ICC;
+    }
+    let (masq_addr, uplink_ifindex) = match masq {
+        Some((ip, ifindex)) if net.options.masquerade && !net.options.internal => {
+            flags |= NET_F_MASQUERADE;
+            (ip.octets(), ifindex)
+        }
+        _ => ([0; 16], 0),
+    };
+    Some(Network6Info {
+        subnet: v6.subnet.network().octets(),
+        gateway: v6.gateway.octets(),
+        masq_addr,
+        prefix_len: u32::from(v6.subnet.prefix_len()),
+        uplink_ifindex,
+        flags,
+        _pad: 0,
+    })
 }
 
 #[cfg(test)]

@@ -383,6 +383,37 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Global IPv6 addresses of a link (not link-local, not tentative), in
+    /// the kernel's order.
+    pub async fn ipv6_global_addresses(&self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req(format!("list addresses of link {index}")))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                !m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Tentative) || f.contains(AddressFlags::Dadfailed))
+                })
+            })
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V6(ip)) if !ip.is_unicast_link_local() && !ip.is_loopback() => {
+                        Some(*ip)
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// The output interface of the IPv4 default route, if there is one.
     /// Whether the namespace has a default route (through any device).
     pub async fn has_default_route(&self) -> Result<bool, NetlinkError> {
