@@ -17,7 +17,10 @@
 //!
 //! Every node namespace has an uplink veth to an "outside" namespace
 //! (203.0.113.0/24); north-south workloads go from an endpoint to the outside
-//! through the network's masquerade. See README.md, section Benchmark.
+//! through the network's masquerade. The networks are dual stack and the
+//! uplink has IPv6 too (2001:db8:203::/64): the `ew6-*` and `ns6-*` rows are
+//! their IPv4 twins over IPv6 (not on the Docker topologies). See README.md,
+//! section Benchmark.
 
 mod churn;
 mod docker;
@@ -72,7 +75,7 @@ struct BenchArgs {
     /// CPU placement of client and server.
     #[arg(long, value_enum, default_value_t = Pin::Same)]
     pin: Pin,
-    /// Only these workloads (comma-separated ids, e.g. ew-tcp-rr,ns-tcp-crr).
+    /// Only these workloads (comma-separated ids, e.g. ew-tcp-rr,ns-tcp-crr,ew6-tcp-rr).
     #[arg(long)]
     only: Option<String>,
     /// The `datapath` binary (default: next to this one).
