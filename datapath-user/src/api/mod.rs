@@ -141,6 +141,10 @@ pub struct NetworkConnect {
     /// Its address on `network`; the lowest free one when absent.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address on a dual-stack `network`; the lowest free one
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// More names it answers to on `network` (for the embedded DNS).
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -339,7 +343,7 @@ mod tests {
     fn connect_requests_default_and_refuse_unknown_fields() {
         let line = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x"}"#;
         let env = Envelope::parse(line).unwrap();
-        let want = NetworkConnect { network: "b".into(), endpoint: "x".into(), ip: None, aliases: Vec::new() };
+        let want = NetworkConnect { network: "b".into(), endpoint: "x".into(), ip: None, ip6: None, aliases: Vec::new() };
         assert_eq!(env.request, Request::NetworkConnect(want));
         let bad = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x","alias":["a"]}"#;
         assert_eq!(Envelope::parse(bad), Err(ParseError::UnknownField("alias".into())));
