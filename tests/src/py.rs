@@ -323,6 +323,8 @@ def parse(m):
             out.append("A %s %d" % (socket.inet_ntoa(m[o:o + rl]), ttl))
         elif t == 12:
             out.append("PTR %s" % name_at(m, o))
+        elif t == 28:
+            out.append("AAAA %s %d" % (socket.inet_ntop(socket.AF_INET6, m[o:o + rl]), ttl))
         o += rl
     return i, fl & 0xf, out
 udp = None

@@ -418,13 +418,16 @@ impl Inner {
         if link.primary && !net.options.internal && (spec.owns_netns || !inside.has_default_route().await?) {
             inside.add_default_route(net.gateway).await?;
         }
-        // Every link on a dual-stack network is configured alike; the IPv6
-        // default route, like IPv4's, is the first network's.
+        // Every link on a dual-stack network is configured alike. The IPv6
+        // default route is the first dual-stack network's (Docker picks the
+        // gateway per family): an attachment adds one only when the
+        // namespace has none (its first network is IPv4-only or internal),
+        // and it goes with the attachment's interface.
         if let (Some(v6), Some(ip6)) = (net.ipv6, link.ip6) {
             let (path, ifname) = (spec.netns_path.clone(), link.ifname.to_string());
             blocking(move || netns::enable_ipv6(&path, &ifname)).await??;
             inside.add_address6(eth, ip6, v6.subnet.prefix_len()).await?;
-            if link.primary && !net.options.internal && (spec.owns_netns || !inside.has_default_route6().await?) {
+            if !net.options.internal && ((link.primary && spec.owns_netns) || !inside.has_default_route6().await?) {
                 inside.add_default_route6(v6.gateway).await?;
             }
         }

@@ -343,7 +343,8 @@ mod tests {
     fn connect_requests_default_and_refuse_unknown_fields() {
         let line = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x"}"#;
         let env = Envelope::parse(line).unwrap();
-        let want = NetworkConnect { network: "b".into(), endpoint: "x".into(), ip: None, ip6: None, aliases: Vec::new() };
+        let want =
+            NetworkConnect { network: "b".into(), endpoint: "x".into(), ip: None, ip6: None, aliases: Vec::new() };
         assert_eq!(env.request, Request::NetworkConnect(want));
         let bad = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x","alias":["a"]}"#;
         assert_eq!(Envelope::parse(bad), Err(ParseError::UnknownField("alias".into())));

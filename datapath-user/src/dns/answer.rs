@@ -308,7 +308,10 @@ pub(crate) mod tests {
         assert_eq!(m.answers()[0].ttl(), TTL);
         // A is unchanged; ANY carries both families.
         assert_eq!(addrs(&parsed(&answer(&t, "client6", &query(2, "www6", RecordType::A)))), ["10.4.0.2"]);
-        assert_eq!(addrs(&parsed(&answer(&t, "client6", &query(3, "web6", RecordType::ANY)))), ["10.4.0.2", "fd00:4::2"]);
+        assert_eq!(
+            addrs(&parsed(&answer(&t, "client6", &query(3, "web6", RecordType::ANY)))),
+            ["10.4.0.2", "fd00:4::2"]
+        );
         // An attachment's address, by its alias on that network.
         assert_eq!(addrs(&parsed(&answer(&t, "web6", &query(4, "c6.", RecordType::AAAA)))), ["fd00:4::3"]);
         // A name with no IPv6 address: NOERROR, no answers (Docker's).

@@ -282,13 +282,17 @@ pub(crate) mod tests {
             net("i", "10.3.0.0/24", 3, true),
             net(DEFAULT_NETWORK, "10.10.0.0/16", 4, false),
             NetworkSpec {
-                ipv6: Some(Ipv6Config { subnet: "fd00:4::/64".parse().unwrap(), gateway: "fd00:4::1".parse().unwrap() }),
+                ipv6: Some(Ipv6Config {
+                    subnet: "fd00:4::/64".parse().unwrap(),
+                    gateway: "fd00:4::1".parse().unwrap(),
+                }),
                 ..net("d", "10.4.0.0/24", 5, false)
             },
         ] {
             s.networks.insert(n.name.clone(), n);
         }
-        let web6 = EndpointSpec { ip6: Some("fd00:4::2".parse().unwrap()), ..ep("web6", "d", [10, 4, 0, 2], &["www6"]) };
+        let web6 =
+            EndpointSpec { ip6: Some("fd00:4::2".parse().unwrap()), ..ep("web6", "d", [10, 4, 0, 2], &["www6"]) };
         let mut client6 = ep("client6", "a", [10, 1, 0, 6], &[]);
         attach(&mut client6, "d", [10, 4, 0, 3], &["c6"]);
         client6.attachments[0].ip6 = Some("fd00:4::3".parse().unwrap());

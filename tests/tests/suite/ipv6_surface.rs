@@ -1,0 +1,180 @@
+//! The user-facing IPv6 surface of dual-stack networks (README "IPv6 (dual
+//! stack)"), real packets on both datapaths: AAAA and `ip6.arpa` answers of
+//! the embedded DNS and ping6 by name, IPv6 on `network connect`
+//! attachments (address, route, release, restart).
+
+use std::time::Duration;
+
+use datapath_tests::net::{ns_cmd, python_in};
+use datapath_tests::node::Node;
+use datapath_tests::proc::{run_timeout, show, stdout_str};
+use datapath_tests::{assert_ping, both_datapaths, exec_in, py};
+use serde_json::Value;
+
+use crate::survival::{pinned_u32_keys, MAPS_DIR};
+
+const Q_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One query from `ns` to its embedded server: `rcode N` and the answers.
+fn dig(ns: &str, proto: &str, name: &str, qtype: &str) -> Vec<String> {
+    let out = python_in(ns, py::DNS_CLIENT, &["dns", proto, "127.0.0.11", name, qtype], Q_TIMEOUT);
+    assert!(out.status.success(), "DNS client in {ns} for {name} {qtype} over {proto}:\n{}", show(&out));
+    stdout_str(&out).lines().map(String::from).collect()
+}
+
+/// The `ip6.arpa` name of an IPv6 address.
+fn arpa6(ip: &str) -> String {
+    let ip: std::net::Ipv6Addr = ip.parse().expect("an IPv6 address");
+    let hex: String = ip.octets().iter().map(|b| format!("{b:02x}")).collect();
+    let nibbles: Vec<String> = hex.chars().rev().map(String::from).collect();
+    format!("{}.ip6.arpa", nibbles.join("."))
+}
+
+/// `ping -6` by name from `ns` (the name resolved through the namespace's
+/// resolv.conf, i.e. the embedded DNS): every reply of `count`.
+#[track_caller]
+fn assert_ping6_name(ns: &str, name: &str, count: u32) {
+    let c = count.to_string();
+    let out = run_timeout(
+        &mut ns_cmd(ns, &["ping", "-6", "-n", "-c", &c, "-W", "1", "-i", "0.2", name]),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success() && stdout_str(&out).contains(&format!("{count} received")),
+        "ping -6 {name} from {ns}:\n{}",
+        show(&out)
+    );
+}
+
+/// `endpoint inspect`'s attachment on `network`.
+fn attachment(node: &mut Node, endpoint: &str, network: &str) -> Option<Value> {
+    let v = node.json(&["endpoint", "inspect", endpoint]);
+    v["attachments"].as_array().and_then(|a| a.iter().find(|a| a["network"] == network).cloned())
+}
+
+/// The global IPv6 addresses of `dev` in `ns` (`ip -j -6 addr`), with
+/// whether each is tentative.
+fn global6(ns: &str, dev: &str) -> Vec<(String, bool)> {
+    let out = exec_in(ns, &["ip", "-j", "-6", "addr", "show", "dev", dev, "scope", "global"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let v: Value = serde_json::from_str(stdout_str(&out).trim()).unwrap_or(Value::Null);
+    let infos = v[0]["addr_info"].as_array().cloned().unwrap_or_default();
+    infos.iter().filter_map(|a| Some((a["local"].as_str()?.to_string(), a.get("tentative").is_some()))).collect()
+}
+
+fn default_route6(ns: &str) -> String {
+    stdout_str(&exec_in(ns, &["ip", "-6", "route", "show", "default"])).trim().to_string()
+}
+
+both_datapaths! {
+/// Names on a dual-stack network answer AAAA with the endpoint's IPv6
+/// address there (UDP and TCP, aliases too, TTL 600), A unchanged, PTR for
+/// `ip6.arpa`; a name without an IPv6 address on the shared network gets
+/// NOERROR with no answer (Docker's); `ping -6 NAME` reaches the peer.
+fn dns_aaaa_and_ping6_by_name(dp) {
+    let mut node = Node::on(dp);
+    let (dual, four) = (node.ep("dual"), node.ep("four"));
+    node.ok(&["network", "create", &dual, "--subnet", "10.81.0.0/24", "--ipv6", "--subnet-v6", "fd00:81::/64"]);
+    node.ok(&["network", "create", &four, "--subnet", "10.82.0.0/24"]);
+    let (an, bn, cn) = (node.ep("a"), node.ep("b"), node.ep("c"));
+    node.ok(&["endpoint", "create", &an, "--network", &dual]);
+    node.ok(&["endpoint", "create", &bn, "--network", &dual, "--alias", "bee"]);
+    let c = node.create_endpoint(&cn, &["--network", &four]);
+    let b = node.json(&["endpoint", "inspect", &bn]);
+    let (b4, b6) = (b["ip"].as_str().unwrap_or("?").to_string(), b["ip6"].as_str().unwrap_or("?").to_string());
+    assert_eq!(b6, "fd00:81::3", "{b}");
+
+    for proto in ["udp", "tcp"] {
+        assert_eq!(dig(&an, proto, &bn, "AAAA"), ["rcode 0".to_string(), format!("AAAA {b6} 600")], "{proto}");
+        assert_eq!(dig(&an, proto, "BEE.", "AAAA"), ["rcode 0".to_string(), format!("AAAA {b6} 600")], "{proto}");
+        assert_eq!(dig(&an, proto, &bn, "A"), ["rcode 0".to_string(), format!("A {b4} 600")], "A unchanged");
+    }
+    assert_eq!(dig(&an, "udp", &arpa6(&b6), "PTR"), ["rcode 0".to_string(), format!("PTR {bn}.{dual}.")]);
+    // a on the IPv4-only network too: there it has no AAAA.
+    node.ok(&["network", "connect", &four, &an]);
+    assert_eq!(dig(&cn, "udp", &an, "AAAA"), ["rcode 0"], "no IPv6 address on the shared network: empty");
+    assert_eq!(dig(&cn, "udp", &an, "A").len(), 2, "but its A");
+    assert_eq!(dig(&an, "udp", &cn, "AAAA"), ["rcode 0"]);
+    assert!(dig(&an, "udp", &cn, "A").contains(&format!("A {} 600", c.ip)));
+
+    // getaddrinfo through the namespace's resolv.conf, then real packets.
+    let out = exec_in(&an, &["getent", "ahostsv6", &bn]);
+    assert!(stdout_str(&out).contains(&b6), "getent ahostsv6 {bn}:\n{}", show(&out));
+    assert_ping6_name(&an, &bn, 3);
+    assert_ping6_name(&bn, &an, 2);
+    assert_ping6_name(&an, "bee", 2);
+}
+}
+
+both_datapaths! {
+/// `network connect` to a dual-stack network: the attachment gets an IPv6
+/// address (the lowest free one, or `--ip6`) usable at once on its
+/// interface, the IPv6 default route stays the first network's, ping6 to a
+/// peer there both ways; eBPF: the attachment's host veth is in
+/// `ENDPOINTS6`. `--ip6` taken or on an IPv4-only network is refused;
+/// disconnect frees the address (another endpoint takes it); an agent
+/// restart keeps the attachment's IPv6 working.
+fn connect_dual_stack_attachment(dp) {
+    let mut node = Node::on(dp);
+    let (one, two, four) = (node.ep("one"), node.ep("two"), node.ep("four"));
+    node.ok(&["network", "create", &one, "--subnet", "10.83.0.0/24", "--ipv6", "--subnet-v6", "fd00:83::/64"]);
+    node.ok(&["network", "create", &two, "--subnet", "10.84.0.0/24", "--ipv6", "--subnet-v6", "fd00:84::/64"]);
+    node.ok(&["network", "create", &four, "--subnet", "10.85.0.0/24"]);
+    let (xn, yn, zn) = (node.ep("x"), node.ep("y"), node.ep("z"));
+    node.ok(&["endpoint", "create", &xn, "--network", &one]);
+    node.ok(&["endpoint", "create", &yn, "--network", &two]);
+    node.ok(&["endpoint", "create", &zn, "--network", &four]);
+
+    let err = node.err(&["network", "connect", &two, &zn, "--ip6", "fd00:84::2"]);
+    assert!(err.contains("in use") || err.contains("taken"), "y's address: {err}");
+    let err = node.err(&["network", "connect", &four, &xn, "--ip6", "fd00:83::9"]);
+    assert!(err.contains("no IPv6 subnet"), "{err}");
+    assert!(attachment(&mut node, &xn, &four).is_none(), "a refused connect leaves nothing");
+
+    let out = node.ok(&["network", "connect", &two, &xn]);
+    let att = attachment(&mut node, &xn, &two).unwrap_or_else(|| panic!("no attachment on {two}"));
+    assert_eq!((att["ip6"].as_str(), att["prefix_len6"].as_u64()), (Some("fd00:84::3"), Some(64)), "{att}");
+    assert_eq!(out.trim(), format!("{xn} eth1 {} fd00:84::3", att["ip"].as_str().unwrap_or("?")));
+    assert_eq!(global6(&xn, "eth1"), [("fd00:84::3".to_string(), false)], "usable at once, not tentative");
+    assert!(default_route6(&xn).contains("via fd00:83::1 dev eth0"), "the first network's: {}", default_route6(&xn));
+    let v = node.inspect_network(&two);
+    let listed = v["endpoints"].as_array().cloned().unwrap_or_default();
+    assert!(listed.iter().any(|e| e["name"] == xn.as_str() && e["ip6"] == "fd00:84::3"), "network inspect: {v}");
+
+    assert_ping(&xn, "fd00:84::2", 3);
+    assert_ping(&yn, "fd00:84::3", 3);
+    assert_ping(&xn, "fd00:84::1", 2);
+    let host = att["host_ifindex"].as_u64().unwrap_or(0);
+    if dp.is_ebpf() {
+        let keys = pinned_u32_keys(&node.bpffs.join(MAPS_DIR).join("ENDPOINTS6"));
+        assert!(keys.contains(&host), "attachment {host} in ENDPOINTS6: {keys:?}");
+    }
+
+    // The node's v4-only link gets no IPv6 address; its own v6 stays.
+    node.ok(&["network", "connect", &four, &xn]);
+    assert_eq!(attachment(&mut node, &xn, &four).map(|a| a["ip6"].is_null()), Some(true));
+
+    node.restart_agent();
+    assert_ping(&xn, "fd00:84::2", 2);
+    assert_ping(&yn, "fd00:84::3", 2);
+    if dp.is_ebpf() {
+        let keys = pinned_u32_keys(&node.bpffs.join(MAPS_DIR).join("ENDPOINTS6"));
+        assert!(keys.contains(&host), "attachment {host} in ENDPOINTS6 after the restart: {keys:?}");
+    }
+
+    node.ok(&["network", "disconnect", &two, &xn]);
+    assert!(attachment(&mut node, &xn, &two).is_none());
+    if dp.is_ebpf() {
+        let keys = pinned_u32_keys(&node.bpffs.join(MAPS_DIR).join("ENDPOINTS6"));
+        assert!(!keys.contains(&host), "{host} left ENDPOINTS6: {keys:?}");
+    }
+    // Its address is free again: z takes it explicitly.
+    let out = node.ok(&["network", "connect", &two, &zn, "--ip6", "fd00:84::3"]);
+    assert!(out.trim().ends_with(" fd00:84::3"), "{out}");
+    assert_eq!(global6(&zn, "eth1"), [("fd00:84::3".to_string(), false)]);
+    assert_ping(&yn, "fd00:84::3", 2);
+    assert_ping(&zn, "fd00:84::2", 2);
+    // z's first network is IPv4-only: its IPv6 default route is two's.
+    assert!(default_route6(&zn).contains("via fd00:84::1 dev eth1"), "{}", default_route6(&zn));
+}
+}
