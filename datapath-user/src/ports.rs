@@ -8,7 +8,7 @@
 //! in `agent/ports.rs`, `datapath/ports.rs` and `host/netfilter.rs`.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use datapath_common::{IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
@@ -49,9 +49,11 @@ impl fmt::Display for Proto {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Publish {
     /// The node address it is published on; `None`: every address of the
-    /// node (Docker's `0.0.0.0`).
+    /// node (Docker's `0.0.0.0`), IPv4 and, for an endpoint with an IPv6
+    /// address, IPv6. An IPv4 address publishes on IPv4 only, an IPv6 one
+    /// on IPv6 only (as Docker).
     #[serde(default)]
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
     #[serde(default)]
@@ -73,9 +75,21 @@ impl Publish {
         self.host_ip.is_some_and(|a| a.is_loopback())
     }
 
-    /// `0.0.0.0:8080`.
+    /// Whether it is published on the node's IPv4 addresses (all of them,
+    /// or one).
+    pub fn on_v4(&self) -> bool {
+        !matches!(self.host_ip, Some(IpAddr::V6(_)))
+    }
+
+    /// Whether it is published on the node's IPv6 addresses (all of them,
+    /// or one), for an endpoint that has an IPv6 address.
+    pub fn on_v6(&self) -> bool {
+        !matches!(self.host_ip, Some(IpAddr::V4(_)))
+    }
+
+    /// `0.0.0.0:8080`, `[fd00::1]:8080`.
     pub fn host(&self) -> String {
-        format!("{}:{}", self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), self.host_port)
+        format!("{}:{}", host_addr(self.host_ip), self.host_port)
     }
 }
 
@@ -125,8 +139,18 @@ pub fn parse(spec: &str) -> Result<Vec<Publish>, PublishError> {
         Some((_, p)) => return Err(invalid(spec, format!("unknown protocol {p:?} (tcp or udp)"))),
         None => (spec, Proto::Tcp),
     };
+    // `[IPV6]:HOST:CONTAINER` (Docker's form for an IPv6 host address).
+    let (ip6, body) = match body.strip_prefix('[') {
+        Some(rest) => match rest.split_once("]:") {
+            Some((a, rest)) => (Some(a), rest),
+            None => return Err(PublishError::Syntax(spec.to_string())),
+        },
+        None => (None, body),
+    };
     let parts: Vec<&str> = body.split(':').collect();
     let (ip, host, ctr) = match parts[..] {
+        [host, ctr] if ip6.is_some() => (ip6, host, ctr),
+        _ if ip6.is_some() => return Err(PublishError::Syntax(spec.to_string())),
         [host, ctr] => (None, host, ctr),
         [ip, host, ctr] => (Some(ip), host, ctr),
         [_] => return Err(invalid(spec, "a host port is required (HOST_PORT:CONTAINER_PORT)")),
@@ -134,6 +158,21 @@ pub fn parse(spec: &str) -> Result<Vec<Publish>, PublishError> {
     };
     let host_ip = match ip {
         None | Some("") => None,
+        Some(a) if ip6.is_some() => {
+            let a: std::net::Ipv6Addr =
+                a.parse().map_err(|_| invalid(spec, format!("{a:?} is not an IPv6 address")))?;
+            if a.is_unspecified() {
+                None
+            } else if a.is_multicast() {
+                return Err(invalid(spec, format!("{a} is not a unicast address")));
+            } else if a.is_loopback() {
+                // No route_localnet for IPv6: ::1 cannot be translated to an
+                // endpoint (Docker's userland proxy does that; there is none).
+                return Err(invalid(spec, "::1 cannot be published on (use 127.0.0.1)"));
+            } else {
+                Some(IpAddr::V6(a))
+            }
+        }
         Some(a) => {
             let a: Ipv4Addr = a.parse().map_err(|_| invalid(spec, format!("{a:?} is not an IPv4 address")))?;
             if a.is_unspecified() {
@@ -141,7 +180,7 @@ pub fn parse(spec: &str) -> Result<Vec<Publish>, PublishError> {
             } else if a.is_multicast() || a.is_broadcast() {
                 return Err(invalid(spec, format!("{a} is not a unicast address")));
             } else {
-                Some(a)
+                Some(IpAddr::V4(a))
             }
         }
     };
@@ -205,7 +244,7 @@ pub fn format(ports: &[Publish]) -> String {
         } else {
             out.push(format!(
                 "{}:{}-{}->{}-{}/{}",
-                first.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                host_addr(first.host_ip),
                 first.host_port,
                 last.host_port,
                 first.container_port,
@@ -216,6 +255,16 @@ pub fn format(ports: &[Publish]) -> String {
         i = j + 1;
     }
     out.join(", ")
+}
+
+/// A publication's host address as Docker shows it: `0.0.0.0` for every
+/// address, `[fd00::1]` for an IPv6 one.
+fn host_addr(ip: Option<IpAddr>) -> String {
+    match ip {
+        None => Ipv4Addr::UNSPECIFIED.to_string(),
+        Some(IpAddr::V4(a)) => a.to_string(),
+        Some(IpAddr::V6(a)) => format!("[{a}]"),
+    }
 }
 
 /// A socket of the node bound to a port a publication would take.
@@ -265,7 +314,8 @@ pub fn shadowed<'a>(p: &Publish, sockets: &'a [Listener]) -> Option<&'a Listener
     sockets.iter().find(|s| {
         s.proto == p.proto
             && s.port == p.host_port
-            && (p.host_ip.is_none() || s.addr.is_unspecified() || Some(s.addr) == p.host_ip)
+            && p.on_v4()
+            && (p.host_ip.is_none() || s.addr.is_unspecified() || Some(IpAddr::V4(s.addr)) == p.host_ip)
     })
 }
 
@@ -299,7 +349,7 @@ mod tests {
     }
 
     fn p(ip: Option<[u8; 4]>, h: u16, c: u16, proto: Proto) -> Publish {
-        Publish { host_ip: ip.map(Ipv4Addr::from), host_port: h, container_port: c, proto }
+        Publish { host_ip: ip.map(|a| IpAddr::V4(Ipv4Addr::from(a))), host_port: h, container_port: c, proto }
     }
 
     #[test]
@@ -314,7 +364,39 @@ mod tests {
             r,
             vec![p(None, 8000, 9000, Proto::Udp), p(None, 8001, 9001, Proto::Udp), p(None, 8002, 9002, Proto::Udp)]
         );
-        assert_eq!(parse("10.0.0.1:53:53/udp").unwrap()[0].host_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(parse("10.0.0.1:53:53/udp").unwrap()[0].host_ip, Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+    }
+
+    #[test]
+    fn ipv6_host_addresses_in_brackets() {
+        let v6 = parse("[fd00::1]:8080:80/udp").unwrap();
+        assert_eq!(v6[0].host_ip, Some("fd00::1".parse().unwrap()));
+        assert_eq!((v6[0].host_port, v6[0].container_port, v6[0].proto), (8080, 80, Proto::Udp));
+        assert!(v6[0].on_v6() && !v6[0].on_v4(), "an IPv6 address binds IPv6 only");
+        assert_eq!(v6[0].to_string(), "[fd00::1]:8080->80/udp");
+        assert_eq!(parse("[::]:8080:80").unwrap(), vec![p(None, 8080, 80, Proto::Tcp)]);
+        let v4 = p(Some([10, 0, 0, 1]), 8080, 80, Proto::Tcp);
+        assert!(v4.on_v4() && !v4.on_v6(), "an IPv4 address binds IPv4 only");
+        let all = p(None, 8080, 80, Proto::Tcp);
+        assert!(all.on_v4() && all.on_v6());
+        assert!(!v4.conflicts(&parse("[fd00::1]:8080:80").unwrap()[0]), "different families");
+        assert!(all.conflicts(&parse("[fd00::1]:8080:80").unwrap()[0]));
+        for bad in [
+            "[fd00::1]:80",
+            "[fd00::1:8080:80",
+            "[10.0.0.1]:8080:80",
+            "[::1]:8080:80",
+            "[ff02::1]:8080:80",
+            "[fd00::1]:1:8080:80",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(format(&parse("[fd00::1]:8000-8001:80-81").unwrap()), "[fd00::1]:8000-8001->80-81/tcp");
+        // The state keeps the plain address form: an IPv4 one as before.
+        assert_eq!(
+            serde_json::to_string(&v4).unwrap(),
+            r#"{"host_ip":"10.0.0.1","host_port":8080,"container_port":80,"proto":"tcp"}"#
+        );
     }
 
     #[test]

@@ -468,8 +468,11 @@ impl Inner {
         made: &mut Made,
     ) -> Result<(), ApiError> {
         self.nl.enslave_up(host, bridge).await?;
-        if net.datapath == DatapathKind::Kernel && link.primary && !spec.ports.is_empty() {
-            // Its own published ports come back out its port (hairpin).
+        // Its own published ports come back out its port (hairpin): the
+        // kernel's translation, on kernel networks, and for IPv6 (the
+        // kernel's on both datapaths).
+        let kernel_nat = net.datapath == DatapathKind::Kernel || link.ip6.is_some();
+        if kernel_nat && link.primary && !spec.ports.is_empty() {
             self.nl.set_hairpin(host).await?;
         }
         if net.datapath == DatapathKind::Ebpf {

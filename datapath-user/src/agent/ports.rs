@@ -11,7 +11,7 @@
 //! and `RevokeExternalConnectivity`), validated the same way.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use datapath_common::{ipv4_key, PortKey, PortTarget};
 
@@ -48,6 +48,21 @@ impl Inner {
         Ok(out)
     }
 
+    /// Every global IPv6 address of the node (not loopback, not
+    /// link-local): where a port published on an IPv6 address may be.
+    async fn node_addresses6(&self) -> Result<Vec<Ipv6Addr>, ApiError> {
+        let mut out = Vec::new();
+        for (index, _) in self.nl.links().await? {
+            for a in self.nl.ipv6_addresses(index).await? {
+                let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
+                if !a.is_loopback() && !link_local && !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether endpoint `name` of `net` may publish `want`: refused with a
     /// clear error (and nothing made) on an internal network, when a port
     /// is published already (by another endpoint) or a socket of the node
@@ -80,8 +95,23 @@ impl Inner {
                 )));
             }
         }
+        // An IPv6 host address needs an endpoint with an IPv6 address:
+        // its first network dual stack.
+        if let Some(p) = want.iter().find(|p| !p.on_v4()) {
+            if net.ipv6.is_none() {
+                return Err(ApiError::invalid(format!(
+                    "--publish {p}: network {:?} has no IPv6 (create it with --ipv6)",
+                    net.name
+                )));
+            }
+        }
         let addrs = self.node_addresses().await?;
-        if let Some(p) = want.iter().find(|p| p.host_ip.is_some_and(|a| !a.is_loopback() && !addrs.contains(&a))) {
+        let addrs6 = if want.iter().any(|p| !p.on_v4()) { self.node_addresses6().await? } else { Vec::new() };
+        let foreign = |a: IpAddr| match a {
+            IpAddr::V4(a) => !a.is_loopback() && !addrs.contains(&a),
+            IpAddr::V6(a) => !addrs6.contains(&a),
+        };
+        if let Some(p) = want.iter().find(|p| p.host_ip.is_some_and(foreign)) {
             return Err(ApiError::invalid(format!("--publish {p}: {} is not an address of the node", p.host())));
         }
         let listeners = blocking(node_listeners).await?;
@@ -186,11 +216,13 @@ impl Inner {
             if !ebpf {
                 continue;
             }
-            for p in e.ports.iter().filter(|p| !p.is_loopback()) {
+            // IPv6 publications are the kernel's (nft DNAT in `ip6 datapath`).
+            for p in e.ports.iter().filter(|p| !p.is_loopback() && p.on_v4()) {
                 let target =
                     PortTarget { addr: ipv4_key(e.ip.octets()), ifindex, port: p.container_port.to_be(), _pad: [0; 2] };
                 let on: Vec<Ipv4Addr> = match p.host_ip {
-                    Some(a) => vec![a],
+                    Some(IpAddr::V4(a)) => vec![a],
+                    Some(IpAddr::V6(_)) => Vec::new(),
                     None => addrs.to_vec(),
                 };
                 for a in on {

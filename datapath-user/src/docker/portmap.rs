@@ -72,9 +72,8 @@ pub fn publications(portmap: Option<&Value>) -> Result<Vec<Publish>, PortmapErro
         let host_ip = match b.host_ip.as_deref().unwrap_or("") {
             "" => None,
             s => match s.parse::<IpAddr>() {
-                Ok(IpAddr::V4(a)) if a == Ipv4Addr::UNSPECIFIED => None,
-                Ok(IpAddr::V4(a)) => Some(a),
-                Ok(IpAddr::V6(_)) => continue,
+                Ok(a) if a.is_unspecified() => None,
+                Ok(a) => Some(a),
                 Err(_) => return Err(PortmapError::HostIp(b.port, s.to_string())),
             },
         };
@@ -96,7 +95,7 @@ pub fn bindings(ports: &[Publish]) -> Value {
                     "Proto": p.proto.number(),
                     "IP": "",
                     "Port": p.container_port,
-                    "HostIP": p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string(),
+                    "HostIP": p.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).to_string(),
                     "HostPort": p.host_port,
                     "HostPortEnd": p.host_port,
                 })
@@ -119,7 +118,7 @@ mod tests {
             {"Proto": 6, "Port": 81, "HostIP": "0.0.0.0", "HostPort": 8081, "HostPortEnd": 0}
         ]);
         let p = publications(Some(&v)).unwrap();
-        let lo = Some(Ipv4Addr::LOCALHOST);
+        let lo = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(
             p,
             vec![

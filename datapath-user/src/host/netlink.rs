@@ -348,6 +348,29 @@ impl Netlink {
             .collect())
     }
 
+    /// IPv6 addresses of a link (any scope).
+    pub async fn ipv6_addresses(&self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError> {
+        use rtnetlink::packet_route::address::AddressAttribute;
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(req(format!("list addresses of link {index}")))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V6(ip)) | AddressAttribute::Local(IpAddr::V6(ip)) => Some(*ip),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     /// IPv4 addresses of a link, primary first (the kernel lists them in order).
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
         use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
