@@ -1,16 +1,22 @@
 //! The user-facing IPv6 surface of dual-stack networks (README "IPv6 (dual
 //! stack)"), real packets on both datapaths: AAAA and `ip6.arpa` answers of
 //! the embedded DNS and ping6 by name, IPv6 on `network connect`
-//! attachments (address, route, release, restart).
+//! attachments (address, route, release, restart), published ports over
+//! IPv6 (the kernel's DNAT on both datapaths) from the outside, the node
+//! and other endpoints.
 
 use std::time::Duration;
 
+use datapath::testbed::topology::{self, NODE_UPLINK_IP6, OUTSIDE_IP6};
 use datapath_tests::net::{ns_cmd, python_in};
-use datapath_tests::node::Node;
+use datapath_tests::node::{AgentOpts, Node, UPLINK_DEV, UPLINK_IP};
+use datapath_tests::outside::{http_clients, udp_echo_server};
 use datapath_tests::proc::{run_timeout, show, stdout_str};
 use datapath_tests::{assert_ping, both_datapaths, exec_in, py};
 use serde_json::Value;
 
+use crate::ipv6::http_server;
+use crate::ports::{blob, connect, fetch};
 use crate::survival::{pinned_u32_keys, MAPS_DIR};
 
 const Q_TIMEOUT: Duration = Duration::from_secs(60);
@@ -176,5 +182,81 @@ fn connect_dual_stack_attachment(dp) {
     assert_ping(&zn, "fd00:84::2", 2);
     // z's first network is IPv4-only: its IPv6 default route is two's.
     assert!(default_route6(&zn).contains("via fd00:84::1 dev eth1"), "{}", default_route6(&zn));
+}
+}
+
+/// UDP request/response from `ns` to IP:PORT; the reply must come from IP.
+#[track_caller]
+fn udp_roundtrip(node: &Node, ns: &str, ip: &str, port: u16) {
+    let msg = format!("{}-{port}", node.prefix);
+    let out = python_in(ns, py::UDP_CLIENT, &[&node.prefix, ip, &port.to_string(), &msg], Duration::from_secs(20));
+    assert!(out.status.success(), "UDP client in {ns}:\n{}", show(&out));
+    let res: Value = serde_json::from_str(stdout_str(&out).trim()).expect("client JSON");
+    assert_eq!(
+        (res[0][1].as_str(), res[0][2].as_str()),
+        (Some(format!("echo:{msg}").as_str()), Some(ip)),
+        "UDP through the published port {ip}:{port} from {ns}: {res}"
+    );
+}
+
+both_datapaths! {
+/// An endpoint of a dual-stack network publishes `-p 8080:80`, `-p
+/// 5353:5300/udp`, `-p [NODE_V6]:8081:81` (IPv6 only) and `-p
+/// UPLINK_V4:8082:82` (IPv4 only). Over IPv6 (the kernel's DNAT on both
+/// datapaths): the outside fetches the content intact from the node's
+/// IPv6 uplink address (the server sees the outside's own address), UDP
+/// echoes through; the node itself and an endpoint of another dual-stack
+/// network reach it too. IPv4 still works as before. An IPv6-bound port
+/// does not answer on IPv4 nor an IPv4-bound one on IPv6; `endpoint rm`
+/// withdraws the IPv6 ports.
+fn published_ports_over_ipv6(dp) {
+    let mut node = Node::with(AgentOpts::with_uplink(dp));
+    let out = node.outside().to_string();
+    topology::uplink_ipv6_blocking(&node.name, &out, UPLINK_DEV).expect("IPv6 on the uplink");
+    let (up6, out6) = (NODE_UPLINK_IP6.to_string(), OUTSIDE_IP6.to_string());
+    let (net, other) = (node.ep("pub6"), node.ep("cli6"));
+    node.ok(&["network", "create", &net, "--subnet", "10.86.0.0/24", "--ipv6", "--subnet-v6", "fd00:86::/64"]);
+    node.ok(&["network", "create", &other, "--subnet", "10.87.0.0/24", "--ipv6", "--subnet-v6", "fd00:87::/64"]);
+    let web = node.ep("web");
+    let v6_only = format!("[{up6}]:8081:81");
+    let v4_only = format!("{UPLINK_IP}:8082:82");
+    node.ok(&["endpoint", "create", &web, "--network", &net, "-p", "8080:80", "-p", "5353:5300/udp", "-p", &v6_only, "-p", &v4_only]);
+    let c = node.ep("c");
+    node.ok(&["endpoint", "create", &c, "--network", &other]);
+    let ls = node.ok(&["endpoint", "ls"]);
+    assert!(ls.contains(&format!("[{up6}]:8081->81/tcp")), "{ls}");
+
+    const LEN: usize = 200 * 1024;
+    let sha = blob(&node, "six.bin", LEN);
+    let www = node.dir.join("www");
+    let server = http_server(&web, 80, &www);
+    let _s81 = http_server(&web, 81, &www);
+    let _s82 = http_server(&web, 82, &www);
+    let _udp = udp_echo_server(&node, &web, "::", 5300); // 53 is the embedded DNS's
+
+    let url = |ip: &str, port: u16| format!("http://[{ip}]:{port}/six.bin");
+    fetch(&node, &out, &url(&up6, 8080), LEN, &sha);
+    assert_eq!(http_clients(&server), vec![out6.clone()], "the server must see the outside client itself");
+    udp_roundtrip(&node, &out, &up6, 5353);
+    fetch(&node, &out, &url(&up6, 8081), LEN, &sha);
+    // IPv4 unchanged.
+    fetch(&node, &out, &format!("http://{UPLINK_IP}:8080/six.bin"), LEN, &sha);
+    udp_roundtrip(&node, &out, UPLINK_IP, 5353);
+    fetch(&node, &out, &format!("http://{UPLINK_IP}:8082/six.bin"), LEN, &sha);
+    // Bound to one family: not on the other.
+    assert_ne!(connect(&node, &out, UPLINK_IP, 8081), "ok", "an IPv6-bound port answered on IPv4");
+    assert_ne!(connect(&node, &out, &up6, 8082), "ok", "an IPv4-bound port answered on IPv6");
+
+    // The node itself, and an endpoint of another network.
+    fetch(&node, &node.name, &url(&up6, 8080), LEN, &sha);
+    fetch(&node, &c, &url(&up6, 8080), LEN, &sha);
+    udp_roundtrip(&node, &c, &up6, 5353);
+    let clients = http_clients(&server);
+    assert_eq!(clients.len(), 4, "outside v6, outside v4, node, other endpoint: {clients:?}");
+
+    node.ok(&["endpoint", "rm", &web]);
+    assert_ne!(connect(&node, &out, &up6, 8080), "ok", "the IPv6 port answered after rm");
+    let rules = stdout_str(&exec_in(&node.name, &["nft", "list", "table", "ip6", "datapath"]));
+    assert!(!rules.contains("dnat"), "IPv6 DNAT rules left after rm:\n{rules}");
 }
 }
