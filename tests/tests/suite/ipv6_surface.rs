@@ -3,16 +3,18 @@
 //! the embedded DNS and ping6 by name, IPv6 on `network connect`
 //! attachments (address, route, release, restart), published ports over
 //! IPv6 (the kernel's DNAT on both datapaths) from the outside, the node
-//! and other endpoints.
+//! and other endpoints, and a real dockerd's `--ipv6` network on the
+//! datapath driver.
 
 use std::time::Duration;
 
 use datapath::testbed::topology::{self, NODE_UPLINK_IP6, OUTSIDE_IP6};
+use datapath_tests::docker::{plugin_node, Dockerd};
 use datapath_tests::net::{ns_cmd, python_in};
 use datapath_tests::node::{AgentOpts, Node, UPLINK_DEV, UPLINK_IP};
 use datapath_tests::outside::{http_clients, udp_echo_server};
 use datapath_tests::proc::{run_timeout, show, stdout_str};
-use datapath_tests::{assert_ping, both_datapaths, exec_in, py};
+use datapath_tests::{assert_ping, both_datapaths, exec_in, kernel_test, py, Datapath};
 use serde_json::Value;
 
 use crate::ipv6::http_server;
@@ -259,4 +261,66 @@ fn published_ports_over_ipv6(dp) {
     let rules = stdout_str(&exec_in(&node.name, &["nft", "list", "table", "ip6", "datapath"]));
     assert!(!rules.contains("dnat"), "IPv6 DNAT rules left after rm:\n{rules}");
 }
+}
+
+/// A real dockerd (in the node namespace, the agent's plugin as driver
+/// `datapath`): `docker network create -d datapath --ipv6 --subnet V4
+/// --subnet V6` makes a dual-stack datapath network with Docker's IPv6
+/// pool and gateway; two busybox containers get Docker's IPv6 addresses
+/// (the same as the agent's endpoints), ping6 each other and the outside's
+/// IPv6 address (masqueraded: the outside has no route to the subnet), and
+/// have the IPv6 default route via the network's gateway.
+#[test]
+fn docker_ipv6_network() {
+    kernel_test!();
+    let (mut node, plugin) =
+        plugin_node(AgentOpts { no_default_network: true, ..AgentOpts::with_uplink(Datapath::Ebpf) });
+    let outside = node.outside().to_string();
+    topology::uplink_ipv6_blocking(&node.name, &outside, UPLINK_DEV).expect("IPv6 on the uplink");
+    let docker = Dockerd::start(&node, &plugin);
+    const IMAGE: &str = "dpt-busybox:1";
+    docker.import_busybox(IMAGE);
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        "datapath",
+        "--ipv6",
+        "--subnet",
+        "10.40.0.0/24",
+        "--subnet",
+        "fd00:40::/64",
+        "web6",
+    ]);
+    let nets = node.networks();
+    assert_eq!(nets.len(), 1, "{nets:?}");
+    let v = node.inspect_network(nets[0]["name"].as_str().unwrap_or("?"));
+    assert_eq!((v["enable_ipv6"].as_bool(), v["subnet_v6"].as_str()), (Some(true), Some("fd00:40::/64")), "{v}");
+    let gw6 = v["gateway_v6"].as_str().unwrap_or("?").to_string();
+    for c in ["c1", "c2"] {
+        docker.ok(&["run", "-d", "--name", c, "--network", "web6", IMAGE, "sleep", "3600"]);
+    }
+    let ip6 = |c: &str| {
+        docker
+            .ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", c])
+            .trim()
+            .to_string()
+    };
+    let (a6, b6) = (ip6("c1"), ip6("c2"));
+    assert!(a6.starts_with("fd00:40::") && b6.starts_with("fd00:40::") && a6 != b6, "{a6} {b6}");
+    let mut agent6: Vec<String> = node.endpoints().iter().filter_map(|e| e["ip6"].as_str().map(String::from)).collect();
+    agent6.sort();
+    let mut docker6 = vec![a6.clone(), b6.clone()];
+    docker6.sort();
+    assert_eq!(agent6, docker6, "the agent's endpoints have Docker's IPv6 addresses");
+    let route = docker.ok(&["exec", "c1", "ip", "-6", "route", "show", "default"]);
+    assert!(route.contains(&format!("via {gw6}")), "IPv6 default route via the gateway: {route}");
+    docker.ok(&["exec", "c1", "ping", "-6", "-c", "2", "-W", "5", &b6]);
+    docker.ok(&["exec", "c2", "ping", "-6", "-c", "2", "-W", "5", &a6]);
+    docker.ok(&["exec", "c1", "ping", "-6", "-c", "2", "-W", "5", &OUTSIDE_IP6.to_string()]);
+    docker.ok(&["rm", "-f", "c1", "c2"]);
+    assert!(node.endpoints().is_empty(), "{:?}", node.endpoints());
+    docker.ok(&["network", "rm", "web6"]);
+    assert!(node.networks().is_empty(), "{:?}", node.networks());
+    drop(docker);
 }
