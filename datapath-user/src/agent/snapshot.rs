@@ -227,18 +227,15 @@ impl Snapshot {
             RunMode::Container(n) => Some(n),
             _ => None,
         };
-        let ip = c
-            .endpoint
-            .as_ref()
-            .or(own)
-            .and_then(|e| self.state.endpoints.get(e))
-            .map(|e| e.ip)
-            .filter(|ip| !ip.is_unspecified());
+        let ep = c.endpoint.as_ref().or(own).and_then(|e| self.state.endpoints.get(e));
+        let ip = ep.map(|e| e.ip).filter(|ip| !ip.is_unspecified());
+        let ip6 = ep.and_then(|e| e.ip6);
         ContainerView {
             name: c.name.clone(),
             network: c.mode.to_string(),
             endpoint: c.endpoint.clone(),
             ip,
+            ip6,
             netns_path: c.netns_path.clone(),
             pid: c.pid,
             status: c.status(),

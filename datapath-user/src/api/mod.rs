@@ -161,6 +161,10 @@ pub struct ContainerCreate {
     pub network: Option<String>,
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Its endpoint's IPv6 address on a dual-stack first network
+    /// (`--ip6`; network mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub argv: Vec<String>,
     /// The agent starts the command itself, output to a log file.
     #[serde(default)]
@@ -193,6 +197,9 @@ pub struct ContainerView {
     pub network: String,
     pub endpoint: Option<String>,
     pub ip: Option<Ipv4Addr>,
+    /// Its endpoint's IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub netns_path: PathBuf,
     pub pid: Option<u32>,
     pub status: String,

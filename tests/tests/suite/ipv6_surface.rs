@@ -324,3 +324,40 @@ fn docker_ipv6_network() {
     assert!(node.networks().is_empty(), "{:?}", node.networks());
     drop(docker);
 }
+
+both_datapaths! {
+/// `run --ip6`: the command's endpoint has the chosen IPv6 address on its
+/// dual-stack network (detached: inspect, `ps -o json`, reachable by ping6;
+/// in the foreground: the command sees it on eth0). Refused: an address in
+/// use, `--ip6` without a network (`--network host`) or on an IPv4-only
+/// network; `stop` frees it.
+fn run_with_ip6(dp) {
+    let mut node = Node::on(dp);
+    let (net, four) = (node.ep("run6"), node.ep("four"));
+    node.ok(&["network", "create", &net, "--subnet", "10.88.0.0/24", "--ipv6", "--subnet-v6", "fd00:88::/64"]);
+    node.ok(&["network", "create", &four, "--subnet", "10.89.0.0/24"]);
+    let (r1, peer) = (node.ep("r1"), node.ep("peer"));
+    node.ok(&["run", "-d", "--name", &r1, "--network", &net, "--ip6", "fd00:88::42", "--", "sleep", "600"]);
+    assert_eq!(node.json(&["endpoint", "inspect", &r1])["ip6"].as_str(), Some("fd00:88::42"));
+    let ps = node.json(&["ps", "-o", "json"]);
+    let row = ps.as_array().and_then(|a| a.iter().find(|c| c["name"] == r1.as_str()).cloned()).unwrap_or_default();
+    assert_eq!(row["ip6"].as_str(), Some("fd00:88::42"), "{ps}");
+    node.ok(&["endpoint", "create", &peer, "--network", &net]);
+    assert_ping(&peer, "fd00:88::42", 2);
+
+    let out = node.ok(&["run", "--rm", "--network", &net, "--ip6", "fd00:88::43", "--", "ip", "-6", "addr", "show", "dev", "eth0"]);
+    assert!(out.contains("inet6 fd00:88::43/64"), "the command's eth0: {out}");
+
+    let e = node.err(&["run", "--rm", "--network", &net, "--ip6", "fd00:88::42", "--", "true"]);
+    assert!(e.contains("in use") || e.contains("taken"), "{e}");
+    let e = node.err(&["run", "--rm", "--network", "host", "--ip6", "fd00:88::44", "--", "true"]);
+    assert!(e.contains("--ip6 needs a network"), "{e}");
+    let e = node.err(&["run", "--rm", "--network", &four, "--ip6", "fd00:88::44", "--", "true"]);
+    assert!(e.contains("no IPv6 subnet"), "{e}");
+
+    node.ok(&["stop", &r1]);
+    let r2 = node.ep("r2");
+    node.ok(&["run", "-d", "--name", &r2, "--network", &net, "--ip6", "fd00:88::42", "--", "sleep", "600"]);
+    assert_ping(&peer, "fd00:88::42", 1);
+}
+}
