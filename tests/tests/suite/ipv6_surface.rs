@@ -9,13 +9,14 @@
 use std::time::Duration;
 
 use datapath::testbed::topology::{self, NODE_UPLINK_IP6, OUTSIDE_IP6};
+use datapath_tests::cni::{runtime_netns, CniNet};
 use datapath_tests::docker::{plugin_node, Dockerd};
 use datapath_tests::net::{ns_cmd, python_in};
 use datapath_tests::node::{AgentOpts, Node, UPLINK_DEV, UPLINK_IP};
 use datapath_tests::outside::{http_clients, udp_echo_server};
 use datapath_tests::proc::{run_timeout, show, stdout_str};
 use datapath_tests::{assert_ping, both_datapaths, exec_in, kernel_test, py, Datapath};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::ipv6::http_server;
 use crate::ports::{blob, connect, fetch};
@@ -359,5 +360,61 @@ fn run_with_ip6(dp) {
     let r2 = node.ep("r2");
     node.ok(&["run", "-d", "--name", &r2, "--network", &net, "--ip6", "fd00:88::42", "--", "sleep", "600"]);
     assert_ping(&peer, "fd00:88::42", 1);
+}
+}
+
+both_datapaths! {
+/// CNI on a dual-stack network (the plugin executed like a runtime): the
+/// ADD result lists the IPv6 address on the interface (index 0) with the
+/// IPv6 gateway and an IPv6 default route, the address is on the runtime's
+/// interface, ping6 between two runtimes' namespaces; CHECK passes, and
+/// fails (code 101, saying what) once the IPv6 address or the IPv6 default
+/// route is removed by hand, or when prevResult lacks the IPv6 address.
+fn cni_dual_stack_add_and_check(dp) {
+    const CHECK_FAILED: u64 = 101;
+    let mut node = Node::with(AgentOpts { no_default_network: true, ..AgentOpts::on(dp) });
+    let net = node.ep("cni6");
+    node.ok(&["network", "create", &net, "--subnet", "10.79.0.0/24", "--ipv6", "--subnet-v6", "fd00:79::/64"]);
+    let cni = CniNet::new(&node, "dpnet6", &net, "1.1.0");
+    let (n1, n2) = (runtime_netns(&node.ep("c1")), runtime_netns(&node.ep("c2")));
+    let ns = |p: &std::path::Path| p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let (r1, r2) = (cni.add("c1", &n1, "eth0").result(), cni.add("c2", &n2, "eth0").result());
+    for (r, want) in [(&r1, "fd00:79::2/64"), (&r2, "fd00:79::3/64")] {
+        let ips = r["ips"].as_array().cloned().unwrap_or_default();
+        let v6 = ips.iter().find(|ip| ip["address"].as_str().is_some_and(|a| a.contains(':')));
+        assert_eq!(v6, Some(&json!({"address": want, "gateway": "fd00:79::1", "interface": 0})), "{r}");
+        let routes = r["routes"].as_array().cloned().unwrap_or_default();
+        assert!(routes.contains(&json!({"dst": "::/0", "gw": "fd00:79::1"})), "{r}");
+    }
+    assert_eq!(global6(&ns(&n1), "eth0"), [("fd00:79::2".to_string(), false)]);
+    assert!(default_route6(&ns(&n1)).contains("via fd00:79::1"), "{}", default_route6(&ns(&n1)));
+    assert_ping(&ns(&n1), "fd00:79::3", 2);
+    assert_ping(&ns(&n2), "fd00:79::2", 2);
+    cni.check("c1", &n1, "eth0", &r1).silent();
+    cni.check("c2", &n2, "eth0", &r2).silent();
+
+    // prevResult without the IPv6 address.
+    let mut four_only = r1.clone();
+    if let Some(ips) = four_only["ips"].as_array_mut() {
+        ips.retain(|ip| !ip["address"].as_str().unwrap_or("").contains(':'));
+    }
+    let c = cni.check("c1", &n1, "eth0", &four_only);
+    assert_eq!(c.code(), CHECK_FAILED, "{}", c.msg());
+    // The IPv6 address removed by hand.
+    let o = exec_in(&ns(&n1), &["ip", "-6", "addr", "del", "fd00:79::2/64", "dev", "eth0"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let c = cni.check("c1", &n1, "eth0", &r1);
+    assert_eq!(c.code(), CHECK_FAILED, "{}", c.msg());
+    assert!(c.msg().contains("fd00:79::2"), "CHECK says what is missing: {}", c.msg());
+    // The IPv6 default route removed by hand.
+    let o = exec_in(&ns(&n2), &["ip", "-6", "route", "del", "default"]);
+    assert!(o.status.success(), "{}", show(&o));
+    let c = cni.check("c2", &n2, "eth0", &r2);
+    assert_eq!(c.code(), CHECK_FAILED, "{}", c.msg());
+    assert!(c.msg().contains("IPv6 default route"), "{}", c.msg());
+
+    cni.del("c1", &n1, "eth0").silent();
+    cni.del("c2", &n2, "eth0").silent();
+    assert!(node.endpoints().is_empty(), "{:?}", node.endpoints());
 }
 }
