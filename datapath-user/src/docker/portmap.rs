@@ -10,8 +10,9 @@
 //! [`bindings`] gives Docker the ports actually published (through
 //! `EndpointOperInfo`, which `docker port` and `docker ps` read). A host
 //! port range for one container port (`-p 8000-8010:80`, "any free one of
-//! these") is refused with a clear error. IPv6 bindings (`HostIP` `::`) are
-//! skipped: the datapath is IPv4-only.
+//! these") is refused with a clear error. `HostIP` empty, `0.0.0.0` or
+//! `::` is every address of the node (IPv4, and IPv6 for an endpoint with
+//! an IPv6 address); an IPv4 or IPv6 address publishes on that family only.
 
 use std::net::{IpAddr, Ipv4Addr};
 
