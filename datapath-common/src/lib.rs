@@ -7,7 +7,8 @@
 //!
 //! * [`maps`]: program and map names, capacities, [`MAP_LAYOUT_VERSION`];
 //! * [`endpoint`]: [`EndpointInfo`], `EP_F_*`;
-//! * [`network`]: [`NetworkInfo`], `NET_F_*`, per-network [`NetStats`];
+//! * [`network`]: [`NetworkInfo`], [`Network6Info`], `NET_F_*`, per-network
+//!   [`NetStats`];
 //! * [`ct`]: the connection tracker ([`CtKey`], [`CtEntry`], [`CtConfig`],
 //!   flags, states, lifetimes, the reply/forward key derivation, and the
 //!   fragment map's [`FragKey`]);
@@ -51,6 +52,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint6 {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::NetworkInfo {}
+    unsafe impl aya::Pod for super::Network6Info {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::CtConfig {}

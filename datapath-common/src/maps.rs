@@ -6,9 +6,12 @@
 
 /// Version of the layout of every map key and value shared by both sides
 /// (the `#[repr(C)]` types of this crate and the capacities below). Bump it
-/// whenever a key or value type, a map's kind or a capacity changes: maps
-/// that outlive the agent (pinned) can only be reused by a program built
-/// with the same version.
+/// whenever the meaning of a key or value changes in a way their sizes do
+/// not show: maps that outlive the agent (pinned) can only be reused by a
+/// program built with the same version. A change of kind, size or capacity
+/// is seen by itself (the pinned map's layout is compared with the
+/// object's, see `datapath-user/src/datapath/pins.rs`) and migrates that
+/// map alone; a new map is created.
 pub const MAP_LAYOUT_VERSION: u32 = 1;
 
 /// Name of the TC program attached to the ingress of each endpoint's
@@ -60,6 +63,18 @@ pub const MAP_PORTS: &str = "PORTS";
 /// Added after layout version 1 like `PORTS`: created at the next start of
 /// a datapath pinned by an older build.
 pub const MAP_ENDPOINTS6: &str = "ENDPOINTS6";
+
+/// `ENDPOINTS6_BY_IP: HashMap<[u8; 16] ipv6 (wire order), EndpointInfo>`:
+/// the endpoint of an IPv6 address (where does this IPv6 packet go?),
+/// filled with `ENDPOINTS6`. Added after layout version 1.
+pub const MAP_ENDPOINTS6_BY_IP: &str = "ENDPOINTS6_BY_IP";
+/// `NETWORKS6: Array<Network6Info>` indexed by network id, like
+/// `NETWORKS`: the IPv6 half of dual-stack networks (see
+/// [`Network6Info`](crate::Network6Info)). Added after layout version 1.
+pub const MAP_NETWORKS6: &str = "NETWORKS6";
+/// `SUBNETS6: LpmTrie<[u8; 16] ipv6 (wire order), u32 network_id>`: every
+/// local dual-stack network's IPv6 subnet. Added after layout version 1.
+pub const MAP_SUBNETS6: &str = "SUBNETS6";
 
 /// Capacity of the endpoint maps.
 pub const MAX_ENDPOINTS: u32 = 4096;

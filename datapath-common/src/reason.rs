@@ -173,8 +173,11 @@ pub const DROP_SPOOFED_IP6: u32 = 62;
 /// endpoint is no router).
 pub const DROP_SPOOFED_NDP: u32 = 63;
 
-/// Size of the `STATS` array: every code must be below this.
-pub const MAX: u32 = 64;
+/// Size of the `STATS` array: every code must be below this. Codes from 64
+/// on are drops too (the drop range grew past 63: `STATS` was 64 slots up
+/// to the IPv6 work, and a datapath pinned before is migrated with its
+/// counters).
+pub const MAX: u32 = 128;
 
 /// Whether `code` counts events rather than packet verdicts (a packet is
 /// counted under exactly one verdict code, and maybe some event codes).

@@ -1,16 +1,16 @@
-//! IPv6 from an endpoint of a dual-stack network, for now (the interim
-//! before the eBPF IPv6 fast path): the header checked, bounds first
-//! (fixed header, payload length against the frame, extension headers
-//! followed up to [`MAX_EXT_HEADERS`]), the endpoint's identity enforced
-//! (its own address, its link-local address derived from its MAC, `::` only
-//! for duplicate address detection and MLD), neighbour discovery that
-//! claims another address or MAC dropped, and everything else handed to
-//! the bridge: the kernel forwards, isolates and masquerades IPv6 with
-//! nftables on eBPF networks too. An endpoint without an `ENDPOINTS6` entry
-//! (an IPv4-only network) sends no IPv6 at all (`drop-ethertype`).
+//! IPv6 from an endpoint of a dual-stack network: the header checked,
+//! bounds first (fixed header, payload length against the frame, extension
+//! headers followed up to [`MAX_EXT_HEADERS`]), the endpoint's identity
+//! enforced (its own address, its link-local address derived from its MAC,
+//! `::` only for duplicate address detection and MLD), neighbour discovery
+//! that claims another address or MAC dropped, and where the packet goes
+//! next ([`Next6`]): beyond the node from a masquerading network to `nat6`
+//! (the caller calls it, so the frames are not stacked), everything else
+//! handed to the bridge. An endpoint without an `ENDPOINTS6` entry (an
+//! IPv4-only network) sends no IPv6 at all (`drop-ethertype`).
 
 use aya_ebpf::programs::TcContext;
-use datapath_common::{reason, EndpointInfo};
+use datapath_common::{reason, EndpointInfo, NET_F_MASQUERADE};
 
 use crate::{
     hdr::{self, ETH_HLEN},
@@ -73,28 +73,69 @@ fn is_own(a: (u64, u64), own: (u64, u64), ll: (u64, u64)) -> bool {
     a == own || a == ll
 }
 
+/// An IPv6 packet that passed the checks, as the next step needs it.
+// Read by the eBPF NAT66 and local delivery, being written.
+#[allow(dead_code)]
+#[derive(Clone, Copy)]
+pub struct Pkt6 {
+    /// Offset of the upper-layer header (past the extension headers).
+    pub l4_off: u32,
+    /// End of the IPv6 payload (what the payload length says, or the
+    /// frame's end for a BIG TCP packet).
+    pub end: u32,
+    /// The upper-layer protocol (the last next header).
+    pub proto: u8,
+    /// The packet is a fragment (a fragment header was seen) ...
+    pub fragment: bool,
+    /// ... and not the first one (no upper-layer header in it).
+    pub later_fragment: bool,
+    pub _pad: u8,
+    /// The sender's network id.
+    pub network_id: u32,
+}
+
+/// Where an IPv6 frame from an endpoint goes next.
+pub enum Next6 {
+    /// Decided (dropped, handed to the bridge).
+    Verdict(Verdict),
+    /// Beyond the node from a network that masquerades IPv6: `nat6`.
+    Beyond(Pkt6),
+}
+
+impl From<Verdict> for Next6 {
+    #[inline(always)]
+    fn from(v: Verdict) -> Self {
+        Next6::Verdict(v)
+    }
+}
+
 /// The decision for an IPv6 frame from endpoint `src`. Out of line, called from `dp_from_ep` (not from the decision:
 /// the two frames are not stacked).
 #[inline(never)]
-pub fn from_endpoint(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
+pub fn from_endpoint(ctx: &TcContext, src: &EndpointInfo) -> Next6 {
+    check(ctx, src)
+}
+
+#[inline(always)]
+fn check(ctx: &TcContext, src: &EndpointInfo) -> Next6 {
     let Some(ep6) = maps::endpoint6(hdr::skb_ifindex(ctx)) else {
-        return drop(reason::DROP_ETHERTYPE);
+        return drop(reason::DROP_ETHERTYPE).into();
     };
     let Some(eth) = hdr::eth(ctx) else {
-        return drop(reason::DROP_TRUNCATED);
+        return drop(reason::DROP_TRUNCATED).into();
     };
     if eth.src != hdr::mac(src.mac) {
-        return drop(reason::DROP_SPOOFED_MAC);
+        return drop(reason::DROP_SPOOFED_MAC).into();
     }
     // Version, payload length, next header; then the source address.
     let (Ok(h), Ok(s)) = (ctx.load::<[u8; 8]>(ETH_HLEN), ctx.load::<[u64; 2]>(ETH_HLEN + 8)) else {
-        return drop(reason::DROP_TRUNCATED);
+        return drop(reason::DROP_TRUNCATED).into();
     };
     if (ctx.len() as usize) < ETH_HLEN + IPV6_HLEN {
-        return drop(reason::DROP_TRUNCATED);
+        return drop(reason::DROP_TRUNCATED).into();
     }
     if h[0] >> 4 != 6 {
-        return drop(reason::DROP_BAD_IPV6_HEADER);
+        return drop(reason::DROP_BAD_IPV6_HEADER).into();
     }
     let payload = usize::from(u16::from_be_bytes([h[4], h[5]]));
     let len = ctx.len() as usize;
@@ -102,26 +143,28 @@ pub fn from_endpoint(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     // real length is the skb's.
     let end = if payload == 0 && hdr::skb_gso_size(ctx) != 0 { len } else { ETH_HLEN + IPV6_HLEN + payload };
     if end > len {
-        return drop(reason::DROP_BAD_IPV6_HEADER);
+        return drop(reason::DROP_BAD_IPV6_HEADER).into();
     }
     let saddr = (s[0], s[1]);
     let own = words(&ep6.ip6);
     let ll = link_local(&src.mac);
     let unspecified = saddr == (0, 0);
     if !unspecified && !is_own(saddr, own, ll) {
-        return drop(reason::DROP_SPOOFED_IP6);
+        return drop(reason::DROP_SPOOFED_IP6).into();
     }
     // The extension headers, bounded.
     let mut nh = h[6];
     let mut off = ETH_HLEN + IPV6_HLEN;
     let mut later_fragment = false;
+    let mut fragment = false;
     let mut i = 0;
     while i < MAX_EXT_HEADERS && is_ext(nh) {
         let Ok(e) = ctx.load::<[u8; 4]>(off) else {
-            return drop(reason::DROP_BAD_IPV6_HEADER);
+            return drop(reason::DROP_BAD_IPV6_HEADER).into();
         };
         let hlen = match nh {
             NEXTHDR_FRAGMENT => {
+                fragment = true;
                 later_fragment = u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0;
                 8
             }
@@ -131,26 +174,73 @@ pub fn from_endpoint(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
         nh = e[0];
         off += hlen;
         if off > end {
-            return drop(reason::DROP_BAD_IPV6_HEADER);
+            return drop(reason::DROP_BAD_IPV6_HEADER).into();
         }
         i += 1;
     }
     if is_ext(nh) {
-        return drop(reason::DROP_IPV6_EXT_CHAIN);
+        return drop(reason::DROP_IPV6_EXT_CHAIN).into();
     }
     if nh != NEXTHDR_ICMPV6 || later_fragment {
-        return if unspecified { drop(reason::DROP_SPOOFED_IP6) } else { pass(reason::PASS_IPV6) };
+        if unspecified {
+            return drop(reason::DROP_SPOOFED_IP6).into();
+        }
+        let p = Pkt6 {
+            l4_off: off as u32,
+            end: end as u32,
+            proto: nh,
+            fragment,
+            later_fragment,
+            _pad: 0,
+            network_id: src.network_id,
+        };
+        return next(ctx, &p);
     }
     let Ok(icmp) = ctx.load::<[u8; 4]>(off) else {
-        return drop(reason::DROP_BAD_IPV6_HEADER);
+        return drop(reason::DROP_BAD_IPV6_HEADER).into();
     };
     match icmp[0] {
-        ND_ROUTER_ADVERT | ND_REDIRECT => drop(reason::DROP_SPOOFED_NDP),
-        ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => neighbour(ctx, src, icmp[0], off, end, unspecified, own, ll),
+        ND_ROUTER_ADVERT | ND_REDIRECT => drop(reason::DROP_SPOOFED_NDP).into(),
+        ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => {
+            neighbour(ctx, src, icmp[0], off, end, unspecified, own, ll).into()
+        }
         // Reports during duplicate address detection come from `::`.
-        MLD_REPORT | MLD2_REPORT => pass(reason::PASS_IPV6),
-        _ if unspecified => drop(reason::DROP_SPOOFED_IP6),
-        _ => pass(reason::PASS_IPV6),
+        MLD_REPORT | MLD2_REPORT => pass(reason::PASS_IPV6).into(),
+        _ if unspecified => drop(reason::DROP_SPOOFED_IP6).into(),
+        _ => {
+            let p = Pkt6 {
+                l4_off: off as u32,
+                end: end as u32,
+                proto: nh,
+                fragment,
+                later_fragment,
+                _pad: 0,
+                network_id: src.network_id,
+            };
+            next(ctx, &p)
+        }
+    }
+}
+
+/// Where a checked packet `p` goes: beyond the node from a network that
+/// masquerades IPv6 to `nat6`; else (another endpoint, the gateway, a
+/// link-local or multicast address, another local network, a network that
+/// does not masquerade) the bridge.
+#[inline(always)]
+fn next(ctx: &TcContext, p: &Pkt6) -> Next6 {
+    let Ok(d) = ctx.load::<[u8; 16]>(ETH_HLEN + 24) else {
+        return drop(reason::DROP_TRUNCATED).into();
+    };
+    // Multicast (ff00::/8) and link-local unicast (fe80::/10) stay on the link.
+    if d[0] == 0xff || (d[0] == 0xfe && d[1] & 0xc0 == 0x80) {
+        return pass(reason::PASS_IPV6).into();
+    }
+    if maps::subnet6_of(d).is_some() {
+        return pass(reason::PASS_IPV6).into();
+    }
+    match maps::network6(p.network_id) {
+        Some(n) if n.flags & NET_F_MASQUERADE != 0 => Next6::Beyond(*p),
+        _ => pass(reason::PASS_IPV6).into(),
     }
 }
 

@@ -21,7 +21,8 @@
 //! Modules, each using only modules below it (no cycles):
 //!
 //! ```text
-//! main ─────> policy, ipv6, nat, icmp, ports, trace, verdict
+//! main ─────> policy, ipv6, nat, nat6, icmp, ports, trace, verdict
+//! nat6 ─────> ipv6 (the type of what it is handed), verdict
 //! icmp ─────> fib, hdr, maps, verdict
 //! policy ───> arp, local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
 //! ipv6 ─────> hdr, maps, verdict
@@ -52,6 +53,7 @@ mod ipv6;
 mod local;
 mod maps;
 mod nat;
+mod nat6;
 mod policy;
 mod ports;
 mod trace;
@@ -77,7 +79,10 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
     let mut v = verdict::pass(reason::PASS_TO_BRIDGE);
     match policy::decide(&ctx, src) {
         Next::Verdict(d) => v = d,
-        Next::Ipv6 => v = ipv6::from_endpoint(&ctx, src),
+        Next::Ipv6 => match ipv6::from_endpoint(&ctx, src) {
+            ipv6::Next6::Verdict(d) => v = d,
+            ipv6::Next6::Beyond(p) => v = nat6::egress(&ctx, src, &p),
+        },
         Next::Masquerade(req) if nat::is_later_fragment(&req) => v = nat::egress_fragment(&ctx, &req),
         // A published port's flow first (a reply, or a connection to the
         // node's address), else the masquerade.

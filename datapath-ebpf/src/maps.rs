@@ -18,8 +18,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtKey, Endpoint6, EndpointInfo, FragKey, FragPorts, NetStats, NetworkInfo,
-    PortKey, PortTarget, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORTS, NET_F_PRESENT,
+    reason, Counter, CtConfig, CtEntry, CtKey, Endpoint6, EndpointInfo, FragKey, FragPorts, NetStats, Network6Info,
+    NetworkInfo, PortKey, PortTarget, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORTS,
+    NET_F_PRESENT,
 };
 
 /// Endpoints keyed by the ifindex of their host-side veth.
@@ -35,6 +36,21 @@ static ENDPOINTS_BY_IP: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(M
 /// ifindex of its host-side veth (see `datapath_common::Endpoint6`).
 #[map]
 static ENDPOINTS6: HashMap<u32, Endpoint6> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// Endpoints of dual-stack networks keyed by their IPv6 address (wire
+/// order).
+#[map]
+static ENDPOINTS6_BY_IP: HashMap<[u8; 16], EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+/// The IPv6 half of dual-stack networks, indexed by network id like
+/// `NETWORKS`.
+#[map]
+static NETWORKS6: Array<Network6Info> = Array::with_max_entries(MAX_NETWORKS, 0);
+
+/// Every local dual-stack network's IPv6 subnet (key data: the address in
+/// wire order) -> network id.
+#[map]
+static SUBNETS6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(MAX_NETWORKS, 0);
 
 /// Local networks indexed by their numeric id (an array: the lookup is
 /// inlined by the verifier, no hashing on the per-packet path); slots
@@ -120,6 +136,28 @@ pub fn endpoint_ref<'a>(ifindex: u32) -> Option<&'a EndpointInfo> {
 pub fn endpoint6(ifindex: u32) -> Option<Endpoint6> {
     // SAFETY: the value is copied out at once.
     unsafe { ENDPOINTS6.get(ifindex) }.copied()
+}
+
+/// The endpoint whose IPv6 address is `addr` (wire order).
+// Used by the IPv6 local delivery, being written.
+#[allow(dead_code)]
+#[inline(always)]
+pub fn endpoint_by_ip6(addr: &[u8; 16]) -> Option<EndpointInfo> {
+    // SAFETY: the value is copied out at once.
+    unsafe { ENDPOINTS6_BY_IP.get(addr) }.copied()
+}
+
+/// The IPv6 half of network `id`, when it is dual stack.
+#[inline(always)]
+pub fn network6(id: u32) -> Option<Network6Info> {
+    NETWORKS6.get(id).copied().filter(|n| n.flags & NET_F_PRESENT != 0)
+}
+
+/// The id of the local network whose IPv6 subnet holds `addr` (wire
+/// order).
+#[inline(always)]
+pub fn subnet6_of(addr: [u8; 16]) -> Option<u32> {
+    SUBNETS6.get(LpmKey::new(128, addr)).copied()
 }
 
 /// The endpoint whose address is `addr` (wire order).

@@ -223,7 +223,7 @@ impl Inner {
                 let how = tokio::task::block_in_place(|| {
                     let how = self.bpf.attach(link.host_ifname, host)?;
                     self.bpf.upsert_endpoint(info)?;
-                    self.bpf.set_endpoint6(host, link.ip6).map(|()| how)
+                    self.bpf.set_endpoint6(&info, link.ip6).map(|()| how)
                 })?;
                 self.start.count(how);
                 if let Some(bridge) = self.bridges.get(&net.name).copied() {

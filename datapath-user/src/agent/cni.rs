@@ -156,7 +156,7 @@ impl Inner {
         }
         // A dual-stack network: the IPv6 address and default route too.
         if let (Some(ip6), Some(v6)) = (spec.ip6, net.as_ref().and_then(|n| n.ipv6)) {
-            if !inside.ipv6_addresses(link.header.index).await?.contains(&ip6) {
+            if !inside.ipv6_global_addresses(link.header.index).await?.contains(&ip6) {
                 problems.push(format!("interface {} lacks its address {ip6}/{}", spec.ifname, v6.subnet.prefix_len()));
             }
             if net.as_ref().is_some_and(|n| !n.options.internal) && !inside.has_default_route6().await? {

@@ -382,7 +382,7 @@ impl Inner {
             tokio::task::block_in_place(|| {
                 self.bpf.upsert_endpoint(info)?;
                 // Each link's own IPv6 address (dual-stack networks).
-                self.bpf.set_endpoint6(host, link.ip6)
+                self.bpf.set_endpoint6(&info, link.ip6)
             })
             .inspect_err(|_| tokio::task::block_in_place(|| self.bpf.remove_endpoint(host, info.ipv4)))?;
             made.maps = Some((host, info.ipv4));
@@ -645,7 +645,7 @@ impl Inner {
             let how = tokio::task::block_in_place(|| {
                 let how = self.bpf.attach(&spec.host_ifname, host)?;
                 self.bpf.upsert_endpoint(info)?;
-                self.bpf.set_endpoint6(host, spec.ip6).map(|()| how)
+                self.bpf.set_endpoint6(&info, spec.ip6).map(|()| how)
             })?;
             self.start.count(how);
             if let Some(bridge) = self.bridges.get(&net.name).copied() {

@@ -69,6 +69,7 @@ impl Inner {
             failpoint,
             nat_ports,
             net_info: BTreeMap::new(),
+            net_info6: BTreeMap::new(),
             uplinks: BTreeMap::new(),
             applied_nft: None,
             ports_written: None,

@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     nat_ports: (u16, u16),
     /// What the datapath was last told about each network (by name).
     net_info: BTreeMap<String, datapath_common::NetworkInfo>,
+    /// The same for the IPv6 half of dual-stack networks.
+    net_info6: BTreeMap<String, datapath_common::Network6Info>,
     /// Uplinks with the reverse-NAT program attached (ifindex -> name).
     uplinks: BTreeMap<u32, String>,
     /// The nft script last applied: unchanged scripts are not re-applied

@@ -374,7 +374,7 @@ impl Inner {
         let masq = self.masquerade_for(net, seen).await?;
         let info = snat::network_info(net, masq, self.nat_ports);
         if self.net_info.get(&net.name) == Some(&info) {
-            return Ok(());
+            return self.sync_datapath_network6(net).await;
         }
         if let Some(old) = self.net_info.get(&net.name) {
             if old.masq_addr != info.masq_addr || old.uplink_ifindex != info.uplink_ifindex {
@@ -385,6 +385,28 @@ impl Inner {
         let prefix_len = u32::from(net.subnet.prefix_len());
         tokio::task::block_in_place(|| self.bpf.set_network(net.num_id, info, prefix_len))?;
         self.net_info.insert(net.name.clone(), info);
+        self.sync_datapath_network6(net).await
+    }
+
+    /// Tells the datapath about the IPv6 half of a network (subnet, policy,
+    /// the uplink's global IPv6 address to masquerade to); a no-op when
+    /// nothing changed. Called after `sync_datapath_network`, whose uplink
+    /// it uses.
+    async fn sync_datapath_network6(&mut self, net: &NetworkSpec) -> Result<(), ApiError> {
+        let uplink = self.net_info.get(&net.name).map(|i| i.uplink_ifindex).filter(|i| *i != 0);
+        let masq = match (net.ipv6.is_some(), uplink) {
+            (true, Some(ifindex)) => self.nl.ipv6_global_addresses(ifindex).await?.first().map(|ip| (*ip, ifindex)),
+            _ => None,
+        };
+        let info = snat::network6_info(net, masq);
+        if self.net_info6.get(&net.name) == info.as_ref() {
+            return Ok(());
+        }
+        tokio::task::block_in_place(|| self.bpf.set_network6(net.num_id, info))?;
+        match info {
+            Some(i) => self.net_info6.insert(net.name.clone(), i),
+            None => self.net_info6.remove(&net.name),
+        };
         Ok(())
     }
 
@@ -393,6 +415,7 @@ impl Inner {
         let prefix_len = u32::from(net.subnet.prefix_len());
         tokio::task::block_in_place(|| self.bpf.remove_network(net.num_id, subnet, prefix_len));
         self.net_info.remove(&net.name);
+        self.net_info6.remove(&net.name);
     }
 
     /// Attaches the reverse-NAT program to every uplink an eBPF network

@@ -53,9 +53,8 @@ impl Inner {
     async fn node_addresses6(&self) -> Result<Vec<Ipv6Addr>, ApiError> {
         let mut out = Vec::new();
         for (index, _) in self.nl.links().await? {
-            for a in self.nl.ipv6_addresses(index).await? {
-                let link_local = a.segments()[0] & 0xffc0 == 0xfe80;
-                if !a.is_loopback() && !link_local && !out.contains(&a) {
+            for a in self.nl.ipv6_global_addresses(index).await? {
+                if !out.contains(&a) {
                     out.push(a);
                 }
             }

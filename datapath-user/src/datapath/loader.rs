@@ -7,9 +7,10 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use datapath_common::{
-    Counter, CtConfig, Endpoint6, EndpointInfo, NetworkInfo, PortKey, PortTarget, CT_MAX_ENTRIES, MAP_CT,
-    MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_NET_STATS, MAP_PORTS,
-    MAP_STATS, MAP_SUBNETS, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
+    Counter, CtConfig, Endpoint6, EndpointInfo, Network6Info, NetworkInfo, PortKey, PortTarget, CT_MAX_ENTRIES, MAP_CT,
+    MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINTS6_BY_IP, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS,
+    MAP_NETWORKS6, MAP_NET_STATS, MAP_PORTS, MAP_STATS, MAP_SUBNETS, MAP_SUBNETS6, PROG_FROM_ENDPOINT,
+    PROG_FROM_UPLINK,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -18,7 +19,7 @@ use tokio::sync::broadcast;
 use crate::datapath::conntrack::{self, CtTable};
 use crate::datapath::links::{loaded_tags, Attached, Attachments, Tags};
 use crate::datapath::object;
-use crate::datapath::pins::{copy_ct, Fate, Layout, PinReport, Pins, Plan};
+use crate::datapath::pins::{copy_ct, copy_stats, Fate, Layout, PinReport, Pins, Plan};
 use crate::datapath::tables::{Counters, Tables};
 
 #[derive(Debug, Error)]
@@ -76,8 +77,11 @@ pub struct Bpf {
     pub(super) endpoints: HashMap<MapData, u32, EndpointInfo>,
     pub(super) by_ip: HashMap<MapData, u32, EndpointInfo>,
     pub(super) endpoints6: HashMap<MapData, u32, Endpoint6>,
+    pub(super) by_ip6: HashMap<MapData, [u8; 16], EndpointInfo>,
     pub(super) networks: Array<MapData, NetworkInfo>,
     pub(super) subnets: LpmTrie<MapData, u32, u32>,
+    pub(super) networks6: Array<MapData, Network6Info>,
+    pub(super) subnets6: LpmTrie<MapData, [u8; 16], u32>,
     pub(super) ct_config: Array<MapData, CtConfig>,
     pub(super) ports: HashMap<MapData, PortKey, PortTarget>,
     tables: Tables,
@@ -235,7 +239,16 @@ impl Bpf {
         let endpoints = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         let by_ip = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS_BY_IP)?).map_err(map_err(MAP_ENDPOINTS_BY_IP))?;
         let endpoints6 = HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS6)?).map_err(map_err(MAP_ENDPOINTS6))?;
-        let stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+        let by_ip6 =
+            HashMap::try_from(take(&mut ebpf, MAP_ENDPOINTS6_BY_IP)?).map_err(map_err(MAP_ENDPOINTS6_BY_IP))?;
+        let networks6 = Array::try_from(take(&mut ebpf, MAP_NETWORKS6)?).map_err(map_err(MAP_NETWORKS6))?;
+        let subnets6 = LpmTrie::try_from(take(&mut ebpf, MAP_SUBNETS6)?).map_err(map_err(MAP_SUBNETS6))?;
+        let mut stats = PerCpuArray::try_from(take(&mut ebpf, MAP_STATS)?).map_err(map_err(MAP_STATS))?;
+        if let (Some(Fate::Migrated(_)), Some(pins)) = (plan.fates.get(MAP_STATS), &opts.pins) {
+            if let Some(old) = pins.pending_map(MAP_STATS) {
+                copy_stats(old, &mut stats)?;
+            }
+        }
         let net_stats = PerCpuArray::try_from(take(&mut ebpf, MAP_NET_STATS)?).map_err(map_err(MAP_NET_STATS))?;
         let mut ct = HashMap::try_from(take(&mut ebpf, MAP_CT)?).map_err(map_err(MAP_CT))?;
         let ct_entries = match (plan.fates.get(MAP_CT), &opts.pins) {
@@ -259,8 +272,11 @@ impl Bpf {
             endpoints,
             by_ip,
             endpoints6,
+            by_ip6,
             networks,
             subnets,
+            networks6,
+            subnets6,
             ct_config,
             ports,
             tables: Tables::new(Counters::new(stats, net_stats), CtTable::new(ct, capacity)),

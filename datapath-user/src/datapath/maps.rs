@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use datapath_common::{
-    CtConfig, Endpoint6, EndpointInfo, NetworkInfo, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINTS_BY_IP,
-    MAP_NETWORKS, MAP_SUBNETS, MAX_NETWORKS, NET_F_PRESENT,
+    CtConfig, Endpoint6, EndpointInfo, Network6Info, NetworkInfo, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6,
+    MAP_ENDPOINTS6_BY_IP, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_NETWORKS6, MAP_SUBNETS, MAP_SUBNETS6, MAX_NETWORKS,
+    NET_F_PRESENT,
 };
 
 use crate::datapath::loader::{map_err, Bpf, BpfError};
@@ -22,17 +23,29 @@ impl Bpf {
         Ok(())
     }
 
-    /// The IPv6 address of the endpoint behind host veth `ifindex` (a
-    /// dual-stack network's), or none: its IPv6 is dropped.
-    pub fn set_endpoint6(&mut self, ifindex: u32, ip6: Option<std::net::Ipv6Addr>) -> Result<(), BpfError> {
-        match ip6 {
-            Some(ip) => {
-                self.endpoints6.insert(ifindex, Endpoint6 { ip6: ip.octets() }, 0).map_err(map_err(MAP_ENDPOINTS6))
+    /// The IPv6 address of the endpoint `info` (its host veth's link, on a
+    /// dual-stack network), or none: its IPv6 is dropped. Both
+    /// `ENDPOINTS6` (by ifindex) and `ENDPOINTS6_BY_IP` (by address).
+    pub fn set_endpoint6(&mut self, info: &EndpointInfo, ip6: Option<std::net::Ipv6Addr>) -> Result<(), BpfError> {
+        let ifindex = info.ifindex;
+        self.remove_endpoint6(ifindex);
+        let Some(ip) = ip6 else { return Ok(()) };
+        self.endpoints6.insert(ifindex, Endpoint6 { ip6: ip.octets() }, 0).map_err(map_err(MAP_ENDPOINTS6))?;
+        if let Err(e) = self.by_ip6.insert(ip.octets(), *info, 0) {
+            let _ = self.endpoints6.remove(&ifindex);
+            return Err(map_err(MAP_ENDPOINTS6_BY_IP)(e));
+        }
+        Ok(())
+    }
+
+    /// Removes the IPv6 half of the endpoint behind host veth `ifindex`
+    /// from both maps; absent entries are fine.
+    fn remove_endpoint6(&mut self, ifindex: u32) {
+        if let Ok(old) = self.endpoints6.get(&ifindex, 0) {
+            if self.by_ip6.get(&old.ip6, 0).is_ok_and(|e| e.ifindex == ifindex) {
+                let _ = self.by_ip6.remove(&old.ip6);
             }
-            None => {
-                let _ = self.endpoints6.remove(&ifindex);
-                Ok(())
-            }
+            let _ = self.endpoints6.remove(&ifindex);
         }
     }
 
@@ -44,7 +57,7 @@ impl Bpf {
     /// Removes an endpoint from both maps; absent entries are fine.
     pub fn remove_endpoint(&mut self, ifindex: u32, ipv4: u32) {
         let _ = self.by_ip.remove(&ipv4);
-        let _ = self.endpoints6.remove(&ifindex);
+        self.remove_endpoint6(ifindex);
         let _ = self.endpoints.remove(&ifindex);
     }
 
@@ -69,10 +82,37 @@ impl Bpf {
         Ok(())
     }
 
+    /// Publishes the IPv6 half of a dual-stack network (`NETWORKS6`,
+    /// `SUBNETS6`), or removes it (`None`). Idempotent.
+    pub fn set_network6(&mut self, id: u32, info: Option<Network6Info>) -> Result<(), BpfError> {
+        if id >= MAX_NETWORKS {
+            return Err(map_err(MAP_NETWORKS6)(aya::maps::MapError::OutOfBounds {
+                index: id,
+                max_entries: MAX_NETWORKS,
+            }));
+        }
+        let old = self.networks6.get(&id, 0).ok().filter(|n| n.flags & NET_F_PRESENT != 0);
+        if let Some(old) = old.filter(|o| info.is_none_or(|n| (n.subnet, n.prefix_len) != (o.subnet, o.prefix_len))) {
+            let _ = self.subnets6.remove(&LpmKey::new(old.prefix_len, old.subnet));
+        }
+        let Some(info) = info else {
+            let _ = self.networks6.set(id, Network6Info::default(), 0);
+            return Ok(());
+        };
+        self.subnets6.insert(&LpmKey::new(info.prefix_len, info.subnet), id, 0).map_err(map_err(MAP_SUBNETS6))?;
+        let info = Network6Info { flags: info.flags | NET_F_PRESENT, ..info };
+        if let Err(e) = self.networks6.set(id, info, 0) {
+            let _ = self.subnets6.remove(&LpmKey::new(info.prefix_len, info.subnet));
+            return Err(map_err(MAP_NETWORKS6)(e));
+        }
+        Ok(())
+    }
+
     /// Removes a network from both maps; absent entries are fine. `subnet`
     /// is wire order, as in `NetworkInfo::subnet`.
     pub fn remove_network(&mut self, id: u32, subnet: u32, prefix_len: u32) {
         if id < MAX_NETWORKS {
+            let _ = self.set_network6(id, None);
             let _ = self.networks.set(id, NetworkInfo::default(), 0);
             if let Err(e) = self.tables().counters.clear_network(id) {
                 tracing::warn!("clearing the counters of network slot {id}: {e}");
@@ -111,6 +151,16 @@ impl Bpf {
         for k in stale {
             removed += usize::from(self.endpoints6.remove(&k).is_ok());
         }
+        let stale: Vec<[u8; 16]> = self
+            .by_ip6
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(ip, e)| self.endpoints6.get(&e.ifindex, 0).map_or(true, |own| own.ip6 != *ip))
+            .map(|(ip, _)| ip)
+            .collect();
+        for k in stale {
+            removed += usize::from(self.by_ip6.remove(&k).is_ok());
+        }
         let stale: Vec<u32> = self.by_ip.keys().filter_map(Result::ok).filter(|a| !addresses.contains(a)).collect();
         for k in stale {
             removed += usize::from(self.by_ip.remove(&k).is_ok());
@@ -120,6 +170,27 @@ impl Bpf {
             if present && !networks.contains(&id) {
                 removed += usize::from(self.networks.set(id, NetworkInfo::default(), 0).is_ok());
             }
+            let present6 = self.networks6.get(&id, 0).is_ok_and(|n| n.flags & NET_F_PRESENT != 0);
+            if present6 && !networks.contains(&id) {
+                removed += usize::from(self.networks6.set(id, Network6Info::default(), 0).is_ok());
+            }
+        }
+        // An IPv6 subnet whose network slot holds another subnet (or none).
+        let stale: Vec<LpmKey<[u8; 16]>> = self
+            .subnets6
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, id)| {
+                self.networks6
+                    .get(id, 0)
+                    .ok()
+                    .filter(|n| n.flags & NET_F_PRESENT != 0)
+                    .is_none_or(|n| (n.subnet, n.prefix_len) != (k.data(), k.prefix_len()))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            removed += usize::from(self.subnets6.remove(&k).is_ok());
         }
         let stale: Vec<LpmKey<u32>> = self
             .subnets

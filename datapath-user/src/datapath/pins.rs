@@ -17,8 +17,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
-use datapath_common::{CtEntry, CtKey, MAP_CT, MAP_LAYOUT_VERSION};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo, PerCpuArray};
+use datapath_common::{Counter, CtEntry, CtKey, MAP_CT, MAP_LAYOUT_VERSION, MAP_STATS};
 
 use crate::datapath::loader::BpfError;
 
@@ -296,6 +296,31 @@ pub fn copy_ct(old: MapData, new: &mut BpfHashMap<MapData, CtKey, CtEntry>) -> R
         }
     }
     Ok(copied)
+}
+
+/// Copies the per-reason counters from the old `STATS` (another capacity:
+/// the reason codes grew) into the new one, code by code, for the codes
+/// both have. Packets the old programs count after the copy, until their
+/// attachments move, are not carried over. Returns the number of codes
+/// copied.
+pub fn copy_stats(old: MapData, new: &mut PerCpuArray<MapData, Counter>) -> Result<u32, BpfError> {
+    let err = |e: aya::maps::MapError| BpfError::Pin(format!("{MAP_STATS}:pending: {e}"));
+    let info = old.info().map_err(|e| BpfError::Pin(format!("{MAP_STATS}:pending: {e}")))?;
+    if info.value_size() as usize != std::mem::size_of::<Counter>() {
+        return Err(BpfError::Pin(format!(
+            "cannot translate counters of {} bytes (this build has {})",
+            info.value_size(),
+            std::mem::size_of::<Counter>()
+        )));
+    }
+    let n = info.max_entries().min(new.len());
+    let old: PerCpuArray<MapData, Counter> =
+        PerCpuArray::try_from(Map::from_map_data(old).map_err(err)?).map_err(err)?;
+    for code in 0..n {
+        let values = old.get(&code, 0).map_err(err)?;
+        new.set(code, values, 0).map_err(err)?;
+    }
+    Ok(n)
 }
 
 fn pin_err(e: aya::maps::MapError) -> BpfError {

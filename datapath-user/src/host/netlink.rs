@@ -348,41 +348,25 @@ impl Netlink {
             .collect())
     }
 
-    /// IPv6 addresses of a link (any scope).
-    pub async fn ipv6_addresses(&self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError> {
-        use rtnetlink::packet_route::address::AddressAttribute;
-        let msgs: Vec<_> = self
-            .handle
+    /// Every address message of a link.
+    async fn address_messages(
+        &self,
+        index: u32,
+    ) -> Result<Vec<rtnetlink::packet_route::address::AddressMessage>, NetlinkError> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
             .try_collect()
             .await
-            .map_err(req(format!("list addresses of link {index}")))?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V6(ip)) | AddressAttribute::Local(IpAddr::V6(ip)) => Some(*ip),
-                    _ => None,
-                })
-            })
-            .collect())
+            .map_err(req(format!("list addresses of link {index}")))
     }
 
     /// IPv4 addresses of a link, primary first (the kernel lists them in order).
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
         use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(req(format!("list addresses of link {index}")))?;
+        let msgs = self.address_messages(index).await?;
         let mut out = Vec::new();
         let mut secondary = Vec::new();
         for m in msgs {
@@ -404,6 +388,29 @@ impl Netlink {
         }
         out.extend(secondary);
         Ok(out)
+    }
+
+    /// Global IPv6 addresses of a link (not link-local, not tentative), in
+    /// the kernel's order.
+    pub async fn ipv6_global_addresses(&self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+        let msgs = self.address_messages(index).await?;
+        Ok(msgs
+            .iter()
+            .filter(|m| {
+                !m.attributes.iter().any(|a| {
+                    matches!(a, AddressAttribute::Flags(f) if f.contains(AddressFlags::Tentative) || f.contains(AddressFlags::Dadfailed))
+                })
+            })
+            .filter_map(|m| {
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V6(ip)) if !ip.is_unicast_link_local() && !ip.is_loopback() => {
+                        Some(*ip)
+                    }
+                    _ => None,
+                })
+            })
+            .collect())
     }
 
     /// The output interface of the IPv4 default route, if there is one.
