@@ -271,18 +271,40 @@ fn host_addr(ip: Option<IpAddr>) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
     pub proto: Proto,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
 impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto),
+        }
+    }
+}
+
+/// The address of a `/proc/net/{tcp,udp}{,6}` line: the kernel's 32-bit
+/// words printed in hex, each in host order (one word for IPv4, four for
+/// IPv6). An IPv4-mapped IPv6 address is the IPv4 one.
+fn proc_addr(hex: &str) -> Option<IpAddr> {
+    let word = |w: &str| u32::from_str_radix(w, 16).ok().map(u32::to_ne_bytes);
+    match hex.len() {
+        8 => Some(IpAddr::V4(Ipv4Addr::from(word(hex)?))),
+        32 => {
+            let mut octets = [0u8; 16];
+            for (i, chunk) in octets.chunks_mut(4).enumerate() {
+                chunk.copy_from_slice(&word(hex.get(i * 8..i * 8 + 8)?)?);
+            }
+            let a = std::net::Ipv6Addr::from(octets);
+            Some(a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)))
+        }
+        _ => None,
     }
 }
 
 /// The listening TCP sockets (state LISTEN) or bound UDP sockets of a
-/// `/proc/net/{tcp,udp}` table (IPv4).
+/// `/proc/net/{tcp,udp}` or `/proc/net/{tcp6,udp6}` table.
 pub fn listening(proto: Proto, table: &str) -> Vec<Listener> {
     const TCP_LISTEN: &str = "0A";
     table
@@ -294,14 +316,13 @@ pub fn listening(proto: Proto, table: &str) -> Vec<Listener> {
             let listening = match proto {
                 Proto::Tcp => *state == TCP_LISTEN,
                 // An unconnected UDP socket has no remote address.
-                Proto::Udp => remote.starts_with("00000000:"),
+                Proto::Udp => remote.split_once(':').is_some_and(|(a, _)| a.bytes().all(|b| b == b'0')),
             };
             if !listening {
                 return None;
             }
             let (a, p) = local.split_once(':')?;
-            // The address is the kernel's u32 printed in hex: host order.
-            let addr = Ipv4Addr::from(u32::from_str_radix(a, 16).ok()?.to_ne_bytes());
+            let addr = proc_addr(a)?;
             let port = u16::from_str_radix(p, 16).ok()?;
             Some(Listener { proto, addr, port })
         })
@@ -309,13 +330,21 @@ pub fn listening(proto: Proto, table: &str) -> Vec<Listener> {
 }
 
 /// The node's sockets that `p` would shadow (`sockets`: the listeners of
-/// its protocol).
+/// its protocol). A socket on `::` takes IPv4 too (unless it is
+/// IPV6_V6ONLY, which /proc does not tell): it counts for both families.
 pub fn shadowed<'a>(p: &Publish, sockets: &'a [Listener]) -> Option<&'a Listener> {
     sockets.iter().find(|s| {
-        s.proto == p.proto
-            && s.port == p.host_port
-            && p.on_v4()
-            && (p.host_ip.is_none() || s.addr.is_unspecified() || Some(IpAddr::V4(s.addr)) == p.host_ip)
+        let family = match s.addr {
+            IpAddr::V4(_) => p.on_v4(),
+            IpAddr::V6(a) if a.is_unspecified() => true,
+            IpAddr::V6(_) => p.on_v6(),
+        };
+        let addr = match (p.host_ip, s.addr) {
+            (None, _) => true,
+            (_, a) if a.is_unspecified() => true,
+            (Some(h), a) => h == a,
+        };
+        s.proto == p.proto && s.port == p.host_port && family && addr
     })
 }
 
@@ -342,7 +371,7 @@ mod tests {
         let want = Publish { host_ip: None, host_port: 0, container_port: 80, proto: Proto::Tcp };
         assert_eq!(choose_host_port(&want, &[], &[]), Some(49153));
         let taken = [Publish { host_port: 49153, ..want }, Publish { host_port: 49155, ..want }];
-        let sockets = [Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED, port: 49154 }];
+        let sockets = [Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED.into(), port: 49154 }];
         assert_eq!(choose_host_port(&want, &taken, &sockets), Some(49156));
         let udp = Publish { proto: Proto::Udp, ..want };
         assert_eq!(choose_host_port(&udp, &taken, &sockets), Some(49153));
@@ -449,13 +478,39 @@ mod tests {
    2: 0100007F:1F92 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3\n";
         let l = listening(Proto::Tcp, tcp);
         assert_eq!(l.len(), 2);
-        assert_eq!(l[0], Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED, port: 8080 });
-        assert_eq!(l[1].addr, Ipv4Addr::LOCALHOST);
+        assert_eq!(l[0], Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED.into(), port: 8080 });
+        assert_eq!(l[1].addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert!(shadowed(&p(None, 8080, 80, Proto::Tcp), &l).is_some());
         assert!(shadowed(&p(Some([10, 0, 0, 1]), 8080, 80, Proto::Tcp), &l).is_some(), "0.0.0.0 covers it");
         assert!(shadowed(&p(None, 8081, 80, Proto::Tcp), &l).is_some(), "any covers 127.0.0.1");
         assert!(shadowed(&p(Some([10, 0, 0, 1]), 8081, 80, Proto::Tcp), &l).is_none());
         assert!(shadowed(&p(None, 8082, 80, Proto::Tcp), &l).is_none(), "a connected socket does not listen");
         assert!(shadowed(&p(None, 8080, 80, Proto::Udp), &l).is_none());
+    }
+
+    #[test]
+    fn finds_ipv6_listening_sockets() {
+        // [::]:8080 listening, [fd00::1]:8081 listening (the kernel's words
+        // in host order), ::ffff:127.0.0.1:8082, and a connected socket.
+        let tcp6 = "  sl  local_address                         remote_address                        st\n\
+   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 0\n\
+   1: 000000FD000000000000000001000000:1F91 00000000000000000000000000000000:0000 0A 0\n\
+   2: 0000000000000000FFFF00000100007F:1F92 00000000000000000000000000000000:0000 0A 0\n\
+   3: 000000FD000000000000000001000000:1F93 000000FD000000000000000002000000:9C40 01 0\n";
+        let l = listening(Proto::Tcp, tcp6);
+        let addrs: Vec<String> = l.iter().map(|l| l.to_string()).collect();
+        assert_eq!(addrs, ["[::]:8080/tcp", "[fd00::1]:8081/tcp", "127.0.0.1:8082/tcp"]);
+        let v6 = |s: &str| parse(s).unwrap()[0];
+        assert!(shadowed(&p(None, 8080, 80, Proto::Tcp), &l).is_some(), ":: covers both families");
+        assert!(shadowed(&p(Some([10, 0, 0, 1]), 8080, 80, Proto::Tcp), &l).is_some());
+        assert!(shadowed(&p(None, 8081, 80, Proto::Tcp), &l).is_some());
+        assert!(shadowed(&v6("[fd00::1]:8081:80"), &l).is_some());
+        assert!(shadowed(&v6("[fd00::2]:8081:80"), &l).is_none(), "another address");
+        assert!(shadowed(&p(Some([10, 0, 0, 1]), 8081, 80, Proto::Tcp), &l).is_none(), "an IPv4 publication");
+        assert!(shadowed(&p(Some([127, 0, 0, 1]), 8082, 80, Proto::Tcp), &l).is_some(), "IPv4-mapped");
+        assert!(shadowed(&p(None, 8083, 80, Proto::Tcp), &l).is_none(), "a connected socket does not listen");
+        let udp6 = "  sl  local_address                         remote_address                        st\n\
+   0: 00000000000000000000000000000000:14E9 00000000000000000000000000000000:0000 07 0\n";
+        assert!(shadowed(&p(None, 5353, 53, Proto::Udp), &listening(Proto::Udp, udp6)).is_some());
     }
 }

@@ -20,11 +20,17 @@ use crate::api::ApiError;
 use crate::ports::{self, Listener, Proto, Publish};
 use crate::state::{DatapathKind, NetworkSpec};
 
-/// The node's listening TCP and bound UDP IPv4 sockets (this thread's
-/// network namespace: the node's).
+/// The node's listening TCP and bound UDP sockets, IPv4 and IPv6 (this
+/// thread's network namespace: the node's).
 fn node_listeners() -> Vec<Listener> {
     let mut v = Vec::new();
-    for (proto, path) in [(Proto::Tcp, "/proc/net/tcp"), (Proto::Udp, "/proc/net/udp")] {
+    let tables = [
+        (Proto::Tcp, "/proc/net/tcp"),
+        (Proto::Udp, "/proc/net/udp"),
+        (Proto::Tcp, "/proc/net/tcp6"),
+        (Proto::Udp, "/proc/net/udp6"),
+    ];
+    for (proto, path) in tables {
         if let Ok(table) = std::fs::read_to_string(path) {
             v.extend(ports::listening(proto, &table));
         }

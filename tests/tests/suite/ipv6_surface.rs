@@ -208,8 +208,8 @@ both_datapaths! {
 /// UPLINK_V4:8082:82` (IPv4 only). Over IPv6 (the kernel's DNAT on both
 /// datapaths): the outside fetches the content intact from the node's
 /// IPv6 uplink address (the server sees the outside's own address), UDP
-/// echoes through; the node itself and an endpoint of another dual-stack
-/// network reach it too. IPv4 still works as before. An IPv6-bound port
+/// echoes through; the node itself, an endpoint of another dual-stack
+/// network and the endpoint itself (hairpin) reach it too. IPv4 still works as before. An IPv6-bound port
 /// does not answer on IPv4 nor an IPv4-bound one on IPv6; `endpoint rm`
 /// withdraws the IPv6 ports.
 fn published_ports_over_ipv6(dp) {
@@ -254,8 +254,11 @@ fn published_ports_over_ipv6(dp) {
     fetch(&node, &node.name, &url(&up6, 8080), LEN, &sha);
     fetch(&node, &c, &url(&up6, 8080), LEN, &sha);
     udp_roundtrip(&node, &c, &up6, 5353);
+    // Hairpin: the publishing endpoint through the node's address.
+    fetch(&node, &web, &url(&up6, 8080), LEN, &sha);
     let clients = http_clients(&server);
-    assert_eq!(clients.len(), 4, "outside v6, outside v4, node, other endpoint: {clients:?}");
+    assert_eq!(clients.len(), 5, "outside v6, outside v4, node, other endpoint, hairpin: {clients:?}");
+    assert_eq!(clients[4], "fd00:86::1", "hairpin is masqueraded to the gateway: {clients:?}");
 
     node.ok(&["endpoint", "rm", &web]);
     assert_ne!(connect(&node, &out, &up6, 8080), "ok", "the IPv6 port answered after rm");
