@@ -206,6 +206,16 @@ impl Inner {
             let _ = self.save().await;
             return Err(e);
         }
+        // The kernel's translations (kernel networks, and IPv6 on both)
+        // need hairpin mode for the endpoint's own connections to its
+        // ports, as at create (`endpoints::plug`).
+        let kernel_nat = ep.ip6.is_some()
+            || self.state.networks.get(&ep.network).is_some_and(|n| n.datapath == DatapathKind::Kernel);
+        if let (true, false, Some(&host)) = (kernel_nat, publish.is_empty(), self.host_ifindex.get(name)) {
+            if let Err(e) = self.nl.set_hairpin(host).await {
+                tracing::warn!(endpoint = %name, "hairpin mode on its bridge port: {e}");
+            }
+        }
         tracing::info!(endpoint = %name, ports = publish.len(), "published ports set");
         Ok(ep.name)
     }

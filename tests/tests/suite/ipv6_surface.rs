@@ -273,7 +273,9 @@ fn published_ports_over_ipv6(dp) {
 /// pool and gateway; two busybox containers get Docker's IPv6 addresses
 /// (the same as the agent's endpoints), ping6 each other and the outside's
 /// IPv6 address (masqueraded: the outside has no route to the subnet), and
-/// have the IPv6 default route via the network's gateway.
+/// have the IPv6 default route via the network's gateway; a container's
+/// `-p 8080:80` answers the outside at the node's IPv6 address and the
+/// container itself (hairpin), and goes with `docker rm`.
 #[test]
 fn docker_ipv6_network() {
     kernel_test!();
@@ -322,6 +324,39 @@ fn docker_ipv6_network() {
     docker.ok(&["exec", "c1", "ping", "-6", "-c", "2", "-W", "5", &b6]);
     docker.ok(&["exec", "c2", "ping", "-6", "-c", "2", "-W", "5", &a6]);
     docker.ok(&["exec", "c1", "ping", "-6", "-c", "2", "-W", "5", &OUTSIDE_IP6.to_string()]);
+
+    // `-p 8080:80`: published over IPv6 too (the kernel's DNAT), from the
+    // outside and by hairpin from the container itself.
+    const LEN: usize = 100 * 1024;
+    let sha = blob(&node, "d6.bin", LEN);
+    let www = node.dir.join("www");
+    std::fs::write(www.join("hello.txt"), "hello over IPv6\n").expect("write hello.txt");
+    let volume = format!("{}:/www", www.display());
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "web6",
+        "-p",
+        "8080:80",
+        "-v",
+        &volume,
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let up6 = NODE_UPLINK_IP6.to_string();
+    fetch(&node, &outside, &format!("http://[{up6}]:8080/d6.bin"), LEN, &sha);
+    let got = docker.ok(&["exec", "web", "wget", "-q", "-O", "-", &format!("http://[{up6}]:8080/hello.txt")]);
+    assert_eq!(got, "hello over IPv6\n", "hairpin over IPv6");
+    docker.ok(&["rm", "-f", "web"]);
+    assert_ne!(connect(&node, &outside, &up6, 8080), "ok", "the IPv6 port answered after docker rm");
     docker.ok(&["rm", "-f", "c1", "c2"]);
     assert!(node.endpoints().is_empty(), "{:?}", node.endpoints());
     docker.ok(&["network", "rm", "web6"]);
