@@ -242,8 +242,15 @@ fn check(agent: &Agent, env: &Env, conf: &NetConf) -> Result<(), CniError> {
         ));
     }
     let address = format!("{}/{}", att.endpoint.ip, att.endpoint.prefix_len);
-    if !prev.ips.iter().any(|ip| ip.address == address && ip.interface.is_none_or(|i| i == index)) {
-        return Err(CniError::new(code::CHECK_FAILED, format!("prevResult does not list {address} on {ifname}")));
+    // A dual-stack network: the IPv6 address too.
+    let address6 = match (att.endpoint.ip6, att.endpoint.prefix_len6) {
+        (Some(ip6), Some(len)) => Some(format!("{ip6}/{len}")),
+        _ => None,
+    };
+    for address in std::iter::once(address).chain(address6) {
+        if !prev.ips.iter().any(|ip| ip.address == address && ip.interface.is_none_or(|i| i == index)) {
+            return Err(CniError::new(code::CHECK_FAILED, format!("prevResult does not list {address} on {ifname}")));
+        }
     }
     if let Some(plugin) = ipam(env, conf)? {
         delegate::run(&plugin, "CHECK", &conf.raw)?;

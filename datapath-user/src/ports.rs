@@ -8,7 +8,7 @@
 //! in `agent/ports.rs`, `datapath/ports.rs` and `host/netfilter.rs`.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use datapath_common::{IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
@@ -49,9 +49,11 @@ impl fmt::Display for Proto {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Publish {
     /// The node address it is published on; `None`: every address of the
-    /// node (Docker's `0.0.0.0`).
+    /// node (Docker's `0.0.0.0`), IPv4 and, for an endpoint with an IPv6
+    /// address, IPv6. An IPv4 address publishes on IPv4 only, an IPv6 one
+    /// on IPv6 only (as Docker).
     #[serde(default)]
-    pub host_ip: Option<Ipv4Addr>,
+    pub host_ip: Option<IpAddr>,
     pub host_port: u16,
     pub container_port: u16,
     #[serde(default)]
@@ -73,9 +75,21 @@ impl Publish {
         self.host_ip.is_some_and(|a| a.is_loopback())
     }
 
-    /// `0.0.0.0:8080`.
+    /// Whether it is published on the node's IPv4 addresses (all of them,
+    /// or one).
+    pub fn on_v4(&self) -> bool {
+        !matches!(self.host_ip, Some(IpAddr::V6(_)))
+    }
+
+    /// Whether it is published on the node's IPv6 addresses (all of them,
+    /// or one), for an endpoint that has an IPv6 address.
+    pub fn on_v6(&self) -> bool {
+        !matches!(self.host_ip, Some(IpAddr::V4(_)))
+    }
+
+    /// `0.0.0.0:8080`, `[fd00::1]:8080`.
     pub fn host(&self) -> String {
-        format!("{}:{}", self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), self.host_port)
+        format!("{}:{}", host_addr(self.host_ip), self.host_port)
     }
 }
 
@@ -125,8 +139,18 @@ pub fn parse(spec: &str) -> Result<Vec<Publish>, PublishError> {
         Some((_, p)) => return Err(invalid(spec, format!("unknown protocol {p:?} (tcp or udp)"))),
         None => (spec, Proto::Tcp),
     };
+    // `[IPV6]:HOST:CONTAINER` (Docker's form for an IPv6 host address).
+    let (ip6, body) = match body.strip_prefix('[') {
+        Some(rest) => match rest.split_once("]:") {
+            Some((a, rest)) => (Some(a), rest),
+            None => return Err(PublishError::Syntax(spec.to_string())),
+        },
+        None => (None, body),
+    };
     let parts: Vec<&str> = body.split(':').collect();
     let (ip, host, ctr) = match parts[..] {
+        [host, ctr] if ip6.is_some() => (ip6, host, ctr),
+        _ if ip6.is_some() => return Err(PublishError::Syntax(spec.to_string())),
         [host, ctr] => (None, host, ctr),
         [ip, host, ctr] => (Some(ip), host, ctr),
         [_] => return Err(invalid(spec, "a host port is required (HOST_PORT:CONTAINER_PORT)")),
@@ -134,6 +158,21 @@ pub fn parse(spec: &str) -> Result<Vec<Publish>, PublishError> {
     };
     let host_ip = match ip {
         None | Some("") => None,
+        Some(a) if ip6.is_some() => {
+            let a: std::net::Ipv6Addr =
+                a.parse().map_err(|_| invalid(spec, format!("{a:?} is not an IPv6 address")))?;
+            if a.is_unspecified() {
+                None
+            } else if a.is_multicast() {
+                return Err(invalid(spec, format!("{a} is not a unicast address")));
+            } else if a.is_loopback() {
+                // No route_localnet for IPv6: ::1 cannot be translated to an
+                // endpoint (Docker's userland proxy does that; there is none).
+                return Err(invalid(spec, "::1 cannot be published on (use 127.0.0.1)"));
+            } else {
+                Some(IpAddr::V6(a))
+            }
+        }
         Some(a) => {
             let a: Ipv4Addr = a.parse().map_err(|_| invalid(spec, format!("{a:?} is not an IPv4 address")))?;
             if a.is_unspecified() {
@@ -141,7 +180,7 @@ pub fn parse(spec: &str) -> Result<Vec<Publish>, PublishError> {
             } else if a.is_multicast() || a.is_broadcast() {
                 return Err(invalid(spec, format!("{a} is not a unicast address")));
             } else {
-                Some(a)
+                Some(IpAddr::V4(a))
             }
         }
     };
@@ -205,7 +244,7 @@ pub fn format(ports: &[Publish]) -> String {
         } else {
             out.push(format!(
                 "{}:{}-{}->{}-{}/{}",
-                first.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                host_addr(first.host_ip),
                 first.host_port,
                 last.host_port,
                 first.container_port,
@@ -218,22 +257,54 @@ pub fn format(ports: &[Publish]) -> String {
     out.join(", ")
 }
 
+/// A publication's host address as Docker shows it: `0.0.0.0` for every
+/// address, `[fd00::1]` for an IPv6 one.
+fn host_addr(ip: Option<IpAddr>) -> String {
+    match ip {
+        None => Ipv4Addr::UNSPECIFIED.to_string(),
+        Some(IpAddr::V4(a)) => a.to_string(),
+        Some(IpAddr::V6(a)) => format!("[{a}]"),
+    }
+}
+
 /// A socket of the node bound to a port a publication would take.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
     pub proto: Proto,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
 }
 
 impl fmt::Display for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto),
+        }
+    }
+}
+
+/// The address of a `/proc/net/{tcp,udp}{,6}` line: the kernel's 32-bit
+/// words printed in hex, each in host order (one word for IPv4, four for
+/// IPv6). An IPv4-mapped IPv6 address is the IPv4 one.
+fn proc_addr(hex: &str) -> Option<IpAddr> {
+    let word = |w: &str| u32::from_str_radix(w, 16).ok().map(u32::to_ne_bytes);
+    match hex.len() {
+        8 => Some(IpAddr::V4(Ipv4Addr::from(word(hex)?))),
+        32 => {
+            let mut octets = [0u8; 16];
+            for (i, chunk) in octets.chunks_mut(4).enumerate() {
+                chunk.copy_from_slice(&word(hex.get(i * 8..i * 8 + 8)?)?);
+            }
+            let a = std::net::Ipv6Addr::from(octets);
+            Some(a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)))
+        }
+        _ => None,
     }
 }
 
 /// The listening TCP sockets (state LISTEN) or bound UDP sockets of a
-/// `/proc/net/{tcp,udp}` table (IPv4).
+/// `/proc/net/{tcp,udp}` or `/proc/net/{tcp6,udp6}` table.
 pub fn listening(proto: Proto, table: &str) -> Vec<Listener> {
     const TCP_LISTEN: &str = "0A";
     table
@@ -245,14 +316,13 @@ pub fn listening(proto: Proto, table: &str) -> Vec<Listener> {
             let listening = match proto {
                 Proto::Tcp => *state == TCP_LISTEN,
                 // An unconnected UDP socket has no remote address.
-                Proto::Udp => remote.starts_with("00000000:"),
+                Proto::Udp => remote.split_once(':').is_some_and(|(a, _)| a.bytes().all(|b| b == b'0')),
             };
             if !listening {
                 return None;
             }
             let (a, p) = local.split_once(':')?;
-            // The address is the kernel's u32 printed in hex: host order.
-            let addr = Ipv4Addr::from(u32::from_str_radix(a, 16).ok()?.to_ne_bytes());
+            let addr = proc_addr(a)?;
             let port = u16::from_str_radix(p, 16).ok()?;
             Some(Listener { proto, addr, port })
         })
@@ -260,12 +330,21 @@ pub fn listening(proto: Proto, table: &str) -> Vec<Listener> {
 }
 
 /// The node's sockets that `p` would shadow (`sockets`: the listeners of
-/// its protocol).
+/// its protocol). A socket on `::` takes IPv4 too (unless it is
+/// IPV6_V6ONLY, which /proc does not tell): it counts for both families.
 pub fn shadowed<'a>(p: &Publish, sockets: &'a [Listener]) -> Option<&'a Listener> {
     sockets.iter().find(|s| {
-        s.proto == p.proto
-            && s.port == p.host_port
-            && (p.host_ip.is_none() || s.addr.is_unspecified() || Some(s.addr) == p.host_ip)
+        let family = match s.addr {
+            IpAddr::V4(_) => p.on_v4(),
+            IpAddr::V6(a) if a.is_unspecified() => true,
+            IpAddr::V6(_) => p.on_v6(),
+        };
+        let addr = match (p.host_ip, s.addr) {
+            (None, _) => true,
+            (_, a) if a.is_unspecified() => true,
+            (Some(h), a) => h == a,
+        };
+        s.proto == p.proto && s.port == p.host_port && family && addr
     })
 }
 
@@ -292,14 +371,14 @@ mod tests {
         let want = Publish { host_ip: None, host_port: 0, container_port: 80, proto: Proto::Tcp };
         assert_eq!(choose_host_port(&want, &[], &[]), Some(49153));
         let taken = [Publish { host_port: 49153, ..want }, Publish { host_port: 49155, ..want }];
-        let sockets = [Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED, port: 49154 }];
+        let sockets = [Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED.into(), port: 49154 }];
         assert_eq!(choose_host_port(&want, &taken, &sockets), Some(49156));
         let udp = Publish { proto: Proto::Udp, ..want };
         assert_eq!(choose_host_port(&udp, &taken, &sockets), Some(49153));
     }
 
     fn p(ip: Option<[u8; 4]>, h: u16, c: u16, proto: Proto) -> Publish {
-        Publish { host_ip: ip.map(Ipv4Addr::from), host_port: h, container_port: c, proto }
+        Publish { host_ip: ip.map(|a| IpAddr::V4(Ipv4Addr::from(a))), host_port: h, container_port: c, proto }
     }
 
     #[test]
@@ -314,7 +393,39 @@ mod tests {
             r,
             vec![p(None, 8000, 9000, Proto::Udp), p(None, 8001, 9001, Proto::Udp), p(None, 8002, 9002, Proto::Udp)]
         );
-        assert_eq!(parse("10.0.0.1:53:53/udp").unwrap()[0].host_ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(parse("10.0.0.1:53:53/udp").unwrap()[0].host_ip, Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+    }
+
+    #[test]
+    fn ipv6_host_addresses_in_brackets() {
+        let v6 = parse("[fd00::1]:8080:80/udp").unwrap();
+        assert_eq!(v6[0].host_ip, Some("fd00::1".parse().unwrap()));
+        assert_eq!((v6[0].host_port, v6[0].container_port, v6[0].proto), (8080, 80, Proto::Udp));
+        assert!(v6[0].on_v6() && !v6[0].on_v4(), "an IPv6 address binds IPv6 only");
+        assert_eq!(v6[0].to_string(), "[fd00::1]:8080->80/udp");
+        assert_eq!(parse("[::]:8080:80").unwrap(), vec![p(None, 8080, 80, Proto::Tcp)]);
+        let v4 = p(Some([10, 0, 0, 1]), 8080, 80, Proto::Tcp);
+        assert!(v4.on_v4() && !v4.on_v6(), "an IPv4 address binds IPv4 only");
+        let all = p(None, 8080, 80, Proto::Tcp);
+        assert!(all.on_v4() && all.on_v6());
+        assert!(!v4.conflicts(&parse("[fd00::1]:8080:80").unwrap()[0]), "different families");
+        assert!(all.conflicts(&parse("[fd00::1]:8080:80").unwrap()[0]));
+        for bad in [
+            "[fd00::1]:80",
+            "[fd00::1:8080:80",
+            "[10.0.0.1]:8080:80",
+            "[::1]:8080:80",
+            "[ff02::1]:8080:80",
+            "[fd00::1]:1:8080:80",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(format(&parse("[fd00::1]:8000-8001:80-81").unwrap()), "[fd00::1]:8000-8001->80-81/tcp");
+        // The state keeps the plain address form: an IPv4 one as before.
+        assert_eq!(
+            serde_json::to_string(&v4).unwrap(),
+            r#"{"host_ip":"10.0.0.1","host_port":8080,"container_port":80,"proto":"tcp"}"#
+        );
     }
 
     #[test]
@@ -367,13 +478,39 @@ mod tests {
    2: 0100007F:1F92 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 3\n";
         let l = listening(Proto::Tcp, tcp);
         assert_eq!(l.len(), 2);
-        assert_eq!(l[0], Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED, port: 8080 });
-        assert_eq!(l[1].addr, Ipv4Addr::LOCALHOST);
+        assert_eq!(l[0], Listener { proto: Proto::Tcp, addr: Ipv4Addr::UNSPECIFIED.into(), port: 8080 });
+        assert_eq!(l[1].addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert!(shadowed(&p(None, 8080, 80, Proto::Tcp), &l).is_some());
         assert!(shadowed(&p(Some([10, 0, 0, 1]), 8080, 80, Proto::Tcp), &l).is_some(), "0.0.0.0 covers it");
         assert!(shadowed(&p(None, 8081, 80, Proto::Tcp), &l).is_some(), "any covers 127.0.0.1");
         assert!(shadowed(&p(Some([10, 0, 0, 1]), 8081, 80, Proto::Tcp), &l).is_none());
         assert!(shadowed(&p(None, 8082, 80, Proto::Tcp), &l).is_none(), "a connected socket does not listen");
         assert!(shadowed(&p(None, 8080, 80, Proto::Udp), &l).is_none());
+    }
+
+    #[test]
+    fn finds_ipv6_listening_sockets() {
+        // [::]:8080 listening, [fd00::1]:8081 listening (the kernel's words
+        // in host order), ::ffff:127.0.0.1:8082, and a connected socket.
+        let tcp6 = "  sl  local_address                         remote_address                        st\n\
+   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 0\n\
+   1: 000000FD000000000000000001000000:1F91 00000000000000000000000000000000:0000 0A 0\n\
+   2: 0000000000000000FFFF00000100007F:1F92 00000000000000000000000000000000:0000 0A 0\n\
+   3: 000000FD000000000000000001000000:1F93 000000FD000000000000000002000000:9C40 01 0\n";
+        let l = listening(Proto::Tcp, tcp6);
+        let addrs: Vec<String> = l.iter().map(|l| l.to_string()).collect();
+        assert_eq!(addrs, ["[::]:8080/tcp", "[fd00::1]:8081/tcp", "127.0.0.1:8082/tcp"]);
+        let v6 = |s: &str| parse(s).unwrap()[0];
+        assert!(shadowed(&p(None, 8080, 80, Proto::Tcp), &l).is_some(), ":: covers both families");
+        assert!(shadowed(&p(Some([10, 0, 0, 1]), 8080, 80, Proto::Tcp), &l).is_some());
+        assert!(shadowed(&p(None, 8081, 80, Proto::Tcp), &l).is_some());
+        assert!(shadowed(&v6("[fd00::1]:8081:80"), &l).is_some());
+        assert!(shadowed(&v6("[fd00::2]:8081:80"), &l).is_none(), "another address");
+        assert!(shadowed(&p(Some([10, 0, 0, 1]), 8081, 80, Proto::Tcp), &l).is_none(), "an IPv4 publication");
+        assert!(shadowed(&p(Some([127, 0, 0, 1]), 8082, 80, Proto::Tcp), &l).is_some(), "IPv4-mapped");
+        assert!(shadowed(&p(None, 8083, 80, Proto::Tcp), &l).is_none(), "a connected socket does not listen");
+        let udp6 = "  sl  local_address                         remote_address                        st\n\
+   0: 00000000000000000000000000000000:14E9 00000000000000000000000000000000:0000 07 0\n";
+        assert!(shadowed(&p(None, 5353, 53, Proto::Udp), &listening(Proto::Udp, udp6)).is_some());
     }
 }

@@ -2,7 +2,7 @@
 //! ("Networking with standalone containers") on the eBPF datapath, step by
 //! step, with the packet traces of each flow.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +12,9 @@ use clap::Args;
 use datapath::api::{Client, EndpointCreate, EndpointView, FlowView, NetworkView, Request, StatsView};
 use datapath::host::netns;
 use datapath::testbed::agent::{Agent, AgentConfig};
-use datapath::testbed::topology::{self, NodeSpec, NODE_UPLINK_IP, OUTSIDE_IP, UPLINK_DEV as UPLINK};
+use datapath::testbed::topology::{
+    self, NodeSpec, NODE_UPLINK_IP, NODE_UPLINK_IP6, OUTSIDE_IP, OUTSIDE_IP6, UPLINK_DEV as UPLINK,
+};
 
 #[derive(Args)]
 pub struct WalkthroughArgs {
@@ -29,6 +31,11 @@ const EPS: [&str; 2] = ["alpine1", "alpine2"];
 const DNS_NET: &str = "walknet";
 const DNS_SUBNET: &str = "10.77.0.0/24";
 const DNS_EPS: [&str; 2] = ["web", "shell"];
+/// The dual-stack network of the IPv6 step, and its endpoints.
+const V6_NET: &str = "walk6";
+const V6_SUBNET: &str = "10.78.0.0/24";
+const V6_SUBNET_V6: &str = "fd00:78::/64";
+const V6_EPS: [&str; 2] = ["six1", "six2"];
 /// The walkthrough's "node": the agent runs in this namespace, so nothing it
 /// does (bridges, forwarding, NAT) touches the host's own networking.
 const NODE_NS: &str = "dpwalk-node";
@@ -114,7 +121,7 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
     if let Err(e) = &result {
         println!("\nwalkthrough failed: {e:#}");
     }
-    step(11, "Clean up: remove the endpoints, stop the agent (it removes the default network)");
+    step(13, "Clean up: remove the endpoints, stop the agent (it removes the default network)");
     for ep in EPS {
         if client.call(Request::EndpointRemove { name: ep.into() }).await.is_ok() {
             println!("removed endpoint {ep}");
@@ -135,10 +142,12 @@ pub async fn run(args: WalkthroughArgs) -> Result<()> {
 async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     // Leftovers of a walkthrough that was killed are restored by the agent
     // from its state: start from a clean slate.
-    for ep in EPS.iter().chain(DNS_EPS.iter()) {
+    for ep in EPS.iter().chain(DNS_EPS.iter()).chain(V6_EPS.iter()) {
         let _ = client.call(Request::EndpointRemove { name: (*ep).into() }).await;
     }
-    let _ = client.call(Request::NetworkRemove { name: DNS_NET.into() }).await;
+    for net in [DNS_NET, V6_NET] {
+        let _ = client.call(Request::NetworkRemove { name: net.into() }).await;
+    }
     step(2, "The networks: the default bridge network is there");
     show_networks(client).await?;
 
@@ -163,9 +172,9 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     print!("{}", String::from_utf8_lossy(&output_in(&a.netns_path, &["ip", "-br", "addr"])?.stdout));
 
     step(5, &format!("Ping {} from {} and back", b.name, a.name));
-    ping(a, b.ip).await?;
-    ping(b, a.ip).await?;
-    ping(a, a.gateway).await?;
+    ping(a, b.ip.into()).await?;
+    ping(b, a.ip.into()).await?;
+    ping(a, a.gateway.into()).await?;
 
     step(6, &format!("HTTP: python3 -m http.server 8000 in {}, GET a file from {}", b.name, a.name));
     let _server = local_http(args, a, b)?;
@@ -196,7 +205,15 @@ async fn scenario(client: &Client, args: &WalkthroughArgs) -> Result<()> {
     );
     ping_by_name(client).await?;
 
-    step(11, "Your turn");
+    step(
+        11,
+        &format!(
+            "Dual stack: an --ipv6 network ({V6_NET}), ping6 between its endpoints and to the outside's {OUTSIDE_IP6}"
+        ),
+    );
+    dual_stack(client).await?;
+
+    step(12, "Your turn");
     your_turn(args, a, b);
     if args.no_wait {
         return Ok(());
@@ -403,7 +420,7 @@ fn client_path(args: &WalkthroughArgs) -> PathBuf {
     args.dir.join("datapath.sock")
 }
 
-async fn ping(from: &EndpointView, to: Ipv4Addr) -> Result<()> {
+async fn ping(from: &EndpointView, to: IpAddr) -> Result<()> {
     let to_s = to.to_string();
     show(&format!("ip netns exec {} ping -n -c 2 -i 0.2 {}", from.name, to_s));
     let ns = from.netns_path.clone();
@@ -449,6 +466,46 @@ async fn ping_by_name(client: &Client) -> Result<()> {
         if !out.status.success() {
             bail!("{} from {shell} failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr));
         }
+    }
+    Ok(())
+}
+
+/// A dual-stack network and two endpoints on it: each has an IPv6 address
+/// besides its IPv4 one; ping6 between them and to the outside over the
+/// node's IPv6 uplink ({NODE_UPLINK_IP6}, masqueraded); `network inspect`
+/// shows both families.
+async fn dual_stack(client: &Client) -> Result<()> {
+    println!(
+        "The node's uplink gets {NODE_UPLINK_IP6}, the outside {OUTSIDE_IP6} (IPv6 default route via the outside)."
+    );
+    topology::uplink_ipv6(NODE_NS, OUTSIDE_NS, UPLINK).await.context("IPv6 on the walkthrough's uplink")?;
+    show(&format!("datapath network create {V6_NET} --subnet {V6_SUBNET} --ipv6 --subnet-v6 {V6_SUBNET_V6}"));
+    let req = datapath::api::NetworkCreate {
+        name: V6_NET.into(),
+        subnet: V6_SUBNET.into(),
+        ipv6: true,
+        subnet_v6: Some(V6_SUBNET_V6.into()),
+        ..Default::default()
+    };
+    client.call(Request::NetworkCreate(req)).await?;
+    let mut eps = Vec::new();
+    for ep in V6_EPS {
+        show(&format!("datapath endpoint create {ep} --network {V6_NET}"));
+        let req = EndpointCreate { name: ep.into(), network: Some(V6_NET.into()), ..Default::default() };
+        let v: EndpointView = client.call_as(Request::EndpointCreate(req)).await?;
+        let ip6 = v.ip6.ok_or_else(|| anyhow!("endpoint {ep} of the dual-stack network has no IPv6 address"))?;
+        println!("{} {} {ip6}", v.name, v.ip);
+        eps.push((v, ip6));
+    }
+    let ((a, a6), (b, b6)) = (&eps[0], &eps[1]);
+    ping(a, (*b6).into()).await?;
+    ping(b, (*a6).into()).await?;
+    ping(a, OUTSIDE_IP6.into()).await?;
+    show(&format!("datapath network inspect {V6_NET}"));
+    let n: NetworkView = client.call_as(Request::NetworkInspect { name: V6_NET.into() }).await?;
+    println!("{}", serde_json::to_string_pretty(&n)?);
+    if !n.enable_ipv6 || n.endpoints.iter().any(|e| e.ip6.is_none()) {
+        bail!("network inspect {V6_NET} should show both families: {n:?}");
     }
     Ok(())
 }

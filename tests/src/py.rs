@@ -98,7 +98,7 @@ print(len(data), hashlib.sha256(data).hexdigest(), flush=True)
 pub const UDP_ECHO_SERVER: &str = r#"
 import socket, sys
 ip, port = sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((ip, port))
 s.settimeout(30)
 print("ready", flush=True)
@@ -121,7 +121,7 @@ while True:
 pub const UDP_CLIENT: &str = r#"
 import json, socket, sys
 ip, port, msgs = sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(1)
 res = []
 for m in msgs:
@@ -323,6 +323,8 @@ def parse(m):
             out.append("A %s %d" % (socket.inet_ntoa(m[o:o + rl]), ttl))
         elif t == 12:
             out.append("PTR %s" % name_at(m, o))
+        elif t == 28:
+            out.append("AAAA %s %d" % (socket.inet_ntop(socket.AF_INET6, m[o:o + rl]), ttl))
         o += rl
     return i, fl & 0xf, out
 udp = None

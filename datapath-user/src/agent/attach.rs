@@ -11,7 +11,7 @@
 //! networks, so they stay isolated from each other.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::endpoints::Made;
 use super::{Inner, NONE_NETWORK};
@@ -34,6 +34,7 @@ impl Inner {
         spec: &EndpointSpec,
         network: &str,
         ip: Option<Ipv4Addr>,
+        ip6: Option<Ipv6Addr>,
         aliases: Vec<String>,
     ) -> Result<(Attachment, NetworkSpec), ApiError> {
         if spec.network == NONE_NETWORK {
@@ -65,6 +66,18 @@ impl Inner {
         // Its name and aliases must be unambiguous on that network.
         crate::dns::check_names(&self.state, network, &spec.name, &aliases).map_err(ApiError::conflict)?;
         let ip = ipam::assign(&net.subnet, net.gateway, &self.state.used_addresses(network), ip)?;
+        // On a dual-stack network the attachment gets an IPv6 address too.
+        let ip6 = match (net.ipv6, ip6) {
+            (Some(v6), requested) => {
+                Some(ipam::v6::assign(&v6.subnet, v6.gateway, &self.state.used_addresses6(network), requested)?)
+            }
+            (None, Some(_)) => {
+                return Err(ApiError::invalid(format!(
+                    "network {network:?} has no IPv6 subnet: --ip6 needs a network created with --ipv6"
+                )))
+            }
+            (None, None) => None,
+        };
         let id = state::random_id();
         let attachment = Attachment {
             network: network.to_string(),
@@ -73,6 +86,7 @@ impl Inner {
             ifname: next_ifname(spec.links().map(|l| l.ifname)),
             host_ifname: format!("dp{}", &id[..8]),
             aliases,
+            ip6,
             connecting: false,
         };
         Ok((attachment, net))
@@ -94,7 +108,7 @@ impl Inner {
         if spec.creating {
             return Err(ApiError::conflict(format!("endpoint {name:?} is being created")));
         }
-        let (mut attachment, net) = self.plan_attachment(&spec, &req.network, req.ip, req.aliases)?;
+        let (mut attachment, net) = self.plan_attachment(&spec, &req.network, req.ip, req.ip6, req.aliases)?;
         // Write-ahead: the address is taken, and a crash from here on is
         // rolled back by the next agent.
         attachment.connecting = true;
@@ -208,7 +222,8 @@ impl Inner {
                 let info = self.endpoint_info(spec, &link, host);
                 let how = tokio::task::block_in_place(|| {
                     let how = self.bpf.attach(link.host_ifname, host)?;
-                    self.bpf.upsert_endpoint(info).map(|()| how)
+                    self.bpf.upsert_endpoint(info)?;
+                    self.bpf.set_endpoint6(&info, link.ip6).map(|()| how)
                 })?;
                 self.start.count(how);
                 if let Some(bridge) = self.bridges.get(&net.name).copied() {

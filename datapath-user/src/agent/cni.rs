@@ -102,8 +102,8 @@ impl Inner {
 
     /// `CHECK`: the attachment's endpoint and what is missing or wrong of
     /// what `ADD` made (the namespace, both veth ends, the program on the
-    /// host end and its map entry, the address, the link state, the default
-    /// route).
+    /// host end and its map entry, the addresses, the link state, the
+    /// default routes; IPv6 too on a dual-stack network).
     pub(super) async fn cni_check(&mut self, key: CniKey) -> Result<(String, Vec<String>), ApiError> {
         let spec = self.cni_name(&key).and_then(|n| self.state.endpoints.get(&n).cloned()).ok_or_else(|| {
             ApiError::not_found(format!(
@@ -153,6 +153,15 @@ impl Inner {
         }
         if net.as_ref().is_some_and(|n| !n.options.internal) && !inside.has_default_route().await? {
             problems.push("the namespace has no default route".to_string());
+        }
+        // A dual-stack network: the IPv6 address and default route too.
+        if let (Some(ip6), Some(v6)) = (spec.ip6, net.as_ref().and_then(|n| n.ipv6)) {
+            if !inside.ipv6_global_addresses(link.header.index).await?.contains(&ip6) {
+                problems.push(format!("interface {} lacks its address {ip6}/{}", spec.ifname, v6.subnet.prefix_len()));
+            }
+            if net.as_ref().is_some_and(|n| !n.options.internal) && !inside.has_default_route6().await? {
+                problems.push("the namespace has no IPv6 default route".to_string());
+            }
         }
         Ok(problems)
     }

@@ -179,6 +179,7 @@ impl Inner {
             name: name.to_string(),
             network: Some(network),
             ip: req.ip,
+            ip6: req.ip6,
             publish: req.publish.clone(),
             more_networks: req.more_networks.clone(),
             aliases: req.aliases.clone(),
@@ -201,8 +202,9 @@ impl Inner {
         if self.state.containers.contains_key(&name) || self.state.endpoints.contains_key(&name) {
             return Err(ApiError::conflict(format!("name {name:?} is already in use")));
         }
-        if req.ip.is_some() && !matches!(mode, RunMode::Network(_)) {
-            return Err(ApiError::invalid(format!("--ip needs a network, not --network {mode}")));
+        if (req.ip.is_some() || req.ip6.is_some()) && !matches!(mode, RunMode::Network(_)) {
+            let flag = if req.ip.is_some() { "--ip" } else { "--ip6" };
+            return Err(ApiError::invalid(format!("{flag} needs a network, not --network {mode}")));
         }
         if !req.publish.is_empty() && !matches!(mode, RunMode::Network(_)) {
             return Err(ApiError::invalid(format!("--publish needs a network, not --network {mode}")));

@@ -208,7 +208,7 @@ impl Inner {
         // made after the first link, all or nothing.
         let mut more_nets = Vec::new();
         for name in &req.more_networks {
-            let (attachment, anet) = self.plan_attachment(&spec, name, None, Vec::new())?;
+            let (attachment, anet) = self.plan_attachment(&spec, name, None, None, Vec::new())?;
             spec.attachments.push(attachment);
             more_nets.push(anet);
         }
@@ -381,8 +381,8 @@ impl Inner {
             let info = self.endpoint_info(spec, &link, host);
             tokio::task::block_in_place(|| {
                 self.bpf.upsert_endpoint(info)?;
-                // The IPv6 address is the first network's.
-                self.bpf.set_endpoint6(&info, if link.primary { spec.ip6 } else { None })
+                // Each link's own IPv6 address (dual-stack networks).
+                self.bpf.set_endpoint6(&info, link.ip6)
             })
             .inspect_err(|_| tokio::task::block_in_place(|| self.bpf.remove_endpoint(host, info.ipv4)))?;
             made.maps = Some((host, info.ipv4));
@@ -418,11 +418,16 @@ impl Inner {
         if link.primary && !net.options.internal && (spec.owns_netns || !inside.has_default_route().await?) {
             inside.add_default_route(net.gateway).await?;
         }
-        if let (true, Some(v6), Some(ip6)) = (link.primary, net.ipv6, spec.ip6) {
+        // Every link on a dual-stack network is configured alike. The IPv6
+        // default route is the first dual-stack network's (Docker picks the
+        // gateway per family): an attachment adds one only when the
+        // namespace has none (its first network is IPv4-only or internal),
+        // and it goes with the attachment's interface.
+        if let (Some(v6), Some(ip6)) = (net.ipv6, link.ip6) {
             let (path, ifname) = (spec.netns_path.clone(), link.ifname.to_string());
             blocking(move || netns::enable_ipv6(&path, &ifname)).await??;
             inside.add_address6(eth, ip6, v6.subnet.prefix_len()).await?;
-            if !net.options.internal && (spec.owns_netns || !inside.has_default_route6().await?) {
+            if !net.options.internal && ((link.primary && spec.owns_netns) || !inside.has_default_route6().await?) {
                 inside.add_default_route6(v6.gateway).await?;
             }
         }
@@ -463,8 +468,11 @@ impl Inner {
         made: &mut Made,
     ) -> Result<(), ApiError> {
         self.nl.enslave_up(host, bridge).await?;
-        if net.datapath == DatapathKind::Kernel && link.primary && !spec.ports.is_empty() {
-            // Its own published ports come back out its port (hairpin).
+        // Its own published ports come back out its port (hairpin): the
+        // kernel's translation, on kernel networks, and for IPv6 (the
+        // kernel's on both datapaths).
+        let kernel_nat = net.datapath == DatapathKind::Kernel || link.ip6.is_some();
+        if kernel_nat && link.primary && !spec.ports.is_empty() {
             self.nl.set_hairpin(host).await?;
         }
         if net.datapath == DatapathKind::Ebpf {

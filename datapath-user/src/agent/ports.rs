@@ -11,7 +11,7 @@
 //! and `RevokeExternalConnectivity`), validated the same way.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use datapath_common::{ipv4_key, PortKey, PortTarget};
 
@@ -20,11 +20,17 @@ use crate::api::ApiError;
 use crate::ports::{self, Listener, Proto, Publish};
 use crate::state::{DatapathKind, NetworkSpec};
 
-/// The node's listening TCP and bound UDP IPv4 sockets (this thread's
-/// network namespace: the node's).
+/// The node's listening TCP and bound UDP sockets, IPv4 and IPv6 (this
+/// thread's network namespace: the node's).
 fn node_listeners() -> Vec<Listener> {
     let mut v = Vec::new();
-    for (proto, path) in [(Proto::Tcp, "/proc/net/tcp"), (Proto::Udp, "/proc/net/udp")] {
+    let tables = [
+        (Proto::Tcp, "/proc/net/tcp"),
+        (Proto::Udp, "/proc/net/udp"),
+        (Proto::Tcp, "/proc/net/tcp6"),
+        (Proto::Udp, "/proc/net/udp6"),
+    ];
+    for (proto, path) in tables {
         if let Ok(table) = std::fs::read_to_string(path) {
             v.extend(ports::listening(proto, &table));
         }
@@ -45,6 +51,20 @@ impl Inner {
             }
         }
         out.sort();
+        Ok(out)
+    }
+
+    /// Every global IPv6 address of the node (not loopback, not
+    /// link-local): where a port published on an IPv6 address may be.
+    async fn node_addresses6(&self) -> Result<Vec<Ipv6Addr>, ApiError> {
+        let mut out = Vec::new();
+        for (index, _) in self.nl.links().await? {
+            for a in self.nl.ipv6_global_addresses(index).await? {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -80,8 +100,23 @@ impl Inner {
                 )));
             }
         }
+        // An IPv6 host address needs an endpoint with an IPv6 address:
+        // its first network dual stack.
+        if let Some(p) = want.iter().find(|p| !p.on_v4()) {
+            if net.ipv6.is_none() {
+                return Err(ApiError::invalid(format!(
+                    "--publish {p}: network {:?} has no IPv6 (create it with --ipv6)",
+                    net.name
+                )));
+            }
+        }
         let addrs = self.node_addresses().await?;
-        if let Some(p) = want.iter().find(|p| p.host_ip.is_some_and(|a| !a.is_loopback() && !addrs.contains(&a))) {
+        let addrs6 = if want.iter().any(|p| !p.on_v4()) { self.node_addresses6().await? } else { Vec::new() };
+        let foreign = |a: IpAddr| match a {
+            IpAddr::V4(a) => !a.is_loopback() && !addrs.contains(&a),
+            IpAddr::V6(a) => !addrs6.contains(&a),
+        };
+        if let Some(p) = want.iter().find(|p| p.host_ip.is_some_and(foreign)) {
             return Err(ApiError::invalid(format!("--publish {p}: {} is not an address of the node", p.host())));
         }
         let listeners = blocking(node_listeners).await?;
@@ -171,6 +206,16 @@ impl Inner {
             let _ = self.save().await;
             return Err(e);
         }
+        // The kernel's translations (kernel networks, and IPv6 on both)
+        // need hairpin mode for the endpoint's own connections to its
+        // ports, as at create (`endpoints::plug`).
+        let kernel_nat = ep.ip6.is_some()
+            || self.state.networks.get(&ep.network).is_some_and(|n| n.datapath == DatapathKind::Kernel);
+        if let (true, false, Some(&host)) = (kernel_nat, publish.is_empty(), self.host_ifindex.get(name)) {
+            if let Err(e) = self.nl.set_hairpin(host).await {
+                tracing::warn!(endpoint = %name, "hairpin mode on its bridge port: {e}");
+            }
+        }
         tracing::info!(endpoint = %name, ports = publish.len(), "published ports set");
         Ok(ep.name)
     }
@@ -186,11 +231,13 @@ impl Inner {
             if !ebpf {
                 continue;
             }
-            for p in e.ports.iter().filter(|p| !p.is_loopback()) {
+            // IPv6 publications are the kernel's (nft DNAT in `ip6 datapath`).
+            for p in e.ports.iter().filter(|p| !p.is_loopback() && p.on_v4()) {
                 let target =
                     PortTarget { addr: ipv4_key(e.ip.octets()), ifindex, port: p.container_port.to_be(), _pad: [0; 2] };
                 let on: Vec<Ipv4Addr> = match p.host_ip {
-                    Some(a) => vec![a],
+                    Some(IpAddr::V4(a)) => vec![a],
+                    Some(IpAddr::V6(_)) => Vec::new(),
                     None => addrs.to_vec(),
                 };
                 for a in on {

@@ -153,7 +153,7 @@ impl Snapshot {
                     mac: format_mac(&l.mac),
                     ifname: l.ifname.to_string(),
                     aliases: l.aliases.to_vec(),
-                    ip6: if l.primary { e.ip6 } else { None },
+                    ip6: l.ip6,
                 })
                 .collect(),
             owner: n.owner.clone(),
@@ -213,6 +213,11 @@ impl Snapshot {
                 host_ifname: a.host_ifname.clone(),
                 host_ifindex: self.attach_ifindex.get(&a.host_ifname).copied().unwrap_or(0),
                 aliases: a.aliases.clone(),
+                ip6: a.ip6,
+                prefix_len6: a
+                    .ip6
+                    .and(self.state.networks.get(&a.network).and_then(|n| n.ipv6))
+                    .map(|v6| v6.subnet.prefix_len()),
             })
             .collect()
     }
@@ -222,18 +227,15 @@ impl Snapshot {
             RunMode::Container(n) => Some(n),
             _ => None,
         };
-        let ip = c
-            .endpoint
-            .as_ref()
-            .or(own)
-            .and_then(|e| self.state.endpoints.get(e))
-            .map(|e| e.ip)
-            .filter(|ip| !ip.is_unspecified());
+        let ep = c.endpoint.as_ref().or(own).and_then(|e| self.state.endpoints.get(e));
+        let ip = ep.map(|e| e.ip).filter(|ip| !ip.is_unspecified());
+        let ip6 = ep.and_then(|e| e.ip6);
         ContainerView {
             name: c.name.clone(),
             network: c.mode.to_string(),
             endpoint: c.endpoint.clone(),
             ip,
+            ip6,
             netns_path: c.netns_path.clone(),
             pid: c.pid,
             status: c.status(),

@@ -141,6 +141,10 @@ pub struct NetworkConnect {
     /// Its address on `network`; the lowest free one when absent.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address on a dual-stack `network`; the lowest free one
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// More names it answers to on `network` (for the embedded DNS).
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -157,6 +161,10 @@ pub struct ContainerCreate {
     pub network: Option<String>,
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
+    /// Its endpoint's IPv6 address on a dual-stack first network
+    /// (`--ip6`; network mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub argv: Vec<String>,
     /// The agent starts the command itself, output to a log file.
     #[serde(default)]
@@ -189,6 +197,9 @@ pub struct ContainerView {
     pub network: String,
     pub endpoint: Option<String>,
     pub ip: Option<Ipv4Addr>,
+    /// Its endpoint's IPv6 address, on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     pub netns_path: PathBuf,
     pub pid: Option<u32>,
     pub status: String,
@@ -339,7 +350,8 @@ mod tests {
     fn connect_requests_default_and_refuse_unknown_fields() {
         let line = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x"}"#;
         let env = Envelope::parse(line).unwrap();
-        let want = NetworkConnect { network: "b".into(), endpoint: "x".into(), ip: None, aliases: Vec::new() };
+        let want =
+            NetworkConnect { network: "b".into(), endpoint: "x".into(), ip: None, ip6: None, aliases: Vec::new() };
         assert_eq!(env.request, Request::NetworkConnect(want));
         let bad = r#"{"api_version":1,"op":"network_connect","network":"b","endpoint":"x","alias":["a"]}"#;
         assert_eq!(Envelope::parse(bad), Err(ParseError::UnknownField("alias".into())));

@@ -69,6 +69,9 @@ pub enum NetworkCmd {
         /// Its address on this network (default: the lowest free one).
         #[arg(long)]
         ip: Option<String>,
+        /// Its IPv6 address on a dual-stack network (default: the lowest free one).
+        #[arg(long)]
+        ip6: Option<String>,
         /// More names it answers to on this network; repeatable.
         #[arg(long)]
         alias: Vec<String>,
@@ -125,11 +128,15 @@ pub async fn run(client: &Client, cmd: NetworkCmd) -> Result<()> {
             println!("{name}");
             Ok(())
         }
-        NetworkCmd::Connect { network, endpoint, ip, alias } => {
+        NetworkCmd::Connect { network, endpoint, ip, ip6, alias } => {
             let ip = ip.as_deref().map(ipam::parse_addr).transpose()?;
-            let req = NetworkConnect { network: network.clone(), endpoint, ip, aliases: alias };
+            let ip6 = ip6.as_deref().map(ipam::v6::parse_addr).transpose()?;
+            let req = NetworkConnect { network: network.clone(), endpoint, ip, ip6, aliases: alias };
             let e: EndpointView = client.call_as(Request::NetworkConnect(req)).await?;
             match e.attachments.iter().find(|a| a.network == network) {
+                Some(a) if a.ip6.is_some() => {
+                    println!("{} {} {} {}", e.name, a.ifname, a.ip, a.ip6.map(|i| i.to_string()).unwrap_or_default())
+                }
                 Some(a) => println!("{} {} {}", e.name, a.ifname, a.ip),
                 None => println!("{}", e.name),
             }

@@ -20,6 +20,10 @@ pub struct RunArgs {
     name: Option<String>,
     #[arg(long)]
     ip: Option<String>,
+    /// Its IPv6 address on a dual-stack first network (default: the lowest
+    /// free one).
+    #[arg(long)]
+    ip6: Option<String>,
     /// Remove the endpoint when the command exits.
     #[arg(long)]
     rm: bool,
@@ -49,6 +53,7 @@ pub struct RunArgs {
 /// terminal, inside the endpoint's namespace. Returns the command's exit code.
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     let ip = args.ip.as_deref().map(ipam::parse_addr).transpose()?;
+    let ip6 = args.ip6.as_deref().map(ipam::v6::parse_addr).transpose()?;
     let publish = datapath::ports::parse_all(&args.publish)?;
     let dns = args.dns.iter().map(|d| ipam::parse_addr(d)).collect::<Result<_, _>>()?;
     let cwd = std::env::current_dir().ok();
@@ -58,6 +63,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         network: Some(networks.next().unwrap_or_else(|| "bridge".to_string())),
         more_networks: networks.collect(),
         ip,
+        ip6,
         argv: args.command.clone(),
         detach: args.detach,
         rm: args.rm,

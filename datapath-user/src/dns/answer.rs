@@ -2,10 +2,8 @@
 //! answer, "forward it", or a drop. The wire format is `hickory-proto`'s;
 //! nothing here parses bytes by hand.
 
-use std::net::Ipv4Addr;
-
 use hickory_proto::op::{Header, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
@@ -28,9 +26,10 @@ pub enum Outcome {
 /// What the counters count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
-    /// A or PTR from the table.
+    /// A, AAAA or PTR from the table.
     Local,
-    /// A local name, a type it has no records of (AAAA, MX, ...).
+    /// A local name, a type it has no records of (AAAA of an IPv4-only
+    /// name, MX, ...).
     NoData,
     /// Not answered here and not forwarded (`--internal`, zone transfers).
     Refused,
@@ -73,11 +72,15 @@ pub fn answer(table: &Table, asker: &str, query: &[u8]) -> Outcome {
     };
     let qname = q.name().to_ascii();
     if q.query_class() == DNSClass::IN {
-        if let Some(ips) = table.lookup(asker, &qname) {
+        if let Some(addrs) = table.lookup(asker, &qname) {
+            let a = || addrs.v4.iter().map(|ip| Record::from_rdata(q.name().clone(), TTL, RData::A(A(*ip))));
+            let aaaa = || addrs.v6.iter().map(|ip| Record::from_rdata(q.name().clone(), TTL, RData::AAAA(AAAA(*ip))));
+            // A name with no IPv6 address (an IPv4-only network) has no
+            // AAAA: an empty answer, as Docker's.
             let records: Vec<Record> = match q.query_type() {
-                RecordType::A | RecordType::ANY => {
-                    ips.iter().map(|ip| Record::from_rdata(q.name().clone(), TTL, RData::A(A(*ip)))).collect()
-                }
+                RecordType::A => a().collect(),
+                RecordType::AAAA => aaaa().collect(),
+                RecordType::ANY => a().chain(aaaa()).collect(),
                 RecordType::AXFR | RecordType::IXFR => {
                     return error(id, OpCode::Query, rd, Some(q), ResponseCode::Refused, Kind::Refused)
                 }
@@ -99,7 +102,7 @@ pub fn answer(table: &Table, asker: &str, query: &[u8]) -> Outcome {
 }
 
 fn ptr_answer(table: &Table, asker: &str, q: &Query) -> Option<Record> {
-    let ip: Ipv4Addr = ptr_address(&q.name().to_ascii())?;
+    let ip = ptr_address(&q.name().to_ascii())?;
     let target = Name::from_ascii(table.reverse(asker, ip)?).ok()?;
     Some(Record::from_rdata(q.name().clone(), TTL, RData::PTR(PTR(target))))
 }
@@ -291,6 +294,37 @@ pub(crate) mod tests {
         for t2 in [RecordType::MX, RecordType::TXT, RecordType::SRV, RecordType::CNAME, RecordType::NS] {
             assert!(matches!(answer(&t, "front", &query(6, "proxy.", t2)), Outcome::Reply(_, Kind::NoData)), "{t2}");
         }
+    }
+
+    #[test]
+    fn aaaa_and_ip6_arpa_on_dual_stack_networks() {
+        let t = crate::dns::table::Table::new(&state());
+        let aaaa = answer(&t, "client6", &query(1, "web6.", RecordType::AAAA));
+        assert!(matches!(aaaa, Outcome::Reply(_, Kind::Local)), "{aaaa:?}");
+        let m = parsed(&aaaa);
+        assert_eq!((m.id(), m.response_code()), (1, ResponseCode::NoError));
+        assert_eq!(addrs(&m), ["fd00:4::2"]);
+        assert_eq!(m.answers()[0].record_type(), RecordType::AAAA);
+        assert_eq!(m.answers()[0].ttl(), TTL);
+        // A is unchanged; ANY carries both families.
+        assert_eq!(addrs(&parsed(&answer(&t, "client6", &query(2, "www6", RecordType::A)))), ["10.4.0.2"]);
+        assert_eq!(
+            addrs(&parsed(&answer(&t, "client6", &query(3, "web6", RecordType::ANY)))),
+            ["10.4.0.2", "fd00:4::2"]
+        );
+        // An attachment's address, by its alias on that network.
+        assert_eq!(addrs(&parsed(&answer(&t, "web6", &query(4, "c6.", RecordType::AAAA)))), ["fd00:4::3"]);
+        // A name with no IPv6 address: NOERROR, no answers (Docker's).
+        for (asker, name) in [("web6", "old4."), ("front", "client6.")] {
+            let o = answer(&t, asker, &query(5, name, RecordType::AAAA));
+            assert!(matches!(o, Outcome::Reply(_, Kind::NoData)), "{name}: {o:?}");
+            let m = parsed(&o);
+            assert_eq!((m.response_code(), m.answers().len()), (ResponseCode::NoError, 0), "{name}");
+        }
+        let ptr = "3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.0.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(addrs(&parsed(&answer(&t, "web6", &query(6, ptr, RecordType::PTR)))), ["client6.d."]);
+        // Not an address of the asker's networks: forwarded like any name.
+        assert_eq!(answer(&t, "front", &query(7, ptr, RecordType::PTR)), Outcome::Forward);
     }
 
     #[test]

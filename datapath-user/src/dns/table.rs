@@ -8,7 +8,7 @@
 //! reverse answers use, as Docker's do).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use crate::agent::{DEFAULT_NETWORK, NONE_NETWORK};
@@ -38,11 +38,19 @@ pub struct Asker {
     pub forward: Forward,
 }
 
-/// One network's names: lowercase name -> address, address -> canonical name.
+/// The addresses of one name: IPv4 (A), and IPv6 (AAAA) on dual-stack
+/// networks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addrs {
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+}
+
+/// One network's names: lowercase name -> addresses, address -> canonical name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Zone {
-    names: HashMap<String, Vec<Ipv4Addr>>,
-    reverse: HashMap<Ipv4Addr, String>,
+    names: HashMap<String, Addrs>,
+    reverse: HashMap<IpAddr, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -81,12 +89,19 @@ impl Table {
             for l in e.links().filter(served) {
                 let zone = zones.entry(l.network.to_string()).or_default();
                 for name in std::iter::once(&e.name).chain(l.aliases.iter()) {
-                    let ips = zone.names.entry(name.to_ascii_lowercase()).or_default();
-                    if !ips.contains(&l.ip) {
-                        ips.push(l.ip);
+                    let addrs = zone.names.entry(name.to_ascii_lowercase()).or_default();
+                    if !addrs.v4.contains(&l.ip) {
+                        addrs.v4.push(l.ip);
+                    }
+                    if let Some(ip6) = l.ip6.filter(|ip6| !addrs.v6.contains(ip6)) {
+                        addrs.v6.push(ip6);
                     }
                 }
-                zone.reverse.insert(l.ip, format!("{}.{}.", e.name, l.network));
+                let canonical = format!("{}.{}.", e.name, l.network);
+                if let Some(ip6) = l.ip6 {
+                    zone.reverse.insert(IpAddr::V6(ip6), canonical.clone());
+                }
+                zone.reverse.insert(IpAddr::V4(l.ip), canonical);
             }
         }
         let askers = state
@@ -127,12 +142,12 @@ impl Table {
 
     /// Addresses of `qname` for `asker`: on the first of its networks
     /// (first network first) that has the name. `None`: not a local name.
-    pub fn lookup(&self, asker: &str, qname: &str) -> Option<Vec<Ipv4Addr>> {
+    pub fn lookup(&self, asker: &str, qname: &str) -> Option<Addrs> {
         let asker = self.askers.get(asker)?;
         let name = normalize(qname);
         for net in &asker.networks {
-            if let Some(ips) = self.zones.get(net).and_then(|z| z.names.get(&name)) {
-                return Some(ips.clone());
+            if let Some(addrs) = self.zones.get(net).and_then(|z| z.names.get(&name)) {
+                return Some(addrs.clone());
             }
         }
         // NAME.NETWORK, for a network the asker is on.
@@ -143,7 +158,7 @@ impl Table {
 
     /// The name of `ip` for `asker` (`NAME.NETWORK.`) when it is an
     /// address on one of its networks.
-    pub fn reverse(&self, asker: &str, ip: Ipv4Addr) -> Option<String> {
+    pub fn reverse(&self, asker: &str, ip: IpAddr) -> Option<String> {
         let asker = self.askers.get(asker)?;
         asker.networks.iter().find_map(|n| self.zones.get(n).and_then(|z| z.reverse.get(&ip))).cloned()
     }
@@ -154,9 +169,32 @@ pub fn normalize(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
-/// The address a PTR question is about (`4.3.2.1.in-addr.arpa`).
-pub fn ptr_address(qname: &str) -> Option<Ipv4Addr> {
+/// The address a PTR question is about (`4.3.2.1.in-addr.arpa`, or the
+/// 32 nibbles of an IPv6 address, last first, under `ip6.arpa`).
+pub fn ptr_address(qname: &str) -> Option<IpAddr> {
     let name = normalize(qname);
+    if let Some(rest) = name.strip_suffix(".ip6.arpa") {
+        return ptr_address6(rest).map(IpAddr::V6);
+    }
+    ptr_address4(&name).map(IpAddr::V4)
+}
+
+fn ptr_address6(nibbles: &str) -> Option<Ipv6Addr> {
+    let mut value: u128 = 0;
+    let mut count = 0;
+    // Written last nibble first: read them in reverse.
+    for label in nibbles.rsplit('.') {
+        let &[digit] = label.as_bytes() else { return None };
+        value = (value << 4) | u128::from(char::from(digit).to_digit(16)?);
+        count += 1;
+        if count > 32 {
+            return None;
+        }
+    }
+    (count == 32).then_some(Ipv6Addr::from(value))
+}
+
+fn ptr_address4(name: &str) -> Option<Ipv4Addr> {
     let rest = name.strip_suffix(".in-addr.arpa")?;
     let mut octets = [0u8; 4];
     let mut labels = rest.split('.');
@@ -191,7 +229,7 @@ pub fn check_names(state: &State, network: &str, name: &str, aliases: &[String])
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::state::{Attachment, DatapathKind, NetworkOptions, NetworkSpec};
+    use crate::state::{Attachment, DatapathKind, Ipv6Config, NetworkOptions, NetworkSpec};
     use ipnet::Ipv4Net;
 
     pub(crate) fn net(name: &str, subnet: &str, num: u32, internal: bool) -> NetworkSpec {
@@ -227,12 +265,15 @@ pub(crate) mod tests {
             ifname: format!("eth{n}"),
             host_ifname: format!("dp-{}{n}", e.name),
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            ip6: None,
             connecting: false,
         });
     }
 
     /// front (A only), proxy (A and B), db (B only), legacy (bridge only),
-    /// vault (internal I only).
+    /// vault (internal I only); on the dual-stack network D: web6 (first
+    /// network, with IPv6), client6 (A, attached to D with IPv6) and old4
+    /// (D without an IPv6 address: a name with no AAAA).
     pub(crate) fn state() -> State {
         let mut s = State::new();
         for n in [
@@ -240,8 +281,23 @@ pub(crate) mod tests {
             net("b", "10.2.0.0/24", 2, false),
             net("i", "10.3.0.0/24", 3, true),
             net(DEFAULT_NETWORK, "10.10.0.0/16", 4, false),
+            NetworkSpec {
+                ipv6: Some(Ipv6Config {
+                    subnet: "fd00:4::/64".parse().unwrap(),
+                    gateway: "fd00:4::1".parse().unwrap(),
+                }),
+                ..net("d", "10.4.0.0/24", 5, false)
+            },
         ] {
             s.networks.insert(n.name.clone(), n);
+        }
+        let web6 =
+            EndpointSpec { ip6: Some("fd00:4::2".parse().unwrap()), ..ep("web6", "d", [10, 4, 0, 2], &["www6"]) };
+        let mut client6 = ep("client6", "a", [10, 1, 0, 6], &[]);
+        attach(&mut client6, "d", [10, 4, 0, 3], &["c6"]);
+        client6.attachments[0].ip6 = Some("fd00:4::3".parse().unwrap());
+        for e in [web6, client6, ep("old4", "d", [10, 4, 0, 4], &[])] {
+            s.endpoints.insert(e.name.clone(), e);
         }
         let mut proxy = ep("proxy", "a", [10, 1, 0, 3], &["www"]);
         attach(&mut proxy, "b", [10, 2, 0, 3], &["gateway"]);
@@ -261,7 +317,42 @@ pub(crate) mod tests {
     }
 
     fn ips(t: &Table, asker: &str, q: &str) -> Option<Vec<String>> {
-        t.lookup(asker, q).map(|v| v.iter().map(|i| i.to_string()).collect())
+        t.lookup(asker, q).map(|v| v.v4.iter().map(|i| i.to_string()).collect())
+    }
+
+    fn ips6(t: &Table, asker: &str, q: &str) -> Option<Vec<String>> {
+        t.lookup(asker, q).map(|v| v.v6.iter().map(|i| i.to_string()).collect())
+    }
+
+    #[test]
+    fn ipv6_addresses_of_dual_stack_links() {
+        let t = Table::new(&state());
+        assert_eq!(ips6(&t, "client6", "web6"), Some(vec!["fd00:4::2".into()]));
+        assert_eq!(ips(&t, "client6", "www6"), Some(vec!["10.4.0.2".into()]), "A unchanged");
+        assert_eq!(ips6(&t, "web6", "c6"), Some(vec!["fd00:4::3".into()]), "an attachment's own address and alias");
+        assert_eq!(ips6(&t, "web6", "client6"), Some(vec!["fd00:4::3".into()]));
+        // On a shared IPv4-only network the same endpoint has no AAAA.
+        assert_eq!(ips6(&t, "front", "client6"), Some(vec![]));
+        assert_eq!(ips(&t, "front", "client6"), Some(vec!["10.1.0.6".into()]));
+        // A name without an IPv6 address: known, no AAAA.
+        assert_eq!(ips6(&t, "web6", "old4"), Some(vec![]));
+        let r = |asker: &str, ip: &str| t.reverse(asker, ip.parse().unwrap());
+        assert_eq!(r("web6", "fd00:4::3").as_deref(), Some("client6.d."));
+        assert_eq!(r("client6", "fd00:4::2").as_deref(), Some("web6.d."));
+        assert_eq!(r("front", "fd00:4::2"), None, "not on the asker's networks");
+        let ptr = "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.0.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(ptr_address(ptr), Some("fd00:4::2".parse().unwrap()));
+        assert_eq!(ptr_address(&ptr.to_uppercase()), Some("fd00:4::2".parse().unwrap()));
+        for bad in [
+            "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.0.0.0.0.0.d.f.ip6.arpa",
+            "2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.0.0.0.0.0.d.f.ip6.arpa",
+            "g.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.0.0.0.0.0.d.f.ip6.arpa",
+            "20.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.0.0.0.0.0.d.f.ip6.arpa",
+            ".0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.0.0.0.0.0.d.f.ip6.arpa",
+            "ip6.arpa",
+        ] {
+            assert_eq!(ptr_address(bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -300,12 +391,13 @@ pub(crate) mod tests {
     #[test]
     fn reverse_names_on_shared_networks() {
         let t = Table::new(&state());
-        assert_eq!(t.reverse("front", Ipv4Addr::new(10, 1, 0, 3)).as_deref(), Some("proxy.a."));
-        assert_eq!(t.reverse("db", Ipv4Addr::new(10, 2, 0, 3)).as_deref(), Some("proxy.b."));
-        assert_eq!(t.reverse("front", Ipv4Addr::new(10, 2, 0, 4)), None);
-        assert_eq!(t.reverse("front", Ipv4Addr::new(10, 10, 0, 2)), None);
-        assert_eq!(ptr_address("3.0.1.10.in-addr.arpa."), Some(Ipv4Addr::new(10, 1, 0, 3)));
-        assert_eq!(ptr_address("3.0.1.10.IN-ADDR.ARPA"), Some(Ipv4Addr::new(10, 1, 0, 3)));
+        let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+        assert_eq!(t.reverse("front", v4(10, 1, 0, 3)).as_deref(), Some("proxy.a."));
+        assert_eq!(t.reverse("db", v4(10, 2, 0, 3)).as_deref(), Some("proxy.b."));
+        assert_eq!(t.reverse("front", v4(10, 2, 0, 4)), None);
+        assert_eq!(t.reverse("front", v4(10, 10, 0, 2)), None);
+        assert_eq!(ptr_address("3.0.1.10.in-addr.arpa."), Some(v4(10, 1, 0, 3)));
+        assert_eq!(ptr_address("3.0.1.10.IN-ADDR.ARPA"), Some(v4(10, 1, 0, 3)));
         for bad in
             ["0.1.10.in-addr.arpa", "1.3.0.1.10.in-addr.arpa", "300.0.1.10.in-addr.arpa", "x.0.1.10.in-addr.arpa"]
         {
@@ -328,7 +420,11 @@ pub(crate) mod tests {
         s.endpoints.insert("dock".into(), docker);
         let t = Table::new(&s);
         let names: Vec<&str> = t.askers().keys().map(String::as_str).collect();
-        assert_eq!(names, ["db", "front", "proxy", "vault"], "not bridge-only, CNI or Docker endpoints");
+        assert_eq!(
+            names,
+            ["client6", "db", "front", "old4", "proxy", "vault", "web6"],
+            "not bridge-only, CNI or Docker endpoints"
+        );
         assert_eq!(t.asker("front").unwrap().forward, Forward::Node);
         assert_eq!(t.asker("db").unwrap().forward, Forward::Servers(vec![Ipv4Addr::new(192, 0, 2, 53)]));
         assert_eq!(t.asker("vault").unwrap().forward, Forward::Nowhere, "internal only: no forwarding");

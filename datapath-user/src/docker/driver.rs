@@ -10,7 +10,7 @@
 //! `EndpointOperInfo`.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
@@ -110,15 +110,31 @@ fn addr_of(what: &str, s: &str) -> Result<Ipv4Addr> {
     ip.parse().map_err(|_| DriverError::BadRequest(format!("invalid {what} {s:?}")))
 }
 
+/// `fd00::2/64` (or a bare address) into the address.
+fn addr6_of(what: &str, s: &str) -> Result<Ipv6Addr> {
+    let ip = s.split('/').next().unwrap_or_default();
+    ip.parse().map_err(|_| DriverError::BadRequest(format!("invalid {what} {s:?}")))
+}
+
 /// The agent's network create for Docker's CreateNetwork.
 pub fn network_create(req: &CreateNetworkRequest) -> Result<NetworkCreate> {
     let name = network_name(&req.network_id)?;
     let options = req.options.clone().unwrap_or_default();
-    if options.get(OPT_IPV6).map(|v| opt_bool(OPT_IPV6, v)).transpose()? == Some(true)
-        || req.ipv6_data.as_ref().is_some_and(|d| !d.is_empty())
-    {
-        return Err(DriverError::BadRequest("the datapath driver is IPv4-only: IPv6 is not supported".into()));
-    }
+    // `--ipv6`: Docker's IPAM hands over the IPv6 pool and gateway (one);
+    // without one the agent picks a unique-local /64 as for `--ipv6`.
+    let v6 = req.ipv6_data.clone().unwrap_or_default();
+    let ipv6 = options.get(OPT_IPV6).map(|v| opt_bool(OPT_IPV6, v)).transpose()?.unwrap_or(false) || !v6.is_empty();
+    let (subnet_v6, gateway_v6) = match v6.as_slice() {
+        [] => (None, None),
+        [one] => {
+            let gw = match one.gateway.as_str() {
+                "" => None,
+                gw => Some(addr6_of("IPv6 gateway", gw)?.to_string()),
+            };
+            (Some(one.pool.clone()), gw)
+        }
+        _ => return Err(DriverError::BadRequest("the datapath driver takes one IPv6 subnet per network".into())),
+    };
     let v4 = req.ipv4_data.clone().unwrap_or_default();
     let ipam = match v4.as_slice() {
         [one] => one,
@@ -136,6 +152,9 @@ pub fn network_create(req: &CreateNetworkRequest) -> Result<NetworkCreate> {
         gateway,
         internal,
         owner: Some(OWNER.into()),
+        ipv6,
+        subnet_v6,
+        gateway_v6,
         ..Default::default()
     };
     let generic = match options.get(OPT_GENERIC) {
@@ -271,12 +290,19 @@ impl Driver {
         let net = self.network(&req.network_id)?;
         let name = endpoint_name(&req.endpoint_id)?;
         let asked = req.interface.clone().unwrap_or_default();
-        if !asked.address_ipv6.is_empty() {
-            return Err(DriverError::BadRequest("the datapath driver is IPv4-only: IPv6 is not supported".into()));
-        }
         let ip = match asked.address.as_str() {
             "" => None,
             a => Some(addr_of("address", a)?),
+        };
+        let ip6 = match asked.address_ipv6.as_str() {
+            "" => None,
+            _ if !net.enable_ipv6 => {
+                return Err(DriverError::BadRequest(format!(
+                    "an IPv6 address for an endpoint of network {}, which has no IPv6 (create it with --ipv6)",
+                    net.name
+                )))
+            }
+            a => Some(addr6_of("IPv6 address", a)?),
         };
         let mac = match asked.mac_address.as_str() {
             "" => None,
@@ -289,6 +315,7 @@ impl Driver {
                 if e.owner.as_deref() == Some(OWNER)
                     && e.network == net.name
                     && ip.is_none_or(|ip| ip == e.ip)
+                    && ip6.is_none_or(|ip6| Some(ip6) == e.ip6)
                     && mac.as_ref().is_none_or(|m| *m == e.mac) =>
             {
                 e
@@ -304,6 +331,7 @@ impl Driver {
                     name: name.clone(),
                     network: Some(net.name.clone()),
                     ip,
+                    ip6,
                     mac: mac.clone(),
                     detached: true,
                     owner: Some(OWNER.into()),
@@ -319,6 +347,9 @@ impl Driver {
         let mut chosen = EndpointInterface::default();
         if ip.is_none() {
             chosen.address = format!("{}/{}", ep.ip, ep.prefix_len);
+        }
+        if let (None, Some(a), Some(len)) = (ip6, ep.ip6, ep.prefix_len6) {
+            chosen.address_ipv6 = format!("{a}/{len}");
         }
         if mac.is_none() {
             chosen.mac_address = ep.mac.clone();
@@ -351,6 +382,9 @@ impl Driver {
         value.insert("datapath.host_ifname".into(), json!(e.host_ifname));
         value.insert("datapath.address".into(), json!(format!("{}/{}", e.ip, e.prefix_len)));
         value.insert("datapath.mac".into(), json!(e.mac));
+        if let (Some(a), Some(len)) = (e.ip6, e.prefix_len6) {
+            value.insert("datapath.address_ipv6".into(), json!(format!("{a}/{len}")));
+        }
         if let Some(ext) = self.lock_external().get(&e.name) {
             if let Some(v) = ext.get(OPT_EXPOSED) {
                 value.insert(OPT_EXPOSED.into(), v.clone());
@@ -370,6 +404,10 @@ impl Driver {
         Ok(to(JoinResponse {
             interface_name: InterfaceName { src_name: e.ifname, dst_prefix: DST_PREFIX.into() },
             gateway: if net.internal { String::new() } else { net.gateway.to_string() },
+            gateway_ipv6: match net.gateway_v6 {
+                Some(gw) if !net.internal => gw.to_string(),
+                _ => String::new(),
+            },
             disable_gateway_service: net.internal,
         }))
     }
@@ -437,6 +475,28 @@ mod tests {
         assert_eq!(c.datapath, Some(crate::state::DatapathKind::Kernel));
         let c = network_create(&net_req(json!({OPT_INTERNAL: true}), v4())).unwrap();
         assert!(c.internal && c.masquerade.is_none());
+        assert!(!c.ipv6 && c.subnet_v6.is_none(), "IPv4 only unless asked");
+    }
+
+    #[test]
+    fn docker_ipv6_becomes_a_dual_stack_network() {
+        let req = |options: Value, v6: Value| -> CreateNetworkRequest {
+            serde_json::from_value(
+                json!({"NetworkID": "0123456789abcdef", "Options": options, "IPv4Data": v4(), "IPv6Data": v6}),
+            )
+            .unwrap()
+        };
+        let pool = json!([{"AddressSpace": "LocalDefault", "Pool": "fd00:30::/64", "Gateway": "fd00:30::1/64"}]);
+        let c = network_create(&req(json!({OPT_IPV6: true}), pool)).unwrap();
+        assert!(c.ipv6);
+        assert_eq!((c.subnet_v6.as_deref(), c.gateway_v6.as_deref()), (Some("fd00:30::/64"), Some("fd00:30::1")));
+        // `--ipv6` without a pool: the agent picks one.
+        let c = network_create(&req(json!({OPT_IPV6: "true"}), json!([]))).unwrap();
+        assert!(c.ipv6 && c.subnet_v6.is_none() && c.gateway_v6.is_none());
+        let two = json!([{"Pool": "fd00:30::/64"}, {"Pool": "fd00:31::/64"}]);
+        assert!(network_create(&req(json!({OPT_IPV6: true}), two)).is_err());
+        let bad_gw = json!([{"Pool": "fd00:30::/64", "Gateway": "10.0.0.1/24"}]);
+        assert!(network_create(&req(json!({OPT_IPV6: true}), bad_gw)).is_err());
     }
 
     #[test]
@@ -444,7 +504,6 @@ mod tests {
         for (options, v4) in [
             (json!({}), json!([])),
             (json!({}), json!([{"Pool": "10.30.0.0/24"}, {"Pool": "10.31.0.0/24"}])),
-            (json!({OPT_IPV6: true}), v4()),
             (json!({OPT_GENERIC: {OPT_ICC: "maybe"}}), v4()),
             (json!({OPT_GENERIC: {OPT_MTU: "big"}}), v4()),
             (json!({OPT_GENERIC: {"com.docker.network.bridge.name": "br0"}}), v4()),

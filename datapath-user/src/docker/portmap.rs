@@ -10,8 +10,9 @@
 //! [`bindings`] gives Docker the ports actually published (through
 //! `EndpointOperInfo`, which `docker port` and `docker ps` read). A host
 //! port range for one container port (`-p 8000-8010:80`, "any free one of
-//! these") is refused with a clear error. IPv6 bindings (`HostIP` `::`) are
-//! skipped: the datapath is IPv4-only.
+//! these") is refused with a clear error. `HostIP` empty, `0.0.0.0` or
+//! `::` is every address of the node (IPv4, and IPv6 for an endpoint with
+//! an IPv6 address); an IPv4 or IPv6 address publishes on that family only.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -72,9 +73,8 @@ pub fn publications(portmap: Option<&Value>) -> Result<Vec<Publish>, PortmapErro
         let host_ip = match b.host_ip.as_deref().unwrap_or("") {
             "" => None,
             s => match s.parse::<IpAddr>() {
-                Ok(IpAddr::V4(a)) if a == Ipv4Addr::UNSPECIFIED => None,
-                Ok(IpAddr::V4(a)) => Some(a),
-                Ok(IpAddr::V6(_)) => continue,
+                Ok(a) if a.is_unspecified() => None,
+                Ok(a) => Some(a),
                 Err(_) => return Err(PortmapError::HostIp(b.port, s.to_string())),
             },
         };
@@ -96,7 +96,7 @@ pub fn bindings(ports: &[Publish]) -> Value {
                     "Proto": p.proto.number(),
                     "IP": "",
                     "Port": p.container_port,
-                    "HostIP": p.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string(),
+                    "HostIP": p.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).to_string(),
                     "HostPort": p.host_port,
                     "HostPortEnd": p.host_port,
                 })
@@ -119,7 +119,7 @@ mod tests {
             {"Proto": 6, "Port": 81, "HostIP": "0.0.0.0", "HostPort": 8081, "HostPortEnd": 0}
         ]);
         let p = publications(Some(&v)).unwrap();
-        let lo = Some(Ipv4Addr::LOCALHOST);
+        let lo = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(
             p,
             vec![

@@ -135,6 +135,8 @@ pub struct JoinResponse {
     pub interface_name: InterfaceName,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub gateway: String,
+    #[serde(rename = "GatewayIPv6", default, skip_serializing_if = "String::is_empty")]
+    pub gateway_ipv6: String,
     pub disable_gateway_service: bool,
 }
 
@@ -176,12 +178,17 @@ mod tests {
         let join = JoinResponse {
             interface_name: InterfaceName { src_name: "dpc1".into(), dst_prefix: "eth".into() },
             gateway: "10.30.0.1".into(),
+            gateway_ipv6: String::new(),
             disable_gateway_service: false,
         };
         assert_eq!(
             serde_json::to_string(&join).unwrap(),
             r#"{"InterfaceName":{"SrcName":"dpc1","DstPrefix":"eth"},"Gateway":"10.30.0.1","DisableGatewayService":false}"#
         );
+        let join6 = JoinResponse { gateway_ipv6: "fd00:30::1".into(), ..join };
+        assert!(serde_json::to_string(&join6).unwrap().contains(r#""GatewayIPv6":"fd00:30::1""#));
+        let ep6 = EndpointInterface { address_ipv6: "fd00:30::2/64".into(), ..Default::default() };
+        assert_eq!(serde_json::to_string(&ep6).unwrap(), r#"{"AddressIPv6":"fd00:30::2/64"}"#);
         let ep = CreateEndpointResponse {
             interface: Some(EndpointInterface { mac_address: "02:00:00:00:00:01".into(), ..Default::default() }),
         };

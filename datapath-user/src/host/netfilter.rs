@@ -54,7 +54,7 @@ pub fn render(
     let published = published(state);
     let v6: Vec<&NetworkSpec> = v6_networks(state).collect();
     if !v6.is_empty() {
-        s += &ip6_table(&v6, &uplink_of);
+        s += &ip6_table(&v6, &uplink_of, &published);
     }
     if nets.is_empty() && published.is_empty() {
         return s + &icc_table(state, &nets, &v6);
@@ -80,8 +80,14 @@ fn v6_networks(state: &State) -> impl Iterator<Item = &NetworkSpec> {
 
 /// Docker's `--ipv6` rules in table `ip6 datapath`: what conntrack cannot
 /// place, internal networks, isolation between networks (gateways
-/// included), masquerade of what leaves the node.
-fn ip6_table(nets: &[&NetworkSpec], uplink_of: &impl Fn(&NetworkSpec) -> Option<String>) -> String {
+/// included), masquerade of what leaves the node, and the published ports
+/// of endpoints with an IPv6 address (both datapaths: IPv6 published ports
+/// are the kernel's, see [`ports6`]).
+fn ip6_table(
+    nets: &[&NetworkSpec],
+    uplink_of: &impl Fn(&NetworkSpec) -> Option<String>,
+    published: &[(&EndpointSpec, &NetworkSpec)],
+) -> String {
     let subnet6 = |n: &NetworkSpec| n.ipv6.map(|v6| v6.subnet.to_string()).unwrap_or_default();
     let isolation = |n: &NetworkSpec| -> String {
         if n.options.internal {
@@ -112,8 +118,8 @@ fn ip6_table(nets: &[&NetworkSpec], uplink_of: &impl Fn(&NetworkSpec) -> Option<
         String::from("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
     for n in nets {
         fwd += &format!("    iifname \"{}\" ct state invalid drop comment \"invalid {}\"\n", n.bridge, n.name);
-        fwd += &isolation(n);
         if n.options.internal {
+            fwd += &isolation(n);
             fwd += &format!(
                 "    oifname \"{}\" ip6 saddr != {{ {}, fe80::/10, ::/128 }} drop comment \"internal {}\"\n",
                 n.bridge,
@@ -122,6 +128,19 @@ fn ip6_table(nets: &[&NetworkSpec], uplink_of: &impl Fn(&NetworkSpec) -> Option<
             );
         }
         input += &isolation(n);
+    }
+    let ports = ports6(nets, published);
+    if !ports.is_empty() {
+        // A connection to a published port may cross networks (a client
+        // endpoint of another network, and its replies): past the internal
+        // networks' rules, before the isolation ones (as for IPv4).
+        fwd += "    ct status dnat accept comment \"published ports\"\n";
+    }
+    for n in nets.iter().filter(|n| !n.options.internal) {
+        fwd += &isolation(n);
+    }
+    post += &ports.hairpin;
+    for n in nets {
         if n.options.masquerade && !n.options.internal {
             let out = match uplink_of(n) {
                 Some(up) => format!("oifname \"{up}\""),
@@ -130,7 +149,72 @@ fn ip6_table(nets: &[&NetworkSpec], uplink_of: &impl Fn(&NetworkSpec) -> Option<
             post += &format!("    ip6 saddr {} {out} masquerade comment \"masquerade {}\"\n", subnet6(n), n.name);
         }
     }
-    format!("table ip6 {TABLE} {{\n{fwd}  }}\n{input}  }}\n{post}  }}\n}}\n")
+    format!("table ip6 {TABLE} {{\n{fwd}  }}\n{input}  }}\n{post}  }}\n{}}}\n", ports.chains)
+}
+
+/// The IPv6 half of published ports, on both datapaths (the eBPF
+/// datapath translates IPv4 only): DNAT to the endpoint's IPv6 address of
+/// its first network for every publication bound to all addresses or to an
+/// IPv6 one, in prerouting (from beyond the node and from endpoints) and
+/// output (the node's own connections; not `::1`, which IPv6 cannot route
+/// to a bridge), and masquerade of the connections from endpoints of the
+/// node (hairpin: their replies must come back through the node).
+#[derive(Default)]
+struct Ports6 {
+    chains: String,
+    hairpin: String,
+}
+
+impl Ports6 {
+    fn is_empty(&self) -> bool {
+        self.chains.is_empty()
+    }
+}
+
+fn ports6(nets: &[&NetworkSpec], published: &[(&EndpointSpec, &NetworkSpec)]) -> Ports6 {
+    let mut pre = String::new();
+    let mut out = String::new();
+    let mut bridges: Vec<&NetworkSpec> = Vec::new();
+    for (e, n) in published {
+        let Some(ip6) = e.ip6 else { continue };
+        let mut any = false;
+        for p in e.ports.iter().filter(|p| p.on_v6()) {
+            let addr = match p.host_ip {
+                Some(a) => format!("ip6 daddr {a}"),
+                None => "fib daddr type local ip6 daddr != ::1".to_string(),
+            };
+            let rule = format!(
+                "    {addr} {} dport {} dnat to [{ip6}]:{} comment \"publish {} {p}\"\n",
+                p.proto, p.host_port, p.container_port, e.name
+            );
+            pre += &rule;
+            out += &rule;
+            any = true;
+        }
+        if any && !bridges.iter().any(|b| b.name == n.name) {
+            bridges.push(n);
+        }
+    }
+    if pre.is_empty() {
+        return Ports6::default();
+    }
+    let all: Vec<String> = nets.iter().filter_map(|n| n.ipv6.map(|v6| v6.subnet.to_string())).collect();
+    let hairpin = bridges
+        .iter()
+        .map(|n| {
+            format!(
+                "    oifname \"{}\" ct status dnat ip6 saddr {{ {} }} masquerade comment \"publish hairpin {}\"\n",
+                n.bridge,
+                all.join(", "),
+                n.name
+            )
+        })
+        .collect();
+    let chains = format!(
+        "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n\
+         \x20 chain output {{\n    type nat hook output priority -100; policy accept;\n{out}  }}\n"
+    );
+    Ports6 { chains, hairpin }
 }
 
 /// Endpoints that publish ports, with their network.
@@ -163,7 +247,7 @@ fn ports_chains(published: &[(&EndpointSpec, &NetworkSpec)]) -> String {
     let mut pre = String::from("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n");
     let mut out = String::from("  chain output {\n    type nat hook output priority -100; policy accept;\n");
     for (e, n) in published {
-        for p in &e.ports {
+        for p in e.ports.iter().filter(|p| p.on_v4()) {
             let to = format!("dnat to {}:{} comment \"publish {} {p}\"\n", e.ip, p.container_port, e.name);
             if n.datapath == DatapathKind::Kernel && !p.is_loopback() {
                 pre += &format!("    {} {to}", port_match(p, true));
@@ -496,6 +580,61 @@ mod tests {
         st.endpoints.clear();
         let s = render(&st, |_| None, None);
         assert!(s.contains("table ip6 datapath {") && !s.contains("table ip datapath {"), "{s}");
+    }
+
+    #[test]
+    fn ipv6_published_ports_are_dnat_rules_on_both_datapaths() {
+        let v6 = |s: &str, gw: &str| {
+            Some(crate::state::Ipv6Config { subnet: s.parse().unwrap(), gateway: gw.parse().unwrap() })
+        };
+        let mut st = State::new();
+        let mut e = net("e", "10.1.0.0/24", DatapathKind::Ebpf, NetworkOptions::default());
+        e.ipv6 = v6("fd00:1::/64", "fd00:1::1");
+        let mut k = net("k", "10.2.0.0/24", DatapathKind::Kernel, NetworkOptions::default());
+        k.ipv6 = v6("fd00:2::/64", "fd00:2::1");
+        let plain = net("p", "10.4.0.0/24", DatapathKind::Ebpf, NetworkOptions::default());
+        for n in [e, k, plain] {
+            st.networks.insert(n.name.clone(), n);
+        }
+        let ep =
+            |name: &str, network: &str, ip: [u8; 4], ip6: Option<&str>, ports: &[&str]| crate::state::EndpointSpec {
+                host_ifname: format!("dp{name}"),
+                ports: crate::ports::parse_all(ports).unwrap(),
+                ip6: ip6.map(|a| a.parse().unwrap()),
+                ..crate::state::EndpointSpec::sample(name, network, ip)
+            };
+        let eps = [
+            ep("a", "e", [10, 1, 0, 2], Some("fd00:1::2"), &["8080:80", "[fd00:9::1]:5353:53/udp", "10.9.0.1:7070:70"]),
+            ep("b", "k", [10, 2, 0, 2], Some("fd00:2::2"), &["8081:81/udp", "127.0.0.1:9090:90"]),
+            ep("c", "p", [10, 4, 0, 2], None, &["8082:82"]),
+        ];
+        for e in eps {
+            st.endpoints.insert(e.name.clone(), e);
+        }
+        let s = render(&st, |_| None, None);
+        let t = &s[s.find("table ip6 datapath {").unwrap_or_else(|| panic!("{s}"))..];
+        let t = &t[..t.find("\n}\n").expect("end of the table")];
+        let chain = |name: &str| {
+            let c = &t[t.find(&format!("chain {name} {{")).unwrap_or_else(|| panic!("no {name}: {t}"))..];
+            c[..c.find("  }").unwrap()].to_string()
+        };
+        for c in [chain("prerouting"), chain("output")] {
+            assert!(c.contains("fib daddr type local ip6 daddr != ::1 tcp dport 8080 dnat to [fd00:1::2]:80 comment \"publish a 0.0.0.0:8080->80/tcp\""), "eBPF endpoint too: {c}");
+            assert!(c.contains("ip6 daddr fd00:9::1 udp dport 5353 dnat to [fd00:1::2]:53"), "{c}");
+            assert!(c.contains("udp dport 8081 dnat to [fd00:2::2]:81"), "{c}");
+            assert!(!c.contains("7070") && !c.contains("9090"), "IPv4-bound: not on IPv6: {c}");
+            assert!(!c.contains("8082"), "an endpoint without IPv6: {c}");
+        }
+        let post = chain("postrouting");
+        assert!(post.contains("oifname \"br-e\" ct status dnat ip6 saddr { fd00:1::/64, fd00:2::/64 } masquerade comment \"publish hairpin e\""), "{post}");
+        assert!(post.contains("publish hairpin k"), "{post}");
+        let fwd = chain("forward");
+        let (dnat, iso) = (fwd.find("ct status dnat accept").unwrap(), fwd.find("isolation e").unwrap());
+        assert!(dnat < iso, "published ports cross networks: {fwd}");
+        // The IPv4 rules keep the IPv4 publications only.
+        let v4 = &s[s.find("table ip datapath {").unwrap_or_else(|| panic!("{s}"))..];
+        assert!(v4.contains("ip daddr 10.9.0.1 tcp dport 7070 dnat to 10.1.0.2:70"), "{v4}");
+        assert!(!v4.contains("5353"), "an IPv6-bound publication is not IPv4's: {v4}");
     }
 
     #[test]

@@ -75,8 +75,13 @@ pub fn enable_ipv6(iface: &str) -> Result<(), SysctlError> {
     write_conf6(iface, "disable_ipv6", b"0")
 }
 
-/// Turns IPv4 forwarding off in the calling thread's namespace (an
-/// endpoint's: it must never route between the networks it is on).
+/// Turns IPv4 and IPv6 forwarding off in the calling thread's namespace
+/// (an endpoint's: it must never route between the networks it is on). A
+/// kernel without IPv6 has nothing to turn off there.
 pub fn disable_forwarding() -> Result<(), SysctlError> {
-    std::fs::write(IP_FORWARD, b"0").map_err(err(IP_FORWARD))
+    std::fs::write(IP_FORWARD, b"0").map_err(err(IP_FORWARD))?;
+    match std::fs::write(IP6_FORWARD, b"0") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(IP6_FORWARD)(e)),
+        _ => Ok(()),
+    }
 }

@@ -59,7 +59,12 @@ impl PortMapping {
     /// absent is every address of the node; `tcp` or `udp`.
     pub fn to_publish(&self) -> Result<Vec<Publish>, PublishError> {
         let ip = self.host_ip.as_deref().unwrap_or("");
-        let ip = if ip == "0.0.0.0" { "" } else { ip };
+        let ip = match ip {
+            "0.0.0.0" | "::" => String::new(),
+            // `[fd00::1]:8080:80`, the form `ports::parse` reads.
+            v6 if v6.contains(':') => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        };
         let proto = self.protocol.to_ascii_lowercase();
         crate::ports::parse(&format!("{ip}:{}:{}/{proto}", self.host_port, self.container_port))
     }
@@ -141,11 +146,12 @@ mod tests {
     #[test]
     fn port_mappings_become_published_ports() {
         use crate::ports::Proto;
-        // hostIP empty, absent or 0.0.0.0: every address of the node.
+        // hostIP empty, absent, 0.0.0.0 or ::: every address of the node.
         for m in [
             r#"{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""}"#,
             r#"{"hostPort":8080,"containerPort":80}"#,
             r#"{"hostPort":8080,"containerPort":80,"hostIP":"0.0.0.0"}"#,
+            r#"{"hostPort":8080,"containerPort":80,"hostIP":"::"}"#,
         ] {
             let p = mapping(m).to_publish().unwrap();
             assert_eq!(p, vec![Publish { host_ip: None, host_port: 8080, container_port: 80, proto: Proto::Tcp }]);
@@ -156,15 +162,17 @@ mod tests {
         assert_eq!(
             p,
             vec![Publish {
-                host_ip: Some(std::net::Ipv4Addr::new(203, 0, 113, 2)),
+                host_ip: Some(std::net::Ipv4Addr::new(203, 0, 113, 2).into()),
                 host_port: 53,
                 container_port: 5353,
                 proto: Proto::Udp
             }]
         );
+        let v6 = mapping(r#"{"hostPort":80,"containerPort":8080,"hostIP":"fd00::9"}"#).to_publish().unwrap();
+        assert_eq!(v6[0].host_ip, Some("fd00::9".parse().unwrap()), "an IPv6 host address: IPv6 only");
         for bad in [
             r#"{"hostPort":80,"containerPort":80,"protocol":"sctp"}"#,
-            r#"{"hostPort":80,"containerPort":80,"hostIP":"::"}"#,
+            r#"{"hostPort":80,"containerPort":80,"hostIP":"::1"}"#,
             r#"{"hostPort":80,"containerPort":80,"hostIP":"nope"}"#,
             r#"{"hostPort":0,"containerPort":80}"#,
         ] {

@@ -197,6 +197,10 @@ pub struct Attachment {
     pub host_ifname: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Its IPv6 address, on a dual-stack network (absent in state files
+    /// of builds before IPv6 attachments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// Recorded before the connect makes anything (write-ahead), cleared
     /// when it is done: an agent that finds it set after a crash removes
     /// the half-made link. Its address stays reserved meanwhile.
@@ -210,6 +214,8 @@ pub struct Attachment {
 pub struct Link<'a> {
     pub network: &'a str,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, on a dual-stack network.
+    pub ip6: Option<Ipv6Addr>,
     pub mac: [u8; 6],
     pub ifname: &'a str,
     pub host_ifname: &'a str,
@@ -227,6 +233,7 @@ impl EndpointSpec {
         let first = Link {
             network: &self.network,
             ip: self.ip,
+            ip6: self.ip6,
             mac: self.mac,
             ifname: &self.ifname,
             host_ifname: &self.host_ifname,
@@ -237,6 +244,7 @@ impl EndpointSpec {
         let more = self.attachments.iter().map(|a| Link {
             network: &a.network,
             ip: a.ip,
+            ip6: a.ip6,
             mac: a.mac,
             ifname: &a.ifname,
             host_ifname: &a.host_ifname,
@@ -327,7 +335,7 @@ impl State {
 
     /// IPv6 addresses in use on a network (derived from its endpoints).
     pub fn used_addresses6(&self, network: &str) -> BTreeSet<Ipv6Addr> {
-        self.endpoints.values().filter(|e| e.network == network).filter_map(|e| e.ip6).collect()
+        self.links_on(network).filter_map(|(_, l)| l.ip6).collect()
     }
 
     /// The network, if any, whose IPv6 subnet overlaps `subnet`.
@@ -432,16 +440,15 @@ impl State {
                     return Err(format!("host interface {} is recorded for two endpoints", l.host_ifname));
                 }
             }
-            if let Some(ip6) = e.ip6 {
-                // The IPv6 address is the first network's (attachments are
-                // IPv4 for now).
-                let v6 = self.networks.get(&e.network).and_then(|n| n.ipv6);
+            for l in e.links() {
+                let Some(ip6) = l.ip6 else { continue };
+                let v6 = self.networks.get(l.network).and_then(|n| n.ipv6);
                 let usable =
                     v6.is_some_and(|v6| v6.subnet.contains(&ip6) && ip6 != v6.gateway && ip6 != v6.subnet.network());
                 if !usable {
                     return Err(format!(
                         "endpoint {:?} has IPv6 address {ip6}, not usable on network {:?}",
-                        e.name, e.network
+                        e.name, l.network
                     ));
                 }
                 if !addrs6.insert(ip6) {
@@ -581,6 +588,7 @@ mod tests {
             ifname: "eth1".into(),
             host_ifname: "dp9".into(),
             aliases: vec!["db".into()],
+            ip6: None,
             connecting: false,
         });
         s.endpoints.insert("x".into(), x.clone());

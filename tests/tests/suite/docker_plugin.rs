@@ -138,7 +138,7 @@ fn docker_network_lifecycle(dp) {
 
 /// Bad input gets the protocol's `{"Err": ...}` with a clear message and
 /// changes nothing: bad JSON, an unknown method, a GET, unknown networks
-/// and endpoints, IPv6, two subnets, bad options, a subnet overlapping
+/// and endpoints, two subnets, bad options, a subnet overlapping
 /// another network; several requests on one keep-alive connection.
 #[test]
 fn docker_plugin_refuses_bad_calls() {
@@ -178,7 +178,7 @@ fn docker_plugin_refuses_bad_calls() {
     for (opts, data, why) in [
         (json!({}), json!([]), "IPv4"),
         (json!({}), json!([{"Pool": "10.30.0.0/24"}, {"Pool": "10.31.0.0/24"}]), "one IPv4 subnet"),
-        (json!({"com.docker.network.enable_ipv6": true}), v4("10.30.0.0/24", ""), "IPv6"),
+        (json!({"com.docker.network.enable_ipv6": "perhaps"}), v4("10.30.0.0/24", ""), "enable_ipv6"),
         (
             json!({"com.docker.network.generic": {"com.docker.network.bridge.enable_icc": "maybe"}}),
             v4("10.30.0.0/24", ""),

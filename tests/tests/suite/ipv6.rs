@@ -65,7 +65,7 @@ fn fetch(node: &Node, ns: &str, ip: &str, name: &str, len: usize, sha: &str) {
 
 /// `python3 -m http.server PORT --bind :: --directory DIR` in `ns`
 /// (IPv6, and IPv4 too), ready; it logs each client's address.
-fn http_server(ns: &str, port: u16, dir: &std::path::Path) -> BgProcess {
+pub(crate) fn http_server(ns: &str, port: u16, dir: &std::path::Path) -> BgProcess {
     let (d, p) = (dir.to_string_lossy().into_owned(), port.to_string());
     let mut s =
         BgProcess::spawn(ns_cmd(ns, &[python(), "-u", "-m", "http.server", &p, "--bind", "::", "--directory", &d]));

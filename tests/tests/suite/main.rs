@@ -14,6 +14,7 @@ mod dns;
 mod docker_engine;
 mod docker_plugin;
 mod ipv6;
+mod ipv6_surface;
 mod lifecycle;
 mod masquerade;
 mod modes;
