@@ -211,9 +211,7 @@ fn check(ctx: &TcContext, src: &EndpointInfo) -> Next6 {
     };
     match icmp[0] {
         ND_ROUTER_ADVERT | ND_REDIRECT => drop(reason::DROP_SPOOFED_NDP).into(),
-        ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => {
-            neighbour(ctx, src, icmp[0], off, end, saddr, own, ll)
-        }
+        ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => neighbour(ctx, src, icmp[0], off, end, saddr, own, ll),
         // Reports during duplicate address detection come from `::`.
         MLD_REPORT | MLD2_REPORT => pass(reason::PASS_IPV6).into(),
         _ if unspecified => drop(reason::DROP_SPOOFED_IP6).into(),

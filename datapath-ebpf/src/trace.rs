@@ -247,17 +247,24 @@ fn ipv6(ctx: &TcContext, ep: u32) -> bool {
     sa.copy_from_slice(&ip[8..24]);
     da.copy_from_slice(&ip[24..40]);
     let nh = ip[6];
-    let ports = if nh == IPPROTO_TCP || nh == IPPROTO_UDP {
-        ctx.load::<[u8; 4]>(ETH_HLEN + IPV6_HLEN).ok()
-    } else {
-        None
-    };
+    let ports =
+        if nh == IPPROTO_TCP || nh == IPPROTO_UDP { ctx.load::<[u8; 4]>(ETH_HLEN + IPV6_HLEN).ok() } else { None };
     match (ports, out_if) {
         (Some(p), 0) => {
             let (sp, dp) = (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
             info!(
                 ctx,
-                "ep={} {} {} {:mac} > {:mac} [{:i}]:{} > [{:i}]:{} proto={}", ep, dir, why, smac, dmac, sa, sp, da, dp, nh
+                "ep={} {} {} {:mac} > {:mac} [{:i}]:{} > [{:i}]:{} proto={}",
+                ep,
+                dir,
+                why,
+                smac,
+                dmac,
+                sa,
+                sp,
+                da,
+                dp,
+                nh
             );
         }
         (Some(p), out) => {

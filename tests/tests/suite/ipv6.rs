@@ -544,6 +544,47 @@ fn ipv6_spoofing(dp) {
 }
 }
 
+both_datapaths! {
+/// `datapath trace --endpoint A` shows A's IPv6 packets: an echo to a
+/// peer as delivered (`redirect-peer`, both IPv6 addresses, next header
+/// 58, the peer's host veth), a UDP datagram to the gateway with its ports
+/// (`[ADDR]:PORT`). Kernel datapath (documented difference: no eBPF
+/// program, no traces): the stream stays empty.
+fn ipv6_trace(dp) {
+    let mut node = Node::on(dp);
+    let net = dual(&mut node, "net", "10.73.0.0/24", "fd00:73::/64", &[]);
+    let (a, a6) = endpoint6(&mut node, "a", &net, &[]);
+    let (b, b6) = endpoint6(&mut node, "b", &net, &[]);
+    let b_if = node.json(&["endpoint", "inspect", &b])["host_ifindex"].as_u64().expect("host_ifindex");
+    assert_ping(&a, &b6, 1);
+    let mut trace = node.cli_bg(&["trace", "--endpoint", &a]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(trace.try_status().is_none(), "`datapath trace` exited early");
+    assert_ping(&a, &b6, 3);
+    let send = "import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); \
+                s.bind(('::', 5353)); s.sendto(b'x', ('fd00:73::1', 9999))";
+    let out = exec_in(&a, &[python(), "-c", send]);
+    assert!(out.status.success(), "{}", show(&out));
+    std::thread::sleep(Duration::from_millis(1000));
+    let (lines, err) = trace.stop();
+    let shown = format!("trace stdout ({} lines):\n{}\nstderr: {err}", lines.len(), lines.join("\n"));
+    if !dp.is_ebpf() {
+        assert!(lines.is_empty(), "kernel datapath (no eBPF program, so no traces): {shown}");
+        return;
+    }
+    let echo = format!(" {a6} > {b6} proto=58 -> if={b_if}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("{a} ")) && l.contains("redirect-peer") && l.ends_with(&echo)),
+        "no line of {a} with redirect-peer ending in {echo:?}; {shown}"
+    );
+    let udp = format!(" [{a6}]:5353 > [fd00:73::1]:9999 proto=17");
+    assert!(
+        lines.iter().any(|l| l.contains("pass-ipv6") && l.ends_with(&udp)),
+        "no pass-ipv6 line ending in {udp:?}; {shown}"
+    );
+}
+}
+
 /// A raw IPv6 frame from `mac` to `dst_mac`: next header `nh`, payload
 /// length `plen` (whatever `body` is).
 fn raw6(dst_mac: [u8; 6], mac: [u8; 6], src: &str, dst: &str, nh: u8, plen: u16, body: &[u8]) -> Vec<u8> {
