@@ -191,43 +191,34 @@ fn check(ctx: &TcContext, src: &EndpointInfo) -> Next6 {
     if is_ext(nh) {
         return drop(reason::DROP_IPV6_EXT_CHAIN).into();
     }
-    if nh != NEXTHDR_ICMPV6 || later_fragment {
-        if unspecified {
-            return drop(reason::DROP_SPOOFED_IP6).into();
-        }
-        let p = Pkt6 {
-            l4_off: off as u32,
-            end: end as u32,
-            proto: nh,
-            fragment,
-            later_fragment,
-            _pad: 0,
-            network_id: src.network_id,
+    if nh == NEXTHDR_ICMPV6 && !later_fragment {
+        let Ok(icmp) = ctx.load::<[u8; 4]>(off) else {
+            return drop(reason::DROP_BAD_IPV6_HEADER).into();
         };
-        return next(ctx, src, &p);
-    }
-    let Ok(icmp) = ctx.load::<[u8; 4]>(off) else {
-        return drop(reason::DROP_BAD_IPV6_HEADER).into();
-    };
-    match icmp[0] {
-        ND_ROUTER_ADVERT | ND_REDIRECT => drop(reason::DROP_SPOOFED_NDP).into(),
-        ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => neighbour(ctx, src, icmp[0], off, end, saddr, own, ll),
-        // Reports during duplicate address detection come from `::`.
-        MLD_REPORT | MLD2_REPORT => pass(reason::PASS_IPV6).into(),
-        _ if unspecified => drop(reason::DROP_SPOOFED_IP6).into(),
-        _ => {
-            let p = Pkt6 {
-                l4_off: off as u32,
-                end: end as u32,
-                proto: nh,
-                fragment,
-                later_fragment,
-                _pad: 0,
-                network_id: src.network_id,
-            };
-            next(ctx, src, &p)
+        match icmp[0] {
+            ND_ROUTER_ADVERT | ND_REDIRECT => return drop(reason::DROP_SPOOFED_NDP).into(),
+            ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => {
+                return neighbour(ctx, src, icmp[0], off, end, saddr, own, ll);
+            }
+            // Reports during duplicate address detection come from `::`.
+            MLD_REPORT | MLD2_REPORT => return pass(reason::PASS_IPV6).into(),
+            _ => {}
         }
     }
+    if unspecified {
+        return drop(reason::DROP_SPOOFED_IP6).into();
+    }
+    // One call site: its code is verified once per state, not per site.
+    let p = Pkt6 {
+        l4_off: off as u32,
+        end: end as u32,
+        proto: nh,
+        fragment,
+        later_fragment,
+        _pad: 0,
+        network_id: src.network_id,
+    };
+    next(ctx, src, &p)
 }
 
 /// Where a checked packet `p` from `src` goes, with the network policy
