@@ -298,7 +298,8 @@ fn ipv6_bypasses_host_veth(dp) {
         d(hb0.tx_packets, hb1.tx_packets),
     );
     let summary = format!("host veth A: rx +{arx} tx +{atx}; host veth B: rx +{brx} tx +{btx}; redirect-peer +{rp}");
-    eprintln!("{summary}");
+    let rtt = stdout_str(&out).lines().find(|l| l.starts_with("rtt")).unwrap_or_default().to_string();
+    eprintln!("{summary}; ping6 {rtt}");
     // Positive controls: the packets did enter the host veths.
     assert!(arx >= N && brx >= N, "the echoes did not enter the host veths? {summary}");
     if !dp.is_ebpf() {
