@@ -334,6 +334,11 @@ fn neighbour(
     if kind != ND_NEIGHBOUR_SOLICIT || unspecified || off != nd::ICMP_OFF || end != off + nd::ND_LEN {
         return pass(reason::PASS_IPV6).into();
     }
+    // Neighbour discovery travels with hop limit 255 (RFC 4861 7.1.1: any
+    // other is ignored, as the kernel behind the bridge does).
+    if ctx.load::<u8>(ETH_HLEN + 7) != Ok(nd::HOP_LIMIT) {
+        return pass(reason::PASS_IPV6).into();
+    }
     let Some((mac, router)) = owner(src, &target) else {
         return pass(reason::PASS_IPV6).into();
     };

@@ -37,7 +37,7 @@ const NA_OVERRIDE: u8 = 0x20;
 const NEXTHDR_ICMPV6: u8 = 58;
 /// Neighbour discovery is sent with hop limit 255 (RFC 4861: receivers
 /// drop anything else).
-const ND_HOP_LIMIT: u8 = 255;
+pub const HOP_LIMIT: u8 = 255;
 
 /// The answer to a solicitation, chosen by `ipv6` (the addresses are read
 /// from the solicitation again: `dp_from_ep`'s frame, where this is
@@ -78,7 +78,7 @@ fn send(ctx: &TcContext, src: &EndpointInfo, a: &Advert) -> u32 {
     let icmp_head = [ND_NEIGHBOUR_ADVERT, 0, csum[0], csum[1], flags, 0, 0, 0];
     // Version, traffic class, flow label; payload length, next header, hop
     // limit; source (the target), destination (the requester).
-    let ip_head = [0x60, 0, 0, 0, 0, ND_LEN as u8, NEXTHDR_ICMPV6, ND_HOP_LIMIT];
+    let ip_head = [0x60, 0, 0, 0, 0, ND_LEN as u8, NEXTHDR_ICMPV6, HOP_LIMIT];
     let written = ctx.store(ETH_HLEN, &ip_head, 0).is_ok()
         && ctx.store(ETH_HLEN + 8, &[t[0], t[1], to[0], to[1]], 0).is_ok()
         && ctx.store(ICMP_OFF, &icmp_head, 0).is_ok()

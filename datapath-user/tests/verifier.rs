@@ -1651,8 +1651,13 @@ fn dp_from_ep_ipv6_fast_path() {
         d[13..].copy_from_slice(&t[13..]);
         d
     };
+    // Neighbour discovery travels with hop limit 255.
+    let nd255 = |mut f: Vec<u8>| {
+        f[14 + 7] = 255;
+        f
+    };
     let ns = |src: [u8; 16], dst_mac: [u8; 6], dst: [u8; 16], t: [u8; 16]| {
-        eth(dst_mac, A_MAC, 0x86dd, &icmp(src, dst, nd(135, t, 1, A_MAC)))
+        nd255(eth(dst_mac, A_MAC, 0x86dd, &icmp(src, dst, nd(135, t, 1, A_MAC))))
     };
     let mcast = |t: [u8; 16]| [0x33, 0x33, 0xff, t[13], t[14], t[15]];
     sum_ns(&mut h, "NS for a peer", ns(a6, mcast(b6), solicited(b6), b6), b6, B_MAC, 0x60);
@@ -1676,9 +1681,14 @@ fn dp_from_ep_ipv6_fast_path() {
             ns(a6, mcast(v6("fe80::1")), solicited(v6("fe80::1")), v6("fe80::1")),
         ),
         ("NS for itself", ns(a6, mcast(a6), solicited(a6), a6)),
+        ("NS with hop limit 64", {
+            let mut f = ns(a6, mcast(b6), solicited(b6), b6);
+            f[14 + 7] = 64;
+            f
+        }),
         (
             "NS without an option",
-            eth(mcast(b6), A_MAC, 0x86dd, &icmp(a6, solicited(b6), nd(135, b6, 1, A_MAC)[..24].to_vec())),
+            nd255(eth(mcast(b6), A_MAC, 0x86dd, &icmp(a6, solicited(b6), nd(135, b6, 1, A_MAC)[..24].to_vec()))),
         ),
         ("DAD NS", eth(mcast(a6), A_MAC, 0x86dd, &icmp([0; 16], solicited(a6), nd(135, a6, 14, [1, 2, 3, 4, 5, 6])))),
     ] {
