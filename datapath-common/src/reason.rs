@@ -172,6 +172,11 @@ pub const DROP_SPOOFED_IP6: u32 = 62;
 /// link-layer address option), or a router advertisement or redirect (an
 /// endpoint is no router).
 pub const DROP_SPOOFED_NDP: u32 = 63;
+/// A neighbour solicitation from an endpoint for its network's IPv6
+/// gateway or for another endpoint of its network, answered in eBPF (the
+/// IPv6 analogue of proxy ARP): the advertisement is sent back into the
+/// requester with `bpf_redirect_peer`, nothing crosses the bridge.
+pub const FWD_ND_ADVERT: u32 = 23;
 
 /// Size of the `STATS` array: every code must be below this. Codes from 64
 /// on are drops too (the drop range grew past 63: `STATS` was 64 slots up
@@ -186,9 +191,10 @@ pub const fn is_event(code: u32) -> bool {
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 42] = [
+pub const ALL: [u32; 43] = [
     FWD_REDIRECT_PEER,
     FWD_ARP_REPLY,
+    FWD_ND_ADVERT,
     FWD_NAT,
     FWD_REVNAT,
     FWD_PORT,
@@ -296,6 +302,7 @@ pub const fn name(code: u32) -> &'static str {
         DROP_BAD_IPV6_HEADER => "drop-bad-ipv6-header",
         DROP_SPOOFED_IP6 => "drop-spoofed-ip6",
         DROP_SPOOFED_NDP => "drop-spoofed-ndp",
+        FWD_ND_ADVERT => "fwd-nd-advert",
         _ => "unknown",
     }
 }

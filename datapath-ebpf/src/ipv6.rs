@@ -3,18 +3,23 @@
 //! headers followed up to [`MAX_EXT_HEADERS`]), the endpoint's identity
 //! enforced (its own address, its link-local address derived from its MAC,
 //! `::` only for duplicate address detection and MLD), neighbour discovery
-//! that claims another address or MAC dropped, and where the packet goes
-//! next ([`Next6`]): beyond the node from a masquerading network to `nat6`
-//! (the caller calls it, so the frames are not stacked), everything else
-//! handed to the bridge. An endpoint without an `ENDPOINTS6` entry (an
-//! IPv4-only network) sends no IPv6 at all (`drop-ethertype`).
+//! that claims another address or MAC dropped, solicitations for the
+//! gateway or a peer answered (`nd`), the network policy (isolation,
+//! icc=false, internal networks), and where the packet goes next
+//! ([`Next6`]): another endpoint of the network straight into its namespace
+//! (`local6`), beyond the node from a masquerading network to `nat6` (the
+//! caller calls it, so the frames are not stacked), everything else handed
+//! to the bridge. An endpoint without an `ENDPOINTS6` entry (an IPv4-only
+//! network) sends no IPv6 at all (`drop-ethertype`).
 
 use aya_ebpf::programs::TcContext;
-use datapath_common::{reason, EndpointInfo, NET_F_MASQUERADE};
+use datapath_common::{reason, EndpointInfo, NET_F_INTERNAL, NET_F_MASQUERADE, NET_F_NO_ICC};
 
 use crate::{
     hdr::{self, ETH_HLEN},
+    local6::Delivery6,
     maps,
+    nd::{self, Advert},
     verdict::{drop, pass, Verdict},
 };
 
@@ -96,10 +101,15 @@ pub struct Pkt6 {
 
 /// Where an IPv6 frame from an endpoint goes next.
 pub enum Next6 {
-    /// Decided (dropped, handed to the bridge).
+    /// Decided (dropped, handed to the bridge, delivered to another
+    /// endpoint, answered).
     Verdict(Verdict),
     /// Beyond the node from a network that masquerades IPv6: `nat6`.
     Beyond(Pkt6),
+    /// For another endpoint of the network: `local6::deliver`.
+    Local(Delivery6),
+    /// A neighbour solicitation answered: `nd::advertise`.
+    Advert(Advert),
 }
 
 impl From<Verdict> for Next6 {
@@ -181,53 +191,47 @@ fn check(ctx: &TcContext, src: &EndpointInfo) -> Next6 {
     if is_ext(nh) {
         return drop(reason::DROP_IPV6_EXT_CHAIN).into();
     }
-    if nh != NEXTHDR_ICMPV6 || later_fragment {
-        if unspecified {
-            return drop(reason::DROP_SPOOFED_IP6).into();
-        }
-        let p = Pkt6 {
-            l4_off: off as u32,
-            end: end as u32,
-            proto: nh,
-            fragment,
-            later_fragment,
-            _pad: 0,
-            network_id: src.network_id,
+    if nh == NEXTHDR_ICMPV6 && !later_fragment {
+        let Ok(icmp) = ctx.load::<[u8; 4]>(off) else {
+            return drop(reason::DROP_BAD_IPV6_HEADER).into();
         };
-        return next(ctx, &p);
+        match icmp[0] {
+            ND_ROUTER_ADVERT | ND_REDIRECT => return drop(reason::DROP_SPOOFED_NDP).into(),
+            ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => {
+                return neighbour(ctx, src, icmp[0], off, end, saddr, own, ll);
+            }
+            // Reports during duplicate address detection come from `::`.
+            MLD_REPORT | MLD2_REPORT => return pass(reason::PASS_IPV6).into(),
+            _ => {}
+        }
     }
-    let Ok(icmp) = ctx.load::<[u8; 4]>(off) else {
-        return drop(reason::DROP_BAD_IPV6_HEADER).into();
+    if unspecified {
+        return drop(reason::DROP_SPOOFED_IP6).into();
+    }
+    // One call site: its code is verified once per state, not per site.
+    let p = Pkt6 {
+        l4_off: off as u32,
+        end: end as u32,
+        proto: nh,
+        fragment,
+        later_fragment,
+        _pad: 0,
+        network_id: src.network_id,
     };
-    match icmp[0] {
-        ND_ROUTER_ADVERT | ND_REDIRECT => drop(reason::DROP_SPOOFED_NDP).into(),
-        ND_NEIGHBOUR_SOLICIT | ND_NEIGHBOUR_ADVERT => {
-            neighbour(ctx, src, icmp[0], off, end, unspecified, own, ll).into()
-        }
-        // Reports during duplicate address detection come from `::`.
-        MLD_REPORT | MLD2_REPORT => pass(reason::PASS_IPV6).into(),
-        _ if unspecified => drop(reason::DROP_SPOOFED_IP6).into(),
-        _ => {
-            let p = Pkt6 {
-                l4_off: off as u32,
-                end: end as u32,
-                proto: nh,
-                fragment,
-                later_fragment,
-                _pad: 0,
-                network_id: src.network_id,
-            };
-            next(ctx, &p)
-        }
-    }
+    next(ctx, src, &p)
 }
 
-/// Where a checked packet `p` goes: beyond the node from a network that
-/// masquerades IPv6 to `nat6`; else (another endpoint, the gateway, a
-/// link-local or multicast address, another local network, a network that
-/// does not masquerade) the bridge.
+/// Where a checked packet `p` from `src` goes, with the network policy
+/// for IPv6 (as `policy` for IPv4): multicast and link-local destinations
+/// stay on the link (the bridge); an endpoint of the same network is
+/// delivered into its namespace (`local6`; dropped with icc=false);
+/// another local network's subnet, gateway included, is dropped
+/// (isolation); nothing leaves an internal network's subnet; beyond the
+/// node from a network that masquerades IPv6 to `nat6`; else (the gateway,
+/// an unknown address of the subnet, a network that does not masquerade)
+/// the bridge.
 #[inline(always)]
-fn next(ctx: &TcContext, p: &Pkt6) -> Next6 {
+fn next(ctx: &TcContext, src: &EndpointInfo, p: &Pkt6) -> Next6 {
     let Ok(d) = ctx.load::<[u8; 16]>(ETH_HLEN + 24) else {
         return drop(reason::DROP_TRUNCATED).into();
     };
@@ -235,19 +239,45 @@ fn next(ctx: &TcContext, p: &Pkt6) -> Next6 {
     if d[0] == 0xff || (d[0] == 0xfe && d[1] & 0xc0 == 0x80) {
         return pass(reason::PASS_IPV6).into();
     }
-    if maps::subnet6_of(d).is_some() {
+    let Some(net) = maps::network6(p.network_id) else {
         return pass(reason::PASS_IPV6).into();
+    };
+    let dst = maps::endpoint_by_ip6(&d);
+    let peer = dst.filter(|e| e.network_id == p.network_id && e.ifindex != src.ifindex);
+    if let Some(e) = peer {
+        if net.flags & NET_F_NO_ICC != 0 {
+            return Verdict { dst_flags: e.flags, ..drop(reason::DROP_POLICY_ICC) }.into();
+        }
     }
-    match maps::network6(p.network_id) {
-        Some(n) if n.flags & NET_F_MASQUERADE != 0 => Next6::Beyond(*p),
-        _ => pass(reason::PASS_IPV6).into(),
+    match maps::subnet6_of(d) {
+        Some(id) if id == p.network_id => {}
+        Some(_) => return drop(reason::DROP_POLICY_ISOLATION).into(),
+        None if net.flags & NET_F_INTERNAL != 0 => return drop(reason::DROP_POLICY_INTERNAL).into(),
+        None if net.flags & NET_F_MASQUERADE != 0 => return Next6::Beyond(*p),
+        // Routed by the kernel as it is (`--no-masquerade`, or no IPv6
+        // masquerade address).
+        None => return pass(reason::PASS_IPV6).into(),
     }
+    let Some(e) = peer else {
+        // The gateway, an address nobody has, the sender itself.
+        return Verdict { dst_flags: dst.map_or(0, |e| e.flags), ..pass(reason::PASS_IPV6) }.into();
+    };
+    let Some(eth) = hdr::eth(ctx) else {
+        return drop(reason::DROP_TRUNCATED).into();
+    };
+    let (eth_dst, gw) = (eth.dst, hdr::mac(src.gw_mac));
+    if hdr::is_multicast(&eth_dst) {
+        return Verdict { dst_flags: e.flags, ..pass(reason::PASS_IPV6) }.into();
+    }
+    Next6::Local(Delivery6::to(&e, eth_dst == gw))
 }
 
-/// A neighbour solicitation or advertisement at `off`: an advertisement's
-/// target, and a solicitation's during duplicate address detection (from
-/// `::`), must be the endpoint's own address; a link-layer address option
-/// must carry its own MAC.
+/// A neighbour solicitation or advertisement at `off` from `saddr`: an
+/// advertisement's target, and a solicitation's during duplicate address
+/// detection (from `::`), must be the endpoint's own address; a
+/// link-layer address option must carry its own MAC. A solicitation that
+/// passes, for the gateway or another endpoint of the network, is answered
+/// (`nd`, called by the caller).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn neighbour(
@@ -256,30 +286,31 @@ fn neighbour(
     kind: u8,
     off: usize,
     end: usize,
-    unspecified: bool,
+    saddr: (u64, u64),
     own: (u64, u64),
     ll: (u64, u64),
-) -> Verdict {
+) -> Next6 {
+    let unspecified = saddr == (0, 0);
     // type, code, checksum, flags/reserved (8 bytes), then the target.
     let Ok(target) = ctx.load::<[u8; 16]>(off + 8) else {
-        return drop(reason::DROP_BAD_L4_HEADER);
+        return drop(reason::DROP_BAD_L4_HEADER).into();
     };
     if off + 24 > end {
-        return drop(reason::DROP_BAD_L4_HEADER);
+        return drop(reason::DROP_BAD_L4_HEADER).into();
     }
     let claims = kind == ND_NEIGHBOUR_ADVERT || unspecified;
     if claims && !is_own(words(&target), own, ll) {
-        return drop(reason::DROP_SPOOFED_NDP);
+        return drop(reason::DROP_SPOOFED_NDP).into();
     }
     let m = src.mac;
     let mut o = off + 24;
     let mut i = 0;
     while i < MAX_ND_OPTIONS && o < end {
         let Ok(opt) = ctx.load::<[u8; 8]>(o) else {
-            return drop(reason::DROP_BAD_L4_HEADER);
+            return drop(reason::DROP_BAD_L4_HEADER).into();
         };
         if opt[1] == 0 {
-            return drop(reason::DROP_BAD_L4_HEADER);
+            return drop(reason::DROP_BAD_L4_HEADER).into();
         }
         if (opt[0] == ND_OPT_SOURCE_LL || opt[0] == ND_OPT_TARGET_LL)
             && (opt[2] != m[0]
@@ -289,14 +320,45 @@ fn neighbour(
                 || opt[6] != m[4]
                 || opt[7] != m[5])
         {
-            return drop(reason::DROP_SPOOFED_NDP);
+            return drop(reason::DROP_SPOOFED_NDP).into();
         }
         o += usize::from(opt[1]) * 8;
         i += 1;
     }
     if o < end {
         // More options than are checked.
-        return drop(reason::DROP_BAD_L4_HEADER);
+        return drop(reason::DROP_BAD_L4_HEADER).into();
     }
-    pass(reason::PASS_IPV6)
+    // The usual solicitation (no extension headers, one option) from one of
+    // the endpoint's addresses: answered when the target is ours to answer.
+    if kind != ND_NEIGHBOUR_SOLICIT || unspecified || off != nd::ICMP_OFF || end != off + nd::ND_LEN {
+        return pass(reason::PASS_IPV6).into();
+    }
+    // Neighbour discovery travels with hop limit 255 (RFC 4861 7.1.1: any
+    // other is ignored, as the kernel behind the bridge does).
+    if ctx.load::<u8>(ETH_HLEN + 7) != Ok(nd::HOP_LIMIT) {
+        return pass(reason::PASS_IPV6).into();
+    }
+    let Some((mac, router)) = owner(src, &target) else {
+        return pass(reason::PASS_IPV6).into();
+    };
+    Next6::Advert(Advert { mac, router })
+}
+
+/// The MAC that owns `target` for endpoint `src`, and whether it is a
+/// router: the network's IPv6 gateway (the bridge, `src.gw_mac`, the MAC
+/// proxy ARP answers with) or another endpoint of the same network.
+/// `None`: not ours to answer (the gateway's link-local address, another
+/// network, unknown: the bridge and the kernel answer, or nobody).
+#[inline(always)]
+fn owner(src: &EndpointInfo, target: &[u8; 16]) -> Option<([u8; 6], bool)> {
+    let net = maps::network6(src.network_id)?;
+    if words(&net.gateway) == words(target) {
+        return Some((src.gw_mac, true));
+    }
+    let dst = maps::endpoint_by_ip6(target)?;
+    if dst.network_id != src.network_id || dst.ifindex == src.ifindex {
+        return None;
+    }
+    Some((dst.mac, false))
 }

@@ -4,11 +4,12 @@
 //! `dp_from_ep` is attached by the agent to the TC ingress of each
 //! endpoint's host-side veth, so it sees every frame the endpoint
 //! (container) sends. It enforces the endpoint's identity (MAC, IPv4, ARP
-//! sender) and the network policy, delivers unicast IPv4 for another
-//! endpoint of the same network straight into that endpoint's namespace
-//! with `bpf_redirect_peer` (bypassing the bridge), and masquerades traffic
-//! leaving the node out the uplink, answers ARP requests for the gateway and
-//! for other endpoints of the network itself (proxy ARP). Everything else is handed to the bridge
+//! sender, IPv6, neighbour discovery) and the network policy, delivers
+//! unicast IPv4 and IPv6 for another endpoint of the same network straight
+//! into that endpoint's namespace with `bpf_redirect_peer` (bypassing the
+//! bridge), and masquerades traffic leaving the node out the uplink,
+//! answers ARP requests and neighbour solicitations for the gateway and for
+//! other endpoints of the network itself (proxy ARP / NDP). Everything else is handed to the bridge
 //! (`TC_ACT_OK`). `dp_from_uplink`, on the uplink's ingress, translates the
 //! replies back and delivers them into their endpoint.
 //!
@@ -21,11 +22,12 @@
 //! Modules, each using only modules below it (no cycles):
 //!
 //! ```text
-//! main ─────> policy, ipv6, nat, nat6, icmp, ports, trace, verdict
+//! main ─────> policy, ipv6, local6, nd, nat, nat6, icmp, ports, trace, verdict
 //! nat6 ─────> ipv6 (the type of what it is handed), verdict
 //! icmp ─────> fib, hdr, maps, verdict
 //! policy ───> arp, local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
-//! ipv6 ─────> hdr, maps, verdict
+//! ipv6 ─────> local6, nd (the types of what it hands over), hdr, maps, verdict
+//! local6, nd > fib, hdr, verdict
 //! arp ──────> fib, hdr, maps, verdict
 //! ports ────> conntrack, fib, csum, hdr, maps, verdict
 //! local ────> fib, csum, hdr, verdict
@@ -51,9 +53,11 @@ mod hdr;
 mod icmp;
 mod ipv6;
 mod local;
+mod local6;
 mod maps;
 mod nat;
 mod nat6;
+mod nd;
 mod policy;
 mod ports;
 mod trace;
@@ -82,6 +86,8 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
         Next::Ipv6 => match ipv6::from_endpoint(&ctx, src) {
             ipv6::Next6::Verdict(d) => v = d,
             ipv6::Next6::Beyond(p) => v = nat6::egress(&ctx, src, &p),
+            ipv6::Next6::Local(d) => v = local6::deliver(&ctx, &d),
+            ipv6::Next6::Advert(a) => v = nd::advertise(&ctx, src, &a),
         },
         Next::Masquerade(req) if nat::is_later_fragment(&req) => v = nat::egress_fragment(&ctx, &req),
         // A published port's flow first (a reply, or a connection to the

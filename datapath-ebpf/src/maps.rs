@@ -139,8 +139,6 @@ pub fn endpoint6(ifindex: u32) -> Option<Endpoint6> {
 }
 
 /// The endpoint whose IPv6 address is `addr` (wire order).
-// Used by the IPv6 local delivery, being written.
-#[allow(dead_code)]
 #[inline(always)]
 pub fn endpoint_by_ip6(addr: &[u8; 16]) -> Option<EndpointInfo> {
     // SAFETY: the value is copied out at once.

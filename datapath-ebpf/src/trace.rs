@@ -10,7 +10,7 @@ use aya_log_ebpf::info;
 use datapath_common::{reason, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    hdr::{ARP_LEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, IPV4_MIN_HLEN},
+    hdr::{ARP_LEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPV4_MIN_HLEN},
     maps,
 };
 
@@ -47,6 +47,12 @@ pub fn trace(skb: *mut __sk_buff, ep: u32, code: u32, out_if: u32, was: u64) {
         a.code = code;
         a.out_if = out_if;
         a.was = was;
+        // IPv6 in a function of its own, called from here: its frame is
+        // not stacked on `emit`'s.
+        let ctx = TcContext::new(skb);
+        if ctx.load::<u16>(12).is_ok_and(|p| u16::from_be(p) == ETH_P_IPV6) && ipv6(&ctx, ep) {
+            return;
+        }
         emit(skb, ep);
     }
 }
@@ -58,6 +64,8 @@ static DIRS: [[u8; 7]; 2] = [*b"from-ep", *b"from-up"];
 ///
 /// ```text
 /// ep=IFINDEX DIR REASON SRC_MAC > DST_MAC SADDR[:SPORT] > DADDR[:DPORT] proto=N [-> if=OUT] [was=ADDR:PORT]
+/// ep=IFINDEX DIR REASON SRC_MAC > DST_MAC [SADDR6]:SPORT > [DADDR6]:DPORT proto=N [-> if=OUT]
+/// ep=IFINDEX DIR REASON SRC_MAC > DST_MAC SADDR6 > DADDR6 proto=N [-> if=OUT]
 /// ep=IFINDEX DIR REASON SRC_MAC > DST_MAC arp op=N SPA > TPA
 /// ep=IFINDEX DIR REASON SRC_MAC > DST_MAC ethertype=0xNNNN
 /// ```
@@ -65,7 +73,9 @@ static DIRS: [[u8; 7]; 2] = [*b"from-ep", *b"from-up"];
 /// DIR is `from-ep` (`dp_from_ep`, IFINDEX the sender) or `from-up`
 /// (`dp_from_uplink`, IFINDEX the receiving endpoint). REASON is padded
 /// with spaces to a fixed width (fields are separated by one or more
-/// spaces). Ports are shown for TCP and UDP only. The frame is read again
+/// spaces). Ports are shown for TCP and UDP only (for IPv6: right after
+/// the fixed header, with the addresses in brackets; `proto` is the fixed
+/// header's next header). The frame is read again
 /// here (after any rewrite: a redirected or translated frame shows what was
 /// delivered); `was=` shows what the NAT replaced (the original source of a
 /// masqueraded packet, the masquerade address and port of a reply; for ICMP
@@ -210,4 +220,80 @@ fn emit(skb: *mut __sk_buff, ep: u32) {
         }
     }
     info!(&ctx, "ep={} {} {} {:mac} > {:mac} ethertype=0x{:x}", ep, dir, why, smac, dmac, proto);
+}
+
+/// The fixed IPv6 header.
+const IPV6_HLEN: usize = 40;
+
+/// The trace line of an IPv6 frame, see `emit` (the columns are read here
+/// as there). Out of line: its log code is checked once, apart from
+/// IPv4's. `false`: no IPv6 header to show (`emit` shows the ethertype).
+#[inline(never)]
+fn ipv6(ctx: &TcContext, ep: u32) -> bool {
+    let (Some(a), Ok(eth), Ok(ip)) =
+        (maps::trace_args(), ctx.load::<[u8; ETH_HLEN]>(0), ctx.load::<[u8; IPV6_HLEN]>(ETH_HLEN))
+    else {
+        return false;
+    };
+    let (code, out_if, was) = (a.code, a.out_if, a.was);
+    // SAFETY: the tables hold ASCII only.
+    let why = unsafe { core::str::from_utf8_unchecked(&REASON_NAMES[(code % reason::MAX) as usize]) };
+    // SAFETY: as above.
+    let dir = unsafe { core::str::from_utf8_unchecked(&DIRS[usize::from(was & DIR_FROM_UPLINK != 0)]) };
+    let dmac = [eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]];
+    let smac = [eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]];
+    let mut sa = [0u8; 16];
+    let mut da = [0u8; 16];
+    sa.copy_from_slice(&ip[8..24]);
+    da.copy_from_slice(&ip[24..40]);
+    let nh = ip[6];
+    let ports =
+        if nh == IPPROTO_TCP || nh == IPPROTO_UDP { ctx.load::<[u8; 4]>(ETH_HLEN + IPV6_HLEN).ok() } else { None };
+    match (ports, out_if) {
+        (Some(p), 0) => {
+            let (sp, dp) = (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
+            info!(
+                ctx,
+                "ep={} {} {} {:mac} > {:mac} [{:i}]:{} > [{:i}]:{} proto={}",
+                ep,
+                dir,
+                why,
+                smac,
+                dmac,
+                sa,
+                sp,
+                da,
+                dp,
+                nh
+            );
+        }
+        (Some(p), out) => {
+            let (sp, dp) = (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
+            info!(
+                ctx,
+                "ep={} {} {} {:mac} > {:mac} [{:i}]:{} > [{:i}]:{} proto={} -> if={}",
+                ep,
+                dir,
+                why,
+                smac,
+                dmac,
+                sa,
+                sp,
+                da,
+                dp,
+                nh,
+                out
+            );
+        }
+        (None, 0) => {
+            info!(ctx, "ep={} {} {} {:mac} > {:mac} {:i} > {:i} proto={}", ep, dir, why, smac, dmac, sa, da, nh);
+        }
+        (None, out) => {
+            info!(
+                ctx,
+                "ep={} {} {} {:mac} > {:mac} {:i} > {:i} proto={} -> if={}", ep, dir, why, smac, dmac, sa, da, nh, out
+            );
+        }
+    }
+    true
 }

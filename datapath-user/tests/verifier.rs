@@ -529,7 +529,13 @@ fn dp_from_ep_decisions() {
     );
     let (_, lines) =
         h.check("traced IPv6", &eth(B_MAC, A_MAC, 0x86dd, &[0x60; 40]), TC_ACT_SHOT, reason::DROP_ETHERTYPE);
-    assert_eq!(lines, [line(reason::DROP_ETHERTYPE, "02:dd:00:00:00:0a > 02:dd:00:00:00:0b ethertype=0x86dd")]);
+    // IPv6 frames are shown with their fixed header (here 0x60 bytes), also
+    // from an endpoint of an IPv4-only network.
+    let all_60 = "6060:6060:6060:6060:6060:6060:6060:6060";
+    assert_eq!(
+        lines,
+        [line(reason::DROP_ETHERTYPE, &format!("02:dd:00:00:00:0a > 02:dd:00:00:00:0b {all_60} > {all_60} proto=96"))]
+    );
     let tagged = frames::vlan_tagged(&routed, &[(frames::ETH_P_8021Q, 100)]);
     let (_, lines) = h.check("traced 802.1Q", &tagged, TC_ACT_SHOT, reason::DROP_VLAN_TAGGED);
     assert_eq!(lines, [line(reason::DROP_VLAN_TAGGED, "02:dd:00:00:00:0a > 02:dd:00:00:00:01 ethertype=0x8100")]);
@@ -1525,4 +1531,201 @@ fn dp_from_ep_ipv6() {
         &frame([0x33, 0x33, 0, 0, 0, 0x16], &icmp([0; 16], v6("ff02::16"), vec![143, 0, 0, 0, 0, 0, 0, 0])),
     );
     pass(&mut h, "echo request", &frame(B_MAC, &icmp(own, peer, vec![128, 0, 0, 0, 0, 1, 0, 1])));
+}
+
+/// The ICMPv6 message `body` from `src` to `dst` has a valid checksum
+/// (over the pseudo-header).
+fn icmp6_sum_ok(src: &[u8], dst: &[u8], body: &[u8]) -> bool {
+    let mut data = Vec::new();
+    data.extend_from_slice(src);
+    data.extend_from_slice(dst);
+    data.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    data.extend_from_slice(&[0, 0, 0, 58]);
+    data.extend_from_slice(body);
+    frames::checksum(&data) == 0
+}
+
+/// The IPv6 fast path in `dp_from_ep`: unicast between endpoints of a
+/// network delivered with `bpf_redirect_peer` (bridged: MAC only; routed
+/// through the gateway's MAC: hop limit - 1 and the gateway's MAC as the
+/// source, an expiring hop limit to the bridge), the network policy for
+/// IPv6 (isolation, icc=false, internal: link-local and multicast stay on
+/// the link, the gateway reachable), neighbour solicitations for the
+/// gateway and for peers answered in place (the advertisement checked
+/// byte for byte, checksum included), and the IPv6 trace lines.
+#[test]
+fn dp_from_ep_ipv6_fast_path() {
+    use datapath_common::{Endpoint6, Network6Info};
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let mut h = harness();
+    let (a6, b6, c6, gw6, gw8) = (v6("fd00:7::2"), v6("fd00:7::3"), v6("fd00:8::3"), v6("fd00:7::1"), v6("fd00:8::1"));
+    let (a, b) = (endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0), endpoint(B_IFINDEX, B_IP, B_MAC, 7, 0));
+    let c = endpoint(C_IFINDEX, C_IP, [0x02, 0xdd, 0, 0, 0, 0x0c], 8, 0);
+    for e in [a, b, c] {
+        h.set_endpoint(e);
+    }
+    h.set_network(7, Ipv4Addr::new(10, 199, 0, 0), 24, 0);
+    h.set_network(8, Ipv4Addr::new(10, 199, 1, 0), 24, 0);
+    {
+        let mut six: HashMap<_, u32, Endpoint6> =
+            HashMap::try_from(h.ebpf.map_mut(datapath_common::MAP_ENDPOINTS6).unwrap()).unwrap();
+        six.insert(A_IFINDEX, Endpoint6 { ip6: a6 }, 0).unwrap();
+        let mut by_ip: HashMap<_, [u8; 16], EndpointInfo> =
+            HashMap::try_from(h.ebpf.map_mut(datapath_common::MAP_ENDPOINTS6_BY_IP).unwrap()).unwrap();
+        for (ip, e) in [(a6, a), (b6, b), (c6, c)] {
+            by_ip.insert(ip, e, 0).unwrap();
+        }
+        let mut subnets: aya::maps::LpmTrie<_, [u8; 16], u32> =
+            aya::maps::LpmTrie::try_from(h.ebpf.map_mut(datapath_common::MAP_SUBNETS6).unwrap()).unwrap();
+        subnets.insert(&aya::maps::lpm_trie::Key::new(64, v6("fd00:7::")), 7, 0).unwrap();
+        subnets.insert(&aya::maps::lpm_trie::Key::new(64, v6("fd00:8::")), 8, 0).unwrap();
+    }
+    let set_net6 = |h: &mut Harness, id: u32, subnet: [u8; 16], gateway: [u8; 16], flags: u32| {
+        let mut nets: Array<_, Network6Info> =
+            Array::try_from(h.ebpf.map_mut(datapath_common::MAP_NETWORKS6).unwrap()).unwrap();
+        let info = Network6Info { subnet, gateway, prefix_len: 64, flags: flags | NET_F_PRESENT, ..Default::default() };
+        nets.set(id, info, 0).unwrap();
+    };
+    set_net6(&mut h, 7, v6("fd00:7::"), gw6, 0);
+    set_net6(&mut h, 8, v6("fd00:8::"), gw8, 0);
+    let udp = [0x13u8, 0x88, 0x17, 0x70, 0, 8, 0, 0];
+    let to = |dst_mac: [u8; 6], dst: [u8; 16]| eth(dst_mac, A_MAC, 0x86dd, &ipv6(a6, dst, 17, 8, &udp));
+
+    // Delivery, bridged: the frame as it was.
+    let bridged = to(B_MAC, b6);
+    let (out, lines) = h.check("IPv6 bridged redirect", &bridged, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    assert_eq!(out, bridged, "a bridged redirect leaves the frame alone");
+    assert!(lines.is_empty(), "no trace without EP_F_TRACE: {lines:?}");
+    // Routed: MACs rewritten, hop limit - 1, nothing else.
+    let routed = to(GW_MAC, b6);
+    let (out, _) = h.check("IPv6 routed redirect", &routed, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    assert_eq!((&out[0..6], &out[6..12]), (&B_MAC[..], &GW_MAC[..]), "MACs of a routed packet");
+    assert_eq!(out[14 + 7], 63, "hop limit");
+    assert_eq!((&out[12..21], &out[22..]), (&routed[12..21], &routed[22..]), "the rest untouched");
+    let mut expiring = routed.clone();
+    expiring[14 + 7] = 1;
+    let (out, _) = h.check("IPv6 routed, hop limit 1", &expiring, TC_ACT_OK, reason::PASS_IPV6);
+    assert_eq!(out, expiring, "an expiring packet goes to the bridge untouched (time exceeded is the kernel's)");
+    // Not delivered here.
+    h.check("IPv6 to the gateway", &to(GW_MAC, gw6), TC_ACT_OK, reason::PASS_IPV6);
+    h.check("IPv6 to nobody of the subnet", &to(GW_MAC, v6("fd00:7::99")), TC_ACT_OK, reason::PASS_IPV6);
+    h.check("IPv6 beyond, no masquerade", &to(GW_MAC, v6("2001:db8::1")), TC_ACT_OK, reason::PASS_IPV6);
+    h.check("IPv6 multicast", &to([0x33, 0x33, 0, 0, 0, 1], v6("ff02::1")), TC_ACT_OK, reason::PASS_IPV6);
+    // Isolation: another network's endpoint and gateway.
+    h.check("IPv6 to another network", &to(GW_MAC, c6), TC_ACT_SHOT, reason::DROP_POLICY_ISOLATION);
+    h.check("IPv6 to another gateway", &to(GW_MAC, gw8), TC_ACT_SHOT, reason::DROP_POLICY_ISOLATION);
+    // icc=false: not between endpoints; the gateway stays reachable.
+    set_net6(&mut h, 7, v6("fd00:7::"), gw6, NET_F_NO_ICC);
+    h.check("IPv6 icc=false", &bridged, TC_ACT_SHOT, reason::DROP_POLICY_ICC);
+    h.check("IPv6 icc=false, routed", &routed, TC_ACT_SHOT, reason::DROP_POLICY_ICC);
+    h.check("IPv6 icc=false, gateway", &to(GW_MAC, gw6), TC_ACT_OK, reason::PASS_IPV6);
+    // Internal: nothing beyond the subnet; the link and the subnet stay.
+    set_net6(&mut h, 7, v6("fd00:7::"), gw6, NET_F_INTERNAL);
+    h.check("IPv6 internal, beyond", &to(GW_MAC, v6("2001:db8::1")), TC_ACT_SHOT, reason::DROP_POLICY_INTERNAL);
+    h.check("IPv6 internal, another network", &to(GW_MAC, c6), TC_ACT_SHOT, reason::DROP_POLICY_ISOLATION);
+    h.check("IPv6 internal, peer", &bridged, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    h.check("IPv6 internal, gateway", &to(GW_MAC, gw6), TC_ACT_OK, reason::PASS_IPV6);
+    h.check("IPv6 internal, link-local", &to(GW_MAC, v6("fe80::1")), TC_ACT_OK, reason::PASS_IPV6);
+    h.check("IPv6 internal, multicast", &to([0x33, 0x33, 0, 0, 0, 1], v6("ff02::1")), TC_ACT_OK, reason::PASS_IPV6);
+    set_net6(&mut h, 7, v6("fd00:7::"), gw6, 0);
+
+    // Neighbour solicitations answered in place.
+    let icmp = |src: [u8; 16], dst: [u8; 16], m: Vec<u8>| ipv6(src, dst, 58, m.len() as u16, &m);
+    let sum_ns = |h: &mut Harness, what: &str, f: Vec<u8>, target: [u8; 16], mac: [u8; 6], flags: u8| {
+        let (out, _) = h.check(what, &f, TC_ACT_REDIRECT, reason::FWD_ND_ADVERT);
+        assert_eq!(out.len(), f.len(), "{what}: the answer takes the solicitation's place");
+        assert_eq!((&out[0..6], &out[6..12], &out[12..14]), (&A_MAC[..], &mac[..], &[0x86, 0xdd][..]), "{what}");
+        assert_eq!(&out[14..22], &[0x60, 0, 0, 0, 0, 32, 58, 255], "{what}: IPv6 header");
+        assert_eq!((&out[22..38], &out[38..54]), (&target[..], &f[22..38]), "{what}: from the target to the requester");
+        let na = &out[54..];
+        assert_eq!((na[0], na[1], na[4], &na[5..8]), (136, 0, flags, &[0u8, 0, 0][..]), "{what}: NA type and flags");
+        assert_eq!(&na[8..24], &target[..], "{what}: target");
+        assert_eq!((&na[24..26], &na[26..32]), (&[2u8, 1][..], &mac[..]), "{what}: target link-layer address option");
+        assert!(icmp6_sum_ok(&out[22..38], &out[38..54], na), "{what}: ICMPv6 checksum of {:02x?}", &out[14..]);
+    };
+    let solicited = |t: [u8; 16]| {
+        let mut d = v6("ff02::1:ff00:0");
+        d[13..].copy_from_slice(&t[13..]);
+        d
+    };
+    // Neighbour discovery travels with hop limit 255.
+    let nd255 = |mut f: Vec<u8>| {
+        f[14 + 7] = 255;
+        f
+    };
+    let ns = |src: [u8; 16], dst_mac: [u8; 6], dst: [u8; 16], t: [u8; 16]| {
+        nd255(eth(dst_mac, A_MAC, 0x86dd, &icmp(src, dst, nd(135, t, 1, A_MAC))))
+    };
+    let mcast = |t: [u8; 16]| [0x33, 0x33, 0xff, t[13], t[14], t[15]];
+    sum_ns(&mut h, "NS for a peer", ns(a6, mcast(b6), solicited(b6), b6), b6, B_MAC, 0x60);
+    sum_ns(&mut h, "NS for the gateway", ns(a6, mcast(gw6), solicited(gw6), gw6), gw6, GW_MAC, 0xe0);
+    sum_ns(&mut h, "NUD NS for a peer", ns(a6, B_MAC, b6, b6), b6, B_MAC, 0x60);
+    let ll = v6("fe80::dd:ff:fe00:a");
+    sum_ns(
+        &mut h,
+        "NS for the gateway from the link-local address",
+        ns(ll, mcast(gw6), solicited(gw6), gw6),
+        gw6,
+        GW_MAC,
+        0xe0,
+    );
+    // Not ours to answer: to the bridge.
+    for (what, f) in [
+        ("NS for another network's endpoint", ns(a6, mcast(c6), solicited(c6), c6)),
+        ("NS for nobody", ns(a6, mcast(v6("fd00:7::99")), solicited(v6("fd00:7::99")), v6("fd00:7::99"))),
+        (
+            "NS for the gateway's link-local address",
+            ns(a6, mcast(v6("fe80::1")), solicited(v6("fe80::1")), v6("fe80::1")),
+        ),
+        ("NS for itself", ns(a6, mcast(a6), solicited(a6), a6)),
+        ("NS with hop limit 64", {
+            let mut f = ns(a6, mcast(b6), solicited(b6), b6);
+            f[14 + 7] = 64;
+            f
+        }),
+        (
+            "NS without an option",
+            nd255(eth(mcast(b6), A_MAC, 0x86dd, &icmp(a6, solicited(b6), nd(135, b6, 1, A_MAC)[..24].to_vec()))),
+        ),
+        ("DAD NS", eth(mcast(a6), A_MAC, 0x86dd, &icmp([0; 16], solicited(a6), nd(135, a6, 14, [1, 2, 3, 4, 5, 6])))),
+    ] {
+        let (out, _) = h.check(what, &f, TC_ACT_OK, reason::PASS_IPV6);
+        assert_eq!(out, f, "{what}: untouched");
+    }
+
+    // Traces of IPv6 frames (the sender traced).
+    h.set_endpoint(endpoint(A_IFINDEX, A_IP, A_MAC, 7, EP_F_TRACE));
+    let line =
+        |code: u32, rest: &str| format!("ep=1 from-ep {:<w$} {rest}", reason::name(code), w = reason::NAME_WIDTH);
+    let (_, lines) = h.check("traced IPv6 routed redirect", &routed, TC_ACT_REDIRECT, reason::FWD_REDIRECT_PEER);
+    assert_eq!(
+        lines,
+        [line(
+            reason::FWD_REDIRECT_PEER,
+            "02:dd:00:00:00:01 > 02:dd:00:00:00:0b [fd00:7::2]:5000 > [fd00:7::3]:6000 proto=17 -> if=4242"
+        )]
+    );
+    let (_, lines) = h.check("traced IPv6 to the gateway", &to(GW_MAC, gw6), TC_ACT_OK, reason::PASS_IPV6);
+    assert_eq!(
+        lines,
+        [line(reason::PASS_IPV6, "02:dd:00:00:00:0a > 02:dd:00:00:00:01 [fd00:7::2]:5000 > [fd00:7::1]:6000 proto=17")]
+    );
+    let (_, lines) =
+        h.check("traced NS answered", &ns(a6, mcast(gw6), solicited(gw6), gw6), TC_ACT_REDIRECT, reason::FWD_ND_ADVERT);
+    assert_eq!(
+        lines,
+        [line(reason::FWD_ND_ADVERT, "02:dd:00:00:00:01 > 02:dd:00:00:00:0a fd00:7::1 > fd00:7::2 proto=58 -> if=1")]
+    );
+    let (_, lines) = h.check("traced IPv6 isolation", &to(GW_MAC, c6), TC_ACT_SHOT, reason::DROP_POLICY_ISOLATION);
+    assert_eq!(
+        lines,
+        [line(
+            reason::DROP_POLICY_ISOLATION,
+            "02:dd:00:00:00:0a > 02:dd:00:00:00:01 [fd00:7::2]:5000 > [fd00:7::3]:6000 proto=17"
+        )
+        .replace("fd00:7::3", "fd00:8::3")]
+    );
 }

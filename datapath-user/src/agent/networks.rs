@@ -239,12 +239,13 @@ impl Inner {
     }
 
     /// A dual-stack network's bridge: IPv6 on (without autoconfiguration),
-    /// the IPv6 gateway address usable at once (no duplicate address
-    /// detection: the subnet is the network's own).
+    /// its link-local and IPv6 gateway addresses usable at once (no
+    /// duplicate address detection: the MAC and the subnet are the
+    /// network's own).
     async fn bridge_ipv6(&self, spec: &NetworkSpec, bridge: u32) -> Result<(), ApiError> {
         let Some(v6) = spec.ipv6 else { return Ok(()) };
         let name = spec.bridge.clone();
-        blocking(move || sysctl::enable_ipv6(&name)).await??;
+        blocking(move || sysctl::enable_ipv6_bridge(&name)).await??;
         self.nl.add_address6(bridge, v6.gateway, v6.subnet.prefix_len()).await?;
         Ok(())
     }

@@ -75,6 +75,18 @@ pub fn enable_ipv6(iface: &str) -> Result<(), SysctlError> {
     write_conf6(iface, "disable_ipv6", b"0")
 }
 
+/// IPv6 on a bridge of the node: as [`enable_ipv6`], and its link-local
+/// address usable at once (no duplicate address detection: the bridge's MAC
+/// is the node's own). The node sends its neighbour solicitations to the
+/// endpoints from that address; while it is tentative (a second or two
+/// after the first port comes up) it sends none, and with neighbour
+/// discovery answered in eBPF the node no longer learns an endpoint's MAC
+/// from the endpoint's own solicitation for the gateway.
+pub fn enable_ipv6_bridge(iface: &str) -> Result<(), SysctlError> {
+    write_conf6(iface, "accept_dad", b"0")?;
+    enable_ipv6(iface)
+}
+
 /// Turns IPv4 and IPv6 forwarding off in the calling thread's namespace
 /// (an endpoint's: it must never route between the networks it is on). A
 /// kernel without IPv6 has nothing to turn off there.
