@@ -173,6 +173,14 @@ pub const DROP_SPOOFED_IP6: u32 = 62;
 /// endpoint is no router).
 pub const DROP_SPOOFED_NDP: u32 = 63;
 
+/// NAT66 (the IPv6 masquerade, `nat6`): its packets are counted under
+/// the IPv4 masquerade's codes (`nat-translated`, `nat-reverse-translated`,
+/// `drop-ct-invalid`, ...) except for this one.
+/// An IPv6 fragment (a fragment header) from an endpoint on its way
+/// through the IPv6 masquerade: not translated (the datapath keeps no
+/// IPv6 fragment map), dropped rather than leaked untranslated.
+pub const DROP_NAT6_FRAGMENT: u32 = 72;
+
 /// Size of the `STATS` array: every code must be below this. Codes from 64
 /// on are drops too (the drop range grew past 63: `STATS` was 64 slots up
 /// to the IPv6 work, and a datapath pinned before is migrated with its
@@ -186,7 +194,7 @@ pub const fn is_event(code: u32) -> bool {
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 42] = [
+pub const ALL: [u32; 43] = [
     FWD_REDIRECT_PEER,
     FWD_ARP_REPLY,
     FWD_NAT,
@@ -229,6 +237,7 @@ pub const ALL: [u32; 42] = [
     DROP_SPOOFED_NDP,
     DROP_PORT_MALFORMED,
     DROP_PORT_TUPLE_TAKEN,
+    DROP_NAT6_FRAGMENT,
 ];
 
 /// Length of the longest name (the trace column width).
@@ -296,6 +305,7 @@ pub const fn name(code: u32) -> &'static str {
         DROP_BAD_IPV6_HEADER => "drop-bad-ipv6-header",
         DROP_SPOOFED_IP6 => "drop-spoofed-ip6",
         DROP_SPOOFED_NDP => "drop-spoofed-ndp",
+        DROP_NAT6_FRAGMENT => "drop-nat6-fragment",
         _ => "unknown",
     }
 }
