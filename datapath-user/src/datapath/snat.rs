@@ -57,8 +57,9 @@ pub fn choose_range(requested: Option<(u16, u16)>, ephemeral: (u16, u16)) -> Res
     }
 }
 
-/// The datapath's view of a network.
-pub fn network_info(net: &NetworkSpec, masq: Option<(Ipv4Addr, u32)>, ports: (u16, u16)) -> NetworkInfo {
+/// The policy bits of a network (`NET_F_INTERNAL`, `NET_F_NO_ICC`), the
+/// same for both families.
+fn policy_flags(net: &NetworkSpec) -> u32 {
     let mut flags = 0;
     if net.options.internal {
         flags |= NET_F_INTERNAL;
@@ -66,6 +67,12 @@ pub fn network_info(net: &NetworkSpec, masq: Option<(Ipv4Addr, u32)>, ports: (u1
     if !net.options.icc {
         flags |= NET_F_NO_ICC;
     }
+    flags
+}
+
+/// The datapath's view of a network.
+pub fn network_info(net: &NetworkSpec, masq: Option<(Ipv4Addr, u32)>, ports: (u16, u16)) -> NetworkInfo {
+    let mut flags = policy_flags(net);
     let (masq_addr, uplink_ifindex) = match masq {
         Some((ip, ifindex)) if net.options.masquerade && !net.options.internal => {
             flags |= NET_F_MASQUERADE;
@@ -91,13 +98,7 @@ pub fn network_info(net: &NetworkSpec, masq: Option<(Ipv4Addr, u32)>, ports: (u1
 /// network masquerades.
 pub fn network6_info(net: &NetworkSpec, masq: Option<(Ipv6Addr, u32)>) -> Option<Network6Info> {
     let v6 = net.ipv6?;
-    let mut flags = 0;
-    if net.options.internal {
-        flags |= NET_F_INTERNAL;
-    }
-    if !net.options.icc {
-        flags |= NET_F_NO_ICC;
-    }
+    let mut flags = policy_flags(net);
     let (masq_addr, uplink_ifindex) = match masq {
         Some((ip, ifindex)) if net.options.masquerade && !net.options.internal => {
             flags |= NET_F_MASQUERADE;
@@ -163,5 +164,22 @@ mod tests {
         let i = network_info(&n, up, (61000, 65535));
         assert_eq!(i.flags, NET_F_INTERNAL | NET_F_NO_ICC);
         assert_eq!(i.masq_addr, 0);
+        assert_eq!(network6_info(&n, None), None, "an IPv4-only network has no IPv6 half");
+        // Dual stack: the v6 half carries its subnet and the same policy.
+        n.ipv6 = Some(crate::state::Ipv6Config {
+            subnet: "fd00:20::/64".parse().unwrap(),
+            gateway: "fd00:20::1".parse().unwrap(),
+        });
+        let up6 = Some(("2001:db8:203::2".parse::<Ipv6Addr>().unwrap(), 7));
+        let i6 = network6_info(&n, up6).unwrap();
+        assert_eq!(i6.flags, NET_F_INTERNAL | NET_F_NO_ICC, "internal: nothing masqueraded");
+        assert_eq!((i6.masq_addr, i6.uplink_ifindex), ([0; 16], 0));
+        n.options = NetworkOptions::default();
+        let i6 = network6_info(&n, up6).unwrap();
+        assert_eq!(i6.flags, NET_F_MASQUERADE);
+        assert_eq!(Ipv6Addr::from(i6.masq_addr), "2001:db8:203::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(Ipv6Addr::from(i6.subnet), "fd00:20::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!((i6.prefix_len, i6.uplink_ifindex), (64, 7));
+        assert_eq!(network6_info(&n, None).unwrap().flags, 0, "no global IPv6 on the uplink: the kernel's");
     }
 }

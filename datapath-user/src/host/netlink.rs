@@ -348,18 +348,25 @@ impl Netlink {
             .collect())
     }
 
-    /// IPv4 addresses of a link, primary first (the kernel lists them in order).
-    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
-        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
-        let msgs: Vec<_> = self
-            .handle
+    /// Every address message of a link.
+    async fn address_messages(
+        &self,
+        index: u32,
+    ) -> Result<Vec<rtnetlink::packet_route::address::AddressMessage>, NetlinkError> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
             .try_collect()
             .await
-            .map_err(req(format!("list addresses of link {index}")))?;
+            .map_err(req(format!("list addresses of link {index}")))
+    }
+
+    /// IPv4 addresses of a link, primary first (the kernel lists them in order).
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+        let msgs = self.address_messages(index).await?;
         let mut out = Vec::new();
         let mut secondary = Vec::new();
         for m in msgs {
@@ -387,15 +394,7 @@ impl Netlink {
     /// the kernel's order.
     pub async fn ipv6_global_addresses(&self, index: u32) -> Result<Vec<Ipv6Addr>, NetlinkError> {
         use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(req(format!("list addresses of link {index}")))?;
+        let msgs = self.address_messages(index).await?;
         Ok(msgs
             .iter()
             .filter(|m| {
