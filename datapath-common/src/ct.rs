@@ -328,6 +328,21 @@ impl FragKey {
     }
 }
 
+/// Key of the IPv6 fragment map (`FRAGS6`): a datagram as its fragments
+/// carry it (addresses in wire order, the 32-bit identification of the
+/// fragment header as on the wire), as [`FragKey`] for IPv4; the value is
+/// a [`FragPorts`].
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    /// Always zero (part of the hashed key).
+    pub _pad: [u8; 3],
+}
+
 /// Value of the fragment map: the ports of the datagram's first fragment
 /// (wire order, `CtKey` convention: for ICMP echo the identifier as `sport`
 /// of a request, `dport` of a reply), so `CtKey::new(key.proto, key.saddr,

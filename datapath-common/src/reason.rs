@@ -176,9 +176,12 @@ pub const DROP_SPOOFED_NDP: u32 = 63;
 /// NAT66 (the IPv6 masquerade, `nat6`): its packets are counted under
 /// the IPv4 masquerade's codes (`nat-translated`, `nat-reverse-translated`,
 /// `drop-ct-invalid`, ...) except for this one.
-/// An IPv6 fragment (a fragment header) from an endpoint on its way
-/// through the IPv6 masquerade: not translated (the datapath keeps no
-/// IPv6 fragment map), dropped rather than leaked untranslated.
+/// An IPv6 fragment from an endpoint on its way through the IPv6
+/// masquerade whose fragment header does not follow the fixed header at
+/// once (other extension headers before it): not translated, dropped
+/// rather than leaked untranslated. (Fragments right after the fixed
+/// header, what senders emit, are translated through `FRAGS6`; a later
+/// fragment of an unknown datagram is `drop-frag-unknown`.)
 pub const DROP_NAT6_FRAGMENT: u32 = 72;
 
 /// Size of the `STATS` array: every code must be below this. Codes from 64

@@ -10,14 +10,13 @@ use aya_ebpf::{
 };
 use datapath_common::IPPROTO_UDP;
 
-/// The 32-bit checksum difference of an address change `old -> new`.
+/// The 32-bit checksum difference of an address change `old -> new` (the
+/// helper reads both where they are: stack, map value; no copies).
 #[inline(always)]
 pub fn addr_diff(old: &[u8; 16], new: &[u8; 16]) -> u64 {
-    let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    let mut from = [w(old, 0), w(old, 4), w(old, 8), w(old, 12)];
-    let mut to = [w(new, 0), w(new, 4), w(new, 8), w(new, 12)];
-    // SAFETY: helper call with two 16-byte stack buffers of the sizes given.
-    let d = unsafe { bpf_csum_diff(from.as_mut_ptr(), 16, to.as_mut_ptr(), 16, 0) };
+    // SAFETY: helper call reading the 16 bytes of each address (read-only
+    // despite the `*mut` of the binding).
+    let d = unsafe { bpf_csum_diff(old.as_ptr() as *mut u32, 16, new.as_ptr() as *mut u32, 16, 0) };
     u64::from(d as u32)
 }
 
@@ -59,7 +58,7 @@ pub fn rewrite(
 }
 
 /// The packet quoted by an ICMPv6 error: its source address at `addr_off`
-/// (`old -> new`) and its source port at `port_off` (`ports`), with the
+/// (becoming `new`, `d`: the [`addr_diff`] of the change) and its source port at `port_off` (`ports`), with the
 /// quoted L4 checksum at `csum_off` fixed as a plain field (no
 /// pseudo-header semantics: it is data of the ICMPv6 message). The changes
 /// cancel out in the sum of the quote, so the outer ICMPv6 checksum is left
@@ -68,22 +67,21 @@ pub fn rewrite(
 pub fn rewrite_quoted(
     ctx: &TcContext,
     proto: u8,
-    (addr_off, old, new): (usize, &[u8; 16], &[u8; 16]),
+    (addr_off, new, d): (usize, &[u8; 16], u64),
     (csum_off, port_off): (usize, usize),
     ports: (u16, u16),
 ) -> bool {
     let m = mangled(proto);
-    let d = addr_diff(old, new);
     ctx.l4_csum_replace(csum_off, 0, d, m).is_ok()
         && ctx.store(addr_off, new, 0).is_ok()
         && ctx.store(port_off, &ports.1, 0).is_ok()
         && ctx.l4_csum_replace(csum_off, u64::from(ports.0), u64::from(ports.1), m | 2).is_ok()
 }
 
-/// The destination address at `addr_off` (`old -> new`) of an ICMPv6
-/// message whose checksum is at `csum_off` (pseudo-header only).
+/// The destination address at `addr_off` (becoming `new`, `d`: the
+/// [`addr_diff`] of the change) of an ICMPv6 message whose checksum is at
+/// `csum_off` (pseudo-header only).
 #[inline(always)]
-pub fn rewrite_pseudo(ctx: &TcContext, (addr_off, old, new): (usize, &[u8; 16], &[u8; 16]), csum_off: usize) -> bool {
-    let d = addr_diff(old, new);
+pub fn rewrite_pseudo(ctx: &TcContext, (addr_off, new, d): (usize, &[u8; 16], u64), csum_off: usize) -> bool {
     ctx.l4_csum_replace(csum_off, 0, d, u64::from(BPF_F_PSEUDO_HDR)).is_ok() && ctx.store(addr_off, new, 0).is_ok()
 }

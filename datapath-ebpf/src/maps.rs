@@ -18,7 +18,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtEntry6, CtKey, CtKey6, Endpoint6, EndpointInfo, FragKey, FragPorts, NetStats,
+    reason, Counter, CtConfig, CtEntry, CtEntry6, CtKey, CtKey6, Endpoint6, FragKey6, EndpointInfo, FragKey, FragPorts, NetStats,
     Network6Info, NetworkInfo, PortKey, PortTarget, Published6Key, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES, MAX_ENDPOINTS,
     MAX_NETWORKS, MAX_PORTS, NET_F_PRESENT,
 };
@@ -73,6 +73,11 @@ static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTR
 /// The IPv6 connection tracker (see `datapath_common::CtKey6`), as `CT`.
 #[map]
 static CT6: LruHashMap<CtKey6, CtEntry6> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// The ports of the first fragment of masqueraded IPv6 datagrams, for
+/// their later fragments (see `datapath_common::FragKey6`).
+#[map]
+static FRAGS6: LruHashMap<FragKey6, FragPorts> = LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);
 
 /// Container ports published by endpoints with an IPv6 address (see
 /// `datapath_common::Published6Key`), filled by the agent.
@@ -174,6 +179,9 @@ pub struct Scratch6 {
     pub key2: CtKey6,
     /// `conntrack6::create`: the forward tuple of a reply tuple taken.
     pub key3: CtKey6,
+    /// The datagram of a fragment (`nat6`); `from_uplink` sets its `id`
+    /// for `reply`.
+    pub frag: FragKey6,
     /// The masquerade of its network.
     pub snat: Snat6,
 }
@@ -398,6 +406,27 @@ pub fn scratch6_req<'a>() -> Option<&'a mut Req6> {
     // SAFETY: as `scratch_entry6`; written by `dp_from_ep`, read by
     // `nat6::egress` in the same run.
     SCRATCH6.get_ptr_mut(0).map(|s| unsafe { &mut *core::ptr::addr_of_mut!((*s).req) })
+}
+
+/// This CPU's fragment key (`nat6`).
+#[inline(always)]
+pub fn scratch6_frag<'a>() -> Option<&'a mut FragKey6> {
+    // SAFETY: as `scratch_entry6`; only `nat6` uses it, one step at a time.
+    SCRATCH6.get_ptr_mut(0).map(|s| unsafe { &mut *core::ptr::addr_of_mut!((*s).frag) })
+}
+
+/// Remembers the ports of an IPv6 datagram's first fragment (best effort,
+/// as [`frag_insert`]).
+#[inline(always)]
+pub fn frag6_insert(key: &FragKey6, ports: &FragPorts) {
+    let _ = FRAGS6.insert(key, ports, 0);
+}
+
+/// The ports of the first fragment of the IPv6 datagram `key`.
+#[inline(always)]
+pub fn frag6_get(key: &FragKey6) -> Option<FragPorts> {
+    // SAFETY: the value is copied out at once.
+    unsafe { FRAGS6.get(key) }.copied()
 }
 
 /// This CPU's slot for a new flow (`nat6::egress` -> `egress_new`).

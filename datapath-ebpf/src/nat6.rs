@@ -13,18 +13,24 @@
 //!   kernel untranslated, which answers with the ICMPv6 error. The replies
 //!   of connections to an endpoint's published IPv6 ports (the kernel's
 //!   DNAT) and ICMPv6 errors an endpoint sends go to the kernel too.
-//!   Fragments are dropped (`drop-nat6-fragment`): there is no IPv6
-//!   fragment map.
+//! * Fragments (a fragment header right after the fixed header, what
+//!   senders emit; another place is `drop-nat6-fragment`): the first
+//!   fragment of a datagram is translated like a whole packet and its
+//!   ports remembered in `FRAGS6` under (addresses, 32-bit identification,
+//!   protocol); the later ones take their flow from there and only have
+//!   their address and hop limit rewritten, both ways (as `nat` does for
+//!   IPv4).
 //! * `from_uplink` (`dp_from_uplink`, for IPv6 frames): a reply of a
 //!   translated flow (TCP, UDP, echo reply) or an ICMPv6 error about one
 //!   (destination unreachable, packet too big, time exceeded, parameter
 //!   problem: the quoted packet's source address and port restored too) is
 //!   translated back and delivered into the endpoint with
-//!   `bpf_redirect_peer`. Anything else passes: the node's own traffic.
+//!   `bpf_redirect_peer`. Anything else passes: the node's own traffic
+//!   (and replies with extension headers other than a fragment header).
 
 use aya_ebpf::{bindings::BPF_FIB_LKUP_RET_SUCCESS, programs::TcContext};
 use datapath_common::{
-    is_icmp, reason, reply_ports6, CtEntry6, CtKey6, EndpointInfo, Published6Key, CT_F_REVERSE, CT_TCP_CLOSING,
+    is_icmp, reason, reply_ports6, CtEntry6, CtKey6, EndpointInfo, FragPorts, Published6Key, CT_F_REVERSE, CT_TCP_CLOSING,
     EP_F_KERNEL_FLOWS, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
@@ -44,6 +50,10 @@ const HOP_OFF: usize = ETH_HLEN + 7;
 const SADDR_OFF: usize = ETH_HLEN + 8;
 const DADDR_OFF: usize = ETH_HLEN + 24;
 
+/// The fragment header, when it follows the fixed header at once.
+const FRAG_OFF: usize = ETH_HLEN + IPV6_HLEN;
+const NEXTHDR_FRAGMENT: u8 = 44;
+
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PARAM_PROB: u8 = 4;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
@@ -53,9 +63,9 @@ const ICMPV6_ECHO_REPLY: u8 = 129;
 /// `end`), as `hdr::read_l4` reads IPv4's; for ICMPv6 the echo identifier
 /// follows the `CtKey` convention and `tcp_flags` carries the type.
 #[inline(always)]
-fn read_l4_6(ctx: &TcContext, proto: u8, off: usize, end: usize) -> Option<L4> {
+fn read_l4_6(ctx: &TcContext, proto: u8, off: usize, end: usize, first_frag: bool) -> Option<L4> {
     if proto != IPPROTO_ICMPV6 {
-        return read_l4(ctx, proto, off, end, false);
+        return read_l4(ctx, proto, off, end, first_frag);
     }
     let h: [u8; 8] = ctx.load(off).ok()?;
     let id = u16::from_ne_bytes([h[4], h[5]]);
@@ -117,8 +127,21 @@ fn egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
         return pass(reason::PASS_IPV6);
     };
     let proto = p.proto;
+    // A fragment: only with the fragment header right after the fixed
+    // header (what senders emit); a later one takes its first one's flow.
+    let mut frag_id = None;
     if p.fragment != 0 {
-        return drop(reason::DROP_NAT6_FRAGMENT);
+        let (Ok(nh), Ok(fh)) = (ctx.load::<u8>(ETH_HLEN + 6), ctx.load::<[u8; 8]>(FRAG_OFF)) else {
+            return drop(reason::DROP_TRUNCATED);
+        };
+        if nh != NEXTHDR_FRAGMENT {
+            return drop(reason::DROP_NAT6_FRAGMENT);
+        }
+        let id = u32::from_ne_bytes([fh[4], fh[5], fh[6], fh[7]]);
+        if u16::from_be_bytes([fh[2], fh[3]]) & 0xfff8 != 0 {
+            return egress_fragment(ctx, u64::from(id) | (u64::from(proto) << 32));
+        }
+        frag_id = Some(id);
     }
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6 {
         return drop(reason::DROP_NAT_PROTO);
@@ -132,7 +155,7 @@ fn egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     snat.uplink_ifindex = net6.uplink_ifindex;
     snat.port_min = net.nat_port_min;
     snat.port_max = net.nat_port_max;
-    let Some(l4) = read_l4_6(ctx, proto, p.l4_off as usize, p.end as usize) else {
+    let Some(l4) = read_l4_6(ctx, proto, p.l4_off as usize, p.end as usize, frag_id.is_some()) else {
         return drop(reason::DROP_TRUNCATED);
     };
     if !l4.sane {
@@ -157,6 +180,10 @@ fn egress(ctx: &TcContext, src: &EndpointInfo) -> Verdict {
     key.dport = l4.dport;
     key.proto = proto;
     key._pad = [0; 3];
+    if let Some(id) = frag_id {
+        // The later fragments of the datagram find their flow by this.
+        remember_fragment(key, id);
+    }
     if hop <= 1 {
         // The kernel answers with time exceeded.
         return pass(reason::PASS_NAT_NOT_ROUTED);
@@ -359,6 +386,83 @@ fn send(ctx: &TcContext, l4: &L4, packed: u64) -> Verdict {
     }
 }
 
+/// Remembers the ports of `key`, the tuple of the first fragment of the
+/// datagram `id` (fragment header's identification, wire order), for its
+/// later fragments.
+#[inline(always)]
+fn remember_fragment(key: &CtKey6, id: u32) {
+    if let Some(fk) = maps::scratch6_frag() {
+        fk.saddr = key.saddr;
+        fk.daddr = key.daddr;
+        fk.id = id;
+        fk.proto = key.proto;
+        fk._pad = [0; 3];
+        maps::frag6_insert(fk, &FragPorts { sport: key.sport, dport: key.dport });
+    }
+}
+
+/// A later fragment (offset > 0) of a datagram from an endpoint beyond the
+/// node: no L4 header; its flow is the one its first fragment's ports (in
+/// `FRAGS6`) name, which must be live and translated to this network's
+/// address. Only the source address and the hop limit change. `packed`:
+/// the identification (bits 0-31, wire order) and the protocol (32-39).
+#[inline(never)]
+fn egress_fragment(ctx: &TcContext, packed: u64) -> Verdict {
+    let (id, proto) = (packed as u32, (packed >> 32) as u8);
+    let (Some((key, snat)), Some(fk), Some(fib)) = (maps::scratch6_flow(), maps::scratch6_frag(), maps::scratch_fib())
+    else {
+        return drop(reason::DROP_FRAG_UNKNOWN);
+    };
+    if !hdr::load16(ctx, SADDR_OFF, &mut fk.saddr) || !hdr::load16(ctx, DADDR_OFF, &mut fk.daddr) {
+        return drop(reason::DROP_TRUNCATED);
+    }
+    fk.id = id;
+    fk.proto = proto;
+    fk._pad = [0; 3];
+    let Some(ports) = maps::frag6_get(fk) else {
+        return drop(reason::DROP_FRAG_UNKNOWN);
+    };
+    key.saddr = fk.saddr;
+    key.daddr = fk.daddr;
+    key.sport = ports.sport;
+    key.dport = ports.dport;
+    key.proto = proto;
+    key._pad = [0; 3];
+    let now = conntrack::now();
+    let Some(e) = conntrack6::get(key) else {
+        return drop(reason::DROP_FRAG_UNKNOWN);
+    };
+    if e.e.flags & CT_F_REVERSE != 0 || e.e.expires_ns <= now || !eq6(&e.addr, &snat.addr) {
+        return drop(reason::DROP_FRAG_UNKNOWN);
+    }
+    let Ok(hop) = ctx.load::<u8>(HOP_OFF) else {
+        return drop(reason::DROP_TRUNCATED);
+    };
+    if hop <= 1 {
+        return pass(reason::PASS_NAT_NOT_ROUTED);
+    }
+    let len = ctx.len();
+    let rc = if fib::cached_hop(ctx, &e.e, snat.uplink_ifindex, len, now, fib) {
+        BPF_FIB_LKUP_RET_SUCCESS
+    } else {
+        let rc = fib::lookup6(ctx, (&key.saddr, &key.daddr), proto, (ports.sport, ports.dport), fib);
+        if !fib::routed(rc) || (snat.uplink_ifindex != 0 && fib.ifindex != snat.uplink_ifindex) {
+            return pass(reason::PASS_NAT_NOT_ROUTED);
+        }
+        rc
+    };
+    e.e.tx_packets += 1;
+    e.e.tx_bytes += u64::from(len);
+    e.e.last_seen_ns = now;
+    if ctx.store(SADDR_OFF, &snat.addr, 0).is_err() || ctx.store(HOP_OFF, &(hop - 1), 0).is_err() {
+        return drop(reason::DROP_TRUNCATED);
+    }
+    match fib::redirect(ctx, rc, fib) {
+        Ok(out_if) => redirect(reason::FWD_NAT, out_if),
+        Err(code) => drop(code),
+    }
+}
+
 /// What [`send`] takes in one register: the NAT port (wire order, bits
 /// 0-15), the hop limit (16-23), the FIB lookup's result (32-63).
 #[inline(always)]
@@ -379,10 +483,31 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
     let Ok(h) = ctx.load::<[u8; 8]>(ETH_HLEN) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
-    let (proto, hop) = (h[6], h[7]);
-    // Only what a translated flow's reply can be: no extension headers
-    // (a fragmented reply is the node's, see the module documentation).
-    if h[0] >> 4 != 6 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6) {
+    let (mut proto, hop) = (h[6], h[7]);
+    if h[0] >> 4 != 6 {
+        return pass(reason::PASS_UPLINK_HOST);
+    }
+    // Only what a translated flow's reply can be: no extension headers but
+    // a fragment header right after the fixed one.
+    let mut l4off = ETH_HLEN + IPV6_HLEN;
+    let mut first_frag = false;
+    if proto == NEXTHDR_FRAGMENT {
+        let (Ok(fh), Some(fk)) = (ctx.load::<[u8; 8]>(FRAG_OFF), maps::scratch6_frag()) else {
+            return pass(reason::PASS_UPLINK_HOST);
+        };
+        proto = fh[0];
+        fk.id = u32::from_ne_bytes([fh[4], fh[5], fh[6], fh[7]]);
+        fk.proto = proto;
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6 {
+            return pass(reason::PASS_UPLINK_HOST);
+        }
+        if u16::from_be_bytes([fh[2], fh[3]]) & 0xfff8 != 0 {
+            return reply_fragment(ctx, ep, hop);
+        }
+        first_frag = true;
+        l4off += 8;
+    }
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMPV6 {
         return pass(reason::PASS_UPLINK_HOST);
     }
     let len = ctx.len() as usize;
@@ -392,17 +517,16 @@ pub fn from_uplink(ctx: &TcContext, ep: &mut EndpointInfo) -> Verdict {
     if end > len {
         return pass(reason::PASS_UPLINK_HOST);
     }
-    let l4off = ETH_HLEN + IPV6_HLEN;
-    let Some(l4) = read_l4_6(ctx, proto, l4off, end) else {
+    let Some(l4) = read_l4_6(ctx, proto, l4off, end, first_frag) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
     if proto == IPPROTO_ICMPV6 && l4.tcp_flags != ICMPV6_ECHO_REPLY {
-        if (ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB).contains(&l4.tcp_flags) {
+        if (ICMPV6_DEST_UNREACH..=ICMPV6_PARAM_PROB).contains(&l4.tcp_flags) && !first_frag {
             return icmp_error(ctx, (l4off as u32) | (u32::from(hop) << 16), ep);
         }
         return pass(reason::PASS_UPLINK_HOST);
     }
-    reply(ctx, ep, &l4, u32::from(proto) | (u32::from(hop) << 8))
+    reply(ctx, ep, &l4, u32::from(proto) | (u32::from(hop) << 8) | (u32::from(first_frag) << 16))
 }
 
 /// The forward entry of the flow whose reply tuple is `key`, when it is
@@ -428,11 +552,12 @@ fn flow_of_reply<'a>(key: &CtKey6, fkey: &mut CtKey6, now: u64) -> Option<(&'a m
 }
 
 /// A reply of a translated flow (`packed`: protocol in bits 0-7, hop limit
-/// in 8-15): the endpoint's address and port restored, delivered. The
-/// tuples live in `SCRATCH6`.
+/// in 8-15, bit 16: the first fragment of a datagram, whose id is in
+/// `SCRATCH6`'s `frag`): the endpoint's address and port restored,
+/// delivered. The tuples live in `SCRATCH6`.
 #[inline(never)]
 fn reply(ctx: &TcContext, ep: &mut EndpointInfo, l4: &L4, packed: u32) -> Verdict {
-    let (proto, hop) = (packed as u8, (packed >> 8) as u8);
+    let (proto, hop, first_frag) = (packed as u8, (packed >> 8) as u8, packed & 0x1_0000 != 0);
     let Some((key, fkey)) = maps::scratch6_keys() else {
         return pass(reason::PASS_UPLINK_HOST);
     };
@@ -459,9 +584,56 @@ fn reply(ctx: &TcContext, ep: &mut EndpointInfo, l4: &L4, packed: u32) -> Verdic
     }
     let tcp_flags = if proto == IPPROTO_TCP { l4.tcp_flags } else { 0 };
     conntrack::update(&mut fwd.e, proto, true, tcp_flags, ctx.len(), now);
+    if first_frag {
+        if let Some(fk) = maps::scratch6_frag() {
+            remember_fragment(key, fk.id);
+        }
+    }
     // The destination port (ICMPv6: the echo id, at the same place).
     let port_off = if proto == IPPROTO_ICMPV6 { l4.port_off } else { l4.port_off + 2 };
     if !csum6::rewrite(ctx, proto, (DADDR_OFF, &key.daddr, &raddr), (l4.csum_off, port_off), (key.dport, rport)) {
+        return drop(reason::DROP_TRUNCATED);
+    }
+    deliver(ctx, ep, hop)
+}
+
+/// A later fragment (offset > 0) of a reply on the uplink (its id and
+/// protocol in `SCRATCH6`'s `frag`): its flow is the one its first
+/// fragment matched (in `FRAGS6`); only the destination and the hop limit
+/// change. A fragment of no known datagram is the node's.
+#[inline(never)]
+fn reply_fragment(ctx: &TcContext, ep: &mut EndpointInfo, hop: u8) -> Verdict {
+    let (Some((key, fkey)), Some(fk)) = (maps::scratch6_keys(), maps::scratch6_frag()) else {
+        return pass(reason::PASS_UPLINK_HOST);
+    };
+    if !hdr::load16(ctx, SADDR_OFF, &mut fk.saddr) || !hdr::load16(ctx, DADDR_OFF, &mut fk.daddr) {
+        return pass(reason::PASS_UPLINK_HOST);
+    }
+    fk._pad = [0; 3];
+    let Some(ports) = maps::frag6_get(fk) else {
+        return pass(reason::PASS_UPLINK_HOST);
+    };
+    key.saddr = fk.saddr;
+    key.daddr = fk.daddr;
+    key.sport = ports.sport;
+    key.dport = ports.dport;
+    key.proto = fk.proto;
+    key._pad = [0; 3];
+    let now = conntrack::now();
+    let Some((fwd, raddr, _)) = flow_of_reply(key, fkey, now) else {
+        return pass(reason::PASS_UPLINK_HOST);
+    };
+    let Some(e) = maps::endpoint_by_ip6(&raddr) else {
+        return pass(reason::PASS_UPLINK_HOST);
+    };
+    *ep = e;
+    if hop <= 1 {
+        return drop(reason::DROP_TTL_EXCEEDED);
+    }
+    fwd.e.rx_packets += 1;
+    fwd.e.rx_bytes += u64::from(ctx.len());
+    fwd.e.last_seen_ns = now;
+    if ctx.store(DADDR_OFF, &raddr, 0).is_err() {
         return drop(reason::DROP_TRUNCATED);
     }
     deliver(ctx, ep, hop)
@@ -480,20 +652,22 @@ fn icmp_error(ctx: &TcContext, packed: u32, ep: &mut EndpointInfo) -> Verdict {
     let il4off = inner + IPV6_HLEN;
     // The quoted IPv6 header (no extension headers: we send none) and the
     // first 8 bytes of its L4 header.
-    let (Ok(ih), Ok(il4), Ok(outer_daddr)) =
-        (ctx.load::<[u8; 8]>(inner), ctx.load::<[u8; 8]>(il4off), ctx.load::<[u8; 16]>(DADDR_OFF))
-    else {
+    let (Ok(ih), Ok(il4)) = (ctx.load::<[u8; 8]>(inner), ctx.load::<[u8; 8]>(il4off)) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
     let Some((key, fkey)) = maps::scratch6_keys() else {
         return pass(reason::PASS_UPLINK_HOST);
     };
-    // The reply tuple of the quoted packet: its destination -> its source.
-    if !hdr::load16(ctx, inner + 8, &mut key.daddr) || !hdr::load16(ctx, inner + 24, &mut key.saddr) {
+    // The reply tuple of the quoted packet: its destination -> its source
+    // (the outer destination, in `fkey` meanwhile, must be that source).
+    if !hdr::load16(ctx, inner + 8, &mut key.daddr)
+        || !hdr::load16(ctx, inner + 24, &mut key.saddr)
+        || !hdr::load16(ctx, DADDR_OFF, &mut fkey.daddr)
+    {
         return pass(reason::PASS_UPLINK_HOST);
     }
     let iproto = ih[6];
-    if ih[0] >> 4 != 6 || !eq6(&key.daddr, &outer_daddr) {
+    if ih[0] >> 4 != 6 || !eq6(&key.daddr, &fkey.daddr) {
         return pass(reason::PASS_UPLINK_HOST);
     }
     let (sport, dport, csum_off, port_off) = match iproto {
@@ -518,25 +692,28 @@ fn icmp_error(ctx: &TcContext, packed: u32, ep: &mut EndpointInfo) -> Verdict {
     let Some(rev) = conntrack6::get(key) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
-    let (rflags, raddr, rport) = (rev.e.flags, rev.addr, rev.e.port);
+    // The endpoint's address, read where it is (the entry: no copy).
+    let (rflags, raddr, rport) = (rev.e.flags, &rev.addr, rev.e.port);
     if rflags & CT_F_REVERSE == 0 {
         return pass(reason::PASS_UPLINK_HOST);
     }
-    let Some(e) = maps::endpoint_by_ip6(&raddr) else {
+    let Some(e) = maps::endpoint_by_ip6(raddr) else {
         return pass(reason::PASS_UPLINK_HOST);
     };
     *ep = e;
     if hop <= 1 {
         return drop(reason::DROP_TTL_EXCEEDED);
     }
-    *fkey = CtKey6::forward_of(key, raddr, rport);
+    conntrack6::forward_into(fkey, key, raddr, rport);
     if let Some(fwd) = conntrack6::get(fkey) {
         fwd.e.rx_packets += 1;
         fwd.e.rx_bytes += u64::from(ctx.len());
     }
-    let ok =
-        csum6::rewrite_quoted(ctx, iproto, (inner + 8, &outer_daddr, &raddr), (csum_off, port_off), (sport, rport))
-            && csum6::rewrite_pseudo(ctx, (DADDR_OFF, &outer_daddr, &raddr), l4off + 2);
+    // One difference for both: the quoted source and the outer
+    // destination go from the masquerade address to the endpoint's.
+    let d = csum6::addr_diff(&key.daddr, raddr);
+    let ok = csum6::rewrite_quoted(ctx, iproto, (inner + 8, raddr, d), (csum_off, port_off), (sport, rport))
+        && csum6::rewrite_pseudo(ctx, (DADDR_OFF, raddr, d), l4off + 2);
     if !ok {
         return drop(reason::DROP_TRUNCATED);
     }

@@ -1763,14 +1763,54 @@ fn nat66_cases(up: u32) {
         p6.insert(datapath_common::Published6Key::new(6, own, 41000u16.to_be()), 1, 0).unwrap();
     }
     h.check("reply of a published port", &from_a(&tcp(0x12, 41000)), TC_ACT_OK, reason::PASS_KERNEL_FLOW);
-    let mut frag = vec![17u8, 0, 0, 1, 0, 0, 0, 9];
-    frag.extend_from_slice(&udp6(own, remote, 40002, 53, b"f")[40..]);
+    // Fragments: the first one (offset 0, more fragments) is translated
+    // and its ports remembered; a later one of the same datagram takes its
+    // flow (only the source changes); one of an unknown datagram is
+    // dropped; a fragment header after another extension header too.
+    let frag = |off_flags: u16, id: u32, body: &[u8]| {
+        let mut f = vec![17u8, 0];
+        f.extend_from_slice(&off_flags.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(body);
+        ipv6(own, remote, 44, f.len() as u16, &f)
+    };
+    let first_body = udp6(own, remote, 40002, 53, &[7u8; 16])[40..].to_vec();
+    let (out, _) = h.check("first fragment", &from_a(&frag(1, 9, &first_body)), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(&out[22..38], &masq, "first fragment: source translated");
+    let fport = u16::from_be_bytes([out[62], out[63]]);
+    assert!((20000..=20009).contains(&fport), "first fragment: port {fport}");
+    let (out, _) = h.check("later fragment", &from_a(&frag(24, 9, &[7u8; 16])), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(&out[22..38], &masq, "later fragment: source translated");
+    assert_eq!(&out[62..78], &[7u8; 16], "later fragment: payload untouched");
     h.check(
-        "fragment",
-        &from_a(&ipv6(own, remote, 44, frag.len() as u16, &frag)),
+        "later fragment of no datagram",
+        &from_a(&frag(24, 10, &[7u8; 16])),
         TC_ACT_SHOT,
-        reason::DROP_NAT6_FRAGMENT,
+        reason::DROP_FRAG_UNKNOWN,
     );
+    let mut nested = vec![44u8, 0, 1, 4, 0, 0, 0, 0];
+    nested.extend_from_slice(&frag(1, 11, &first_body)[40..]);
+    let nested = ipv6(own, remote, 60, nested.len() as u16, &nested);
+    h.check("fragment header after another", &from_a(&nested), TC_ACT_SHOT, reason::DROP_NAT6_FRAGMENT);
+    // The reply's fragments on the uplink: the first one finds the flow by
+    // its ports, the later one by the first one's.
+    let rfrag = |off_flags: u16, id: u32, body: &[u8]| {
+        let mut f = vec![17u8, 0];
+        f.extend_from_slice(&off_flags.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(body);
+        from_up(&ipv6(remote, masq, 44, f.len() as u16, &f))
+    };
+    let rbody = udp6(remote, masq, 53, fport, &[8u8; 16])[40..].to_vec();
+    let (back, _) =
+        h.check_prog(UPLINK, "first reply fragment", &rfrag(1, 5, &rbody), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    assert_eq!(&back[38..54], &own, "first reply fragment: destination restored");
+    assert_eq!(u16::from_be_bytes([back[64], back[65]]), 40002, "first reply fragment: port restored");
+    let (back, _) =
+        h.check_prog(UPLINK, "later reply fragment", &rfrag(24, 5, &[8u8; 16]), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    assert_eq!(&back[38..54], &own, "later reply fragment: destination restored");
+    let f = rfrag(24, 6, &[8u8; 16]);
+    h.check_prog(UPLINK, "reply fragment of no datagram", &f, TC_ACT_OK, reason::PASS_UPLINK_HOST);
     h.check("GRE", &from_a(&ipv6(own, remote, 47, 4, &[0, 0, 0x08, 0])), TC_ACT_SHOT, reason::DROP_NAT_PROTO);
     let mut long = udp6(own, remote, 40003, 53, b"short");
     long[40 + 4..40 + 6].copy_from_slice(&100u16.to_be_bytes());
@@ -1778,5 +1818,5 @@ fn nat66_cases(up: u32) {
     let mut last_hop = udp6(own, remote, 40004, 53, b"hop");
     last_hop[7] = 1;
     h.check("hop limit 1", &from_a(&last_hop), TC_ACT_OK, reason::PASS_NAT_NOT_ROUTED);
-    assert_eq!(ct6_len(&h), 4, "nothing tracked for those");
+    assert_eq!(ct6_len(&h), 6, "the fragmented flow, nothing for the others");
 }

@@ -339,3 +339,32 @@ fn nat6_published_port_reply_goes_to_the_kernel() {
     let flows = node.conntrack(None);
     assert!(flows_of(&flows, &web6).is_empty(), "no eBPF flow for the kernel's connection: {flows:?}");
 }
+
+both_datapaths! {
+/// A UDP datagram bigger than the MTU crosses the masquerade in
+/// fragments both ways (the endpoint's request, the outside's echo): the
+/// echo comes back whole. eBPF: every fragment translated (`FRAGS6` gives
+/// the later ones their flow), none dropped.
+fn nat6_fragmented_datagrams_both_ways(dp) {
+    let (mut node, outside) = node6(dp);
+    let net = dual(&mut node, "net", "10.69.0.0/24", "fd00:69::/64", &[]);
+    let (a, _a6) = endpoint6(&mut node, "a", &net, &[]);
+    let udp = udp6_server(&node, &outside, UDP_PORT);
+    let s0 = node.stats();
+    let msg = format!("{}-{}", node.prefix, "f".repeat(3500));
+    let out = python_in(&a, UDP6_CLIENT, &[&node.prefix, &OUTSIDE_IP6.to_string(), &UDP_PORT.to_string(), &msg],
+        Duration::from_secs(20));
+    assert_eq!(stdout_str(&out).trim(), format!("echo:{msg} {OUTSIDE_IP6}"), "a 3.5 kB echo over IPv6:\n{}",
+        stdout_str(&out).chars().take(200).collect::<String>());
+    let s1 = node.stats();
+    assert!(!udp_peers(&udp).is_empty());
+    if dp.is_ebpf() {
+        // 3 fragments each way at least (1500-byte MTU).
+        assert!(delta(&s0, &s1, "nat-translated").0 >= 3, "fragments translated out");
+        assert!(delta(&s0, &s1, "nat-reverse-translated").0 >= 3, "fragments translated back");
+        for r in ["drop-nat6-fragment", "drop-frag-unknown", "drop-bad-l4-header"] {
+            assert_eq!(delta(&s0, &s1, r).0, 0, "{r}");
+        }
+    }
+}
+}
