@@ -18,9 +18,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtEntry6, CtKey, CtKey6, Endpoint6, FragKey6, EndpointInfo, FragKey, FragPorts, NetStats,
-    Network6Info, NetworkInfo, PortKey, PortTarget, Published6Key, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES, MAX_ENDPOINTS,
-    MAX_NETWORKS, MAX_PORTS, NET_F_PRESENT,
+    reason, Counter, CtConfig, CtEntry, CtEntry6, CtKey, CtKey6, Endpoint6, EndpointInfo, FragKey, FragKey6, FragPorts,
+    NetStats, Network6Info, NetworkInfo, PortKey, PortTarget, Published6Key, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES,
+    MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORTS, NET_F_PRESENT,
 };
 
 /// Endpoints keyed by the ifindex of their host-side veth.

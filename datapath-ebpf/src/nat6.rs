@@ -30,8 +30,8 @@
 
 use aya_ebpf::{bindings::BPF_FIB_LKUP_RET_SUCCESS, programs::TcContext};
 use datapath_common::{
-    is_icmp, reason, reply_ports6, CtEntry6, CtKey6, EndpointInfo, FragPorts, Published6Key, CT_F_REVERSE, CT_TCP_CLOSING,
-    EP_F_KERNEL_FLOWS, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    is_icmp, reason, reply_ports6, CtEntry6, CtKey6, EndpointInfo, FragPorts, Published6Key, CT_F_REVERSE,
+    CT_TCP_CLOSING, EP_F_KERNEL_FLOWS, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
