@@ -14,6 +14,26 @@
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Whether `proto` is ICMP or ICMPv6, whose echo identifier is the port
+/// of a tuple (see [`CtKey::icmp_echo_ports`]).
+#[inline(always)]
+pub const fn is_icmp(proto: u8) -> bool {
+    proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6
+}
+
+/// [`reply_ports`] for IPv6 tuples (ICMPv6 echo).
+#[inline(always)]
+pub const fn reply_ports6(proto: u8, fwd_dport: u16, nat_port: u16) -> (u16, u16) {
+    reply_ports(if proto == IPPROTO_ICMPV6 { IPPROTO_ICMP } else { proto }, fwd_dport, nat_port)
+}
+
+/// [`forward_ports`] for IPv6 tuples (ICMPv6 echo).
+#[inline(always)]
+pub const fn forward_ports6(proto: u8, reply_sport: u16, orig_port: u16) -> (u16, u16) {
+    forward_ports(if proto == IPPROTO_ICMPV6 { IPPROTO_ICMP } else { proto }, reply_sport, orig_port)
+}
 
 /// SNAT port tries per new flow before `DROP_NAT_NO_PORT`.
 pub const NAT_PORT_TRIES: u32 = 32;
@@ -308,6 +328,21 @@ impl FragKey {
     }
 }
 
+/// Key of the IPv6 fragment map (`FRAGS6`): a datagram as its fragments
+/// carry it (addresses in wire order, the 32-bit identification of the
+/// fragment header as on the wire), as [`FragKey`] for IPv4; the value is
+/// a [`FragPorts`].
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id: u32,
+    pub proto: u8,
+    /// Always zero (part of the hashed key).
+    pub _pad: [u8; 3],
+}
+
 /// Value of the fragment map: the ports of the datagram's first fragment
 /// (wire order, `CtKey` convention: for ICMP echo the identifier as `sport`
 /// of a request, `dport` of a reply), so `CtKey::new(key.proto, key.saddr,
@@ -317,6 +352,93 @@ impl FragKey {
 pub struct FragPorts {
     pub sport: u16,
     pub dport: u16,
+}
+
+/// Key of the IPv6 connection tracker (`CT6`): the 5-tuple as the packet
+/// carries it, like [`CtKey`] (addresses and ports in wire order, ICMPv6
+/// echo identifier as the port, see [`CtKey::icmp_echo_ports`]). A map of
+/// its own, as Cilium's CT4/CT6: the IPv4 `CT` layout (and the flows a
+/// running datapath has in it) stays as it is.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// Always zero (part of the hashed key).
+    pub _pad: [u8; 3],
+}
+
+impl CtKey6 {
+    /// A key (addresses and ports in wire order).
+    #[inline(always)]
+    pub const fn new(proto: u8, saddr: [u8; 16], daddr: [u8; 16], sport: u16, dport: u16) -> Self {
+        CtKey6 { saddr, daddr, sport, dport, proto, _pad: [0; 3] }
+    }
+
+    /// As [`CtKey::reply_of`]: remote -> `nat_addr:nat_port`.
+    #[inline(always)]
+    pub const fn reply_of(fwd: &CtKey6, nat_addr: [u8; 16], nat_port: u16) -> CtKey6 {
+        let (sport, dport) = reply_ports6(fwd.proto, fwd.dport, nat_port);
+        CtKey6::new(fwd.proto, fwd.daddr, nat_addr, sport, dport)
+    }
+
+    /// As [`CtKey::forward_of`]: endpoint -> remote.
+    #[inline(always)]
+    pub const fn forward_of(reply: &CtKey6, orig_addr: [u8; 16], orig_port: u16) -> CtKey6 {
+        let (sport, dport) = forward_ports6(reply.proto, reply.sport, orig_port);
+        CtKey6::new(reply.proto, orig_addr, reply.saddr, sport, dport)
+    }
+
+    /// The key of the other entry of the masqueraded flow whose entry at
+    /// `self` is `e`, and the address and port that entry holds when it
+    /// still belongs to this flow (as [`CtKey::partner`]; IPv6 has no
+    /// published-port flows of its own: the kernel translates those).
+    #[inline(always)]
+    pub const fn partner(&self, e: &CtEntry6) -> (CtKey6, [u8; 16], u16) {
+        if e.e.flags & CT_F_REVERSE != 0 {
+            (CtKey6::forward_of(self, e.addr, e.e.port), self.daddr, self.dport)
+        } else {
+            (CtKey6::reply_of(self, e.addr, e.e.port), self.saddr, self.sport)
+        }
+    }
+}
+
+/// Value of the IPv6 connection tracker: an IPv4 [`CtEntry`] for
+/// everything but the address (state, lifetime, counters, port, next hop
+/// cache: the same code updates both; its `addr` stays 0), and the 128-bit
+/// address in its place: the translated source (forward entry) or the
+/// endpoint's original address (reverse entry, [`CT_F_REVERSE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry6 {
+    pub e: CtEntry,
+    pub addr: [u8; 16],
+}
+
+/// Key of the IPv6 published-port map (`PUBLISHED6`): a container port an
+/// endpoint with an IPv6 address publishes. The kernel translates the
+/// connections to v6 published ports (nftables `ip6` DNAT), so their
+/// replies, from this address and port, go to the kernel untranslated.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Published6Key {
+    /// The endpoint's IPv6 address, wire order.
+    pub addr: [u8; 16],
+    /// The container port, wire order.
+    pub port: u16,
+    pub proto: u8,
+    /// Always zero (part of the hashed key).
+    pub _pad: u8,
+}
+
+impl Published6Key {
+    #[inline(always)]
+    pub const fn new(proto: u8, addr: [u8; 16], port: u16) -> Self {
+        Published6Key { addr, port, proto, _pad: 0 }
+    }
 }
 
 /// How long the next hop cached in a forward `CtEntry` is reused before

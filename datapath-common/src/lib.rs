@@ -55,6 +55,10 @@ mod pod {
     unsafe impl aya::Pod for super::Network6Info {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::CtKey6 {}
+    unsafe impl aya::Pod for super::CtEntry6 {}
+    unsafe impl aya::Pod for super::Published6Key {}
+    unsafe impl aya::Pod for super::FragKey6 {}
     unsafe impl aya::Pod for super::CtConfig {}
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PortTarget {}
@@ -74,6 +78,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<NetworkInfo>(), 28);
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 104);
+        assert_eq!(core::mem::size_of::<CtKey6>(), 40);
+        assert_eq!(core::mem::size_of::<CtEntry6>(), 120);
+        assert_eq!(core::mem::size_of::<Published6Key>(), 20);
+        assert_eq!(core::mem::size_of::<FragKey6>(), 40);
         assert_eq!(core::mem::size_of::<CtConfig>(), 32);
         assert_eq!(core::mem::size_of::<PortKey>(), 8);
         assert_eq!(core::mem::size_of::<PortTarget>(), 12);

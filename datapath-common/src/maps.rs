@@ -44,6 +44,20 @@ pub const MAP_CT: &str = "CT";
 /// fragment of a masqueraded IPv4 datagram, for its later fragments (both
 /// directions; see [`FragKey`](crate::FragKey)).
 pub const MAP_FRAGS: &str = "FRAGS";
+/// `CT6: LruHashMap<CtKey6, CtEntry6>`: the IPv6 connection tracker (two
+/// entries per masqueraded flow, as `CT`). Added after layout version 1:
+/// created at the next start of a datapath pinned by an older build; its
+/// capacity is `CT`'s (`--ct-max-entries` sets both).
+pub const MAP_CT6: &str = "CT6";
+/// `FRAGS6: LruHashMap<FragKey6, FragPorts>`: the ports of the first
+/// fragment of a masqueraded IPv6 datagram, for its later fragments (both
+/// directions), as `FRAGS`. Added after layout version 1.
+pub const MAP_FRAGS6: &str = "FRAGS6";
+/// `PUBLISHED6: HashMap<Published6Key, u32>`: the container ports that
+/// endpoints with an IPv6 address publish (value unused, 1), whose replies
+/// go to the kernel, which translates the v6 published ports. Added after
+/// layout version 1.
+pub const MAP_PUBLISHED6: &str = "PUBLISHED6";
 /// `NET_STATS: PerCpuArray<NetStats>` indexed by network id: per-network
 /// counters (see [`NetStats`](crate::NetStats)).
 pub const MAP_NET_STATS: &str = "NET_STATS";

@@ -178,6 +178,17 @@ pub const DROP_SPOOFED_NDP: u32 = 63;
 /// requester with `bpf_redirect_peer`, nothing crosses the bridge.
 pub const FWD_ND_ADVERT: u32 = 23;
 
+/// NAT66 (the IPv6 masquerade, `nat6`): its packets are counted under
+/// the IPv4 masquerade's codes (`nat-translated`, `nat-reverse-translated`,
+/// `drop-ct-invalid`, ...) except for this one.
+/// An IPv6 fragment from an endpoint on its way through the IPv6
+/// masquerade whose fragment header does not follow the fixed header at
+/// once (other extension headers before it): not translated, dropped
+/// rather than leaked untranslated. (Fragments right after the fixed
+/// header, what senders emit, are translated through `FRAGS6`; a later
+/// fragment of an unknown datagram is `drop-frag-unknown`.)
+pub const DROP_NAT6_FRAGMENT: u32 = 72;
+
 /// Size of the `STATS` array: every code must be below this. Codes from 64
 /// on are drops too (the drop range grew past 63: `STATS` was 64 slots up
 /// to the IPv6 work, and a datapath pinned before is migrated with its
@@ -191,7 +202,7 @@ pub const fn is_event(code: u32) -> bool {
 }
 
 /// Every defined code, in display order.
-pub const ALL: [u32; 43] = [
+pub const ALL: [u32; 44] = [
     FWD_REDIRECT_PEER,
     FWD_ARP_REPLY,
     FWD_ND_ADVERT,
@@ -235,6 +246,7 @@ pub const ALL: [u32; 43] = [
     DROP_SPOOFED_NDP,
     DROP_PORT_MALFORMED,
     DROP_PORT_TUPLE_TAKEN,
+    DROP_NAT6_FRAGMENT,
 ];
 
 /// Length of the longest name (the trace column width).
@@ -303,6 +315,7 @@ pub const fn name(code: u32) -> &'static str {
         DROP_SPOOFED_IP6 => "drop-spoofed-ip6",
         DROP_SPOOFED_NDP => "drop-spoofed-ndp",
         FWD_ND_ADVERT => "fwd-nd-advert",
+        DROP_NAT6_FRAGMENT => "drop-nat6-fragment",
         _ => "unknown",
     }
 }

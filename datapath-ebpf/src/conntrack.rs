@@ -47,7 +47,7 @@ pub fn now() -> u64 {
 
 /// When a flow of `proto` in `state` seen at `now` expires.
 #[inline(always)]
-fn expiry(proto: u8, state: u8, now: u64) -> u64 {
+pub fn expiry(proto: u8, state: u8, now: u64) -> u64 {
     now + u64::from(maps::ct_config().lifetime_s(proto, state)) * NS
 }
 

@@ -15,6 +15,15 @@ use datapath_common::{reason, CtEntry, CT_FIB_REFRESH_NS, IPPROTO_ICMP};
 use crate::hdr::{self, mac, Ip, ETH_HLEN, L4};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// An IPv6 address (wire order) as the four words `bpf_fib_lookup` and
+/// `bpf_redir_neigh` take.
+#[inline(always)]
+fn words6(a: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
 
 /// Fills `fib` with the next hop cached in the forward entry `e` when it may
 /// be reused for this packet of `len` bytes: the hop is fresh and goes out
@@ -60,6 +69,33 @@ pub fn lookup(ctx: &TcContext, ip: &Ip, l4: &L4, fib: &mut FibParams) -> u32 {
     }) as u32
 }
 
+/// Routes an IPv6 packet `saddr -> daddr` of `proto` (ports in wire
+/// order, ignored for ICMPv6) as [`lookup`] does for IPv4.
+#[inline(always)]
+pub fn lookup6(
+    ctx: &TcContext,
+    addrs: (&[u8; 16], &[u8; 16]),
+    proto: u8,
+    ports: (u16, u16),
+    fib: &mut FibParams,
+) -> u32 {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid input.
+    *fib = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET6;
+    fib.l4_protocol = proto;
+    if proto != datapath_common::IPPROTO_ICMPV6 {
+        fib.sport = ports.0;
+        fib.dport = ports.1;
+    }
+    fib.ifindex = hdr::skb_ifindex(ctx);
+    fib.__bindgen_anon_3.ipv6_src = words6(addrs.0);
+    fib.__bindgen_anon_4.ipv6_dst = words6(addrs.1);
+    // SAFETY: helper call with a buffer of the size given.
+    (unsafe {
+        bpf_fib_lookup(ctx.skb.skb as *mut _, fib as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0)
+    }) as u32
+}
+
 /// Caches the next hop of a successful lookup in the forward entry `e`.
 #[inline(always)]
 pub fn remember(e: &mut CtEntry, fib: &FibParams, now: u64) {
@@ -89,9 +125,15 @@ pub fn redirect(ctx: &TcContext, rc: u32, fib: &FibParams) -> Result<u32, u32> {
     } else {
         // SAFETY: all-zero is a valid bpf_redir_neigh.
         let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-        nh.nh_family = u32::from(AF_INET);
-        // SAFETY: after the lookup ipv4_dst holds the next hop.
-        nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+        if fib.family == AF_INET6 {
+            nh.nh_family = u32::from(AF_INET6);
+            // SAFETY: after an IPv6 lookup ipv6_dst holds the next hop.
+            nh.__bindgen_anon_1.ipv6_nh = unsafe { fib.__bindgen_anon_4.ipv6_dst };
+        } else {
+            nh.nh_family = u32::from(AF_INET);
+            // SAFETY: after the lookup ipv4_dst holds the next hop.
+            nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+        }
         // SAFETY: helper call with a stack buffer of the size given.
         unsafe { bpf_redirect_neigh(out_if, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0) }
     };

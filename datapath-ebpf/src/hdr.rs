@@ -171,6 +171,21 @@ pub fn hdrs_copy(ctx: &TcContext) -> Option<[u8; HDRS_LEN]> {
     at::<[u8; HDRS_LEN]>(ctx, 0).map(|h| *h)
 }
 
+/// Copies the 16 bytes at `off` (an IPv6 address) into `dst`, wherever
+/// `dst` is (a map value: no stack copy). `false`: the frame is too short.
+#[inline(always)]
+pub fn load16(ctx: &TcContext, off: usize, dst: &mut [u8; 16]) -> bool {
+    // SAFETY: helper call writing exactly the 16 bytes of `dst`.
+    (unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            off as u32,
+            dst.as_mut_ptr() as *mut _,
+            16,
+        )
+    }) == 0
+}
+
 /// `skb->ifindex`: the interface the frame came in on.
 #[inline(always)]
 pub fn skb_ifindex(ctx: &TcContext) -> u32 {

@@ -23,7 +23,8 @@
 //!
 //! ```text
 //! main ─────> policy, ipv6, local6, nd, nat, nat6, icmp, ports, trace, verdict
-//! nat6 ─────> ipv6 (the type of what it is handed), verdict
+//! nat6 ─────> conntrack6, conntrack, csum6, fib, hdr, ipv6 (the type of what it is handed), maps, verdict
+//! conntrack6 ─> conntrack (lifetimes), maps, verdict
 //! icmp ─────> fib, hdr, maps, verdict
 //! policy ───> arp, local, nat (the type of what it hands over), conntrack (idem), hdr, maps, verdict
 //! ipv6 ─────> local6, nd (the types of what it hands over), hdr, maps, verdict
@@ -47,7 +48,9 @@
 
 mod arp;
 mod conntrack;
+mod conntrack6;
 mod csum;
+mod csum6;
 mod fib;
 mod hdr;
 mod icmp;
@@ -85,7 +88,7 @@ pub fn dp_from_ep(ctx: TcContext) -> i32 {
         Next::Verdict(d) => v = d,
         Next::Ipv6 => match ipv6::from_endpoint(&ctx, src) {
             ipv6::Next6::Verdict(d) => v = d,
-            ipv6::Next6::Beyond(p) => v = nat6::egress(&ctx, src, &p),
+            ipv6::Next6::Beyond(p) => v = nat6::beyond(&ctx, src, &p),
             ipv6::Next6::Local(d) => v = local6::deliver(&ctx, &d),
             ipv6::Next6::Advert(a) => v = nd::advertise(&ctx, src, &a),
         },
@@ -156,9 +159,10 @@ pub fn dp_from_uplink(ctx: TcContext) -> i32 {
     let len = ctx.len();
     variant_marker();
     let mut ep = EndpointInfo::default();
-    let mut v = nat::from_uplink(&ctx, &mut ep);
+    let ipv6 = matches!(ctx.load::<u16>(12), Ok(p) if p == hdr::ETH_P_IPV6.to_be());
+    let mut v = if ipv6 { nat6::from_uplink(&ctx, &mut ep) } else { nat::from_uplink(&ctx, &mut ep) };
     // No NAT mapping: a connection to a published port, or the node's own.
-    if v.code == reason::PASS_UPLINK_HOST {
+    if v.code == reason::PASS_UPLINK_HOST && !ipv6 {
         if let Some(p) = ports::from_uplink(&ctx, &mut ep) {
             v = p;
         }

@@ -18,9 +18,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use datapath_common::{
-    reason, Counter, CtConfig, CtEntry, CtKey, Endpoint6, EndpointInfo, FragKey, FragPorts, NetStats, Network6Info,
-    NetworkInfo, PortKey, PortTarget, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES, MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORTS,
-    NET_F_PRESENT,
+    reason, Counter, CtConfig, CtEntry, CtEntry6, CtKey, CtKey6, Endpoint6, EndpointInfo, FragKey, FragKey6, FragPorts,
+    NetStats, Network6Info, NetworkInfo, PortKey, PortTarget, Published6Key, CT_MAX_ENTRIES, FRAG_MAX_ENTRIES,
+    MAX_ENDPOINTS, MAX_NETWORKS, MAX_PORTS, NET_F_PRESENT,
 };
 
 /// Endpoints keyed by the ifindex of their host-side veth.
@@ -70,6 +70,20 @@ static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(reason::MAX, 
 #[map]
 static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
 
+/// The IPv6 connection tracker (see `datapath_common::CtKey6`), as `CT`.
+#[map]
+static CT6: LruHashMap<CtKey6, CtEntry6> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// The ports of the first fragment of masqueraded IPv6 datagrams, for
+/// their later fragments (see `datapath_common::FragKey6`).
+#[map]
+static FRAGS6: LruHashMap<FragKey6, FragPorts> = LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);
+
+/// Container ports published by endpoints with an IPv6 address (see
+/// `datapath_common::Published6Key`), filled by the agent.
+#[map]
+static PUBLISHED6: HashMap<Published6Key, u32> = HashMap::with_max_entries(MAX_PORTS, 0);
+
 /// The ports of the first fragment of masqueraded datagrams, for their
 /// later fragments (see `datapath_common::FragKey`).
 #[map]
@@ -99,6 +113,81 @@ pub struct Scratch {
 
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// How a network's IPv6 is masqueraded (`nat6`, `conntrack6`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Snat6 {
+    /// The masquerade address (the uplink's global IPv6), wire order.
+    pub addr: [u8; 16],
+    /// The uplink's ifindex, 0 when unknown.
+    pub uplink_ifindex: u32,
+    /// The NAT port range (the network's IPv4 range), host order.
+    pub port_min: u16,
+    pub port_max: u16,
+}
+
+/// A packet for `nat6::egress`, as `ipv6::from_endpoint` found it (see
+/// `ipv6::Pkt6`), handed over through `SCRATCH6` rather than the stack:
+/// the verifier then checks `egress` once, not once per way the extension
+/// header walk ended.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Req6 {
+    pub l4_off: u32,
+    pub end: u32,
+    pub network_id: u32,
+    pub proto: u8,
+    /// 1: a fragment.
+    pub fragment: u8,
+    pub _pad: [u8; 2],
+}
+
+/// What `nat6::egress` found for a packet that starts a new flow, for
+/// `nat6::egress_new` (called by `dp_from_ep` after it, so the port
+/// search's frame is not stacked on `egress`'s).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending6 {
+    /// Offsets of the L4 checksum and of the source port (or echo id).
+    pub csum_off: u32,
+    pub port_off: u32,
+    /// The FIB lookup's result (its parameters are in `SCRATCH`).
+    pub rc: u32,
+    /// A port to try first (wire order, 0: none).
+    pub hint: u16,
+    /// The hop limit as the packet came.
+    pub hop: u8,
+    pub tcp_flags: u8,
+}
+
+/// Per-CPU scratch space of the IPv6 masquerade (`nat6`, `conntrack6`):
+/// a map of its own, so `SCRATCH` keeps its layout.
+#[repr(C)]
+pub struct Scratch6 {
+    /// The packet handed to `nat6::egress`.
+    pub req: Req6,
+    /// A new flow `nat6::egress` hands to `nat6::egress_new`.
+    pub pending: Pending6,
+    /// A `CT6` entry under construction (`conntrack6::create`).
+    pub entry: CtEntry6,
+    /// The tuple of the packet `nat6` translates (`egress`: as sent;
+    /// `from_uplink`: the reply tuple).
+    pub key: CtKey6,
+    /// `from_uplink`: the forward tuple of its flow; `conntrack6::create`:
+    /// the reply tuple being tried.
+    pub key2: CtKey6,
+    /// `conntrack6::create`: the forward tuple of a reply tuple taken.
+    pub key3: CtKey6,
+    /// The datagram of a fragment (`nat6`); `from_uplink` sets its `id`
+    /// for `reply`.
+    pub frag: FragKey6,
+    /// The masquerade of its network.
+    pub snat: Snat6,
+}
+
+#[map]
+static SCRATCH6: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0);
 
 /// What `trace::emit` shows besides the frame, handed over through this
 /// per-CPU slot rather than as arguments: the verifier then sees one
@@ -263,6 +352,117 @@ pub fn scratch_fib<'a>() -> Option<&'a mut FibParams> {
 pub fn scratch_entry<'a>() -> Option<&'a mut CtEntry> {
     // SAFETY: as `scratch_fib`; only `conntrack::create` uses this field.
     SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *core::ptr::addr_of_mut!((*s).entry) })
+}
+
+/// The `CT6` entry at `key`, in place (as [`ct_get`]).
+#[inline(always)]
+pub fn ct6_get<'a>(key: &CtKey6) -> Option<&'a mut CtEntry6> {
+    // SAFETY: as `ct_get`.
+    CT6.get_ptr_mut(key).map(|e| unsafe { &mut *e })
+}
+
+/// Inserts `entry` at `key` in `CT6` (as [`ct_insert`]).
+#[inline(always)]
+pub fn ct6_insert(key: &CtKey6, entry: &CtEntry6, flags: u64) -> Result<(), i32> {
+    CT6.insert(key, entry, flags)
+}
+
+/// Deletes the `CT6` entry at `key`.
+#[inline(always)]
+pub fn ct6_remove(key: &CtKey6) {
+    let _ = CT6.remove(key);
+}
+
+/// Whether the container port `key` is published (its replies are the
+/// kernel's).
+#[inline(always)]
+pub fn published6(key: &Published6Key) -> bool {
+    // SAFETY: only whether there is a value.
+    unsafe { PUBLISHED6.get(key) }.is_some()
+}
+
+/// This CPU's buffer for a `CT6` entry under construction.
+#[inline(always)]
+pub fn scratch_entry6<'a>() -> Option<&'a mut CtEntry6> {
+    // SAFETY: this CPU's slot, valid for the program run; only
+    // `conntrack6::create` uses it.
+    SCRATCH6.get_ptr_mut(0).map(|s| unsafe { &mut *core::ptr::addr_of_mut!((*s).entry) })
+}
+
+/// This CPU's tuple and masquerade of the packet `nat6::egress`
+/// translates.
+#[inline(always)]
+pub fn scratch6_flow<'a>() -> Option<(&'a mut CtKey6, &'a mut Snat6)> {
+    // SAFETY: as `scratch_entry6`; only `nat6::egress` uses these fields,
+    // disjoint from `entry`.
+    SCRATCH6
+        .get_ptr_mut(0)
+        .map(|s| unsafe { (&mut *core::ptr::addr_of_mut!((*s).key), &mut *core::ptr::addr_of_mut!((*s).snat)) })
+}
+
+/// This CPU's slot for the packet handed to `nat6::egress`.
+#[inline(always)]
+pub fn scratch6_req<'a>() -> Option<&'a mut Req6> {
+    // SAFETY: as `scratch_entry6`; written by `dp_from_ep`, read by
+    // `nat6::egress` in the same run.
+    SCRATCH6.get_ptr_mut(0).map(|s| unsafe { &mut *core::ptr::addr_of_mut!((*s).req) })
+}
+
+/// This CPU's fragment key (`nat6`).
+#[inline(always)]
+pub fn scratch6_frag<'a>() -> Option<&'a mut FragKey6> {
+    // SAFETY: as `scratch_entry6`; only `nat6` uses it, one step at a time.
+    SCRATCH6.get_ptr_mut(0).map(|s| unsafe { &mut *core::ptr::addr_of_mut!((*s).frag) })
+}
+
+/// Remembers the ports of an IPv6 datagram's first fragment (best effort,
+/// as [`frag_insert`]).
+#[inline(always)]
+pub fn frag6_insert(key: &FragKey6, ports: &FragPorts) {
+    let _ = FRAGS6.insert(key, ports, 0);
+}
+
+/// The ports of the first fragment of the IPv6 datagram `key`.
+#[inline(always)]
+pub fn frag6_get(key: &FragKey6) -> Option<FragPorts> {
+    // SAFETY: the value is copied out at once.
+    unsafe { FRAGS6.get(key) }.copied()
+}
+
+/// This CPU's slot for a new flow (`nat6::egress` -> `egress_new`).
+#[inline(always)]
+pub fn scratch6_pending<'a>() -> Option<&'a mut Pending6> {
+    // SAFETY: as `scratch_entry6`; written by `nat6::egress`, read by
+    // `nat6::egress_new` in the same run.
+    SCRATCH6.get_ptr_mut(0).map(|s| unsafe { &mut *core::ptr::addr_of_mut!((*s).pending) })
+}
+
+/// This CPU's reply tuple and forward tuple for `nat6::from_uplink`.
+#[inline(always)]
+pub fn scratch6_keys<'a>() -> Option<(&'a mut CtKey6, &'a mut CtKey6)> {
+    // SAFETY: as `scratch6_flow` (one program run uses them at a time).
+    SCRATCH6
+        .get_ptr_mut(0)
+        .map(|s| unsafe { (&mut *core::ptr::addr_of_mut!((*s).key), &mut *core::ptr::addr_of_mut!((*s).key2)) })
+}
+
+/// This CPU's tuples for the port search of `conntrack6::create` (a
+/// reply tuple, the forward tuple of the flow holding it).
+#[inline(always)]
+pub fn scratch6_search<'a>() -> Option<(&'a mut CtKey6, &'a mut CtKey6)> {
+    // SAFETY: as `scratch6_flow`; `key2` and `key3` are only used by
+    // `conntrack6::create` on the way out (`from_uplink` runs in another
+    // program run).
+    SCRATCH6
+        .get_ptr_mut(0)
+        .map(|s| unsafe { (&mut *core::ptr::addr_of_mut!((*s).key2), &mut *core::ptr::addr_of_mut!((*s).key3)) })
+}
+
+/// The IPv6 half of network `id`, in place (no copy on the stack).
+#[inline(always)]
+pub fn network6_ref<'a>(id: u32) -> Option<&'a Network6Info> {
+    // SAFETY: an array value, valid for the program run; only read.
+    NETWORKS6.get_ptr(id).map(|n| unsafe { &*n }).filter(|n| n.flags & NET_F_PRESENT != 0)
 }
 
 /// This CPU's trace argument slot.

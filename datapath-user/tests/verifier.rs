@@ -1729,3 +1729,297 @@ fn dp_from_ep_ipv6_fast_path() {
         .replace("fd00:7::3", "fd00:8::3")]
     );
 }
+
+// ---------------------------------------------------------------------------
+// NAT66
+
+/// The one's complement sum (folded, not inverted) of the IPv6
+/// pseudo-header of `src -> dst` (next header `nh`) and `body`: 0xffff when
+/// the checksum in `body` is right.
+fn sum6(src: &[u8], dst: &[u8], nh: u8, body: &[u8]) -> u16 {
+    let mut s: u64 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            s += u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(src);
+    add(dst);
+    add(&(body.len() as u32).to_be_bytes());
+    add(&[0, 0, 0, nh]);
+    add(body);
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// An L4 message of `nh` from `src` to `dst` with its checksum (at
+/// `csum_at` in `body`) filled in.
+fn with_sum6(src: [u8; 16], dst: [u8; 16], nh: u8, mut body: Vec<u8>, csum_at: usize) -> Vec<u8> {
+    body[csum_at..csum_at + 2].copy_from_slice(&[0, 0]);
+    let c = !sum6(&src, &dst, nh, &body);
+    body[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    body
+}
+
+fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    ipv6(src, dst, 17, u.len() as u16, &with_sum6(src, dst, 17, u, 6))
+}
+
+/// Like [`with_uplink`], the "uplink" with IPv6: 2001:db8:203::1/64, the
+/// next hop 2001:db8:203::2 (static neighbour), 2001:db8:51::/64 behind it,
+/// IPv6 forwarding on.
+fn with_uplink6(cases: fn(u32)) {
+    let claim = claim();
+    let ns = claim.name("t");
+    ip(&["netns", "add", &ns]);
+    let sysctl = |kv: &str| {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "sysctl", "-qw", kv])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{kv}");
+    };
+    sysctl("net.ipv6.conf.all.disable_ipv6=0");
+    sysctl("net.ipv6.conf.default.disable_ipv6=0");
+    sysctl("net.ipv6.conf.lo.disable_ipv6=0");
+    sysctl("net.ipv6.conf.all.forwarding=1");
+    for args in [
+        "link set lo up",
+        "link add up0 type veth peer name up1",
+        "link set up1 up",
+        "addr add 2001:db8:203::1/64 dev up0 nodad",
+        "link set up0 up",
+        "neigh add 2001:db8:203::2 lladdr 02:00:00:00:00:02 dev up0 nud permanent",
+        "route add 2001:db8:51::/64 via 2001:db8:203::2",
+    ] {
+        let mut v = vec!["-n", ns.as_str()];
+        v.extend(args.split_whitespace());
+        ip(&v);
+    }
+    let ns2 = ns.clone();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns2}")).unwrap();
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let up = nix::net::if_::if_nametoindex("up0").unwrap();
+        cases(up);
+    })
+    .join()
+    .expect("cases passed");
+}
+
+/// NAT66 with BPF_PROG_TEST_RUN: a UDP datagram and an echo request of
+/// endpoint A (fd00:7::2, network 7, which masquerades IPv6 to
+/// 2001:db8:203::1 in ports 20000-20009) translated and redirected to the
+/// uplink's next hop (hop limit - 1, checksums with the pseudo-header
+/// valid); their replies and an ICMPv6 port unreachable about the UDP flow
+/// translated back on the uplink (the quoted source address and port too,
+/// inner and outer checksums valid) and delivered to A; what is not
+/// translated: a TCP segment of no flow, a fragment, another protocol, a
+/// malformed UDP header, an expiring hop limit, a reply of no flow, a
+/// connection's reply from a published container port.
+#[test]
+fn nat66_translation_reverse_and_malformed() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    with_uplink6(nat66_cases);
+}
+
+fn nat66_cases(up: u32) {
+    const UPLINK: &str = datapath_common::PROG_FROM_UPLINK;
+    let mut h = masquerading_harness(up);
+    let (own, masq, remote) = (v6("fd00:7::2"), v6("2001:db8:203::1"), v6("2001:db8:51::1"));
+    let a = endpoint(A_IFINDEX, A_IP, A_MAC, 7, 0);
+    {
+        let mut six: HashMap<_, u32, datapath_common::Endpoint6> =
+            HashMap::try_from(h.ebpf.map_mut(datapath_common::MAP_ENDPOINTS6).unwrap()).unwrap();
+        six.insert(A_IFINDEX, datapath_common::Endpoint6 { ip6: own }, 0).unwrap();
+        let mut by_ip6: HashMap<_, [u8; 16], EndpointInfo> =
+            HashMap::try_from(h.ebpf.map_mut(datapath_common::MAP_ENDPOINTS6_BY_IP).unwrap()).unwrap();
+        by_ip6.insert(own, a, 0).unwrap();
+        let mut nets6: Array<_, datapath_common::Network6Info> =
+            Array::try_from(h.ebpf.map_mut(datapath_common::MAP_NETWORKS6).unwrap()).unwrap();
+        let n6 = datapath_common::Network6Info {
+            subnet: v6("fd00:7::"),
+            gateway: v6("fd00:7::1"),
+            masq_addr: masq,
+            prefix_len: 64,
+            uplink_ifindex: up,
+            flags: datapath_common::NET_F_MASQUERADE | NET_F_PRESENT,
+            _pad: 0,
+        };
+        nets6.set(7, n6, 0).unwrap();
+        let mut subnets6: aya::maps::LpmTrie<_, [u8; 16], u32> =
+            aya::maps::LpmTrie::try_from(h.ebpf.map_mut(datapath_common::MAP_SUBNETS6).unwrap()).unwrap();
+        subnets6.insert(&aya::maps::lpm_trie::Key::new(64, v6("fd00:7::")), 7, 0).unwrap();
+    }
+    let ct6_len = |h: &Harness| {
+        let ct: HashMap<_, datapath_common::CtKey6, datapath_common::CtEntry6> =
+            HashMap::try_from(h.ebpf.map(datapath_common::MAP_CT6).unwrap()).unwrap();
+        ct.keys().count()
+    };
+    let from_a = |p: &[u8]| eth(GW_MAC, A_MAC, 0x86dd, p);
+    let from_up = |p: &[u8]| eth([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], 0x86dd, p);
+
+    // UDP out: translated, to the next hop.
+    let (out, _) =
+        h.check("UDP out", &from_a(&udp6(own, remote, 40000, 53, b"query")), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(&out[22..38], &masq, "source translated");
+    assert_eq!(&out[38..54], &remote, "destination kept");
+    assert_eq!(out[21], 63, "hop limit - 1");
+    assert_eq!(&out[0..6], &[2, 0, 0, 0, 0, 2], "next hop MAC");
+    let port = u16::from_be_bytes([out[54], out[55]]);
+    assert!((20000..=20009).contains(&port), "NAT port {port}");
+    assert_eq!(sum6(&out[22..38], &out[38..54], 17, &out[54..]), 0xffff, "UDP checksum with the new pseudo-header");
+    assert_eq!(ct6_len(&h), 2, "forward and reverse entries");
+    let (out2, _) =
+        h.check("UDP again", &from_a(&udp6(own, remote, 40000, 53, b"again")), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(u16::from_be_bytes([out2[54], out2[55]]), port, "same flow, same port");
+    assert_eq!(ct6_len(&h), 2);
+
+    // Its reply on the uplink: back to A.
+    let (back, _) = h.check_prog(
+        UPLINK,
+        "UDP reply",
+        &from_up(&udp6(remote, masq, 53, port, b"answer")),
+        TC_ACT_REDIRECT,
+        reason::FWD_REVNAT,
+    );
+    assert_eq!(&back[38..54], &own, "destination restored");
+    assert_eq!(u16::from_be_bytes([back[56], back[57]]), 40000, "port restored");
+    assert_eq!(back[21], 63, "hop limit - 1");
+    assert_eq!((&back[0..6], &back[6..12]), (&A_MAC[..], &GW_MAC[..]), "MACs gateway -> A");
+    assert_eq!(sum6(&back[22..38], &back[38..54], 17, &back[54..]), 0xffff, "UDP checksum");
+
+    // An ICMPv6 port unreachable about the translated datagram (quoting
+    // it as it left): outer destination, quoted source and port restored.
+    let quoted = &out[14..];
+    let mut err = vec![1u8, 4, 0, 0, 0, 0, 0, 0];
+    err.extend_from_slice(quoted);
+    let err = with_sum6(remote, masq, 58, err, 2);
+    let (back, _) = h.check_prog(
+        UPLINK,
+        "port unreachable",
+        &from_up(&ipv6(remote, masq, 58, err.len() as u16, &err)),
+        TC_ACT_REDIRECT,
+        reason::FWD_REVNAT,
+    );
+    assert_eq!(&back[38..54], &own, "outer destination restored");
+    let inner = 54 + 8;
+    assert_eq!(&back[inner + 8..inner + 24], &own, "quoted source restored");
+    assert_eq!(u16::from_be_bytes([back[inner + 40], back[inner + 41]]), 40000, "quoted port restored");
+    assert_eq!(sum6(&back[22..38], &back[38..54], 58, &back[54..]), 0xffff, "ICMPv6 checksum");
+    assert_eq!(
+        sum6(&back[inner + 8..inner + 24], &back[inner + 24..inner + 40], 17, &back[inner + 40..]),
+        0xffff,
+        "quoted UDP checksum"
+    );
+
+    // Echo request out, its reply back.
+    let echo = |t: u8, src, dst, id: u16| {
+        let m = vec![t, 0, 0, 0, (id >> 8) as u8, id as u8, 0, 1, b'p', b'i', b'n', b'g'];
+        let m = with_sum6(src, dst, 58, m, 2);
+        ipv6(src, dst, 58, m.len() as u16, &m)
+    };
+    let (out, _) = h.check("echo request", &from_a(&echo(128, own, remote, 0x77)), TC_ACT_REDIRECT, reason::FWD_NAT);
+    let id = u16::from_be_bytes([out[58], out[59]]);
+    assert!((20000..=20009).contains(&id), "echo id translated: {id}");
+    assert_eq!(sum6(&out[22..38], &out[38..54], 58, &out[54..]), 0xffff, "ICMPv6 checksum covers the pseudo-header");
+    let (back, _) =
+        h.check_prog(UPLINK, "echo reply", &from_up(&echo(129, remote, masq, id)), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    assert_eq!(u16::from_be_bytes([back[58], back[59]]), 0x77, "echo id restored");
+    assert_eq!(sum6(&back[22..38], &back[38..54], 58, &back[54..]), 0xffff, "ICMPv6 checksum");
+    assert_eq!(ct6_len(&h), 4);
+
+    // Not translated.
+    h.check_prog(
+        UPLINK,
+        "reply of no flow",
+        &from_up(&udp6(remote, masq, 53, 20001 + (port - 19999) % 9, b"x")),
+        TC_ACT_OK,
+        reason::PASS_UPLINK_HOST,
+    );
+    let tcp = |flags: u8, sport: u16| {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&80u16.to_be_bytes());
+        t[12] = 0x50;
+        t[13] = flags;
+        t[14] = 0xff;
+        let t = with_sum6(own, remote, 6, t, 16);
+        ipv6(own, remote, 6, 20, &t)
+    };
+    h.check("TCP ACK of no flow", &from_a(&tcp(0x10, 41000)), TC_ACT_SHOT, reason::DROP_CT_INVALID);
+    {
+        let mut p6: HashMap<_, datapath_common::Published6Key, u32> =
+            HashMap::try_from(h.ebpf.map_mut(datapath_common::MAP_PUBLISHED6).unwrap()).unwrap();
+        p6.insert(datapath_common::Published6Key::new(6, own, 41000u16.to_be()), 1, 0).unwrap();
+    }
+    h.check("reply of a published port", &from_a(&tcp(0x12, 41000)), TC_ACT_OK, reason::PASS_KERNEL_FLOW);
+    // Fragments: the first one (offset 0, more fragments) is translated
+    // and its ports remembered; a later one of the same datagram takes its
+    // flow (only the source changes); one of an unknown datagram is
+    // dropped; a fragment header after another extension header too.
+    let frag = |off_flags: u16, id: u32, body: &[u8]| {
+        let mut f = vec![17u8, 0];
+        f.extend_from_slice(&off_flags.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(body);
+        ipv6(own, remote, 44, f.len() as u16, &f)
+    };
+    let first_body = udp6(own, remote, 40002, 53, &[7u8; 16])[40..].to_vec();
+    let (out, _) = h.check("first fragment", &from_a(&frag(1, 9, &first_body)), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(&out[22..38], &masq, "first fragment: source translated");
+    let fport = u16::from_be_bytes([out[62], out[63]]);
+    assert!((20000..=20009).contains(&fport), "first fragment: port {fport}");
+    let (out, _) = h.check("later fragment", &from_a(&frag(24, 9, &[7u8; 16])), TC_ACT_REDIRECT, reason::FWD_NAT);
+    assert_eq!(&out[22..38], &masq, "later fragment: source translated");
+    assert_eq!(&out[62..78], &[7u8; 16], "later fragment: payload untouched");
+    h.check(
+        "later fragment of no datagram",
+        &from_a(&frag(24, 10, &[7u8; 16])),
+        TC_ACT_SHOT,
+        reason::DROP_FRAG_UNKNOWN,
+    );
+    let mut nested = vec![44u8, 0, 1, 4, 0, 0, 0, 0];
+    nested.extend_from_slice(&frag(1, 11, &first_body)[40..]);
+    let nested = ipv6(own, remote, 60, nested.len() as u16, &nested);
+    h.check("fragment header after another", &from_a(&nested), TC_ACT_SHOT, reason::DROP_NAT6_FRAGMENT);
+    // The reply's fragments on the uplink: the first one finds the flow by
+    // its ports, the later one by the first one's.
+    let rfrag = |off_flags: u16, id: u32, body: &[u8]| {
+        let mut f = vec![17u8, 0];
+        f.extend_from_slice(&off_flags.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(body);
+        from_up(&ipv6(remote, masq, 44, f.len() as u16, &f))
+    };
+    let rbody = udp6(remote, masq, 53, fport, &[8u8; 16])[40..].to_vec();
+    let (back, _) =
+        h.check_prog(UPLINK, "first reply fragment", &rfrag(1, 5, &rbody), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    assert_eq!(&back[38..54], &own, "first reply fragment: destination restored");
+    assert_eq!(u16::from_be_bytes([back[64], back[65]]), 40002, "first reply fragment: port restored");
+    let (back, _) =
+        h.check_prog(UPLINK, "later reply fragment", &rfrag(24, 5, &[8u8; 16]), TC_ACT_REDIRECT, reason::FWD_REVNAT);
+    assert_eq!(&back[38..54], &own, "later reply fragment: destination restored");
+    let f = rfrag(24, 6, &[8u8; 16]);
+    h.check_prog(UPLINK, "reply fragment of no datagram", &f, TC_ACT_OK, reason::PASS_UPLINK_HOST);
+    h.check("GRE", &from_a(&ipv6(own, remote, 47, 4, &[0, 0, 0x08, 0])), TC_ACT_SHOT, reason::DROP_NAT_PROTO);
+    let mut long = udp6(own, remote, 40003, 53, b"short");
+    long[40 + 4..40 + 6].copy_from_slice(&100u16.to_be_bytes());
+    h.check("UDP length beyond the payload", &from_a(&long), TC_ACT_SHOT, reason::DROP_BAD_L4_HEADER);
+    let mut last_hop = udp6(own, remote, 40004, 53, b"hop");
+    last_hop[7] = 1;
+    h.check("hop limit 1", &from_a(&last_hop), TC_ACT_OK, reason::PASS_NAT_NOT_ROUTED);
+    assert_eq!(ct6_len(&h), 6, "the fragmented flow, nothing for the others");
+}

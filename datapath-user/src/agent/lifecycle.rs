@@ -73,6 +73,7 @@ impl Inner {
             uplinks: BTreeMap::new(),
             applied_nft: None,
             ports_written: None,
+            published6_written: None,
             start: StartReport { pins: report, ..Default::default() },
         };
         let ct = inner.cfg.ct;

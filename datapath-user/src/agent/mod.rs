@@ -127,6 +127,8 @@ pub(crate) struct Inner {
     /// first sync, which makes the map match whatever a previous agent
     /// left).
     ports_written: Option<BTreeMap<datapath_common::PortKey, datapath_common::PortTarget>>,
+    /// What `PUBLISHED6` was last brought to.
+    published6_written: Option<std::collections::BTreeSet<datapath_common::Published6Key>>,
 }
 
 /// What the agent's start did with what the previous one left running.

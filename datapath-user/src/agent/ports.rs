@@ -10,10 +10,10 @@
 //! too ([`Inner::endpoint_publish`], Docker's `ProgramExternalConnectivity`
 //! and `RevokeExternalConnectivity`), validated the same way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use datapath_common::{ipv4_key, PortKey, PortTarget};
+use datapath_common::{ipv4_key, PortKey, PortTarget, Published6Key};
 
 use super::{blocking, Inner, NONE_NETWORK};
 use crate::api::ApiError;
@@ -254,6 +254,11 @@ impl Inner {
     pub(super) async fn sync_ports(&mut self) -> Result<(), ApiError> {
         let any = self.state.endpoints.values().any(|e| !e.ports.is_empty());
         let addrs = if any { self.node_addresses().await? } else { Vec::new() };
+        let want6 = self.wanted_published6();
+        if self.published6_written.as_ref() != Some(&want6) {
+            tokio::task::block_in_place(|| self.bpf.sync_published6(&want6))?;
+            self.published6_written = Some(want6);
+        }
         let want = self.wanted_ports(&addrs);
         if self.ports_written.as_ref() == Some(&want) {
             return Ok(());
@@ -261,5 +266,21 @@ impl Inner {
         tokio::task::block_in_place(|| self.bpf.sync_ports(&want))?;
         self.ports_written = Some(want);
         Ok(())
+    }
+
+    /// The container ports published by endpoints with an IPv6 address on
+    /// eBPF networks: the kernel translates IPv6 connections to them, the
+    /// datapath hands their replies to it (`PUBLISHED6`).
+    fn wanted_published6(&self) -> BTreeSet<Published6Key> {
+        let mut want = BTreeSet::new();
+        for e in self.state.endpoints.values().filter(|e| !e.ports.is_empty()) {
+            let ebpf = self.state.networks.get(&e.network).is_some_and(|n| n.datapath == DatapathKind::Ebpf);
+            let Some(ip6) = e.ip6.filter(|_| ebpf) else { continue };
+            // Bound on IPv6 too: no host address, or an IPv6 one.
+            for p in e.ports.iter().filter(|p| !p.is_loopback() && !matches!(p.host_ip, Some(IpAddr::V4(_)))) {
+                want.insert(Published6Key::new(p.proto.number(), ip6.octets(), p.container_port.to_be()));
+            }
+        }
+        want
     }
 }

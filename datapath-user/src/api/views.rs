@@ -2,7 +2,7 @@
 //! counters, flows and traces. Wire types only: the agent converts its
 //! internal types into these.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -253,16 +253,16 @@ pub struct ConntrackFlow {
 /// `dport` 0).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTuple {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
 }
 
 /// The translated source of a masqueraded flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowSource {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
 }
 

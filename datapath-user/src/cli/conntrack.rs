@@ -49,9 +49,10 @@ fn table(flows: &[FlowView]) -> String {
     let mut t = Table::new(COLUMNS);
     for f in flows {
         let o = &f.flow.original;
-        let original = format!("{}:{} > {}:{}", o.src, o.sport, o.dst, o.dport);
-        let translated =
-            f.flow.translated.as_ref().map(|t| format!("{}:{}", t.src, t.sport)).unwrap_or_else(|| "-".into());
+        // `[v6]:port` for IPv6 flows.
+        let sock = |a, p| std::net::SocketAddr::new(a, p).to_string();
+        let original = format!("{} > {}", sock(o.src, o.sport), sock(o.dst, o.dport));
+        let translated = f.flow.translated.as_ref().map(|t| sock(t.src, t.sport)).unwrap_or_else(|| "-".into());
         let expires = format!("{}s", f.flow.remaining_s);
         let endpoint = f.endpoint.as_deref().unwrap_or("?");
         t.row([

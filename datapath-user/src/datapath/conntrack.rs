@@ -22,51 +22,74 @@
 //! the GC removes (`expires_ns <= now`).
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::Pod;
 use datapath_common::{
-    ct_state_name, CtEntry, CtKey, CT_F_DNAT, CT_F_REVERSE, CT_F_SNAT, CT_ORPHAN_GRACE_NS, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, MAP_CT,
+    ct_state_name, CtEntry, CtEntry6, CtKey, CtKey6, CT_F_DNAT, CT_F_REVERSE, CT_F_SNAT, CT_ORPHAN_GRACE_NS,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAP_CT, MAP_CT6,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::datapath::loader::{map_err, BpfError};
 
-/// The `CT` map. Walks take a snapshot (one lookup per key: the kernel has
-/// no batch lookup for LRU maps here); run them on a blocking thread.
+/// A snapshot of a conntrack map: every entry (the datapath keeps
+/// changing the map meanwhile; entries that vanish while reading are
+/// skipped), at most twice the capacity.
+fn snapshot_of<K: Pod + Eq + Hash, V: Pod>(
+    map: &BpfHashMap<MapData, K, V>,
+    name: &'static str,
+    capacity: u32,
+) -> Result<Vec<(K, V)>, BpfError> {
+    let mut out = Vec::new();
+    for key in map.keys() {
+        let key = match key {
+            Ok(k) => k,
+            // The key being walked was evicted/deleted: the walk restarts
+            // or ends; what we have is still a valid snapshot.
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_err(name)(e)),
+        };
+        match map.get(&key, 0) {
+            Ok(v) => out.push((key, v)),
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+        if out.len() > capacity as usize * 2 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The `CT` and `CT6` maps (IPv4 and IPv6 flows, the same capacity).
+/// Walks take a snapshot (one lookup per key: the kernel has no batch
+/// lookup for LRU maps here); run them on a blocking thread.
 pub struct CtTable {
     map: BpfHashMap<MapData, CtKey, CtEntry>,
+    map6: BpfHashMap<MapData, CtKey6, CtEntry6>,
     capacity: u32,
 }
 
 impl CtTable {
-    pub(crate) fn new(map: BpfHashMap<MapData, CtKey, CtEntry>, capacity: u32) -> Self {
-        CtTable { map, capacity }
+    pub(crate) fn new(
+        map: BpfHashMap<MapData, CtKey, CtEntry>,
+        map6: BpfHashMap<MapData, CtKey6, CtEntry6>,
+        capacity: u32,
+    ) -> Self {
+        CtTable { map, map6, capacity }
     }
 
-    /// Every entry (a snapshot; the datapath keeps changing the map
-    /// meanwhile, entries that vanish while reading are skipped).
+    /// Every `CT` entry (a snapshot).
     pub fn snapshot(&self) -> Result<Vec<(CtKey, CtEntry)>, BpfError> {
-        let mut out = Vec::new();
-        for key in self.map.keys() {
-            let key = match key {
-                Ok(k) => k,
-                // The key being walked was evicted/deleted: the walk restarts
-                // or ends; what we have is still a valid snapshot.
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(MAP_CT)(e)),
-            };
-            match self.map.get(&key, 0) {
-                Ok(v) => out.push((key, v)),
-                Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(MAP_CT)(e)),
-            }
-            if out.len() > self.capacity as usize * 2 {
-                break;
-            }
-        }
-        Ok(out)
+        snapshot_of(&self.map, MAP_CT, self.capacity)
+    }
+
+    /// Every `CT6` entry (a snapshot).
+    pub fn snapshot6(&self) -> Result<Vec<(CtKey6, CtEntry6)>, BpfError> {
+        snapshot_of(&self.map6, MAP_CT6, self.capacity)
     }
 
     /// Copies the entries of an old table (a migration) into this one;
@@ -75,25 +98,35 @@ impl CtTable {
         crate::datapath::pins::copy_ct(old, &mut self.map)
     }
 
-    /// Tracked flows, one per connection (see [`Flow`]).
-    pub fn flows(&self) -> Result<Vec<Flow>, BpfError> {
-        Ok(flows(&self.snapshot()?, monotonic_ns()))
+    /// As [`CtTable::copy_from`], for `CT6`.
+    pub fn copy6_from(&mut self, old: MapData) -> Result<usize, BpfError> {
+        crate::datapath::pins::copy_ct6(old, &mut self.map6)
     }
 
-    /// Removes every entry; returns how many were removed (a masqueraded
-    /// flow has two). Established masqueraded connections break (their
-    /// replies no longer match).
+    /// Tracked flows, one per connection, IPv4 then IPv6 (see [`Flow`]).
+    pub fn flows(&self) -> Result<Vec<Flow>, BpfError> {
+        let now = monotonic_ns();
+        let mut out = flows(&self.snapshot()?, now);
+        out.extend(flows6(&self.snapshot6()?, now));
+        Ok(out)
+    }
+
+    /// Removes every entry of both maps; returns how many were removed (a
+    /// masqueraded flow has two). Established masqueraded connections
+    /// break (their replies no longer match).
     pub fn flush(&mut self) -> Result<usize, BpfError> {
         let keys: Vec<CtKey> = self.snapshot()?.into_iter().map(|(k, _)| k).collect();
-        Ok(keys.iter().filter(|k| self.map.remove(k).is_ok()).count())
+        let keys6: Vec<CtKey6> = self.snapshot6()?.into_iter().map(|(k, _)| k).collect();
+        Ok(keys.iter().filter(|k| self.map.remove(k).is_ok()).count()
+            + keys6.iter().filter(|k| self.map6.remove(k).is_ok()).count())
     }
 
     /// Removes expired flows (both their entries) and orphaned reverse
-    /// entries. Run it periodically: the datapath never deletes on its own
-    /// except when it reuses a tuple.
+    /// entries, in both maps. Run it periodically: the datapath never
+    /// deletes on its own except when it reuses a tuple.
     pub fn gc(&mut self) -> Result<GcReport, BpfError> {
         let entries = self.snapshot()?;
-        let scanned = entries.len();
+        let scanned4 = entries.len();
         let gone = expired(&entries, monotonic_ns());
         let seen: HashMap<CtKey, CtEntry> = entries.into_iter().collect();
         let mut removed = 0;
@@ -112,6 +145,22 @@ impl CtTable {
                 removed += 1;
             }
         }
+        let entries6 = self.snapshot6()?;
+        let scanned = scanned4 + entries6.len();
+        let gone6 = expired6(&entries6, monotonic_ns());
+        let seen6: HashMap<CtKey6, CtEntry6> = entries6.into_iter().collect();
+        for k in &gone6 {
+            let now = monotonic_ns();
+            match (self.map6.get(k, 0), seen6.get(k)) {
+                (Ok(cur), Some(old))
+                    if cur.e.created_ns == old.e.created_ns
+                        && (cur.e.flags & CT_F_REVERSE != 0 || cur.e.expires_ns <= now) => {}
+                _ => continue,
+            }
+            if self.map6.remove(k).is_ok() {
+                removed += 1;
+            }
+        }
         Ok(GcReport { scanned, removed, live: scanned - removed, capacity: self.capacity })
     }
 }
@@ -119,10 +168,10 @@ impl CtTable {
 /// One end of a flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     /// ICMP echo: the identifier.
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     /// ICMP echo: 0.
     pub dport: u16,
 }
@@ -130,7 +179,7 @@ pub struct Endpoint {
 /// The translated source of a masqueraded flow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Translated {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
 }
 
@@ -193,12 +242,17 @@ pub fn protocol_name(proto: u8) -> String {
         IPPROTO_TCP => "tcp".into(),
         IPPROTO_UDP => "udp".into(),
         IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmpv6".into(),
         p => p.to_string(),
     }
 }
 
-fn addr(wire: u32) -> Ipv4Addr {
-    Ipv4Addr::from(wire.to_ne_bytes())
+fn addr(wire: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(wire.to_ne_bytes()))
+}
+
+fn addr6(wire: [u8; 16]) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(wire))
 }
 
 fn port(wire: u16) -> u16 {
@@ -296,6 +350,83 @@ pub fn expired(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<CtKey> {
     out
 }
 
+/// The flows of a snapshot of `CT6` (masqueraded IPv6 flows), sorted as
+/// [`flows`] sorts.
+pub fn flows6(entries: &[(CtKey6, CtEntry6)], now_ns: u64) -> Vec<Flow> {
+    let mut out: Vec<Flow> = entries
+        .iter()
+        .filter(|(_, e)| e.e.flags & CT_F_REVERSE == 0)
+        .map(|(k, x)| {
+            let e = &x.e;
+            Flow {
+                protocol: protocol_name(k.proto),
+                original: Endpoint {
+                    src: addr6(k.saddr),
+                    sport: port(k.sport),
+                    dst: addr6(k.daddr),
+                    dport: port(k.dport),
+                },
+                translated: (e.flags & CT_F_SNAT != 0).then(|| Translated { src: addr6(x.addr), sport: port(e.port) }),
+                translated_dst: None,
+                state: ct_state_name(k.proto, e.state).to_string(),
+                packets: e.tx_packets + e.rx_packets,
+                bytes: e.tx_bytes + e.rx_bytes,
+                tx_packets: e.tx_packets,
+                tx_bytes: e.tx_bytes,
+                rx_packets: e.rx_packets,
+                rx_bytes: e.rx_bytes,
+                remaining_s: e.expires_ns.saturating_sub(now_ns) / 1_000_000_000,
+                age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
+                ifindex: e.ifindex,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.protocol, a.original.src, a.original.sport, a.original.dst, a.original.dport).cmp(&(
+            &b.protocol,
+            b.original.src,
+            b.original.sport,
+            b.original.dst,
+            b.original.dport,
+        ))
+    });
+    out
+}
+
+/// Whether `other`, found at the partner key of the `CT6` entry `e` at
+/// `key`, is the other entry of the same flow.
+fn belongs6(key: &CtKey6, e: &CtEntry6, other: &CtEntry6) -> bool {
+    let (_, addr, port) = key.partner(e);
+    (other.e.flags & CT_F_REVERSE) != (e.e.flags & CT_F_REVERSE) && other.addr == addr && other.e.port == port
+}
+
+/// As [`expired`], for a snapshot of `CT6`.
+pub fn expired6(entries: &[(CtKey6, CtEntry6)], now_ns: u64) -> Vec<CtKey6> {
+    let index: HashMap<CtKey6, &CtEntry6> = entries.iter().map(|(k, e)| (*k, e)).collect();
+    let mut out = Vec::new();
+    for (k, e) in entries {
+        let (other, _, _) = k.partner(e);
+        if e.e.flags & CT_F_REVERSE == 0 {
+            if e.e.expires_ns <= now_ns {
+                out.push(*k);
+                if e.e.flags & CT_F_SNAT != 0 && index.get(&other).is_some_and(|re| belongs6(k, e, re)) {
+                    out.push(other);
+                }
+            }
+        } else {
+            let young = now_ns.saturating_sub(e.e.created_ns) < CT_ORPHAN_GRACE_NS;
+            match index.get(&other) {
+                Some(fe) if belongs6(k, e, fe) => {}
+                _ if young => {}
+                _ => out.push(*k),
+            }
+        }
+    }
+    out.sort_by_key(|k| (k.proto, k.saddr, k.daddr, k.sport, k.dport));
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use datapath_common::{ipv4_key, CT_ESTABLISHED, CT_TCP_SYN_SENT};
@@ -366,9 +497,14 @@ mod tests {
         assert_eq!(f.protocol, "tcp");
         assert_eq!(
             f.original,
-            Endpoint { src: Ipv4Addr::new(10, 0, 0, 2), sport: 40000, dst: Ipv4Addr::new(198, 51, 100, 7), dport: 443 }
+            Endpoint {
+                src: Ipv4Addr::new(10, 0, 0, 2).into(),
+                sport: 40000,
+                dst: Ipv4Addr::new(198, 51, 100, 7).into(),
+                dport: 443
+            }
         );
-        assert_eq!(f.translated, Some(Translated { src: Ipv4Addr::new(203, 0, 113, 1), sport: 61000 }));
+        assert_eq!(f.translated, Some(Translated { src: Ipv4Addr::new(203, 0, 113, 1).into(), sport: 61000 }));
         assert_eq!(f.state, "syn-sent");
         assert_eq!((f.packets, f.bytes), (5, 500));
         assert_eq!(f.remaining_s, 60);
@@ -439,10 +575,64 @@ mod tests {
         let f = flows(&entries, 20 * S);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].translated, None);
-        assert_eq!(f[0].translated_dst, Some(Translated { src: Ipv4Addr::new(10, 0, 0, 2), sport: 80 }));
+        assert_eq!(f[0].translated_dst, Some(Translated { src: Ipv4Addr::new(10, 0, 0, 2).into(), sport: 80 }));
         assert!(expired(&entries, 20 * S).is_empty(), "a live published flow is no orphan");
         let gone = expired(&entries, 60 * S);
         assert_eq!(gone.len(), 2, "both entries go: {gone:?}");
+    }
+
+    /// A masqueraded IPv6 flow fd00::2:40000 -> 2001:db8::7:443 as
+    /// 2001:db8:1::1:61000, and its reverse entry.
+    fn flow6(proto: u8, expires_ns: u64) -> [(CtKey6, CtEntry6); 2] {
+        let a = |s: &str| s.parse::<Ipv6Addr>().unwrap().octets();
+        let (sport, dport) =
+            if proto == IPPROTO_ICMPV6 { (77u16.to_be(), 0) } else { (40000u16.to_be(), 443u16.to_be()) };
+        let fk = CtKey6::new(proto, a("fd00::2"), a("2001:db8::7"), sport, dport);
+        let fe = CtEntry6 {
+            e: CtEntry {
+                created_ns: 10 * S,
+                expires_ns,
+                tx_packets: 3,
+                rx_packets: 2,
+                port: 61000u16.to_be(),
+                ifindex: 9,
+                state: CT_ESTABLISHED,
+                flags: CT_F_SNAT,
+                ..Default::default()
+            },
+            addr: a("2001:db8:1::1"),
+        };
+        let (rk, addr, port) = fk.partner(&fe);
+        let re = CtEntry6 {
+            e: CtEntry { created_ns: 10 * S, port, ifindex: 9, flags: CT_F_REVERSE | CT_F_SNAT, ..Default::default() },
+            addr,
+        };
+        [(fk, fe), (rk, re)]
+    }
+
+    #[test]
+    fn ipv6_flows_are_listed_and_collected() {
+        for proto in [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6] {
+            let [(fk, fe), (rk, re)] = flow6(proto, 100 * S);
+            assert_eq!(rk.partner(&re).0, fk, "the reverse entry finds its forward entry");
+            if proto == IPPROTO_ICMPV6 {
+                assert_eq!((rk.sport, rk.dport), (0, 61000u16.to_be()), "echo id as the reply's dport");
+            }
+            let entries = vec![(fk, fe), (rk, re)];
+            let f = flows6(&entries, 40 * S);
+            assert_eq!(f.len(), 1);
+            assert_eq!(f[0].original.src, "fd00::2".parse::<IpAddr>().unwrap());
+            assert_eq!(f[0].translated, Some(Translated { src: "2001:db8:1::1".parse().unwrap(), sport: 61000 }));
+            assert_eq!(f[0].packets, 5);
+            let json = serde_json::to_value(&f[0]).unwrap();
+            assert_eq!(json["original"]["dst"], "2001:db8::7");
+            assert!(expired6(&entries, 99 * S).is_empty());
+            let gone = expired6(&entries, 100 * S);
+            assert_eq!(gone.len(), 2, "both entries of an expired flow go: {gone:?}");
+            // An orphaned reverse entry goes after its grace time.
+            assert!(expired6(&[(rk, re)], 10 * S + S / 2).is_empty());
+            assert_eq!(expired6(&[(rk, re)], 12 * S), vec![rk]);
+        }
     }
 
     #[test]

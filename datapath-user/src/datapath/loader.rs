@@ -7,10 +7,10 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use datapath_common::{
-    Counter, CtConfig, Endpoint6, EndpointInfo, Network6Info, NetworkInfo, PortKey, PortTarget, CT_MAX_ENTRIES, MAP_CT,
-    MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINTS6_BY_IP, MAP_ENDPOINTS_BY_IP, MAP_NETWORKS,
-    MAP_NETWORKS6, MAP_NET_STATS, MAP_PORTS, MAP_STATS, MAP_SUBNETS, MAP_SUBNETS6, PROG_FROM_ENDPOINT,
-    PROG_FROM_UPLINK,
+    Counter, CtConfig, Endpoint6, EndpointInfo, Network6Info, NetworkInfo, PortKey, PortTarget, Published6Key,
+    CT_MAX_ENTRIES, MAP_CT, MAP_CT6, MAP_CT_CONFIG, MAP_ENDPOINTS, MAP_ENDPOINTS6, MAP_ENDPOINTS6_BY_IP,
+    MAP_ENDPOINTS_BY_IP, MAP_NETWORKS, MAP_NETWORKS6, MAP_NET_STATS, MAP_PORTS, MAP_PUBLISHED6, MAP_STATS, MAP_SUBNETS,
+    MAP_SUBNETS6, PROG_FROM_ENDPOINT, PROG_FROM_UPLINK,
 };
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 use crate::datapath::conntrack::{self, CtTable};
 use crate::datapath::links::{loaded_tags, Attached, Attachments, Tags};
 use crate::datapath::object;
-use crate::datapath::pins::{copy_ct, copy_stats, Fate, Layout, PinReport, Pins, Plan};
+use crate::datapath::pins::{copy_ct, copy_ct6, copy_stats, Fate, Layout, PinReport, Pins, Plan};
 use crate::datapath::tables::{Counters, Tables};
 
 #[derive(Debug, Error)]
@@ -84,6 +84,7 @@ pub struct Bpf {
     pub(super) subnets6: LpmTrie<MapData, [u8; 16], u32>,
     pub(super) ct_config: Array<MapData, CtConfig>,
     pub(super) ports: HashMap<MapData, PortKey, PortTarget>,
+    pub(super) published6: HashMap<MapData, Published6Key, u32>,
     tables: Tables,
     /// Where maps and links are pinned (`None`: nothing is).
     pins: Option<Pins>,
@@ -140,7 +141,7 @@ fn declared_maps(bytes: &[u8], opts: &LoadOptions) -> Result<BTreeMap<String, La
         .filter(|(name, _)| !name.starts_with('.'))
         .map(|(name, m)| {
             let max_entries = match opts.ct_max_entries {
-                Some(n) if name == MAP_CT => n,
+                Some(n) if name == MAP_CT || name == MAP_CT6 => n,
                 _ => m.max_entries(),
             };
             let layout = Layout {
@@ -221,6 +222,7 @@ impl Bpf {
         }
         if let Some(n) = opts.ct_max_entries {
             loader.map_max_entries(MAP_CT, n);
+            loader.map_max_entries(MAP_CT6, n);
         }
         let mut ebpf = loader.load(bytes)?;
         start_trace_reader(&mut ebpf, trace_tx);
@@ -259,7 +261,20 @@ impl Bpf {
             (Some(Fate::Reused), _) => ct.keys().count(),
             _ => 0,
         };
+        // CT6: new with the IPv6 build (created then), or migrated when its
+        // capacity changed.
+        let mut ct6 = HashMap::try_from(take(&mut ebpf, MAP_CT6)?).map_err(map_err(MAP_CT6))?;
+        let ct6_entries = match (plan.fates.get(MAP_CT6), &opts.pins) {
+            (Some(Fate::Migrated(_)), Some(pins)) => match pins.pending_map(MAP_CT6) {
+                Some(old) => copy_ct6(old, &mut ct6)?,
+                None => 0,
+            },
+            (Some(Fate::Reused), _) => ct6.keys().count(),
+            _ => 0,
+        };
+        let ct_entries = ct_entries + ct6_entries;
         let capacity = opts.ct_max_entries.unwrap_or(CT_MAX_ENTRIES);
+        let published6 = HashMap::try_from(take(&mut ebpf, MAP_PUBLISHED6)?).map_err(map_err(MAP_PUBLISHED6))?;
         let networks = Array::try_from(take(&mut ebpf, MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
         let subnets = LpmTrie::try_from(take(&mut ebpf, MAP_SUBNETS)?).map_err(map_err(MAP_SUBNETS))?;
         let ct_config = Array::try_from(take(&mut ebpf, MAP_CT_CONFIG)?).map_err(map_err(MAP_CT_CONFIG))?;
@@ -279,7 +294,8 @@ impl Bpf {
             subnets6,
             ct_config,
             ports,
-            tables: Tables::new(Counters::new(stats, net_stats), CtTable::new(ct, capacity)),
+            published6,
+            tables: Tables::new(Counters::new(stats, net_stats), CtTable::new(ct, ct6, capacity)),
             tags,
             running: loaded_tags(),
             links: Attachments::default(),
@@ -349,6 +365,11 @@ impl Bpf {
         if matches!(self.plan.fates.get(MAP_CT), Some(Fate::Migrated(_))) {
             if let Some(old) = pins.pending_map(MAP_CT) {
                 copied = self.tables.ct()?.copy_from(old)?;
+            }
+        }
+        if matches!(self.plan.fates.get(MAP_CT6), Some(Fate::Migrated(_))) {
+            if let Some(old) = pins.pending_map(MAP_CT6) {
+                copied += self.tables.ct()?.copy6_from(old)?;
             }
         }
         pins.finish(&self.plan);

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo, PerCpuArray};
-use datapath_common::{Counter, CtEntry, CtKey, MAP_CT, MAP_LAYOUT_VERSION, MAP_STATS};
+use datapath_common::{Counter, CtEntry, CtEntry6, CtKey, CtKey6, MAP_CT, MAP_CT6, MAP_LAYOUT_VERSION, MAP_STATS};
 
 use crate::datapath::loader::BpfError;
 
@@ -291,6 +291,32 @@ pub fn copy_ct(old: MapData, new: &mut BpfHashMap<MapData, CtKey, CtEntry>) -> R
     for item in old.iter() {
         let Ok((key, entry)) = item else { continue };
         // BPF_NOEXIST: what the new programs wrote meanwhile wins.
+        if new.insert(key, entry, u64::from(aya_obj::generated::BPF_NOEXIST)).is_ok() {
+            copied += 1;
+        }
+    }
+    Ok(copied)
+}
+
+/// Copies the IPv6 connection tracker from the old `CT6` (another
+/// capacity) into the new one, as [`copy_ct`] does; returns the number of
+/// entries copied.
+pub fn copy_ct6(old: MapData, new: &mut BpfHashMap<MapData, CtKey6, CtEntry6>) -> Result<usize, BpfError> {
+    let err = |e: aya::maps::MapError| BpfError::Pin(format!("{MAP_CT6}:pending: {e}"));
+    let info = old.info().map_err(|e| BpfError::Pin(format!("{MAP_CT6}:pending: {e}")))?;
+    let (k, v) = (info.key_size() as usize, info.value_size() as usize);
+    if k != std::mem::size_of::<CtKey6>() || v != std::mem::size_of::<CtEntry6>() {
+        return Err(BpfError::Pin(format!(
+            "cannot translate IPv6 conntrack entries of {k}-byte keys and {v}-byte values (this build has {} and {})",
+            std::mem::size_of::<CtKey6>(),
+            std::mem::size_of::<CtEntry6>()
+        )));
+    }
+    let old: BpfHashMap<MapData, CtKey6, CtEntry6> =
+        BpfHashMap::try_from(Map::from_map_data(old).map_err(err)?).map_err(err)?;
+    let mut copied = 0;
+    for item in old.iter() {
+        let Ok((key, entry)) = item else { continue };
         if new.insert(key, entry, u64::from(aya_obj::generated::BPF_NOEXIST)).is_ok() {
             copied += 1;
         }

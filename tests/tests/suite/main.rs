@@ -19,6 +19,7 @@ mod lifecycle;
 mod masquerade;
 mod modes;
 mod multinet;
+mod nat6;
 mod nat_limits;
 mod network_options;
 mod podman;
