@@ -283,15 +283,39 @@ pub fn flows(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<Flow> {
     let mut out: Vec<Flow> = entries
         .iter()
         .filter(|(_, e)| e.flags & CT_F_REVERSE == 0)
-        .map(|(k, e)| Flow {
-            protocol: protocol_name(k.proto),
-            original: Endpoint { src: addr(k.saddr), sport: port(k.sport), dst: addr(k.daddr), dport: port(k.dport) },
-            translated: (e.flags & CT_F_SNAT != 0).then(|| {
+        .map(|(k, e)| {
+            let original =
+                Endpoint { src: addr(k.saddr), sport: port(k.sport), dst: addr(k.daddr), dport: port(k.dport) };
+            let translated = (e.flags & CT_F_SNAT != 0).then(|| {
                 let (a, p) = if e.flags & CT_F_DNAT != 0 { e.dnat_peer() } else { (e.addr, e.port) };
                 Translated { src: addr(a), sport: port(p) }
-            }),
-            translated_dst: (e.flags & CT_F_DNAT != 0).then(|| Translated { src: addr(e.addr), sport: port(e.port) }),
-            state: ct_state_name(k.proto, e.state).to_string(),
+            });
+            let translated_dst =
+                (e.flags & CT_F_DNAT != 0).then(|| Translated { src: addr(e.addr), sport: port(e.port) });
+            Flow::of(k.proto, original, translated, translated_dst, e, now_ns)
+        })
+        .collect();
+    sort_flows(&mut out);
+    out
+}
+
+impl Flow {
+    /// A flow from its forward entry `e` (state, counters, times) and what
+    /// the caller read of its tuples.
+    fn of(
+        proto: u8,
+        original: Endpoint,
+        translated: Option<Translated>,
+        translated_dst: Option<Translated>,
+        e: &CtEntry,
+        now_ns: u64,
+    ) -> Flow {
+        Flow {
+            protocol: protocol_name(proto),
+            original,
+            translated,
+            translated_dst,
+            state: ct_state_name(proto, e.state).to_string(),
             packets: e.tx_packets + e.rx_packets,
             bytes: e.tx_bytes + e.rx_bytes,
             tx_packets: e.tx_packets,
@@ -301,8 +325,12 @@ pub fn flows(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<Flow> {
             remaining_s: e.expires_ns.saturating_sub(now_ns) / 1_000_000_000,
             age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
             ifindex: e.ifindex,
-        })
-        .collect();
+        }
+    }
+}
+
+/// Flows in listing order: protocol, then the original tuple.
+fn sort_flows(out: &mut [Flow]) {
     out.sort_by(|a, b| {
         (&a.protocol, a.original.src, a.original.sport, a.original.dst, a.original.dport).cmp(&(
             &b.protocol,
@@ -312,7 +340,6 @@ pub fn flows(entries: &[(CtKey, CtEntry)], now_ns: u64) -> Vec<Flow> {
             b.original.dport,
         ))
     });
-    out
 }
 
 /// Keys a GC pass removes from a snapshot: expired forward entries with
@@ -357,39 +384,14 @@ pub fn flows6(entries: &[(CtKey6, CtEntry6)], now_ns: u64) -> Vec<Flow> {
         .iter()
         .filter(|(_, e)| e.e.flags & CT_F_REVERSE == 0)
         .map(|(k, x)| {
-            let e = &x.e;
-            Flow {
-                protocol: protocol_name(k.proto),
-                original: Endpoint {
-                    src: addr6(k.saddr),
-                    sport: port(k.sport),
-                    dst: addr6(k.daddr),
-                    dport: port(k.dport),
-                },
-                translated: (e.flags & CT_F_SNAT != 0).then(|| Translated { src: addr6(x.addr), sport: port(e.port) }),
-                translated_dst: None,
-                state: ct_state_name(k.proto, e.state).to_string(),
-                packets: e.tx_packets + e.rx_packets,
-                bytes: e.tx_bytes + e.rx_bytes,
-                tx_packets: e.tx_packets,
-                tx_bytes: e.tx_bytes,
-                rx_packets: e.rx_packets,
-                rx_bytes: e.rx_bytes,
-                remaining_s: e.expires_ns.saturating_sub(now_ns) / 1_000_000_000,
-                age_s: now_ns.saturating_sub(e.created_ns) / 1_000_000_000,
-                ifindex: e.ifindex,
-            }
+            let original =
+                Endpoint { src: addr6(k.saddr), sport: port(k.sport), dst: addr6(k.daddr), dport: port(k.dport) };
+            let translated =
+                (x.e.flags & CT_F_SNAT != 0).then(|| Translated { src: addr6(x.addr), sport: port(x.e.port) });
+            Flow::of(k.proto, original, translated, None, &x.e, now_ns)
         })
         .collect();
-    out.sort_by(|a, b| {
-        (&a.protocol, a.original.src, a.original.sport, a.original.dst, a.original.dport).cmp(&(
-            &b.protocol,
-            b.original.src,
-            b.original.sport,
-            b.original.dst,
-            b.original.dport,
-        ))
-    });
+    sort_flows(&mut out);
     out
 }
 

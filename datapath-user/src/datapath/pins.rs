@@ -274,46 +274,37 @@ fn describe(have: &Layout, want: &Layout) -> String {
 /// layout this build cannot translate are refused with an error, so the
 /// caller keeps the old datapath. Returns the number of entries copied.
 pub fn copy_ct(old: MapData, new: &mut BpfHashMap<MapData, CtKey, CtEntry>) -> Result<usize, BpfError> {
-    let info = old.info().map_err(|e| BpfError::Pin(format!("{MAP_CT}:pending: {e}")))?;
-    let (k, v) = (info.key_size() as usize, info.value_size() as usize);
-    if k != std::mem::size_of::<CtKey>() || v != std::mem::size_of::<CtEntry>() {
-        // Version 1 is the only layout there has been; a later one adds
-        // its translation here.
-        return Err(BpfError::Pin(format!(
-            "cannot translate conntrack entries of {k}-byte keys and {v}-byte values (this build has {} and {})",
-            std::mem::size_of::<CtKey>(),
-            std::mem::size_of::<CtEntry>()
-        )));
-    }
-    let old: BpfHashMap<MapData, CtKey, CtEntry> =
-        BpfHashMap::try_from(Map::from_map_data(old).map_err(pin_err)?).map_err(pin_err)?;
-    let mut copied = 0;
-    for item in old.iter() {
-        let Ok((key, entry)) = item else { continue };
-        // BPF_NOEXIST: what the new programs wrote meanwhile wins.
-        if new.insert(key, entry, u64::from(aya_obj::generated::BPF_NOEXIST)).is_ok() {
-            copied += 1;
-        }
-    }
-    Ok(copied)
+    // Version 1 is the only layout there has been; a later one adds its
+    // translation here.
+    copy_entries(MAP_CT, "conntrack", old, new)
 }
 
 /// Copies the IPv6 connection tracker from the old `CT6` (another
-/// capacity) into the new one, as [`copy_ct`] does; returns the number of
-/// entries copied.
+/// capacity) into the new one, as [`copy_ct`] does.
 pub fn copy_ct6(old: MapData, new: &mut BpfHashMap<MapData, CtKey6, CtEntry6>) -> Result<usize, BpfError> {
-    let err = |e: aya::maps::MapError| BpfError::Pin(format!("{MAP_CT6}:pending: {e}"));
-    let info = old.info().map_err(|e| BpfError::Pin(format!("{MAP_CT6}:pending: {e}")))?;
+    copy_entries(MAP_CT6, "IPv6 conntrack", old, new)
+}
+
+/// Copies every entry of the old hash map `name` (pending) into `new`
+/// with `BPF_NOEXIST` (what the new programs wrote meanwhile wins), when
+/// its key and value sizes are this build's; returns how many were copied.
+fn copy_entries<K: aya::Pod, V: aya::Pod>(
+    name: &str,
+    what: &str,
+    old: MapData,
+    new: &mut BpfHashMap<MapData, K, V>,
+) -> Result<usize, BpfError> {
+    let err = |e: aya::maps::MapError| BpfError::Pin(format!("{name}:pending: {e}"));
+    let info = old.info().map_err(err)?;
     let (k, v) = (info.key_size() as usize, info.value_size() as usize);
-    if k != std::mem::size_of::<CtKey6>() || v != std::mem::size_of::<CtEntry6>() {
+    if k != std::mem::size_of::<K>() || v != std::mem::size_of::<V>() {
         return Err(BpfError::Pin(format!(
-            "cannot translate IPv6 conntrack entries of {k}-byte keys and {v}-byte values (this build has {} and {})",
-            std::mem::size_of::<CtKey6>(),
-            std::mem::size_of::<CtEntry6>()
+            "cannot translate {what} entries of {k}-byte keys and {v}-byte values (this build has {} and {})",
+            std::mem::size_of::<K>(),
+            std::mem::size_of::<V>()
         )));
     }
-    let old: BpfHashMap<MapData, CtKey6, CtEntry6> =
-        BpfHashMap::try_from(Map::from_map_data(old).map_err(err)?).map_err(err)?;
+    let old: BpfHashMap<MapData, K, V> = BpfHashMap::try_from(Map::from_map_data(old).map_err(err)?).map_err(err)?;
     let mut copied = 0;
     for item in old.iter() {
         let Ok((key, entry)) = item else { continue };
@@ -347,8 +338,4 @@ pub fn copy_stats(old: MapData, new: &mut PerCpuArray<MapData, Counter>) -> Resu
         new.set(code, values, 0).map_err(err)?;
     }
     Ok(n)
-}
-
-fn pin_err(e: aya::maps::MapError) -> BpfError {
-    BpfError::Pin(format!("{MAP_CT}:pending: {e}"))
 }
