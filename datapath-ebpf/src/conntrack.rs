@@ -222,15 +222,15 @@ fn reserve_port(
     Ok(0)
 }
 
-/// Creates both entries of a new flow (counters zero, the caller updates
-/// them); returns the NAT port (wire order) or the drop reason. `packed`:
-/// the endpoint's ifindex (bits 0-31) and a port to try first (32-47, wire
-/// order, 0 for none: the port the tuple had before).
-#[inline(never)]
-pub fn create(key: &CtKey, packed: u64, snat: &Snat, now: u64) -> Result<u16, u32> {
-    let ifindex = packed as u32;
+/// Where the port search of a new flow starts, as an offset into the NAT
+/// range `min..=max` (host order), and the range's size: the tuple's
+/// previous port (`packed` bits 32-47, wire order, 0: none), else the
+/// original port `sport` (wire order) when it is in range (and free), else
+/// a random port; the search then walks up. Shared by both families.
+#[inline(always)]
+pub fn first_port(packed: u64, sport: u16, min: u16, max: u16) -> Result<(u32, u32), u32> {
     let hint = u32::from(u16::from_be((packed >> 32) as u16));
-    let (min, max) = (u32::from(snat.port_min), u32::from(snat.port_max));
+    let (min, max) = (u32::from(min), u32::from(max));
     if min == 0 || max < min {
         return Err(reason::DROP_NAT_NO_PORT);
     }
@@ -240,9 +240,7 @@ pub fn create(key: &CtKey, packed: u64, snat: &Snat, now: u64) -> Result<u16, u3
         // division-by-zero panic the verifier would reject.
         return Err(reason::DROP_NAT_NO_PORT);
     }
-    let orig = u32::from(u16::from_be(key.sport));
-    // The tuple's previous port, else the original port when it is in range
-    // (and free), else a random port; then walk up.
+    let orig = u32::from(u16::from_be(sport));
     let start = if hint >= min && hint <= max {
         hint - min
     } else if orig >= min && orig <= max {
@@ -251,6 +249,17 @@ pub fn create(key: &CtKey, packed: u64, snat: &Snat, now: u64) -> Result<u16, u3
         // SAFETY: plain helper call.
         (unsafe { bpf_get_prandom_u32() }) % range
     };
+    Ok((start, range))
+}
+
+/// Creates both entries of a new flow (counters zero, the caller updates
+/// them); returns the NAT port (wire order) or the drop reason. `packed`:
+/// the endpoint's ifindex (bits 0-31) and a port to try first (32-47, wire
+/// order, 0 for none: the port the tuple had before).
+#[inline(never)]
+pub fn create(key: &CtKey, packed: u64, snat: &Snat, now: u64) -> Result<u16, u32> {
+    let ifindex = packed as u32;
+    let (start, range) = first_port(packed, key.sport, snat.port_min, snat.port_max)?;
     let Some(entry) = maps::scratch_entry() else {
         return Err(reason::DROP_CT_TABLE_FULL);
     };
@@ -264,7 +273,7 @@ pub fn create(key: &CtKey, packed: u64, snat: &Snat, now: u64) -> Result<u16, u3
         flags,
         ..Default::default()
     };
-    let port = reserve_port(key, snat.addr, min, range, start, entry, now)?;
+    let port = reserve_port(key, snat.addr, u32::from(snat.port_min), range, start, entry, now)?;
     if port == 0 {
         return Err(reason::DROP_NAT_NO_PORT);
     }

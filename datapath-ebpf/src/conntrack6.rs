@@ -5,14 +5,18 @@
 //! `conntrack`'s own, on the [`CtEntry`](datapath_common::CtEntry) inside
 //! every [`CtEntry6`].
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use datapath_common::{
     forward_ports6, reason, reply_ports6, CtEntry6, CtKey6, CT_F_DONE, CT_F_REVERSE, CT_F_SNAT, CT_NEW,
     CT_ORPHAN_GRACE_NS, CT_TCP_CLOSED, CT_TCP_SYN_SENT, IPPROTO_TCP, NAT_PORT_TAKEOVER_FROM, NAT_PORT_TAKEOVER_UNTIL,
     NAT_PORT_TRIES,
 };
 
-use crate::{conntrack::expiry, maps, verdict::count};
+use crate::{
+    conntrack::{self, expiry},
+    maps,
+    verdict::count,
+};
 
 pub use crate::maps::{ct6_get as get, ct6_remove as remove, Snat6};
 
@@ -177,29 +181,12 @@ fn reserve_port(
 #[inline(never)]
 pub fn create(key: &CtKey6, packed: u64, snat: &Snat6, now: u64) -> Result<u16, u32> {
     let ifindex = packed as u32;
-    let hint = u32::from(u16::from_be((packed >> 32) as u16));
-    let (min, max) = (u32::from(snat.port_min), u32::from(snat.port_max));
-    if min == 0 || max < min {
-        return Err(reason::DROP_NAT_NO_PORT);
-    }
-    let range = max - min + 1;
-    if range == 0 {
-        return Err(reason::DROP_NAT_NO_PORT);
-    }
-    let orig = u32::from(u16::from_be(key.sport));
-    let start = if hint >= min && hint <= max {
-        hint - min
-    } else if orig >= min && orig <= max {
-        orig - min
-    } else {
-        // SAFETY: plain helper call.
-        (unsafe { bpf_get_prandom_u32() }) % range
-    };
+    let (start, range) = conntrack::first_port(packed, key.sport, snat.port_min, snat.port_max)?;
     let Some(entry) = maps::scratch_entry6() else {
         return Err(reason::DROP_CT_TABLE_FULL);
     };
     fill(entry, now, (0, ifindex, key.sport), (CT_NEW, CT_F_REVERSE | CT_F_SNAT), &key.saddr);
-    let port = reserve_port(key, &snat.addr, (min, range, start), entry, now)?;
+    let port = reserve_port(key, &snat.addr, (u32::from(snat.port_min), range, start), entry, now)?;
     if port == 0 {
         return Err(reason::DROP_NAT_NO_PORT);
     }

@@ -33,7 +33,7 @@ use serde_json::Value;
 const HTTP_PORT: u16 = 8080;
 
 /// A dual-stack network on the node's default datapath; returns its name.
-fn dual(node: &mut Node, suffix: &str, subnet: &str, subnet6: &str, extra: &[&str]) -> String {
+pub(crate) fn dual(node: &mut Node, suffix: &str, subnet: &str, subnet6: &str, extra: &[&str]) -> String {
     let name = node.ep(suffix);
     let mut args = vec!["network", "create", &name, "--subnet", subnet, "--ipv6", "--subnet-v6", subnet6];
     args.extend_from_slice(extra);
@@ -42,7 +42,7 @@ fn dual(node: &mut Node, suffix: &str, subnet: &str, subnet6: &str, extra: &[&st
 }
 
 /// `endpoint create NAME --network NET [EXTRA]`; returns (name, IPv6 address).
-fn endpoint6(node: &mut Node, suffix: &str, net: &str, extra: &[&str]) -> (String, String) {
+pub(crate) fn endpoint6(node: &mut Node, suffix: &str, net: &str, extra: &[&str]) -> (String, String) {
     let name = node.ep(suffix);
     let mut args = vec!["endpoint", "create", &name, "--network", net];
     args.extend_from_slice(extra);

@@ -12,34 +12,18 @@
 
 use std::time::Duration;
 
+use crate::ipv6::{dual, endpoint6};
 use crate::ports::blob;
 use datapath::testbed::topology::{self, NODE_UPLINK_IP6, OUTSIDE_IP6};
-use datapath_tests::net::{exec_in, ns_cmd, python_bg, python_in, wait_tcp_listen};
+use datapath_tests::net::{exec_in, ns_cmd, python_in, wait_tcp_listen};
 use datapath_tests::node::{delta, AgentOpts, Datapath, Node, UPLINK_DEV};
-use datapath_tests::outside::http_clients;
+use datapath_tests::outside::{http_clients, peers, udp_echo_server};
 use datapath_tests::proc::{show, stdout_str, BgProcess};
 use datapath_tests::{assert_ping, both_datapaths, kernel_test, py};
 use serde_json::Value;
 
 const HTTP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5601;
-
-/// argv: TAG PORT. A UDP echo server on [::]:PORT: prints "ready", then
-/// "from IP PORT" per datagram, and echoes "echo:" + data.
-const UDP6_ECHO_SERVER: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind(("::", int(sys.argv[2])))
-s.settimeout(30)
-print("ready", flush=True)
-while True:
-    try:
-        data, addr = s.recvfrom(65535)
-    except socket.timeout:
-        break
-    print("from", addr[0], addr[1], flush=True)
-    s.sendto(b"echo:" + data, addr)
-"#;
 
 /// argv: TAG IP PORT MSG. Sends MSG (1 s, up to 5 tries) and prints the
 /// echo's text and source address, or "none".
@@ -96,28 +80,6 @@ for _ in range(3):
 print("sent", flush=True)
 "#;
 
-/// A dual-stack network; returns its name.
-fn dual(node: &mut Node, suffix: &str, subnet: &str, subnet6: &str, extra: &[&str]) -> String {
-    let name = node.ep(suffix);
-    let mut args = vec!["network", "create", &name, "--subnet", subnet, "--ipv6", "--subnet-v6", subnet6];
-    args.extend_from_slice(extra);
-    node.ok(&args);
-    name
-}
-
-/// `endpoint create NAME --network NET [EXTRA]`; returns (name, IPv6 address).
-fn endpoint6(node: &mut Node, suffix: &str, net: &str, extra: &[&str]) -> (String, String) {
-    let name = node.ep(suffix);
-    let mut args = vec!["endpoint", "create", &name, "--network", net];
-    args.extend_from_slice(extra);
-    node.ok(&args);
-    let v = node.json(&["endpoint", "inspect", &name]);
-    let Some(ip6) = v["ip6"].as_str().map(String::from) else {
-        node.fail(format!("endpoint {name} of dual-stack network {net} has no ip6: {v}"));
-    };
-    (name, ip6)
-}
-
 /// A node with an uplink, IPv6 on it and on the outside; returns (node,
 /// outside namespace).
 fn node6(dp: Datapath) -> (Node, String) {
@@ -147,25 +109,6 @@ fn fetch(node: &Node, ns: &str, ip: &str, port: u16, name: &str, len: usize, sha
     assert_eq!(stdout_str(&out).trim(), format!("{len} {sha}"), "content fetched by {ns} from {url} differs");
 }
 
-/// A UDP echo server on [::]:port in `ns`, ready.
-fn udp6_server(node: &Node, ns: &str, port: u16) -> BgProcess {
-    let s = python_bg(ns, UDP6_ECHO_SERVER, &[&node.prefix, &port.to_string()]);
-    assert!(s.wait_line(Duration::from_secs(10), |l| l == "ready").is_some(), "UDP server: {}", s.stderr());
-    s
-}
-
-/// The peers a UDP echo server printed, as (ip, port).
-fn udp_peers(server: &BgProcess) -> Vec<(String, u16)> {
-    server
-        .lines()
-        .iter()
-        .filter_map(|l| {
-            let mut it = l.strip_prefix("from ")?.split_whitespace();
-            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
-        })
-        .collect()
-}
-
 /// The `conntrack ls` flows whose original source is `src`.
 fn flows_of<'a>(flows: &'a [Value], src: &str) -> Vec<&'a Value> {
     flows.iter().filter(|f| f["original"]["src"] == src).collect()
@@ -186,7 +129,7 @@ fn nat6_tcp_udp_ping_to_the_outside(dp) {
     let (a, a6) = endpoint6(&mut node, "a", &net, &[]);
     let sha = blob(&node, "nat6", 400_000);
     let server = http6_server(&outside, HTTP_PORT, &node.dir.join("www"));
-    let udp = udp6_server(&node, &outside, UDP_PORT);
+    let udp = udp_echo_server(&node, &outside, "::", UDP_PORT);
     let s0 = node.stats();
     assert_ping(&a, &OUTSIDE_IP6.to_string(), 3);
     fetch(&node, &a, &OUTSIDE_IP6.to_string(), HTTP_PORT, "nat6", 400_000, &sha);
@@ -200,7 +143,7 @@ fn nat6_tcp_udp_ping_to_the_outside(dp) {
     assert!(!clients.is_empty(), "the outside served nothing");
     assert!(clients.iter().all(|c| *c == NODE_UPLINK_IP6.to_string()),
         "the outside must see only {NODE_UPLINK_IP6}, not {a6}: {clients:?}");
-    let peers = udp_peers(&udp);
+    let peers = peers(&udp);
     assert!(!peers.is_empty() && peers.iter().all(|(ip, _)| *ip == NODE_UPLINK_IP6.to_string()),
         "UDP peers seen by the outside: {peers:?}");
 
@@ -297,14 +240,14 @@ fn nat6_no_masquerade_routes_ipv6(dp) {
     let (a, a6) = endpoint6(&mut node, "a", &net, &[]);
     let out = exec_in(&outside, &["ip", "-6", "route", "add", "fd00:67::/64", "via", &NODE_UPLINK_IP6.to_string()]);
     assert!(out.status.success(), "route back:\n{}", show(&out));
-    let udp = udp6_server(&node, &outside, UDP_PORT);
+    let udp = udp_echo_server(&node, &outside, "::", UDP_PORT);
     let s0 = node.stats();
     let msg = format!("{}-routed", node.prefix);
     let out = python_in(&a, UDP6_CLIENT, &[&node.prefix, &OUTSIDE_IP6.to_string(), &UDP_PORT.to_string(), &msg],
         Duration::from_secs(20));
     assert_eq!(stdout_str(&out).trim(), format!("echo:{msg} {OUTSIDE_IP6}"), "{}", show(&out));
     let s1 = node.stats();
-    let peers = udp_peers(&udp);
+    let peers = peers(&udp);
     assert!(!peers.is_empty() && peers.iter().all(|(ip, _)| *ip == a6), "routed, not translated: {peers:?}");
     assert_eq!(delta(&s0, &s1, "nat-translated").0, 0);
 }
@@ -349,7 +292,7 @@ fn nat6_fragmented_datagrams_both_ways(dp) {
     let (mut node, outside) = node6(dp);
     let net = dual(&mut node, "net", "10.69.0.0/24", "fd00:69::/64", &[]);
     let (a, _a6) = endpoint6(&mut node, "a", &net, &[]);
-    let udp = udp6_server(&node, &outside, UDP_PORT);
+    let udp = udp_echo_server(&node, &outside, "::", UDP_PORT);
     let s0 = node.stats();
     let msg = format!("{}-{}", node.prefix, "f".repeat(3500));
     let out = python_in(&a, UDP6_CLIENT, &[&node.prefix, &OUTSIDE_IP6.to_string(), &UDP_PORT.to_string(), &msg],
@@ -357,7 +300,7 @@ fn nat6_fragmented_datagrams_both_ways(dp) {
     assert_eq!(stdout_str(&out).trim(), format!("echo:{msg} {OUTSIDE_IP6}"), "a 3.5 kB echo over IPv6:\n{}",
         stdout_str(&out).chars().take(200).collect::<String>());
     let s1 = node.stats();
-    assert!(!udp_peers(&udp).is_empty());
+    assert!(!peers(&udp).is_empty());
     if dp.is_ebpf() {
         // 3 fragments each way at least (1500-byte MTU).
         assert!(delta(&s0, &s1, "nat-translated").0 >= 3, "fragments translated out");
